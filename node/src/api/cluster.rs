@@ -1,0 +1,205 @@
+//! The `Cluster` gRPC service: init, status, join, remove, nodes and events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvmesh_proto as pb;
+use kvmesh_proto::cluster_client::ClusterClient;
+use kvmesh_raft::store::SmData;
+use kvmesh_raft::types::RaftMetrics;
+use openraft::ServerState;
+use tonic::{Request, Response, Status};
+
+use super::membership;
+use crate::ctx::{forward, is_forwarded, NodeCtx};
+
+pub struct ClusterService {
+    ctx: Arc<NodeCtx>,
+}
+
+impl ClusterService {
+    pub fn new(ctx: Arc<NodeCtx>) -> Self {
+        ClusterService { ctx }
+    }
+}
+
+fn raft_state_name(s: ServerState) -> &'static str {
+    match s {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Learner => "learner",
+        ServerState::Candidate => "candidate",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// Builds this node's view of the cluster. Replication lag is filled in only
+/// on the leader, the one node that tracks it.
+fn local_status(ctx: &NodeCtx, m: &RaftMetrics, data: &SmData) -> pb::ClusterStatus {
+    let membership = m.membership_config.membership();
+    let last_log = m.last_log_index.unwrap_or(0);
+    let mut members: Vec<pb::Member> = membership
+        .nodes()
+        .map(|(id, node)| {
+            let matched = m.replication.as_ref().and_then(|r| r.get(id)).map(|l| l.map(|l| l.index).unwrap_or(0));
+            let matched = if Some(*id) == m.current_leader && m.state == ServerState::Leader { Some(last_log) } else { matched };
+            pb::Member {
+                id: *id,
+                name: node.name.clone(),
+                address: node.address.clone(),
+                role: if membership.voter_ids().any(|v| v == *id) { "voter" } else { "learner" }.into(),
+                matched_index: matched,
+                lag: matched.map(|mi| last_log.saturating_sub(mi)),
+            }
+        })
+        .collect();
+    members.sort_by(|a, b| a.name.cmp(&b.name));
+    let leader = m.current_leader.and_then(|l| members.iter().find(|x| x.id == l).cloned());
+    pb::ClusterStatus {
+        cluster_id: data.state.cluster_id().unwrap_or_default().to_string(),
+        node_id: ctx.id,
+        node_name: ctx.name.clone(),
+        raft_state: raft_state_name(m.state).into(),
+        leader,
+        term: m.current_term,
+        commit_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        last_log_index: last_log,
+        last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+        members,
+        max_voters: data.state.meta.settings.max_voters,
+        snapshot_index: m.snapshot.map(|s| s.index),
+        purged_index: m.purged.map(|p| p.index),
+        version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn init(&self, request: Request<pb::InitRequest>) -> Result<Response<pb::InitResponse>, Status> {
+        let r = membership::init(&self.ctx, request.into_inner().max_voters).await?;
+        Ok(Response::new(r))
+    }
+
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+        let m = self.ctx.metrics();
+        let mut status = self.ctx.read(|d| local_status(&self.ctx, &m, d));
+        // A follower asks the leader for replication lag, which only it knows.
+        if !is_forwarded(&request) && m.state != ServerState::Leader {
+            if let Some((_, address)) = self.ctx.leader() {
+                let mut client = ClusterClient::new(self.ctx.channel(&address)?);
+                let call = client.status(forward(pb::StatusRequest {}, Duration::from_millis(800)));
+                if let Ok(Ok(leader_view)) = tokio::time::timeout(Duration::from_secs(1), call).await {
+                    let leader_view = leader_view.into_inner();
+                    for member in &mut status.members {
+                        if let Some(lm) = leader_view.members.iter().find(|x| x.id == member.id) {
+                            member.matched_index = lm.matched_index;
+                            member.lag = lm.lag;
+                        }
+                    }
+                    status.commit_index = status.commit_index.max(leader_view.commit_index);
+                }
+            }
+        }
+        Ok(Response::new(status))
+    }
+
+    async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let ctx = &self.ctx;
+        let r = ctx
+            .on_leader(
+                forwarded,
+                || membership::join(ctx, req.clone()),
+                |ch, t| {
+                    let req = req.clone();
+                    async move { ClusterClient::new(ch).join(forward(req, t)).await.map(|r| r.into_inner()) }
+                },
+            )
+            .await?;
+        Ok(Response::new(r))
+    }
+
+    async fn remove(&self, request: Request<pb::RemoveRequest>) -> Result<Response<pb::RemoveResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let ctx = &self.ctx;
+        let r = ctx
+            .on_leader(
+                forwarded,
+                || membership::remove(ctx, req.clone()),
+                |ch, t| {
+                    let req = req.clone();
+                    async move { ClusterClient::new(ch).remove(forward(req, t)).await.map(|r| r.into_inner()) }
+                },
+            )
+            .await?;
+        Ok(Response::new(r))
+    }
+
+    async fn list_nodes(&self, request: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let ctx = &self.ctx;
+        if req.consistent {
+            let r = ctx
+                .on_leader(
+                    forwarded,
+                    || async {
+                        ctx.ensure_linearizable().await?;
+                        Ok(list_nodes(ctx))
+                    },
+                    |ch, t| {
+                        let req = req.clone();
+                        async move { ClusterClient::new(ch).list_nodes(forward(req, t)).await.map(|r| r.into_inner()) }
+                    },
+                )
+                .await?;
+            return Ok(Response::new(r));
+        }
+        Ok(Response::new(list_nodes(ctx)))
+    }
+
+    async fn list_events(&self, request: Request<pb::ListEventsRequest>) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let after = request.into_inner().after;
+        let events = self.ctx.read(|d| {
+            d.state.events.iter().filter(|e| e.seq > after).map(kvmesh_raft::wire::event).collect()
+        });
+        Ok(Response::new(pb::ListEventsResponse { events }))
+    }
+}
+
+fn list_nodes(ctx: &NodeCtx) -> pb::ListNodesResponse {
+    let m = ctx.metrics();
+    let membership = m.membership_config.membership().clone();
+    let mut nodes: Vec<pb::NodeInfo> = ctx.read(|d| {
+        d.state
+            .nodes
+            .values()
+            .map(|n| {
+                let (cpus, mem, count) = d.state.allocated(n.id);
+                let role = if membership.voter_ids().any(|v| v == n.id) {
+                    "voter"
+                } else if membership.get_node(&n.id).is_some() {
+                    "learner"
+                } else {
+                    "none"
+                };
+                pb::NodeInfo {
+                    id: n.id,
+                    name: n.name.clone(),
+                    address: n.address.clone(),
+                    cpus: n.cpus,
+                    memory_mib: n.memory_mib,
+                    state: n.state.as_str().into(),
+                    vm_count: count,
+                    allocated_vcpus: cpus,
+                    allocated_memory_mib: mem,
+                    role: role.into(),
+                }
+            })
+            .collect()
+    });
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    pb::ListNodesResponse { nodes }
+}

@@ -1,0 +1,309 @@
+//! Leader-side membership changes: bootstrap, join and remove.
+//!
+//! Joins and removals run only on the leader, one at a time. A join first
+//! records the node (so names and addresses stay unique), then adds it as a
+//! learner and waits for it to catch up, then promotes it while the cluster
+//! has fewer than `max_voters` voters. A removal refuses what would leave the
+//! cluster without a working quorum.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use kvmesh_proto as pb;
+use kvmesh_raft::command::{Command, Refusal, Response};
+use kvmesh_raft::model::{Node, NodeState, Settings};
+use kvmesh_raft::{MemberNode, NodeId};
+use openraft::ChangeMembers;
+use tracing::{info, instrument, warn};
+
+use crate::ctx::{now_ms, NodeCtx};
+use crate::error::{Error, Result};
+
+const ADD_LEARNER_TIMEOUT: Duration = Duration::from_secs(60);
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Bootstraps a one-member cluster on this (fresh) node.
+#[instrument(skip_all, fields(node = %ctx.name))]
+pub async fn init(ctx: &NodeCtx, max_voters: u32) -> Result<pb::InitResponse> {
+    let max_voters = if max_voters == 0 { 3 } else { max_voters };
+    if ![3, 5, 7].contains(&max_voters) {
+        return Err(Error::InvalidArgument(format!("--max-voters must be 3, 5 or 7 (got {max_voters})")));
+    }
+    if ctx.joining.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(Error::FailedPrecondition(
+            "this node was started with --join and is joining a cluster; `cluster init` is only for the first node".into(),
+        ));
+    }
+    let already = ctx.raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))?;
+    if already {
+        let cluster = ctx.read(|d| d.state.cluster_id().map(str::to_string)).unwrap_or_else(|| "(unknown)".into());
+        return Err(Error::FailedPrecondition(format!(
+            "node {} is already part of cluster {cluster}; `cluster init` runs once, on the first node. Join other nodes with `kvmesh serve --join {}`",
+            ctx.name, ctx.address
+        )));
+    }
+    let member = MemberNode { name: ctx.name.clone(), address: ctx.address.clone() };
+    ctx.raft
+        .initialize([(ctx.id, member)].into_iter().collect::<std::collections::BTreeMap<_, _>>())
+        .await
+        .map_err(|e| Error::FailedPrecondition(format!("cannot initialize: {e}")))?;
+    ctx.raft
+        .wait(Some(Duration::from_secs(10)))
+        .current_leader(ctx.id, "self elected after init")
+        .await
+        .map_err(|e| Error::Timeout(format!("this node did not become leader after init: {e}")))?;
+    let cluster_id = new_cluster_id();
+    let cmd = Command::Init {
+        cluster_id: cluster_id.clone(),
+        settings: Settings { max_voters },
+        node: self_record(ctx),
+        at_ms: now_ms(),
+    };
+    match ctx.write(cmd).await? {
+        Response::Refused(r) => return Err(r.into()),
+        _ => info!(%cluster_id, max_voters, "cluster initialized"),
+    }
+    ctx.data_dir.lock().unwrap_or_else(|p| p.into_inner()).set_cluster_id(&cluster_id)?;
+    Ok(pb::InitResponse { cluster_id, node_id: ctx.id, node_name: ctx.name.clone() })
+}
+
+fn new_cluster_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+pub fn self_record(ctx: &NodeCtx) -> Node {
+    Node {
+        id: ctx.id,
+        name: ctx.name.clone(),
+        address: ctx.address.clone(),
+        cpus: ctx.cpus,
+        memory_mib: ctx.memory_mib,
+        state: NodeState::Up,
+        joined_at_ms: now_ms(),
+    }
+}
+
+fn voters_and_learners(ctx: &NodeCtx) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
+    let m = ctx.metrics();
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+    (voters, learners)
+}
+
+/// Adds a node to the cluster. Runs on the leader.
+#[instrument(skip_all, fields(node = %ctx.name, joining = %req.name))]
+pub async fn join(ctx: &NodeCtx, req: pb::JoinRequest) -> Result<pb::JoinResponse> {
+    if req.protocol_version != kvmesh_proto::PROTOCOL_VERSION {
+        return Err(Error::FailedPrecondition(format!(
+            "node {} speaks kvmesh protocol {}, the cluster speaks {}; run the same kvmesh release on every node",
+            req.name,
+            req.protocol_version,
+            kvmesh_proto::PROTOCOL_VERSION
+        )));
+    }
+    crate::config::validate_node_name(&req.name).map_err(Error::InvalidArgument)?;
+    if req.node_id == 0 || req.cpus == 0 || req.memory_mib == 0 {
+        return Err(Error::InvalidArgument("join needs a node id, cpus and memory".into()));
+    }
+    let _guard = ctx.membership_lock.lock().await;
+    let (cluster_id, max_voters) =
+        ctx.read(|d| (d.state.cluster_id().map(str::to_string), d.state.meta.settings.max_voters));
+    let cluster_id = cluster_id.ok_or_else(|| Error::Unavailable("the cluster is still initializing".into()))?;
+
+    let node = Node {
+        id: req.node_id,
+        name: req.name.clone(),
+        address: req.address.clone(),
+        cpus: req.cpus,
+        memory_mib: req.memory_mib,
+        state: NodeState::Up,
+        joined_at_ms: now_ms(),
+    };
+    if let Response::Refused(r) = ctx.write(Command::AddNode { node, at_ms: now_ms() }).await? {
+        return Err(r.into());
+    }
+
+    let (voters, learners) = voters_and_learners(ctx);
+    if !voters.contains(&req.node_id) && !learners.contains(&req.node_id) {
+        info!(id = req.node_id, address = %req.address, "adding learner and waiting for it to catch up");
+        let member = MemberNode { name: req.name.clone(), address: req.address.clone() };
+        match tokio::time::timeout(ADD_LEARNER_TIMEOUT, ctx.raft.add_learner(req.node_id, member, true)).await {
+            Err(_) => {
+                return Err(Error::Unavailable(format!(
+                    "node {} did not catch up within {}s; is {} reachable from the leader?",
+                    req.name,
+                    ADD_LEARNER_TIMEOUT.as_secs(),
+                    req.address
+                )))
+            }
+            Ok(Err(e)) => return Err(raft_change_error(e)),
+            Ok(Ok(_)) => {}
+        }
+    }
+    let (voters, _) = voters_and_learners(ctx);
+    let role = if voters.contains(&req.node_id) {
+        "voter"
+    } else if (voters.len() as u32) < max_voters {
+        change(ctx, ChangeMembers::AddVoterIds([req.node_id].into())).await?;
+        info!(id = req.node_id, "promoted to voter");
+        "voter"
+    } else {
+        "learner"
+    };
+    Ok(pb::JoinResponse { cluster_id, role: role.into() })
+}
+
+/// Removes a node from the cluster. Runs on the leader.
+#[instrument(skip_all, fields(node = %ctx.name, removing = %req.name))]
+pub async fn remove(ctx: &NodeCtx, req: pb::RemoveRequest) -> Result<pb::RemoveResponse> {
+    let _guard = ctx.membership_lock.lock().await;
+    let m = ctx.metrics();
+    let membership = m.membership_config.membership().clone();
+    let in_state = ctx.read(|d| d.state.node_by_name(&req.name).map(|n| n.id));
+    let in_raft = membership.nodes().find(|(_, n)| n.name == req.name).map(|(id, _)| *id);
+    let Some(id) = in_state.or(in_raft) else {
+        return Err(Error::NotFound(format!("no node named {:?}; see `kvmesh node list`", req.name)));
+    };
+    let (voters, learners) = voters_and_learners(ctx);
+    let is_voter = voters.contains(&id);
+    if is_voter && voters.len() == 1 {
+        return Err(Error::FailedPrecondition(format!(
+            "{} is the last voter; removing it would leave no one to hold the cluster state",
+            req.name
+        )));
+    }
+    if let Some(Refusal::NodeHasVms { name, vms }) = ctx.read(|d| {
+        let (_, _, count) = d.state.allocated(id);
+        (count > 0 && !req.force).then(|| Refusal::NodeHasVms { name: req.name.clone(), vms: count })
+    }) {
+        return Err(Refusal::NodeHasVms { name, vms }.into());
+    }
+
+    // Keep the voter count up: promote a reachable learner in its place.
+    let mut remaining: BTreeSet<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
+    let replacement = if is_voter {
+        let mut found = None;
+        for l in learners.iter().filter(|l| **l != id) {
+            if let Some(n) = membership.get_node(l) {
+                if reachable(ctx, &n.address).await {
+                    found = Some(*l);
+                    break;
+                }
+            }
+        }
+        found
+    } else {
+        None
+    };
+    if let Some(r) = replacement {
+        remaining.insert(r);
+    }
+    if is_voter {
+        let mut alive = 0;
+        let mut dead = Vec::new();
+        for v in &remaining {
+            let ok = *v == ctx.id
+                || match membership.get_node(v) {
+                    Some(n) => reachable(ctx, &n.address).await,
+                    None => false,
+                };
+            if ok {
+                alive += 1;
+            } else {
+                dead.push(membership.get_node(v).map(|n| n.name.clone()).unwrap_or_else(|| v.to_string()));
+            }
+        }
+        if alive * 2 <= remaining.len() {
+            return Err(Error::FailedPrecondition(format!(
+                "removing {} would leave {} voter(s) of which only {alive} answer (down: {}); bring those nodes back first",
+                req.name,
+                remaining.len(),
+                dead.join(", ")
+            )));
+        }
+    }
+
+    if in_state.is_some() {
+        let cmd = Command::RemoveNode { id, force: req.force, at_ms: now_ms() };
+        if let Response::Refused(r) = ctx.write(cmd).await? {
+            return Err(r.into());
+        }
+    }
+    if let Some(r) = replacement {
+        info!(learner = r, "promoting a learner to keep the voter count");
+        change(ctx, ChangeMembers::AddVoterIds([r].into())).await?;
+    }
+    if is_voter {
+        change(ctx, ChangeMembers::RemoveVoters([id].into())).await?;
+    } else if in_raft.is_some() {
+        change(ctx, ChangeMembers::RemoveNodes([id].into())).await?;
+    }
+    info!(id, "node removed");
+    if id != ctx.id {
+        if let Some(node) = membership.get_node(&id) {
+            tell_removed(ctx, &node.address, id).await;
+        }
+    }
+    Ok(pb::RemoveResponse {})
+}
+
+/// Applies one membership change, retrying while another is in progress.
+async fn change(ctx: &NodeCtx, changes: ChangeMembers<NodeId, MemberNode>) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + CHANGE_TIMEOUT;
+    loop {
+        let attempt = tokio::time::timeout_at(deadline, ctx.raft.change_membership(changes.clone(), false)).await;
+        match attempt {
+            Err(_) => {
+                return Err(Error::Timeout(format!(
+                    "membership change did not commit within {}s; a majority of voters must be up",
+                    CHANGE_TIMEOUT.as_secs()
+                )))
+            }
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(openraft::error::RaftError::APIError(
+                openraft::error::ClientWriteError::ChangeMembershipError(
+                    openraft::error::ChangeMembershipError::InProgress(_),
+                ),
+            ))) => {
+                warn!("another membership change is in progress; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(Err(e)) => return Err(raft_change_error(e)),
+        }
+    }
+}
+
+fn raft_change_error(
+    e: openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, MemberNode>>,
+) -> Error {
+    use openraft::error::{ClientWriteError, RaftError};
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            Error::Unavailable("leadership changed during the membership change".into())
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => Error::FailedPrecondition(c.to_string()),
+        RaftError::Fatal(f) => Error::Raft(f.to_string()),
+    }
+}
+
+/// Tells a removed node to stop. Best effort: a node that is down learns it
+/// from its own log (or its operator) when it comes back.
+async fn tell_removed(ctx: &NodeCtx, address: &str, id: NodeId) {
+    let Ok(channel) = ctx.channel(address) else { return };
+    let cluster_id = ctx.read(|d| d.state.cluster_id().unwrap_or_default().to_string());
+    let mut request = tonic::Request::new(pb::RemovedNotice { node_id: id, cluster_id });
+    request.set_timeout(Duration::from_secs(2));
+    if let Err(e) = pb::raft_client::RaftClient::new(channel).removed(request).await {
+        warn!(id, error = %e.message(), "could not tell the removed node to stop");
+    }
+}
+
+/// Whether a node answers a status call within a second.
+async fn reachable(ctx: &NodeCtx, address: &str) -> bool {
+    let Ok(channel) = ctx.channel(address) else { return false };
+    let mut client = pb::cluster_client::ClusterClient::new(channel);
+    // Marked forwarded so the peer answers alone, without asking the leader.
+    let request = crate::ctx::forward(pb::StatusRequest {}, Duration::from_secs(1));
+    matches!(tokio::time::timeout(Duration::from_millis(1500), client.status(request)).await, Ok(Ok(_)))
+}

@@ -1,0 +1,210 @@
+//! The `Vms` gRPC service. Creates run the scheduler on the leader and commit
+//! its decision; reads are local unless `consistent`.
+
+use std::sync::Arc;
+
+use kvmesh_proto as pb;
+use kvmesh_proto::vms_client::VmsClient;
+use kvmesh_raft::command::{Command, Refusal, Response as CmdResponse};
+use kvmesh_raft::model::{ClusterState, Desired, NodeState, Placement, Vm, VmSpec};
+use kvmesh_raft::wire;
+use kvmesh_scheduler::{self as scheduler, Decision, NodeView, VmRequest};
+use tonic::{Request, Response, Status};
+use tracing::{info, instrument};
+
+use crate::ctx::{forward, is_forwarded, now_ms, NodeCtx};
+use crate::error::{Error, Result};
+
+/// How often a create re-plans when a concurrent placement took its spot.
+const PLACEMENT_ATTEMPTS: usize = 5;
+
+pub struct VmsService {
+    ctx: Arc<NodeCtx>,
+}
+
+impl VmsService {
+    pub fn new(ctx: Arc<NodeCtx>) -> Self {
+        VmsService { ctx }
+    }
+}
+
+/// The scheduler's view of every node.
+pub fn node_views(state: &ClusterState) -> Vec<NodeView> {
+    state
+        .nodes
+        .values()
+        .map(|n| {
+            let (cpus, mem, _) = state.allocated(n.id);
+            NodeView {
+                id: n.id,
+                name: n.name.clone(),
+                schedulable: n.state == NodeState::Up,
+                state: n.state.as_str().into(),
+                cpus: n.cpus,
+                memory_mib: n.memory_mib,
+                allocated_vcpus: cpus,
+                allocated_memory_mib: mem,
+            }
+        })
+        .collect()
+}
+
+fn validate_create(req: &pb::CreateVmRequest) -> Result<VmRequest> {
+    crate::config::validate_vm_name(&req.name).map_err(Error::InvalidArgument)?;
+    let vm = VmRequest { name: req.name.clone(), vcpus: req.vcpus, memory_mib: req.memory_mib };
+    vm.validate().map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    Ok(vm)
+}
+
+/// Places and records a VM. Runs on the leader.
+#[instrument(skip_all, fields(node = %ctx.name, vm = %req.name))]
+async fn create_on_leader(ctx: &NodeCtx, req: &pb::CreateVmRequest, vm_req: &VmRequest) -> Result<pb::Vm> {
+    for _ in 0..PLACEMENT_ATTEMPTS {
+        let decision = ctx.read(|d| {
+            if let Some(existing) = d.state.vm_by_name(&req.name) {
+                if !req.request_id.is_empty() && existing.request_id == req.request_id {
+                    return Ok(Err(wire::vm(&d.state, existing)));
+                }
+                return Err(Error::from(Refusal::VmNameTaken { name: req.name.clone() }));
+            }
+            Ok(Ok(scheduler::place(&node_views(&d.state), vm_req)))
+        })?;
+        let decision = match decision {
+            Err(already_created) => return Ok(already_created),
+            Ok(d) => d,
+        };
+        let (node_id, node_name) = match decision {
+            Decision::Place { node_id, node } => (node_id, node),
+            Decision::Unplaceable { rejections } => {
+                return Err(Error::NoCapacity(format!(
+                    "cannot place VM {} ({} vCPUs, {} MiB): no node fits\n{}",
+                    req.name,
+                    req.vcpus,
+                    req.memory_mib,
+                    scheduler::explain_rejections(&rejections)
+                )))
+            }
+        };
+        let vm = Vm {
+            id: rand::random::<u64>() >> 1,
+            name: req.name.clone(),
+            spec: VmSpec { vcpus: req.vcpus, memory_mib: req.memory_mib, ha: req.ha },
+            desired: Desired::Running,
+            placement: Some(Placement { node: node_id, epoch: 1 }),
+            created_at_ms: now_ms(),
+            request_id: req.request_id.clone(),
+        };
+        match ctx.write(Command::CreateVm { vm, at_ms: now_ms() }).await? {
+            CmdResponse::Vm(vm) => {
+                info!(placed_on = %node_name, "vm created");
+                return Ok(ctx.read(|d| wire::vm(&d.state, &vm)));
+            }
+            CmdResponse::Refused(Refusal::NoLongerFits { node }) => {
+                info!(%node, "placement lost a race; planning again");
+            }
+            CmdResponse::Refused(r) => return Err(r.into()),
+            CmdResponse::Done => return Err(Error::Raft("unexpected response to CreateVm".into())),
+        }
+    }
+    Err(Error::Unavailable(format!("VM {} lost the placement race {PLACEMENT_ATTEMPTS} times; retry", req.name)))
+}
+
+async fn delete_on_leader(ctx: &NodeCtx, name: &str) -> Result<pb::DeleteVmResponse> {
+    match ctx.write(Command::DeleteVm { name: name.to_string(), at_ms: now_ms() }).await? {
+        CmdResponse::Refused(r) => Err(r.into()),
+        _ => Ok(pb::DeleteVmResponse {}),
+    }
+}
+
+fn list(ctx: &NodeCtx) -> pb::ListVmsResponse {
+    // By name, through the name index.
+    ctx.read(|d| pb::ListVmsResponse {
+        vms: d.state.vm_names().filter_map(|id| d.state.vms.get(&id)).map(|v| wire::vm(&d.state, v)).collect(),
+    })
+}
+
+fn get(ctx: &NodeCtx, name: &str) -> Result<pb::Vm> {
+    ctx.read(|d| d.state.vm_by_name(name).map(|v| wire::vm(&d.state, v)))
+        .ok_or_else(|| Error::NotFound(format!("no VM named {name:?}; see `kvmesh vm list`")))
+}
+
+#[tonic::async_trait]
+impl pb::vms_server::Vms for VmsService {
+    async fn create(&self, request: Request<pb::CreateVmRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let vm_req = validate_create(&req)?;
+        let ctx = &self.ctx;
+        let vm = ctx
+            .on_leader(
+                forwarded,
+                || create_on_leader(ctx, &req, &vm_req),
+                |ch, t| {
+                    let req = req.clone();
+                    async move { VmsClient::new(ch).create(forward(req, t)).await.map(|r| r.into_inner()) }
+                },
+            )
+            .await?;
+        Ok(Response::new(vm))
+    }
+
+    async fn list(&self, request: Request<pb::ListVmsRequest>) -> std::result::Result<Response<pb::ListVmsResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let ctx = &self.ctx;
+        if !req.consistent {
+            return Ok(Response::new(list(ctx)));
+        }
+        let r = ctx
+            .on_leader(
+                forwarded,
+                || async {
+                    ctx.ensure_linearizable().await?;
+                    Ok(list(ctx))
+                },
+                |ch, t| async move { VmsClient::new(ch).list(forward(req, t)).await.map(|r| r.into_inner()) },
+            )
+            .await?;
+        Ok(Response::new(r))
+    }
+
+    async fn get(&self, request: Request<pb::GetVmRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let ctx = &self.ctx;
+        if !req.consistent {
+            return Ok(Response::new(get(ctx, &req.name)?));
+        }
+        let r = ctx
+            .on_leader(
+                forwarded,
+                || async {
+                    ctx.ensure_linearizable().await?;
+                    get(ctx, &req.name)
+                },
+                |ch, t| {
+                    let req = req.clone();
+                    async move { VmsClient::new(ch).get(forward(req, t)).await.map(|r| r.into_inner()) }
+                },
+            )
+            .await?;
+        Ok(Response::new(r))
+    }
+
+    async fn delete(&self, request: Request<pb::DeleteVmRequest>) -> std::result::Result<Response<pb::DeleteVmResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let ctx = &self.ctx;
+        let r = ctx
+            .on_leader(
+                forwarded,
+                || delete_on_leader(ctx, &req.name),
+                |ch, t| {
+                    let req = req.clone();
+                    async move { VmsClient::new(ch).delete(forward(req, t)).await.map(|r| r.into_inner()) }
+                },
+            )
+            .await?;
+        Ok(Response::new(r))
+    }
+}

@@ -1,0 +1,201 @@
+//! Printing: aligned tables for people, JSON for scripts.
+
+use kvmesh_proto as pb;
+use serde_json::{json, Value};
+
+use super::Output;
+
+/// Prints rows under a header with columns padded to their widest cell.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn member_json(m: &pb::Member) -> Value {
+    json!({
+        "id": m.id, "name": m.name, "address": m.address, "role": m.role,
+        "matched_index": m.matched_index, "lag": m.lag,
+    })
+}
+
+pub fn print_status(output: Output, s: &pb::ClusterStatus) {
+    match output {
+        Output::Json => {
+            let leader = s.leader.as_ref().map(|l| json!({"id": l.id, "name": l.name, "address": l.address}));
+            let v = json!({
+                "cluster_id": s.cluster_id,
+                "node": {"id": s.node_id, "name": s.node_name, "raft_state": s.raft_state},
+                "leader": leader,
+                "term": s.term,
+                "commit_index": s.commit_index,
+                "last_log_index": s.last_log_index,
+                "last_applied": s.last_applied,
+                "snapshot_index": s.snapshot_index,
+                "purged_index": s.purged_index,
+                "max_voters": s.max_voters,
+                "version": s.version,
+                "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
+            });
+            println!("{v}");
+        }
+        Output::Table => {
+            let cluster = if s.cluster_id.is_empty() { "(not initialized)" } else { &s.cluster_id };
+            println!("cluster:   {cluster}");
+            println!("answered:  {} ({})", s.node_name, s.raft_state);
+            match &s.leader {
+                Some(l) => println!("leader:    {} ({})", l.name, l.address),
+                None => println!("leader:    none (election in progress or no quorum)"),
+            }
+            println!("term:      {}", s.term);
+            println!("commit:    {}", s.commit_index);
+            println!();
+            let rows = s
+                .members
+                .iter()
+                .map(|m| {
+                    let leader = s.leader.as_ref().is_some_and(|l| l.id == m.id);
+                    vec![
+                        m.name.clone(),
+                        m.address.clone(),
+                        if leader { format!("{} (leader)", m.role) } else { m.role.clone() },
+                        m.matched_index.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                        m.lag.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            table(&["NAME", "ADDRESS", "ROLE", "MATCHED", "LAG"], rows);
+        }
+    }
+}
+
+pub fn print_nodes(output: Output, nodes: &[pb::NodeInfo]) {
+    match output {
+        Output::Json => {
+            let v: Vec<Value> = nodes
+                .iter()
+                .map(|n| {
+                    json!({
+                        "id": n.id, "name": n.name, "address": n.address, "state": n.state, "role": n.role,
+                        "cpus": n.cpus, "memory_mib": n.memory_mib, "vms": n.vm_count,
+                        "allocated_vcpus": n.allocated_vcpus, "allocated_memory_mib": n.allocated_memory_mib,
+                    })
+                })
+                .collect();
+            println!("{}", Value::Array(v));
+        }
+        Output::Table => {
+            let rows = nodes
+                .iter()
+                .map(|n| {
+                    vec![
+                        n.name.clone(),
+                        n.address.clone(),
+                        n.state.clone(),
+                        n.role.clone(),
+                        format!("{}/{}", n.allocated_vcpus, n.cpus),
+                        format!("{}/{}", n.allocated_memory_mib, n.memory_mib),
+                        n.vm_count.to_string(),
+                    ]
+                })
+                .collect();
+            table(&["NAME", "ADDRESS", "STATE", "ROLE", "VCPUS", "MEMORY(MiB)", "VMS"], rows);
+        }
+    }
+}
+
+pub fn vm_json(vm: &pb::Vm) -> Value {
+    json!({
+        "id": vm.id, "name": vm.name, "vcpus": vm.vcpus, "memory_mib": vm.memory_mib, "ha": vm.ha,
+        "desired": vm.desired, "node": vm.node, "node_id": vm.node_id, "epoch": vm.epoch,
+        "created_at_ms": vm.created_at_ms,
+    })
+}
+
+pub fn print_vms(output: Output, vms: &[pb::Vm]) {
+    match output {
+        Output::Json => println!("{}", Value::Array(vms.iter().map(vm_json).collect())),
+        Output::Table => {
+            let rows = vms
+                .iter()
+                .map(|v| {
+                    vec![
+                        v.name.clone(),
+                        v.vcpus.to_string(),
+                        v.memory_mib.to_string(),
+                        if v.ha { "yes" } else { "no" }.into(),
+                        v.desired.clone(),
+                        v.node.clone().unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            table(&["NAME", "VCPUS", "MEMORY(MiB)", "HA", "DESIRED", "NODE"], rows);
+        }
+    }
+}
+
+pub fn print_vm(output: Output, vm: &pb::Vm) {
+    match output {
+        Output::Json => println!("{}", vm_json(vm)),
+        Output::Table => {
+            println!("name:     {}", vm.name);
+            println!("id:       {}", vm.id);
+            println!("vcpus:    {}", vm.vcpus);
+            println!("memory:   {} MiB", vm.memory_mib);
+            println!("ha:       {}", vm.ha);
+            println!("desired:  {}", vm.desired);
+            println!("node:     {}", vm.node.as_deref().unwrap_or("-"));
+            println!("epoch:    {}", vm.epoch);
+        }
+    }
+}
+
+pub fn print_events(output: Output, events: &[pb::Event]) {
+    for e in events {
+        match output {
+            Output::Json => println!(
+                "{}",
+                json!({"seq": e.seq, "at_ms": e.at_ms, "kind": e.kind, "message": e.message})
+            ),
+            Output::Table => println!("{:>6}  {}  {:<8} {}", e.seq, format_ms(e.at_ms), e.kind, e.message),
+        }
+    }
+}
+
+/// Unix milliseconds as UTC `YYYY-MM-DD hh:mm:ss`.
+fn format_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if mo <= 2 { 1 } else { 0 };
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02}:{s:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_timestamps() {
+        assert_eq!(super::format_ms(0), "1970-01-01 00:00:00");
+        assert_eq!(super::format_ms(1_795_651_200_000), "2026-11-26 00:00:00");
+    }
+}

@@ -1,0 +1,237 @@
+//! `kvmesh serve` configuration: a TOML file overlaid by command-line flags.
+//!
+//! Every field has a documented default. [`ServeConfig::validate`] reports
+//! every problem it finds, each naming the field and the offending value.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Raft timing and log compaction.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftConfig {
+    /// Leader heartbeat interval. Default 100 ms.
+    pub heartbeat_ms: u64,
+    /// Election timeout range; each node draws once from it, so keep it wide
+    /// to avoid repeated split votes. Default 500–1500 ms.
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Build a snapshot (and purge the log) every this many entries. Default 5000.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind the latest snapshot. Default 1000.
+    pub keep_logs: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig { heartbeat_ms: 100, election_min_ms: 500, election_max_ms: 1500, snapshot_every: 5000, keep_logs: 1000 }
+    }
+}
+
+/// The whole daemon configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Node name, unique in the cluster. Default: the hostname.
+    pub name: String,
+    /// Address the gRPC server binds. Default 127.0.0.1:7100.
+    pub listen: String,
+    /// Address other nodes and clients use to reach this one. Default: `listen`.
+    pub advertise: Option<String>,
+    /// Where the node keeps its identity and Raft data. Default ./kvmesh-data.
+    pub data_dir: PathBuf,
+    /// Address of any cluster member to join at first start.
+    pub join: Option<String>,
+    /// Override the host's vCPU count (for test clusters).
+    pub cpus: Option<u32>,
+    /// Override the host's memory in MiB (for test clusters).
+    pub memory_mib: Option<u64>,
+    /// How long a client write keeps retrying through elections. Default 10000 ms.
+    pub write_timeout_ms: u64,
+    pub raft: RaftConfig,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            name: crate::host::hostname(),
+            listen: "127.0.0.1:7100".into(),
+            advertise: None,
+            data_dir: PathBuf::from("kvmesh-data"),
+            join: None,
+            cpus: None,
+            memory_mib: None,
+            write_timeout_ms: 10_000,
+            raft: RaftConfig::default(),
+        }
+    }
+}
+
+impl ServeConfig {
+    /// Reads a TOML file; unknown keys are errors, missing keys take defaults.
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    pub fn advertise(&self) -> &str {
+        self.advertise.as_deref().unwrap_or(&self.listen)
+    }
+
+    /// Checks every field; the error lists all problems found.
+    pub fn validate(&self) -> Result<()> {
+        let mut problems = Vec::new();
+        if let Err(e) = validate_node_name(&self.name) {
+            problems.push(format!("name: {e}"));
+        }
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!("listen: {:?} is not an IP:port address", self.listen));
+        }
+        if let Some(a) = &self.advertise {
+            if !is_host_port(a) {
+                problems.push(format!("advertise: {a:?} is not a host:port address"));
+            }
+        }
+        if self.advertise.is_none() && self.listen.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_unspecified()) {
+            problems.push(format!("advertise: required when listen ({}) is a wildcard address", self.listen));
+        }
+        if let Some(j) = &self.join {
+            if !is_host_port(j) {
+                problems.push(format!("join: {j:?} is not a host:port address"));
+            }
+        }
+        if self.cpus == Some(0) {
+            problems.push("cpus: must be at least 1".into());
+        }
+        if self.memory_mib == Some(0) {
+            problems.push("memory_mib: must be at least 1".into());
+        }
+        if self.write_timeout_ms < 100 {
+            problems.push(format!("write_timeout_ms: {} is too short (minimum 100)", self.write_timeout_ms));
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 {
+            problems.push("raft.heartbeat_ms: must be at least 1".into());
+        }
+        if r.election_min_ms <= r.heartbeat_ms * 2 {
+            problems.push(format!(
+                "raft.election_min_ms: {} must exceed twice raft.heartbeat_ms ({})",
+                r.election_min_ms, r.heartbeat_ms
+            ));
+        }
+        if r.election_max_ms <= r.election_min_ms {
+            problems.push(format!(
+                "raft.election_max_ms: {} must exceed raft.election_min_ms ({})",
+                r.election_max_ms, r.election_min_ms
+            ));
+        }
+        if r.snapshot_every == 0 {
+            problems.push("raft.snapshot_every: must be at least 1".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Config(problems.join("; ")))
+        }
+    }
+
+    /// The openraft configuration derived from this one.
+    pub fn openraft(&self) -> Result<openraft::Config> {
+        let r = &self.raft;
+        let cfg = openraft::Config {
+            cluster_name: "kvmesh".into(),
+            heartbeat_interval: r.heartbeat_ms,
+            election_timeout_min: r.election_min_ms,
+            election_timeout_max: r.election_max_ms,
+            // Snapshots go in one message; give big states time to arrive.
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_every),
+            max_in_snapshot_log_to_keep: r.keep_logs,
+            ..Default::default()
+        };
+        cfg.validate().map_err(|e| Error::Config(format!("raft: {e}")))
+    }
+}
+
+fn is_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
+        None => false,
+    }
+}
+
+/// Node names: 1–63 characters of letters, digits, '-', '_' and '.'.
+pub fn validate_node_name(name: &str) -> std::result::Result<(), String> {
+    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if name.is_empty() || name.len() > 63 || !ok_chars {
+        return Err(format!("{name:?} must be 1-63 characters of letters, digits, '-', '_' or '.'"));
+    }
+    Ok(())
+}
+
+/// VM names: 1–63 characters of `[a-z0-9-]`.
+pub fn validate_vm_name(name: &str) -> std::result::Result<(), String> {
+    let ok_chars = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if name.is_empty() || name.len() > 63 || !ok_chars {
+        return Err(format!("VM name {name:?} must be 1-63 characters of lowercase letters, digits and '-'"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let mut c = ServeConfig::default();
+        c.name = "node-1".into();
+        c.validate().unwrap();
+        c.openraft().unwrap();
+    }
+
+    #[test]
+    fn validate_lists_every_problem() {
+        let c = ServeConfig {
+            name: "bad name!".into(),
+            listen: "nowhere".into(),
+            join: Some("x".into()),
+            cpus: Some(0),
+            raft: RaftConfig { heartbeat_ms: 100, election_min_ms: 150, election_max_ms: 100, ..Default::default() },
+            ..ServeConfig::default()
+        };
+        let Err(Error::Config(msg)) = c.validate() else { panic!("should fail") };
+        for field in ["name:", "listen:", "join:", "cpus:", "raft.election_min_ms", "raft.election_max_ms"] {
+            assert!(msg.contains(field), "{field} missing in {msg}");
+        }
+    }
+
+    #[test]
+    fn wildcard_listen_needs_advertise() {
+        let c = ServeConfig { name: "a".into(), listen: "0.0.0.0:7100".into(), ..ServeConfig::default() };
+        assert!(c.validate().is_err());
+        let c = ServeConfig { advertise: Some("10.0.0.1:7100".into()), ..c };
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let c: ServeConfig = toml::from_str("name = \"n1\"\n[raft]\nheartbeat_ms = 50\n").unwrap();
+        assert_eq!(c.name, "n1");
+        assert_eq!(c.raft.heartbeat_ms, 50);
+        assert_eq!(c.raft.election_min_ms, 500);
+        assert!(toml::from_str::<ServeConfig>("nmae = \"typo\"").is_err());
+    }
+
+    #[test]
+    fn vm_names() {
+        assert!(validate_vm_name("web-1").is_ok());
+        for bad in ["", "Web", "a_b", &"x".repeat(64)] {
+            assert!(validate_vm_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! What every request handler shares: the local Raft, the replicated state,
+//! this node's identity, and the write path to the leader.
+//!
+//! Writes go through [`NodeCtx::on_leader`]: run locally when this node leads,
+//! otherwise forward to the leader it knows, and retry with backoff through
+//! elections until the write deadline.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kvmesh_proto::FORWARDED_HEADER;
+use kvmesh_raft::command::{Command, Response};
+use kvmesh_raft::network::lazy_channel;
+use kvmesh_raft::store::{SharedState, SmData};
+use kvmesh_raft::types::{Raft, RaftMetrics};
+use kvmesh_raft::NodeId;
+use openraft::error::{ClientWriteError, RaftError};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+use crate::config::ServeConfig;
+use crate::data_dir::DataDir;
+use crate::error::{Error, Result};
+
+pub struct NodeCtx {
+    pub id: NodeId,
+    pub name: String,
+    /// The address others reach this node at.
+    pub address: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub raft: Raft,
+    pub state: SharedState,
+    pub config: ServeConfig,
+    pub data_dir: Mutex<DataDir>,
+    /// Serializes membership changes on the leader (Raft allows one at a time).
+    pub membership_lock: tokio::sync::Mutex<()>,
+    /// Set while `serve --join` is in progress, so `cluster init` is refused.
+    pub joining: std::sync::atomic::AtomicBool,
+    /// Notified when the leader reports that it removed this node.
+    pub removed: std::sync::Arc<tokio::sync::Notify>,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl NodeCtx {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: NodeId,
+        config: ServeConfig,
+        cpus: u32,
+        memory_mib: u64,
+        raft: Raft,
+        state: SharedState,
+        data_dir: DataDir,
+    ) -> Self {
+        NodeCtx {
+            id,
+            name: config.name.clone(),
+            address: config.advertise().to_string(),
+            cpus,
+            memory_mib,
+            raft,
+            state,
+            config,
+            data_dir: Mutex::new(data_dir),
+            membership_lock: tokio::sync::Mutex::new(()),
+            joining: std::sync::atomic::AtomicBool::new(false),
+            removed: Default::default(),
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// Runs `f` on the replicated state under the read lock.
+    pub fn read<T>(&self, f: impl FnOnce(&SmData) -> T) -> T {
+        let guard = self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&guard)
+    }
+
+    /// A (cached, lazily connecting) channel to another node.
+    pub fn channel(&self, address: &str) -> Result<Channel> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(address) {
+            return Ok(c.clone());
+        }
+        let c = lazy_channel(address, Duration::from_secs(1))
+            .map_err(|e| Error::Unavailable(format!("bad peer address {address}: {e}")))?;
+        channels.insert(address.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Proposes a command and waits until it is committed and applied.
+    pub async fn write(&self, cmd: Command) -> Result<Response> {
+        match self.raft.client_write(cmd).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(Error::Unavailable("leadership changed during the write".into()))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(Error::FailedPrecondition(e.to_string()))
+            }
+            Err(RaftError::Fatal(f)) => Err(Error::Raft(f.to_string())),
+        }
+    }
+
+    /// The leader's id and address, if one is known.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.metrics();
+        let leader = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&leader)?;
+        Some((leader, node.address.clone()))
+    }
+
+    /// Runs a request on the leader. `local` runs here if this node leads;
+    /// `remote` forwards to the leader over `Channel`. Unavailability (no
+    /// leader yet, a leader change, a dead leader) is retried with backoff
+    /// until the write deadline.
+    pub async fn on_leader<T, L, LF, R, RF>(&self, forwarded: bool, local: L, remote: R) -> std::result::Result<T, Status>
+    where
+        L: Fn() -> LF,
+        LF: Future<Output = Result<T>>,
+        R: Fn(Channel, Duration) -> RF,
+        RF: Future<Output = std::result::Result<T, Status>>,
+    {
+        let deadline = Instant::now() + Duration::from_millis(self.config.write_timeout_ms);
+        let mut backoff = Duration::from_millis(20);
+        let mut last_error = String::from("no leader is known");
+        loop {
+            match self.leader() {
+                Some((leader, _)) if leader == self.id => match local().await {
+                    Err(Error::Unavailable(msg)) => last_error = msg,
+                    other => return other.map_err(Status::from),
+                },
+                // A forwarded request that reaches a non-leader goes back to
+                // its origin, which retries with a fresh view of the leader.
+                Some(_) if forwarded => return Err(Status::unavailable("this node is no longer the leader")),
+                Some((leader, address)) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+                    match remote(self.channel(&address)?, remaining).await {
+                        Err(s) if s.code() == Code::Unavailable => {
+                            last_error = format!("leader {leader} at {address}: {}", s.message())
+                        }
+                        other => return other,
+                    }
+                }
+                None => {}
+            }
+            if Instant::now() + backoff >= deadline {
+                return Err(Status::unavailable(format!(
+                    "no leader accepted the request within {} ms ({last_error}); a majority of voters must be up: check `kvmesh cluster status` and start the stopped nodes",
+                    self.config.write_timeout_ms
+                )));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    /// Checks with a quorum that this node still leads, for linearizable reads.
+    pub async fn ensure_linearizable(&self) -> Result<()> {
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Unavailable(format!("cannot confirm leadership for a consistent read: {e}")))
+    }
+}
+
+/// Wraps a message for forwarding: marks it forwarded and bounds its time.
+pub fn forward<T>(message: T, timeout: Duration) -> Request<T> {
+    let mut r = Request::new(message);
+    r.set_timeout(timeout);
+    r.metadata_mut().insert(FORWARDED_HEADER, "1".parse().expect("static header"));
+    r
+}
+
+/// Whether a request was forwarded by another node.
+pub fn is_forwarded<T>(r: &Request<T>) -> bool {
+    r.metadata().contains_key(FORWARDED_HEADER)
+}
+
+/// Milliseconds since the Unix epoch, stamped into commands by the leader.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

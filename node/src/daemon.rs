@@ -1,0 +1,226 @@
+//! `kvmesh serve`: opens the data dir, starts Raft and the gRPC server, joins
+//! a cluster when asked, and watches for this node's removal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvmesh_proto as pb;
+use kvmesh_raft::network::{Network, RaftService};
+use kvmesh_raft::types::Raft;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::Code;
+use tracing::{error, info, instrument, warn};
+
+use crate::api::cluster::ClusterService;
+use crate::api::vms::VmsService;
+use crate::config::ServeConfig;
+use crate::ctx::NodeCtx;
+use crate::data_dir::DataDir;
+use crate::error::{Error, Result};
+
+/// How long `serve --join` keeps trying before it gives up.
+const JOIN_DEADLINE: Duration = Duration::from_secs(180);
+
+pub async fn run(config: ServeConfig) -> Result<()> {
+    config.validate()?;
+    let raft_config = Arc::new(config.openraft()?);
+    let data_dir = DataDir::open(&config.data_dir, &config.name)?;
+    let id = data_dir.identity.node_id;
+    let (log_store, state_machine) = kvmesh_raft::store::open(&data_dir.raft_dir())?;
+    let state = state_machine.shared();
+
+    let stored_cluster = state.read().map(|d| d.state.cluster_id().map(str::to_string)).unwrap_or(None);
+    if let (Some(mine), Some(stored)) = (&data_dir.identity.cluster_id, &stored_cluster) {
+        if mine != stored {
+            return Err(Error::DataDir {
+                path: config.data_dir.clone(),
+                reason: format!("its identity says cluster {mine} but its raft store holds cluster {stored}; it was mixed up with another node's files"),
+            });
+        }
+    }
+
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|source| Error::Listen { address: config.listen.clone(), source })?;
+    let raft = Raft::new(id, raft_config, Network, log_store, state_machine)
+        .await
+        .map_err(|e| Error::Raft(format!("cannot start raft: {e}")))?;
+
+    let cpus = config.cpus.unwrap_or_else(crate::host::cpus);
+    let memory_mib = config.memory_mib.unwrap_or_else(crate::host::memory_mib);
+    let join = config.join.clone();
+    let ctx = Arc::new(NodeCtx::new(id, config, cpus, memory_mib, raft.clone(), state, data_dir));
+    info!(node = %ctx.name, id, address = %ctx.address, cpus, memory_mib, "kvmesh node starting");
+
+    let server = tokio::spawn(serve_grpc(ctx.clone(), listener));
+    let initialized = raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))?;
+    if initialized {
+        if join.is_some() {
+            info!("this node already belongs to a cluster; ignoring --join");
+        }
+        info!("resuming from the data dir");
+    } else if let Some(target) = join {
+        ctx.joining.store(true, std::sync::atomic::Ordering::SeqCst);
+        join_cluster(&ctx, &target).await?;
+        ctx.joining.store(false, std::sync::atomic::Ordering::SeqCst);
+    } else {
+        info!(
+            "waiting to be bootstrapped: run `kvmesh --endpoint {} cluster init` on this node, or restart it with --join <member>",
+            ctx.address
+        );
+    }
+    tokio::spawn(health_loop(ctx.clone()));
+
+    tokio::select! {
+        r = server => {
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => error!(error = %e, "gRPC server failed"),
+                Err(e) => error!(error = %e, "gRPC server task failed"),
+            }
+        }
+        reason = watch_membership(ctx.clone()) => {
+            warn!("{reason}");
+            // Let the leader's answer to the remove request get out first.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        _ = shutdown_signal() => info!("shutting down on signal"),
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), raft.shutdown()).await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn serve_grpc(ctx: Arc<NodeCtx>, listener: TcpListener) -> std::result::Result<(), tonic::transport::Error> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("descriptor sets are compiled in");
+    let (reporter, health) = tonic_health::server::health_reporter();
+    *HEALTH.lock().unwrap_or_else(|p| p.into_inner()) = Some(reporter);
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(pb::raft_server::RaftServer::new(RaftService::new(ctx.raft.clone(), ctx.removed.clone())).max_decoding_message_size(256 << 20))
+        .add_service(pb::cluster_server::ClusterServer::new(ClusterService::new(ctx.clone())))
+        .add_service(pb::vms_server::VmsServer::new(VmsService::new(ctx.clone())))
+        .serve_with_incoming(incoming)
+        .await
+}
+
+static HEALTH: std::sync::Mutex<Option<tonic_health::server::HealthReporter>> = std::sync::Mutex::new(None);
+
+/// Reports SERVING while this node knows a leader (so writes can succeed),
+/// NOT_SERVING otherwise. The overall ("") status is always SERVING once up.
+async fn health_loop(ctx: Arc<NodeCtx>) {
+    use tonic_health::ServingStatus;
+    let mut last = None;
+    loop {
+        let reporter = HEALTH.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(reporter) = reporter {
+            let status = if ctx.leader().is_some() { ServingStatus::Serving } else { ServingStatus::NotServing };
+            if last != Some(status) {
+                for svc in ["kvmesh.v1.Cluster", "kvmesh.v1.Vms"] {
+                    reporter.set_service_status(svc, status).await;
+                }
+                last = Some(status);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Asks a member to add this node, retrying while the cluster is unreachable
+/// or electing. Refusals (taken name, wrong version) end the process.
+#[instrument(skip_all, fields(node = %ctx.name))]
+async fn join_cluster(ctx: &NodeCtx, target: &str) -> Result<()> {
+    let request = pb::JoinRequest {
+        node_id: ctx.id,
+        name: ctx.name.clone(),
+        address: ctx.address.clone(),
+        cpus: ctx.cpus,
+        memory_mib: ctx.memory_mib,
+        protocol_version: kvmesh_proto::PROTOCOL_VERSION,
+    };
+    let deadline = tokio::time::Instant::now() + JOIN_DEADLINE;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let channel = ctx.channel(target)?;
+        let mut client = pb::cluster_client::ClusterClient::new(channel);
+        let mut req = tonic::Request::new(request.clone());
+        req.set_timeout(Duration::from_secs(90));
+        match client.join(req).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                info!(cluster = %r.cluster_id, role = %r.role, via = target, "joined the cluster");
+                ctx.data_dir.lock().unwrap_or_else(|p| p.into_inner()).set_cluster_id(&r.cluster_id)?;
+                return Ok(());
+            }
+            Err(s) if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal) => {
+                if tokio::time::Instant::now() + backoff > deadline {
+                    return Err(Error::Unavailable(format!(
+                        "could not join via {target} within {}s: {}",
+                        JOIN_DEADLINE.as_secs(),
+                        s.message()
+                    )));
+                }
+                warn!(via = target, error = %s.message(), "join attempt failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(3));
+            }
+            Err(s) => return Err(Error::FailedPrecondition(format!("join refused by {target}: {}", s.message()))),
+        }
+    }
+}
+
+/// Resolves when this node has been removed from the cluster (a committed
+/// membership without it, after it had been a member).
+async fn watch_membership(ctx: Arc<NodeCtx>) -> String {
+    let notified = ctx.removed.clone();
+    tokio::select! {
+        reason = watch_own_membership(ctx.clone()) => reason,
+        _ = notified.notified() => format!(
+            "node {} was removed from the cluster; stopping. To rejoin, start it with an empty --data-dir and --join",
+            ctx.name
+        ),
+    }
+}
+
+async fn watch_own_membership(ctx: Arc<NodeCtx>) -> String {
+    let mut rx = ctx.raft.metrics();
+    let mut was_member = false;
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            let membership = &m.membership_config;
+            let is_member = membership.membership().get_node(&ctx.id).is_some();
+            let committed = match (membership.log_id(), m.last_applied) {
+                (Some(c), Some(a)) => c.index <= a.index,
+                _ => false,
+            };
+            if is_member {
+                was_member = true;
+            } else if was_member && committed {
+                return format!(
+                    "node {} was removed from the cluster; stopping. To rejoin, start it with an empty --data-dir and --join",
+                    ctx.name
+                );
+            }
+        }
+        if rx.changed().await.is_err() {
+            return "raft stopped".into();
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

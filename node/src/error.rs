@@ -1,0 +1,84 @@
+//! Errors of the kvmesh daemon, and their one mapping to gRPC statuses.
+
+use std::path::PathBuf;
+
+use kvmesh_raft::command::Refusal;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    #[error("data dir {path}: {reason}")]
+    DataDir { path: PathBuf, reason: String },
+
+    #[error(transparent)]
+    Store(#[from] kvmesh_raft::Error),
+
+    #[error("cannot listen on {address}: {source}. Is another kvmesh (or other program) using that port? Pick another with --listen")]
+    Listen { address: String, source: std::io::Error },
+
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    #[error("{0}")]
+    NotFound(String),
+
+    #[error("{0}")]
+    AlreadyExists(String),
+
+    #[error("{0}")]
+    FailedPrecondition(String),
+
+    #[error("{0}")]
+    NoCapacity(String),
+
+    #[error("{0}")]
+    Unavailable(String),
+
+    #[error("raft: {0}")]
+    Raft(String),
+
+    #[error("timed out: {0}")]
+    Timeout(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<Refusal> for Error {
+    fn from(r: Refusal) -> Self {
+        let msg = r.to_string();
+        match r {
+            Refusal::AlreadyInitialized { .. } | Refusal::NodeHasVms { .. } | Refusal::NoLongerFits { .. } => {
+                Error::FailedPrecondition(msg)
+            }
+            Refusal::NodeNameTaken { .. } | Refusal::NodeAddressTaken { .. } | Refusal::VmNameTaken { .. } => {
+                Error::AlreadyExists(msg)
+            }
+            Refusal::UnknownNode { .. } | Refusal::UnknownVm { .. } => Error::NotFound(msg),
+        }
+    }
+}
+
+/// The single place where daemon errors become gRPC statuses.
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::Config(_) | Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::NotFound(_) => Code::NotFound,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::NoCapacity(_) => Code::ResourceExhausted,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Timeout(_) => Code::DeadlineExceeded,
+            Error::DataDir { .. } | Error::Store(_) | Error::Listen { .. } | Error::Raft(_) => Code::Internal,
+        };
+        let msg = match e {
+            // Status messages reach the CLI as-is; skip the variant prefixes.
+            Error::InvalidArgument(m) => m,
+            other => other.to_string(),
+        };
+        Status::new(code, msg)
+    }
+}

@@ -1,0 +1,27 @@
+//! Wire types of kvmesh's gRPC API, package `kvmesh.v1`.
+//!
+//! `Cluster` and `Vms` are the client-facing services; `Raft` carries openraft's
+//! messages between members. The encoded file descriptor set is exported so each
+//! node can serve gRPC reflection, and `PROTOCOL_VERSION` lets nodes refuse peers
+//! that speak an incompatible version.
+
+#![allow(clippy::all)]
+
+pub mod v1 {
+    tonic::include_proto!("kvmesh.v1");
+}
+
+pub use v1::*;
+
+/// Encoded `FileDescriptorSet` of `kvmesh.v1`, for tonic-reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kvmesh_descriptor");
+
+/// Bumped whenever nodes of different versions could not work together
+/// (wire messages or the replicated log format).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// gRPC metadata key carrying the sender's `PROTOCOL_VERSION` on Raft RPCs.
+pub const PROTOCOL_HEADER: &str = "kvmesh-protocol";
+
+/// gRPC metadata key set when a node forwards a client write to the leader.
+pub const FORWARDED_HEADER: &str = "kvmesh-forwarded";

@@ -1,0 +1,73 @@
+//! Versioned binary encoding for everything kvmesh stores or sends.
+//!
+//! Every stored value starts with one format byte, so a newer release can
+//! migrate old values and an older release refuses newer ones with a clear
+//! error instead of misreading them.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Current format of stored values.
+pub const FORMAT: u8 = 1;
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes `value` prefixed with the format byte.
+pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>> {
+    let mut out = vec![FORMAT];
+    let body = bincode::serde::encode_to_vec(value, config())
+        .map_err(|e| Error::Encode { what, detail: e.to_string() })?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decodes a value written by [`encode`].
+pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
+    let (&format, body) = bytes.split_first().ok_or(Error::Decode { what, detail: "empty value".into() })?;
+    if format > FORMAT {
+        return Err(Error::FormatTooNew { what, found: format, supported: FORMAT });
+    }
+    if format == 0 {
+        return Err(Error::Decode { what, detail: "format byte 0 is not a kvmesh value".into() });
+    }
+    let (value, used) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| Error::Decode { what, detail: e.to_string() })?;
+    if used != body.len() {
+        return Err(Error::Decode { what, detail: format!("{} trailing bytes", body.len() - used) });
+    }
+    Ok(value)
+}
+
+/// Unversioned encoding for RPC payloads (the protocol version travels in a header).
+pub fn to_wire<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>> {
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| Error::Encode { what, detail: e.to_string() })
+}
+
+/// Decodes an RPC payload written by [`to_wire`].
+pub fn from_wire<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
+    bincode::serde::decode_from_slice(bytes, config())
+        .map(|(v, _)| v)
+        .map_err(|e| Error::Decode { what, detail: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_version_checks() {
+        let bytes = encode("x", &(7u64, "hi".to_string())).unwrap();
+        assert_eq!(bytes[0], FORMAT);
+        let back: (u64, String) = decode("x", &bytes).unwrap();
+        assert_eq!(back, (7, "hi".to_string()));
+
+        let mut newer = bytes.clone();
+        newer[0] = FORMAT + 1;
+        assert!(matches!(decode::<(u64, String)>("x", &newer), Err(Error::FormatTooNew { .. })));
+        assert!(decode::<(u64, String)>("x", &[]).is_err());
+        assert!(decode::<(u64, String)>("x", &[FORMAT, 0xff, 0xff]).is_err());
+    }
+}

@@ -1,0 +1,23 @@
+//! kvmesh's replicated cluster state.
+//!
+//! - [`model`] and [`command`]: the state (nodes, VMs, events) and the commands
+//!   that change it. [`ClusterState::apply`] is a pure function of the state and
+//!   a command: no clock, no randomness, no I/O, so every replica agrees.
+//! - [`types`]: the openraft type configuration.
+//! - [`store`]: the sled-backed log store and state machine (storage v2), durable
+//!   before openraft is told.
+//! - [`network`]: the tonic transport for openraft's RPCs, client and server.
+
+pub mod codec;
+pub mod command;
+pub mod error;
+pub mod model;
+pub mod network;
+pub mod store;
+pub mod types;
+pub mod wire;
+
+pub use command::{Command, Response};
+pub use error::{Error, Result};
+pub use model::ClusterState;
+pub use types::{MemberNode, NodeId, TypeConfig};

@@ -1,0 +1,223 @@
+//! The replicated cluster model: nodes, VMs and a bounded event log.
+//!
+//! [`ClusterState`] is the value every replica's state machine holds. It
+//! changes only through [`ClusterState::apply`](crate::command), and it keeps a
+//! set of the keys each change touched so the store can persist exactly those.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::NodeId;
+
+/// How many events the replicated ring keeps.
+pub const EVENT_CAPACITY: usize = 1000;
+
+pub type VmId = u64;
+
+/// Cluster-wide settings, chosen at `cluster init` and kept in the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// The leader promotes joining nodes to voters up to this count.
+    pub max_voters: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { max_voters: 3 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    Up,
+    Down,
+    Draining,
+    Maintenance,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Up => "up",
+            NodeState::Down => "down",
+            NodeState::Draining => "draining",
+            NodeState::Maintenance => "maintenance",
+        }
+    }
+}
+
+/// A host of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: NodeId,
+    pub name: String,
+    pub address: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub state: NodeState,
+    pub joined_at_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Desired {
+    Running,
+    Stopped,
+}
+
+impl Desired {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Desired::Running => "running",
+            Desired::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub ha: bool,
+}
+
+/// Where a VM should run. The epoch grows with every new placement so a host
+/// can tell a current assignment from a stale one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub node: NodeId,
+    pub epoch: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vm {
+    pub id: VmId,
+    pub name: String,
+    pub spec: VmSpec,
+    pub desired: Desired,
+    pub placement: Option<Placement>,
+    pub created_at_ms: u64,
+    /// The client's request id, so a retried create is recognised.
+    pub request_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub kind: String,
+    pub message: String,
+}
+
+/// A key of the persisted state; the store writes or deletes each touched key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Key {
+    Meta,
+    Node(NodeId),
+    Vm(VmId),
+    Event(u64),
+}
+
+/// Small cluster-wide values persisted under one key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub cluster_id: Option<String>,
+    pub settings: Settings,
+    pub next_event_seq: u64,
+}
+
+/// The whole replicated state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub meta: Meta,
+    pub nodes: BTreeMap<NodeId, Node>,
+    pub vms: BTreeMap<VmId, Vm>,
+    pub events: VecDeque<Event>,
+    /// Derived: VM name to id.
+    #[serde(skip)]
+    pub(crate) vm_names: BTreeMap<String, VmId>,
+    /// Keys changed since the store last persisted.
+    #[serde(skip)]
+    pub(crate) dirty: BTreeSet<Key>,
+}
+
+impl PartialEq for ClusterState {
+    fn eq(&self, other: &Self) -> bool {
+        self.meta == other.meta && self.nodes == other.nodes && self.vms == other.vms && self.events == other.events
+    }
+}
+
+impl ClusterState {
+    /// Builds a state from persisted parts, rebuilding the derived indexes.
+    pub fn from_parts(meta: Meta, nodes: Vec<Node>, vms: Vec<Vm>, events: Vec<Event>) -> Self {
+        let mut s = ClusterState {
+            meta,
+            nodes: nodes.into_iter().map(|n| (n.id, n)).collect(),
+            vms: vms.into_iter().map(|v| (v.id, v)).collect(),
+            events: events.into(),
+            ..Default::default()
+        };
+        s.reindex();
+        s
+    }
+
+    /// Rebuilds derived indexes (after decoding a snapshot).
+    pub fn reindex(&mut self) {
+        self.vm_names = self.vms.values().map(|v| (v.name.clone(), v.id)).collect();
+    }
+
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.meta.cluster_id.as_deref()
+    }
+
+    pub fn vm_by_name(&self, name: &str) -> Option<&Vm> {
+        self.vm_names.get(name).and_then(|id| self.vms.get(id))
+    }
+
+    /// VM ids in name order.
+    pub fn vm_names(&self) -> impl Iterator<Item = VmId> + '_ {
+        self.vm_names.values().copied()
+    }
+
+    pub fn node_by_name(&self, name: &str) -> Option<&Node> {
+        self.nodes.values().find(|n| n.name == name)
+    }
+
+    /// vCPUs and memory placed on a node.
+    pub fn allocated(&self, node: NodeId) -> (u32, u64, u32) {
+        let mut cpus = 0u32;
+        let mut mem = 0u64;
+        let mut count = 0u32;
+        for vm in self.vms.values() {
+            if vm.placement.map(|p| p.node) == Some(node) {
+                cpus = cpus.saturating_add(vm.spec.vcpus);
+                mem = mem.saturating_add(vm.spec.memory_mib);
+                count += 1;
+            }
+        }
+        (cpus, mem, count)
+    }
+
+    /// Takes the keys changed since the last call.
+    pub fn take_dirty(&mut self) -> BTreeSet<Key> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    pub(crate) fn push_event(&mut self, at_ms: u64, kind: &str, message: String) {
+        let seq = self.meta.next_event_seq + 1;
+        self.meta.next_event_seq = seq;
+        self.events.push_back(Event { seq, at_ms, kind: kind.to_string(), message });
+        self.dirty.insert(Key::Event(seq));
+        self.dirty.insert(Key::Meta);
+        while self.events.len() > EVENT_CAPACITY {
+            if let Some(old) = self.events.pop_front() {
+                self.dirty.insert(Key::Event(old.seq));
+            }
+        }
+    }
+}
+
+/// Formats a VM id as it appears to users and in domain names.
+pub fn vm_id_hex(id: VmId) -> String {
+    format!("{id:016x}")
+}

@@ -1,0 +1,205 @@
+//! openraft's RPCs over tonic, both directions.
+//!
+//! The client side ([`Network`]) never connects in `new_client`: RaftCore awaits
+//! that inline, so it only builds a lazy channel. Every request carries a
+//! deadline no longer than openraft's hard TTL, and a peer that cannot be
+//! reached is reported as `Unreachable`, so openraft backs off instead of
+//! spinning. Payloads are bincode; the server returns the whole `Result` so
+//! remote Raft errors are rebuilt faithfully. Both sides stamp and check
+//! [`PROTOCOL_VERSION`], so mismatched releases refuse each other clearly.
+
+use std::time::Duration;
+
+use kvmesh_proto::raft_client::RaftClient;
+use kvmesh_proto::raft_server;
+use kvmesh_proto::{RaftMessage, PROTOCOL_HEADER, PROTOCOL_VERSION};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::{de::DeserializeOwned, Serialize};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::codec;
+use crate::types::{MemberNode, NodeId, Raft, TypeConfig};
+
+/// Builds a lazily connecting channel to a peer's gRPC address.
+pub fn lazy_channel(address: &str, connect_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{address}"))?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .connect_lazy())
+}
+
+/// Creates one [`PeerClient`] per replication target.
+#[derive(Clone, Default)]
+pub struct Network;
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> Self::Network {
+        let channel = lazy_channel(&node.address, Duration::from_millis(500));
+        PeerClient { target, address: node.address.clone(), client: channel.ok().map(RaftClient::new) }
+    }
+}
+
+pub struct PeerClient {
+    target: NodeId,
+    address: String,
+    /// `None` if the address does not even parse; every call is then unreachable.
+    client: Option<RaftClient<Channel>>,
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, MemberNode, RaftError<NodeId, E>>>;
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(&mut self, rpc: Rpc, req: &Req, ttl: Duration) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let Some(client) = self.client.as_mut() else {
+            return Err(unreachable(format!("invalid peer address {:?}", self.address)));
+        };
+        let payload = codec::to_wire("raft request", req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = Request::new(RaftMessage { payload });
+        request.set_timeout(ttl);
+        request.metadata_mut().insert(PROTOCOL_HEADER, PROTOCOL_VERSION.into());
+        let reply = match rpc {
+            Rpc::AppendEntries => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::InstallSnapshot => client.install_snapshot(request).await,
+        };
+        let reply = reply.map_err(|status| status_to_rpc_error(&self.address, status))?;
+        let result: Result<Resp, RaftError<NodeId, E>> = codec::from_wire("raft reply", &reply.into_inner().payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+fn unreachable<E: std::error::Error>(msg: String) -> RPCError<NodeId, MemberNode, RaftError<NodeId, E>> {
+    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg)))
+}
+
+fn status_to_rpc_error<E: std::error::Error>(
+    address: &str,
+    status: Status,
+) -> RPCError<NodeId, MemberNode, RaftError<NodeId, E>> {
+    use tonic::Code;
+    let msg = format!("{address}: {}", status.message());
+    match status.code() {
+        // Connection refused, reset, DNS failure, or a peer refusing our
+        // protocol version: nothing to gain by retrying at once.
+        Code::Unavailable | Code::FailedPrecondition | Code::Unimplemented => unreachable(msg),
+        _ => RPCError::Network(NetworkError::new(&std::io::Error::other(msg))),
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.call(Rpc::AppendEntries, &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(Rpc::InstallSnapshot, &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
+    }
+}
+
+/// The server half: decodes a request, hands it to the local Raft, and
+/// returns the encoded `Result`.
+pub struct RaftService {
+    raft: Raft,
+    removed: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl RaftService {
+    /// `removed` is notified when the leader reports this node removed.
+    pub fn new(raft: Raft, removed: std::sync::Arc<tokio::sync::Notify>) -> Self {
+        RaftService { raft, removed }
+    }
+}
+
+fn check_protocol<T>(request: &Request<T>) -> Result<(), Status> {
+    let theirs: Option<u32> = request.metadata().get(PROTOCOL_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    match theirs {
+        Some(v) if v == PROTOCOL_VERSION => Ok(()),
+        Some(v) => Err(Status::failed_precondition(format!(
+            "peer speaks kvmesh protocol {v}, this node speaks {PROTOCOL_VERSION}; run the same kvmesh release on every node"
+        ))),
+        None => Err(Status::failed_precondition("raft request without a kvmesh protocol version")),
+    }
+}
+
+fn decode<T: DeserializeOwned>(request: Request<RaftMessage>) -> Result<T, Status> {
+    check_protocol(&request)?;
+    codec::from_wire("raft request", &request.into_inner().payload)
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
+    let payload = codec::to_wire("raft reply", value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftMessage { payload }))
+}
+
+#[tonic::async_trait]
+impl raft_server::Raft for RaftService {
+    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let req: AppendEntriesRequest<TypeConfig> = decode(request)?;
+        encode(&self.raft.append_entries(req).await)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let req: VoteRequest<NodeId> = decode(request)?;
+        encode(&self.raft.vote(req).await)
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let req: InstallSnapshotRequest<TypeConfig> = decode(request)?;
+        encode(&self.raft.install_snapshot(req).await)
+    }
+
+    async fn removed(
+        &self,
+        request: Request<kvmesh_proto::RemovedNotice>,
+    ) -> Result<Response<kvmesh_proto::RemovedAck>, Status> {
+        let notice = request.into_inner();
+        let me = self.raft.metrics().borrow().id;
+        if notice.node_id != me {
+            return Err(Status::invalid_argument(format!("this is node {me}, not {}", notice.node_id)));
+        }
+        tracing::warn!(cluster = %notice.cluster_id, "the leader removed this node from the cluster");
+        self.removed.notify_one();
+        Ok(Response::new(kvmesh_proto::RemovedAck {}))
+    }
+}

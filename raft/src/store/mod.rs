@@ -1,0 +1,64 @@
+//! Durable Raft storage on sled (openraft storage v2).
+//!
+//! One sled `Db` per node holds four trees:
+//! - `log`: entries keyed by big-endian index;
+//! - `raft`: the vote, the last purged log id and the committed log id;
+//! - `sm`: the state machine, every key in one tree so each applied batch is a
+//!   single atomic `Batch` (the state and its `applied` marker never diverge);
+//! - `snapshot`: the current snapshot's meta and bytes.
+//!
+//! Every method that openraft relies on for durability flushes before it
+//! reports success: sled's own background fsync runs only every 500 ms.
+
+mod log;
+mod state_machine;
+
+pub use log::LogStore;
+pub use state_machine::{SharedState, SmData, StateMachine};
+
+use std::path::Path;
+
+use openraft::{ErrorSubject, ErrorVerb, StorageIOError};
+
+use crate::error::{Error, Result};
+use crate::types::{NodeId, StorageError};
+
+/// Opens (or creates) the store under `dir` and returns both halves.
+pub fn open(dir: &Path) -> Result<(LogStore, StateMachine)> {
+    let db = sled::Config::new()
+        .path(dir)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .map_err(|source| Error::Open { path: dir.to_path_buf(), source })?;
+    let log = LogStore::new(&db).map_err(|e| corrupt(dir, e))?;
+    let sm = StateMachine::load(&db).map_err(|e| corrupt(dir, e))?;
+    Ok((log, sm))
+}
+
+fn corrupt(dir: &Path, e: Error) -> Error {
+    match e {
+        Error::Decode { what, detail } => Error::Corrupt { path: dir.to_path_buf(), detail: format!("{what}: {detail}") },
+        Error::Sled(source) => Error::Open { path: dir.to_path_buf(), source },
+        other => other,
+    }
+}
+
+pub(crate) fn be(i: u64) -> [u8; 8] {
+    i.to_be_bytes()
+}
+
+pub(crate) fn from_be(bytes: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&bytes[..8]);
+    u64::from_be_bytes(a)
+}
+
+/// Wraps a storage failure in openraft's error type. openraft treats any
+/// `StorageError` as fatal and stops the node, which is what a failing disk
+/// deserves.
+pub(crate) fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::new(subject, verb, openraft::AnyError::error(e.to_string())).into()
+}
+
+#[cfg(test)]
+mod suite_test;

@@ -1,0 +1,273 @@
+//! The state machine on sled: applies committed entries to [`ClusterState`],
+//! persists exactly the keys they touched, and builds and installs snapshots.
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::{be, from_be, io_err};
+use crate::codec;
+use crate::command::Response;
+use crate::error::Result;
+use crate::model::{ClusterState, Event, Key, Meta, Node, Vm};
+use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+const META: &[u8] = b"m";
+const APPLIED: &[u8] = b"a";
+const MEMBERSHIP: &[u8] = b"M";
+const NODE: u8 = b'n';
+const VM: u8 = b'v';
+const EVENT: u8 = b'e';
+
+const SNAP_META: &[u8] = b"meta";
+const SNAP_DATA: &[u8] = b"data";
+
+/// What the state machine holds in memory. Readers (the API) take the read
+/// lock briefly and never across an await.
+#[derive(Clone, Debug, Default)]
+pub struct SmData {
+    pub state: ClusterState,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+pub type SharedState = Arc<RwLock<SmData>>;
+
+/// The serialized form of a snapshot.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    state: ClusterState,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    db: sled::Db,
+    sm: sled::Tree,
+    snapshots: sled::Tree,
+    data: SharedState,
+}
+
+fn prefixed(prefix: u8, id: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&be(id));
+    k
+}
+
+fn read_err(e: impl std::fmt::Display) -> StorageError {
+    io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e)
+}
+
+fn write_err(e: impl std::fmt::Display) -> StorageError {
+    io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e)
+}
+
+impl StateMachine {
+    /// Loads the persisted state, or the stored snapshot if it is newer
+    /// (an interrupted snapshot install).
+    pub(crate) fn load(db: &sled::Db) -> Result<Self> {
+        let sm = db.open_tree("sm")?;
+        let snapshots = db.open_tree("snapshot")?;
+        let mut data = read_tree(&sm)?;
+        if let Some(meta_bytes) = snapshots.get(SNAP_META)? {
+            let meta: SnapshotMeta = codec::decode("snapshot meta", &meta_bytes)?;
+            if meta.last_log_id > data.last_applied {
+                let bytes = snapshots.get(SNAP_DATA)?.unwrap_or_default();
+                data = decode_snapshot(&bytes)?;
+                write_all(&sm, &data)?;
+                db.flush()?;
+            }
+        }
+        Ok(StateMachine { db: db.clone(), sm, snapshots, data: Arc::new(RwLock::new(data)) })
+    }
+
+    /// The in-memory state, shared with the API for local reads.
+    pub fn shared(&self) -> SharedState {
+        self.data.clone()
+    }
+
+    fn persist_dirty(&self, data: &mut SmData) -> std::result::Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for key in data.state.take_dirty() {
+            match key {
+                Key::Meta => batch.insert(META, codec::encode("meta", &data.state.meta).map_err(write_err)?),
+                Key::Node(id) => match data.state.nodes.get(&id) {
+                    Some(n) => batch.insert(&prefixed(NODE, id), codec::encode("node", n).map_err(write_err)?),
+                    None => batch.remove(&prefixed(NODE, id)),
+                },
+                Key::Vm(id) => match data.state.vms.get(&id) {
+                    Some(v) => batch.insert(&prefixed(VM, id), codec::encode("vm", v).map_err(write_err)?),
+                    None => batch.remove(&prefixed(VM, id)),
+                },
+                Key::Event(seq) => match data.state.events.iter().find(|e| e.seq == seq) {
+                    Some(e) => batch.insert(&prefixed(EVENT, seq), codec::encode("event", e).map_err(write_err)?),
+                    None => batch.remove(&prefixed(EVENT, seq)),
+                },
+            }
+        }
+        batch.insert(APPLIED, codec::encode("applied", &data.last_applied).map_err(write_err)?);
+        batch.insert(MEMBERSHIP, codec::encode("membership", &data.membership).map_err(write_err)?);
+        self.sm.apply_batch(batch).map_err(write_err)
+    }
+}
+
+fn read_tree(sm: &sled::Tree) -> Result<SmData> {
+    let mut meta = Meta::default();
+    let mut last_applied = None;
+    let mut membership = StoredMembership::default();
+    let (mut nodes, mut vms, mut events) = (Vec::<Node>::new(), Vec::<Vm>::new(), Vec::<Event>::new());
+    for item in sm.iter() {
+        let (key, value) = item?;
+        match key.as_ref() {
+            META => meta = codec::decode("meta", &value)?,
+            APPLIED => last_applied = codec::decode("applied", &value)?,
+            MEMBERSHIP => membership = codec::decode("membership", &value)?,
+            k if k.len() == 9 && k[0] == NODE => nodes.push(codec::decode("node", &value)?),
+            k if k.len() == 9 && k[0] == VM => vms.push(codec::decode("vm", &value)?),
+            k if k.len() == 9 && k[0] == EVENT => events.push(codec::decode("event", &value)?),
+            k => {
+                return Err(crate::Error::Decode { what: "state machine key", detail: format!("unknown key {k:?}") })
+            }
+        }
+    }
+    events.sort_by_key(|e| e.seq);
+    let _ = from_be; // keys sort by id already
+    Ok(SmData { state: ClusterState::from_parts(meta, nodes, vms, events), last_applied, membership })
+}
+
+fn write_all(sm: &sled::Tree, data: &SmData) -> Result<()> {
+    sm.clear()?;
+    let mut batch = sled::Batch::default();
+    batch.insert(META, codec::encode("meta", &data.state.meta)?);
+    batch.insert(APPLIED, codec::encode("applied", &data.last_applied)?);
+    batch.insert(MEMBERSHIP, codec::encode("membership", &data.membership)?);
+    for n in data.state.nodes.values() {
+        batch.insert(&prefixed(NODE, n.id), codec::encode("node", n)?);
+    }
+    for v in data.state.vms.values() {
+        batch.insert(&prefixed(VM, v.id), codec::encode("vm", v)?);
+    }
+    for e in &data.state.events {
+        batch.insert(&prefixed(EVENT, e.seq), codec::encode("event", e)?);
+    }
+    sm.apply_batch(batch)?;
+    Ok(())
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Result<SmData> {
+    let body: SnapshotBody = codec::decode("snapshot", bytes)?;
+    let mut state = body.state;
+    state.reindex();
+    Ok(SmData { state, last_applied: body.last_applied, membership: body.membership })
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> std::result::Result<(Option<LogId>, StoredMembership), StorageError> {
+        let data = self.data.read().map_err(read_err)?;
+        Ok((data.last_applied, data.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> std::result::Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut responses = Vec::new();
+        {
+            let mut data = self.data.write().map_err(write_err)?;
+            for entry in entries {
+                data.last_applied = Some(entry.log_id);
+                let response = match &entry.payload {
+                    EntryPayload::Blank => Response::Done,
+                    EntryPayload::Normal(cmd) => data.state.apply(cmd),
+                    EntryPayload::Membership(m) => {
+                        data.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                        Response::Done
+                    }
+                };
+                responses.push(response);
+            }
+            self.persist_dirty(&mut data)?;
+        }
+        self.db.flush_async().await.map_err(write_err)?;
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> std::result::Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> std::result::Result<(), StorageError> {
+        let bytes = snapshot.into_inner();
+        let snap_err = |e: crate::Error| io_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, e);
+        let new_data = decode_snapshot(&bytes).map_err(snap_err)?;
+        tracing::info!(snapshot = %meta.snapshot_id, last = ?meta.last_log_id, "installing snapshot");
+        // Keep the snapshot first: if we crash while rewriting the state tree,
+        // `load` restores from it.
+        save_snapshot(&self.snapshots, meta, &bytes).map_err(snap_err)?;
+        self.db.flush_async().await.map_err(write_err)?;
+        {
+            let mut data = self.data.write().map_err(write_err)?;
+            write_all(&self.sm, &new_data).map_err(snap_err)?;
+            *data = new_data;
+        }
+        self.db.flush_async().await.map_err(write_err)?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> std::result::Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let Some(meta_bytes) = self.snapshots.get(SNAP_META).map_err(read_err)? else {
+            return Ok(None);
+        };
+        let meta: SnapshotMeta = codec::decode("snapshot meta", &meta_bytes).map_err(read_err)?;
+        let data = self.snapshots.get(SNAP_DATA).map_err(read_err)?.map(|b| b.to_vec()).unwrap_or_default();
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}
+
+fn save_snapshot(tree: &sled::Tree, meta: &SnapshotMeta, bytes: &[u8]) -> Result<()> {
+    let mut batch = sled::Batch::default();
+    batch.insert(SNAP_META, codec::encode("snapshot meta", meta)?);
+    batch.insert(SNAP_DATA, bytes);
+    tree.apply_batch(batch)?;
+    Ok(())
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> std::result::Result<Snapshot<TypeConfig>, StorageError> {
+        // Copy under the lock, encode outside it: apply keeps running meanwhile.
+        let body = {
+            let data = self.data.read().map_err(read_err)?;
+            SnapshotBody {
+                state: data.state.clone(),
+                last_applied: data.last_applied,
+                membership: data.membership.clone(),
+            }
+        };
+        let bytes = codec::encode("snapshot", &body).map_err(read_err)?;
+        let snapshot_id = match body.last_applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, bytes.len()),
+            None => format!("empty-{}", bytes.len()),
+        };
+        let meta = SnapshotMeta { last_log_id: body.last_applied, last_membership: body.membership, snapshot_id };
+        save_snapshot(&self.snapshots, &meta, &bytes).map_err(write_err)?;
+        self.db.flush_async().await.map_err(write_err)?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), "built snapshot");
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+    }
+}

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# A local kvmesh cluster on 127.0.0.1 for trying things out.
+#
+#   scripts/dev-cluster.sh up [N]   build, start N nodes (default 3), init, join, show status
+#   scripts/dev-cluster.sh status   cluster status and nodes
+#   scripts/dev-cluster.sh down     stop the nodes (data is kept; `up` resumes it)
+#   scripts/dev-cluster.sh clean    stop and delete all data
+#
+# Node i listens on 127.0.0.1:(7100+i-1); node 1 is on the CLI's default
+# endpoint, so plain `kvmesh …` commands talk to it. Data dirs and logs live
+# under .dev-cluster/ (override with KVMESH_DEV_DIR).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+DIR=${KVMESH_DEV_DIR:-$ROOT/.dev-cluster}
+BIN=$ROOT/target/debug/kvmesh
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+
+port() { echo $((7100 + $1 - 1)); }
+kv() { "$BIN" --endpoint "127.0.0.1:$(port 1)" "$@"; }
+
+running() { [ -f "$DIR/n$1.pid" ] && kill -0 "$(cat "$DIR/n$1.pid")" 2>/dev/null; }
+
+start_node() {
+  local i=$1 join=${2:-}
+  running "$i" && return 0
+  local args=(serve --name "n$i" --listen "127.0.0.1:$(port "$i")" --data-dir "$DIR/n$i")
+  [ -n "$join" ] && [ ! -f "$DIR/n$i/kvmesh-node.json" ] && args+=(--join "$join")
+  nohup "$BIN" "${args[@]}" >>"$DIR/n$i.log" 2>&1 &
+  echo $! >"$DIR/n$i.pid"
+  for _ in $(seq 100); do
+    running "$i" || break
+    (exec 3<>"/dev/tcp/127.0.0.1/$(port "$i")") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "node n$i did not start; see $DIR/n$i.log" >&2
+  tail -5 "$DIR/n$i.log" >&2
+  exit 1
+}
+
+up() {
+  local n=${1:-3}
+  mkdir -p "$DIR"
+  echo "building kvmesh…"
+  cargo build -q -p kvmesh
+  local fresh=0
+  [ -f "$DIR/n1/kvmesh-node.json" ] || fresh=1
+  start_node 1
+  if [ $fresh = 1 ]; then kv cluster init; fi
+  for i in $(seq 2 "$n"); do start_node "$i" "127.0.0.1:$(port 1)"; done
+  # Wait until every node is a member.
+  for _ in $(seq 100); do
+    [ "$(kv -o json cluster status | grep -o '"role"' | wc -l)" -ge "$n" ] && break
+    sleep 0.2
+  done
+  echo
+  status
+  echo
+  echo "data dirs and logs: $DIR/n<i> and $DIR/n<i>.log"
+  echo "try: $BIN vm create web1 --vcpus 1 --memory 256 && $BIN vm list"
+}
+
+status() {
+  kv cluster status
+  echo
+  kv node list
+}
+
+down() {
+  for pidfile in "$DIR"/n*.pid; do
+    [ -f "$pidfile" ] || continue
+    kill "$(cat "$pidfile")" 2>/dev/null || true
+    rm -f "$pidfile"
+  done
+  echo "stopped (data kept in $DIR)"
+}
+
+case "${1:-}" in
+  up) up "${2:-3}" ;;
+  status) status ;;
+  down) down ;;
+  clean) down; rm -rf "$DIR"; echo "deleted $DIR" ;;
+  *) sed -n '2,12p' "$0"; exit 2 ;;
+esac

@@ -1,0 +1,285 @@
+//! Multi-process test harness for kvmesh.
+//!
+//! Each [`Cluster`] runs real `kvmesh serve` processes on free loopback ports,
+//! every node with its own data dir and log file under one temp dir. Tests
+//! drive it through the real CLI (`kvmesh -o json …`), as an operator would.
+//! If a test panics, the temp dir is kept and its path printed, so the node
+//! logs can be read.
+//!
+//! The binary is `$KVMESH_BIN`, or `target/debug/kvmesh` of this workspace.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+
+/// Path of the kvmesh binary under test.
+pub fn kvmesh_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("KVMESH_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/kvmesh");
+    assert!(p.exists(), "{} is missing: run `cargo build -p kvmesh` first, or set KVMESH_BIN", p.display());
+    p
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Polls `f` until it returns `Some`, or fails after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One node process and its files.
+pub struct NodeProc {
+    pub name: String,
+    pub address: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub extra_args: Vec<String>,
+    /// Member to join; used on the first start only, as an operator would.
+    join: Option<String>,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// kill -9: no shutdown path runs.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the process to exit by itself; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let child = self.child.as_mut().ok_or_else(|| anyhow!("{} is not running", self.name))?;
+        let status = wait_for(&format!("{} to exit", self.name), timeout, || child.try_wait().ok().flatten())?;
+        self.child = None;
+        Ok(status.code())
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<NodeProc>,
+    /// Lines appended to every node's config file (`[raft]` tuning, say).
+    pub config_toml: String,
+}
+
+impl Cluster {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("kvmesh-test-").tempdir().expect("temp dir");
+        Cluster { dir, nodes: Vec::new(), config_toml: String::new() }
+    }
+
+    /// Starts a node; `join` is the address of a member to join, if any.
+    pub fn spawn(&mut self, name: &str, join: Option<&str>, extra: &[&str]) -> Result<usize> {
+        let address = format!("127.0.0.1:{}", free_port());
+        // A fresh dir per spawn, even for a reused name.
+        let slot = self.nodes.len();
+        let data_dir = self.dir.path().join(format!("{name}-{slot}"));
+        let log = self.dir.path().join(format!("{name}-{slot}.log"));
+        let extra_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let join = join.map(str::to_string);
+        let mut node = NodeProc { name: name.into(), address, data_dir, log, extra_args, join, child: None };
+        self.start(&mut node)?;
+        node.join = None;
+        self.nodes.push(node);
+        Ok(self.nodes.len() - 1)
+    }
+
+    fn start(&self, node: &mut NodeProc) -> Result<()> {
+        let config = node.data_dir.with_extension("toml");
+        std::fs::write(&config, &self.config_toml)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+        let child = Command::new(kvmesh_bin())
+            .args(["serve", "--name", &node.name, "--listen", &node.address, "--cpus", "1000", "--memory-mib", "16384"])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .arg("--config")
+            .arg(&config)
+            .args(&node.extra_args)
+            .args(node.join.iter().flat_map(|j| ["--join", j.as_str()]))
+            .env("KVMESH_LOG", "info,openraft=warn")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("spawn kvmesh serve")?;
+        node.child = Some(child);
+        // Ready when the gRPC port answers (or when the process gave up).
+        let addr = node.address.clone();
+        wait_for(&format!("{} to listen", node.name), Duration::from_secs(20), || {
+            if !node.is_running() {
+                return Some(());
+            }
+            std::net::TcpStream::connect(&addr).ok().map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    /// Restarts a stopped node with its data dir (and without `--join`).
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        self.nodes[i].kill();
+        let mut node = self.nodes.remove(i);
+        let result = self.start(&mut node);
+        self.nodes.insert(i, node);
+        result
+    }
+
+    /// A three-node cluster: node 0 bootstrapped, 1 and 2 joined.
+    pub fn three() -> Result<Self> {
+        let mut c = Cluster::new();
+        c.spawn("n1", None, &[])?;
+        c.cli_ok(0, &["cluster", "init"])?;
+        let first = c.nodes[0].address.clone();
+        c.spawn("n2", Some(&first), &[])?;
+        c.spawn("n3", Some(&first), &[])?;
+        c.wait_members(0, 3, 3)?;
+        Ok(c)
+    }
+
+    pub fn addr(&self, i: usize) -> String {
+        self.nodes[i].address.clone()
+    }
+
+    /// Runs the CLI against node `i` with `-o json`.
+    pub fn cli(&self, i: usize, args: &[&str]) -> CliResult {
+        run_cli(&self.nodes[i].address, args)
+    }
+
+    /// Runs the CLI and parses its JSON output, failing on a non-zero exit.
+    pub fn cli_ok(&self, i: usize, args: &[&str]) -> Result<Value> {
+        let r = self.cli(i, args);
+        if !r.success {
+            bail!("kvmesh {} on {} failed: {}", args.join(" "), self.nodes[i].name, r.stderr.trim());
+        }
+        r.json()
+    }
+
+    pub fn status(&self, i: usize) -> Result<Value> {
+        self.cli_ok(i, &["cluster", "status"])
+    }
+
+    /// Index of the node that is currently leader, as seen by a live node.
+    pub fn leader(&mut self) -> Result<usize> {
+        let running: Vec<usize> = (0..self.nodes.len()).filter(|i| self.nodes[*i].is_running()).collect();
+        let nodes = &self.nodes;
+        wait_for("a leader", Duration::from_secs(20), || {
+            for &i in &running {
+                let Ok(s) = run_cli(&nodes[i].address, &["cluster", "status"]).json() else { continue };
+                let Some(addr) = s["leader"]["address"].as_str() else { continue };
+                if let Some(j) = nodes.iter().position(|n| n.address == addr) {
+                    if running.contains(&j) {
+                        return Some(j);
+                    }
+                }
+            }
+            None
+        })
+    }
+
+    /// Waits until node `i` sees `voters` voters and `total` members, all caught up.
+    pub fn wait_members(&self, i: usize, voters: usize, total: usize) -> Result<Value> {
+        wait_for(&format!("{voters} voters / {total} members"), Duration::from_secs(60), || {
+            let s = self.status(i).ok()?;
+            let members = s["members"].as_array()?;
+            let v = members.iter().filter(|m| m["role"] == "voter").count();
+            (v == voters && members.len() == total && !s["leader"].is_null()).then_some(s)
+        })
+    }
+
+    pub fn vm_names(&self, i: usize) -> Result<Vec<String>> {
+        let v = self.cli_ok(i, &["vm", "list"])?;
+        Ok(v.as_array().ok_or_else(|| anyhow!("vm list is not an array"))?
+            .iter()
+            .filter_map(|vm| vm["name"].as_str().map(str::to_string))
+            .collect())
+    }
+
+    pub fn log_text(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        if std::thread::panicking() {
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
+            eprintln!("test failed: node data dirs and logs kept in {}", kept.display());
+        }
+    }
+}
+
+pub struct CliResult {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliResult {
+    pub fn json(&self) -> Result<Value> {
+        if !self.success {
+            bail!("command failed: {}", self.stderr.trim());
+        }
+        serde_json::from_str(&self.stdout).with_context(|| format!("not JSON: {:?}", self.stdout))
+    }
+}
+
+/// Runs `kvmesh --endpoint ADDR -o json ARGS…` with a 60 s bound.
+pub fn run_cli(endpoint: &str, args: &[&str]) -> CliResult {
+    let mut child = Command::new(kvmesh_bin())
+        .args(["--endpoint", endpoint, "-o", "json"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn kvmesh cli");
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            _ if start.elapsed() > Duration::from_secs(60) => {
+                let _ = child.kill();
+                break;
+            }
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    let out = child.wait_with_output().expect("cli output");
+    CliResult {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
