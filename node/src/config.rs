@@ -13,10 +13,13 @@ use crate::error::{Error, Result};
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RaftConfig {
-    /// Leader heartbeat interval. Default 100 ms.
+    /// Leader heartbeat interval. Default 50 ms.
     pub heartbeat_ms: u64,
     /// Election timeout range; each node draws once from it, so keep it wide
-    /// to avoid repeated split votes. Default 500–1500 ms.
+    /// to avoid repeated split votes. Default 150–450 ms. A follower waits a
+    /// leader lease (openraft sets it to `election_max_ms`) plus its own
+    /// timeout before it campaigns, so a dead leader is replaced after about
+    /// `election_max_ms + election_min_ms`..`2 × election_max_ms`.
     pub election_min_ms: u64,
     pub election_max_ms: u64,
     /// Build a snapshot (and purge the log) every this many entries. Default 5000.
@@ -27,7 +30,7 @@ pub struct RaftConfig {
 
 impl Default for RaftConfig {
     fn default() -> Self {
-        RaftConfig { heartbeat_ms: 100, election_min_ms: 500, election_max_ms: 1500, snapshot_every: 5000, keep_logs: 1000 }
+        RaftConfig { heartbeat_ms: 50, election_min_ms: 150, election_max_ms: 450, snapshot_every: 5000, keep_logs: 1000 }
     }
 }
 
@@ -223,7 +226,7 @@ mod tests {
         let c: ServeConfig = toml::from_str("name = \"n1\"\n[raft]\nheartbeat_ms = 50\n").unwrap();
         assert_eq!(c.name, "n1");
         assert_eq!(c.raft.heartbeat_ms, 50);
-        assert_eq!(c.raft.election_min_ms, 500);
+        assert_eq!(c.raft.election_min_ms, 150);
         assert!(toml::from_str::<ServeConfig>("nmae = \"typo\"").is_err());
     }
 
