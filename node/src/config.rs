@@ -30,7 +30,13 @@ pub struct RaftConfig {
 
 impl Default for RaftConfig {
     fn default() -> Self {
-        RaftConfig { heartbeat_ms: 50, election_min_ms: 150, election_max_ms: 450, snapshot_every: 5000, keep_logs: 1000 }
+        RaftConfig {
+            heartbeat_ms: 50,
+            election_min_ms: 150,
+            election_max_ms: 450,
+            snapshot_every: 5000,
+            keep_logs: 1000,
+        }
     }
 }
 
@@ -92,15 +98,26 @@ impl ServeConfig {
             problems.push(format!("name: {e}"));
         }
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
-            problems.push(format!("listen: {:?} is not an IP:port address", self.listen));
+            problems.push(format!(
+                "listen: {:?} is not an IP:port address",
+                self.listen
+            ));
         }
         if let Some(a) = &self.advertise {
             if !is_host_port(a) {
                 problems.push(format!("advertise: {a:?} is not a host:port address"));
             }
         }
-        if self.advertise.is_none() && self.listen.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_unspecified()) {
-            problems.push(format!("advertise: required when listen ({}) is a wildcard address", self.listen));
+        if self.advertise.is_none()
+            && self
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| a.ip().is_unspecified())
+        {
+            problems.push(format!(
+                "advertise: required when listen ({}) is a wildcard address",
+                self.listen
+            ));
         }
         if let Some(j) = &self.join {
             if !is_host_port(j) {
@@ -114,7 +131,10 @@ impl ServeConfig {
             problems.push("memory_mib: must be at least 1".into());
         }
         if self.write_timeout_ms < 100 {
-            problems.push(format!("write_timeout_ms: {} is too short (minimum 100)", self.write_timeout_ms));
+            problems.push(format!(
+                "write_timeout_ms: {} is too short (minimum 100)",
+                self.write_timeout_ms
+            ));
         }
         let r = &self.raft;
         if r.heartbeat_ms == 0 {
@@ -156,7 +176,8 @@ impl ServeConfig {
             max_in_snapshot_log_to_keep: r.keep_logs,
             ..Default::default()
         };
-        cfg.validate().map_err(|e| Error::Config(format!("raft: {e}")))
+        cfg.validate()
+            .map_err(|e| Error::Config(format!("raft: {e}")))
     }
 }
 
@@ -169,18 +190,26 @@ fn is_host_port(s: &str) -> bool {
 
 /// Node names: 1–63 characters of letters, digits, '-', '_' and '.'.
 pub fn validate_node_name(name: &str) -> std::result::Result<(), String> {
-    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if name.is_empty() || name.len() > 63 || !ok_chars {
-        return Err(format!("{name:?} must be 1-63 characters of letters, digits, '-', '_' or '.'"));
+        return Err(format!(
+            "{name:?} must be 1-63 characters of letters, digits, '-', '_' or '.'"
+        ));
     }
     Ok(())
 }
 
 /// VM names: 1–63 characters of `[a-z0-9-]`.
 pub fn validate_vm_name(name: &str) -> std::result::Result<(), String> {
-    let ok_chars = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if name.is_empty() || name.len() > 63 || !ok_chars {
-        return Err(format!("VM name {name:?} must be 1-63 characters of lowercase letters, digits and '-'"));
+        return Err(format!(
+            "VM name {name:?} must be 1-63 characters of lowercase letters, digits and '-'"
+        ));
     }
     Ok(())
 }
@@ -204,20 +233,41 @@ mod tests {
             listen: "nowhere".into(),
             join: Some("x".into()),
             cpus: Some(0),
-            raft: RaftConfig { heartbeat_ms: 100, election_min_ms: 150, election_max_ms: 100, ..Default::default() },
+            raft: RaftConfig {
+                heartbeat_ms: 100,
+                election_min_ms: 150,
+                election_max_ms: 100,
+                ..Default::default()
+            },
             ..ServeConfig::default()
         };
-        let Err(Error::Config(msg)) = c.validate() else { panic!("should fail") };
-        for field in ["name:", "listen:", "join:", "cpus:", "raft.election_min_ms", "raft.election_max_ms"] {
+        let Err(Error::Config(msg)) = c.validate() else {
+            panic!("should fail")
+        };
+        for field in [
+            "name:",
+            "listen:",
+            "join:",
+            "cpus:",
+            "raft.election_min_ms",
+            "raft.election_max_ms",
+        ] {
             assert!(msg.contains(field), "{field} missing in {msg}");
         }
     }
 
     #[test]
     fn wildcard_listen_needs_advertise() {
-        let c = ServeConfig { name: "a".into(), listen: "0.0.0.0:7100".into(), ..ServeConfig::default() };
+        let c = ServeConfig {
+            name: "a".into(),
+            listen: "0.0.0.0:7100".into(),
+            ..ServeConfig::default()
+        };
         assert!(c.validate().is_err());
-        let c = ServeConfig { advertise: Some("10.0.0.1:7100".into()), ..c };
+        let c = ServeConfig {
+            advertise: Some("10.0.0.1:7100".into()),
+            ..c
+        };
         c.validate().unwrap();
     }
 

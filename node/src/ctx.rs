@@ -78,7 +78,10 @@ impl NodeCtx {
 
     /// Runs `f` on the replicated state under the read lock.
     pub fn read<T>(&self, f: impl FnOnce(&SmData) -> T) -> T {
-        let guard = self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let guard = self
+            .state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&guard)
     }
 
@@ -98,9 +101,9 @@ impl NodeCtx {
     pub async fn write(&self, cmd: Command) -> Result<Response> {
         match self.raft.client_write(cmd).await {
             Ok(r) => Ok(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(Error::Unavailable("leadership changed during the write".into()))
-            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(
+                Error::Unavailable("leadership changed during the write".into()),
+            ),
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(Error::FailedPrecondition(e.to_string()))
             }
@@ -120,7 +123,12 @@ impl NodeCtx {
     /// `remote` forwards to the leader over `Channel`. Unavailability (no
     /// leader yet, a leader change, a dead leader) is retried with backoff
     /// until the write deadline.
-    pub async fn on_leader<T, L, LF, R, RF>(&self, forwarded: bool, local: L, remote: R) -> std::result::Result<T, Status>
+    pub async fn on_leader<T, L, LF, R, RF>(
+        &self,
+        forwarded: bool,
+        local: L,
+        remote: R,
+    ) -> std::result::Result<T, Status>
     where
         L: Fn() -> LF,
         LF: Future<Output = Result<T>>,
@@ -138,9 +146,13 @@ impl NodeCtx {
                 },
                 // A forwarded request that reaches a non-leader goes back to
                 // its origin, which retries with a fresh view of the leader.
-                Some(_) if forwarded => return Err(Status::unavailable("this node is no longer the leader")),
+                Some(_) if forwarded => {
+                    return Err(Status::unavailable("this node is no longer the leader"))
+                }
                 Some((leader, address)) => {
-                    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+                    let remaining = deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(100));
                     match remote(self.channel(&address)?, remaining).await {
                         Err(s) if s.code() == Code::Unavailable => {
                             last_error = format!("leader {leader} at {address}: {}", s.message())
@@ -167,7 +179,11 @@ impl NodeCtx {
             .ensure_linearizable()
             .await
             .map(|_| ())
-            .map_err(|e| Error::Unavailable(format!("cannot confirm leadership for a consistent read: {e}")))
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "cannot confirm leadership for a consistent read: {e}"
+                ))
+            })
     }
 }
 
@@ -175,7 +191,8 @@ impl NodeCtx {
 pub fn forward<T>(message: T, timeout: Duration) -> Request<T> {
     let mut r = Request::new(message);
     r.set_timeout(timeout);
-    r.metadata_mut().insert(FORWARDED_HEADER, "1".parse().expect("static header"));
+    r.metadata_mut()
+        .insert(FORWARDED_HEADER, "1".parse().expect("static header"));
     r
 }
 
@@ -186,5 +203,8 @@ pub fn is_forwarded<T>(r: &Request<T>) -> bool {
 
 /// Milliseconds since the Unix epoch, stamped into commands by the leader.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

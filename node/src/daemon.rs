@@ -30,19 +30,35 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let (log_store, state_machine) = kvmesh_raft::store::open(&data_dir.raft_dir())?;
     let state = state_machine.shared();
 
-    let stored_cluster = state.read().map(|d| d.state.cluster_id().map(str::to_string)).unwrap_or(None);
-    if let (Some(mine), Some(stored)) = (&data_dir.identity.cluster_id, &stored_cluster) {
-        if mine != stored {
+    let stored_cluster = state
+        .read()
+        .map(|d| d.state.cluster_id().map(str::to_string))
+        .unwrap_or(None);
+    match (&data_dir.identity.cluster_id, &stored_cluster) {
+        (Some(mine), Some(stored)) if mine != stored => {
             return Err(Error::DataDir {
                 path: config.data_dir.clone(),
                 reason: format!("its identity says cluster {mine} but its raft store holds cluster {stored}; it was mixed up with another node's files"),
             });
         }
+        // sled recovers a damaged file by dropping what it cannot read, which
+        // can leave an empty store. Starting from that would forget the
+        // cluster silently, so refuse.
+        (Some(mine), None) => {
+            return Err(Error::DataDir {
+                path: config.data_dir.clone(),
+                reason: format!("this node belongs to cluster {mine}, but its raft store is empty: the store under raft/ was lost or is corrupt. Restore it from a backup, or remove this node with `kvmesh cluster remove` and rejoin it with an empty --data-dir"),
+            });
+        }
+        _ => {}
     }
 
     let listener = TcpListener::bind(&config.listen)
         .await
-        .map_err(|source| Error::Listen { address: config.listen.clone(), source })?;
+        .map_err(|source| Error::Listen {
+            address: config.listen.clone(),
+            source,
+        })?;
     let raft = Raft::new(id, raft_config, Network, log_store, state_machine)
         .await
         .map_err(|e| Error::Raft(format!("cannot start raft: {e}")))?;
@@ -50,11 +66,22 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let cpus = config.cpus.unwrap_or_else(crate::host::cpus);
     let memory_mib = config.memory_mib.unwrap_or_else(crate::host::memory_mib);
     let join = config.join.clone();
-    let ctx = Arc::new(NodeCtx::new(id, config, cpus, memory_mib, raft.clone(), state, data_dir));
+    let ctx = Arc::new(NodeCtx::new(
+        id,
+        config,
+        cpus,
+        memory_mib,
+        raft.clone(),
+        state,
+        data_dir,
+    ));
     info!(node = %ctx.name, id, address = %ctx.address, cpus, memory_mib, "kvmesh node starting");
 
     let server = tokio::spawn(serve_grpc(ctx.clone(), listener));
-    let initialized = raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))?;
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| Error::Raft(e.to_string()))?;
     if initialized {
         if join.is_some() {
             info!("this node already belongs to a cluster; ignoring --join");
@@ -63,7 +90,8 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     } else if let Some(target) = join {
         ctx.joining.store(true, std::sync::atomic::Ordering::SeqCst);
         join_cluster(&ctx, &target).await?;
-        ctx.joining.store(false, std::sync::atomic::Ordering::SeqCst);
+        ctx.joining
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     } else {
         info!(
             "waiting to be bootstrapped: run `kvmesh --endpoint {} cluster init` on this node, or restart it with --join <member>",
@@ -92,7 +120,10 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     Ok(())
 }
 
-async fn serve_grpc(ctx: Arc<NodeCtx>, listener: TcpListener) -> std::result::Result<(), tonic::transport::Error> {
+async fn serve_grpc(
+    ctx: Arc<NodeCtx>,
+    listener: TcpListener,
+) -> std::result::Result<(), tonic::transport::Error> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -104,14 +135,23 @@ async fn serve_grpc(ctx: Arc<NodeCtx>, listener: TcpListener) -> std::result::Re
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
-        .add_service(pb::raft_server::RaftServer::new(RaftService::new(ctx.raft.clone(), ctx.removed.clone())).max_decoding_message_size(256 << 20))
-        .add_service(pb::cluster_server::ClusterServer::new(ClusterService::new(ctx.clone())))
+        .add_service(
+            pb::raft_server::RaftServer::new(RaftService::new(
+                ctx.raft.clone(),
+                ctx.removed.clone(),
+            ))
+            .max_decoding_message_size(256 << 20),
+        )
+        .add_service(pb::cluster_server::ClusterServer::new(ClusterService::new(
+            ctx.clone(),
+        )))
         .add_service(pb::vms_server::VmsServer::new(VmsService::new(ctx.clone())))
         .serve_with_incoming(incoming)
         .await
 }
 
-static HEALTH: std::sync::Mutex<Option<tonic_health::server::HealthReporter>> = std::sync::Mutex::new(None);
+static HEALTH: std::sync::Mutex<Option<tonic_health::server::HealthReporter>> =
+    std::sync::Mutex::new(None);
 
 /// Reports SERVING while this node knows a leader (so writes can succeed),
 /// NOT_SERVING otherwise. The overall ("") status is always SERVING once up.
@@ -121,7 +161,11 @@ async fn health_loop(ctx: Arc<NodeCtx>) {
     loop {
         let reporter = HEALTH.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(reporter) = reporter {
-            let status = if ctx.leader().is_some() { ServingStatus::Serving } else { ServingStatus::NotServing };
+            let status = if ctx.leader().is_some() {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
             if last != Some(status) {
                 for svc in ["kvmesh.v1.Cluster", "kvmesh.v1.Vms"] {
                     reporter.set_service_status(svc, status).await;
@@ -156,10 +200,18 @@ async fn join_cluster(ctx: &NodeCtx, target: &str) -> Result<()> {
             Ok(r) => {
                 let r = r.into_inner();
                 info!(cluster = %r.cluster_id, role = %r.role, via = target, "joined the cluster");
-                ctx.data_dir.lock().unwrap_or_else(|p| p.into_inner()).set_cluster_id(&r.cluster_id)?;
+                ctx.data_dir
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .set_cluster_id(&r.cluster_id)?;
                 return Ok(());
             }
-            Err(s) if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal) => {
+            Err(s)
+                if matches!(
+                    s.code(),
+                    Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal
+                ) =>
+            {
                 if tokio::time::Instant::now() + backoff > deadline {
                     return Err(Error::Unavailable(format!(
                         "could not join via {target} within {}s: {}",
@@ -171,7 +223,12 @@ async fn join_cluster(ctx: &NodeCtx, target: &str) -> Result<()> {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(3));
             }
-            Err(s) => return Err(Error::FailedPrecondition(format!("join refused by {target}: {}", s.message()))),
+            Err(s) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "join refused by {target}: {}",
+                    s.message()
+                )))
+            }
         }
     }
 }

@@ -17,7 +17,10 @@ pub enum Error {
     Store(#[from] kvmesh_raft::Error),
 
     #[error("cannot listen on {address}: {source}. Is another kvmesh (or other program) using that port? Pick another with --listen")]
-    Listen { address: String, source: std::io::Error },
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
 
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -50,12 +53,12 @@ impl From<Refusal> for Error {
     fn from(r: Refusal) -> Self {
         let msg = r.to_string();
         match r {
-            Refusal::AlreadyInitialized { .. } | Refusal::NodeHasVms { .. } | Refusal::NoLongerFits { .. } => {
-                Error::FailedPrecondition(msg)
-            }
-            Refusal::NodeNameTaken { .. } | Refusal::NodeAddressTaken { .. } | Refusal::VmNameTaken { .. } => {
-                Error::AlreadyExists(msg)
-            }
+            Refusal::AlreadyInitialized { .. }
+            | Refusal::NodeHasVms { .. }
+            | Refusal::NoLongerFits { .. } => Error::FailedPrecondition(msg),
+            Refusal::NodeNameTaken { .. }
+            | Refusal::NodeAddressTaken { .. }
+            | Refusal::VmNameTaken { .. } => Error::AlreadyExists(msg),
             Refusal::UnknownNode { .. } | Refusal::UnknownVm { .. } => Error::NotFound(msg),
         }
     }
@@ -72,7 +75,9 @@ impl From<Error> for Status {
             Error::NoCapacity(_) => Code::ResourceExhausted,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Timeout(_) => Code::DeadlineExceeded,
-            Error::DataDir { .. } | Error::Store(_) | Error::Listen { .. } | Error::Raft(_) => Code::Internal,
+            Error::DataDir { .. } | Error::Store(_) | Error::Listen { .. } | Error::Raft(_) => {
+                Code::Internal
+            }
         };
         let msg = match e {
             // Status messages reach the CLI as-is; skip the variant prefixes.

@@ -5,12 +5,17 @@
 
 /// Logical CPUs available to this process.
 pub fn cpus() -> u32 {
-    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
 }
 
 /// Total memory in MiB, from /proc/meminfo (0 if unreadable).
 pub fn memory_mib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| parse_mem_total_mib(&s)).unwrap_or(0)
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| parse_mem_total_mib(&s))
+        .unwrap_or(0)
 }
 
 fn parse_mem_total_mib(meminfo: &str) -> Option<u64> {

@@ -17,7 +17,11 @@ pub enum Error {
     Decode { what: &'static str, detail: String },
 
     #[error("{what} was written by a newer kvmesh (format {found}, this build reads up to {supported}); upgrade this node")]
-    FormatTooNew { what: &'static str, found: u8, supported: u8 },
+    FormatTooNew {
+        what: &'static str,
+        found: u8,
+        supported: u8,
+    },
 
     #[error("cannot encode {what}: {detail}")]
     Encode { what: &'static str, detail: String },

@@ -143,7 +143,10 @@ pub struct ClusterState {
 
 impl PartialEq for ClusterState {
     fn eq(&self, other: &Self) -> bool {
-        self.meta == other.meta && self.nodes == other.nodes && self.vms == other.vms && self.events == other.events
+        self.meta == other.meta
+            && self.nodes == other.nodes
+            && self.vms == other.vms
+            && self.events == other.events
     }
 }
 
@@ -206,7 +209,12 @@ impl ClusterState {
     pub(crate) fn push_event(&mut self, at_ms: u64, kind: &str, message: String) {
         let seq = self.meta.next_event_seq + 1;
         self.meta.next_event_seq = seq;
-        self.events.push_back(Event { seq, at_ms, kind: kind.to_string(), message });
+        self.events.push_back(Event {
+            seq,
+            at_ms,
+            kind: kind.to_string(),
+            message,
+        });
         self.dirty.insert(Key::Event(seq));
         self.dirty.insert(Key::Meta);
         while self.events.len() > EVENT_CAPACITY {

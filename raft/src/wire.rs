@@ -24,5 +24,10 @@ pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
 }
 
 pub fn event(e: &Event) -> pb::Event {
-    pb::Event { seq: e.seq, at_ms: e.at_ms, kind: e.kind.clone(), message: e.message.clone() }
+    pb::Event {
+        seq: e.seq,
+        at_ms: e.at_ms,
+        kind: e.kind.clone(),
+        message: e.message.clone(),
+    }
 }

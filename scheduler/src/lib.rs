@@ -63,7 +63,10 @@ impl std::fmt::Display for Rejection {
         match self {
             Rejection::NotSchedulable { state } => write!(f, "node is {state}"),
             Rejection::InsufficientMemory { need_mib, free_mib } => {
-                write!(f, "insufficient memory (need {need_mib} MiB, free {free_mib} MiB)")
+                write!(
+                    f,
+                    "insufficient memory (need {need_mib} MiB, free {free_mib} MiB)"
+                )
             }
             Rejection::InsufficientCpu { need, free } => {
                 write!(f, "insufficient vCPUs (need {need}, free {free})")
@@ -82,15 +85,22 @@ pub struct NodeRejection {
 /// The outcome of placing one VM.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Decision {
-    Place { node_id: u64, node: String },
+    Place {
+        node_id: u64,
+        node: String,
+    },
     /// No node fits; one reason per node (empty when the cluster has no nodes).
-    Unplaceable { rejections: Vec<NodeRejection> },
+    Unplaceable {
+        rejections: Vec<NodeRejection>,
+    },
 }
 
 /// Checks one node; `Ok` if the VM fits.
 pub fn check(node: &NodeView, vm: &VmRequest) -> std::result::Result<(), Rejection> {
     if !node.schedulable {
-        return Err(Rejection::NotSchedulable { state: node.state.clone() });
+        return Err(Rejection::NotSchedulable {
+            state: node.state.clone(),
+        });
     }
     if vm.memory_mib > node.free_memory_mib() {
         return Err(Rejection::InsufficientMemory {
@@ -99,7 +109,10 @@ pub fn check(node: &NodeView, vm: &VmRequest) -> std::result::Result<(), Rejecti
         });
     }
     if vm.vcpus > node.free_vcpus() {
-        return Err(Rejection::InsufficientCpu { need: vm.vcpus, free: node.free_vcpus() });
+        return Err(Rejection::InsufficientCpu {
+            need: vm.vcpus,
+            free: node.free_vcpus(),
+        });
     }
     Ok(())
 }
@@ -110,7 +123,10 @@ pub fn place(nodes: &[NodeView], vm: &VmRequest) -> Decision {
     let mut best: Option<&NodeView> = None;
     for node in nodes {
         match check(node, vm) {
-            Err(reason) => rejections.push(NodeRejection { node: node.name.clone(), reason }),
+            Err(reason) => rejections.push(NodeRejection {
+                node: node.name.clone(),
+                reason,
+            }),
             Ok(()) => {
                 let better = match best {
                     None => true,
@@ -123,7 +139,10 @@ pub fn place(nodes: &[NodeView], vm: &VmRequest) -> Decision {
         }
     }
     match best {
-        Some(n) => Decision::Place { node_id: n.id, node: n.name.clone() },
+        Some(n) => Decision::Place {
+            node_id: n.id,
+            node: n.name.clone(),
+        },
         None => Decision::Unplaceable { rejections },
     }
 }
@@ -139,7 +158,11 @@ pub fn explain_rejections(rejections: &[NodeRejection]) -> String {
     if rejections.is_empty() {
         return "the cluster has no nodes".to_string();
     }
-    rejections.iter().map(|r| format!("{}: {}", r.node, r.reason)).collect::<Vec<_>>().join("\n")
+    rejections
+        .iter()
+        .map(|r| format!("{}: {}", r.node, r.reason))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]

@@ -22,13 +22,20 @@ pub fn kvmesh_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/kvmesh");
-    assert!(p.exists(), "{} is missing: run `cargo build -p kvmesh` first, or set KVMESH_BIN", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p kvmesh` first, or set KVMESH_BIN",
+        p.display()
+    );
     p
 }
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// Polls `f` until it returns `Some`, or fails after `timeout`.
@@ -72,8 +79,13 @@ impl NodeProc {
 
     /// Waits for the process to exit by itself; returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
-        let child = self.child.as_mut().ok_or_else(|| anyhow!("{} is not running", self.name))?;
-        let status = wait_for(&format!("{} to exit", self.name), timeout, || child.try_wait().ok().flatten())?;
+        let child = self
+            .child
+            .as_mut()
+            .ok_or_else(|| anyhow!("{} is not running", self.name))?;
+        let status = wait_for(&format!("{} to exit", self.name), timeout, || {
+            child.try_wait().ok().flatten()
+        })?;
         self.child = None;
         Ok(status.code())
     }
@@ -88,8 +100,15 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new() -> Self {
-        let dir = tempfile::Builder::new().prefix("kvmesh-test-").tempdir().expect("temp dir");
-        Cluster { dir, nodes: Vec::new(), config_toml: String::new() }
+        let dir = tempfile::Builder::new()
+            .prefix("kvmesh-test-")
+            .tempdir()
+            .expect("temp dir");
+        Cluster {
+            dir,
+            nodes: Vec::new(),
+            config_toml: String::new(),
+        }
     }
 
     /// Starts a node; `join` is the address of a member to join, if any.
@@ -101,7 +120,15 @@ impl Cluster {
         let log = self.dir.path().join(format!("{name}-{slot}.log"));
         let extra_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let join = join.map(str::to_string);
-        let mut node = NodeProc { name: name.into(), address, data_dir, log, extra_args, join, child: None };
+        let mut node = NodeProc {
+            name: name.into(),
+            address,
+            data_dir,
+            log,
+            extra_args,
+            join,
+            child: None,
+        };
         self.start(&mut node)?;
         node.join = None;
         self.nodes.push(node);
@@ -111,9 +138,22 @@ impl Cluster {
     fn start(&self, node: &mut NodeProc) -> Result<()> {
         let config = node.data_dir.with_extension("toml");
         std::fs::write(&config, &self.config_toml)?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
         let child = Command::new(kvmesh_bin())
-            .args(["serve", "--name", &node.name, "--listen", &node.address, "--cpus", "1000", "--memory-mib", "16384"])
+            .args([
+                "serve",
+                "--name",
+                &node.name,
+                "--listen",
+                &node.address,
+                "--cpus",
+                "1000",
+                "--memory-mib",
+                "16384",
+            ])
             .arg("--data-dir")
             .arg(&node.data_dir)
             .arg("--config")
@@ -129,12 +169,16 @@ impl Cluster {
         node.child = Some(child);
         // Ready when the gRPC port answers (or when the process gave up).
         let addr = node.address.clone();
-        wait_for(&format!("{} to listen", node.name), Duration::from_secs(20), || {
-            if !node.is_running() {
-                return Some(());
-            }
-            std::net::TcpStream::connect(&addr).ok().map(|_| ())
-        })?;
+        wait_for(
+            &format!("{} to listen", node.name),
+            Duration::from_secs(20),
+            || {
+                if !node.is_running() {
+                    return Some(());
+                }
+                std::net::TcpStream::connect(&addr).ok().map(|_| ())
+            },
+        )?;
         Ok(())
     }
 
@@ -172,7 +216,12 @@ impl Cluster {
     pub fn cli_ok(&self, i: usize, args: &[&str]) -> Result<Value> {
         let r = self.cli(i, args);
         if !r.success {
-            bail!("kvmesh {} on {} failed: {}", args.join(" "), self.nodes[i].name, r.stderr.trim());
+            bail!(
+                "kvmesh {} on {} failed: {}",
+                args.join(" "),
+                self.nodes[i].name,
+                r.stderr.trim()
+            );
         }
         r.json()
     }
@@ -183,12 +232,18 @@ impl Cluster {
 
     /// Index of the node that is currently leader, as seen by a live node.
     pub fn leader(&mut self) -> Result<usize> {
-        let running: Vec<usize> = (0..self.nodes.len()).filter(|i| self.nodes[*i].is_running()).collect();
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_running())
+            .collect();
         let nodes = &self.nodes;
         wait_for("a leader", Duration::from_secs(20), || {
             for &i in &running {
-                let Ok(s) = run_cli(&nodes[i].address, &["cluster", "status"]).json() else { continue };
-                let Some(addr) = s["leader"]["address"].as_str() else { continue };
+                let Ok(s) = run_cli(&nodes[i].address, &["cluster", "status"]).json() else {
+                    continue;
+                };
+                let Some(addr) = s["leader"]["address"].as_str() else {
+                    continue;
+                };
                 if let Some(j) = nodes.iter().position(|n| n.address == addr) {
                     if running.contains(&j) {
                         return Some(j);
@@ -201,17 +256,22 @@ impl Cluster {
 
     /// Waits until node `i` sees `voters` voters and `total` members, all caught up.
     pub fn wait_members(&self, i: usize, voters: usize, total: usize) -> Result<Value> {
-        wait_for(&format!("{voters} voters / {total} members"), Duration::from_secs(60), || {
-            let s = self.status(i).ok()?;
-            let members = s["members"].as_array()?;
-            let v = members.iter().filter(|m| m["role"] == "voter").count();
-            (v == voters && members.len() == total && !s["leader"].is_null()).then_some(s)
-        })
+        wait_for(
+            &format!("{voters} voters / {total} members"),
+            Duration::from_secs(60),
+            || {
+                let s = self.status(i).ok()?;
+                let members = s["members"].as_array()?;
+                let v = members.iter().filter(|m| m["role"] == "voter").count();
+                (v == voters && members.len() == total && !s["leader"].is_null()).then_some(s)
+            },
+        )
     }
 
     pub fn vm_names(&self, i: usize) -> Result<Vec<String>> {
         let v = self.cli_ok(i, &["vm", "list"])?;
-        Ok(v.as_array().ok_or_else(|| anyhow!("vm list is not an array"))?
+        Ok(v.as_array()
+            .ok_or_else(|| anyhow!("vm list is not an array"))?
             .iter()
             .filter_map(|vm| vm["name"].as_str().map(str::to_string))
             .collect())
@@ -234,8 +294,12 @@ impl Drop for Cluster {
             n.kill();
         }
         if std::thread::panicking() {
-            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
-            eprintln!("test failed: node data dirs and logs kept in {}", kept.display());
+            let kept =
+                std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
+            eprintln!(
+                "test failed: node data dirs and logs kept in {}",
+                kept.display()
+            );
         }
     }
 }

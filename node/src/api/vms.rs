@@ -51,21 +51,32 @@ pub fn node_views(state: &ClusterState) -> Vec<NodeView> {
 
 fn validate_create(req: &pb::CreateVmRequest) -> Result<VmRequest> {
     crate::config::validate_vm_name(&req.name).map_err(Error::InvalidArgument)?;
-    let vm = VmRequest { name: req.name.clone(), vcpus: req.vcpus, memory_mib: req.memory_mib };
-    vm.validate().map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let vm = VmRequest {
+        name: req.name.clone(),
+        vcpus: req.vcpus,
+        memory_mib: req.memory_mib,
+    };
+    vm.validate()
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
     Ok(vm)
 }
 
 /// Places and records a VM. Runs on the leader.
 #[instrument(skip_all, fields(node = %ctx.name, vm = %req.name))]
-async fn create_on_leader(ctx: &NodeCtx, req: &pb::CreateVmRequest, vm_req: &VmRequest) -> Result<pb::Vm> {
+async fn create_on_leader(
+    ctx: &NodeCtx,
+    req: &pb::CreateVmRequest,
+    vm_req: &VmRequest,
+) -> Result<pb::Vm> {
     for _ in 0..PLACEMENT_ATTEMPTS {
         let decision = ctx.read(|d| {
             if let Some(existing) = d.state.vm_by_name(&req.name) {
                 if !req.request_id.is_empty() && existing.request_id == req.request_id {
                     return Ok(Err(wire::vm(&d.state, existing)));
                 }
-                return Err(Error::from(Refusal::VmNameTaken { name: req.name.clone() }));
+                return Err(Error::from(Refusal::VmNameTaken {
+                    name: req.name.clone(),
+                }));
             }
             Ok(Ok(scheduler::place(&node_views(&d.state), vm_req)))
         })?;
@@ -88,13 +99,26 @@ async fn create_on_leader(ctx: &NodeCtx, req: &pb::CreateVmRequest, vm_req: &VmR
         let vm = Vm {
             id: rand::random::<u64>() >> 1,
             name: req.name.clone(),
-            spec: VmSpec { vcpus: req.vcpus, memory_mib: req.memory_mib, ha: req.ha },
+            spec: VmSpec {
+                vcpus: req.vcpus,
+                memory_mib: req.memory_mib,
+                ha: req.ha,
+            },
             desired: Desired::Running,
-            placement: Some(Placement { node: node_id, epoch: 1 }),
+            placement: Some(Placement {
+                node: node_id,
+                epoch: 1,
+            }),
             created_at_ms: now_ms(),
             request_id: req.request_id.clone(),
         };
-        match ctx.write(Command::CreateVm { vm, at_ms: now_ms() }).await? {
+        match ctx
+            .write(Command::CreateVm {
+                vm,
+                at_ms: now_ms(),
+            })
+            .await?
+        {
             CmdResponse::Vm(vm) => {
                 info!(placed_on = %node_name, "vm created");
                 return Ok(ctx.read(|d| wire::vm(&d.state, &vm)));
@@ -106,11 +130,20 @@ async fn create_on_leader(ctx: &NodeCtx, req: &pb::CreateVmRequest, vm_req: &VmR
             CmdResponse::Done => return Err(Error::Raft("unexpected response to CreateVm".into())),
         }
     }
-    Err(Error::Unavailable(format!("VM {} lost the placement race {PLACEMENT_ATTEMPTS} times; retry", req.name)))
+    Err(Error::Unavailable(format!(
+        "VM {} lost the placement race {PLACEMENT_ATTEMPTS} times; retry",
+        req.name
+    )))
 }
 
 async fn delete_on_leader(ctx: &NodeCtx, name: &str) -> Result<pb::DeleteVmResponse> {
-    match ctx.write(Command::DeleteVm { name: name.to_string(), at_ms: now_ms() }).await? {
+    match ctx
+        .write(Command::DeleteVm {
+            name: name.to_string(),
+            at_ms: now_ms(),
+        })
+        .await?
+    {
         CmdResponse::Refused(r) => Err(r.into()),
         _ => Ok(pb::DeleteVmResponse {}),
     }
@@ -119,7 +152,12 @@ async fn delete_on_leader(ctx: &NodeCtx, name: &str) -> Result<pb::DeleteVmRespo
 fn list(ctx: &NodeCtx) -> pb::ListVmsResponse {
     // By name, through the name index.
     ctx.read(|d| pb::ListVmsResponse {
-        vms: d.state.vm_names().filter_map(|id| d.state.vms.get(&id)).map(|v| wire::vm(&d.state, v)).collect(),
+        vms: d
+            .state
+            .vm_names()
+            .filter_map(|id| d.state.vms.get(&id))
+            .map(|v| wire::vm(&d.state, v))
+            .collect(),
     })
 }
 
@@ -130,7 +168,10 @@ fn get(ctx: &NodeCtx, name: &str) -> Result<pb::Vm> {
 
 #[tonic::async_trait]
 impl pb::vms_server::Vms for VmsService {
-    async fn create(&self, request: Request<pb::CreateVmRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
+    async fn create(
+        &self,
+        request: Request<pb::CreateVmRequest>,
+    ) -> std::result::Result<Response<pb::Vm>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         let vm_req = validate_create(&req)?;
@@ -141,14 +182,22 @@ impl pb::vms_server::Vms for VmsService {
                 || create_on_leader(ctx, &req, &vm_req),
                 |ch, t| {
                     let req = req.clone();
-                    async move { VmsClient::new(ch).create(forward(req, t)).await.map(|r| r.into_inner()) }
+                    async move {
+                        VmsClient::new(ch)
+                            .create(forward(req, t))
+                            .await
+                            .map(|r| r.into_inner())
+                    }
                 },
             )
             .await?;
         Ok(Response::new(vm))
     }
 
-    async fn list(&self, request: Request<pb::ListVmsRequest>) -> std::result::Result<Response<pb::ListVmsResponse>, Status> {
+    async fn list(
+        &self,
+        request: Request<pb::ListVmsRequest>,
+    ) -> std::result::Result<Response<pb::ListVmsResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         let ctx = &self.ctx;
@@ -162,13 +211,21 @@ impl pb::vms_server::Vms for VmsService {
                     ctx.ensure_linearizable().await?;
                     Ok(list(ctx))
                 },
-                |ch, t| async move { VmsClient::new(ch).list(forward(req, t)).await.map(|r| r.into_inner()) },
+                |ch, t| async move {
+                    VmsClient::new(ch)
+                        .list(forward(req, t))
+                        .await
+                        .map(|r| r.into_inner())
+                },
             )
             .await?;
         Ok(Response::new(r))
     }
 
-    async fn get(&self, request: Request<pb::GetVmRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
+    async fn get(
+        &self,
+        request: Request<pb::GetVmRequest>,
+    ) -> std::result::Result<Response<pb::Vm>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         let ctx = &self.ctx;
@@ -184,14 +241,22 @@ impl pb::vms_server::Vms for VmsService {
                 },
                 |ch, t| {
                     let req = req.clone();
-                    async move { VmsClient::new(ch).get(forward(req, t)).await.map(|r| r.into_inner()) }
+                    async move {
+                        VmsClient::new(ch)
+                            .get(forward(req, t))
+                            .await
+                            .map(|r| r.into_inner())
+                    }
                 },
             )
             .await?;
         Ok(Response::new(r))
     }
 
-    async fn delete(&self, request: Request<pb::DeleteVmRequest>) -> std::result::Result<Response<pb::DeleteVmResponse>, Status> {
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteVmRequest>,
+    ) -> std::result::Result<Response<pb::DeleteVmResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         let ctx = &self.ctx;
@@ -201,7 +266,12 @@ impl pb::vms_server::Vms for VmsService {
                 || delete_on_leader(ctx, &req.name),
                 |ch, t| {
                     let req = req.clone();
-                    async move { VmsClient::new(ch).delete(forward(req, t)).await.map(|r| r.into_inner()) }
+                    async move {
+                        VmsClient::new(ch)
+                            .delete(forward(req, t))
+                            .await
+                            .map(|r| r.into_inner())
+                    }
                 },
             )
             .await?;

@@ -10,10 +10,19 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::ServeConfig;
 
 #[derive(Parser, Debug)]
-#[command(name = "kvmesh", version, about = "Peer-to-peer manager for KVM virtual machines")]
+#[command(
+    name = "kvmesh",
+    version,
+    about = "Peer-to-peer manager for KVM virtual machines"
+)]
 pub struct Cli {
     /// Address of any cluster node.
-    #[arg(long, global = true, env = "KVMESH_ENDPOINT", default_value = "127.0.0.1:7100")]
+    #[arg(
+        long,
+        global = true,
+        env = "KVMESH_ENDPOINT",
+        default_value = "127.0.0.1:7100"
+    )]
     pub endpoint: String,
     /// Output format: tables for people, JSON for scripts.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
@@ -181,8 +190,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("KVMESH_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn"));
+    let filter = EnvFilter::try_from_env("KVMESH_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn")
+    });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .init();
 }

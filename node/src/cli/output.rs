@@ -14,7 +14,11 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
+            .collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
@@ -33,7 +37,10 @@ fn member_json(m: &pb::Member) -> Value {
 pub fn print_status(output: Output, s: &pb::ClusterStatus) {
     match output {
         Output::Json => {
-            let leader = s.leader.as_ref().map(|l| json!({"id": l.id, "name": l.name, "address": l.address}));
+            let leader = s
+                .leader
+                .as_ref()
+                .map(|l| json!({"id": l.id, "name": l.name, "address": l.address}));
             let v = json!({
                 "cluster_id": s.cluster_id,
                 "node": {"id": s.node_id, "name": s.node_name, "raft_state": s.raft_state},
@@ -51,7 +58,11 @@ pub fn print_status(output: Output, s: &pb::ClusterStatus) {
             println!("{v}");
         }
         Output::Table => {
-            let cluster = if s.cluster_id.is_empty() { "(not initialized)" } else { &s.cluster_id };
+            let cluster = if s.cluster_id.is_empty() {
+                "(not initialized)"
+            } else {
+                &s.cluster_id
+            };
             println!("cluster:   {cluster}");
             println!("answered:  {} ({})", s.node_name, s.raft_state);
             match &s.leader {
@@ -69,8 +80,14 @@ pub fn print_status(output: Output, s: &pb::ClusterStatus) {
                     vec![
                         m.name.clone(),
                         m.address.clone(),
-                        if leader { format!("{} (leader)", m.role) } else { m.role.clone() },
-                        m.matched_index.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                        if leader {
+                            format!("{} (leader)", m.role)
+                        } else {
+                            m.role.clone()
+                        },
+                        m.matched_index
+                            .map(|v| v.to_string())
+                            .unwrap_or_else(|| "-".into()),
                         m.lag.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
                     ]
                 })
@@ -110,7 +127,18 @@ pub fn print_nodes(output: Output, nodes: &[pb::NodeInfo]) {
                     ]
                 })
                 .collect();
-            table(&["NAME", "ADDRESS", "STATE", "ROLE", "VCPUS", "MEMORY(MiB)", "VMS"], rows);
+            table(
+                &[
+                    "NAME",
+                    "ADDRESS",
+                    "STATE",
+                    "ROLE",
+                    "VCPUS",
+                    "MEMORY(MiB)",
+                    "VMS",
+                ],
+                rows,
+            );
         }
     }
 }
@@ -140,7 +168,10 @@ pub fn print_vms(output: Output, vms: &[pb::Vm]) {
                     ]
                 })
                 .collect();
-            table(&["NAME", "VCPUS", "MEMORY(MiB)", "HA", "DESIRED", "NODE"], rows);
+            table(
+                &["NAME", "VCPUS", "MEMORY(MiB)", "HA", "DESIRED", "NODE"],
+                rows,
+            );
         }
     }
 }
@@ -168,7 +199,13 @@ pub fn print_events(output: Output, events: &[pb::Event]) {
                 "{}",
                 json!({"seq": e.seq, "at_ms": e.at_ms, "kind": e.kind, "message": e.message})
             ),
-            Output::Table => println!("{:>6}  {}  {:<8} {}", e.seq, format_ms(e.at_ms), e.kind, e.message),
+            Output::Table => println!(
+                "{:>6}  {}  {:<8} {}",
+                e.seq,
+                format_ms(e.at_ms),
+                e.kind,
+                e.message
+            ),
         }
     }
 }

@@ -13,29 +13,65 @@ use crate::types::NodeId;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// The first entry of a cluster: its id, settings and founding node.
-    Init { cluster_id: String, settings: Settings, node: Node, at_ms: u64 },
+    Init {
+        cluster_id: String,
+        settings: Settings,
+        node: Node,
+        at_ms: u64,
+    },
     /// Registers a joining node (before it becomes a Raft learner).
-    AddNode { node: Node, at_ms: u64 },
+    AddNode {
+        node: Node,
+        at_ms: u64,
+    },
     /// Forgets a node. With `force`, its VMs lose their placement.
-    RemoveNode { id: NodeId, force: bool, at_ms: u64 },
+    RemoveNode {
+        id: NodeId,
+        force: bool,
+        at_ms: u64,
+    },
     /// Records a VM and its placement (chosen by the leader's scheduler).
-    CreateVm { vm: Vm, at_ms: u64 },
-    DeleteVm { name: String, at_ms: u64 },
+    CreateVm {
+        vm: Vm,
+        at_ms: u64,
+    },
+    DeleteVm {
+        name: String,
+        at_ms: u64,
+    },
 }
 
 /// Why `apply` refused a command. Refusals are normal results, not failures:
 /// the log entry is committed and every replica refuses it the same way.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Refusal {
-    AlreadyInitialized { cluster_id: String },
-    NodeNameTaken { name: String },
-    NodeAddressTaken { address: String, by: String },
-    UnknownNode { id: NodeId },
-    NodeHasVms { name: String, vms: u32 },
-    VmNameTaken { name: String },
-    UnknownVm { name: String },
+    AlreadyInitialized {
+        cluster_id: String,
+    },
+    NodeNameTaken {
+        name: String,
+    },
+    NodeAddressTaken {
+        address: String,
+        by: String,
+    },
+    UnknownNode {
+        id: NodeId,
+    },
+    NodeHasVms {
+        name: String,
+        vms: u32,
+    },
+    VmNameTaken {
+        name: String,
+    },
+    UnknownVm {
+        name: String,
+    },
     /// The chosen node no longer fits the VM (another placement won the race).
-    NoLongerFits { node: String },
+    NoLongerFits {
+        node: String,
+    },
 }
 
 impl std::fmt::Display for Refusal {
@@ -72,15 +108,26 @@ impl ClusterState {
     /// state and the command.
     pub fn apply(&mut self, cmd: &Command) -> Response {
         match cmd {
-            Command::Init { cluster_id, settings, node, at_ms } => {
+            Command::Init {
+                cluster_id,
+                settings,
+                node,
+                at_ms,
+            } => {
                 if let Some(existing) = &self.meta.cluster_id {
-                    return Response::Refused(Refusal::AlreadyInitialized { cluster_id: existing.clone() });
+                    return Response::Refused(Refusal::AlreadyInitialized {
+                        cluster_id: existing.clone(),
+                    });
                 }
                 self.meta.cluster_id = Some(cluster_id.clone());
                 self.meta.settings = settings.clone();
                 self.dirty.insert(Key::Meta);
                 self.put_node(node.clone());
-                self.push_event(*at_ms, "cluster", format!("cluster {cluster_id} initialized on {}", node.name));
+                self.push_event(
+                    *at_ms,
+                    "cluster",
+                    format!("cluster {cluster_id} initialized on {}", node.name),
+                );
                 Response::Done
             }
             Command::AddNode { node, at_ms } => self.add_node(node, *at_ms),
@@ -103,7 +150,9 @@ impl ClusterState {
                 continue;
             }
             if other.name == node.name {
-                return Response::Refused(Refusal::NodeNameTaken { name: node.name.clone() });
+                return Response::Refused(Refusal::NodeNameTaken {
+                    name: node.name.clone(),
+                });
             }
             if other.address == node.address {
                 return Response::Refused(Refusal::NodeAddressTaken {
@@ -115,7 +164,11 @@ impl ClusterState {
         let rejoin = self.nodes.contains_key(&node.id);
         self.put_node(node.clone());
         let verb = if rejoin { "re-registered" } else { "joined" };
-        self.push_event(at_ms, "node", format!("node {} ({}) {verb}", node.name, node.address));
+        self.push_event(
+            at_ms,
+            "node",
+            format!("node {} ({}) {verb}", node.name, node.address),
+        );
         Response::Done
     }
 
@@ -123,10 +176,17 @@ impl ClusterState {
         let Some(node) = self.nodes.get(&id).cloned() else {
             return Response::Refused(Refusal::UnknownNode { id });
         };
-        let placed: Vec<VmId> =
-            self.vms.values().filter(|v| v.placement.map(|p| p.node) == Some(id)).map(|v| v.id).collect();
+        let placed: Vec<VmId> = self
+            .vms
+            .values()
+            .filter(|v| v.placement.map(|p| p.node) == Some(id))
+            .map(|v| v.id)
+            .collect();
         if !placed.is_empty() && !force {
-            return Response::Refused(Refusal::NodeHasVms { name: node.name, vms: placed.len() as u32 });
+            return Response::Refused(Refusal::NodeHasVms {
+                name: node.name,
+                vms: placed.len() as u32,
+            });
         }
         for vm_id in &placed {
             if let Some(vm) = self.vms.get_mut(vm_id) {
@@ -136,7 +196,11 @@ impl ClusterState {
         }
         self.nodes.remove(&id);
         self.dirty.insert(Key::Node(id));
-        let extra = if placed.is_empty() { String::new() } else { format!("; {} VM(s) left unplaced", placed.len()) };
+        let extra = if placed.is_empty() {
+            String::new()
+        } else {
+            format!("; {} VM(s) left unplaced", placed.len())
+        };
         self.push_event(at_ms, "node", format!("node {} removed{extra}", node.name));
         Response::Done
     }
@@ -147,7 +211,9 @@ impl ClusterState {
             if !vm.request_id.is_empty() && existing.request_id == vm.request_id {
                 return Response::Vm(existing.clone());
             }
-            return Response::Refused(Refusal::VmNameTaken { name: vm.name.clone() });
+            return Response::Refused(Refusal::VmNameTaken {
+                name: vm.name.clone(),
+            });
         }
         if let Some(p) = vm.placement {
             let Some(node) = self.nodes.get(&p.node) else {
@@ -158,10 +224,15 @@ impl ClusterState {
                 && cpus.saturating_add(vm.spec.vcpus) <= node.cpus
                 && mem.saturating_add(vm.spec.memory_mib) <= node.memory_mib;
             if !fits {
-                return Response::Refused(Refusal::NoLongerFits { node: node.name.clone() });
+                return Response::Refused(Refusal::NoLongerFits {
+                    node: node.name.clone(),
+                });
             }
         }
-        let node_name = vm.placement.and_then(|p| self.nodes.get(&p.node)).map(|n| n.name.clone());
+        let node_name = vm
+            .placement
+            .and_then(|p| self.nodes.get(&p.node))
+            .map(|n| n.name.clone());
         self.vm_names.insert(vm.name.clone(), vm.id);
         self.vms.insert(vm.id, vm.clone());
         self.dirty.insert(Key::Vm(vm.id));

@@ -1,0 +1,87 @@
+//! A wrong, foreign or damaged data dir is refused with a message, never
+//! started as a blank node.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Result;
+use kvmesh_tests::{free_port, kvmesh_bin, Cluster};
+
+/// Runs `kvmesh serve` expecting it to refuse; returns its stderr.
+fn serve_refused(args: &[&str]) -> String {
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(kvmesh_bin())
+        .args(["serve", "--listen", &listen])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            panic!("kvmesh serve {args:?} did not refuse to start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn wrong_foreign_and_corrupt_data_dirs_are_refused() -> Result<()> {
+    let mut c = Cluster::new();
+    c.spawn("a", None, &[])?;
+    c.cli_ok(0, &["cluster", "init"])?;
+    c.cli_ok(0, &["vm", "create", "keep-me", "--memory", "64"])?;
+    c.nodes[0].kill();
+    let dir = c.nodes[0].data_dir.clone();
+    let dir_s = dir.to_str().unwrap();
+
+    // Another node's data dir.
+    let err = serve_refused(&["--name", "b", "--data-dir", dir_s]);
+    assert!(err.contains("belongs to node \"a\""), "{err}");
+
+    // A directory that is not a kvmesh data dir.
+    let foreign = c.dir.path().join("photos");
+    std::fs::create_dir_all(&foreign)?;
+    std::fs::write(foreign.join("cat.jpg"), b"meow")?;
+    let err = serve_refused(&["--name", "a", "--data-dir", foreign.to_str().unwrap()]);
+    assert!(err.contains("not a kvmesh data dir"), "{err}");
+
+    // A damaged raft store: refused, not restarted as an empty node.
+    let copy = c.dir.path().join("damaged");
+    copy_dir(&dir, &copy)?;
+    let db = copy.join("raft/db");
+    let mut bytes = std::fs::read(&db)?;
+    for i in (0..bytes.len()).step_by(97) {
+        bytes[i] ^= 0xff;
+    }
+    std::fs::write(&db, bytes)?;
+    let err = serve_refused(&["--name", "a", "--data-dir", copy.to_str().unwrap()]);
+    assert!(err.contains("corrupt"), "{err}");
+
+    // The intact original still starts and still has its VM.
+    c.restart(0)?;
+    kvmesh_tests::wait_for("VM after restart", Duration::from_secs(20), || {
+        (c.vm_names(0).ok()? == vec!["keep-me".to_string()]).then_some(())
+    })?;
+    Ok(())
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
