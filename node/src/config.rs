@@ -220,8 +220,10 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        let mut c = ServeConfig::default();
-        c.name = "node-1".into();
+        let c = ServeConfig {
+            name: "node-1".into(),
+            ..ServeConfig::default()
+        };
         c.validate().unwrap();
         c.openraft().unwrap();
     }

@@ -191,14 +191,11 @@ impl pb::cluster_server::Cluster for ClusterService {
                         ctx.ensure_linearizable().await?;
                         Ok(list_nodes(ctx))
                     },
-                    |ch, t| {
-                        let req = req.clone();
-                        async move {
-                            ClusterClient::new(ch)
-                                .list_nodes(forward(req, t))
-                                .await
-                                .map(|r| r.into_inner())
-                        }
+                    |ch, t| async move {
+                        ClusterClient::new(ch)
+                            .list_nodes(forward(req, t))
+                            .await
+                            .map(|r| r.into_inner())
                     },
                 )
                 .await?;
