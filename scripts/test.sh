@@ -7,6 +7,17 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 
+# A stock gRPC client for the reflection test (Python grpcio, in a venv).
+if ! python3 -m venv --help >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
+PYENV=$PWD/target/pyprobe
+if ! "$PYENV/bin/python" -c 'import grpc, grpc_reflection, grpc_health' 2>/dev/null; then
+  python3 -m venv "$PYENV"
+  "$PYENV/bin/pip" install -q --disable-pip-version-check grpcio grpcio-reflection grpcio-health-checking
+fi
+export KVMESH_PYTHON=$PYENV/bin/python
+
 start=$(date +%s)
 cargo build --locked --workspace --all-targets
 export KVMESH_BIN=$PWD/target/debug/kvmesh

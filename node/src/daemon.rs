@@ -124,10 +124,17 @@ async fn serve_grpc(
     ctx: Arc<NodeCtx>,
     listener: TcpListener,
 ) -> std::result::Result<(), tonic::transport::Error> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl speaks v1, many grpcio tools v1alpha.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
+        .expect("descriptor sets are compiled in");
+    let reflection_alpha = reflection_builder()
+        .build_v1alpha()
         .expect("descriptor sets are compiled in");
     let (reporter, health) = tonic_health::server::health_reporter();
     *HEALTH.lock().unwrap_or_else(|p| p.into_inner()) = Some(reporter);
@@ -135,6 +142,7 @@ async fn serve_grpc(
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(
             pb::raft_server::RaftServer::new(RaftService::new(
                 ctx.raft.clone(),
