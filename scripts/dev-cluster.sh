@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # A local kvmesh cluster on 127.0.0.1 for trying things out.
 #
-#   scripts/dev-cluster.sh up [N]   build, start N nodes (default 3), init, join, show status
+#   scripts/dev-cluster.sh up [N] [--libvirt-uri URI]
+#                                   build, start N nodes (default 3), init, join, show status;
+#                                   the hypervisor defaults to test:///default (no daemon);
+#                                   with qemu:///system the nodes share one libvirtd
+#   scripts/dev-cluster.sh demo     create three small VMs (web1..web3) and list them
 #   scripts/dev-cluster.sh status   cluster status and nodes
 #   scripts/dev-cluster.sh down     stop the nodes (data is kept; `up` resumes it)
 #   scripts/dev-cluster.sh clean    stop and delete all data
@@ -24,7 +28,8 @@ running() { [ -f "$DIR/n$1.pid" ] && kill -0 "$(cat "$DIR/n$1.pid")" 2>/dev/null
 start_node() {
   local i=$1 join=${2:-}
   running "$i" && return 0
-  local args=(serve --name "n$i" --listen "127.0.0.1:$(port "$i")" --data-dir "$DIR/n$i")
+  local args=(serve --name "n$i" --listen "127.0.0.1:$(port "$i")" --data-dir "$DIR/n$i" --libvirt-uri "$LIBVIRT_URI")
+  [ "$LIBVIRT_URI" != "test:///default" ] && args+=(--virt-type "${VIRT_TYPE:-qemu}")
   [ -n "$join" ] && [ ! -f "$DIR/n$i/kvmesh-node.json" ] && args+=(--join "$join")
   nohup "$BIN" "${args[@]}" >>"$DIR/n$i.log" 2>&1 &
   echo $! >"$DIR/n$i.pid"
@@ -57,7 +62,18 @@ up() {
   status
   echo
   echo "data dirs and logs: $DIR/n<i> and $DIR/n<i>.log"
-  echo "try: $BIN vm create web1 --vcpus 1 --memory 256 && $BIN vm list"
+  echo "hypervisor: $LIBVIRT_URI"
+  echo "try: $BIN vm create web1 --vcpus 1 --memory 256 --wait && $BIN vm list"
+}
+
+demo() {
+  for name in web1 web2 web3; do
+    if ! kv vm get "$name" >/dev/null 2>&1; then
+      kv vm create "$name" --vcpus 1 --memory 256 --disk 1G --wait
+    fi
+  done
+  echo
+  kv vm list
 }
 
 status() {
@@ -75,10 +91,23 @@ down() {
   echo "stopped (data kept in $DIR)"
 }
 
-case "${1:-}" in
-  up) up "${2:-3}" ;;
+LIBVIRT_URI=test:///default
+cmd=${1:-}; shift || true
+n=3
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --libvirt-uri) LIBVIRT_URI=$2; shift 2 ;;
+    --libvirt-uri=*) LIBVIRT_URI=${1#*=}; shift ;;
+    [0-9]*) n=$1; shift ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+
+case "$cmd" in
+  up) up "$n" ;;
+  demo) demo ;;
   status) status ;;
   down) down ;;
   clean) down; rm -rf "$DIR"; echo "deleted $DIR" ;;
-  *) sed -n '2,12p' "$0"; exit 2 ;;
+  *) sed -n '2,15p' "$0"; exit 2 ;;
 esac

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs what building and running kvmesh needs on Debian/Ubuntu:
-# a C toolchain and pkg-config from apt, and Rust >= 1.88 (rustup) if the
-# machine has no recent enough cargo. Safe to run again.
+# Installs what building and running kvmesh needs on Debian/Ubuntu: a C
+# toolchain, pkg-config and libvirt's development files from apt (libvirt's
+# embedded test driver comes with them, so no daemon is needed), and
+# Rust >= 1.88 (rustup) if the machine has no recent enough cargo. Safe to
+# run again.
 set -euo pipefail
 
 need_apt=()
-for pkg in build-essential pkg-config ca-certificates curl; do
+for pkg in build-essential pkg-config libvirt-dev ca-certificates curl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Runs the whole kvmesh test suite: unit tests, the openraft storage suite on
-# sled, and the multi-process cluster tests (real `kvmesh` processes on
-# loopback ports). Installs what it needs first.
+# sled, the multi-process cluster tests (real `kvmesh` processes on loopback
+# ports), and real QEMU guests under a libvirtd it starts itself. Installs
+# what it needs first (apt, as root or with sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/libvirtd.sh
+eval "$(scripts/make-test-guest.sh target/test-guest)"
+export KVMESH_TEST_GUEST=$(dirname "$kernel")
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 
 # A stock gRPC client for the reflection test (Python grpcio, in a venv).

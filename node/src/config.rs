@@ -60,6 +60,18 @@ pub struct ServeConfig {
     pub memory_mib: Option<u64>,
     /// How long a client write keeps retrying through elections. Default 10000 ms.
     pub write_timeout_ms: u64,
+    /// libvirt connection: `qemu:///system` (default) on real hosts, or
+    /// `test:///default`, the embedded test hypervisor that needs no daemon.
+    pub libvirt_uri: String,
+    /// Domain type for QEMU: `kvm` (default), or `qemu` (TCG emulation) where
+    /// KVM is unusable.
+    pub virt_type: String,
+    /// How long `vm stop` waits for an ACPI shutdown before it destroys the
+    /// guest. Default 30000 ms.
+    pub shutdown_timeout_ms: u64,
+    /// The agent compares libvirt with the cluster at least this often.
+    /// Default 2000 ms.
+    pub resync_ms: u64,
     pub raft: RaftConfig,
 }
 
@@ -74,6 +86,10 @@ impl Default for ServeConfig {
             cpus: None,
             memory_mib: None,
             write_timeout_ms: 10_000,
+            libvirt_uri: "qemu:///system".into(),
+            virt_type: "kvm".into(),
+            shutdown_timeout_ms: 30_000,
+            resync_ms: 2_000,
             raft: RaftConfig::default(),
         }
     }
@@ -82,8 +98,8 @@ impl Default for ServeConfig {
 impl ServeConfig {
     /// Reads a TOML file; unknown keys are errors, missing keys take defaults.
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
         toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
@@ -98,10 +114,7 @@ impl ServeConfig {
             problems.push(format!("name: {e}"));
         }
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
-            problems.push(format!(
-                "listen: {:?} is not an IP:port address",
-                self.listen
-            ));
+            problems.push(format!("listen: {:?} is not an IP:port address", self.listen));
         }
         if let Some(a) = &self.advertise {
             if !is_host_port(a) {
@@ -109,15 +122,9 @@ impl ServeConfig {
             }
         }
         if self.advertise.is_none()
-            && self
-                .listen
-                .parse::<std::net::SocketAddr>()
-                .is_ok_and(|a| a.ip().is_unspecified())
+            && self.listen.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_unspecified())
         {
-            problems.push(format!(
-                "advertise: required when listen ({}) is a wildcard address",
-                self.listen
-            ));
+            problems.push(format!("advertise: required when listen ({}) is a wildcard address", self.listen));
         }
         if let Some(j) = &self.join {
             if !is_host_port(j) {
@@ -131,10 +138,16 @@ impl ServeConfig {
             problems.push("memory_mib: must be at least 1".into());
         }
         if self.write_timeout_ms < 100 {
-            problems.push(format!(
-                "write_timeout_ms: {} is too short (minimum 100)",
-                self.write_timeout_ms
-            ));
+            problems.push(format!("write_timeout_ms: {} is too short (minimum 100)", self.write_timeout_ms));
+        }
+        if !matches!(self.virt_type.as_str(), "kvm" | "qemu") {
+            problems.push(format!("virt_type: {:?} must be kvm or qemu", self.virt_type));
+        }
+        if !self.libvirt_uri.contains(":///") && !self.libvirt_uri.contains("://") {
+            problems.push(format!("libvirt_uri: {:?} is not a libvirt URI (e.g. qemu:///system)", self.libvirt_uri));
+        }
+        if self.resync_ms == 0 || self.resync_ms > 5_000 {
+            problems.push(format!("resync_ms: {} must be between 1 and 5000", self.resync_ms));
         }
         let r = &self.raft;
         if r.heartbeat_ms == 0 {
@@ -176,8 +189,7 @@ impl ServeConfig {
             max_in_snapshot_log_to_keep: r.keep_logs,
             ..Default::default()
         };
-        cfg.validate()
-            .map_err(|e| Error::Config(format!("raft: {e}")))
+        cfg.validate().map_err(|e| Error::Config(format!("raft: {e}")))
     }
 }
 
@@ -190,26 +202,18 @@ fn is_host_port(s: &str) -> bool {
 
 /// Node names: 1–63 characters of letters, digits, '-', '_' and '.'.
 pub fn validate_node_name(name: &str) -> std::result::Result<(), String> {
-    let ok_chars = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if name.is_empty() || name.len() > 63 || !ok_chars {
-        return Err(format!(
-            "{name:?} must be 1-63 characters of letters, digits, '-', '_' or '.'"
-        ));
+        return Err(format!("{name:?} must be 1-63 characters of letters, digits, '-', '_' or '.'"));
     }
     Ok(())
 }
 
 /// VM names: 1–63 characters of `[a-z0-9-]`.
 pub fn validate_vm_name(name: &str) -> std::result::Result<(), String> {
-    let ok_chars = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let ok_chars = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if name.is_empty() || name.len() > 63 || !ok_chars {
-        return Err(format!(
-            "VM name {name:?} must be 1-63 characters of lowercase letters, digits and '-'"
-        ));
+        return Err(format!("VM name {name:?} must be 1-63 characters of lowercase letters, digits and '-'"));
     }
     Ok(())
 }
@@ -220,10 +224,7 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        let c = ServeConfig {
-            name: "node-1".into(),
-            ..ServeConfig::default()
-        };
+        let c = ServeConfig { name: "node-1".into(), ..ServeConfig::default() };
         c.validate().unwrap();
         c.openraft().unwrap();
     }
@@ -235,41 +236,20 @@ mod tests {
             listen: "nowhere".into(),
             join: Some("x".into()),
             cpus: Some(0),
-            raft: RaftConfig {
-                heartbeat_ms: 100,
-                election_min_ms: 150,
-                election_max_ms: 100,
-                ..Default::default()
-            },
+            raft: RaftConfig { heartbeat_ms: 100, election_min_ms: 150, election_max_ms: 100, ..Default::default() },
             ..ServeConfig::default()
         };
-        let Err(Error::Config(msg)) = c.validate() else {
-            panic!("should fail")
-        };
-        for field in [
-            "name:",
-            "listen:",
-            "join:",
-            "cpus:",
-            "raft.election_min_ms",
-            "raft.election_max_ms",
-        ] {
+        let Err(Error::Config(msg)) = c.validate() else { panic!("should fail") };
+        for field in ["name:", "listen:", "join:", "cpus:", "raft.election_min_ms", "raft.election_max_ms"] {
             assert!(msg.contains(field), "{field} missing in {msg}");
         }
     }
 
     #[test]
     fn wildcard_listen_needs_advertise() {
-        let c = ServeConfig {
-            name: "a".into(),
-            listen: "0.0.0.0:7100".into(),
-            ..ServeConfig::default()
-        };
+        let c = ServeConfig { name: "a".into(), listen: "0.0.0.0:7100".into(), ..ServeConfig::default() };
         assert!(c.validate().is_err());
-        let c = ServeConfig {
-            advertise: Some("10.0.0.1:7100".into()),
-            ..c
-        };
+        let c = ServeConfig { advertise: Some("10.0.0.1:7100".into()), ..c };
         c.validate().unwrap();
     }
 

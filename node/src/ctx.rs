@@ -41,6 +41,8 @@ pub struct NodeCtx {
     pub joining: std::sync::atomic::AtomicBool,
     /// Notified when the leader reports that it removed this node.
     pub removed: std::sync::Arc<tokio::sync::Notify>,
+    /// This host's hypervisor (libvirt).
+    pub hypervisor: std::sync::Arc<dyn crate::hypervisor::Hypervisor>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -54,6 +56,7 @@ impl NodeCtx {
         raft: Raft,
         state: SharedState,
         data_dir: DataDir,
+        hypervisor: std::sync::Arc<dyn crate::hypervisor::Hypervisor>,
     ) -> Self {
         NodeCtx {
             id,
@@ -68,6 +71,7 @@ impl NodeCtx {
             membership_lock: tokio::sync::Mutex::new(()),
             joining: std::sync::atomic::AtomicBool::new(false),
             removed: Default::default(),
+            hypervisor,
             channels: Mutex::new(HashMap::new()),
         }
     }
@@ -78,10 +82,7 @@ impl NodeCtx {
 
     /// Runs `f` on the replicated state under the read lock.
     pub fn read<T>(&self, f: impl FnOnce(&SmData) -> T) -> T {
-        let guard = self
-            .state
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let guard = self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&guard)
     }
 
@@ -101,9 +102,9 @@ impl NodeCtx {
     pub async fn write(&self, cmd: Command) -> Result<Response> {
         match self.raft.client_write(cmd).await {
             Ok(r) => Ok(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(
-                Error::Unavailable("leadership changed during the write".into()),
-            ),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(Error::Unavailable("leadership changed during the write".into()))
+            }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(Error::FailedPrecondition(e.to_string()))
             }
@@ -146,13 +147,9 @@ impl NodeCtx {
                 },
                 // A forwarded request that reaches a non-leader goes back to
                 // its origin, which retries with a fresh view of the leader.
-                Some(_) if forwarded => {
-                    return Err(Status::unavailable("this node is no longer the leader"))
-                }
+                Some(_) if forwarded => return Err(Status::unavailable("this node is no longer the leader")),
                 Some((leader, address)) => {
-                    let remaining = deadline
-                        .saturating_duration_since(Instant::now())
-                        .max(Duration::from_millis(100));
+                    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
                     match remote(self.channel(&address)?, remaining).await {
                         Err(s) if s.code() == Code::Unavailable => {
                             last_error = format!("leader {leader} at {address}: {}", s.message())
@@ -179,11 +176,7 @@ impl NodeCtx {
             .ensure_linearizable()
             .await
             .map(|_| ())
-            .map_err(|e| {
-                Error::Unavailable(format!(
-                    "cannot confirm leadership for a consistent read: {e}"
-                ))
-            })
+            .map_err(|e| Error::Unavailable(format!("cannot confirm leadership for a consistent read: {e}")))
     }
 }
 
@@ -191,8 +184,7 @@ impl NodeCtx {
 pub fn forward<T>(message: T, timeout: Duration) -> Request<T> {
     let mut r = Request::new(message);
     r.set_timeout(timeout);
-    r.metadata_mut()
-        .insert(FORWARDED_HEADER, "1".parse().expect("static header"));
+    r.metadata_mut().insert(FORWARDED_HEADER, "1".parse().expect("static header"));
     r
 }
 
@@ -203,8 +195,5 @@ pub fn is_forwarded<T>(r: &Request<T>) -> bool {
 
 /// Milliseconds since the Unix epoch, stamped into commands by the leader.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -18,6 +18,7 @@ use crate::config::ServeConfig;
 use crate::ctx::NodeCtx;
 use crate::data_dir::DataDir;
 use crate::error::{Error, Result};
+use crate::hypervisor::{self, libvirt::Libvirt, Hypervisor};
 
 /// How long `serve --join` keeps trying before it gives up.
 const JOIN_DEADLINE: Duration = Duration::from_secs(180);
@@ -30,10 +31,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let (log_store, state_machine) = kvmesh_raft::store::open(&data_dir.raft_dir())?;
     let state = state_machine.shared();
 
-    let stored_cluster = state
-        .read()
-        .map(|d| d.state.cluster_id().map(str::to_string))
-        .unwrap_or(None);
+    let stored_cluster = state.read().map(|d| d.state.cluster_id().map(str::to_string)).unwrap_or(None);
     match (&data_dir.identity.cluster_id, &stored_cluster) {
         (Some(mine), Some(stored)) if mine != stored => {
             return Err(Error::DataDir {
@@ -53,35 +51,32 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         _ => {}
     }
 
+    // Connect to the hypervisor before anything listens, so a missing
+    // libvirtd is reported at once.
+    let uri = config.libvirt_uri.clone();
+    let hv_dir = config.data_dir.clone();
+    let hypervisor: Arc<dyn Hypervisor> = Arc::new(
+        tokio::task::spawn_blocking(move || Libvirt::connect(&uri, id, &hv_dir))
+            .await
+            .map_err(|e| Error::Hypervisor(format!("hypervisor connect task failed: {e}")))??,
+    );
+    let host = hypervisor::blocking(&hypervisor, |hv| hv.capacity()).await?;
+
     let listener = TcpListener::bind(&config.listen)
         .await
-        .map_err(|source| Error::Listen {
-            address: config.listen.clone(),
-            source,
-        })?;
+        .map_err(|source| Error::Listen { address: config.listen.clone(), source })?;
     let raft = Raft::new(id, raft_config, Network, log_store, state_machine)
         .await
         .map_err(|e| Error::Raft(format!("cannot start raft: {e}")))?;
 
-    let cpus = config.cpus.unwrap_or_else(crate::host::cpus);
-    let memory_mib = config.memory_mib.unwrap_or_else(crate::host::memory_mib);
+    let cpus = config.cpus.unwrap_or(host.cpus);
+    let memory_mib = config.memory_mib.unwrap_or(host.memory_mib);
     let join = config.join.clone();
-    let ctx = Arc::new(NodeCtx::new(
-        id,
-        config,
-        cpus,
-        memory_mib,
-        raft.clone(),
-        state,
-        data_dir,
-    ));
-    info!(node = %ctx.name, id, address = %ctx.address, cpus, memory_mib, "kvmesh node starting");
+    let ctx = Arc::new(NodeCtx::new(id, config, cpus, memory_mib, raft.clone(), state, data_dir, hypervisor));
+    info!(node = %ctx.name, id, address = %ctx.address, cpus, memory_mib, libvirt = %ctx.config.libvirt_uri, "kvmesh node starting");
 
     let server = tokio::spawn(serve_grpc(ctx.clone(), listener));
-    let initialized = raft
-        .is_initialized()
-        .await
-        .map_err(|e| Error::Raft(e.to_string()))?;
+    let initialized = raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))?;
     if initialized {
         if join.is_some() {
             info!("this node already belongs to a cluster; ignoring --join");
@@ -90,8 +85,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     } else if let Some(target) = join {
         ctx.joining.store(true, std::sync::atomic::Ordering::SeqCst);
         join_cluster(&ctx, &target).await?;
-        ctx.joining
-            .store(false, std::sync::atomic::Ordering::SeqCst);
+        ctx.joining.store(false, std::sync::atomic::Ordering::SeqCst);
     } else {
         info!(
             "waiting to be bootstrapped: run `kvmesh --endpoint {} cluster init` on this node, or restart it with --join <member>",
@@ -99,6 +93,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         );
     }
     tokio::spawn(health_loop(ctx.clone()));
+    tokio::spawn(crate::agent::run(ctx.clone()));
 
     tokio::select! {
         r = server => {
@@ -120,22 +115,15 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     Ok(())
 }
 
-async fn serve_grpc(
-    ctx: Arc<NodeCtx>,
-    listener: TcpListener,
-) -> std::result::Result<(), tonic::transport::Error> {
+async fn serve_grpc(ctx: Arc<NodeCtx>, listener: TcpListener) -> std::result::Result<(), tonic::transport::Error> {
     // Both reflection versions: grpcurl speaks v1, many grpcio tools v1alpha.
     let reflection_builder = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection = reflection_builder()
-        .build_v1()
-        .expect("descriptor sets are compiled in");
-    let reflection_alpha = reflection_builder()
-        .build_v1alpha()
-        .expect("descriptor sets are compiled in");
+    let reflection = reflection_builder().build_v1().expect("descriptor sets are compiled in");
+    let reflection_alpha = reflection_builder().build_v1alpha().expect("descriptor sets are compiled in");
     let (reporter, health) = tonic_health::server::health_reporter();
     *HEALTH.lock().unwrap_or_else(|p| p.into_inner()) = Some(reporter);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -144,22 +132,17 @@ async fn serve_grpc(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(
-            pb::raft_server::RaftServer::new(RaftService::new(
-                ctx.raft.clone(),
-                ctx.removed.clone(),
-            ))
-            .max_decoding_message_size(256 << 20),
+            pb::raft_server::RaftServer::new(RaftService::new(ctx.raft.clone(), ctx.removed.clone()))
+                .max_decoding_message_size(256 << 20),
         )
-        .add_service(pb::cluster_server::ClusterServer::new(ClusterService::new(
-            ctx.clone(),
-        )))
+        .add_service(pb::cluster_server::ClusterServer::new(ClusterService::new(ctx.clone())))
         .add_service(pb::vms_server::VmsServer::new(VmsService::new(ctx.clone())))
+        .add_service(pb::host_server::HostServer::new(crate::agent::HostService::new(ctx.clone())))
         .serve_with_incoming(incoming)
         .await
 }
 
-static HEALTH: std::sync::Mutex<Option<tonic_health::server::HealthReporter>> =
-    std::sync::Mutex::new(None);
+static HEALTH: std::sync::Mutex<Option<tonic_health::server::HealthReporter>> = std::sync::Mutex::new(None);
 
 /// Reports SERVING while this node knows a leader (so writes can succeed),
 /// NOT_SERVING otherwise. The overall ("") status is always SERVING once up.
@@ -169,11 +152,7 @@ async fn health_loop(ctx: Arc<NodeCtx>) {
     loop {
         let reporter = HEALTH.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(reporter) = reporter {
-            let status = if ctx.leader().is_some() {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
+            let status = if ctx.leader().is_some() { ServingStatus::Serving } else { ServingStatus::NotServing };
             if last != Some(status) {
                 for svc in ["kvmesh.v1.Cluster", "kvmesh.v1.Vms"] {
                     reporter.set_service_status(svc, status).await;
@@ -208,17 +187,11 @@ async fn join_cluster(ctx: &NodeCtx, target: &str) -> Result<()> {
             Ok(r) => {
                 let r = r.into_inner();
                 info!(cluster = %r.cluster_id, role = %r.role, via = target, "joined the cluster");
-                ctx.data_dir
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .set_cluster_id(&r.cluster_id)?;
+                ctx.data_dir.lock().unwrap_or_else(|p| p.into_inner()).set_cluster_id(&r.cluster_id)?;
                 return Ok(());
             }
             Err(s)
-                if matches!(
-                    s.code(),
-                    Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal
-                ) =>
+                if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal) =>
             {
                 if tokio::time::Instant::now() + backoff > deadline {
                     return Err(Error::Unavailable(format!(
@@ -231,12 +204,7 @@ async fn join_cluster(ctx: &NodeCtx, target: &str) -> Result<()> {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(3));
             }
-            Err(s) => {
-                return Err(Error::FailedPrecondition(format!(
-                    "join refused by {target}: {}",
-                    s.message()
-                )))
-            }
+            Err(s) => return Err(Error::FailedPrecondition(format!("join refused by {target}: {}", s.message()))),
         }
     }
 }

@@ -30,25 +30,15 @@ pub struct DataDir {
 impl DataDir {
     /// Opens the data dir, creating it (and a new identity) on first start.
     pub fn open(path: &Path, name: &str) -> Result<Self> {
-        let err = |reason: String| Error::DataDir {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let err = |reason: String| Error::DataDir { path: path.to_path_buf(), reason };
         std::fs::create_dir_all(path).map_err(|e| err(format!("cannot create it: {e}")))?;
         let id_path = path.join(IDENTITY);
         let identity = if id_path.exists() {
-            let text = std::fs::read_to_string(&id_path)
-                .map_err(|e| err(format!("cannot read {IDENTITY}: {e}")))?;
-            let identity: Identity = serde_json::from_str(&text).map_err(|e| {
-                err(format!(
-                    "{IDENTITY} is damaged ({e}); restore it from a backup"
-                ))
-            })?;
+            let text = std::fs::read_to_string(&id_path).map_err(|e| err(format!("cannot read {IDENTITY}: {e}")))?;
+            let identity: Identity = serde_json::from_str(&text)
+                .map_err(|e| err(format!("{IDENTITY} is damaged ({e}); restore it from a backup")))?;
             if identity.format > IDENTITY_FORMAT {
-                return Err(err(format!(
-                    "it was written by a newer kvmesh (format {}); upgrade",
-                    identity.format
-                )));
+                return Err(err(format!("it was written by a newer kvmesh (format {}); upgrade", identity.format)));
             }
             if identity.name != name {
                 return Err(err(format!(
@@ -67,19 +57,12 @@ impl DataDir {
                     "it is not empty and has no {IDENTITY}, so it is not a kvmesh data dir; use an empty or new directory"
                 )));
             }
-            let identity = Identity {
-                format: IDENTITY_FORMAT,
-                node_id: new_node_id(),
-                name: name.to_string(),
-                cluster_id: None,
-            };
+            let identity =
+                Identity { format: IDENTITY_FORMAT, node_id: new_node_id(), name: name.to_string(), cluster_id: None };
             write_identity(path, &identity)?;
             identity
         };
-        Ok(DataDir {
-            path: path.to_path_buf(),
-            identity,
-        })
+        Ok(DataDir { path: path.to_path_buf(), identity })
     }
 
     pub fn raft_dir(&self) -> PathBuf {
@@ -97,23 +80,18 @@ impl DataDir {
 }
 
 fn write_identity(dir: &Path, identity: &Identity) -> Result<()> {
-    let err = |reason: String| Error::DataDir {
-        path: dir.to_path_buf(),
-        reason,
-    };
+    let err = |reason: String| Error::DataDir { path: dir.to_path_buf(), reason };
     let tmp = dir.join(format!("{IDENTITY}.tmp"));
     let text = serde_json::to_string_pretty(identity).map_err(|e| err(e.to_string()))?;
     // Write, fsync, rename: a crash leaves the old file or the new one.
     {
         use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)
-            .map_err(|e| err(format!("cannot write {IDENTITY}: {e}")))?;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| err(format!("cannot write {IDENTITY}: {e}")))?;
         f.write_all(text.as_bytes())
             .and_then(|_| f.sync_all())
             .map_err(|e| err(format!("cannot write {IDENTITY}: {e}")))?;
     }
-    std::fs::rename(&tmp, dir.join(IDENTITY))
-        .map_err(|e| err(format!("cannot write {IDENTITY}: {e}")))
+    std::fs::rename(&tmp, dir.join(IDENTITY)).map_err(|e| err(format!("cannot write {IDENTITY}: {e}")))
 }
 
 /// A random non-zero id. Node ids only need to be unique within a cluster.
@@ -150,10 +128,6 @@ mod tests {
         assert!(e.contains("not a kvmesh data dir"), "{e}");
         // A damaged identity.
         std::fs::write(dir.join(IDENTITY), b"{nope").unwrap();
-        assert!(DataDir::open(&dir, "n1")
-            .err()
-            .unwrap()
-            .to_string()
-            .contains("damaged"));
+        assert!(DataDir::open(&dir, "n1").err().unwrap().to_string().contains("damaged"));
     }
 }

@@ -17,10 +17,7 @@ pub enum Error {
     Store(#[from] kvmesh_raft::Error),
 
     #[error("cannot listen on {address}: {source}. Is another kvmesh (or other program) using that port? Pick another with --listen")]
-    Listen {
-        address: String,
-        source: std::io::Error,
-    },
+    Listen { address: String, source: std::io::Error },
 
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -45,6 +42,9 @@ pub enum Error {
 
     #[error("timed out: {0}")]
     Timeout(String),
+
+    #[error("{0}")]
+    Hypervisor(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -53,13 +53,14 @@ impl From<Refusal> for Error {
     fn from(r: Refusal) -> Self {
         let msg = r.to_string();
         match r {
-            Refusal::AlreadyInitialized { .. }
-            | Refusal::NodeHasVms { .. }
-            | Refusal::NoLongerFits { .. } => Error::FailedPrecondition(msg),
-            Refusal::NodeNameTaken { .. }
-            | Refusal::NodeAddressTaken { .. }
-            | Refusal::VmNameTaken { .. } => Error::AlreadyExists(msg),
+            Refusal::AlreadyInitialized { .. } | Refusal::NodeHasVms { .. } | Refusal::NoLongerFits { .. } => {
+                Error::FailedPrecondition(msg)
+            }
+            Refusal::NodeNameTaken { .. } | Refusal::NodeAddressTaken { .. } | Refusal::VmNameTaken { .. } => {
+                Error::AlreadyExists(msg)
+            }
             Refusal::UnknownNode { .. } | Refusal::UnknownVm { .. } => Error::NotFound(msg),
+            Refusal::StaleReport | Refusal::VmBeingDeleted { .. } => Error::FailedPrecondition(msg),
         }
     }
 }
@@ -75,9 +76,8 @@ impl From<Error> for Status {
             Error::NoCapacity(_) => Code::ResourceExhausted,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Timeout(_) => Code::DeadlineExceeded,
-            Error::DataDir { .. } | Error::Store(_) | Error::Listen { .. } | Error::Raft(_) => {
-                Code::Internal
-            }
+            Error::DataDir { .. } | Error::Store(_) | Error::Listen { .. } | Error::Raft(_) => Code::Internal,
+            Error::Hypervisor(_) => Code::Internal,
         };
         let msg = match e {
             // Status messages reach the CLI as-is; skip the variant prefixes.

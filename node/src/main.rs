@@ -3,6 +3,7 @@
 //! One binary: `kvmesh serve` runs the node daemon on every host; every other
 //! subcommand is a client of any node's gRPC API.
 
+mod agent;
 mod api;
 mod cli;
 mod config;
@@ -11,6 +12,7 @@ mod daemon;
 mod data_dir;
 mod error;
 mod host;
+mod hypervisor;
 
 use clap::Parser;
 
@@ -22,10 +24,7 @@ fn main() -> std::process::ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let args = cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -18,63 +18,39 @@ fn config() -> bincode::config::Configuration {
 /// Encodes `value` prefixed with the format byte.
 pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>> {
     let mut out = vec![FORMAT];
-    let body = bincode::serde::encode_to_vec(value, config()).map_err(|e| Error::Encode {
-        what,
-        detail: e.to_string(),
-    })?;
+    let body =
+        bincode::serde::encode_to_vec(value, config()).map_err(|e| Error::Encode { what, detail: e.to_string() })?;
     out.extend_from_slice(&body);
     Ok(out)
 }
 
 /// Decodes a value written by [`encode`].
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
-    let (&format, body) = bytes.split_first().ok_or(Error::Decode {
-        what,
-        detail: "empty value".into(),
-    })?;
+    let (&format, body) = bytes.split_first().ok_or(Error::Decode { what, detail: "empty value".into() })?;
     if format > FORMAT {
-        return Err(Error::FormatTooNew {
-            what,
-            found: format,
-            supported: FORMAT,
-        });
+        return Err(Error::FormatTooNew { what, found: format, supported: FORMAT });
     }
     if format == 0 {
-        return Err(Error::Decode {
-            what,
-            detail: "format byte 0 is not a kvmesh value".into(),
-        });
+        return Err(Error::Decode { what, detail: "format byte 0 is not a kvmesh value".into() });
     }
     let (value, used) =
-        bincode::serde::decode_from_slice(body, config()).map_err(|e| Error::Decode {
-            what,
-            detail: e.to_string(),
-        })?;
+        bincode::serde::decode_from_slice(body, config()).map_err(|e| Error::Decode { what, detail: e.to_string() })?;
     if used != body.len() {
-        return Err(Error::Decode {
-            what,
-            detail: format!("{} trailing bytes", body.len() - used),
-        });
+        return Err(Error::Decode { what, detail: format!("{} trailing bytes", body.len() - used) });
     }
     Ok(value)
 }
 
 /// Unversioned encoding for RPC payloads (the protocol version travels in a header).
 pub fn to_wire<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>> {
-    bincode::serde::encode_to_vec(value, config()).map_err(|e| Error::Encode {
-        what,
-        detail: e.to_string(),
-    })
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| Error::Encode { what, detail: e.to_string() })
 }
 
 /// Decodes an RPC payload written by [`to_wire`].
 pub fn from_wire<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
     bincode::serde::decode_from_slice(bytes, config())
         .map(|(v, _)| v)
-        .map_err(|e| Error::Decode {
-            what,
-            detail: e.to_string(),
-        })
+        .map_err(|e| Error::Decode { what, detail: e.to_string() })
 }
 
 #[cfg(test)]
@@ -90,10 +66,7 @@ mod tests {
 
         let mut newer = bytes.clone();
         newer[0] = FORMAT + 1;
-        assert!(matches!(
-            decode::<(u64, String)>("x", &newer),
-            Err(Error::FormatTooNew { .. })
-        ));
+        assert!(matches!(decode::<(u64, String)>("x", &newer), Err(Error::FormatTooNew { .. })));
         assert!(decode::<(u64, String)>("x", &[]).is_err());
         assert!(decode::<(u64, String)>("x", &[FORMAT, 0xff, 0xff]).is_err());
     }

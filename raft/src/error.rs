@@ -16,12 +16,10 @@ pub enum Error {
     #[error("cannot decode {what}: {detail}")]
     Decode { what: &'static str, detail: String },
 
-    #[error("{what} was written by a newer kvmesh (format {found}, this build reads up to {supported}); upgrade this node")]
-    FormatTooNew {
-        what: &'static str,
-        found: u8,
-        supported: u8,
-    },
+    #[error(
+        "{what} was written by a newer kvmesh (format {found}, this build reads up to {supported}); upgrade this node"
+    )]
+    FormatTooNew { what: &'static str, found: u8, supported: u8 },
 
     #[error("cannot encode {what}: {detail}")]
     Encode { what: &'static str, detail: String },

@@ -74,11 +74,65 @@ impl Desired {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSpec {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub ha: bool,
+    /// A blank qcow2 disk of this size (bytes), if any.
+    pub disk_bytes: Option<u64>,
+    /// Base image; the VM gets a thin qcow2 clone backed by it.
+    pub image: Option<String>,
+    /// Direct kernel boot.
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    pub cmdline: Option<String>,
+    /// NIC on a libvirt network, or on a host bridge.
+    pub network: Option<String>,
+    pub bridge: Option<String>,
+}
+
+/// What the owning host last reported about a VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmState {
+    Running,
+    Stopped,
+    Crashed,
+    Failed,
+    Deleted,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Running => "running",
+            VmState::Stopped => "stopped",
+            VmState::Crashed => "crashed",
+            VmState::Failed => "failed",
+            VmState::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => VmState::Running,
+            "stopped" => VmState::Stopped,
+            "crashed" => VmState::Crashed,
+            "failed" => VmState::Failed,
+            "deleted" => VmState::Deleted,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reported {
+    pub state: VmState,
+    pub node: NodeId,
+    pub epoch: u64,
+    /// When this state began, as stamped by the reporting host.
+    pub since_ms: u64,
+    pub last_error: Option<String>,
 }
 
 /// Where a VM should run. The epoch grows with every new placement so a host
@@ -99,6 +153,35 @@ pub struct Vm {
     pub created_at_ms: u64,
     /// The client's request id, so a retried create is recognised.
     pub request_id: String,
+    pub reported: Option<Reported>,
+    /// Bumped by every start/stop, so a host retries a failed VM only when
+    /// an operator asks again (no retry storm).
+    pub desired_gen: u64,
+    /// Bumped by `vm restart`; the host restarts the guest once per bump.
+    pub restart_gen: u64,
+    /// Stop by destroying at once rather than by ACPI shutdown.
+    pub force_stop: bool,
+    /// Set while the owning host removes the domain; the record goes once
+    /// the host reports it gone.
+    pub deleting: Option<Deleting>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleting {
+    pub keep_disks: bool,
+}
+
+impl Vm {
+    /// The state shown to users: reported by the host, or what is pending.
+    pub fn display_state(&self) -> &'static str {
+        if self.deleting.is_some() {
+            return "deleting";
+        }
+        match &self.reported {
+            Some(r) if Some((r.node, r.epoch)) == self.placement.map(|p| (p.node, p.epoch)) => r.state.as_str(),
+            _ => "pending",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,10 +226,7 @@ pub struct ClusterState {
 
 impl PartialEq for ClusterState {
     fn eq(&self, other: &Self) -> bool {
-        self.meta == other.meta
-            && self.nodes == other.nodes
-            && self.vms == other.vms
-            && self.events == other.events
+        self.meta == other.meta && self.nodes == other.nodes && self.vms == other.vms && self.events == other.events
     }
 }
 
@@ -209,12 +289,7 @@ impl ClusterState {
     pub(crate) fn push_event(&mut self, at_ms: u64, kind: &str, message: String) {
         let seq = self.meta.next_event_seq + 1;
         self.meta.next_event_seq = seq;
-        self.events.push_back(Event {
-            seq,
-            at_ms,
-            kind: kind.to_string(),
-            message,
-        });
+        self.events.push_back(Event { seq, at_ms, kind: kind.to_string(), message });
         self.dirty.insert(Key::Event(seq));
         self.dirty.insert(Key::Meta);
         while self.events.len() > EVENT_CAPACITY {
@@ -228,4 +303,14 @@ impl ClusterState {
 /// Formats a VM id as it appears to users and in domain names.
 pub fn vm_id_hex(id: VmId) -> String {
     format!("{id:016x}")
+}
+
+/// Parses a VM id written by [`vm_id_hex`].
+pub fn parse_vm_id(s: &str) -> Option<VmId> {
+    u64::from_str_radix(s, 16).ok()
+}
+
+/// The libvirt domain name of a VM.
+pub fn domain_name(id: VmId) -> String {
+    format!("kvmesh-{}", vm_id_hex(id))
 }

@@ -13,13 +13,11 @@ use std::time::Duration;
 use kvmesh_proto::raft_client::RaftClient;
 use kvmesh_proto::raft_server;
 use kvmesh_proto::{RaftMessage, PROTOCOL_HEADER, PROTOCOL_VERSION};
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::transport::{Channel, Endpoint};
@@ -29,10 +27,7 @@ use crate::codec;
 use crate::types::{MemberNode, NodeId, Raft, TypeConfig};
 
 /// Builds a lazily connecting channel to a peer's gRPC address.
-pub fn lazy_channel(
-    address: &str,
-    connect_timeout: Duration,
-) -> Result<Channel, tonic::transport::Error> {
+pub fn lazy_channel(address: &str, connect_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{address}"))?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
@@ -49,11 +44,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> Self::Network {
         let channel = lazy_channel(&node.address, Duration::from_millis(500));
-        PeerClient {
-            target,
-            address: node.address.clone(),
-            client: channel.ok().map(RaftClient::new),
-        }
+        PeerClient { target, address: node.address.clone(), client: channel.ok().map(RaftClient::new) }
     }
 }
 
@@ -81,34 +72,25 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         let Some(client) = self.client.as_mut() else {
-            return Err(unreachable(format!(
-                "invalid peer address {:?}",
-                self.address
-            )));
+            return Err(unreachable(format!("invalid peer address {:?}", self.address)));
         };
-        let payload = codec::to_wire("raft request", req)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload = codec::to_wire("raft request", req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = Request::new(RaftMessage { payload });
         request.set_timeout(ttl);
-        request
-            .metadata_mut()
-            .insert(PROTOCOL_HEADER, PROTOCOL_VERSION.into());
+        request.metadata_mut().insert(PROTOCOL_HEADER, PROTOCOL_VERSION.into());
         let reply = match rpc {
             Rpc::AppendEntries => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,
             Rpc::InstallSnapshot => client.install_snapshot(request).await,
         };
         let reply = reply.map_err(|status| status_to_rpc_error(&self.address, status))?;
-        let result: Result<Resp, RaftError<NodeId, E>> =
-            codec::from_wire("raft reply", &reply.into_inner().payload)
-                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<NodeId, E>> = codec::from_wire("raft reply", &reply.into_inner().payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
-fn unreachable<E: std::error::Error>(
-    msg: String,
-) -> RPCError<NodeId, MemberNode, RaftError<NodeId, E>> {
+fn unreachable<E: std::error::Error>(msg: String) -> RPCError<NodeId, MemberNode, RaftError<NodeId, E>> {
     RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg)))
 }
 
@@ -140,8 +122,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call(Rpc::InstallSnapshot, &rpc, option.hard_ttl())
-            .await
+        self.call(Rpc::InstallSnapshot, &rpc, option.hard_ttl()).await
     }
 
     async fn vote(
@@ -168,11 +149,8 @@ impl RaftService {
 }
 
 fn check_protocol<T>(request: &Request<T>) -> Result<(), Status> {
-    let theirs: Option<u32> = request
-        .metadata()
-        .get(PROTOCOL_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
+    let theirs: Option<u32> =
+        request.metadata().get(PROTOCOL_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     match theirs {
         Some(v) if v == PROTOCOL_VERSION => Ok(()),
         Some(v) => Err(Status::failed_precondition(format!(
@@ -184,22 +162,17 @@ fn check_protocol<T>(request: &Request<T>) -> Result<(), Status> {
 
 fn decode<T: DeserializeOwned>(request: Request<RaftMessage>) -> Result<T, Status> {
     check_protocol(&request)?;
-    codec::from_wire("raft request", &request.into_inner().payload)
-        .map_err(|e| Status::invalid_argument(e.to_string()))
+    codec::from_wire("raft request", &request.into_inner().payload).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
-    let payload =
-        codec::to_wire("raft reply", value).map_err(|e| Status::internal(e.to_string()))?;
+    let payload = codec::to_wire("raft reply", value).map_err(|e| Status::internal(e.to_string()))?;
     Ok(Response::new(RaftMessage { payload }))
 }
 
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
-    async fn append_entries(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
+    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let req: AppendEntriesRequest<TypeConfig> = decode(request)?;
         encode(&self.raft.append_entries(req).await)
     }
@@ -209,10 +182,7 @@ impl raft_server::Raft for RaftService {
         encode(&self.raft.vote(req).await)
     }
 
-    async fn install_snapshot(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
+    async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let req: InstallSnapshotRequest<TypeConfig> = decode(request)?;
         encode(&self.raft.install_snapshot(req).await)
     }
@@ -224,10 +194,7 @@ impl raft_server::Raft for RaftService {
         let notice = request.into_inner();
         let me = self.raft.metrics().borrow().id;
         if notice.node_id != me {
-            return Err(Status::invalid_argument(format!(
-                "this is node {me}, not {}",
-                notice.node_id
-            )));
+            return Err(Status::invalid_argument(format!("this is node {me}, not {}", notice.node_id)));
         }
         tracing::warn!(cluster = %notice.cluster_id, "the leader removed this node from the cluster");
         self.removed.notify_one();

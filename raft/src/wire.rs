@@ -5,7 +5,7 @@
 
 use kvmesh_proto as pb;
 
-use crate::model::{vm_id_hex, ClusterState, Event, Vm};
+use crate::model::{domain_name, vm_id_hex, ClusterState, Event, Vm};
 
 pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
     let node = vm.placement.and_then(|p| state.nodes.get(&p.node));
@@ -20,14 +20,18 @@ pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
         node_id: vm.placement.map(|p| p.node),
         epoch: vm.placement.map(|p| p.epoch).unwrap_or(0),
         created_at_ms: vm.created_at_ms,
+        state: vm.display_state().to_string(),
+        since_ms: vm.reported.as_ref().map(|r| r.since_ms).unwrap_or(0),
+        last_error: vm.reported.as_ref().and_then(|r| r.last_error.clone()),
+        disk_bytes: vm.spec.disk_bytes.unwrap_or(0),
+        image: vm.spec.image.clone(),
+        kernel: vm.spec.kernel.clone(),
+        network: vm.spec.network.clone(),
+        bridge: vm.spec.bridge.clone(),
+        domain: domain_name(vm.id),
     }
 }
 
 pub fn event(e: &Event) -> pb::Event {
-    pb::Event {
-        seq: e.seq,
-        at_ms: e.at_ms,
-        kind: e.kind.clone(),
-        message: e.message.clone(),
-    }
+    pb::Event { seq: e.seq, at_ms: e.at_ms, kind: e.kind.clone(), message: e.message.clone() }
 }

@@ -13,10 +13,7 @@ impl crate::VmRequest {
     /// Rejects requests that can never be placed meaningfully.
     pub fn validate(&self) -> Result<()> {
         if self.vcpus == 0 || self.memory_mib == 0 {
-            return Err(Error::EmptyRequest {
-                vcpus: self.vcpus,
-                memory_mib: self.memory_mib,
-            });
+            return Err(Error::EmptyRequest { vcpus: self.vcpus, memory_mib: self.memory_mib });
         }
         Ok(())
     }

@@ -63,10 +63,7 @@ impl std::fmt::Display for Rejection {
         match self {
             Rejection::NotSchedulable { state } => write!(f, "node is {state}"),
             Rejection::InsufficientMemory { need_mib, free_mib } => {
-                write!(
-                    f,
-                    "insufficient memory (need {need_mib} MiB, free {free_mib} MiB)"
-                )
+                write!(f, "insufficient memory (need {need_mib} MiB, free {free_mib} MiB)")
             }
             Rejection::InsufficientCpu { need, free } => {
                 write!(f, "insufficient vCPUs (need {need}, free {free})")
@@ -98,21 +95,13 @@ pub enum Decision {
 /// Checks one node; `Ok` if the VM fits.
 pub fn check(node: &NodeView, vm: &VmRequest) -> std::result::Result<(), Rejection> {
     if !node.schedulable {
-        return Err(Rejection::NotSchedulable {
-            state: node.state.clone(),
-        });
+        return Err(Rejection::NotSchedulable { state: node.state.clone() });
     }
     if vm.memory_mib > node.free_memory_mib() {
-        return Err(Rejection::InsufficientMemory {
-            need_mib: vm.memory_mib,
-            free_mib: node.free_memory_mib(),
-        });
+        return Err(Rejection::InsufficientMemory { need_mib: vm.memory_mib, free_mib: node.free_memory_mib() });
     }
     if vm.vcpus > node.free_vcpus() {
-        return Err(Rejection::InsufficientCpu {
-            need: vm.vcpus,
-            free: node.free_vcpus(),
-        });
+        return Err(Rejection::InsufficientCpu { need: vm.vcpus, free: node.free_vcpus() });
     }
     Ok(())
 }
@@ -123,10 +112,7 @@ pub fn place(nodes: &[NodeView], vm: &VmRequest) -> Decision {
     let mut best: Option<&NodeView> = None;
     for node in nodes {
         match check(node, vm) {
-            Err(reason) => rejections.push(NodeRejection {
-                node: node.name.clone(),
-                reason,
-            }),
+            Err(reason) => rejections.push(NodeRejection { node: node.name.clone(), reason }),
             Ok(()) => {
                 let better = match best {
                     None => true,
@@ -139,10 +125,7 @@ pub fn place(nodes: &[NodeView], vm: &VmRequest) -> Decision {
         }
     }
     match best {
-        Some(n) => Decision::Place {
-            node_id: n.id,
-            node: n.name.clone(),
-        },
+        Some(n) => Decision::Place { node_id: n.id, node: n.name.clone() },
         None => Decision::Unplaceable { rejections },
     }
 }
@@ -158,11 +141,7 @@ pub fn explain_rejections(rejections: &[NodeRejection]) -> String {
     if rejections.is_empty() {
         return "the cluster has no nodes".to_string();
     }
-    rejections
-        .iter()
-        .map(|r| format!("{}: {}", r.node, r.reason))
-        .collect::<Vec<_>>()
-        .join("\n")
+    rejections.iter().map(|r| format!("{}: {}", r.node, r.reason)).collect::<Vec<_>>().join("\n")
 }
 
 #[cfg(test)]

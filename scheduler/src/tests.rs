@@ -14,47 +14,21 @@ fn node(id: u64, name: &str, cpus: u32, mem: u64, used_cpu: u32, used_mem: u64) 
 }
 
 fn vm(vcpus: u32, mem: u64) -> VmRequest {
-    VmRequest {
-        name: "v".into(),
-        vcpus,
-        memory_mib: mem,
-    }
+    VmRequest { name: "v".into(), vcpus, memory_mib: mem }
 }
 
 #[test]
 fn most_free_memory_wins() {
-    let nodes = vec![
-        node(1, "a", 8, 8192, 0, 4096),
-        node(2, "b", 8, 8192, 0, 1024),
-        node(3, "c", 8, 4096, 0, 0),
-    ];
-    assert_eq!(
-        place(&nodes, &vm(1, 512)),
-        Decision::Place {
-            node_id: 2,
-            node: "b".into()
-        }
-    );
+    let nodes = vec![node(1, "a", 8, 8192, 0, 4096), node(2, "b", 8, 8192, 0, 1024), node(3, "c", 8, 4096, 0, 0)];
+    assert_eq!(place(&nodes, &vm(1, 512)), Decision::Place { node_id: 2, node: "b".into() });
 }
 
 #[test]
 fn full_tie_breaks_on_lowest_id_regardless_of_order() {
     let mut nodes = vec![node(7, "x", 4, 4096, 0, 0), node(3, "y", 4, 4096, 0, 0)];
-    assert_eq!(
-        place(&nodes, &vm(1, 1)),
-        Decision::Place {
-            node_id: 3,
-            node: "y".into()
-        }
-    );
+    assert_eq!(place(&nodes, &vm(1, 1)), Decision::Place { node_id: 3, node: "y".into() });
     nodes.reverse();
-    assert_eq!(
-        place(&nodes, &vm(1, 1)),
-        Decision::Place {
-            node_id: 3,
-            node: "y".into()
-        }
-    );
+    assert_eq!(place(&nodes, &vm(1, 1)), Decision::Place { node_id: 3, node: "y".into() });
 }
 
 #[test]
@@ -62,14 +36,8 @@ fn unplaceable_gives_one_reason_per_node() {
     let mut down = node(3, "c", 64, 65536, 0, 0);
     down.schedulable = false;
     down.state = "down".into();
-    let nodes = vec![
-        node(1, "a", 8, 2048, 0, 1024),
-        node(2, "b", 2, 65536, 1, 0),
-        down,
-    ];
-    let Decision::Unplaceable { rejections } = place(&nodes, &vm(2, 4096)) else {
-        panic!("should not fit")
-    };
+    let nodes = vec![node(1, "a", 8, 2048, 0, 1024), node(2, "b", 2, 65536, 1, 0), down];
+    let Decision::Unplaceable { rejections } = place(&nodes, &vm(2, 4096)) else { panic!("should not fit") };
     let text = explain_rejections(&rejections);
     assert_eq!(
         text,
@@ -106,9 +74,7 @@ fn never_places_over_capacity() {
 
 #[test]
 fn empty_cluster_says_so() {
-    let Decision::Unplaceable { rejections } = place(&[], &vm(1, 1)) else {
-        panic!()
-    };
+    let Decision::Unplaceable { rejections } = place(&[], &vm(1, 1)) else { panic!() };
     assert_eq!(explain_rejections(&rejections), "the cluster has no nodes");
 }
 

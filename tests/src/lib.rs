@@ -22,20 +22,24 @@ pub fn kvmesh_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/kvmesh");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build -p kvmesh` first, or set KVMESH_BIN",
-        p.display()
-    );
+    assert!(p.exists(), "{} is missing: run `cargo build -p kvmesh` first, or set KVMESH_BIN", p.display());
     p
 }
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+thread_local! {
+    /// Set when a harness call fails, so the cluster keeps its files even
+    /// when the test returns the error instead of panicking.
+    static FAILED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn failed(e: anyhow::Error) -> anyhow::Error {
+    FAILED.with(|f| f.set(true));
+    e
 }
 
 /// Polls `f` until it returns `Some`, or fails after `timeout`.
@@ -46,7 +50,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
             return Ok(v);
         }
         if start.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what}");
+            return Err(failed(anyhow!("timed out after {timeout:?} waiting for {what}")));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -79,13 +83,8 @@ impl NodeProc {
 
     /// Waits for the process to exit by itself; returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
-        let child = self
-            .child
-            .as_mut()
-            .ok_or_else(|| anyhow!("{} is not running", self.name))?;
-        let status = wait_for(&format!("{} to exit", self.name), timeout, || {
-            child.try_wait().ok().flatten()
-        })?;
+        let child = self.child.as_mut().ok_or_else(|| anyhow!("{} is not running", self.name))?;
+        let status = wait_for(&format!("{} to exit", self.name), timeout, || child.try_wait().ok().flatten())?;
         self.child = None;
         Ok(status.code())
     }
@@ -96,19 +95,15 @@ pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     /// Lines appended to every node's config file (`[raft]` tuning, say).
     pub config_toml: String,
+    /// The hypervisor every node uses; libvirt's embedded test driver unless
+    /// a test needs real guests.
+    pub libvirt_uri: String,
 }
 
 impl Cluster {
     pub fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("kvmesh-test-")
-            .tempdir()
-            .expect("temp dir");
-        Cluster {
-            dir,
-            nodes: Vec::new(),
-            config_toml: String::new(),
-        }
+        let dir = tempfile::Builder::new().prefix("kvmesh-test-").tempdir().expect("temp dir");
+        Cluster { dir, nodes: Vec::new(), config_toml: String::new(), libvirt_uri: "test:///default".into() }
     }
 
     /// Starts a node; `join` is the address of a member to join, if any.
@@ -120,15 +115,7 @@ impl Cluster {
         let log = self.dir.path().join(format!("{name}-{slot}.log"));
         let extra_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let join = join.map(str::to_string);
-        let mut node = NodeProc {
-            name: name.into(),
-            address,
-            data_dir,
-            log,
-            extra_args,
-            join,
-            child: None,
-        };
+        let mut node = NodeProc { name: name.into(), address, data_dir, log, extra_args, join, child: None };
         self.start(&mut node)?;
         node.join = None;
         self.nodes.push(node);
@@ -138,22 +125,10 @@ impl Cluster {
     fn start(&self, node: &mut NodeProc) -> Result<()> {
         let config = node.data_dir.with_extension("toml");
         std::fs::write(&config, &self.config_toml)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
         let child = Command::new(kvmesh_bin())
-            .args([
-                "serve",
-                "--name",
-                &node.name,
-                "--listen",
-                &node.address,
-                "--cpus",
-                "1000",
-                "--memory-mib",
-                "16384",
-            ])
+            .args(["serve", "--name", &node.name, "--listen", &node.address, "--cpus", "1000", "--memory-mib", "16384"])
+            .args(["--libvirt-uri", &self.libvirt_uri])
             .arg("--data-dir")
             .arg(&node.data_dir)
             .arg("--config")
@@ -169,16 +144,12 @@ impl Cluster {
         node.child = Some(child);
         // Ready when the gRPC port answers (or when the process gave up).
         let addr = node.address.clone();
-        wait_for(
-            &format!("{} to listen", node.name),
-            Duration::from_secs(20),
-            || {
-                if !node.is_running() {
-                    return Some(());
-                }
-                std::net::TcpStream::connect(&addr).ok().map(|_| ())
-            },
-        )?;
+        wait_for(&format!("{} to listen", node.name), Duration::from_secs(20), || {
+            if !node.is_running() {
+                return Some(());
+            }
+            std::net::TcpStream::connect(&addr).ok().map(|_| ())
+        })?;
         Ok(())
     }
 
@@ -216,14 +187,14 @@ impl Cluster {
     pub fn cli_ok(&self, i: usize, args: &[&str]) -> Result<Value> {
         let r = self.cli(i, args);
         if !r.success {
-            bail!(
+            return Err(failed(anyhow!(
                 "kvmesh {} on {} failed: {}",
                 args.join(" "),
                 self.nodes[i].name,
                 r.stderr.trim()
-            );
+            )));
         }
-        r.json()
+        r.json().map_err(failed)
     }
 
     pub fn status(&self, i: usize) -> Result<Value> {
@@ -232,9 +203,7 @@ impl Cluster {
 
     /// Index of the node that is currently leader, as seen by a live node.
     pub fn leader(&mut self) -> Result<usize> {
-        let running: Vec<usize> = (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].is_running())
-            .collect();
+        let running: Vec<usize> = (0..self.nodes.len()).filter(|i| self.nodes[*i].is_running()).collect();
         let nodes = &self.nodes;
         wait_for("a leader", Duration::from_secs(20), || {
             for &i in &running {
@@ -256,16 +225,12 @@ impl Cluster {
 
     /// Waits until node `i` sees `voters` voters and `total` members, all caught up.
     pub fn wait_members(&self, i: usize, voters: usize, total: usize) -> Result<Value> {
-        wait_for(
-            &format!("{voters} voters / {total} members"),
-            Duration::from_secs(60),
-            || {
-                let s = self.status(i).ok()?;
-                let members = s["members"].as_array()?;
-                let v = members.iter().filter(|m| m["role"] == "voter").count();
-                (v == voters && members.len() == total && !s["leader"].is_null()).then_some(s)
-            },
-        )
+        wait_for(&format!("{voters} voters / {total} members"), Duration::from_secs(60), || {
+            let s = self.status(i).ok()?;
+            let members = s["members"].as_array()?;
+            let v = members.iter().filter(|m| m["role"] == "voter").count();
+            (v == voters && members.len() == total && !s["leader"].is_null()).then_some(s)
+        })
     }
 
     pub fn vm_names(&self, i: usize) -> Result<Vec<String>> {
@@ -275,6 +240,26 @@ impl Cluster {
             .iter()
             .filter_map(|vm| vm["name"].as_str().map(str::to_string))
             .collect())
+    }
+
+    /// Fetches one VM as JSON from node `i`.
+    pub fn vm(&self, i: usize, name: &str) -> Result<Value> {
+        self.cli_ok(i, &["vm", "get", name])
+    }
+
+    /// Waits until node `i` reports `state` for a VM.
+    pub fn wait_vm_state(&self, i: usize, name: &str, state: &str, timeout: Duration) -> Result<Value> {
+        wait_for(&format!("{name} to be {state}"), timeout, || {
+            let vm = self.vm(i, name).ok()?;
+            (vm["state"] == state).then_some(vm)
+        })
+    }
+
+    /// The node's id, from its identity file.
+    pub fn node_id(&self, i: usize) -> Result<u64> {
+        let text = std::fs::read_to_string(self.nodes[i].data_dir.join("kvmesh-node.json"))?;
+        let v: Value = serde_json::from_str(&text)?;
+        v["node_id"].as_u64().ok_or_else(|| anyhow!("no node_id in identity"))
     }
 
     pub fn log_text(&self, i: usize) -> String {
@@ -293,13 +278,9 @@ impl Drop for Cluster {
         for n in &mut self.nodes {
             n.kill();
         }
-        if std::thread::panicking() {
-            let kept =
-                std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
-            eprintln!(
-                "test failed: node data dirs and logs kept in {}",
-                kept.display()
-            );
+        if std::thread::panicking() || FAILED.with(|f| f.get()) {
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
+            eprintln!("test failed: node data dirs and logs kept in {}", kept.display());
         }
     }
 }
@@ -321,7 +302,7 @@ impl CliResult {
 
 /// Runs `kvmesh --endpoint ADDR -o json ARGS…` with a 60 s bound.
 pub fn run_cli(endpoint: &str, args: &[&str]) -> CliResult {
-    let mut child = Command::new(kvmesh_bin())
+    let child = Command::new(kvmesh_bin())
         .args(["--endpoint", endpoint, "-o", "json"])
         .args(args)
         .stdout(Stdio::piped())
@@ -329,18 +310,23 @@ pub fn run_cli(endpoint: &str, args: &[&str]) -> CliResult {
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn kvmesh cli");
-    let start = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            _ if start.elapsed() > Duration::from_secs(60) => {
-                let _ = child.kill();
-                break;
-            }
-            _ => std::thread::sleep(Duration::from_millis(10)),
+    let pid = child.id();
+    // Read the output while waiting: a full pipe would block the CLI.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => out.expect("cli output"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            return CliResult {
+                success: false,
+                stdout: String::new(),
+                stderr: format!("kvmesh {} did not finish within 60 s", args.join(" ")),
+            };
         }
-    }
-    let out = child.wait_with_output().expect("cli output");
+    };
     CliResult {
         success: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -22,18 +22,13 @@ fn three_nodes_form_by_join_and_serve_writes_from_any_node() -> Result<()> {
     // Writes through every node, followers included.
     for i in 0..3 {
         let name = format!("vm-{i}");
-        let vm = c.cli_ok(
-            i,
-            &["vm", "create", &name, "--vcpus", "2", "--memory", "1024"],
-        )?;
+        let vm = c.cli_ok(i, &["vm", "create", &name, "--vcpus", "2", "--memory", "1024"])?;
         assert_eq!(vm["name"], name.as_str());
         assert!(vm["node"].as_str().is_some(), "placed: {vm}");
     }
     // Every node lists them (reads are local, so allow replication a moment).
     for i in 0..3 {
-        wait_for("replicated VMs", Duration::from_secs(10), || {
-            (c.vm_names(i).ok()?.len() == 3).then_some(())
-        })?;
+        wait_for("replicated VMs", Duration::from_secs(10), || (c.vm_names(i).ok()?.len() == 3).then_some(()))?;
     }
     let list = c.cli_ok(1, &["vm", "list", "--consistent"])?;
     for vm in list.as_array().unwrap() {
@@ -61,70 +56,34 @@ fn bad_requests_get_clear_errors_and_change_nothing() -> Result<()> {
     c.cli_ok(1, &["vm", "create", "web", "--memory", "512"])?;
 
     let dup = c.cli(2, &["vm", "create", "web", "--memory", "512"]);
-    assert!(
-        !dup.success && dup.stderr.contains("already exists"),
-        "{}",
-        dup.stderr
-    );
+    assert!(!dup.success && dup.stderr.contains("already exists"), "{}", dup.stderr);
 
     let bad = c.cli(0, &["vm", "create", "Bad_Name"]);
-    assert!(
-        !bad.success && bad.stderr.contains("lowercase"),
-        "{}",
-        bad.stderr
-    );
+    assert!(!bad.success && bad.stderr.contains("lowercase"), "{}", bad.stderr);
 
     // Fits nowhere: one reason per node.
     let big = c.cli(1, &["vm", "create", "huge", "--memory", "20000"]);
     assert!(!big.success);
     for n in ["n1", "n2", "n3"] {
-        assert!(
-            big.stderr
-                .contains(&format!("{n}: insufficient memory (need 20000 MiB")),
-            "{}",
-            big.stderr
-        );
+        assert!(big.stderr.contains(&format!("{n}: insufficient memory (need 20000 MiB")), "{}", big.stderr);
     }
 
     let missing = c.cli(0, &["vm", "get", "nope"]);
-    assert!(
-        !missing.success && missing.stderr.contains("no VM named"),
-        "{}",
-        missing.stderr
-    );
+    assert!(!missing.success && missing.stderr.contains("no VM named"), "{}", missing.stderr);
     let missing = c.cli(2, &["vm", "delete", "nope"]);
-    assert!(
-        !missing.success && missing.stderr.contains("no VM named"),
-        "{}",
-        missing.stderr
-    );
+    assert!(!missing.success && missing.stderr.contains("no VM named"), "{}", missing.stderr);
 
     let again = c.cli(0, &["cluster", "init"]);
-    assert!(
-        !again.success && again.stderr.contains("already part of cluster"),
-        "{}",
-        again.stderr
-    );
+    assert!(!again.success && again.stderr.contains("already part of cluster"), "{}", again.stderr);
 
     let unreachable = run_cli("127.0.0.1:1", &["cluster", "status"]);
-    assert!(
-        !unreachable.success && unreachable.stderr.contains("cannot reach kvmesh"),
-        "{}",
-        unreachable.stderr
-    );
-    assert_eq!(
-        unreachable.stderr.trim().lines().count(),
-        1,
-        "one line: {}",
-        unreachable.stderr
-    );
+    assert!(!unreachable.success && unreachable.stderr.contains("cannot reach kvmesh"), "{}", unreachable.stderr);
+    assert_eq!(unreachable.stderr.trim().lines().count(), 1, "one line: {}", unreachable.stderr);
 
     // Nothing changed.
     assert_eq!(c.vm_names(0)?, vec!["web".to_string()]);
     c.cli_ok(2, &["vm", "delete", "web"])?;
-    wait_for("delete replicated", Duration::from_secs(10), || {
-        c.vm_names(0).ok()?.is_empty().then_some(())
-    })?;
+    wait_for("delete replicated", Duration::from_secs(10), || c.vm_names(0).ok()?.is_empty().then_some(()))?;
     Ok(())
 }
 
@@ -148,25 +107,14 @@ fn fourth_node_is_a_learner_and_removal_keeps_three_voters() -> Result<()> {
     let first = c.addr(0);
     c.spawn("n4", Some(&first), &[])?;
     let s = c.wait_members(0, 3, 4)?;
-    let n4 = s["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "n4")
-        .unwrap()
-        .clone();
+    let n4 = s["members"].as_array().unwrap().iter().find(|m| m["name"] == "n4").unwrap().clone();
     assert_eq!(n4["role"], "learner");
     // The learner has the full state.
     c.cli_ok(0, &["vm", "create", "on-learner-check", "--memory", "64"])?;
-    wait_for("learner replica", Duration::from_secs(10), || {
-        (c.vm_names(3).ok()?.len() == 1).then_some(())
-    })?;
+    wait_for("learner replica", Duration::from_secs(10), || (c.vm_names(3).ok()?.len() == 1).then_some(()))?;
 
     // A node with VMs is not removed without --force.
-    let with_vm = c.cli_ok(0, &["vm", "get", "on-learner-check"])?["node"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let with_vm = c.cli_ok(0, &["vm", "get", "on-learner-check"])?["node"].as_str().unwrap().to_string();
     let r = c.cli(1, &["cluster", "remove", &with_vm]);
     assert!(!r.success && r.stderr.contains("--force"), "{}", r.stderr);
     c.cli_ok(1, &["vm", "delete", "on-learner-check"])?;
@@ -177,16 +125,8 @@ fn fourth_node_is_a_learner_and_removal_keeps_three_voters() -> Result<()> {
     let victim_name = c.nodes[victim].name.clone();
     c.cli_ok(leader, &["cluster", "remove", &victim_name])?;
     let s = c.wait_members(leader, 3, 3)?;
-    assert!(s["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|m| m["name"] != victim_name.as_str()));
-    assert!(s["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|m| m["name"] == "n4" && m["role"] == "voter"));
+    assert!(s["members"].as_array().unwrap().iter().all(|m| m["name"] != victim_name.as_str()));
+    assert!(s["members"].as_array().unwrap().iter().any(|m| m["name"] == "n4" && m["role"] == "voter"));
     let code = c.nodes[victim].wait_exit(Duration::from_secs(15))?;
     assert_eq!(code, Some(0));
     assert!(c.log_text(victim).contains("removed from the cluster"));
@@ -194,11 +134,7 @@ fn fourth_node_is_a_learner_and_removal_keeps_three_voters() -> Result<()> {
     assert_eq!(nodes.as_array().unwrap().len(), 3);
 
     let unknown = c.cli(leader, &["cluster", "remove", "nobody"]);
-    assert!(
-        !unknown.success && unknown.stderr.contains("no node named"),
-        "{}",
-        unknown.stderr
-    );
+    assert!(!unknown.success && unknown.stderr.contains("no node named"), "{}", unknown.stderr);
     Ok(())
 }
 
@@ -208,11 +144,7 @@ fn the_last_voter_cannot_be_removed() -> Result<()> {
     c.spawn("solo", None, &[])?;
     c.cli_ok(0, &["cluster", "init"])?;
     let r = c.cli(0, &["cluster", "remove", "solo"]);
-    assert!(
-        !r.success && r.stderr.contains("last voter"),
-        "{}",
-        r.stderr
-    );
+    assert!(!r.success && r.stderr.contains("last voter"), "{}", r.stderr);
     assert!(c.nodes[0].is_running());
     Ok(())
 }
@@ -235,18 +167,11 @@ fn snapshot_compacts_the_log_and_a_new_node_joins_through_it() -> Result<()> {
     let first = c.addr(0);
     c.spawn("n2", Some(&first), &[])?;
     c.wait_members(0, 2, 2)?;
-    wait_for("state on the new node", Duration::from_secs(20), || {
-        (c.vm_names(1).ok()?.len() == 40).then_some(())
-    })?;
+    wait_for("state on the new node", Duration::from_secs(20), || (c.vm_names(1).ok()?.len() == 40).then_some(()))?;
     let s2 = c.status(1)?;
-    assert!(
-        s2["snapshot_index"].as_u64().unwrap_or(0) >= 20,
-        "installed a snapshot: {s2}"
-    );
+    assert!(s2["snapshot_index"].as_u64().unwrap_or(0) >= 20, "installed a snapshot: {s2}");
     // And it survives a restart from that snapshot.
     c.restart(1)?;
-    wait_for("state after restart", Duration::from_secs(20), || {
-        (c.vm_names(1).ok()?.len() == 40).then_some(())
-    })?;
+    wait_for("state after restart", Duration::from_secs(20), || (c.vm_names(1).ok()?.len() == 40).then_some(()))?;
     Ok(())
 }

@@ -8,14 +8,19 @@ use kvmesh_tests::{wait_for, Cluster};
 
 /// Waits until node `i` lists every name in `expected` (its reads are local).
 fn wait_has_all(c: &Cluster, i: usize, expected: &BTreeSet<String>) -> Result<()> {
-    wait_for(
-        &format!("{} to list all {} VMs", c.nodes[i].name, expected.len()),
-        Duration::from_secs(30),
-        || {
-            let names: BTreeSet<String> = c.vm_names(i).ok()?.into_iter().collect();
-            expected.is_subset(&names).then_some(())
-        },
-    )
+    let mut missing = Vec::new();
+    wait_for(&format!("{} to list all {} VMs", c.nodes[i].name, expected.len()), Duration::from_secs(30), || {
+        let names: BTreeSet<String> = match c.vm_names(i) {
+            Ok(n) => n.into_iter().collect(),
+            Err(e) => {
+                missing = vec![format!("(vm list failed: {e:#})")];
+                return None;
+            }
+        };
+        missing = expected.difference(&names).cloned().collect();
+        missing.is_empty().then_some(())
+    })
+    .map_err(|e| e.context(format!("missing on {}: {missing:?}", c.nodes[i].name)))
 }
 
 #[test]
@@ -36,20 +41,16 @@ fn killed_leader_is_replaced_and_catches_up_after_restart() -> Result<()> {
     c.cli_ok(follower, &["vm", "create", "after-kill", "--memory", "64"])?;
     let failover = start.elapsed();
     eprintln!("first write after kill -9 of the leader: {failover:?}");
-    assert!(
-        failover < Duration::from_secs(10),
-        "write deadline is 10 s: {failover:?}"
-    );
+    assert!(failover < Duration::from_secs(10), "write deadline is 10 s: {failover:?}");
     acked.insert("after-kill".into());
     let new = c.leader()?;
     assert_ne!(new, old);
     for i in 0..5 {
         let name = format!("during-{i}");
-        c.cli_ok((new + i) % 3, &["vm", "create", &name, "--memory", "64"])
-            .or_else(|_| {
-                // Only live nodes take writes; skip the dead one.
-                c.cli_ok(new, &["vm", "create", &name, "--memory", "64"])
-            })?;
+        c.cli_ok((new + i) % 3, &["vm", "create", &name, "--memory", "64"]).or_else(|_| {
+            // Only live nodes take writes; skip the dead one.
+            c.cli_ok(new, &["vm", "create", &name, "--memory", "64"])
+        })?;
         acked.insert(name);
     }
     // The killed node comes back from its data dir, without --join, and catches up.
@@ -103,10 +104,7 @@ fn writes_without_quorum_fail_clearly_within_the_deadline() -> Result<()> {
     let took = start.elapsed();
     assert!(!r.success);
     assert!(r.stderr.contains("majority of voters"), "{}", r.stderr);
-    assert!(
-        took >= Duration::from_secs(9) && took < Duration::from_secs(25),
-        "took {took:?}"
-    );
+    assert!(took >= Duration::from_secs(9) && took < Duration::from_secs(25), "took {took:?}");
     // Local reads still answer.
     c.cli_ok(survivor, &["vm", "list"])?;
     Ok(())
@@ -126,15 +124,9 @@ fn chaos_leader_kills_lose_no_acknowledged_create() -> Result<()> {
             let name = format!("r{round}-{n}");
             n += 1;
             let target = rand::random::<usize>() % 3;
-            let target = if c.nodes[target].is_running() {
-                target
-            } else {
-                (target + 1) % 3
-            };
+            let target = if c.nodes[target].is_running() { target } else { (target + 1) % 3 };
             // An error here is allowed (unacknowledged); only successes count.
-            if c.cli(target, &["vm", "create", &name, "--memory", "8"])
-                .success
-            {
+            if c.cli(target, &["vm", "create", &name, "--memory", "8"]).success {
                 acked.insert(name);
             }
         }
@@ -142,16 +134,7 @@ fn chaos_leader_kills_lose_no_acknowledged_create() -> Result<()> {
         c.nodes[leader].kill();
         let other = (leader + 1) % 3;
         let start = Instant::now();
-        c.cli_ok(
-            other,
-            &[
-                "vm",
-                "create",
-                &format!("failover-{round}"),
-                "--memory",
-                "8",
-            ],
-        )?;
+        c.cli_ok(other, &["vm", "create", &format!("failover-{round}"), "--memory", "8"])?;
         failovers.push(start.elapsed());
         acked.insert(format!("failover-{round}"));
         c.restart(leader)?;
@@ -167,10 +150,6 @@ fn chaos_leader_kills_lose_no_acknowledged_create() -> Result<()> {
     for i in 0..3 {
         wait_has_all(&c, i, &acked)?;
     }
-    assert!(
-        acked.len() >= 200,
-        "only {} creates acknowledged",
-        acked.len()
-    );
+    assert!(acked.len() >= 200, "only {} creates acknowledged", acked.len());
     Ok(())
 }

@@ -24,11 +24,7 @@ fn python_grpcio_discovers_and_calls_the_api_through_reflection() -> Result<()> 
         out = Command::new(&python).arg(script).arg(c.addr(0)).output()?;
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "probe failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "probe failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     for expected in [
         "'kvmesh.v1.Cluster'",
         "'kvmesh.v1.Vms'",
@@ -39,10 +35,7 @@ fn python_grpcio_discovers_and_calls_the_api_through_reflection() -> Result<()> 
         "join of protocol 999: FAILED_PRECONDITION node future speaks kvmesh protocol 999",
         "raft rpc of protocol 999: FAILED_PRECONDITION peer speaks kvmesh protocol 999",
     ] {
-        assert!(
-            stdout.contains(expected),
-            "{expected} missing in:\n{stdout}"
-        );
+        assert!(stdout.contains(expected), "{expected} missing in:\n{stdout}");
     }
     Ok(())
 }

@@ -41,35 +41,21 @@ fn local_status(ctx: &NodeCtx, m: &RaftMetrics, data: &SmData) -> pb::ClusterSta
     let mut members: Vec<pb::Member> = membership
         .nodes()
         .map(|(id, node)| {
-            let matched = m
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(id))
-                .map(|l| l.map(|l| l.index).unwrap_or(0));
-            let matched = if Some(*id) == m.current_leader && m.state == ServerState::Leader {
-                Some(last_log)
-            } else {
-                matched
-            };
+            let matched = m.replication.as_ref().and_then(|r| r.get(id)).map(|l| l.map(|l| l.index).unwrap_or(0));
+            let matched =
+                if Some(*id) == m.current_leader && m.state == ServerState::Leader { Some(last_log) } else { matched };
             pb::Member {
                 id: *id,
                 name: node.name.clone(),
                 address: node.address.clone(),
-                role: if membership.voter_ids().any(|v| v == *id) {
-                    "voter"
-                } else {
-                    "learner"
-                }
-                .into(),
+                role: if membership.voter_ids().any(|v| v == *id) { "voter" } else { "learner" }.into(),
                 matched_index: matched,
                 lag: matched.map(|mi| last_log.saturating_sub(mi)),
             }
         })
         .collect();
     members.sort_by(|a, b| a.name.cmp(&b.name));
-    let leader = m
-        .current_leader
-        .and_then(|l| members.iter().find(|x| x.id == l).cloned());
+    let leader = m.current_leader.and_then(|l| members.iter().find(|x| x.id == l).cloned());
     pb::ClusterStatus {
         cluster_id: data.state.cluster_id().unwrap_or_default().to_string(),
         node_id: ctx.id,
@@ -90,18 +76,12 @@ fn local_status(ctx: &NodeCtx, m: &RaftMetrics, data: &SmData) -> pb::ClusterSta
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
-    async fn init(
-        &self,
-        request: Request<pb::InitRequest>,
-    ) -> Result<Response<pb::InitResponse>, Status> {
+    async fn init(&self, request: Request<pb::InitRequest>) -> Result<Response<pb::InitResponse>, Status> {
         let r = membership::init(&self.ctx, request.into_inner().max_voters).await?;
         Ok(Response::new(r))
     }
 
-    async fn status(
-        &self,
-        request: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::ClusterStatus>, Status> {
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
         let m = self.ctx.metrics();
         let mut status = self.ctx.read(|d| local_status(&self.ctx, &m, d));
         // A follower asks the leader for replication lag, which only it knows.
@@ -109,9 +89,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             if let Some((_, address)) = self.ctx.leader() {
                 let mut client = ClusterClient::new(self.ctx.channel(&address)?);
                 let call = client.status(forward(pb::StatusRequest {}, Duration::from_millis(800)));
-                if let Ok(Ok(leader_view)) =
-                    tokio::time::timeout(Duration::from_secs(1), call).await
-                {
+                if let Ok(Ok(leader_view)) = tokio::time::timeout(Duration::from_secs(1), call).await {
                     let leader_view = leader_view.into_inner();
                     for member in &mut status.members {
                         if let Some(lm) = leader_view.members.iter().find(|x| x.id == member.id) {
@@ -126,10 +104,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(status))
     }
 
-    async fn join(
-        &self,
-        request: Request<pb::JoinRequest>,
-    ) -> Result<Response<pb::JoinResponse>, Status> {
+    async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         let ctx = &self.ctx;
@@ -139,22 +114,14 @@ impl pb::cluster_server::Cluster for ClusterService {
                 || membership::join(ctx, req.clone()),
                 |ch, t| {
                     let req = req.clone();
-                    async move {
-                        ClusterClient::new(ch)
-                            .join(forward(req, t))
-                            .await
-                            .map(|r| r.into_inner())
-                    }
+                    async move { ClusterClient::new(ch).join(forward(req, t)).await.map(|r| r.into_inner()) }
                 },
             )
             .await?;
         Ok(Response::new(r))
     }
 
-    async fn remove(
-        &self,
-        request: Request<pb::RemoveRequest>,
-    ) -> Result<Response<pb::RemoveResponse>, Status> {
+    async fn remove(&self, request: Request<pb::RemoveRequest>) -> Result<Response<pb::RemoveResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         let ctx = &self.ctx;
@@ -164,12 +131,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 || membership::remove(ctx, req.clone()),
                 |ch, t| {
                     let req = req.clone();
-                    async move {
-                        ClusterClient::new(ch)
-                            .remove(forward(req, t))
-                            .await
-                            .map(|r| r.into_inner())
-                    }
+                    async move { ClusterClient::new(ch).remove(forward(req, t)).await.map(|r| r.into_inner()) }
                 },
             )
             .await?;
@@ -209,14 +171,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
         let after = request.into_inner().after;
-        let events = self.ctx.read(|d| {
-            d.state
-                .events
-                .iter()
-                .filter(|e| e.seq > after)
-                .map(kvmesh_raft::wire::event)
-                .collect()
-        });
+        let events =
+            self.ctx.read(|d| d.state.events.iter().filter(|e| e.seq > after).map(kvmesh_raft::wire::event).collect());
         Ok(Response::new(pb::ListEventsResponse { events }))
     }
 }

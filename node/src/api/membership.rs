@@ -27,39 +27,25 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(20);
 pub async fn init(ctx: &NodeCtx, max_voters: u32) -> Result<pb::InitResponse> {
     let max_voters = if max_voters == 0 { 3 } else { max_voters };
     if ![3, 5, 7].contains(&max_voters) {
-        return Err(Error::InvalidArgument(format!(
-            "--max-voters must be 3, 5 or 7 (got {max_voters})"
-        )));
+        return Err(Error::InvalidArgument(format!("--max-voters must be 3, 5 or 7 (got {max_voters})")));
     }
     if ctx.joining.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(Error::FailedPrecondition(
-            "this node was started with --join and is joining a cluster; `cluster init` is only for the first node".into(),
+            "this node was started with --join and is joining a cluster; `cluster init` is only for the first node"
+                .into(),
         ));
     }
-    let already = ctx
-        .raft
-        .is_initialized()
-        .await
-        .map_err(|e| Error::Raft(e.to_string()))?;
+    let already = ctx.raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))?;
     if already {
-        let cluster = ctx
-            .read(|d| d.state.cluster_id().map(str::to_string))
-            .unwrap_or_else(|| "(unknown)".into());
+        let cluster = ctx.read(|d| d.state.cluster_id().map(str::to_string)).unwrap_or_else(|| "(unknown)".into());
         return Err(Error::FailedPrecondition(format!(
             "node {} is already part of cluster {cluster}; `cluster init` runs once, on the first node. Join other nodes with `kvmesh serve --join {}`",
             ctx.name, ctx.address
         )));
     }
-    let member = MemberNode {
-        name: ctx.name.clone(),
-        address: ctx.address.clone(),
-    };
+    let member = MemberNode { name: ctx.name.clone(), address: ctx.address.clone() };
     ctx.raft
-        .initialize(
-            [(ctx.id, member)]
-                .into_iter()
-                .collect::<std::collections::BTreeMap<_, _>>(),
-        )
+        .initialize([(ctx.id, member)].into_iter().collect::<std::collections::BTreeMap<_, _>>())
         .await
         .map_err(|e| Error::FailedPrecondition(format!("cannot initialize: {e}")))?;
     ctx.raft
@@ -78,15 +64,8 @@ pub async fn init(ctx: &NodeCtx, max_voters: u32) -> Result<pb::InitResponse> {
         Response::Refused(r) => return Err(r.into()),
         _ => info!(%cluster_id, max_voters, "cluster initialized"),
     }
-    ctx.data_dir
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .set_cluster_id(&cluster_id)?;
-    Ok(pb::InitResponse {
-        cluster_id,
-        node_id: ctx.id,
-        node_name: ctx.name.clone(),
-    })
+    ctx.data_dir.lock().unwrap_or_else(|p| p.into_inner()).set_cluster_id(&cluster_id)?;
+    Ok(pb::InitResponse { cluster_id, node_id: ctx.id, node_name: ctx.name.clone() })
 }
 
 fn new_cluster_id() -> String {
@@ -126,19 +105,12 @@ pub async fn join(ctx: &NodeCtx, req: pb::JoinRequest) -> Result<pb::JoinRespons
     }
     crate::config::validate_node_name(&req.name).map_err(Error::InvalidArgument)?;
     if req.node_id == 0 || req.cpus == 0 || req.memory_mib == 0 {
-        return Err(Error::InvalidArgument(
-            "join needs a node id, cpus and memory".into(),
-        ));
+        return Err(Error::InvalidArgument("join needs a node id, cpus and memory".into()));
     }
     let _guard = ctx.membership_lock.lock().await;
-    let (cluster_id, max_voters) = ctx.read(|d| {
-        (
-            d.state.cluster_id().map(str::to_string),
-            d.state.meta.settings.max_voters,
-        )
-    });
-    let cluster_id =
-        cluster_id.ok_or_else(|| Error::Unavailable("the cluster is still initializing".into()))?;
+    let (cluster_id, max_voters) =
+        ctx.read(|d| (d.state.cluster_id().map(str::to_string), d.state.meta.settings.max_voters));
+    let cluster_id = cluster_id.ok_or_else(|| Error::Unavailable("the cluster is still initializing".into()))?;
 
     let node = Node {
         id: req.node_id,
@@ -149,29 +121,15 @@ pub async fn join(ctx: &NodeCtx, req: pb::JoinRequest) -> Result<pb::JoinRespons
         state: NodeState::Up,
         joined_at_ms: now_ms(),
     };
-    if let Response::Refused(r) = ctx
-        .write(Command::AddNode {
-            node,
-            at_ms: now_ms(),
-        })
-        .await?
-    {
+    if let Response::Refused(r) = ctx.write(Command::AddNode { node, at_ms: now_ms() }).await? {
         return Err(r.into());
     }
 
     let (voters, learners) = voters_and_learners(ctx);
     if !voters.contains(&req.node_id) && !learners.contains(&req.node_id) {
         info!(id = req.node_id, address = %req.address, "adding learner and waiting for it to catch up");
-        let member = MemberNode {
-            name: req.name.clone(),
-            address: req.address.clone(),
-        };
-        match tokio::time::timeout(
-            ADD_LEARNER_TIMEOUT,
-            ctx.raft.add_learner(req.node_id, member, true),
-        )
-        .await
-        {
+        let member = MemberNode { name: req.name.clone(), address: req.address.clone() };
+        match tokio::time::timeout(ADD_LEARNER_TIMEOUT, ctx.raft.add_learner(req.node_id, member, true)).await {
             Err(_) => {
                 return Err(Error::Unavailable(format!(
                     "node {} did not catch up within {}s; is {} reachable from the leader?",
@@ -194,10 +152,7 @@ pub async fn join(ctx: &NodeCtx, req: pb::JoinRequest) -> Result<pb::JoinRespons
     } else {
         "learner"
     };
-    Ok(pb::JoinResponse {
-        cluster_id,
-        role: role.into(),
-    })
+    Ok(pb::JoinResponse { cluster_id, role: role.into() })
 }
 
 /// Removes a node from the cluster. Runs on the leader.
@@ -207,15 +162,9 @@ pub async fn remove(ctx: &NodeCtx, req: pb::RemoveRequest) -> Result<pb::RemoveR
     let m = ctx.metrics();
     let membership = m.membership_config.membership().clone();
     let in_state = ctx.read(|d| d.state.node_by_name(&req.name).map(|n| n.id));
-    let in_raft = membership
-        .nodes()
-        .find(|(_, n)| n.name == req.name)
-        .map(|(id, _)| *id);
+    let in_raft = membership.nodes().find(|(_, n)| n.name == req.name).map(|(id, _)| *id);
     let Some(id) = in_state.or(in_raft) else {
-        return Err(Error::NotFound(format!(
-            "no node named {:?}; see `kvmesh node list`",
-            req.name
-        )));
+        return Err(Error::NotFound(format!("no node named {:?}; see `kvmesh node list`", req.name)));
     };
     let (voters, learners) = voters_and_learners(ctx);
     let is_voter = voters.contains(&id);
@@ -227,10 +176,7 @@ pub async fn remove(ctx: &NodeCtx, req: pb::RemoveRequest) -> Result<pb::RemoveR
     }
     if let Some(Refusal::NodeHasVms { name, vms }) = ctx.read(|d| {
         let (_, _, count) = d.state.allocated(id);
-        (count > 0 && !req.force).then(|| Refusal::NodeHasVms {
-            name: req.name.clone(),
-            vms: count,
-        })
+        (count > 0 && !req.force).then(|| Refusal::NodeHasVms { name: req.name.clone(), vms: count })
     }) {
         return Err(Refusal::NodeHasVms { name, vms }.into());
     }
@@ -266,12 +212,7 @@ pub async fn remove(ctx: &NodeCtx, req: pb::RemoveRequest) -> Result<pb::RemoveR
             if ok {
                 alive += 1;
             } else {
-                dead.push(
-                    membership
-                        .get_node(v)
-                        .map(|n| n.name.clone())
-                        .unwrap_or_else(|| v.to_string()),
-                );
+                dead.push(membership.get_node(v).map(|n| n.name.clone()).unwrap_or_else(|| v.to_string()));
             }
         }
         if alive * 2 <= remaining.len() {
@@ -285,11 +226,7 @@ pub async fn remove(ctx: &NodeCtx, req: pb::RemoveRequest) -> Result<pb::RemoveR
     }
 
     if in_state.is_some() {
-        let cmd = Command::RemoveNode {
-            id,
-            force: req.force,
-            at_ms: now_ms(),
-        };
+        let cmd = Command::RemoveNode { id, force: req.force, at_ms: now_ms() };
         if let Response::Refused(r) = ctx.write(cmd).await? {
             return Err(r.into());
         }
@@ -316,9 +253,7 @@ pub async fn remove(ctx: &NodeCtx, req: pb::RemoveRequest) -> Result<pb::RemoveR
 async fn change(ctx: &NodeCtx, changes: ChangeMembers<NodeId, MemberNode>) -> Result<()> {
     let deadline = tokio::time::Instant::now() + CHANGE_TIMEOUT;
     loop {
-        let attempt =
-            tokio::time::timeout_at(deadline, ctx.raft.change_membership(changes.clone(), false))
-                .await;
+        let attempt = tokio::time::timeout_at(deadline, ctx.raft.change_membership(changes.clone(), false)).await;
         match attempt {
             Err(_) => {
                 return Err(Error::Timeout(format!(
@@ -348,9 +283,7 @@ fn raft_change_error(
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
             Error::Unavailable("leadership changed during the membership change".into())
         }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
-            Error::FailedPrecondition(c.to_string())
-        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => Error::FailedPrecondition(c.to_string()),
         RaftError::Fatal(f) => Error::Raft(f.to_string()),
     }
 }
@@ -362,15 +295,9 @@ async fn tell_removed(ctx: &NodeCtx, address: &str, id: NodeId) {
         return;
     };
     let cluster_id = ctx.read(|d| d.state.cluster_id().unwrap_or_default().to_string());
-    let mut request = tonic::Request::new(pb::RemovedNotice {
-        node_id: id,
-        cluster_id,
-    });
+    let mut request = tonic::Request::new(pb::RemovedNotice { node_id: id, cluster_id });
     request.set_timeout(Duration::from_secs(2));
-    if let Err(e) = pb::raft_client::RaftClient::new(channel)
-        .removed(request)
-        .await
-    {
+    if let Err(e) = pb::raft_client::RaftClient::new(channel).removed(request).await {
         warn!(id, error = %e.message(), "could not tell the removed node to stop");
     }
 }
@@ -383,8 +310,5 @@ async fn reachable(ctx: &NodeCtx, address: &str) -> bool {
     let mut client = pb::cluster_client::ClusterClient::new(channel);
     // Marked forwarded so the peer answers alone, without asking the leader.
     let request = crate::ctx::forward(pb::StatusRequest {}, Duration::from_secs(1));
-    matches!(
-        tokio::time::timeout(Duration::from_millis(1500), client.status(request)).await,
-        Ok(Ok(_))
-    )
+    matches!(tokio::time::timeout(Duration::from_millis(1500), client.status(request)).await, Ok(Ok(_)))
 }

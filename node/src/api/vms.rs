@@ -51,32 +51,41 @@ pub fn node_views(state: &ClusterState) -> Vec<NodeView> {
 
 fn validate_create(req: &pb::CreateVmRequest) -> Result<VmRequest> {
     crate::config::validate_vm_name(&req.name).map_err(Error::InvalidArgument)?;
-    let vm = VmRequest {
-        name: req.name.clone(),
-        vcpus: req.vcpus,
-        memory_mib: req.memory_mib,
-    };
-    vm.validate()
-        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    // Paths name files on the host that will run the VM, so they must not
+    // depend on the client's working directory.
+    for (flag, path) in [("--image", &req.image), ("--kernel", &req.kernel), ("--initrd", &req.initrd)] {
+        if let Some(p) = path {
+            if !p.starts_with('/') {
+                return Err(Error::InvalidArgument(format!(
+                    "{flag} must be an absolute path on the hosts (got {p:?})"
+                )));
+            }
+        }
+    }
+    if req.initrd.is_some() && req.kernel.is_none() {
+        return Err(Error::InvalidArgument("--initrd needs --kernel".into()));
+    }
+    if req.cmdline.is_some() && req.kernel.is_none() {
+        return Err(Error::InvalidArgument("--cmdline needs --kernel".into()));
+    }
+    if req.network.is_some() && req.bridge.is_some() {
+        return Err(Error::InvalidArgument("use --network or --bridge, not both".into()));
+    }
+    let vm = VmRequest { name: req.name.clone(), vcpus: req.vcpus, memory_mib: req.memory_mib };
+    vm.validate().map_err(|e| Error::InvalidArgument(e.to_string()))?;
     Ok(vm)
 }
 
 /// Places and records a VM. Runs on the leader.
 #[instrument(skip_all, fields(node = %ctx.name, vm = %req.name))]
-async fn create_on_leader(
-    ctx: &NodeCtx,
-    req: &pb::CreateVmRequest,
-    vm_req: &VmRequest,
-) -> Result<pb::Vm> {
+async fn create_on_leader(ctx: &NodeCtx, req: &pb::CreateVmRequest, vm_req: &VmRequest) -> Result<pb::Vm> {
     for _ in 0..PLACEMENT_ATTEMPTS {
         let decision = ctx.read(|d| {
             if let Some(existing) = d.state.vm_by_name(&req.name) {
                 if !req.request_id.is_empty() && existing.request_id == req.request_id {
                     return Ok(Err(wire::vm(&d.state, existing)));
                 }
-                return Err(Error::from(Refusal::VmNameTaken {
-                    name: req.name.clone(),
-                }));
+                return Err(Error::from(Refusal::VmNameTaken { name: req.name.clone() }));
             }
             Ok(Ok(scheduler::place(&node_views(&d.state), vm_req)))
         })?;
@@ -103,22 +112,25 @@ async fn create_on_leader(
                 vcpus: req.vcpus,
                 memory_mib: req.memory_mib,
                 ha: req.ha,
+                disk_bytes: (req.disk_bytes > 0).then_some(req.disk_bytes),
+                image: req.image.clone(),
+                kernel: req.kernel.clone(),
+                initrd: req.initrd.clone(),
+                cmdline: req.cmdline.clone(),
+                network: req.network.clone(),
+                bridge: req.bridge.clone(),
             },
             desired: Desired::Running,
-            placement: Some(Placement {
-                node: node_id,
-                epoch: 1,
-            }),
+            placement: Some(Placement { node: node_id, epoch: 1 }),
             created_at_ms: now_ms(),
             request_id: req.request_id.clone(),
+            reported: None,
+            desired_gen: 0,
+            restart_gen: 0,
+            force_stop: false,
+            deleting: None,
         };
-        match ctx
-            .write(Command::CreateVm {
-                vm,
-                at_ms: now_ms(),
-            })
-            .await?
-        {
+        match ctx.write(Command::CreateVm { vm: Box::new(vm), at_ms: now_ms() }).await? {
             CmdResponse::Vm(vm) => {
                 info!(placed_on = %node_name, "vm created");
                 return Ok(ctx.read(|d| wire::vm(&d.state, &vm)));
@@ -130,20 +142,11 @@ async fn create_on_leader(
             CmdResponse::Done => return Err(Error::Raft("unexpected response to CreateVm".into())),
         }
     }
-    Err(Error::Unavailable(format!(
-        "VM {} lost the placement race {PLACEMENT_ATTEMPTS} times; retry",
-        req.name
-    )))
+    Err(Error::Unavailable(format!("VM {} lost the placement race {PLACEMENT_ATTEMPTS} times; retry", req.name)))
 }
 
-async fn delete_on_leader(ctx: &NodeCtx, name: &str) -> Result<pb::DeleteVmResponse> {
-    match ctx
-        .write(Command::DeleteVm {
-            name: name.to_string(),
-            at_ms: now_ms(),
-        })
-        .await?
-    {
+async fn delete_on_leader(ctx: &NodeCtx, name: &str, keep_disks: bool) -> Result<pb::DeleteVmResponse> {
+    match ctx.write(Command::DeleteVm { name: name.to_string(), keep_disks, at_ms: now_ms() }).await? {
         CmdResponse::Refused(r) => Err(r.into()),
         _ => Ok(pb::DeleteVmResponse {}),
     }
@@ -152,12 +155,7 @@ async fn delete_on_leader(ctx: &NodeCtx, name: &str) -> Result<pb::DeleteVmRespo
 fn list(ctx: &NodeCtx) -> pb::ListVmsResponse {
     // By name, through the name index.
     ctx.read(|d| pb::ListVmsResponse {
-        vms: d
-            .state
-            .vm_names()
-            .filter_map(|id| d.state.vms.get(&id))
-            .map(|v| wire::vm(&d.state, v))
-            .collect(),
+        vms: d.state.vm_names().filter_map(|id| d.state.vms.get(&id)).map(|v| wire::vm(&d.state, v)).collect(),
     })
 }
 
@@ -168,10 +166,7 @@ fn get(ctx: &NodeCtx, name: &str) -> Result<pb::Vm> {
 
 #[tonic::async_trait]
 impl pb::vms_server::Vms for VmsService {
-    async fn create(
-        &self,
-        request: Request<pb::CreateVmRequest>,
-    ) -> std::result::Result<Response<pb::Vm>, Status> {
+    async fn create(&self, request: Request<pb::CreateVmRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         let vm_req = validate_create(&req)?;
@@ -182,12 +177,7 @@ impl pb::vms_server::Vms for VmsService {
                 || create_on_leader(ctx, &req, &vm_req),
                 |ch, t| {
                     let req = req.clone();
-                    async move {
-                        VmsClient::new(ch)
-                            .create(forward(req, t))
-                            .await
-                            .map(|r| r.into_inner())
-                    }
+                    async move { VmsClient::new(ch).create(forward(req, t)).await.map(|r| r.into_inner()) }
                 },
             )
             .await?;
@@ -211,21 +201,13 @@ impl pb::vms_server::Vms for VmsService {
                     ctx.ensure_linearizable().await?;
                     Ok(list(ctx))
                 },
-                |ch, t| async move {
-                    VmsClient::new(ch)
-                        .list(forward(req, t))
-                        .await
-                        .map(|r| r.into_inner())
-                },
+                |ch, t| async move { VmsClient::new(ch).list(forward(req, t)).await.map(|r| r.into_inner()) },
             )
             .await?;
         Ok(Response::new(r))
     }
 
-    async fn get(
-        &self,
-        request: Request<pb::GetVmRequest>,
-    ) -> std::result::Result<Response<pb::Vm>, Status> {
+    async fn get(&self, request: Request<pb::GetVmRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         let ctx = &self.ctx;
@@ -241,12 +223,7 @@ impl pb::vms_server::Vms for VmsService {
                 },
                 |ch, t| {
                     let req = req.clone();
-                    async move {
-                        VmsClient::new(ch)
-                            .get(forward(req, t))
-                            .await
-                            .map(|r| r.into_inner())
-                    }
+                    async move { VmsClient::new(ch).get(forward(req, t)).await.map(|r| r.into_inner()) }
                 },
             )
             .await?;
@@ -263,18 +240,117 @@ impl pb::vms_server::Vms for VmsService {
         let r = ctx
             .on_leader(
                 forwarded,
-                || delete_on_leader(ctx, &req.name),
+                || delete_on_leader(ctx, &req.name, req.keep_disks),
                 |ch, t| {
                     let req = req.clone();
-                    async move {
-                        VmsClient::new(ch)
-                            .delete(forward(req, t))
-                            .await
-                            .map(|r| r.into_inner())
-                    }
+                    async move { VmsClient::new(ch).delete(forward(req, t)).await.map(|r| r.into_inner()) }
                 },
             )
             .await?;
         Ok(Response::new(r))
+    }
+
+    async fn start(&self, request: Request<pb::VmActionRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
+        self.action(request, VmAction::Start).await
+    }
+
+    async fn stop(&self, request: Request<pb::VmActionRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
+        self.action(request, VmAction::Stop).await
+    }
+
+    async fn restart(&self, request: Request<pb::VmActionRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
+        self.action(request, VmAction::Restart).await
+    }
+
+    async fn console(
+        &self,
+        request: Request<pb::ConsoleRequest>,
+    ) -> std::result::Result<Response<pb::ConsoleReply>, Status> {
+        let req = request.into_inner();
+        let ctx = &self.ctx;
+        let owner = ctx
+            .read(|d| {
+                let vm = d.state.vm_by_name(&req.name)?;
+                let node = vm.placement.and_then(|p| d.state.nodes.get(&p.node))?;
+                Some(Ok((node.id, node.address.clone(), node.name.clone())))
+            })
+            .unwrap_or_else(|| {
+                Err(Error::NotFound(format!("no VM named {:?}, or it is not placed on any node", req.name)))
+            })?;
+        if owner.0 == ctx.id {
+            return Ok(Response::new(crate::agent::local_console(ctx, &req.name, req.bytes).await?));
+        }
+        // Served by the host that runs the guest.
+        let mut client = pb::host_client::HostClient::new(ctx.channel(&owner.1)?);
+        let mut r = Request::new(req);
+        r.set_timeout(std::time::Duration::from_secs(10));
+        client.read_console(r).await.map_err(|s| {
+            if s.code() == tonic::Code::Unavailable {
+                Status::unavailable(format!(
+                    "host {} ({}) that runs this VM does not answer: {}",
+                    owner.2,
+                    owner.1,
+                    s.message()
+                ))
+            } else {
+                s
+            }
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum VmAction {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl VmsService {
+    async fn action(
+        &self,
+        request: Request<pb::VmActionRequest>,
+        action: VmAction,
+    ) -> std::result::Result<Response<pb::Vm>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let ctx = &self.ctx;
+        let cmd = match action {
+            VmAction::Start => {
+                Command::SetDesired { name: req.name.clone(), desired: Desired::Running, force: false, at_ms: now_ms() }
+            }
+            VmAction::Stop => Command::SetDesired {
+                name: req.name.clone(),
+                desired: Desired::Stopped,
+                force: req.force,
+                at_ms: now_ms(),
+            },
+            VmAction::Restart => Command::RestartVm { name: req.name.clone(), at_ms: now_ms() },
+        };
+        let vm = ctx
+            .on_leader(
+                forwarded,
+                || async {
+                    match ctx.write(cmd.clone()).await? {
+                        CmdResponse::Vm(vm) => Ok(ctx.read(|d| wire::vm(&d.state, &vm))),
+                        CmdResponse::Refused(r) => Err(r.into()),
+                        CmdResponse::Done => Err(Error::Raft("unexpected response".into())),
+                    }
+                },
+                |ch, t| {
+                    let req = req.clone();
+                    async move {
+                        let mut client = VmsClient::new(ch);
+                        let r = match action {
+                            VmAction::Start => client.start(forward(req, t)).await,
+                            VmAction::Stop => client.stop(forward(req, t)).await,
+                            VmAction::Restart => client.restart(forward(req, t)).await,
+                        };
+                        r.map(|r| r.into_inner())
+                    }
+                },
+            )
+            .await?;
+        Ok(Response::new(vm))
     }
 }

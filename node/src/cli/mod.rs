@@ -10,19 +10,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::ServeConfig;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "kvmesh",
-    version,
-    about = "Peer-to-peer manager for KVM virtual machines"
-)]
+#[command(name = "kvmesh", version, about = "Peer-to-peer manager for KVM virtual machines")]
 pub struct Cli {
     /// Address of any cluster node.
-    #[arg(
-        long,
-        global = true,
-        env = "KVMESH_ENDPOINT",
-        default_value = "127.0.0.1:7100"
-    )]
+    #[arg(long, global = true, env = "KVMESH_ENDPOINT", default_value = "127.0.0.1:7100")]
     pub endpoint: String,
     /// Output format: tables for people, JSON for scripts.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
@@ -84,6 +75,12 @@ pub struct ServeArgs {
     /// Override the host's memory, in MiB.
     #[arg(long)]
     pub memory_mib: Option<u64>,
+    /// libvirt URI [default: qemu:///system]; test:///default needs no daemon.
+    #[arg(long)]
+    pub libvirt_uri: Option<String>,
+    /// Domain type: kvm, or qemu (software emulation) [default: kvm].
+    #[arg(long)]
+    pub virt_type: Option<String>,
 }
 
 impl ServeArgs {
@@ -113,6 +110,12 @@ impl ServeArgs {
         }
         if let Some(v) = self.memory_mib {
             c.memory_mib = Some(v);
+        }
+        if let Some(v) = self.libvirt_uri {
+            c.libvirt_uri = v;
+        }
+        if let Some(v) = self.virt_type {
+            c.virt_type = v;
         }
         Ok(c)
     }
@@ -160,6 +163,50 @@ pub enum VmCmd {
         /// Restart it elsewhere if its host dies.
         #[arg(long)]
         ha: bool,
+        /// A blank qcow2 disk of this size (e.g. 2G, 512M).
+        #[arg(long, value_parser = parse_size)]
+        disk: Option<u64>,
+        /// Boot from a thin qcow2 clone of this base image (absolute path on the hosts).
+        #[arg(long)]
+        image: Option<String>,
+        /// Direct kernel boot: kernel image (absolute path on the hosts).
+        #[arg(long)]
+        kernel: Option<String>,
+        #[arg(long)]
+        initrd: Option<String>,
+        /// Kernel command line, e.g. "console=ttyS0".
+        #[arg(long)]
+        cmdline: Option<String>,
+        /// Attach a NIC to this libvirt network.
+        #[arg(long)]
+        network: Option<String>,
+        /// Attach a NIC to this host bridge.
+        #[arg(long)]
+        bridge: Option<String>,
+        /// Wait until the VM runs (or fails).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Start a stopped VM.
+    Start { name: String },
+    /// Stop a VM: ACPI shutdown, then power off after the host's timeout.
+    Stop {
+        name: String,
+        /// Power off at once.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Power-cycle a VM.
+    Restart { name: String },
+    /// Show the tail of a VM's serial console (from any node).
+    Console {
+        name: String,
+        /// How many bytes from the end.
+        #[arg(long, default_value_t = 16384)]
+        bytes: u64,
     },
     /// List VMs.
     List {
@@ -172,8 +219,30 @@ pub enum VmCmd {
         #[arg(long)]
         consistent: bool,
     },
-    /// Delete a VM.
-    Delete { name: String },
+    /// Delete a VM and its volumes.
+    Delete {
+        name: String,
+        /// Keep the VM's volumes on its host.
+        #[arg(long)]
+        keep_disks: bool,
+    },
+}
+
+/// Parses sizes like `2G`, `512M`, `10GiB` or plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 2G or 512M"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use K, M, G or T)")),
+    };
+    n.checked_mul(1 << shift).filter(|b| *b > 0).ok_or_else(|| format!("{s:?} is not a usable size"))
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -190,13 +259,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("KVMESH_LOG").unwrap_or_else(|_| {
-        EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn")
-    });
+    let filter = EnvFilter::try_from_env("KVMESH_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=error,sled=warn,h2=warn,tower=warn,hyper=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes() {
+        assert_eq!(super::parse_size("2G"), Ok(2 << 30));
+        assert_eq!(super::parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(super::parse_size("4096"), Ok(4096));
+        assert!(super::parse_size("2X").is_err());
+        assert!(super::parse_size("0").is_err());
+        assert!(super::parse_size("G").is_err());
+    }
 }

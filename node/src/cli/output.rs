@@ -14,11 +14,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
-            .collect();
+        let padded: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
@@ -37,10 +33,7 @@ fn member_json(m: &pb::Member) -> Value {
 pub fn print_status(output: Output, s: &pb::ClusterStatus) {
     match output {
         Output::Json => {
-            let leader = s
-                .leader
-                .as_ref()
-                .map(|l| json!({"id": l.id, "name": l.name, "address": l.address}));
+            let leader = s.leader.as_ref().map(|l| json!({"id": l.id, "name": l.name, "address": l.address}));
             let v = json!({
                 "cluster_id": s.cluster_id,
                 "node": {"id": s.node_id, "name": s.node_name, "raft_state": s.raft_state},
@@ -58,11 +51,7 @@ pub fn print_status(output: Output, s: &pb::ClusterStatus) {
             println!("{v}");
         }
         Output::Table => {
-            let cluster = if s.cluster_id.is_empty() {
-                "(not initialized)"
-            } else {
-                &s.cluster_id
-            };
+            let cluster = if s.cluster_id.is_empty() { "(not initialized)" } else { &s.cluster_id };
             println!("cluster:   {cluster}");
             println!("answered:  {} ({})", s.node_name, s.raft_state);
             match &s.leader {
@@ -80,14 +69,8 @@ pub fn print_status(output: Output, s: &pb::ClusterStatus) {
                     vec![
                         m.name.clone(),
                         m.address.clone(),
-                        if leader {
-                            format!("{} (leader)", m.role)
-                        } else {
-                            m.role.clone()
-                        },
-                        m.matched_index
-                            .map(|v| v.to_string())
-                            .unwrap_or_else(|| "-".into()),
+                        if leader { format!("{} (leader)", m.role) } else { m.role.clone() },
+                        m.matched_index.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
                         m.lag.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
                     ]
                 })
@@ -127,18 +110,7 @@ pub fn print_nodes(output: Output, nodes: &[pb::NodeInfo]) {
                     ]
                 })
                 .collect();
-            table(
-                &[
-                    "NAME",
-                    "ADDRESS",
-                    "STATE",
-                    "ROLE",
-                    "VCPUS",
-                    "MEMORY(MiB)",
-                    "VMS",
-                ],
-                rows,
-            );
+            table(&["NAME", "ADDRESS", "STATE", "ROLE", "VCPUS", "MEMORY(MiB)", "VMS"], rows);
         }
     }
 }
@@ -147,7 +119,9 @@ pub fn vm_json(vm: &pb::Vm) -> Value {
     json!({
         "id": vm.id, "name": vm.name, "vcpus": vm.vcpus, "memory_mib": vm.memory_mib, "ha": vm.ha,
         "desired": vm.desired, "node": vm.node, "node_id": vm.node_id, "epoch": vm.epoch,
-        "created_at_ms": vm.created_at_ms,
+        "created_at_ms": vm.created_at_ms, "state": vm.state, "since": vm.since_ms,
+        "last_error": vm.last_error, "disk_bytes": vm.disk_bytes, "image": vm.image, "kernel": vm.kernel,
+        "network": vm.network, "bridge": vm.bridge, "domain": vm.domain,
     })
 }
 
@@ -164,14 +138,12 @@ pub fn print_vms(output: Output, vms: &[pb::Vm]) {
                         v.memory_mib.to_string(),
                         if v.ha { "yes" } else { "no" }.into(),
                         v.desired.clone(),
+                        v.state.clone(),
                         v.node.clone().unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
-            table(
-                &["NAME", "VCPUS", "MEMORY(MiB)", "HA", "DESIRED", "NODE"],
-                rows,
-            );
+            table(&["NAME", "VCPUS", "MEMORY(MiB)", "HA", "DESIRED", "STATE", "NODE"], rows);
         }
     }
 }
@@ -186,6 +158,14 @@ pub fn print_vm(output: Output, vm: &pb::Vm) {
             println!("memory:   {} MiB", vm.memory_mib);
             println!("ha:       {}", vm.ha);
             println!("desired:  {}", vm.desired);
+            println!("state:    {}", vm.state);
+            if vm.since_ms > 0 {
+                println!("since:    {}", format_ms(vm.since_ms));
+            }
+            if let Some(e) = &vm.last_error {
+                println!("error:    {e}");
+            }
+            println!("domain:   {}", vm.domain);
             println!("node:     {}", vm.node.as_deref().unwrap_or("-"));
             println!("epoch:    {}", vm.epoch);
         }
@@ -195,17 +175,10 @@ pub fn print_vm(output: Output, vm: &pb::Vm) {
 pub fn print_events(output: Output, events: &[pb::Event]) {
     for e in events {
         match output {
-            Output::Json => println!(
-                "{}",
-                json!({"seq": e.seq, "at_ms": e.at_ms, "kind": e.kind, "message": e.message})
-            ),
-            Output::Table => println!(
-                "{:>6}  {}  {:<8} {}",
-                e.seq,
-                format_ms(e.at_ms),
-                e.kind,
-                e.message
-            ),
+            Output::Json => {
+                println!("{}", json!({"seq": e.seq, "at_ms": e.at_ms, "kind": e.kind, "message": e.message}))
+            }
+            Output::Table => println!("{:>6}  {}  {:<8} {}", e.seq, format_ms(e.at_ms), e.kind, e.message),
         }
     }
 }

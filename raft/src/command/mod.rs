@@ -7,38 +7,29 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ClusterState, Key, Node, NodeState, Settings, Vm, VmId};
+use crate::model::{ClusterState, Deleting, Desired, Key, Node, NodeState, Reported, Settings, Vm, VmId, VmState};
 use crate::types::NodeId;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// The first entry of a cluster: its id, settings and founding node.
-    Init {
-        cluster_id: String,
-        settings: Settings,
-        node: Node,
-        at_ms: u64,
-    },
+    Init { cluster_id: String, settings: Settings, node: Node, at_ms: u64 },
     /// Registers a joining node (before it becomes a Raft learner).
-    AddNode {
-        node: Node,
-        at_ms: u64,
-    },
+    AddNode { node: Node, at_ms: u64 },
     /// Forgets a node. With `force`, its VMs lose their placement.
-    RemoveNode {
-        id: NodeId,
-        force: bool,
-        at_ms: u64,
-    },
+    RemoveNode { id: NodeId, force: bool, at_ms: u64 },
     /// Records a VM and its placement (chosen by the leader's scheduler).
-    CreateVm {
-        vm: Vm,
-        at_ms: u64,
-    },
-    DeleteVm {
-        name: String,
-        at_ms: u64,
-    },
+    CreateVm { vm: Box<Vm>, at_ms: u64 },
+    /// Deletes a VM: at once if no host holds it, otherwise once its host
+    /// reports the domain gone.
+    DeleteVm { name: String, keep_disks: bool, at_ms: u64 },
+    /// `vm start` / `vm stop [--force]`.
+    SetDesired { name: String, desired: Desired, force: bool, at_ms: u64 },
+    /// `vm restart`.
+    RestartVm { name: String, at_ms: u64 },
+    /// A host reports a VM's state transition. Accepted only from the host
+    /// of the current placement at the current epoch.
+    ReportVm { vm: VmId, node: NodeId, epoch: u64, state: VmState, error: Option<String>, at_ms: u64 },
 }
 
 /// Why `apply` refused a command. Refusals are normal results, not failures:
@@ -72,6 +63,11 @@ pub enum Refusal {
     NoLongerFits {
         node: String,
     },
+    /// A report from a host that no longer holds the VM at that epoch.
+    StaleReport,
+    VmBeingDeleted {
+        name: String,
+    },
 }
 
 impl std::fmt::Display for Refusal {
@@ -90,6 +86,8 @@ impl std::fmt::Display for Refusal {
             Refusal::VmNameTaken { name } => write!(f, "a VM named {name:?} already exists"),
             Refusal::UnknownVm { name } => write!(f, "no VM named {name:?}"),
             Refusal::NoLongerFits { node } => write!(f, "node {node:?} no longer has room for this VM"),
+            Refusal::StaleReport => write!(f, "stale report: the VM moved on or is gone"),
+            Refusal::VmBeingDeleted { name } => write!(f, "VM {name:?} is being deleted"),
         }
     }
 }
@@ -99,7 +97,7 @@ pub enum Response {
     /// Membership entries and blank entries answer this.
     #[default]
     Done,
-    Vm(Vm),
+    Vm(Box<Vm>),
     Refused(Refusal),
 }
 
@@ -108,40 +106,125 @@ impl ClusterState {
     /// state and the command.
     pub fn apply(&mut self, cmd: &Command) -> Response {
         match cmd {
-            Command::Init {
-                cluster_id,
-                settings,
-                node,
-                at_ms,
-            } => {
+            Command::Init { cluster_id, settings, node, at_ms } => {
                 if let Some(existing) = &self.meta.cluster_id {
-                    return Response::Refused(Refusal::AlreadyInitialized {
-                        cluster_id: existing.clone(),
-                    });
+                    return Response::Refused(Refusal::AlreadyInitialized { cluster_id: existing.clone() });
                 }
                 self.meta.cluster_id = Some(cluster_id.clone());
                 self.meta.settings = settings.clone();
                 self.dirty.insert(Key::Meta);
                 self.put_node(node.clone());
-                self.push_event(
-                    *at_ms,
-                    "cluster",
-                    format!("cluster {cluster_id} initialized on {}", node.name),
-                );
+                self.push_event(*at_ms, "cluster", format!("cluster {cluster_id} initialized on {}", node.name));
                 Response::Done
             }
             Command::AddNode { node, at_ms } => self.add_node(node, *at_ms),
             Command::RemoveNode { id, force, at_ms } => self.remove_node(*id, *force, *at_ms),
             Command::CreateVm { vm, at_ms } => self.create_vm(vm, *at_ms),
-            Command::DeleteVm { name, at_ms } => {
-                let Some(id) = self.vm_names.get(name).copied() else {
+            Command::DeleteVm { name, keep_disks, at_ms } => self.delete_vm(name, *keep_disks, *at_ms),
+            Command::SetDesired { name, desired, force, at_ms } => {
+                let Some(vm) = self.vm_mut_by_name(name) else {
                     return Response::Refused(Refusal::UnknownVm { name: name.clone() });
                 };
-                self.remove_vm(id);
-                self.push_event(*at_ms, "vm", format!("vm {name} deleted"));
-                Response::Done
+                if vm.deleting.is_some() {
+                    return Response::Refused(Refusal::VmBeingDeleted { name: name.clone() });
+                }
+                vm.desired = *desired;
+                vm.force_stop = *force;
+                vm.desired_gen += 1;
+                let vm = vm.clone();
+                self.dirty.insert(Key::Vm(vm.id));
+                let verb = match (desired, force) {
+                    (Desired::Running, _) => "start",
+                    (Desired::Stopped, true) => "force stop",
+                    (Desired::Stopped, false) => "stop",
+                };
+                self.push_event(*at_ms, "vm", format!("vm {name}: {verb} requested"));
+                Response::Vm(Box::new(vm))
+            }
+            Command::RestartVm { name, at_ms } => {
+                let Some(vm) = self.vm_mut_by_name(name) else {
+                    return Response::Refused(Refusal::UnknownVm { name: name.clone() });
+                };
+                if vm.deleting.is_some() {
+                    return Response::Refused(Refusal::VmBeingDeleted { name: name.clone() });
+                }
+                vm.desired = Desired::Running;
+                vm.restart_gen += 1;
+                vm.desired_gen += 1;
+                let vm = vm.clone();
+                self.dirty.insert(Key::Vm(vm.id));
+                self.push_event(*at_ms, "vm", format!("vm {name}: restart requested"));
+                Response::Vm(Box::new(vm))
+            }
+            Command::ReportVm { vm, node, epoch, state, error, at_ms } => {
+                self.report_vm(*vm, *node, *epoch, *state, error.clone(), *at_ms)
             }
         }
+    }
+
+    fn vm_mut_by_name(&mut self, name: &str) -> Option<&mut Vm> {
+        let id = self.vm_names.get(name).copied()?;
+        self.vms.get_mut(&id)
+    }
+
+    fn delete_vm(&mut self, name: &str, keep_disks: bool, at_ms: u64) -> Response {
+        let Some(id) = self.vm_names.get(name).copied() else {
+            return Response::Refused(Refusal::UnknownVm { name: name.to_string() });
+        };
+        let held = self.vms[&id].placement.is_some_and(|p| self.nodes.contains_key(&p.node));
+        if !held {
+            self.remove_vm(id);
+            self.push_event(at_ms, "vm", format!("vm {name} deleted"));
+            return Response::Done;
+        }
+        let vm = self.vms.get_mut(&id).expect("looked up above");
+        vm.deleting = Some(Deleting { keep_disks });
+        vm.desired = Desired::Stopped;
+        self.dirty.insert(Key::Vm(id));
+        let disks = if keep_disks { " (keeping its disks)" } else { "" };
+        self.push_event(at_ms, "vm", format!("vm {name}: delete requested{disks}"));
+        Response::Done
+    }
+
+    fn report_vm(
+        &mut self,
+        id: VmId,
+        node: NodeId,
+        epoch: u64,
+        state: VmState,
+        error: Option<String>,
+        at_ms: u64,
+    ) -> Response {
+        let Some(vm) = self.vms.get_mut(&id) else {
+            return Response::Refused(Refusal::StaleReport);
+        };
+        if vm.placement.map(|p| (p.node, p.epoch)) != Some((node, epoch)) {
+            return Response::Refused(Refusal::StaleReport);
+        }
+        let host = self.nodes.get(&node).map(|n| n.name.clone()).unwrap_or_else(|| node.to_string());
+        let name = vm.name.clone();
+        if state == VmState::Deleted {
+            if vm.deleting.is_some() {
+                self.remove_vm(id);
+                self.push_event(at_ms, "vm", format!("vm {name} deleted from {host}"));
+                return Response::Done;
+            }
+            return Response::Refused(Refusal::StaleReport);
+        }
+        let previous = vm.reported.as_ref().map(|r| (r.state, r.epoch, r.last_error.clone()));
+        if previous == Some((state, epoch, error.clone())) {
+            return Response::Done;
+        }
+        vm.reported = Some(Reported { state, node, epoch, since_ms: at_ms, last_error: error.clone() });
+        self.dirty.insert(Key::Vm(id));
+        let message = match (state, &error) {
+            (VmState::Failed, Some(e)) => format!("vm {name} failed on {host}: {e}"),
+            (VmState::Crashed, Some(e)) => format!("vm {name} crashed on {host}; {e}"),
+            (s, _) => format!("vm {name} is {} on {host}", s.as_str()),
+        };
+        let kind = if matches!(state, VmState::Failed | VmState::Crashed) { "vm-error" } else { "vm" };
+        self.push_event(at_ms, kind, message);
+        Response::Done
     }
 
     fn add_node(&mut self, node: &Node, at_ms: u64) -> Response {
@@ -150,9 +233,7 @@ impl ClusterState {
                 continue;
             }
             if other.name == node.name {
-                return Response::Refused(Refusal::NodeNameTaken {
-                    name: node.name.clone(),
-                });
+                return Response::Refused(Refusal::NodeNameTaken { name: node.name.clone() });
             }
             if other.address == node.address {
                 return Response::Refused(Refusal::NodeAddressTaken {
@@ -164,11 +245,7 @@ impl ClusterState {
         let rejoin = self.nodes.contains_key(&node.id);
         self.put_node(node.clone());
         let verb = if rejoin { "re-registered" } else { "joined" };
-        self.push_event(
-            at_ms,
-            "node",
-            format!("node {} ({}) {verb}", node.name, node.address),
-        );
+        self.push_event(at_ms, "node", format!("node {} ({}) {verb}", node.name, node.address));
         Response::Done
     }
 
@@ -176,17 +253,10 @@ impl ClusterState {
         let Some(node) = self.nodes.get(&id).cloned() else {
             return Response::Refused(Refusal::UnknownNode { id });
         };
-        let placed: Vec<VmId> = self
-            .vms
-            .values()
-            .filter(|v| v.placement.map(|p| p.node) == Some(id))
-            .map(|v| v.id)
-            .collect();
+        let placed: Vec<VmId> =
+            self.vms.values().filter(|v| v.placement.map(|p| p.node) == Some(id)).map(|v| v.id).collect();
         if !placed.is_empty() && !force {
-            return Response::Refused(Refusal::NodeHasVms {
-                name: node.name,
-                vms: placed.len() as u32,
-            });
+            return Response::Refused(Refusal::NodeHasVms { name: node.name, vms: placed.len() as u32 });
         }
         for vm_id in &placed {
             if let Some(vm) = self.vms.get_mut(vm_id) {
@@ -196,11 +266,7 @@ impl ClusterState {
         }
         self.nodes.remove(&id);
         self.dirty.insert(Key::Node(id));
-        let extra = if placed.is_empty() {
-            String::new()
-        } else {
-            format!("; {} VM(s) left unplaced", placed.len())
-        };
+        let extra = if placed.is_empty() { String::new() } else { format!("; {} VM(s) left unplaced", placed.len()) };
         self.push_event(at_ms, "node", format!("node {} removed{extra}", node.name));
         Response::Done
     }
@@ -209,11 +275,9 @@ impl ClusterState {
         if let Some(existing) = self.vm_by_name(&vm.name) {
             // A retried create (same request id) gets the original answer.
             if !vm.request_id.is_empty() && existing.request_id == vm.request_id {
-                return Response::Vm(existing.clone());
+                return Response::Vm(Box::new(existing.clone()));
             }
-            return Response::Refused(Refusal::VmNameTaken {
-                name: vm.name.clone(),
-            });
+            return Response::Refused(Refusal::VmNameTaken { name: vm.name.clone() });
         }
         if let Some(p) = vm.placement {
             let Some(node) = self.nodes.get(&p.node) else {
@@ -224,21 +288,16 @@ impl ClusterState {
                 && cpus.saturating_add(vm.spec.vcpus) <= node.cpus
                 && mem.saturating_add(vm.spec.memory_mib) <= node.memory_mib;
             if !fits {
-                return Response::Refused(Refusal::NoLongerFits {
-                    node: node.name.clone(),
-                });
+                return Response::Refused(Refusal::NoLongerFits { node: node.name.clone() });
             }
         }
-        let node_name = vm
-            .placement
-            .and_then(|p| self.nodes.get(&p.node))
-            .map(|n| n.name.clone());
+        let node_name = vm.placement.and_then(|p| self.nodes.get(&p.node)).map(|n| n.name.clone());
         self.vm_names.insert(vm.name.clone(), vm.id);
         self.vms.insert(vm.id, vm.clone());
         self.dirty.insert(Key::Vm(vm.id));
         let where_ = node_name.map(|n| format!(" on {n}")).unwrap_or_default();
         self.push_event(at_ms, "vm", format!("vm {} created{where_}", vm.name));
-        Response::Vm(vm.clone())
+        Response::Vm(Box::new(vm.clone()))
     }
 
     fn put_node(&mut self, node: Node) {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::{Desired, Placement, VmSpec, EVENT_CAPACITY};
+use crate::model::{Desired, Placement, VmSpec, VmState, EVENT_CAPACITY};
 
 fn node(id: u64, name: &str, addr: &str) -> Node {
     Node {
@@ -17,15 +17,16 @@ fn vm(id: u64, name: &str, node: Option<u64>, mem: u64) -> Vm {
     Vm {
         id,
         name: name.into(),
-        spec: VmSpec {
-            vcpus: 1,
-            memory_mib: mem,
-            ha: false,
-        },
+        spec: VmSpec { vcpus: 1, memory_mib: mem, ..Default::default() },
         desired: Desired::Running,
         placement: node.map(|n| Placement { node: n, epoch: 1 }),
         created_at_ms: 5,
         request_id: format!("req-{id}"),
+        reported: None,
+        desired_gen: 0,
+        restart_gen: 0,
+        force_stop: false,
+        deleting: None,
     }
 }
 
@@ -50,12 +51,7 @@ fn init_only_once() {
         node: node(2, "b", "x:2"),
         at_ms: 2,
     });
-    assert_eq!(
-        again,
-        Response::Refused(Refusal::AlreadyInitialized {
-            cluster_id: "c1".into()
-        })
-    );
+    assert_eq!(again, Response::Refused(Refusal::AlreadyInitialized { cluster_id: "c1".into() }));
     assert_eq!(s.cluster_id(), Some("c1"));
     assert_eq!(s.nodes.len(), 1);
 }
@@ -63,37 +59,13 @@ fn init_only_once() {
 #[test]
 fn add_node_refuses_taken_name_and_address_but_allows_rejoin() {
     let mut s = initialized();
-    let r = s.apply(&Command::AddNode {
-        node: node(2, "a", "127.0.0.1:2"),
-        at_ms: 2,
-    });
-    assert_eq!(
-        r,
-        Response::Refused(Refusal::NodeNameTaken { name: "a".into() })
-    );
-    let r = s.apply(&Command::AddNode {
-        node: node(2, "b", "127.0.0.1:1"),
-        at_ms: 2,
-    });
-    assert!(matches!(
-        r,
-        Response::Refused(Refusal::NodeAddressTaken { .. })
-    ));
-    assert_eq!(
-        s.apply(&Command::AddNode {
-            node: node(2, "b", "127.0.0.1:2"),
-            at_ms: 2
-        }),
-        Response::Done
-    );
+    let r = s.apply(&Command::AddNode { node: node(2, "a", "127.0.0.1:2"), at_ms: 2 });
+    assert_eq!(r, Response::Refused(Refusal::NodeNameTaken { name: "a".into() }));
+    let r = s.apply(&Command::AddNode { node: node(2, "b", "127.0.0.1:1"), at_ms: 2 });
+    assert!(matches!(r, Response::Refused(Refusal::NodeAddressTaken { .. })));
+    assert_eq!(s.apply(&Command::AddNode { node: node(2, "b", "127.0.0.1:2"), at_ms: 2 }), Response::Done);
     // The same node registering again (a retried join) is fine.
-    assert_eq!(
-        s.apply(&Command::AddNode {
-            node: node(2, "b", "127.0.0.1:2"),
-            at_ms: 3
-        }),
-        Response::Done
-    );
+    assert_eq!(s.apply(&Command::AddNode { node: node(2, "b", "127.0.0.1:2"), at_ms: 3 }), Response::Done);
     assert_eq!(s.nodes.len(), 2);
 }
 
@@ -101,39 +73,18 @@ fn add_node_refuses_taken_name_and_address_but_allows_rejoin() {
 fn create_checks_names_capacity_and_is_idempotent_per_request() {
     let mut s = initialized();
     let v = vm(10, "web", Some(1), 3000);
-    assert_eq!(
-        s.apply(&Command::CreateVm {
-            vm: v.clone(),
-            at_ms: 3
-        }),
-        Response::Vm(v.clone())
-    );
+    assert_eq!(s.apply(&Command::CreateVm { vm: Box::new(v.clone()), at_ms: 3 }), Response::Vm(Box::new(v.clone())));
     // Retried create with the same request id: same answer, no duplicate.
-    assert_eq!(
-        s.apply(&Command::CreateVm {
-            vm: v.clone(),
-            at_ms: 4
-        }),
-        Response::Vm(v.clone())
-    );
+    assert_eq!(s.apply(&Command::CreateVm { vm: Box::new(v.clone()), at_ms: 4 }), Response::Vm(Box::new(v.clone())));
     let mut other = vm(11, "web", Some(1), 1);
     other.request_id = "different".into();
     assert_eq!(
-        s.apply(&Command::CreateVm {
-            vm: other,
-            at_ms: 4
-        }),
+        s.apply(&Command::CreateVm { vm: Box::new(other), at_ms: 4 }),
         Response::Refused(Refusal::VmNameTaken { name: "web".into() })
     );
     // 3000 of 4096 MiB used: a 2000 MiB VM placed concurrently must lose.
-    let r = s.apply(&Command::CreateVm {
-        vm: vm(12, "db", Some(1), 2000),
-        at_ms: 5,
-    });
-    assert_eq!(
-        r,
-        Response::Refused(Refusal::NoLongerFits { node: "a".into() })
-    );
+    let r = s.apply(&Command::CreateVm { vm: Box::new(vm(12, "db", Some(1), 2000)), at_ms: 5 });
+    assert_eq!(r, Response::Refused(Refusal::NoLongerFits { node: "a".into() }));
     assert_eq!(s.vms.len(), 1);
     assert_eq!(s.allocated(1), (1, 3000, 1));
 }
@@ -141,23 +92,11 @@ fn create_checks_names_capacity_and_is_idempotent_per_request() {
 #[test]
 fn delete_and_unknown() {
     let mut s = initialized();
-    s.apply(&Command::CreateVm {
-        vm: vm(10, "web", Some(1), 100),
-        at_ms: 3,
-    });
-    assert_eq!(
-        s.apply(&Command::DeleteVm {
-            name: "web".into(),
-            at_ms: 4
-        }),
-        Response::Done
-    );
+    s.apply(&Command::CreateVm { vm: Box::new(vm(10, "web", None, 100)), at_ms: 3 });
+    assert_eq!(s.apply(&Command::DeleteVm { name: "web".into(), keep_disks: false, at_ms: 4 }), Response::Done);
     assert!(s.vm_by_name("web").is_none());
     assert_eq!(
-        s.apply(&Command::DeleteVm {
-            name: "web".into(),
-            at_ms: 5
-        }),
+        s.apply(&Command::DeleteVm { name: "web".into(), keep_disks: false, at_ms: 5 }),
         Response::Refused(Refusal::UnknownVm { name: "web".into() })
     );
 }
@@ -165,34 +104,11 @@ fn delete_and_unknown() {
 #[test]
 fn remove_node_with_vms_needs_force() {
     let mut s = initialized();
-    s.apply(&Command::AddNode {
-        node: node(2, "b", "x:2"),
-        at_ms: 2,
-    });
-    s.apply(&Command::CreateVm {
-        vm: vm(10, "web", Some(2), 100),
-        at_ms: 3,
-    });
-    let r = s.apply(&Command::RemoveNode {
-        id: 2,
-        force: false,
-        at_ms: 4,
-    });
-    assert_eq!(
-        r,
-        Response::Refused(Refusal::NodeHasVms {
-            name: "b".into(),
-            vms: 1
-        })
-    );
-    assert_eq!(
-        s.apply(&Command::RemoveNode {
-            id: 2,
-            force: true,
-            at_ms: 5
-        }),
-        Response::Done
-    );
+    s.apply(&Command::AddNode { node: node(2, "b", "x:2"), at_ms: 2 });
+    s.apply(&Command::CreateVm { vm: Box::new(vm(10, "web", Some(2), 100)), at_ms: 3 });
+    let r = s.apply(&Command::RemoveNode { id: 2, force: false, at_ms: 4 });
+    assert_eq!(r, Response::Refused(Refusal::NodeHasVms { name: "b".into(), vms: 1 }));
+    assert_eq!(s.apply(&Command::RemoveNode { id: 2, force: true, at_ms: 5 }), Response::Done);
     assert!(!s.nodes.contains_key(&2));
     assert_eq!(s.vm_by_name("web").unwrap().placement, None);
 }
@@ -200,24 +116,10 @@ fn remove_node_with_vms_needs_force() {
 #[test]
 fn apply_is_deterministic_and_tracks_dirty_keys() {
     let cmds = vec![
-        Command::Init {
-            cluster_id: "c".into(),
-            settings: Settings::default(),
-            node: node(1, "a", "a:1"),
-            at_ms: 1,
-        },
-        Command::AddNode {
-            node: node(2, "b", "b:1"),
-            at_ms: 2,
-        },
-        Command::CreateVm {
-            vm: vm(7, "x", Some(2), 10),
-            at_ms: 3,
-        },
-        Command::DeleteVm {
-            name: "x".into(),
-            at_ms: 4,
-        },
+        Command::Init { cluster_id: "c".into(), settings: Settings::default(), node: node(1, "a", "a:1"), at_ms: 1 },
+        Command::AddNode { node: node(2, "b", "b:1"), at_ms: 2 },
+        Command::CreateVm { vm: Box::new(vm(7, "x", Some(2), 10)), at_ms: 3 },
+        Command::DeleteVm { name: "x".into(), keep_disks: false, at_ms: 4 },
     ];
     let (mut s1, mut s2) = (ClusterState::default(), ClusterState::default());
     for c in &cmds {
@@ -225,9 +127,7 @@ fn apply_is_deterministic_and_tracks_dirty_keys() {
     }
     assert_eq!(s1, s2);
     let dirty = s1.take_dirty();
-    assert!(
-        dirty.contains(&Key::Vm(7)) && dirty.contains(&Key::Node(2)) && dirty.contains(&Key::Meta)
-    );
+    assert!(dirty.contains(&Key::Vm(7)) && dirty.contains(&Key::Node(2)) && dirty.contains(&Key::Meta));
     assert!(s1.take_dirty().is_empty());
 }
 
@@ -235,15 +135,75 @@ fn apply_is_deterministic_and_tracks_dirty_keys() {
 fn event_ring_is_bounded() {
     let mut s = initialized();
     for i in 0..(EVENT_CAPACITY as u64 + 50) {
-        s.apply(&Command::DeleteVm {
-            name: format!("nope-{i}"),
-            at_ms: i,
-        });
-        s.apply(&Command::CreateVm {
-            vm: vm(100 + i, &format!("v{i}"), None, 1),
-            at_ms: i,
-        });
+        s.apply(&Command::DeleteVm { name: format!("nope-{i}"), keep_disks: false, at_ms: i });
+        s.apply(&Command::CreateVm { vm: Box::new(vm(100 + i, &format!("v{i}"), None, 1)), at_ms: i });
     }
     assert_eq!(s.events.len(), EVENT_CAPACITY);
     assert_eq!(s.events.back().unwrap().seq, s.meta.next_event_seq);
+}
+
+#[test]
+fn delete_of_a_held_vm_waits_for_its_host() {
+    let mut s = initialized();
+    s.apply(&Command::CreateVm { vm: Box::new(vm(10, "web", Some(1), 100)), at_ms: 3 });
+    assert_eq!(s.apply(&Command::DeleteVm { name: "web".into(), keep_disks: true, at_ms: 4 }), Response::Done);
+    let v = s.vm_by_name("web").unwrap();
+    assert_eq!(v.display_state(), "deleting");
+    assert_eq!(v.desired, Desired::Stopped);
+    // Another host, or a stale epoch, cannot finish it.
+    let stale = Command::ReportVm { vm: 10, node: 1, epoch: 0, state: VmState::Deleted, error: None, at_ms: 5 };
+    assert_eq!(s.apply(&stale), Response::Refused(Refusal::StaleReport));
+    let done = Command::ReportVm { vm: 10, node: 1, epoch: 1, state: VmState::Deleted, error: None, at_ms: 5 };
+    assert_eq!(s.apply(&done), Response::Done);
+    assert!(s.vm_by_name("web").is_none());
+    // Unplaced VMs go at once.
+    s.apply(&Command::CreateVm { vm: Box::new(vm(11, "free", None, 1)), at_ms: 6 });
+    s.apply(&Command::DeleteVm { name: "free".into(), keep_disks: false, at_ms: 7 });
+    assert!(s.vm_by_name("free").is_none());
+}
+
+#[test]
+fn reports_record_transitions_only_from_the_current_placement() {
+    let mut s = initialized();
+    s.apply(&Command::CreateVm { vm: Box::new(vm(10, "web", Some(1), 100)), at_ms: 3 });
+    assert_eq!(s.vm_by_name("web").unwrap().display_state(), "pending");
+    let running = Command::ReportVm { vm: 10, node: 1, epoch: 1, state: VmState::Running, error: None, at_ms: 9 };
+    assert_eq!(s.apply(&running), Response::Done);
+    let events = s.events.len();
+    // The same report again changes nothing and logs nothing.
+    s.take_dirty();
+    assert_eq!(s.apply(&running), Response::Done);
+    assert!(s.take_dirty().is_empty());
+    assert_eq!(s.events.len(), events);
+    let v = s.vm_by_name("web").unwrap();
+    assert_eq!(v.display_state(), "running");
+    assert_eq!(v.reported.as_ref().unwrap().since_ms, 9);
+    let other_node = Command::ReportVm { vm: 10, node: 2, epoch: 1, state: VmState::Stopped, error: None, at_ms: 10 };
+    assert_eq!(s.apply(&other_node), Response::Refused(Refusal::StaleReport));
+    let failed = Command::ReportVm {
+        vm: 10,
+        node: 1,
+        epoch: 1,
+        state: VmState::Failed,
+        error: Some("libvirt: no such file".into()),
+        at_ms: 11,
+    };
+    s.apply(&failed);
+    assert!(s.events.back().unwrap().message.contains("failed on a: libvirt: no such file"));
+}
+
+#[test]
+fn start_stop_restart_bump_generations() {
+    let mut s = initialized();
+    s.apply(&Command::CreateVm { vm: Box::new(vm(10, "web", Some(1), 100)), at_ms: 3 });
+    s.apply(&Command::SetDesired { name: "web".into(), desired: Desired::Stopped, force: true, at_ms: 4 });
+    let v = s.vm_by_name("web").unwrap();
+    assert_eq!((v.desired, v.force_stop, v.desired_gen), (Desired::Stopped, true, 1));
+    s.apply(&Command::RestartVm { name: "web".into(), at_ms: 5 });
+    let v = s.vm_by_name("web").unwrap();
+    assert_eq!((v.desired, v.restart_gen, v.desired_gen), (Desired::Running, 1, 2));
+    assert_eq!(
+        s.apply(&Command::RestartVm { name: "nope".into(), at_ms: 6 }),
+        Response::Refused(Refusal::UnknownVm { name: "nope".into() })
+    );
 }

@@ -25,11 +25,7 @@ pub struct LogStore {
 
 impl LogStore {
     pub(crate) fn new(db: &sled::Db) -> Result<Self> {
-        let store = LogStore {
-            db: db.clone(),
-            log: db.open_tree("log")?,
-            raft: db.open_tree("raft")?,
-        };
+        let store = LogStore { db: db.clone(), log: db.open_tree("log")?, raft: db.open_tree("raft")? };
         // Decode what we hold once at open, so damage shows up at start-up with
         // a clear message rather than later as a fatal Raft error.
         store.get::<Vote>(VOTE, "vote")?;
@@ -40,11 +36,7 @@ impl LogStore {
         Ok(store)
     }
 
-    fn get<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &[u8],
-        what: &'static str,
-    ) -> Result<Option<T>> {
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8], what: &'static str) -> Result<Option<T>> {
         match self.raft.get(key)? {
             Some(bytes) => Ok(Some(codec::decode(what, &bytes)?)),
             None => Ok(None),
@@ -57,42 +49,26 @@ impl LogStore {
         what: &'static str,
         subject: ErrorSubject<u64>,
     ) -> std::result::Result<Option<T>, StorageError> {
-        self.get(key, what)
-            .map_err(|e| io_err(subject, ErrorVerb::Read, e))
+        self.get(key, what).map_err(|e| io_err(subject, ErrorVerb::Read, e))
     }
 
-    fn put<T: serde::Serialize>(
-        &self,
-        key: &[u8],
-        what: &'static str,
-        v: &T,
-    ) -> std::result::Result<(), StorageError> {
-        let bytes =
-            codec::encode(what, v).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
-        self.raft
-            .insert(key, bytes)
-            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+    fn put<T: serde::Serialize>(&self, key: &[u8], what: &'static str, v: &T) -> std::result::Result<(), StorageError> {
+        let bytes = codec::encode(what, v).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        self.raft.insert(key, bytes).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         Ok(())
     }
 
     async fn flush(&self, subject: ErrorSubject<u64>) -> std::result::Result<(), StorageError> {
-        self.db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(|e| io_err(subject, ErrorVerb::Write, e))
+        self.db.flush_async().await.map(|_| ()).map_err(|e| io_err(subject, ErrorVerb::Write, e))
     }
 
     fn last_log_id(&self) -> std::result::Result<Option<LogId>, StorageError> {
-        let last = self
-            .log
-            .last()
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        let last = self.log.last().map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
         match last {
             None => Ok(None),
             Some((_, bytes)) => {
-                let entry: Entry = codec::decode("log entry", &bytes)
-                    .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+                let entry: Entry =
+                    codec::decode("log entry", &bytes).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
                 Ok(Some(entry.log_id))
             }
         }
@@ -121,8 +97,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut out = Vec::new();
         for item in self.log.range(to_sled_range(&range)) {
             let (_, bytes) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-            let entry: Entry = codec::decode("log entry", &bytes)
-                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            let entry: Entry =
+                codec::decode("log entry", &bytes).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
             out.push(entry);
         }
         Ok(out)
@@ -133,13 +109,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> std::result::Result<LogState<TypeConfig>, StorageError> {
-        let last_purged_log_id: Option<LogId> =
-            self.read(LAST_PURGED, "last purged log id", ErrorSubject::Store)?;
+        let last_purged_log_id: Option<LogId> = self.read(LAST_PURGED, "last purged log id", ErrorSubject::Store)?;
         let last_log_id = self.last_log_id()?.or(last_purged_log_id);
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
-        })
+        Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -155,26 +127,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read(VOTE, "vote", ErrorSubject::Vote)
     }
 
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogId>,
-    ) -> std::result::Result<(), StorageError> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> std::result::Result<(), StorageError> {
         // Not flushed: losing it only means re-deriving the commit index from
         // the leader, which openraft does anyway.
         self.put(COMMITTED, "committed log id", &committed)
     }
 
     async fn read_committed(&mut self) -> std::result::Result<Option<LogId>, StorageError> {
-        Ok(self
-            .read::<Option<LogId>>(COMMITTED, "committed log id", ErrorSubject::Store)?
-            .flatten())
+        Ok(self.read::<Option<LogId>>(COMMITTED, "committed log id", ErrorSubject::Store)?.flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> std::result::Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> std::result::Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -185,16 +148,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(|e| io_err(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
             batch.insert(&be(entry.log_id.index), bytes);
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         // Readable now; durable only after the flush, and only then is openraft told.
-        let flushed = self
-            .db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(std::io::Error::other);
+        let flushed = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
         let failed = flushed.as_ref().err().map(|e| e.to_string());
         callback.log_io_completed(flushed);
         match failed {
@@ -210,9 +166,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let (key, _) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
             batch.remove(key);
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
         self.flush(ErrorSubject::Logs).await
     }
 
@@ -227,9 +181,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let (key, _) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
             batch.remove(key);
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
         self.flush(ErrorSubject::Logs).await
     }
 }

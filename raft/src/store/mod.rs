@@ -29,10 +29,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine)> {
         .path(dir)
         .mode(sled::Mode::HighThroughput)
         .open()
-        .map_err(|source| Error::Open {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| Error::Open { path: dir.to_path_buf(), source })?;
     let log = LogStore::new(&db).map_err(|e| corrupt(dir, e))?;
     let sm = StateMachine::load(&db).map_err(|e| corrupt(dir, e))?;
     Ok((log, sm))
@@ -40,14 +37,10 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine)> {
 
 fn corrupt(dir: &Path, e: Error) -> Error {
     match e {
-        Error::Decode { what, detail } => Error::Corrupt {
-            path: dir.to_path_buf(),
-            detail: format!("{what}: {detail}"),
-        },
-        Error::Sled(source) => Error::Open {
-            path: dir.to_path_buf(),
-            source,
-        },
+        Error::Decode { what, detail } => {
+            Error::Corrupt { path: dir.to_path_buf(), detail: format!("{what}: {detail}") }
+        }
+        Error::Sled(source) => Error::Open { path: dir.to_path_buf(), source },
         other => other,
     }
 }
@@ -65,11 +58,7 @@ pub(crate) fn from_be(bytes: &[u8]) -> u64 {
 /// Wraps a storage failure in openraft's error type. openraft treats any
 /// `StorageError` as fatal and stops the node, which is what a failing disk
 /// deserves.
-pub(crate) fn io_err(
-    subject: ErrorSubject<NodeId>,
-    verb: ErrorVerb,
-    e: impl std::fmt::Display,
-) -> StorageError {
+pub(crate) fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     StorageIOError::new(subject, verb, openraft::AnyError::error(e.to_string())).into()
 }
 

@@ -83,12 +83,7 @@ impl StateMachine {
                 db.flush()?;
             }
         }
-        Ok(StateMachine {
-            db: db.clone(),
-            sm,
-            snapshots,
-            data: Arc::new(RwLock::new(data)),
-        })
+        Ok(StateMachine { db: db.clone(), sm, snapshots, data: Arc::new(RwLock::new(data)) })
     }
 
     /// The in-memory state, shared with the API for local reads.
@@ -100,41 +95,23 @@ impl StateMachine {
         let mut batch = sled::Batch::default();
         for key in data.state.take_dirty() {
             match key {
-                Key::Meta => batch.insert(
-                    META,
-                    codec::encode("meta", &data.state.meta).map_err(write_err)?,
-                ),
+                Key::Meta => batch.insert(META, codec::encode("meta", &data.state.meta).map_err(write_err)?),
                 Key::Node(id) => match data.state.nodes.get(&id) {
-                    Some(n) => batch.insert(
-                        &prefixed(NODE, id),
-                        codec::encode("node", n).map_err(write_err)?,
-                    ),
+                    Some(n) => batch.insert(&prefixed(NODE, id), codec::encode("node", n).map_err(write_err)?),
                     None => batch.remove(&prefixed(NODE, id)),
                 },
                 Key::Vm(id) => match data.state.vms.get(&id) {
-                    Some(v) => batch.insert(
-                        &prefixed(VM, id),
-                        codec::encode("vm", v).map_err(write_err)?,
-                    ),
+                    Some(v) => batch.insert(&prefixed(VM, id), codec::encode("vm", v).map_err(write_err)?),
                     None => batch.remove(&prefixed(VM, id)),
                 },
                 Key::Event(seq) => match data.state.events.iter().find(|e| e.seq == seq) {
-                    Some(e) => batch.insert(
-                        &prefixed(EVENT, seq),
-                        codec::encode("event", e).map_err(write_err)?,
-                    ),
+                    Some(e) => batch.insert(&prefixed(EVENT, seq), codec::encode("event", e).map_err(write_err)?),
                     None => batch.remove(&prefixed(EVENT, seq)),
                 },
             }
         }
-        batch.insert(
-            APPLIED,
-            codec::encode("applied", &data.last_applied).map_err(write_err)?,
-        );
-        batch.insert(
-            MEMBERSHIP,
-            codec::encode("membership", &data.membership).map_err(write_err)?,
-        );
+        batch.insert(APPLIED, codec::encode("applied", &data.last_applied).map_err(write_err)?);
+        batch.insert(MEMBERSHIP, codec::encode("membership", &data.membership).map_err(write_err)?);
         self.sm.apply_batch(batch).map_err(write_err)
     }
 }
@@ -143,8 +120,7 @@ fn read_tree(sm: &sled::Tree) -> Result<SmData> {
     let mut meta = Meta::default();
     let mut last_applied = None;
     let mut membership = StoredMembership::default();
-    let (mut nodes, mut vms, mut events) =
-        (Vec::<Node>::new(), Vec::<Vm>::new(), Vec::<Event>::new());
+    let (mut nodes, mut vms, mut events) = (Vec::<Node>::new(), Vec::<Vm>::new(), Vec::<Event>::new());
     for item in sm.iter() {
         let (key, value) = item?;
         match key.as_ref() {
@@ -154,21 +130,12 @@ fn read_tree(sm: &sled::Tree) -> Result<SmData> {
             k if k.len() == 9 && k[0] == NODE => nodes.push(codec::decode("node", &value)?),
             k if k.len() == 9 && k[0] == VM => vms.push(codec::decode("vm", &value)?),
             k if k.len() == 9 && k[0] == EVENT => events.push(codec::decode("event", &value)?),
-            k => {
-                return Err(crate::Error::Decode {
-                    what: "state machine key",
-                    detail: format!("unknown key {k:?}"),
-                })
-            }
+            k => return Err(crate::Error::Decode { what: "state machine key", detail: format!("unknown key {k:?}") }),
         }
     }
     events.sort_by_key(|e| e.seq);
     let _ = from_be; // keys sort by id already
-    Ok(SmData {
-        state: ClusterState::from_parts(meta, nodes, vms, events),
-        last_applied,
-        membership,
-    })
+    Ok(SmData { state: ClusterState::from_parts(meta, nodes, vms, events), last_applied, membership })
 }
 
 fn write_all(sm: &sled::Tree, data: &SmData) -> Result<()> {
@@ -194,19 +161,13 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SmData> {
     let body: SnapshotBody = codec::decode("snapshot", bytes)?;
     let mut state = body.state;
     state.reindex();
-    Ok(SmData {
-        state,
-        last_applied: body.last_applied,
-        membership: body.membership,
-    })
+    Ok(SmData { state, last_applied: body.last_applied, membership: body.membership })
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = Self;
 
-    async fn applied_state(
-        &mut self,
-    ) -> std::result::Result<(Option<LogId>, StoredMembership), StorageError> {
+    async fn applied_state(&mut self) -> std::result::Result<(Option<LogId>, StoredMembership), StorageError> {
         let data = self.data.read().map_err(read_err)?;
         Ok((data.last_applied, data.membership.clone()))
     }
@@ -241,9 +202,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> std::result::Result<Box<Cursor<Vec<u8>>>, StorageError> {
+    async fn begin_receiving_snapshot(&mut self) -> std::result::Result<Box<Cursor<Vec<u8>>>, StorageError> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -253,13 +212,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> std::result::Result<(), StorageError> {
         let bytes = snapshot.into_inner();
-        let snap_err = |e: crate::Error| {
-            io_err(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Write,
-                e,
-            )
-        };
+        let snap_err = |e: crate::Error| io_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, e);
         let new_data = decode_snapshot(&bytes).map_err(snap_err)?;
         tracing::info!(snapshot = %meta.snapshot_id, last = ?meta.last_log_id, "installing snapshot");
         // Keep the snapshot first: if we crash while rewriting the state tree,
@@ -275,23 +228,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> std::result::Result<Option<Snapshot<TypeConfig>>, StorageError> {
+    async fn get_current_snapshot(&mut self) -> std::result::Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let Some(meta_bytes) = self.snapshots.get(SNAP_META).map_err(read_err)? else {
             return Ok(None);
         };
         let meta: SnapshotMeta = codec::decode("snapshot meta", &meta_bytes).map_err(read_err)?;
-        let data = self
-            .snapshots
-            .get(SNAP_DATA)
-            .map_err(read_err)?
-            .map(|b| b.to_vec())
-            .unwrap_or_default();
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        let data = self.snapshots.get(SNAP_DATA).map_err(read_err)?.map(|b| b.to_vec()).unwrap_or_default();
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
 
@@ -319,17 +262,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, bytes.len()),
             None => format!("empty-{}", bytes.len()),
         };
-        let meta = SnapshotMeta {
-            last_log_id: body.last_applied,
-            last_membership: body.membership,
-            snapshot_id,
-        };
+        let meta = SnapshotMeta { last_log_id: body.last_applied, last_membership: body.membership, snapshot_id };
         save_snapshot(&self.snapshots, &meta, &bytes).map_err(write_err)?;
         self.db.flush_async().await.map_err(write_err)?;
         tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), "built snapshot");
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(bytes)),
-        })
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
     }
 }

@@ -1,0 +1,288 @@
+//! The per-host agent: makes this host's libvirt match the replicated state.
+//!
+//! Each pass reads the VMs placed on this node (local replica) and the
+//! node's tagged domains (libvirt), asks the pure [`plan`] what to do, does
+//! it on the blocking pool, and reports state *transitions* to the cluster
+//! through Raft. A pass runs whenever the local replica applies new entries,
+//! and at least every `resync_ms`, which is how guests that die behind
+//! kvmesh's back are noticed.
+
+pub mod plan;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvmesh_proto as pb;
+use kvmesh_raft::command::{Command, Response};
+use kvmesh_raft::model::{domain_name, vm_id_hex, ClusterState, VmState};
+use tracing::{debug, info, instrument, warn};
+
+use crate::ctx::{forward, is_forwarded, now_ms, NodeCtx};
+use crate::error::{Error, Result};
+use crate::hypervisor::{blocking, DiskRequest, DomainSpec};
+use plan::{Action, Memory, Timing, Want};
+
+/// The VMs placed on `node`, and the ids of every VM in the cluster.
+pub fn wants_for(state: &ClusterState, node: u64) -> (Vec<Want>, BTreeSet<u64>) {
+    let all = state.vms.keys().copied().collect();
+    let wants = state
+        .vms
+        .values()
+        .filter_map(|vm| {
+            let p = vm.placement.filter(|p| p.node == node)?;
+            let reported = vm
+                .reported
+                .as_ref()
+                .filter(|r| r.node == node && r.epoch == p.epoch)
+                .map(|r| (r.state, r.last_error.clone()));
+            Some(Want {
+                vm_id: vm.id,
+                name: vm.name.clone(),
+                domain: domain_name(vm.id),
+                epoch: p.epoch,
+                desired: vm.desired,
+                force_stop: vm.force_stop,
+                desired_gen: vm.desired_gen,
+                restart_gen: vm.restart_gen,
+                deleting: vm.deleting.map(|d| d.keep_disks),
+                reported,
+            })
+        })
+        .collect();
+    (wants, all)
+}
+
+pub async fn run(ctx: Arc<NodeCtx>) {
+    let timing = Timing { shutdown_timeout_ms: ctx.config.shutdown_timeout_ms, ..Timing::default() };
+    let resync = Duration::from_millis(ctx.config.resync_ms);
+    let mut memory: HashMap<u64, Memory> = HashMap::new();
+    let mut metrics = ctx.raft.metrics();
+    loop {
+        let registered = ctx.read(|d| d.state.nodes.contains_key(&ctx.id));
+        let mut acted = false;
+        if registered {
+            match reconcile(&ctx, &mut memory, &timing).await {
+                Ok(n) => acted = n > 0,
+                Err(e) => warn!(error = %e, "reconcile pass failed"),
+            }
+        }
+        if acted {
+            // Look again at once: what we just did changes what libvirt says.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(resync) => {}
+        }
+    }
+}
+
+/// One pass; returns how many actions it took.
+#[instrument(skip_all, fields(node = %ctx.name))]
+async fn reconcile(ctx: &Arc<NodeCtx>, memory: &mut HashMap<u64, Memory>, timing: &Timing) -> Result<usize> {
+    let (wants, all_vms) = ctx.read(|d| wants_for(&d.state, ctx.id));
+    let domains = blocking(&ctx.hypervisor, |hv| hv.list()).await?;
+    let actions = plan::plan(&wants, &domains, &all_vms, memory, now_ms(), timing);
+    let count = actions.len();
+    for action in actions {
+        debug!(?action, "agent action");
+        match action {
+            Action::Report { vm_id, epoch, state, error } => {
+                if let Err(e) = report(ctx, vm_id, epoch, state, error).await {
+                    warn!(vm = %vm_id_hex(vm_id), error = %e, "could not report VM state; will retry");
+                    if let Some(m) = memory.get_mut(&vm_id) {
+                        m.last_sent = None;
+                    }
+                }
+            }
+            Action::Create { vm_id } => {
+                let Some((spec, disk, gen)) = ctx.read(|d| domain_spec(&d.state, vm_id, ctx)) else { continue };
+                let domain = spec.domain.clone();
+                info!(vm = %spec.vm_name, %domain, "defining and starting domain");
+                let result = blocking(&ctx.hypervisor, move |hv| {
+                    hv.define(&spec, &disk)?;
+                    if let Err(e) = hv.start(&spec.domain) {
+                        // Leave nothing half created.
+                        let _ = hv.remove(&spec.domain, spec.vm_id, false);
+                        return Err(e);
+                    }
+                    Ok(())
+                })
+                .await;
+                if let Err(e) = result {
+                    fail(ctx, memory, vm_id, gen, e).await;
+                }
+            }
+            Action::Start { vm_id } | Action::Restart { vm_id } => {
+                let restart = matches!(action, Action::Restart { .. });
+                let Some(gen) = ctx.read(|d| d.state.vms.get(&vm_id).map(|v| v.desired_gen)) else { continue };
+                let domain = domain_name(vm_id);
+                info!(%domain, restart, "starting domain");
+                let result = blocking(&ctx.hypervisor, move |hv| {
+                    if restart {
+                        hv.destroy(&domain)?;
+                    }
+                    hv.start(&domain)
+                })
+                .await;
+                if let Err(e) = result {
+                    fail(ctx, memory, vm_id, gen, e).await;
+                }
+            }
+            Action::Shutdown { domain } => {
+                info!(%domain, "asking the guest to power off (ACPI)");
+                if let Err(e) = blocking(&ctx.hypervisor, move |hv| hv.shutdown(&domain)).await {
+                    warn!(error = %e, "ACPI shutdown failed; will destroy after the timeout");
+                }
+            }
+            Action::Destroy { domain } => {
+                info!(%domain, "destroying domain");
+                if let Err(e) = blocking(&ctx.hypervisor, move |hv| hv.destroy(&domain)).await {
+                    warn!(error = %e, "destroy failed");
+                }
+            }
+            Action::Remove { domain, vm_id, keep_disks } => {
+                info!(%domain, keep_disks, "removing domain that is no longer placed here");
+                if let Err(e) = blocking(&ctx.hypervisor, move |hv| hv.remove(&domain, vm_id, keep_disks)).await {
+                    warn!(error = %e, "remove failed");
+                }
+            }
+        }
+    }
+    Ok(count)
+}
+
+/// Records a failure: reported once, not retried until the operator acts.
+async fn fail(ctx: &Arc<NodeCtx>, memory: &mut HashMap<u64, Memory>, vm_id: u64, gen: u64, e: Error) {
+    warn!(vm = %vm_id_hex(vm_id), error = %e, "VM failed");
+    if let Some(m) = memory.get_mut(&vm_id) {
+        m.failed_gen = Some(gen);
+    }
+    let Some(epoch) = ctx.read(|d| d.state.vms.get(&vm_id).and_then(|v| v.placement).map(|p| p.epoch)) else {
+        return;
+    };
+    if let Err(e) = report(ctx, vm_id, epoch, VmState::Failed, Some(e.to_string())).await {
+        warn!(error = %e, "could not report the failure");
+    }
+}
+
+/// The domain definition of a VM placed here, from the replicated spec.
+fn domain_spec(state: &ClusterState, vm_id: u64, ctx: &NodeCtx) -> Option<(DomainSpec, DiskRequest, u64)> {
+    let vm = state.vms.get(&vm_id)?;
+    let p = vm.placement?;
+    let spec = DomainSpec {
+        domain: domain_name(vm.id),
+        vm_id: vm.id,
+        vm_name: vm.name.clone(),
+        node_id: ctx.id,
+        epoch: p.epoch,
+        domain_type: ctx.config.virt_type.clone(),
+        vcpus: vm.spec.vcpus,
+        memory_mib: vm.spec.memory_mib,
+        disks: Vec::new(),
+        kernel: vm.spec.kernel.clone(),
+        initrd: vm.spec.initrd.clone(),
+        cmdline: vm.spec.cmdline.clone(),
+        network: vm.spec.network.clone(),
+        bridge: vm.spec.bridge.clone(),
+        console_log: None,
+    };
+    let disk = DiskRequest { size_bytes: vm.spec.disk_bytes, base_image: vm.spec.image.clone() };
+    Some((spec, disk, vm.desired_gen))
+}
+
+/// Sends a state transition to the leader (locally if this node leads).
+pub async fn report(
+    ctx: &NodeCtx,
+    vm_id: u64,
+    epoch: u64,
+    state: VmState,
+    error: Option<String>,
+) -> std::result::Result<bool, tonic::Status> {
+    let msg = pb::VmReport {
+        vm_id: vm_id_hex(vm_id),
+        node_id: ctx.id,
+        epoch,
+        state: state.as_str().into(),
+        error,
+        at_ms: now_ms(),
+    };
+    report_on_leader(ctx, msg, false).await.map(|ack| ack.accepted)
+}
+
+/// Commits a report on the leader; used by the agent and by `Host.Report`.
+pub async fn report_on_leader(
+    ctx: &NodeCtx,
+    msg: pb::VmReport,
+    forwarded: bool,
+) -> std::result::Result<pb::ReportAck, tonic::Status> {
+    let vm = kvmesh_raft::model::parse_vm_id(&msg.vm_id)
+        .ok_or_else(|| tonic::Status::invalid_argument(format!("bad vm id {:?}", msg.vm_id)))?;
+    let state = VmState::parse(&msg.state)
+        .ok_or_else(|| tonic::Status::invalid_argument(format!("bad state {:?}", msg.state)))?;
+    let cmd = Command::ReportVm {
+        vm,
+        node: msg.node_id,
+        epoch: msg.epoch,
+        state,
+        error: msg.error.clone(),
+        at_ms: msg.at_ms,
+    };
+    ctx.on_leader(
+        forwarded,
+        || async { Ok(pb::ReportAck { accepted: !matches!(ctx.write(cmd.clone()).await?, Response::Refused(_)) }) },
+        |ch, t| {
+            let msg = msg.clone();
+            async move { pb::host_client::HostClient::new(ch).report(forward(msg, t)).await.map(|r| r.into_inner()) }
+        },
+    )
+    .await
+}
+
+/// The internal `Host` service: reports from other hosts' agents, and this
+/// host's console logs.
+pub struct HostService {
+    ctx: Arc<NodeCtx>,
+}
+
+impl HostService {
+    pub fn new(ctx: Arc<NodeCtx>) -> Self {
+        HostService { ctx }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::host_server::Host for HostService {
+    async fn report(
+        &self,
+        request: tonic::Request<pb::VmReport>,
+    ) -> std::result::Result<tonic::Response<pb::ReportAck>, tonic::Status> {
+        let forwarded = is_forwarded(&request);
+        Ok(tonic::Response::new(report_on_leader(&self.ctx, request.into_inner(), forwarded).await?))
+    }
+
+    async fn read_console(
+        &self,
+        request: tonic::Request<pb::ConsoleRequest>,
+    ) -> std::result::Result<tonic::Response<pb::ConsoleReply>, tonic::Status> {
+        let req = request.into_inner();
+        let reply = local_console(&self.ctx, &req.name, req.bytes).await?;
+        Ok(tonic::Response::new(reply))
+    }
+}
+
+/// Reads the console of a VM that this host runs.
+pub async fn local_console(ctx: &Arc<NodeCtx>, name: &str, bytes: u64) -> Result<pb::ConsoleReply> {
+    let vm = ctx
+        .read(|d| d.state.vm_by_name(name).map(|v| (v.id, v.placement)))
+        .ok_or_else(|| Error::NotFound(format!("no VM named {name:?}")))?;
+    if vm.1.map(|p| p.node) != Some(ctx.id) {
+        return Err(Error::FailedPrecondition(format!("VM {name} does not run on {}", ctx.name)));
+    }
+    let domain = domain_name(vm.0);
+    let bytes = if bytes == 0 { 64 * 1024 } else { bytes };
+    let data = blocking(&ctx.hypervisor, move |hv| hv.console(&domain, bytes)).await?;
+    Ok(pb::ConsoleReply { data, node: ctx.name.clone() })
+}

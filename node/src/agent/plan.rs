@@ -1,0 +1,232 @@
+//! The agent's pure core: given what the cluster wants on this host, what
+//! libvirt reports, and what the agent remembers, decide what to do.
+//!
+//! No I/O and no clock: `now_ms` is an input, so every rule (crash backoff,
+//! the ACPI shutdown timeout, "no retry storm" after a failure) is tested
+//! with plain values.
+
+use std::collections::{BTreeSet, HashMap};
+
+use kvmesh_raft::model::{Desired, VmState};
+
+use crate::hypervisor::{Domain, OffReason, RunState};
+
+/// One VM placed on this host at its current epoch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Want {
+    pub vm_id: u64,
+    pub name: String,
+    pub domain: String,
+    pub epoch: u64,
+    pub desired: Desired,
+    pub force_stop: bool,
+    pub desired_gen: u64,
+    pub restart_gen: u64,
+    /// `Some(keep_disks)` while the VM is being deleted.
+    pub deleting: Option<bool>,
+    /// What the replicated state holds as reported at this epoch.
+    pub reported: Option<(VmState, Option<String>)>,
+}
+
+/// What the agent remembers about a VM between passes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Memory {
+    desired_gen: u64,
+    restart_done: u64,
+    /// The desired generation at which starting failed; no retry until an
+    /// operator asks again (a new generation).
+    pub failed_gen: Option<u64>,
+    crash_restarts: u32,
+    next_start_at_ms: u64,
+    stop_requested_at_ms: Option<u64>,
+    running_since_ms: Option<u64>,
+    /// The last report sent and not yet seen in the replicated state.
+    pub last_sent: Option<(u64, VmState, Option<String>)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Define the domain (and its volumes) if missing, then start it.
+    Create {
+        vm_id: u64,
+    },
+    Start {
+        vm_id: u64,
+    },
+    /// ACPI power-off request.
+    Shutdown {
+        domain: String,
+    },
+    Destroy {
+        domain: String,
+    },
+    /// Power-cycle: destroy, then start.
+    Restart {
+        vm_id: u64,
+    },
+    Remove {
+        domain: String,
+        vm_id: u64,
+        keep_disks: bool,
+    },
+    Report {
+        vm_id: u64,
+        epoch: u64,
+        state: VmState,
+        error: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub shutdown_timeout_ms: u64,
+    /// First crash-restart delay; doubles per crash up to `max_backoff_ms`.
+    pub base_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// A guest up this long has its crash count reset.
+    pub stable_after_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing { shutdown_timeout_ms: 30_000, base_backoff_ms: 1_000, max_backoff_ms: 60_000, stable_after_ms: 60_000 }
+    }
+}
+
+fn report(out: &mut Vec<Action>, want: &Want, mem: &mut Memory, state: VmState, error: Option<String>) {
+    let already = want.reported.as_ref() == Some(&(state, error.clone()));
+    let sent = mem.last_sent.as_ref() == Some(&(want.epoch, state, error.clone()));
+    if already {
+        mem.last_sent = None;
+    } else if !sent {
+        mem.last_sent = Some((want.epoch, state, error.clone()));
+        out.push(Action::Report { vm_id: want.vm_id, epoch: want.epoch, state, error });
+    }
+}
+
+/// Plans one reconcile pass. `all_vms` holds every VM id in the cluster
+/// state, to tell a VM that moved away (keep its disks) from one that is
+/// gone (delete them).
+pub fn plan(
+    wants: &[Want],
+    domains: &[Domain],
+    all_vms: &BTreeSet<u64>,
+    memory: &mut HashMap<u64, Memory>,
+    now_ms: u64,
+    timing: &Timing,
+) -> Vec<Action> {
+    let mut out = Vec::new();
+    let wanted: HashMap<u64, &Want> = wants.iter().map(|w| (w.vm_id, w)).collect();
+
+    // Domains of ours that no current placement covers: destroy them. A stale
+    // epoch means the VM was placed again, so this copy must not run.
+    for d in domains {
+        let current = wanted.get(&d.vm_id).is_some_and(|w| w.epoch == d.epoch);
+        if !current {
+            out.push(Action::Remove { domain: d.name.clone(), vm_id: d.vm_id, keep_disks: all_vms.contains(&d.vm_id) });
+        }
+    }
+    memory.retain(|id, _| wanted.contains_key(id));
+
+    for want in wants {
+        let have = domains.iter().find(|d| d.vm_id == want.vm_id && d.epoch == want.epoch);
+        let mem = memory.entry(want.vm_id).or_insert_with(|| Memory {
+            desired_gen: want.desired_gen,
+            restart_done: want.restart_gen,
+            ..Memory::default()
+        });
+        if mem.desired_gen != want.desired_gen {
+            // An operator asked again: forget failures and crash backoff.
+            *mem = Memory { desired_gen: want.desired_gen, restart_done: mem.restart_done, ..Memory::default() };
+        }
+        if let Some(keep_disks) = want.deleting {
+            if have.is_some() || !keep_disks {
+                out.push(Action::Remove { domain: want.domain.clone(), vm_id: want.vm_id, keep_disks });
+            }
+            report(&mut out, want, mem, VmState::Deleted, None);
+            continue;
+        }
+        match want.desired {
+            Desired::Running => plan_running(&mut out, want, have, mem, now_ms, timing),
+            Desired::Stopped => plan_stopped(&mut out, want, have, mem, now_ms, timing),
+        }
+    }
+    out
+}
+
+fn plan_running(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: &mut Memory, now: u64, t: &Timing) {
+    mem.stop_requested_at_ms = None;
+    if mem.failed_gen == Some(want.desired_gen) {
+        return;
+    }
+    let Some(have) = have else {
+        mem.restart_done = want.restart_gen;
+        out.push(Action::Create { vm_id: want.vm_id });
+        return;
+    };
+    match have.state {
+        RunState::Running => {
+            if want.restart_gen > mem.restart_done {
+                mem.restart_done = want.restart_gen;
+                out.push(Action::Restart { vm_id: want.vm_id });
+                return;
+            }
+            let since = *mem.running_since_ms.get_or_insert(now);
+            if now.saturating_sub(since) >= t.stable_after_ms {
+                mem.crash_restarts = 0;
+            }
+            report(out, want, mem, VmState::Running, None);
+        }
+        RunState::Paused => {}
+        RunState::Off(reason) => {
+            mem.running_since_ms = None;
+            mem.restart_done = want.restart_gen;
+            let was_running = matches!(want.reported, Some((VmState::Running, _)) | Some((VmState::Crashed, _)));
+            if !was_running {
+                // Defined but never started, or started again after a stop.
+                out.push(Action::Start { vm_id: want.vm_id });
+                return;
+            }
+            if now < mem.next_start_at_ms {
+                return;
+            }
+            mem.crash_restarts += 1;
+            let backoff = t.base_backoff_ms.saturating_mul(1 << (mem.crash_restarts - 1).min(16)).min(t.max_backoff_ms);
+            mem.next_start_at_ms = now + backoff;
+            let why = match reason {
+                OffReason::Destroyed => "destroyed outside kvmesh",
+                OffReason::Crashed => "crashed",
+                OffReason::Shutdown => "powered off from inside the guest",
+                OffReason::Other => "stopped unexpectedly",
+            };
+            let note = format!("{why}; restarting (restart {})", mem.crash_restarts);
+            report(out, want, mem, VmState::Crashed, Some(note));
+            out.push(Action::Start { vm_id: want.vm_id });
+        }
+    }
+}
+
+fn plan_stopped(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: &mut Memory, now: u64, t: &Timing) {
+    mem.running_since_ms = None;
+    match have.map(|h| h.state) {
+        Some(RunState::Running) | Some(RunState::Paused) => {
+            let domain = want.domain.clone();
+            match mem.stop_requested_at_ms {
+                _ if want.force_stop => out.push(Action::Destroy { domain }),
+                None => {
+                    mem.stop_requested_at_ms = Some(now);
+                    out.push(Action::Shutdown { domain });
+                }
+                Some(at) if now.saturating_sub(at) >= t.shutdown_timeout_ms => out.push(Action::Destroy { domain }),
+                Some(_) => {}
+            }
+        }
+        Some(RunState::Off(_)) | None => {
+            mem.stop_requested_at_ms = None;
+            report(out, want, mem, VmState::Stopped, None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

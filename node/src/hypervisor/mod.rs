@@ -1,0 +1,91 @@
+//! The hypervisor a node runs its guests on.
+//!
+//! [`Hypervisor`] is synchronous because libvirt is: callers in async code
+//! go through [`blocking`], which runs the call on tokio's blocking pool so
+//! the runtime never stalls on a libvirt round trip. The one production
+//! implementation, [`libvirt::Libvirt`], takes any libvirt URI:
+//! `qemu:///system` on real hosts, or `test:///default`, libvirt's built-in
+//! test driver, which lives inside the node process and needs no daemon.
+
+pub mod libvirt;
+pub mod xml;
+
+use std::sync::Arc;
+
+pub use xml::DomainSpec;
+
+use crate::error::{Error, Result};
+
+/// vCPUs and memory the host offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostCapacity {
+    pub cpus: u32,
+    pub memory_mib: u64,
+}
+
+/// What libvirt says about a domain's run state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    Paused,
+    /// Shut off, with why.
+    Off(OffReason),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffReason {
+    /// Never started, or shut down from inside the guest.
+    Shutdown,
+    /// `virsh destroy` or a killed QEMU process.
+    Destroyed,
+    Crashed,
+    Other,
+}
+
+/// One kvmesh domain of this node, as libvirt reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Domain {
+    pub name: String,
+    pub vm_id: u64,
+    pub epoch: u64,
+    pub state: RunState,
+}
+
+pub trait Hypervisor: Send + Sync + 'static {
+    fn capacity(&self) -> Result<HostCapacity>;
+    /// This node's tagged domains; untagged and other nodes' domains are
+    /// never returned, so they are never touched.
+    fn list(&self) -> Result<Vec<Domain>>;
+    /// Creates the VM's volumes and defines the domain. Nothing is left
+    /// behind when it fails.
+    fn define(&self, spec: &DomainSpec, disk: &DiskRequest) -> Result<()>;
+    fn start(&self, domain: &str) -> Result<()>;
+    /// Asks the guest to power off (ACPI).
+    fn shutdown(&self, domain: &str) -> Result<()>;
+    /// Powers the guest off at once.
+    fn destroy(&self, domain: &str) -> Result<()>;
+    /// Destroys and undefines the domain and, unless `keep_disks`, deletes
+    /// the VM's volumes and console log.
+    fn remove(&self, domain: &str, vm_id: u64, keep_disks: bool) -> Result<()>;
+    /// The last `max_bytes` of the serial console log.
+    fn console(&self, domain: &str, max_bytes: u64) -> Result<Vec<u8>>;
+}
+
+/// The disks a VM asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiskRequest {
+    pub size_bytes: Option<u64>,
+    pub base_image: Option<String>,
+}
+
+/// Runs a hypervisor call on the blocking pool.
+pub async fn blocking<T, F>(hv: &Arc<dyn Hypervisor>, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Hypervisor) -> Result<T> + Send + 'static,
+{
+    let hv = hv.clone();
+    tokio::task::spawn_blocking(move || f(hv.as_ref()))
+        .await
+        .map_err(|e| Error::Hypervisor(format!("hypervisor task failed: {e}")))?
+}

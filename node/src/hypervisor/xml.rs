@@ -1,0 +1,240 @@
+//! libvirt XML for kvmesh domains, storage pools and volumes: generated from
+//! the VM spec with every value escaped, and the kvmesh `<metadata>` tag that
+//! marks a domain as ours (VM id, owning node, placement epoch).
+//!
+//! Pure functions, unit-tested without libvirt.
+
+use std::fmt::Write;
+
+/// XML namespace of kvmesh's domain metadata.
+pub const METADATA_NS: &str = "https://kvmesh.dev/xmlns/domain/1";
+const METADATA_PREFIX: &str = "kvmesh";
+
+/// Everything needed to define one domain.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DomainSpec {
+    pub domain: String,
+    pub vm_id: u64,
+    pub vm_name: String,
+    pub node_id: u64,
+    pub epoch: u64,
+    /// libvirt domain type: kvm, qemu (TCG) or test.
+    pub domain_type: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// Disk image paths, in boot order (qcow2).
+    pub disks: Vec<String>,
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    pub cmdline: Option<String>,
+    pub network: Option<String>,
+    pub bridge: Option<String>,
+    /// Where the serial console is written.
+    pub console_log: Option<String>,
+}
+
+/// The kvmesh tag read back from a domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tag {
+    pub vm_id: u64,
+    pub node_id: u64,
+    pub epoch: u64,
+}
+
+/// Escapes text for XML element content and attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The metadata element alone (also what `virDomainGetMetadata` returns).
+pub fn metadata_xml(tag: &Tag, vm_name: &str) -> String {
+    format!(
+        "<{p}:vm xmlns:{p}=\"{ns}\"><{p}:id>{:016x}</{p}:id><{p}:name>{}</{p}:name><{p}:node>{}</{p}:node><{p}:epoch>{}</{p}:epoch></{p}:vm>",
+        tag.vm_id,
+        escape(vm_name),
+        tag.node_id,
+        tag.epoch,
+        p = METADATA_PREFIX,
+        ns = METADATA_NS,
+    )
+}
+
+/// Reads the kvmesh tag from a metadata element (any namespace prefix).
+pub fn parse_metadata(xml: &str) -> Option<Tag> {
+    let field = |name: &str| -> Option<String> {
+        let open = xml.find(&format!(":{name}>")).or_else(|| xml.find(&format!("<{name}>")))?;
+        let start = open + xml[open..].find('>')? + 1;
+        let end = start + xml[start..].find('<')?;
+        Some(xml[start..end].trim().to_string())
+    };
+    Some(Tag {
+        vm_id: u64::from_str_radix(&field("id")?, 16).ok()?,
+        node_id: field("node")?.parse().ok()?,
+        epoch: field("epoch")?.parse().ok()?,
+    })
+}
+
+/// The domain definition.
+pub fn domain_xml(s: &DomainSpec) -> String {
+    let tag = Tag { vm_id: s.vm_id, node_id: s.node_id, epoch: s.epoch };
+    let mut x = String::new();
+    let _ = writeln!(x, "<domain type='{}'>", escape(&s.domain_type));
+    let _ = writeln!(x, "  <name>{}</name>", escape(&s.domain));
+    let _ = writeln!(x, "  <title>{}</title>", escape(&s.vm_name));
+    let _ = writeln!(x, "  <metadata>{}</metadata>", metadata_xml(&tag, &s.vm_name));
+    let _ = writeln!(x, "  <memory unit='MiB'>{}</memory>", s.memory_mib);
+    let _ = writeln!(x, "  <vcpu>{}</vcpu>", s.vcpus);
+    x.push_str("  <os>\n");
+    if s.domain_type == "test" {
+        x.push_str("    <type>hvm</type>\n");
+    } else {
+        x.push_str("    <type arch='x86_64' machine='pc'>hvm</type>\n");
+    }
+    match &s.kernel {
+        Some(kernel) => {
+            let _ = writeln!(x, "    <kernel>{}</kernel>", escape(kernel));
+            if let Some(initrd) = &s.initrd {
+                let _ = writeln!(x, "    <initrd>{}</initrd>", escape(initrd));
+            }
+            if let Some(cmdline) = &s.cmdline {
+                let _ = writeln!(x, "    <cmdline>{}</cmdline>", escape(cmdline));
+            }
+        }
+        None => x.push_str("    <boot dev='hd'/>\n"),
+    }
+    x.push_str("  </os>\n");
+    x.push_str("  <features><acpi/></features>\n");
+    // A guest that powers off or crashes stays off: the agent decides what
+    // happens next (restart with backoff, or report it stopped).
+    x.push_str(
+        "  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n  <on_crash>destroy</on_crash>\n",
+    );
+    x.push_str("  <devices>\n");
+    for (i, disk) in s.disks.iter().enumerate() {
+        let dev = format!("vd{}", (b'a' + i as u8) as char);
+        let _ = writeln!(
+            x,
+            "    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='{dev}' bus='virtio'/></disk>",
+            escape(disk)
+        );
+    }
+    if let Some(net) = &s.network {
+        let _ = writeln!(
+            x,
+            "    <interface type='network'><source network='{}'/><model type='virtio'/></interface>",
+            escape(net)
+        );
+    }
+    if let Some(br) = &s.bridge {
+        let _ = writeln!(
+            x,
+            "    <interface type='bridge'><source bridge='{}'/><model type='virtio'/></interface>",
+            escape(br)
+        );
+    }
+    if let Some(log) = &s.console_log {
+        let _ = writeln!(x, "    <serial type='file'><source path='{}'/><target port='0'/></serial>", escape(log));
+    }
+    x.push_str("  </devices>\n</domain>\n");
+    x
+}
+
+/// A directory storage pool.
+pub fn pool_xml(name: &str, path: &str) -> String {
+    format!("<pool type='dir'><name>{}</name><target><path>{}</path></target></pool>", escape(name), escape(path))
+}
+
+/// A qcow2 volume; with `backing`, a thin clone of that image.
+pub fn volume_xml(name: &str, capacity_bytes: u64, backing: Option<(&str, &str)>) -> String {
+    let mut x = format!(
+        "<volume><name>{}</name><capacity unit='bytes'>{capacity_bytes}</capacity><target><format type='qcow2'/></target>",
+        escape(name)
+    );
+    if let Some((path, format)) = backing {
+        let _ =
+            write!(x, "<backingStore><path>{}</path><format type='{}'/></backingStore>", escape(path), escape(format));
+    }
+    x.push_str("</volume>");
+    x
+}
+
+/// Format and virtual size of a base image, from its first bytes: qcow2
+/// keeps the size in its header; anything else is raw, sized by the file.
+pub fn image_format_and_size(header: &[u8], file_len: u64) -> (&'static str, u64) {
+    if header.len() >= 32 && header[..4] == *b"QFI\xfb" {
+        let mut size = [0u8; 8];
+        size.copy_from_slice(&header[24..32]);
+        ("qcow2", u64::from_be_bytes(size))
+    } else {
+        ("raw", file_len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> DomainSpec {
+        DomainSpec {
+            domain: "kvmesh-00000000000000ff".into(),
+            vm_id: 255,
+            vm_name: "web<1>&'x'".into(),
+            node_id: 42,
+            epoch: 3,
+            domain_type: "qemu".into(),
+            vcpus: 2,
+            memory_mib: 256,
+            disks: vec!["/d/a b.qcow2".into()],
+            kernel: Some("/boot/vmlinuz".into()),
+            initrd: Some("/boot/initrd".into()),
+            cmdline: Some("console=ttyS0 x=\"1\"".into()),
+            network: Some("default".into()),
+            bridge: None,
+            console_log: Some("/d/console.log".into()),
+        }
+    }
+
+    #[test]
+    fn domain_xml_escapes_and_carries_the_tag() {
+        let x = domain_xml(&spec());
+        assert!(x.contains("<title>web&lt;1&gt;&amp;&apos;x&apos;</title>"), "{x}");
+        assert!(x.contains("<cmdline>console=ttyS0 x=&quot;1&quot;</cmdline>"));
+        assert!(x.contains("<source file='/d/a b.qcow2'/>"));
+        assert!(x.contains("<domain type='qemu'>"));
+        assert!(x.contains("<serial type='file'><source path='/d/console.log'/>"));
+        assert!(!x.contains("<boot dev='hd'/>"), "direct kernel boot has no disk boot");
+        assert_eq!(parse_metadata(&x), Some(Tag { vm_id: 255, node_id: 42, epoch: 3 }));
+        let disk_boot = domain_xml(&DomainSpec { kernel: None, ..spec() });
+        assert!(disk_boot.contains("<boot dev='hd'/>") && !disk_boot.contains("<kernel>"));
+    }
+
+    #[test]
+    fn metadata_roundtrips_with_libvirts_prefix() {
+        // libvirt may hand the element back with its own formatting.
+        let back = "<kvmesh:vm xmlns:kvmesh=\"https://kvmesh.dev/xmlns/domain/1\">\n  <kvmesh:id>00000000000000ff</kvmesh:id>\n  <kvmesh:name>w</kvmesh:name>\n  <kvmesh:node>42</kvmesh:node>\n  <kvmesh:epoch>3</kvmesh:epoch>\n</kvmesh:vm>";
+        assert_eq!(parse_metadata(back), Some(Tag { vm_id: 255, node_id: 42, epoch: 3 }));
+        assert_eq!(parse_metadata("<other/>"), None);
+    }
+
+    #[test]
+    fn volumes_and_images() {
+        let v = volume_xml("x.qcow2", 1 << 30, Some(("/base's.img", "raw")));
+        assert!(v.contains("<backingStore><path>/base&apos;s.img</path><format type='raw'/>"));
+        let mut header = vec![0u8; 32];
+        header[..4].copy_from_slice(b"QFI\xfb");
+        header[24..32].copy_from_slice(&(5u64 << 30).to_be_bytes());
+        assert_eq!(image_format_and_size(&header, 1000), ("qcow2", 5 << 30));
+        assert_eq!(image_format_and_size(b"plain", 4096), ("raw", 4096));
+    }
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs and starts a local libvirtd with QEMU for kvmesh's real-guest tests
+# (Debian/Ubuntu, as root, no systemd needed). Idempotent.
+#
+#   scripts/libvirtd.sh          install if needed, configure, start, wait until it answers
+#
+# Configuration follows ../shared/notes/libvirt-and-qemu-here.md: QEMU runs as
+# root without a security driver, cgroups or namespaces, which is what works in
+# containers and CI machines. Do not use this configuration on a production host.
+set -euo pipefail
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+
+pkgs=(libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils libvirt-clients)
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "libvirtd: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if virsh -c qemu:///system version >/dev/null 2>&1; then
+  echo "libvirtd: already running"
+  exit 0
+fi
+
+getent group kvm >/dev/null || $SUDO groupadd -r kvm
+getent group libvirt-qemu >/dev/null || $SUDO groupadd -r libvirt-qemu
+id libvirt-qemu >/dev/null 2>&1 || $SUDO useradd -r -g kvm -s /usr/sbin/nologin libvirt-qemu
+$SUDO mkdir -p /var/log/libvirt /var/run/libvirt /var/lib/libvirt/qemu /var/lib/libvirt/images /etc/libvirt
+conf=/etc/libvirt/qemu.conf
+if ! grep -q '^# kvmesh test settings' "$conf" 2>/dev/null; then
+  $SUDO tee -a "$conf" >/dev/null <<'CONF'
+# kvmesh test settings
+user = "root"
+group = "root"
+security_driver = "none"
+dynamic_ownership = 0
+remember_owner = 0
+cgroup_controllers = [ ]
+namespaces = [ ]
+CONF
+fi
+pgrep -x virtlogd >/dev/null || $SUDO virtlogd -d
+pgrep -x libvirtd >/dev/null || $SUDO libvirtd -d
+for _ in $(seq 50); do
+  if virsh -c qemu:///system version >/dev/null 2>&1; then
+    echo "libvirtd: running ($(virsh -c qemu:///system version | grep -i 'running hypervisor' || true))"
+    exit 0
+  fi
+  sleep 0.2
+done
+echo "libvirtd did not answer on qemu:///system; see /var/log/libvirt/libvirtd.log" >&2
+exit 1

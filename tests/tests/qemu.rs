@@ -1,0 +1,208 @@
+//! Real guests: QEMU under libvirtd (`qemu:///system`, TCG), booted through
+//! kvmesh and checked from the outside with `virsh`.
+//!
+//! Needs a running libvirtd and the test guest; `scripts/test.sh` provides
+//! both (scripts/libvirtd.sh, scripts/make-test-guest.sh).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use kvmesh_tests::{wait_for, Cluster};
+
+const URI: &str = "qemu:///system";
+
+fn virsh(args: &[&str]) -> (bool, String) {
+    let out = Command::new("virsh").args(["-c", URI]).args(args).output().expect("virsh");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn guest() -> Result<(String, String)> {
+    let dir = std::env::var("KVMESH_TEST_GUEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/test-guest")));
+    let (k, i) = (dir.join("vmlinuz"), dir.join("initrd.gz"));
+    if !k.exists() || !i.exists() {
+        bail!("test guest missing in {}: run scripts/make-test-guest.sh (scripts/test.sh does)", dir.display());
+    }
+    if !virsh(&["version"]).0 {
+        bail!("libvirtd does not answer on {URI}: run scripts/libvirtd.sh (scripts/test.sh does)");
+    }
+    Ok((k.to_string_lossy().into_owned(), i.to_string_lossy().into_owned()))
+}
+
+/// Two nodes sharing the machine's libvirtd (kept apart by their tags).
+fn qemu_cluster() -> Result<Cluster> {
+    let mut c = Cluster::new();
+    c.libvirt_uri = URI.into();
+    c.spawn("h1", None, &["--virt-type", "qemu"])?;
+    c.cli_ok(0, &["cluster", "init"])?;
+    let first = c.addr(0);
+    c.spawn("h2", Some(&first), &["--virt-type", "qemu"])?;
+    c.wait_members(0, 2, 2)?;
+    Ok(c)
+}
+
+fn pool(c: &Cluster, i: usize) -> String {
+    format!("kvmesh-{:016x}", c.node_id(i).unwrap())
+}
+
+/// Removes the nodes' domains (left by a failed test) and storage pools
+/// from the shared libvirtd.
+fn cleanup(c: &mut Cluster) {
+    for n in &mut c.nodes {
+        n.kill();
+    }
+    let ids: Vec<u64> = (0..c.nodes.len()).filter_map(|i| c.node_id(i).ok()).collect();
+    let names = virsh(&["list", "--all", "--name"]).1;
+    for domain in names.lines().map(str::trim).filter(|d| d.starts_with("kvmesh-")) {
+        let meta = virsh(&["metadata", domain, "https://kvmesh.dev/xmlns/domain/1"]).1;
+        if ids.iter().any(|id| meta.contains(&format!("node>{id}<"))) {
+            virsh(&["destroy", domain]);
+            virsh(&["undefine", domain]);
+        }
+    }
+    for id in ids {
+        let p = format!("kvmesh-{id:016x}");
+        virsh(&["pool-destroy", &p]);
+        virsh(&["pool-undefine", &p]);
+    }
+}
+
+fn index_of(c: &Cluster, name: &str) -> usize {
+    c.nodes.iter().position(|n| n.name == name).unwrap()
+}
+
+#[test]
+fn a_real_guest_boots_is_reachable_by_console_and_comes_back_when_killed() -> Result<()> {
+    let (kernel, initrd) = guest()?;
+    let mut c = qemu_cluster()?;
+    let result = (|| -> Result<()> {
+        let start = Instant::now();
+        let vm = c.cli_ok(
+            0,
+            &[
+                "vm",
+                "create",
+                "g1",
+                "--memory",
+                "128",
+                "--disk",
+                "64M",
+                "--kernel",
+                &kernel,
+                "--initrd",
+                &initrd,
+                "--cmdline",
+                "console=ttyS0",
+                "--wait",
+            ],
+        )?;
+        eprintln!("vm create --wait -> running with a real TCG guest: {:?}", start.elapsed());
+        assert_eq!(vm["state"], "running");
+        let domain = vm["domain"].as_str().unwrap().to_string();
+        let host = index_of(&c, vm["node"].as_str().unwrap());
+        let other = 1 - host;
+        assert_eq!(virsh(&["domstate", &domain]).1.trim(), "running");
+
+        // The console marker, read through a node that does not host the guest.
+        let console = wait_for("the guest's marker on its console", Duration::from_secs(60), || {
+            let r = c.cli(other, &["vm", "console", "g1", "--bytes", "1000000"]);
+            let v: serde_json::Value = serde_json::from_str(&r.stdout).ok()?;
+            let data = v["data"].as_str()?.to_string();
+            data.contains("KVMESH-TEST-GUEST-UP").then_some(data)
+        })?;
+        assert!(console.contains("Linux version"), "kernel boot log expected too");
+
+        // Killed behind kvmesh's back: running again within 10 s.
+        let (ok, text) = virsh(&["destroy", &domain]);
+        assert!(ok, "{text}");
+        let killed = Instant::now();
+        wait_for("the guest to run again", Duration::from_secs(10), || {
+            (virsh(&["domstate", &domain]).1.trim() == "running").then_some(())
+        })?;
+        eprintln!("guest destroyed with virsh -> running again: {:?}", killed.elapsed());
+        let events = c.cli(other, &["events"]).stdout;
+        assert!(events.contains("destroyed outside kvmesh; restarting (restart 1)"), "{events}");
+
+        // Stop, start, delete: virsh agrees at each step.
+        c.cli_ok(other, &["vm", "stop", "g1", "--force"])?;
+        c.wait_vm_state(other, "g1", "stopped", Duration::from_secs(20))?;
+        assert_eq!(virsh(&["domstate", &domain]).1.trim(), "shut off");
+        c.cli_ok(other, &["vm", "start", "g1"])?;
+        c.wait_vm_state(other, "g1", "running", Duration::from_secs(20))?;
+        assert_eq!(virsh(&["domstate", &domain]).1.trim(), "running");
+        let vol = format!("{}-disk0.qcow2", vm["id"].as_str().unwrap());
+        assert!(virsh(&["vol-list", &pool(&c, host)]).1.contains(&vol));
+        c.cli_ok(other, &["vm", "delete", "g1"])?;
+        wait_for("g1 gone", Duration::from_secs(20), || c.vm_names(other).ok()?.is_empty().then_some(()))?;
+        assert!(!virsh(&["dominfo", &domain]).0, "domain still defined");
+        assert!(!virsh(&["vol-list", &pool(&c, host)]).1.contains(&vol), "volume left behind");
+        Ok(())
+    })();
+    cleanup(&mut c);
+    result
+}
+
+#[test]
+fn images_are_thin_clones_and_failures_leave_nothing_behind() -> Result<()> {
+    let (kernel, initrd) = guest()?;
+    let mut c = qemu_cluster()?;
+    let result = (|| -> Result<()> {
+        let base = c.dir.path().join("base.qcow2");
+        let out = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&base).arg("32M").output()?;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let base = base.to_string_lossy().into_owned();
+        let vm = c.cli_ok(
+            0,
+            &[
+                "vm", "create", "thin", "--memory", "128", "--image", &base, "--kernel", &kernel, "--initrd", &initrd,
+                "--wait",
+            ],
+        )?;
+        let host = index_of(&c, vm["node"].as_str().unwrap());
+        let vol = format!("{}-disk0.qcow2", vm["id"].as_str().unwrap());
+        let (ok, xml) = virsh(&["vol-dumpxml", "--pool", &pool(&c, host), &vol]);
+        assert!(ok, "{xml}");
+        assert!(xml.contains("<backingStore>") && xml.contains(&base), "not a clone of the base: {xml}");
+        // --keep-disks: the domain goes, the volume stays.
+        let domain = vm["domain"].as_str().unwrap().to_string();
+        c.cli_ok(0, &["vm", "delete", "thin", "--keep-disks"])?;
+        wait_for("thin gone", Duration::from_secs(20), || c.vm_names(0).ok()?.is_empty().then_some(()))?;
+        assert!(!virsh(&["dominfo", &domain]).0);
+        assert!(virsh(&["vol-list", &pool(&c, host)]).1.contains(&vol), "--keep-disks deleted the volume");
+
+        // libvirt refuses to start it (no such network): failed with libvirt's
+        // message, and no domain or volume left behind.
+        let r = c.cli(
+            0,
+            &[
+                "vm",
+                "create",
+                "nonet",
+                "--memory",
+                "64",
+                "--disk",
+                "16M",
+                "--network",
+                "no-such-net",
+                "--kernel",
+                &kernel,
+                "--wait",
+            ],
+        );
+        assert!(!r.success);
+        assert!(r.stderr.contains("no-such-net"), "{}", r.stderr);
+        let vm = c.vm(1, "nonet")?;
+        assert_eq!(vm["state"], "failed");
+        let host = index_of(&c, vm["node"].as_str().unwrap());
+        assert!(!virsh(&["dominfo", vm["domain"].as_str().unwrap()]).0, "failed domain left defined");
+        let nonet_vol = format!("{}-disk0.qcow2", vm["id"].as_str().unwrap());
+        assert!(!virsh(&["vol-list", &pool(&c, host)]).1.contains(&nonet_vol), "failed VM's volume left behind");
+        Ok(())
+    })();
+    cleanup(&mut c);
+    result
+}
