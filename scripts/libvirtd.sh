@@ -41,14 +41,17 @@ cgroup_controllers = [ ]
 namespaces = [ ]
 CONF
 fi
-pgrep -x virtlogd >/dev/null || $SUDO virtlogd -d
-pgrep -x libvirtd >/dev/null || $SUDO libvirtd -d
-for _ in $(seq 50); do
+# A daemon killed earlier (kill -9, a previous CI run) leaves pid files and
+# sockets behind; a fresh start copes, but the first start after that can die
+# or hang, so (re)start until it answers.
+for _ in $(seq 60); do
   if virsh -c qemu:///system version >/dev/null 2>&1; then
     echo "libvirtd: running ($(virsh -c qemu:///system version | grep -i 'running hypervisor' || true))"
     exit 0
   fi
-  sleep 0.2
+  pgrep -x virtlogd >/dev/null || $SUDO virtlogd -d
+  pgrep -x libvirtd >/dev/null || $SUDO libvirtd -d
+  sleep 1
 done
-echo "libvirtd did not answer on qemu:///system; see /var/log/libvirt/libvirtd.log" >&2
+echo "libvirtd did not answer on qemu:///system within 60 s; see /var/log/libvirt/libvirtd.log" >&2
 exit 1

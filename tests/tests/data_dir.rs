@@ -1,5 +1,6 @@
-//! A wrong, foreign or damaged data dir is refused with a message, never
-//! started as a blank node.
+//! A wrong, foreign or damaged data dir, or a hypervisor that cannot be
+//! reached, is refused with a message that says what to do; a damaged store
+//! is never started as a blank node.
 
 use std::process::Command;
 use std::time::Duration;
@@ -13,6 +14,7 @@ fn serve_refused(args: &[&str]) -> String {
     let listen = format!("127.0.0.1:{port}");
     let mut child = Command::new(kvmesh_bin())
         .args(["serve", "--listen", &listen])
+        .args(if args.contains(&"--libvirt-uri") { &[][..] } else { &["--libvirt-uri", "test:///default"][..] })
         .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -84,4 +86,19 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()>
         }
     }
     Ok(())
+}
+
+#[test]
+fn an_unreachable_libvirt_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = serve_refused(&[
+        "--name",
+        "x",
+        "--data-dir",
+        dir.path().join("x").to_str().unwrap(),
+        "--libvirt-uri",
+        "qemu+tcp://127.0.0.1:1/system",
+    ]);
+    assert!(err.contains("cannot connect to libvirt at qemu+tcp://127.0.0.1:1/system"), "{err}");
+    assert!(err.contains("Start libvirtd") && err.contains("test:///default"), "{err}");
 }
