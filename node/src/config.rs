@@ -58,6 +58,9 @@ pub struct ServeConfig {
     pub cpus: Option<u32>,
     /// Override the host's memory in MiB (for test clusters).
     pub memory_mib: Option<u64>,
+    /// Labels the scheduler can match (`--node-label`, `--prefer-label`),
+    /// e.g. `rack = "r1"`, `ssd = "true"`.
+    pub labels: std::collections::BTreeMap<String, String>,
     /// How long a client write keeps retrying through elections. Default 10000 ms.
     pub write_timeout_ms: u64,
     /// libvirt connection: `qemu:///system` (default) on real hosts, or
@@ -85,6 +88,7 @@ impl Default for ServeConfig {
             join: None,
             cpus: None,
             memory_mib: None,
+            labels: Default::default(),
             write_timeout_ms: 10_000,
             libvirt_uri: "qemu:///system".into(),
             virt_type: "kvm".into(),

@@ -175,6 +175,7 @@ async fn join_cluster(ctx: &NodeCtx, target: &str) -> Result<()> {
         cpus: ctx.cpus,
         memory_mib: ctx.memory_mib,
         protocol_version: kvmesh_proto::PROTOCOL_VERSION,
+        labels: ctx.config.labels.clone().into_iter().collect(),
     };
     let deadline = tokio::time::Instant::now() + JOIN_DEADLINE;
     let mut backoff = Duration::from_millis(200);

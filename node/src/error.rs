@@ -60,7 +60,9 @@ impl From<Refusal> for Error {
                 Error::AlreadyExists(msg)
             }
             Refusal::UnknownNode { .. } | Refusal::UnknownVm { .. } => Error::NotFound(msg),
-            Refusal::StaleReport | Refusal::VmBeingDeleted { .. } => Error::FailedPrecondition(msg),
+            Refusal::StaleReport | Refusal::VmBeingDeleted { .. } | Refusal::AntiAffinityConflict { .. } => {
+                Error::FailedPrecondition(msg)
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ mod data_dir;
 mod error;
 mod host;
 mod hypervisor;
+mod placement;
 
 use clap::Parser;
 

@@ -20,11 +20,66 @@ pub type VmId = u64;
 pub struct Settings {
     /// The leader promotes joining nodes to voters up to this count.
     pub max_voters: u32,
+    pub placement: PlacementSettings,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { max_voters: 3 }
+        Settings { max_voters: 3, placement: PlacementSettings::default() }
+    }
+}
+
+/// How the leader places VMs (`kvmesh cluster policy set`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Policy {
+    #[default]
+    Spread,
+    Pack,
+    Balanced,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Spread => "spread",
+            Policy::Pack => "pack",
+            Policy::Balanced => "balanced",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "spread" => Some(Policy::Spread),
+            "pack" => Some(Policy::Pack),
+            "balanced" => Some(Policy::Balanced),
+            _ => None,
+        }
+    }
+}
+
+/// Overcommit ratios are kept in thousandths so the replicated state holds
+/// no floats (4000 = 4.0 vCPUs per CPU).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementSettings {
+    pub policy: Policy,
+    pub cpu_overcommit_milli: u32,
+    pub memory_overcommit_milli: u32,
+}
+
+impl Default for PlacementSettings {
+    fn default() -> Self {
+        PlacementSettings { policy: Policy::Spread, cpu_overcommit_milli: 4000, memory_overcommit_milli: 1000 }
+    }
+}
+
+impl PlacementSettings {
+    /// vCPUs that may be placed on a node with `cpus` CPUs.
+    pub fn vcpu_capacity(&self, cpus: u32) -> u64 {
+        cpus as u64 * self.cpu_overcommit_milli as u64 / 1000
+    }
+
+    pub fn memory_capacity(&self, memory_mib: u64) -> u64 {
+        memory_mib.saturating_mul(self.memory_overcommit_milli as u64) / 1000
     }
 }
 
@@ -57,6 +112,7 @@ pub struct Node {
     pub memory_mib: u64,
     pub state: NodeState,
     pub joined_at_ms: u64,
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +146,20 @@ pub struct VmSpec {
     /// NIC on a libvirt network, or on a host bridge.
     pub network: Option<String>,
     pub bridge: Option<String>,
+    /// Higher restarts first when a host dies.
+    pub priority: i32,
+    /// Only on the node with this name.
+    pub pin: Option<String>,
+    /// Only on nodes with all these labels.
+    pub required_labels: BTreeMap<String, String>,
+    /// Nodes with these labels are preferred.
+    pub preferred_labels: BTreeMap<String, String>,
+    /// Hard: no two members on one host.
+    pub anti_affinity: Option<String>,
+    /// Soft: members spread out when possible.
+    pub soft_anti_affinity: Option<String>,
+    /// Hard: members together on one host.
+    pub affinity: Option<String>,
 }
 
 /// What the owning host last reported about a VM.
@@ -279,6 +349,19 @@ impl ClusterState {
             }
         }
         (cpus, mem, count)
+    }
+
+    /// VMs of `group` (in any of its group roles) placed on `node`.
+    pub fn group_members_on(&self, node: NodeId, group: &str) -> u32 {
+        self.vms
+            .values()
+            .filter(|v| v.placement.map(|p| p.node) == Some(node))
+            .filter(|v| {
+                [&v.spec.anti_affinity, &v.spec.soft_anti_affinity, &v.spec.affinity]
+                    .into_iter()
+                    .any(|g| g.as_deref() == Some(group))
+            })
+            .count() as u32
     }
 
     /// Takes the keys changed since the last call.

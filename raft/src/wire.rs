@@ -29,6 +29,13 @@ pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
         network: vm.spec.network.clone(),
         bridge: vm.spec.bridge.clone(),
         domain: domain_name(vm.id),
+        priority: vm.spec.priority,
+        pin: vm.spec.pin.clone(),
+        required_labels: vm.spec.required_labels.clone().into_iter().collect(),
+        preferred_labels: vm.spec.preferred_labels.clone().into_iter().collect(),
+        anti_affinity: vm.spec.anti_affinity.clone(),
+        soft_anti_affinity: vm.spec.soft_anti_affinity.clone(),
+        affinity: vm.spec.affinity.clone(),
     }
 }
 

@@ -68,8 +68,8 @@ pub async fn run(ctx: Arc<NodeCtx>) {
             }
         }
         if acted {
-            // Look again at once: what we just did changes what libvirt says.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Look again soon: what we just did changes what libvirt says.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
         tokio::select! {

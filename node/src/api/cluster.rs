@@ -11,7 +11,9 @@ use openraft::ServerState;
 use tonic::{Request, Response, Status};
 
 use super::membership;
-use crate::ctx::{forward, is_forwarded, NodeCtx};
+use crate::ctx::{forward, is_forwarded, now_ms, NodeCtx};
+use kvmesh_raft::command::Command;
+use kvmesh_raft::model::{PlacementSettings, Policy};
 
 pub struct ClusterService {
     ctx: Arc<NodeCtx>,
@@ -166,6 +168,69 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(list_nodes(ctx)))
     }
 
+    async fn get_policy(
+        &self,
+        _request: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::PlacementPolicy>, Status> {
+        Ok(Response::new(self.ctx.read(|d| crate::placement::policy_pb(&d.state.meta.settings.placement))))
+    }
+
+    async fn set_policy(
+        &self,
+        request: Request<pb::SetPolicyRequest>,
+    ) -> Result<Response<pb::PlacementPolicy>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let policy = Policy::parse(&req.policy).ok_or_else(|| {
+            Status::invalid_argument(format!("unknown policy {:?}: use spread, pack or balanced", req.policy))
+        })?;
+        let ctx = &self.ctx;
+        let r = ctx
+            .on_leader(
+                forwarded,
+                || async {
+                    let current = ctx.read(|d| d.state.meta.settings.placement);
+                    let milli = |v: Option<f64>, cur: u32, name: &str| -> crate::error::Result<u32> {
+                        match v {
+                            None => Ok(cur),
+                            Some(v) if (0.1..=100.0).contains(&v) => Ok((v * 1000.0).round() as u32),
+                            Some(v) => Err(crate::error::Error::InvalidArgument(format!(
+                                "--{name}-overcommit must be between 0.1 and 100 (got {v})"
+                            ))),
+                        }
+                    };
+                    let placement = PlacementSettings {
+                        policy,
+                        cpu_overcommit_milli: milli(req.cpu_overcommit, current.cpu_overcommit_milli, "cpu")?,
+                        memory_overcommit_milli: milli(
+                            req.memory_overcommit,
+                            current.memory_overcommit_milli,
+                            "memory",
+                        )?,
+                    };
+                    ctx.write(Command::SetPlacement { placement, at_ms: now_ms() }).await?;
+                    Ok(crate::placement::policy_pb(&placement))
+                },
+                |ch, t| {
+                    let req = req.clone();
+                    async move { ClusterClient::new(ch).set_policy(forward(req, t)).await.map(|r| r.into_inner()) }
+                },
+            )
+            .await?;
+        Ok(Response::new(r))
+    }
+
+    async fn capacity(&self, _request: Request<pb::CapacityRequest>) -> Result<Response<pb::CapacityReport>, Status> {
+        let report = self.ctx.read(|d| {
+            let p = d.state.meta.settings.placement;
+            let settings = crate::placement::settings(&p);
+            let nodes = crate::placement::node_views(&d.state, None);
+            let r = kvmesh_scheduler::ha_reservation(&nodes, &crate::placement::ha_vms(&d.state), &settings);
+            crate::placement::capacity_pb(&r, p.policy.as_str())
+        });
+        Ok(Response::new(report))
+    }
+
     async fn list_events(
         &self,
         request: Request<pb::ListEventsRequest>,
@@ -204,6 +269,7 @@ fn list_nodes(ctx: &NodeCtx) -> pb::ListNodesResponse {
                     allocated_vcpus: cpus,
                     allocated_memory_mib: mem,
                     role: role.into(),
+                    labels: n.labels.clone().into_iter().collect(),
                 }
             })
             .collect()

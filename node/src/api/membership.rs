@@ -56,7 +56,7 @@ pub async fn init(ctx: &NodeCtx, max_voters: u32) -> Result<pb::InitResponse> {
     let cluster_id = new_cluster_id();
     let cmd = Command::Init {
         cluster_id: cluster_id.clone(),
-        settings: Settings { max_voters },
+        settings: Settings { max_voters, ..Settings::default() },
         node: self_record(ctx),
         at_ms: now_ms(),
     };
@@ -81,6 +81,7 @@ pub fn self_record(ctx: &NodeCtx) -> Node {
         memory_mib: ctx.memory_mib,
         state: NodeState::Up,
         joined_at_ms: now_ms(),
+        labels: ctx.config.labels.clone(),
     }
 }
 
@@ -120,6 +121,7 @@ pub async fn join(ctx: &NodeCtx, req: pb::JoinRequest) -> Result<pb::JoinRespons
         memory_mib: req.memory_mib,
         state: NodeState::Up,
         joined_at_ms: now_ms(),
+        labels: req.labels.clone().into_iter().collect(),
     };
     if let Response::Refused(r) = ctx.write(Command::AddNode { node, at_ms: now_ms() }).await? {
         return Err(r.into());

@@ -6,14 +6,15 @@ use std::sync::Arc;
 use kvmesh_proto as pb;
 use kvmesh_proto::vms_client::VmsClient;
 use kvmesh_raft::command::{Command, Refusal, Response as CmdResponse};
-use kvmesh_raft::model::{ClusterState, Desired, NodeState, Placement, Vm, VmSpec};
+use kvmesh_raft::model::{Desired, Placement, Vm, VmSpec};
 use kvmesh_raft::wire;
-use kvmesh_scheduler::{self as scheduler, Decision, NodeView, VmRequest};
+use kvmesh_scheduler::{self as scheduler, Decision};
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
 use crate::ctx::{forward, is_forwarded, now_ms, NodeCtx};
 use crate::error::{Error, Result};
+use crate::placement;
 
 /// How often a create re-plans when a concurrent placement took its spot.
 const PLACEMENT_ATTEMPTS: usize = 5;
@@ -28,28 +29,17 @@ impl VmsService {
     }
 }
 
-/// The scheduler's view of every node.
-pub fn node_views(state: &ClusterState) -> Vec<NodeView> {
-    state
-        .nodes
-        .values()
-        .map(|n| {
-            let (cpus, mem, _) = state.allocated(n.id);
-            NodeView {
-                id: n.id,
-                name: n.name.clone(),
-                schedulable: n.state == NodeState::Up,
-                state: n.state.as_str().into(),
-                cpus: n.cpus,
-                memory_mib: n.memory_mib,
-                allocated_vcpus: cpus,
-                allocated_memory_mib: mem,
-            }
-        })
-        .collect()
+fn label_map(m: &std::collections::HashMap<String, String>) -> Result<std::collections::BTreeMap<String, String>> {
+    for (k, v) in m {
+        if k.is_empty() || k.contains('=') || v.contains('=') {
+            return Err(Error::InvalidArgument(format!("bad label {k}={v}: use key=value")));
+        }
+    }
+    Ok(m.clone().into_iter().collect())
 }
 
-fn validate_create(req: &pb::CreateVmRequest) -> Result<VmRequest> {
+/// Checks a create request and turns it into the replicated spec.
+fn validate_create(req: &pb::CreateVmRequest) -> Result<VmSpec> {
     crate::config::validate_vm_name(&req.name).map_err(Error::InvalidArgument)?;
     // Paths name files on the host that will run the VM, so they must not
     // depend on the client's working directory.
@@ -71,15 +61,37 @@ fn validate_create(req: &pb::CreateVmRequest) -> Result<VmRequest> {
     if req.network.is_some() && req.bridge.is_some() {
         return Err(Error::InvalidArgument("use --network or --bridge, not both".into()));
     }
-    let vm = VmRequest { name: req.name.clone(), vcpus: req.vcpus, memory_mib: req.memory_mib };
-    vm.validate().map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    Ok(vm)
+    if req.affinity.is_some() && req.affinity == req.anti_affinity {
+        return Err(Error::InvalidArgument("a group cannot be both --affinity and --anti-affinity".into()));
+    }
+    let spec = VmSpec {
+        vcpus: req.vcpus,
+        memory_mib: req.memory_mib,
+        ha: req.ha,
+        disk_bytes: (req.disk_bytes > 0).then_some(req.disk_bytes),
+        image: req.image.clone(),
+        kernel: req.kernel.clone(),
+        initrd: req.initrd.clone(),
+        cmdline: req.cmdline.clone(),
+        network: req.network.clone(),
+        bridge: req.bridge.clone(),
+        priority: req.priority,
+        pin: req.pin.clone(),
+        required_labels: label_map(&req.required_labels)?,
+        preferred_labels: label_map(&req.preferred_labels)?,
+        anti_affinity: req.anti_affinity.clone(),
+        soft_anti_affinity: req.soft_anti_affinity.clone(),
+        affinity: req.affinity.clone(),
+    };
+    placement::vm_request(0, &req.name, &spec).validate().map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    Ok(spec)
 }
 
 /// Places and records a VM. Runs on the leader.
 #[instrument(skip_all, fields(node = %ctx.name, vm = %req.name))]
-async fn create_on_leader(ctx: &NodeCtx, req: &pb::CreateVmRequest, vm_req: &VmRequest) -> Result<pb::Vm> {
+async fn create_on_leader(ctx: &NodeCtx, req: &pb::CreateVmRequest, spec: &VmSpec) -> Result<pb::Vm> {
     for _ in 0..PLACEMENT_ATTEMPTS {
+        let id = rand::random::<u64>() >> 1;
         let decision = ctx.read(|d| {
             if let Some(existing) = d.state.vm_by_name(&req.name) {
                 if !req.request_id.is_empty() && existing.request_id == req.request_id {
@@ -87,7 +99,9 @@ async fn create_on_leader(ctx: &NodeCtx, req: &pb::CreateVmRequest, vm_req: &VmR
                 }
                 return Err(Error::from(Refusal::VmNameTaken { name: req.name.clone() }));
             }
-            Ok(Ok(scheduler::place(&node_views(&d.state), vm_req)))
+            let settings = placement::settings(&d.state.meta.settings.placement);
+            let vm = placement::vm_request(id, &req.name, spec);
+            Ok(Ok(scheduler::place(&placement::node_views(&d.state, None), &vm, &settings)))
         })?;
         let decision = match decision {
             Err(already_created) => return Ok(already_created),
@@ -106,20 +120,9 @@ async fn create_on_leader(ctx: &NodeCtx, req: &pb::CreateVmRequest, vm_req: &VmR
             }
         };
         let vm = Vm {
-            id: rand::random::<u64>() >> 1,
+            id,
             name: req.name.clone(),
-            spec: VmSpec {
-                vcpus: req.vcpus,
-                memory_mib: req.memory_mib,
-                ha: req.ha,
-                disk_bytes: (req.disk_bytes > 0).then_some(req.disk_bytes),
-                image: req.image.clone(),
-                kernel: req.kernel.clone(),
-                initrd: req.initrd.clone(),
-                cmdline: req.cmdline.clone(),
-                network: req.network.clone(),
-                bridge: req.bridge.clone(),
-            },
+            spec: spec.clone(),
             desired: Desired::Running,
             placement: Some(Placement { node: node_id, epoch: 1 }),
             created_at_ms: now_ms(),
@@ -135,7 +138,8 @@ async fn create_on_leader(ctx: &NodeCtx, req: &pb::CreateVmRequest, vm_req: &VmR
                 info!(placed_on = %node_name, "vm created");
                 return Ok(ctx.read(|d| wire::vm(&d.state, &vm)));
             }
-            CmdResponse::Refused(Refusal::NoLongerFits { node }) => {
+            CmdResponse::Refused(Refusal::NoLongerFits { node })
+            | CmdResponse::Refused(Refusal::AntiAffinityConflict { node, .. }) => {
                 info!(%node, "placement lost a race; planning again");
             }
             CmdResponse::Refused(r) => return Err(r.into()),
@@ -143,6 +147,26 @@ async fn create_on_leader(ctx: &NodeCtx, req: &pb::CreateVmRequest, vm_req: &VmR
         }
     }
     Err(Error::Unavailable(format!("VM {} lost the placement race {PLACEMENT_ATTEMPTS} times; retry", req.name)))
+}
+
+/// Each node's filter result and score, for an existing VM or a spec.
+fn explain(ctx: &NodeCtx, req: &pb::ExplainRequest) -> Result<pb::Explanation> {
+    let spec = req.spec.as_ref().map(validate_create).transpose()?;
+    ctx.read(|d| {
+        let settings = placement::settings(&d.state.meta.settings.placement);
+        let (vm, except) = match (&spec, &req.spec) {
+            (Some(spec), Some(r)) => (placement::vm_request(0, &r.name, spec), None),
+            _ => {
+                let vm = d
+                    .state
+                    .vm_by_name(&req.name)
+                    .ok_or_else(|| Error::NotFound(format!("no VM named {:?}; see `kvmesh vm list`", req.name)))?;
+                (placement::vm_request(vm.id, &vm.name, &vm.spec), Some(vm.id))
+            }
+        };
+        let evals = scheduler::explain(&placement::node_views(&d.state, except), &vm, &settings);
+        Ok(placement::explanation_pb(&vm.name, &settings, &evals))
+    })
 }
 
 async fn delete_on_leader(ctx: &NodeCtx, name: &str, keep_disks: bool) -> Result<pb::DeleteVmResponse> {
@@ -169,12 +193,12 @@ impl pb::vms_server::Vms for VmsService {
     async fn create(&self, request: Request<pb::CreateVmRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
-        let vm_req = validate_create(&req)?;
+        let spec = validate_create(&req)?;
         let ctx = &self.ctx;
         let vm = ctx
             .on_leader(
                 forwarded,
-                || create_on_leader(ctx, &req, &vm_req),
+                || create_on_leader(ctx, &req, &spec),
                 |ch, t| {
                     let req = req.clone();
                     async move { VmsClient::new(ch).create(forward(req, t)).await.map(|r| r.into_inner()) }
@@ -248,6 +272,13 @@ impl pb::vms_server::Vms for VmsService {
             )
             .await?;
         Ok(Response::new(r))
+    }
+
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainRequest>,
+    ) -> std::result::Result<Response<pb::Explanation>, Status> {
+        Ok(Response::new(explain(&self.ctx, &request.into_inner())?))
     }
 
     async fn start(&self, request: Request<pb::VmActionRequest>) -> std::result::Result<Response<pb::Vm>, Status> {

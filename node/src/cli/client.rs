@@ -10,8 +10,11 @@ use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Request;
 
-use super::output::{print_events, print_nodes, print_status, print_vm, print_vms, vm_json};
-use super::{ClusterCmd, Command, NodeCmd, Output, VmCmd};
+use super::output::{
+    print_capacity, print_events, print_explanation, print_nodes, print_policy, print_status, print_vm, print_vms,
+    vm_json,
+};
+use super::{ClusterCmd, Command, NodeCmd, Output, PolicyCmd, VmCmd};
 
 /// Long enough for a write that waits out an election (10 s by default).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -91,6 +94,14 @@ pub async fn run(endpoint: &str, output: Output, command: Command) -> Result<()>
             cmdline,
             network,
             bridge,
+            priority,
+            pin,
+            node_labels,
+            prefer_labels,
+            anti_affinity,
+            soft_anti_affinity,
+            affinity,
+            dry_run,
             wait,
             timeout,
         }) => {
@@ -108,7 +119,20 @@ pub async fn run(endpoint: &str, output: Output, command: Command) -> Result<()>
                 cmdline,
                 network,
                 bridge,
+                priority,
+                pin,
+                required_labels: node_labels.into_iter().collect(),
+                preferred_labels: prefer_labels.into_iter().collect(),
+                anti_affinity,
+                soft_anti_affinity,
+                affinity,
             };
+            if dry_run {
+                let explain = pb::ExplainRequest { name: create.name.clone(), spec: Some(create) };
+                let e = vms.explain(req(explain)).await.map_err(status_err)?.into_inner();
+                print_explanation(output, &e);
+                return Ok(());
+            }
             let mut vm = vms.create(req(create)).await.map_err(status_err)?.into_inner();
             if wait {
                 vm = wait_running(&mut vms, output, vm, Duration::from_secs(timeout)).await?;
@@ -139,6 +163,23 @@ pub async fn run(endpoint: &str, output: Output, command: Command) -> Result<()>
         Command::Vm(VmCmd::Restart { name }) => {
             let vm = vms.restart(req(pb::VmActionRequest { name, force: false })).await.map_err(status_err)?;
             print_vm(output, &vm.into_inner());
+        }
+        Command::Vm(VmCmd::Explain { name }) => {
+            let e = vms.explain(req(pb::ExplainRequest { name, spec: None })).await.map_err(status_err)?.into_inner();
+            print_explanation(output, &e);
+        }
+        Command::Cluster(ClusterCmd::Policy(PolicyCmd::Show)) => {
+            let p = cluster.get_policy(req(pb::GetPolicyRequest {})).await.map_err(status_err)?.into_inner();
+            print_policy(output, &p);
+        }
+        Command::Cluster(ClusterCmd::Policy(PolicyCmd::Set { policy, cpu_overcommit, memory_overcommit })) => {
+            let set = pb::SetPolicyRequest { policy, cpu_overcommit, memory_overcommit };
+            let p = cluster.set_policy(req(set)).await.map_err(status_err)?.into_inner();
+            print_policy(output, &p);
+        }
+        Command::Cluster(ClusterCmd::Capacity) => {
+            let r = cluster.capacity(req(pb::CapacityRequest {})).await.map_err(status_err)?.into_inner();
+            print_capacity(output, &r);
         }
         Command::Vm(VmCmd::Console { name, bytes }) => {
             let r = vms.console(req(pb::ConsoleRequest { name, bytes })).await.map_err(status_err)?.into_inner();
@@ -211,7 +252,7 @@ async fn wait_running(
         if tokio::time::Instant::now() >= deadline {
             return Err(anyhow!("VM {} is still {} after {}s", vm.name, vm.state, timeout.as_secs()));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let get = pb::GetVmRequest { name: vm.name.clone(), consistent: false };
         vm = vms.get(req(get)).await.map_err(status_err)?.into_inner();
     }

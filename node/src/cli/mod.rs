@@ -81,6 +81,9 @@ pub struct ServeArgs {
     /// Domain type: kvm, or qemu (software emulation) [default: kvm].
     #[arg(long)]
     pub virt_type: Option<String>,
+    /// A node label, key=value (repeatable); adds to the config file's.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
 }
 
 impl ServeArgs {
@@ -117,6 +120,7 @@ impl ServeArgs {
         if let Some(v) = self.virt_type {
             c.virt_type = v;
         }
+        c.labels.extend(self.labels);
         Ok(c)
     }
 }
@@ -131,12 +135,34 @@ pub enum ClusterCmd {
     },
     /// Leader, term, commit index and members.
     Status,
+    /// Show or set the placement policy.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// HA reservation: could every host's HA VMs restart on the others (N+1)?
+    Capacity,
     /// Remove a node from the cluster.
     Remove {
         name: String,
         /// Remove it even though VMs are placed on it (they become unplaced).
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// The current policy and overcommit ratios.
+    Show,
+    /// Set the policy (and optionally the overcommit ratios).
+    Set {
+        #[arg(value_parser = ["spread", "pack", "balanced"])]
+        policy: String,
+        /// vCPUs per physical CPU (default 4.0).
+        #[arg(long)]
+        cpu_overcommit: Option<f64>,
+        /// Memory per MiB of RAM (default 1.0).
+        #[arg(long)]
+        memory_overcommit: Option<f64>,
     },
 }
 
@@ -150,6 +176,8 @@ pub enum NodeCmd {
     },
 }
 
+// Parsed once per process; boxing the big variant would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum VmCmd {
     /// Create a VM; the leader places it.
@@ -183,6 +211,30 @@ pub enum VmCmd {
         /// Attach a NIC to this host bridge.
         #[arg(long)]
         bridge: Option<String>,
+        /// Restart order when its host dies: higher first.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i32,
+        /// Pin to this node.
+        #[arg(long = "node")]
+        pin: Option<String>,
+        /// Only on nodes with this label, key=value (repeatable).
+        #[arg(long = "node-label", value_parser = parse_label)]
+        node_labels: Vec<(String, String)>,
+        /// Prefer nodes with this label, key=value (repeatable).
+        #[arg(long = "prefer-label", value_parser = parse_label)]
+        prefer_labels: Vec<(String, String)>,
+        /// Never on a host with another member of this group.
+        #[arg(long)]
+        anti_affinity: Option<String>,
+        /// Spread members of this group when possible.
+        #[arg(long)]
+        soft_anti_affinity: Option<String>,
+        /// Keep members of this group on one host.
+        #[arg(long)]
+        affinity: Option<String>,
+        /// Show where it would go, per node, without creating it.
+        #[arg(long)]
+        dry_run: bool,
         /// Wait until the VM runs (or fails).
         #[arg(long)]
         wait: bool,
@@ -201,6 +253,8 @@ pub enum VmCmd {
     },
     /// Power-cycle a VM.
     Restart { name: String },
+    /// Each node's filter result and score for a VM, as if placed now.
+    Explain { name: String },
     /// Show the tail of a VM's serial console (from any node).
     Console {
         name: String,
@@ -226,6 +280,14 @@ pub enum VmCmd {
         #[arg(long)]
         keep_disks: bool,
     },
+}
+
+/// Parses `key=value`.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.contains('=') => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not key=value")),
+    }
 }
 
 /// Parses sizes like `2G`, `512M`, `10GiB` or plain bytes.

@@ -90,6 +90,7 @@ pub fn print_nodes(output: Output, nodes: &[pb::NodeInfo]) {
                         "id": n.id, "name": n.name, "address": n.address, "state": n.state, "role": n.role,
                         "cpus": n.cpus, "memory_mib": n.memory_mib, "vms": n.vm_count,
                         "allocated_vcpus": n.allocated_vcpus, "allocated_memory_mib": n.allocated_memory_mib,
+                        "labels": n.labels,
                     })
                 })
                 .collect();
@@ -122,6 +123,9 @@ pub fn vm_json(vm: &pb::Vm) -> Value {
         "created_at_ms": vm.created_at_ms, "state": vm.state, "since": vm.since_ms,
         "last_error": vm.last_error, "disk_bytes": vm.disk_bytes, "image": vm.image, "kernel": vm.kernel,
         "network": vm.network, "bridge": vm.bridge, "domain": vm.domain,
+        "priority": vm.priority, "pin": vm.pin, "required_labels": vm.required_labels,
+        "preferred_labels": vm.preferred_labels, "anti_affinity": vm.anti_affinity,
+        "soft_anti_affinity": vm.soft_anti_affinity, "affinity": vm.affinity,
     })
 }
 
@@ -199,6 +203,118 @@ fn format_ms(ms: u64) -> String {
     let mo = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if mo <= 2 { 1 } else { 0 };
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02}:{s:02}")
+}
+
+pub fn print_explanation(output: Output, e: &pb::Explanation) {
+    match output {
+        Output::Json => {
+            let nodes: Vec<Value> = e
+                .nodes
+                .iter()
+                .map(|n| {
+                    json!({
+                        "node": n.node, "feasible": n.feasible, "reason": n.reason, "score": n.score,
+                        "policy_score": n.policy_score, "label_score": n.label_score,
+                        "group_score": n.group_score, "chosen": n.chosen,
+                    })
+                })
+                .collect();
+            println!("{}", json!({"vm": e.vm, "policy": e.policy, "chosen": e.chosen, "nodes": nodes}));
+        }
+        Output::Table => {
+            match &e.chosen {
+                Some(c) => println!("{}: would be placed on {c} (policy {})", e.vm, e.policy),
+                None => println!("{}: fits on no node (policy {})", e.vm, e.policy),
+            }
+            let rows = e
+                .nodes
+                .iter()
+                .map(|n| {
+                    if n.feasible {
+                        vec![
+                            format!("{}{}", n.node, if n.chosen { " *" } else { "" }),
+                            "ok".into(),
+                            format!("{:.3}", n.score),
+                            format!(
+                                "policy {:.3}, labels {:.3}, group {:.3}",
+                                n.policy_score, n.label_score, n.group_score
+                            ),
+                        ]
+                    } else {
+                        vec![n.node.clone(), "rejected".into(), "-".into(), n.reason.clone()]
+                    }
+                })
+                .collect();
+            table(&["NODE", "FILTER", "SCORE", "DETAIL"], rows);
+        }
+    }
+}
+
+pub fn print_policy(output: Output, p: &pb::PlacementPolicy) {
+    match output {
+        Output::Json => println!(
+            "{}",
+            json!({"policy": p.policy, "cpu_overcommit": p.cpu_overcommit, "memory_overcommit": p.memory_overcommit})
+        ),
+        Output::Table => println!(
+            "policy {} (cpu overcommit {}, memory overcommit {})",
+            p.policy, p.cpu_overcommit, p.memory_overcommit
+        ),
+    }
+}
+
+pub fn print_capacity(output: Output, r: &pb::CapacityReport) {
+    match output {
+        Output::Json => {
+            let hosts: Vec<Value> = r
+                .hosts
+                .iter()
+                .map(|h| {
+                    json!({
+                        "node": h.node, "ha_vms": h.ha_vms, "ha_vcpus": h.ha_vcpus, "ha_memory_mib": h.ha_memory_mib,
+                        "unplaceable": h.unplaceable, "short_vcpus": h.short_vcpus,
+                        "short_memory_mib": h.short_memory_mib,
+                    })
+                })
+                .collect();
+            println!("{}", json!({"n_plus_1": r.n_plus_1, "worst": r.worst, "policy": r.policy, "hosts": hosts}));
+        }
+        Output::Table => {
+            if r.n_plus_1 {
+                println!("N+1: yes — the HA VMs of any one host can restart on the others");
+            } else {
+                println!("N+1: NO — losing some hosts would leave HA VMs with nowhere to run");
+            }
+            if let Some(w) = &r.worst {
+                println!("worst case: losing {w}");
+            }
+            let rows = r
+                .hosts
+                .iter()
+                .map(|h| {
+                    let short = if h.unplaceable.is_empty() {
+                        "-".to_string()
+                    } else {
+                        format!(
+                            "{} VM(s): {} vCPUs, {} MiB ({})",
+                            h.unplaceable.len(),
+                            h.short_vcpus,
+                            h.short_memory_mib,
+                            h.unplaceable.join(", ")
+                        )
+                    };
+                    vec![
+                        h.node.clone(),
+                        h.ha_vms.to_string(),
+                        h.ha_vcpus.to_string(),
+                        h.ha_memory_mib.to_string(),
+                        short,
+                    ]
+                })
+                .collect();
+            table(&["IF LOST", "HA VMS", "HA VCPUS", "HA MEMORY(MiB)", "SHORT BY"], rows);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ClusterState, Deleting, Desired, Key, Node, NodeState, Reported, Settings, Vm, VmId, VmState};
+use crate::model::{
+    ClusterState, Deleting, Desired, Key, Node, NodeState, PlacementSettings, Reported, Settings, Vm, VmId, VmState,
+};
 use crate::types::NodeId;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +29,8 @@ pub enum Command {
     SetDesired { name: String, desired: Desired, force: bool, at_ms: u64 },
     /// `vm restart`.
     RestartVm { name: String, at_ms: u64 },
+    /// `cluster policy set`.
+    SetPlacement { placement: PlacementSettings, at_ms: u64 },
     /// A host reports a VM's state transition. Accepted only from the host
     /// of the current placement at the current epoch.
     ReportVm { vm: VmId, node: NodeId, epoch: u64, state: VmState, error: Option<String>, at_ms: u64 },
@@ -68,6 +72,12 @@ pub enum Refusal {
     VmBeingDeleted {
         name: String,
     },
+    /// A concurrent placement put another member of the VM's anti-affinity
+    /// group on the chosen node.
+    AntiAffinityConflict {
+        node: String,
+        group: String,
+    },
 }
 
 impl std::fmt::Display for Refusal {
@@ -88,6 +98,9 @@ impl std::fmt::Display for Refusal {
             Refusal::NoLongerFits { node } => write!(f, "node {node:?} no longer has room for this VM"),
             Refusal::StaleReport => write!(f, "stale report: the VM moved on or is gone"),
             Refusal::VmBeingDeleted { name } => write!(f, "VM {name:?} is being deleted"),
+            Refusal::AntiAffinityConflict { node, group } => {
+                write!(f, "node {node:?} already runs a member of anti-affinity group {group}")
+            }
         }
     }
 }
@@ -155,6 +168,23 @@ impl ClusterState {
                 self.dirty.insert(Key::Vm(vm.id));
                 self.push_event(*at_ms, "vm", format!("vm {name}: restart requested"));
                 Response::Vm(Box::new(vm))
+            }
+            Command::SetPlacement { placement, at_ms } => {
+                let before = self.meta.settings.placement;
+                self.meta.settings.placement = *placement;
+                self.dirty.insert(Key::Meta);
+                self.push_event(
+                    *at_ms,
+                    "cluster",
+                    format!(
+                        "placement policy {} (cpu overcommit {}, memory overcommit {}; was {})",
+                        placement.policy.as_str(),
+                        placement.cpu_overcommit_milli as f64 / 1000.0,
+                        placement.memory_overcommit_milli as f64 / 1000.0,
+                        before.policy.as_str()
+                    ),
+                );
+                Response::Done
             }
             Command::ReportVm { vm, node, epoch, state, error, at_ms } => {
                 self.report_vm(*vm, *node, *epoch, *state, error.clone(), *at_ms)
@@ -284,11 +314,18 @@ impl ClusterState {
                 return Response::Refused(Refusal::UnknownNode { id: p.node });
             };
             let (cpus, mem, _) = self.allocated(p.node);
+            let placement = self.meta.settings.placement;
             let fits = node.state == NodeState::Up
-                && cpus.saturating_add(vm.spec.vcpus) <= node.cpus
-                && mem.saturating_add(vm.spec.memory_mib) <= node.memory_mib;
+                && cpus as u64 + vm.spec.vcpus as u64 <= placement.vcpu_capacity(node.cpus)
+                && mem.saturating_add(vm.spec.memory_mib) <= placement.memory_capacity(node.memory_mib);
             if !fits {
                 return Response::Refused(Refusal::NoLongerFits { node: node.name.clone() });
+            }
+            if let Some(group) = &vm.spec.anti_affinity {
+                if self.group_members_on(p.node, group) > 0 {
+                    let node = node.name.clone();
+                    return Response::Refused(Refusal::AntiAffinityConflict { node, group: group.clone() });
+                }
             }
         }
         let node_name = vm.placement.and_then(|p| self.nodes.get(&p.node)).map(|n| n.name.clone());

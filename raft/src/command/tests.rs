@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::{Desired, Placement, VmSpec, VmState, EVENT_CAPACITY};
+use crate::model::{Desired, Placement, PlacementSettings, VmSpec, VmState, EVENT_CAPACITY};
 
 fn node(id: u64, name: &str, addr: &str) -> Node {
     Node {
@@ -10,6 +10,7 @@ fn node(id: u64, name: &str, addr: &str) -> Node {
         memory_mib: 4096,
         state: NodeState::Up,
         joined_at_ms: 0,
+        labels: Default::default(),
     }
 }
 
@@ -205,5 +206,30 @@ fn start_stop_restart_bump_generations() {
     assert_eq!(
         s.apply(&Command::RestartVm { name: "nope".into(), at_ms: 6 }),
         Response::Refused(Refusal::UnknownVm { name: "nope".into() })
+    );
+}
+
+#[test]
+fn capacity_recheck_uses_overcommit_and_anti_affinity() {
+    let mut s = initialized();
+    // 4 CPUs at the default 4.0 overcommit: 16 vCPUs fit, the 17th does not.
+    for i in 0..16 {
+        assert!(matches!(
+            s.apply(&Command::CreateVm { vm: Box::new(vm(100 + i, &format!("c{i}"), Some(1), 1)), at_ms: 1 }),
+            Response::Vm(_)
+        ));
+    }
+    let r = s.apply(&Command::CreateVm { vm: Box::new(vm(200, "c16", Some(1), 1)), at_ms: 2 });
+    assert_eq!(r, Response::Refused(Refusal::NoLongerFits { node: "a".into() }));
+    let placement = PlacementSettings { cpu_overcommit_milli: 8000, ..Default::default() };
+    s.apply(&Command::SetPlacement { placement, at_ms: 3 });
+    let mut a = vm(300, "db-a", Some(1), 1);
+    a.spec.anti_affinity = Some("db".into());
+    assert!(matches!(s.apply(&Command::CreateVm { vm: Box::new(a), at_ms: 4 }), Response::Vm(_)));
+    let mut b = vm(301, "db-b", Some(1), 1);
+    b.spec.anti_affinity = Some("db".into());
+    assert_eq!(
+        s.apply(&Command::CreateVm { vm: Box::new(b), at_ms: 5 }),
+        Response::Refused(Refusal::AntiAffinityConflict { node: "a".into(), group: "db".into() })
     );
 }

@@ -1,0 +1,92 @@
+//! Feasibility: each rule either passes a node or says why not.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{NodeState, NodeView, Settings, VmRequest};
+
+/// Why one node cannot take the VM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    NotUp { state: String },
+    NotPinned { pin: String },
+    MissingLabel { key: String, want: String, have: Option<String> },
+    InsufficientCpu { need: u64, free: u64 },
+    InsufficientMemory { need_mib: u64, free_mib: u64 },
+    AntiAffinity { group: String, members: u32 },
+    Affinity { group: String },
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::NotUp { state } => write!(f, "node is {state}"),
+            Rejection::NotPinned { pin } => write!(f, "VM is pinned to {pin}"),
+            Rejection::MissingLabel { key, want, have: None } => write!(f, "missing label {key}={want}"),
+            Rejection::MissingLabel { key, want, have: Some(have) } => {
+                write!(f, "label {key}={have}, VM requires {key}={want}")
+            }
+            Rejection::InsufficientCpu { need, free } => {
+                write!(f, "insufficient vCPUs (need {need}, free {free} after overcommit)")
+            }
+            Rejection::InsufficientMemory { need_mib, free_mib } => {
+                write!(f, "insufficient memory (need {need_mib} MiB, free {free_mib} MiB)")
+            }
+            Rejection::AntiAffinity { group, members } => {
+                write!(f, "anti-affinity group {group} already has {members} VM(s) here")
+            }
+            Rejection::Affinity { group } => write!(f, "affinity group {group} runs on other nodes"),
+        }
+    }
+}
+
+/// Facts about the whole cluster that single-node rules need.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClusterFacts {
+    /// Some member of the VM's affinity group is already placed somewhere.
+    pub affinity_placed: bool,
+}
+
+impl ClusterFacts {
+    pub fn of(nodes: &[NodeView], vm: &VmRequest) -> Self {
+        let affinity_placed = vm.affinity.as_deref().is_some_and(|g| nodes.iter().any(|n| n.group_count(g) > 0));
+        ClusterFacts { affinity_placed }
+    }
+}
+
+/// Runs every rule in order; the first that fails is the reason.
+pub fn check(node: &NodeView, vm: &VmRequest, s: &Settings, facts: ClusterFacts) -> Result<(), Rejection> {
+    if node.state != NodeState::Up {
+        return Err(Rejection::NotUp { state: node.state.as_str().to_string() });
+    }
+    if let Some(pin) = &vm.pin {
+        if *pin != node.name {
+            return Err(Rejection::NotPinned { pin: pin.clone() });
+        }
+    }
+    for (key, want) in &vm.required_labels {
+        let have = node.labels.get(key);
+        if have != Some(want) {
+            return Err(Rejection::MissingLabel { key: key.clone(), want: want.clone(), have: have.cloned() });
+        }
+    }
+    let free_cpu = node.free_vcpus(s);
+    if vm.vcpus as u64 > free_cpu {
+        return Err(Rejection::InsufficientCpu { need: vm.vcpus as u64, free: free_cpu });
+    }
+    let free_mem = node.free_memory_mib(s);
+    if vm.memory_mib > free_mem {
+        return Err(Rejection::InsufficientMemory { need_mib: vm.memory_mib, free_mib: free_mem });
+    }
+    if let Some(group) = &vm.anti_affinity {
+        let members = node.group_count(group);
+        if members > 0 {
+            return Err(Rejection::AntiAffinity { group: group.clone(), members });
+        }
+    }
+    if let Some(group) = &vm.affinity {
+        if facts.affinity_placed && node.group_count(group) == 0 {
+            return Err(Rejection::Affinity { group: group.clone() });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! The scheduler's own input types: what it needs of nodes and VMs, nothing more.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How free capacity is valued.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Policy {
+    /// Most free resources wins: VMs spread out (the default).
+    #[default]
+    Spread,
+    /// Fullest node that fits wins: fewest hosts in use.
+    Pack,
+    /// Keeps each node's CPU and memory use even.
+    Balanced,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Spread => "spread",
+            Policy::Pack => "pack",
+            Policy::Balanced => "balanced",
+        }
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "spread" => Ok(Policy::Spread),
+            "pack" => Ok(Policy::Pack),
+            "balanced" => Ok(Policy::Balanced),
+            other => Err(Error::UnknownPolicy(other.to_string())),
+        }
+    }
+}
+
+/// Cluster-wide placement settings.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub policy: Policy,
+    /// vCPUs placed per physical CPU. Default 4.0.
+    pub cpu_overcommit: f64,
+    /// Memory placed per MiB of RAM. Default 1.0 (no overcommit).
+    pub memory_overcommit: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { policy: Policy::Spread, cpu_overcommit: 4.0, memory_overcommit: 1.0 }
+    }
+}
+
+impl Settings {
+    pub fn validate(&self) -> Result<()> {
+        for (name, value) in [("cpu", self.cpu_overcommit), ("memory", self.memory_overcommit)] {
+            if !(0.1..=100.0).contains(&value) {
+                return Err(Error::BadOvercommit { name, value });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    Up,
+    Down,
+    Draining,
+    Maintenance,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Up => "up",
+            NodeState::Down => "down",
+            NodeState::Draining => "draining",
+            NodeState::Maintenance => "maintenance",
+        }
+    }
+}
+
+/// What the scheduler needs to know about one host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub id: u64,
+    pub name: String,
+    pub state: NodeState,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub labels: BTreeMap<String, String>,
+    /// vCPUs already placed on this node.
+    pub allocated_vcpus: u64,
+    /// Memory already placed on this node.
+    pub allocated_memory_mib: u64,
+    /// VMs per group (anti-affinity, soft anti-affinity and affinity groups
+    /// share one namespace) placed on this node.
+    pub groups: BTreeMap<String, u32>,
+}
+
+impl NodeView {
+    /// A node with nothing placed on it.
+    pub fn new(id: u64, name: &str, cpus: u32, memory_mib: u64) -> Self {
+        NodeView {
+            id,
+            name: name.to_string(),
+            state: NodeState::Up,
+            cpus,
+            memory_mib,
+            labels: BTreeMap::new(),
+            allocated_vcpus: 0,
+            allocated_memory_mib: 0,
+            groups: BTreeMap::new(),
+        }
+    }
+
+    /// vCPUs that may be placed here in all, after overcommit.
+    pub fn vcpu_capacity(&self, s: &Settings) -> u64 {
+        (self.cpus as f64 * s.cpu_overcommit).floor() as u64
+    }
+
+    /// Memory that may be placed here in all, after overcommit.
+    pub fn memory_capacity(&self, s: &Settings) -> u64 {
+        (self.memory_mib as f64 * s.memory_overcommit).floor() as u64
+    }
+
+    pub fn free_vcpus(&self, s: &Settings) -> u64 {
+        self.vcpu_capacity(s).saturating_sub(self.allocated_vcpus)
+    }
+
+    pub fn free_memory_mib(&self, s: &Settings) -> u64 {
+        self.memory_capacity(s).saturating_sub(self.allocated_memory_mib)
+    }
+
+    pub fn group_count(&self, group: &str) -> u32 {
+        self.groups.get(group).copied().unwrap_or(0)
+    }
+
+    /// Records a VM as placed here (used when planning several at once).
+    pub fn reserve(&mut self, vm: &VmRequest) {
+        self.allocated_vcpus += vm.vcpus as u64;
+        self.allocated_memory_mib += vm.memory_mib;
+        for g in vm.groups() {
+            *self.groups.entry(g.to_string()).or_insert(0) += 1;
+        }
+    }
+}
+
+/// The VM to place and its constraints.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRequest {
+    /// Seeds the tie-break, so the same VM always breaks ties the same way.
+    pub id: u64,
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// Higher restarts first in `plan_restarts`.
+    pub priority: i32,
+    /// Only nodes with a node named so.
+    pub pin: Option<String>,
+    /// Only nodes carrying all these labels.
+    pub required_labels: BTreeMap<String, String>,
+    /// Nodes carrying these labels score higher.
+    pub preferred_labels: BTreeMap<String, String>,
+    /// Hard: never on a node that runs another member of this group.
+    pub anti_affinity: Option<String>,
+    /// Soft: nodes with members of this group score lower.
+    pub soft_anti_affinity: Option<String>,
+    /// Hard: on a node with other members of this group, once one is placed.
+    pub affinity: Option<String>,
+}
+
+impl VmRequest {
+    pub fn new(id: u64, name: &str, vcpus: u32, memory_mib: u64) -> Self {
+        VmRequest { id, name: name.to_string(), vcpus, memory_mib, ..Default::default() }
+    }
+
+    /// Rejects requests that can never be placed meaningfully.
+    pub fn validate(&self) -> Result<()> {
+        if self.vcpus == 0 || self.memory_mib == 0 {
+            return Err(Error::EmptyRequest { vcpus: self.vcpus, memory_mib: self.memory_mib });
+        }
+        Ok(())
+    }
+
+    /// The groups this VM counts in.
+    pub fn groups(&self) -> impl Iterator<Item = &str> {
+        let mut seen: Vec<&str> = Vec::with_capacity(3);
+        for g in [&self.anti_affinity, &self.soft_anti_affinity, &self.affinity].into_iter().flatten() {
+            if !seen.contains(&g.as_str()) {
+                seen.push(g.as_str());
+            }
+        }
+        seen.into_iter()
+    }
+}
