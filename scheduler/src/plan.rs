@@ -22,11 +22,18 @@ pub struct Plan {
     pub unplaced: Vec<Unplaced>,
 }
 
-/// The order VMs are planned in: priority, highest first; then by id so the
-/// order never depends on the input's.
+/// The order VMs are planned in: priority, highest first; within a
+/// priority the biggest first (first-fit decreasing packs better), then by
+/// id so the order never depends on the input's.
 fn ordered(vms: &[VmRequest]) -> Vec<&VmRequest> {
     let mut order: Vec<&VmRequest> = vms.iter().collect();
-    order.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+    order.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then(b.memory_mib.cmp(&a.memory_mib))
+            .then(b.vcpus.cmp(&a.vcpus))
+            .then(a.id.cmp(&b.id))
+    });
     order
 }
 

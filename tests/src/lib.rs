@@ -183,6 +183,11 @@ impl Cluster {
         run_cli(&self.nodes[i].address, args)
     }
 
+    /// Runs the CLI against node `i` with its default table output.
+    pub fn cli_table(&self, i: usize, args: &[&str]) -> CliResult {
+        run_cli_as(&self.nodes[i].address, "table", args)
+    }
+
     /// Runs the CLI and parses its JSON output, failing on a non-zero exit.
     pub fn cli_ok(&self, i: usize, args: &[&str]) -> Result<Value> {
         let r = self.cli(i, args);
@@ -302,8 +307,13 @@ impl CliResult {
 
 /// Runs `kvmesh --endpoint ADDR -o json ARGS…` with a 60 s bound.
 pub fn run_cli(endpoint: &str, args: &[&str]) -> CliResult {
+    run_cli_as(endpoint, "json", args)
+}
+
+/// Runs `kvmesh --endpoint ADDR -o FORMAT ARGS…` with a 60 s bound.
+pub fn run_cli_as(endpoint: &str, format: &str, args: &[&str]) -> CliResult {
     let child = Command::new(kvmesh_bin())
-        .args(["--endpoint", endpoint, "-o", "json"])
+        .args(["--endpoint", endpoint, "-o", format])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
