@@ -53,8 +53,25 @@ impl ClusterFacts {
     }
 }
 
+/// A node's capacity after overcommit, computed once per decision.
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    pub vcpus: u64,
+    pub memory_mib: u64,
+}
+
 /// Runs every rule in order; the first that fails is the reason.
 pub fn check(node: &NodeView, vm: &VmRequest, s: &Settings, facts: ClusterFacts) -> Result<(), Rejection> {
+    check_capacity(node, vm, s, facts).map(|_| ())
+}
+
+/// [`check`], returning the node's capacity for scoring.
+pub fn check_capacity(
+    node: &NodeView,
+    vm: &VmRequest,
+    s: &Settings,
+    facts: ClusterFacts,
+) -> Result<Capacity, Rejection> {
     if node.state != NodeState::Up {
         return Err(Rejection::NotUp { state: node.state.as_str().to_string() });
     }
@@ -69,11 +86,12 @@ pub fn check(node: &NodeView, vm: &VmRequest, s: &Settings, facts: ClusterFacts)
             return Err(Rejection::MissingLabel { key: key.clone(), want: want.clone(), have: have.cloned() });
         }
     }
-    let free_cpu = node.free_vcpus(s);
+    let cap = Capacity { vcpus: node.vcpu_capacity(s), memory_mib: node.memory_capacity(s) };
+    let free_cpu = cap.vcpus.saturating_sub(node.allocated_vcpus);
     if vm.vcpus as u64 > free_cpu {
         return Err(Rejection::InsufficientCpu { need: vm.vcpus as u64, free: free_cpu });
     }
-    let free_mem = node.free_memory_mib(s);
+    let free_mem = cap.memory_mib.saturating_sub(node.allocated_memory_mib);
     if vm.memory_mib > free_mem {
         return Err(Rejection::InsufficientMemory { need_mib: vm.memory_mib, free_mib: free_mem });
     }
@@ -88,5 +106,5 @@ pub fn check(node: &NodeView, vm: &VmRequest, s: &Settings, facts: ClusterFacts)
             return Err(Rejection::Affinity { group: group.clone() });
         }
     }
-    Ok(())
+    Ok(cap)
 }

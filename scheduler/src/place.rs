@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::filter::{check, ClusterFacts, Rejection};
+use crate::filter::{check, check_capacity, ClusterFacts, Rejection};
 use crate::model::{NodeView, Settings, VmRequest};
-use crate::score::{score, tie_break, Score};
+use crate::score::{score, score_with, tie_break, Score};
 
 /// A node that was ruled out, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,14 +51,18 @@ fn better(a: (f64, u64), b: (f64, u64)) -> bool {
 /// Places one VM. Allocates nothing unless the VM fits nowhere.
 pub fn place(nodes: &[NodeView], vm: &VmRequest, s: &Settings) -> Decision {
     let facts = ClusterFacts::of(nodes, vm);
-    let mut best: Option<(usize, (f64, u64))> = None;
+    let mut best: Option<(usize, f64)> = None;
     for (i, node) in nodes.iter().enumerate() {
-        if check(node, vm, s, facts).is_err() {
-            continue;
-        }
-        let key = (score(node, vm, s).total(), tie_break(vm.id, node.id));
-        if best.is_none_or(|(_, b)| better(key, b)) {
-            best = Some((i, key));
+        let Ok(cap) = check_capacity(node, vm, s, facts) else { continue };
+        let total = score_with(node, vm, s, cap).total();
+        // The tie-break hash is only needed on an exact tie.
+        let wins = match best {
+            None => true,
+            Some((_, b)) if total != b => total > b,
+            Some((j, _)) => tie_break(vm.id, node.id) > tie_break(vm.id, nodes[j].id),
+        };
+        if wins {
+            best = Some((i, total));
         }
     }
     match best {

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::filter::Capacity;
 use crate::model::{NodeView, Policy, Settings, VmRequest};
 
 /// Weight of all preferred labels matching (spread evenly over them).
@@ -29,16 +30,22 @@ impl Score {
 }
 
 /// Used fraction of CPU and memory on `node` once `vm` is on it.
-fn used_after(node: &NodeView, vm: &VmRequest, s: &Settings) -> (f64, f64) {
-    let cpu_cap = node.vcpu_capacity(s).max(1) as f64;
-    let mem_cap = node.memory_capacity(s).max(1) as f64;
+fn used_after(node: &NodeView, vm: &VmRequest, cap: Capacity) -> (f64, f64) {
+    let cpu_cap = cap.vcpus.max(1) as f64;
+    let mem_cap = cap.memory_mib.max(1) as f64;
     let cpu = (node.allocated_vcpus + vm.vcpus as u64) as f64 / cpu_cap;
     let mem = (node.allocated_memory_mib + vm.memory_mib) as f64 / mem_cap;
     (cpu.min(1.0), mem.min(1.0))
 }
 
 pub fn score(node: &NodeView, vm: &VmRequest, s: &Settings) -> Score {
-    let (cpu, mem) = used_after(node, vm, s);
+    let cap = Capacity { vcpus: node.vcpu_capacity(s), memory_mib: node.memory_capacity(s) };
+    score_with(node, vm, s, cap)
+}
+
+/// [`score`] with the node's capacity already computed.
+pub fn score_with(node: &NodeView, vm: &VmRequest, s: &Settings, cap: Capacity) -> Score {
+    let (cpu, mem) = used_after(node, vm, cap);
     let policy = match s.policy {
         // Memory counts double: it cannot be overcommitted the way CPU can.
         Policy::Spread => 1.0 - (cpu + 2.0 * mem) / 3.0,
