@@ -75,6 +75,17 @@ pub struct ServeConfig {
     /// The agent compares libvirt with the cluster at least this often.
     /// Default 2000 ms.
     pub resync_ms: u64,
+    /// Each host's agent heartbeats the leader this often. Default 1000 ms.
+    pub heartbeat_ms: u64,
+    /// A host whose last acknowledged heartbeat was sent longer ago than this
+    /// destroys its HA domains (self-fencing). Default 5000 ms.
+    pub fence_after_ms: u64,
+    /// The leader declares a host down, and restarts its HA VMs elsewhere,
+    /// after this long without a heartbeat. Must exceed fence_after_ms plus
+    /// two heartbeats. Default 8000 ms.
+    pub down_after_ms: u64,
+    /// A voter down this long is replaced by a healthy learner. Default 60000 ms.
+    pub voter_replace_after_ms: u64,
     pub raft: RaftConfig,
 }
 
@@ -94,6 +105,10 @@ impl Default for ServeConfig {
             virt_type: "kvm".into(),
             shutdown_timeout_ms: 30_000,
             resync_ms: 2_000,
+            heartbeat_ms: 1_000,
+            fence_after_ms: 5_000,
+            down_after_ms: 8_000,
+            voter_replace_after_ms: 60_000,
             raft: RaftConfig::default(),
         }
     }
@@ -152,6 +167,23 @@ impl ServeConfig {
         }
         if self.resync_ms == 0 || self.resync_ms > 5_000 {
             problems.push(format!("resync_ms: {} must be between 1 and 5000", self.resync_ms));
+        }
+        if self.heartbeat_ms == 0 {
+            problems.push("heartbeat_ms: must be at least 1".into());
+        }
+        // The safety argument: a host fences itself before the leader may
+        // declare it down, with a margin of two heartbeats.
+        if self.down_after_ms <= self.fence_after_ms + 2 * self.heartbeat_ms {
+            problems.push(format!(
+                "down_after_ms: {} must exceed fence_after_ms ({}) + 2 x heartbeat_ms ({}), or a host could be declared down before it has fenced itself",
+                self.down_after_ms, self.fence_after_ms, self.heartbeat_ms
+            ));
+        }
+        if self.fence_after_ms <= self.heartbeat_ms {
+            problems.push(format!(
+                "fence_after_ms: {} must exceed heartbeat_ms ({})",
+                self.fence_after_ms, self.heartbeat_ms
+            ));
         }
         let r = &self.raft;
         if r.heartbeat_ms == 0 {
@@ -247,6 +279,15 @@ mod tests {
         for field in ["name:", "listen:", "join:", "cpus:", "raft.election_min_ms", "raft.election_max_ms"] {
             assert!(msg.contains(field), "{field} missing in {msg}");
         }
+    }
+
+    #[test]
+    fn fencing_must_come_before_down() {
+        let c = ServeConfig { name: "a".into(), down_after_ms: 6_000, ..ServeConfig::default() };
+        let Err(Error::Config(msg)) = c.validate() else { panic!("6 s <= 5 s + 2 x 1 s must be refused") };
+        assert!(msg.contains("down_after_ms"), "{msg}");
+        let c = ServeConfig { down_after_ms: 7_001, ..c };
+        c.validate().unwrap();
     }
 
     #[test]

@@ -43,6 +43,11 @@ pub struct NodeCtx {
     pub removed: std::sync::Arc<tokio::sync::Notify>,
     /// This host's hypervisor (libvirt).
     pub hypervisor: std::sync::Arc<dyn crate::hypervisor::Hypervisor>,
+    /// When the latest heartbeat that the leader acknowledged was *sent*.
+    /// HA guests may run only while this is younger than fence_after.
+    pub lease: Mutex<Option<Instant>>,
+    /// The leader's memory of heartbeats (empty on followers).
+    pub heartbeats: Mutex<crate::ha::Heartbeats>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -72,6 +77,8 @@ impl NodeCtx {
             joining: std::sync::atomic::AtomicBool::new(false),
             removed: Default::default(),
             hypervisor,
+            lease: Mutex::new(None),
+            heartbeats: Mutex::new(crate::ha::Heartbeats::default()),
             channels: Mutex::new(HashMap::new()),
         }
     }
@@ -167,6 +174,16 @@ impl NodeCtx {
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    /// Whether this host's lease has run out: no acknowledged heartbeat sent
+    /// within fence_after (or none yet since start).
+    pub fn fenced(&self) -> bool {
+        let lease = *self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        match lease {
+            None => true,
+            Some(sent) => sent.elapsed() > Duration::from_millis(self.config.fence_after_ms),
         }
     }
 

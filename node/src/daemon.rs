@@ -94,6 +94,8 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     }
     tokio::spawn(health_loop(ctx.clone()));
     tokio::spawn(crate::agent::run(ctx.clone()));
+    tokio::spawn(crate::ha::heartbeat_loop(ctx.clone()));
+    tokio::spawn(crate::ha::controller::run(ctx.clone()));
 
     tokio::select! {
         r = server => {

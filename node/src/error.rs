@@ -60,9 +60,11 @@ impl From<Refusal> for Error {
                 Error::AlreadyExists(msg)
             }
             Refusal::UnknownNode { .. } | Refusal::UnknownVm { .. } => Error::NotFound(msg),
-            Refusal::StaleReport | Refusal::VmBeingDeleted { .. } | Refusal::AntiAffinityConflict { .. } => {
-                Error::FailedPrecondition(msg)
-            }
+            Refusal::StaleReport
+            | Refusal::VmBeingDeleted { .. }
+            | Refusal::AntiAffinityConflict { .. }
+            | Refusal::HostNotDown { .. }
+            | Refusal::AlreadyPlaced { .. } => Error::FailedPrecondition(msg),
         }
     }
 }

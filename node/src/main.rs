@@ -11,6 +11,7 @@ mod ctx;
 mod daemon;
 mod data_dir;
 mod error;
+mod ha;
 mod host;
 mod hypervisor;
 mod placement;
@@ -18,13 +19,16 @@ mod placement;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    // Die quietly on a closed pipe (`kvmesh vm list | head`), like other CLIs,
-    // instead of panicking in println!.
-    // SAFETY: called first thing in main, before any thread exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let args = cli::Cli::parse();
+    // Client commands die quietly on a closed pipe (`kvmesh vm list | head`),
+    // like other CLIs. Never the daemon: a peer closing a socket must give
+    // it EPIPE, not kill it.
+    if !matches!(args.command, cli::Command::Serve(_)) {
+        // SAFETY: called before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -234,6 +234,11 @@ pub struct Vm {
     /// Set while the owning host removes the domain; the record goes once
     /// the host reports it gone.
     pub deleting: Option<Deleting>,
+    /// The highest epoch ever given to this VM; the next placement gets one
+    /// more, so a host can always tell a current assignment from a stale one.
+    pub last_epoch: u64,
+    /// Why an unplaced VM is waiting (its host died, a drain, no capacity).
+    pub pending: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,6 +248,7 @@ pub struct Deleting {
 
 impl Vm {
     /// The state shown to users: reported by the host, or what is pending.
+    /// (`ClusterState::vm_state` adds `host-down`.)
     pub fn display_state(&self) -> &'static str {
         if self.deleting.is_some() {
             return "deleting";
@@ -325,6 +331,40 @@ impl ClusterState {
 
     pub fn vm_by_name(&self, name: &str) -> Option<&Vm> {
         self.vm_names.get(name).and_then(|id| self.vms.get(id))
+    }
+
+    /// The state shown to users, including `host-down` for a VM whose host
+    /// is down and that is not restarted elsewhere (non-HA).
+    pub fn vm_state(&self, vm: &Vm) -> &'static str {
+        let host_down = vm.placement.and_then(|p| self.nodes.get(&p.node)).is_some_and(|n| n.state == NodeState::Down);
+        if host_down && vm.deleting.is_none() {
+            return "host-down";
+        }
+        vm.display_state()
+    }
+
+    /// Whether `node` has room for `spec` under the current placement
+    /// settings, and no member of its hard anti-affinity group: the checks
+    /// `apply` repeats so concurrent placements cannot both win.
+    pub fn room_for(&self, node: NodeId, spec: &VmSpec) -> Result<(), crate::command::Refusal> {
+        use crate::command::Refusal;
+        let Some(n) = self.nodes.get(&node) else {
+            return Err(Refusal::UnknownNode { id: node });
+        };
+        let (cpus, mem, _) = self.allocated(node);
+        let placement = self.meta.settings.placement;
+        let fits = n.state == NodeState::Up
+            && cpus as u64 + spec.vcpus as u64 <= placement.vcpu_capacity(n.cpus)
+            && mem.saturating_add(spec.memory_mib) <= placement.memory_capacity(n.memory_mib);
+        if !fits {
+            return Err(Refusal::NoLongerFits { node: n.name.clone() });
+        }
+        if let Some(group) = &spec.anti_affinity {
+            if self.group_members_on(node, group) > 0 {
+                return Err(Refusal::AntiAffinityConflict { node: n.name.clone(), group: group.clone() });
+            }
+        }
+        Ok(())
     }
 
     /// VM ids in name order.

@@ -20,7 +20,7 @@ pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
         node_id: vm.placement.map(|p| p.node),
         epoch: vm.placement.map(|p| p.epoch).unwrap_or(0),
         created_at_ms: vm.created_at_ms,
-        state: vm.display_state().to_string(),
+        state: state.vm_state(vm).to_string(),
         since_ms: vm.reported.as_ref().map(|r| r.since_ms).unwrap_or(0),
         last_error: vm.reported.as_ref().and_then(|r| r.last_error.clone()),
         disk_bytes: vm.spec.disk_bytes.unwrap_or(0),
@@ -36,6 +36,8 @@ pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
         anti_affinity: vm.spec.anti_affinity.clone(),
         soft_anti_affinity: vm.spec.soft_anti_affinity.clone(),
         affinity: vm.spec.affinity.clone(),
+        pending: vm.pending.clone(),
+        observed: Vec::new(),
     }
 }
 

@@ -81,6 +81,13 @@ impl NodeProc {
         }
     }
 
+    /// Sends a signal by name (STOP, CONT, …) to the node process.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").args([&format!("-{sig}"), &c.id().to_string()]).status();
+        }
+    }
+
     /// Waits for the process to exit by itself; returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
         let child = self.child.as_mut().ok_or_else(|| anyhow!("{} is not running", self.name))?;
@@ -204,6 +211,16 @@ impl Cluster {
 
     pub fn status(&self, i: usize) -> Result<Value> {
         self.cli_ok(i, &["cluster", "status"])
+    }
+
+    /// [`Cluster::leader`] for callers that only hold `&self`: every node
+    /// is assumed alive.
+    pub fn leader_index_no_mut(&self) -> Result<usize> {
+        wait_for("a leader", Duration::from_secs(20), || {
+            let s = self.status(0).ok()?;
+            let addr = s["leader"]["address"].as_str()?.to_string();
+            self.nodes.iter().position(|n| n.address == addr)
+        })
     }
 
     /// Index of the node that is currently leader, as seen by a live node.

@@ -47,6 +47,7 @@ pub fn wants_for(state: &ClusterState, node: u64) -> (Vec<Want>, BTreeSet<u64>) 
                 restart_gen: vm.restart_gen,
                 deleting: vm.deleting.map(|d| d.keep_disks),
                 reported,
+                ha: vm.spec.ha,
             })
         })
         .collect();
@@ -84,7 +85,10 @@ pub async fn run(ctx: Arc<NodeCtx>) {
 async fn reconcile(ctx: &Arc<NodeCtx>, memory: &mut HashMap<u64, Memory>, timing: &Timing) -> Result<usize> {
     let (wants, all_vms) = ctx.read(|d| wants_for(&d.state, ctx.id));
     let domains = blocking(&ctx.hypervisor, |hv| hv.list()).await?;
-    let actions = plan::plan(&wants, &domains, &all_vms, memory, now_ms(), timing);
+    // Checked first on every pass, so a host resuming from a pause does not
+    // run an HA guest on an expired lease.
+    let fenced = ctx.fenced() && !cfg!(feature = "unsafe-no-fencing");
+    let actions = plan::plan(&wants, &domains, &all_vms, memory, now_ms(), timing, fenced);
     let count = actions.len();
     for action in actions {
         debug!(?action, "agent action");
@@ -261,6 +265,23 @@ impl pb::host_server::Host for HostService {
     ) -> std::result::Result<tonic::Response<pb::ReportAck>, tonic::Status> {
         let forwarded = is_forwarded(&request);
         Ok(tonic::Response::new(report_on_leader(&self.ctx, request.into_inner(), forwarded).await?))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: tonic::Request<pb::HeartbeatRequest>,
+    ) -> std::result::Result<tonic::Response<pb::HeartbeatAck>, tonic::Status> {
+        Ok(tonic::Response::new(crate::ha::receive(&self.ctx, request.into_inner()).await?))
+    }
+
+    async fn observed(
+        &self,
+        _request: tonic::Request<pb::ObservedRequest>,
+    ) -> std::result::Result<tonic::Response<pb::ObservedReply>, tonic::Status> {
+        if self.ctx.leader().map(|l| l.0) != Some(self.ctx.id) {
+            return Err(tonic::Status::unavailable("not the leader"));
+        }
+        Ok(tonic::Response::new(crate::ha::observed_pb(&self.ctx)))
     }
 
     async fn read_console(

@@ -26,6 +26,8 @@ pub struct Want {
     pub deleting: Option<bool>,
     /// What the replicated state holds as reported at this epoch.
     pub reported: Option<(VmState, Option<String>)>,
+    /// HA guests run only while the host's lease is valid.
+    pub ha: bool,
 }
 
 /// What the agent remembers about a VM between passes.
@@ -114,6 +116,7 @@ pub fn plan(
     memory: &mut HashMap<u64, Memory>,
     now_ms: u64,
     timing: &Timing,
+    fenced: bool,
 ) -> Vec<Action> {
     let mut out = Vec::new();
     let wanted: HashMap<u64, &Want> = wants.iter().map(|w| (w.vm_id, w)).collect();
@@ -144,6 +147,14 @@ pub fn plan(
                 out.push(Action::Remove { domain: want.domain.clone(), vm_id: want.vm_id, keep_disks });
             }
             report(&mut out, want, mem, VmState::Deleted, None);
+            continue;
+        }
+        if fenced && want.ha {
+            // Self-fencing: without a valid lease an HA guest must not run
+            // here; the leader may be restarting it elsewhere.
+            if have.is_some_and(|h| h.state == RunState::Running) {
+                out.push(Action::Destroy { domain: want.domain.clone() });
+            }
             continue;
         }
         match want.desired {

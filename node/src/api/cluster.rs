@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use super::membership;
 use crate::ctx::{forward, is_forwarded, now_ms, NodeCtx};
 use kvmesh_raft::command::Command;
-use kvmesh_raft::model::{PlacementSettings, Policy};
+use kvmesh_raft::model::{NodeState, PlacementSettings, Policy};
 
 pub struct ClusterService {
     ctx: Arc<NodeCtx>,
@@ -163,9 +163,17 @@ impl pb::cluster_server::Cluster for ClusterService {
                     },
                 )
                 .await?;
-            return Ok(Response::new(r));
+            return Ok(Response::new(with_live_usage(ctx, r).await));
         }
-        Ok(Response::new(list_nodes(ctx)))
+        Ok(Response::new(with_live_usage(ctx, list_nodes(ctx)).await))
+    }
+
+    async fn drain(&self, request: Request<pb::NodeActionRequest>) -> Result<Response<pb::NodeActionReply>, Status> {
+        self.node_state(request, NodeState::Draining).await
+    }
+
+    async fn activate(&self, request: Request<pb::NodeActionRequest>) -> Result<Response<pb::NodeActionReply>, Status> {
+        self.node_state(request, NodeState::Up).await
     }
 
     async fn get_policy(
@@ -242,6 +250,65 @@ impl pb::cluster_server::Cluster for ClusterService {
     }
 }
 
+/// Adds what only the leader knows, from heartbeats: how long since each
+/// node was heard from, and how many guests it reports running.
+async fn with_live_usage(ctx: &NodeCtx, mut r: pb::ListNodesResponse) -> pb::ListNodesResponse {
+    if let Some(obs) = crate::ha::observed(ctx).await {
+        for n in &mut r.nodes {
+            n.heartbeat_age_ms = obs.heartbeat_age_ms.get(&n.name).copied();
+            n.running_vms = obs.running_vms.get(&n.name).copied();
+        }
+    }
+    r
+}
+
+impl ClusterService {
+    async fn node_state(
+        &self,
+        request: Request<pb::NodeActionRequest>,
+        target: NodeState,
+    ) -> Result<Response<pb::NodeActionReply>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let ctx = &self.ctx;
+        let r = ctx
+            .on_leader(
+                forwarded,
+                || async {
+                    let node = ctx.read(|d| d.state.node_by_name(&req.name).map(|n| (n.id, n.state)));
+                    let Some((id, state)) = node else {
+                        return Err(crate::error::Error::NotFound(format!("no node named {:?}; see `kvmesh node list`", req.name)));
+                    };
+                    if state == NodeState::Down {
+                        return Err(crate::error::Error::FailedPrecondition(format!(
+                            "node {} is down; its HA VMs restart elsewhere on their own, and `vm recover` moves the others",
+                            req.name
+                        )));
+                    }
+                    if target == NodeState::Up && state == NodeState::Up {
+                        return Ok(pb::NodeActionReply { state: "up".into() });
+                    }
+                    ctx.write(Command::SetNodeState { id, state: target, at_ms: now_ms() }).await?;
+                    Ok(pb::NodeActionReply { state: target.as_str().into() })
+                },
+                |ch, t| {
+                    let req = req.clone();
+                    async move {
+                        let mut c = ClusterClient::new(ch);
+                        let r = if target == NodeState::Draining {
+                            c.drain(forward(req, t)).await
+                        } else {
+                            c.activate(forward(req, t)).await
+                        };
+                        r.map(|r| r.into_inner())
+                    }
+                },
+            )
+            .await?;
+        Ok(Response::new(r))
+    }
+}
+
 fn list_nodes(ctx: &NodeCtx) -> pb::ListNodesResponse {
     let m = ctx.metrics();
     let membership = m.membership_config.membership().clone();
@@ -270,6 +337,8 @@ fn list_nodes(ctx: &NodeCtx) -> pb::ListNodesResponse {
                     allocated_memory_mib: mem,
                     role: role.into(),
                     labels: n.labels.clone().into_iter().collect(),
+                    heartbeat_age_ms: None,
+                    running_vms: None,
                 }
             })
             .collect()

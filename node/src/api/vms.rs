@@ -132,6 +132,8 @@ async fn create_on_leader(ctx: &NodeCtx, req: &pb::CreateVmRequest, spec: &VmSpe
             restart_gen: 0,
             force_stop: false,
             deleting: None,
+            last_epoch: 1,
+            pending: None,
         };
         match ctx.write(Command::CreateVm { vm: Box::new(vm), at_ms: now_ms() }).await? {
             CmdResponse::Vm(vm) => {
@@ -147,6 +149,26 @@ async fn create_on_leader(ctx: &NodeCtx, req: &pb::CreateVmRequest, spec: &VmSpe
         }
     }
     Err(Error::Unavailable(format!("VM {} lost the placement race {PLACEMENT_ATTEMPTS} times; retry", req.name)))
+}
+
+/// Fills `observed`: the hosts whose latest heartbeat reports the VM
+/// running (the leader's view), so anyone can check nothing runs twice.
+async fn with_observed(ctx: &NodeCtx, mut vm: pb::Vm) -> pb::Vm {
+    if let Some(obs) = crate::ha::observed(ctx).await {
+        vm.observed = obs.vms.into_iter().find(|o| o.vm_id == vm.id).map(|o| o.nodes).unwrap_or_default();
+    }
+    vm
+}
+
+async fn with_observed_list(ctx: &NodeCtx, mut r: pb::ListVmsResponse) -> pb::ListVmsResponse {
+    if let Some(obs) = crate::ha::observed(ctx).await {
+        let map: std::collections::HashMap<String, Vec<String>> =
+            obs.vms.into_iter().map(|o| (o.vm_id, o.nodes)).collect();
+        for vm in &mut r.vms {
+            vm.observed = map.get(&vm.id).cloned().unwrap_or_default();
+        }
+    }
+    r
 }
 
 /// Each node's filter result and score, for an existing VM or a spec.
@@ -216,7 +238,7 @@ impl pb::vms_server::Vms for VmsService {
         let req = request.into_inner();
         let ctx = &self.ctx;
         if !req.consistent {
-            return Ok(Response::new(list(ctx)));
+            return Ok(Response::new(with_observed_list(ctx, list(ctx)).await));
         }
         let r = ctx
             .on_leader(
@@ -228,7 +250,7 @@ impl pb::vms_server::Vms for VmsService {
                 |ch, t| async move { VmsClient::new(ch).list(forward(req, t)).await.map(|r| r.into_inner()) },
             )
             .await?;
-        Ok(Response::new(r))
+        Ok(Response::new(with_observed_list(ctx, r).await))
     }
 
     async fn get(&self, request: Request<pb::GetVmRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
@@ -236,7 +258,7 @@ impl pb::vms_server::Vms for VmsService {
         let req = request.into_inner();
         let ctx = &self.ctx;
         if !req.consistent {
-            return Ok(Response::new(get(ctx, &req.name)?));
+            return Ok(Response::new(with_observed(ctx, get(ctx, &req.name)?).await));
         }
         let r = ctx
             .on_leader(
@@ -251,7 +273,7 @@ impl pb::vms_server::Vms for VmsService {
                 },
             )
             .await?;
-        Ok(Response::new(r))
+        Ok(Response::new(with_observed(ctx, r).await))
     }
 
     async fn delete(
@@ -279,6 +301,10 @@ impl pb::vms_server::Vms for VmsService {
         request: Request<pb::ExplainRequest>,
     ) -> std::result::Result<Response<pb::Explanation>, Status> {
         Ok(Response::new(explain(&self.ctx, &request.into_inner())?))
+    }
+
+    async fn recover(&self, request: Request<pb::VmActionRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
+        self.action(request, VmAction::Recover).await
     }
 
     async fn start(&self, request: Request<pb::VmActionRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
@@ -335,6 +361,7 @@ enum VmAction {
     Start,
     Stop,
     Restart,
+    Recover,
 }
 
 impl VmsService {
@@ -357,6 +384,7 @@ impl VmsService {
                 at_ms: now_ms(),
             },
             VmAction::Restart => Command::RestartVm { name: req.name.clone(), at_ms: now_ms() },
+            VmAction::Recover => Command::RecoverVm { name: req.name.clone(), at_ms: now_ms() },
         };
         let vm = ctx
             .on_leader(
@@ -365,7 +393,9 @@ impl VmsService {
                     match ctx.write(cmd.clone()).await? {
                         CmdResponse::Vm(vm) => Ok(ctx.read(|d| wire::vm(&d.state, &vm))),
                         CmdResponse::Refused(r) => Err(r.into()),
-                        CmdResponse::Done => Err(Error::Raft("unexpected response".into())),
+                        CmdResponse::Done => ctx
+                            .read(|d| d.state.vm_by_name(&req.name).map(|v| wire::vm(&d.state, v)))
+                            .ok_or_else(|| Error::NotFound(format!("no VM named {:?}", req.name))),
                     }
                 },
                 |ch, t| {
@@ -376,6 +406,7 @@ impl VmsService {
                             VmAction::Start => client.start(forward(req, t)).await,
                             VmAction::Stop => client.stop(forward(req, t)).await,
                             VmAction::Restart => client.restart(forward(req, t)).await,
+                            VmAction::Recover => client.recover(forward(req, t)).await,
                         };
                         r.map(|r| r.into_inner())
                     }

@@ -164,6 +164,26 @@ pub async fn run(endpoint: &str, output: Output, command: Command) -> Result<()>
             let vm = vms.restart(req(pb::VmActionRequest { name, force: false })).await.map_err(status_err)?;
             print_vm(output, &vm.into_inner());
         }
+        Command::Node(NodeCmd::Drain { name }) => {
+            let r = cluster.drain(req(pb::NodeActionRequest { name: name.clone() })).await.map_err(status_err)?;
+            match output {
+                Output::Json => println!("{}", json!({"node": name, "state": r.into_inner().state})),
+                Output::Table => println!(
+                    "draining {name}: its VMs move to other nodes; `kvmesh node list` shows when it is in maintenance, `kvmesh vm list` what is still pending"
+                ),
+            }
+        }
+        Command::Node(NodeCmd::Activate { name }) => {
+            let r = cluster.activate(req(pb::NodeActionRequest { name: name.clone() })).await.map_err(status_err)?;
+            match output {
+                Output::Json => println!("{}", json!({"node": name, "state": r.into_inner().state})),
+                Output::Table => println!("{name} is {}", r.into_inner().state),
+            }
+        }
+        Command::Vm(VmCmd::Recover { name }) => {
+            let vm = vms.recover(req(pb::VmActionRequest { name, force: false })).await.map_err(status_err)?;
+            print_vm(output, &vm.into_inner());
+        }
         Command::Vm(VmCmd::Explain { name }) => {
             let e = vms.explain(req(pb::ExplainRequest { name, spec: None })).await.map_err(status_err)?.into_inner();
             print_explanation(output, &e);

@@ -174,6 +174,10 @@ pub enum NodeCmd {
         #[arg(long)]
         consistent: bool,
     },
+    /// Move every VM off a node (stop, then start elsewhere), then put it in maintenance.
+    Drain { name: String },
+    /// Bring a node back from maintenance (or stop a drain).
+    Activate { name: String },
 }
 
 // Parsed once per process; boxing the big variant would only add noise.
@@ -255,6 +259,8 @@ pub enum VmCmd {
     Restart { name: String },
     /// Each node's filter result and score for a VM, as if placed now.
     Explain { name: String },
+    /// Restart a VM whose host is down on another host, on purpose.
+    Recover { name: String },
     /// Show the tail of a VM's serial console (from any node).
     Console {
         name: String,

@@ -90,7 +90,7 @@ pub fn print_nodes(output: Output, nodes: &[pb::NodeInfo]) {
                         "id": n.id, "name": n.name, "address": n.address, "state": n.state, "role": n.role,
                         "cpus": n.cpus, "memory_mib": n.memory_mib, "vms": n.vm_count,
                         "allocated_vcpus": n.allocated_vcpus, "allocated_memory_mib": n.allocated_memory_mib,
-                        "labels": n.labels,
+                        "labels": n.labels, "heartbeat_age_ms": n.heartbeat_age_ms, "running_vms": n.running_vms,
                     })
                 })
                 .collect();
@@ -108,10 +108,14 @@ pub fn print_nodes(output: Output, nodes: &[pb::NodeInfo]) {
                         format!("{}/{}", n.allocated_vcpus, n.cpus),
                         format!("{}/{}", n.allocated_memory_mib, n.memory_mib),
                         n.vm_count.to_string(),
+                        n.running_vms.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+                        n.heartbeat_age_ms
+                            .map(|a| format!("{:.1}s ago", a as f64 / 1000.0))
+                            .unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
-            table(&["NAME", "ADDRESS", "STATE", "ROLE", "VCPUS", "MEMORY(MiB)", "VMS"], rows);
+            table(&["NAME", "ADDRESS", "STATE", "ROLE", "VCPUS", "MEMORY(MiB)", "VMS", "RUNNING", "HEARTBEAT"], rows);
         }
     }
 }
@@ -126,6 +130,7 @@ pub fn vm_json(vm: &pb::Vm) -> Value {
         "priority": vm.priority, "pin": vm.pin, "required_labels": vm.required_labels,
         "preferred_labels": vm.preferred_labels, "anti_affinity": vm.anti_affinity,
         "soft_anti_affinity": vm.soft_anti_affinity, "affinity": vm.affinity,
+        "pending": vm.pending, "observed": vm.observed,
     })
 }
 
@@ -168,6 +173,12 @@ pub fn print_vm(output: Output, vm: &pb::Vm) {
             }
             if let Some(e) = &vm.last_error {
                 println!("error:    {e}");
+            }
+            if let Some(p) = &vm.pending {
+                println!("pending:  {p}");
+            }
+            if !vm.observed.is_empty() {
+                println!("observed: running on {}", vm.observed.join(", "));
             }
             println!("domain:   {}", vm.domain);
             println!("node:     {}", vm.node.as_deref().unwrap_or("-"));

@@ -31,6 +31,20 @@ pub enum Command {
     RestartVm { name: String, at_ms: u64 },
     /// `cluster policy set`.
     SetPlacement { placement: PlacementSettings, at_ms: u64 },
+    /// The leader saw no heartbeat for `down_after`: the node is down, and
+    /// its HA VMs are unplaced so they can be restarted elsewhere.
+    NodeDown { id: NodeId, at_ms: u64 },
+    /// A down node heartbeats again, with no stale domains left.
+    NodeUp { id: NodeId, at_ms: u64 },
+    /// `node drain` (Draining: its VMs are unplaced to move elsewhere), the
+    /// end of a drain (Maintenance), or `node activate` (Up).
+    SetNodeState { id: NodeId, state: NodeState, at_ms: u64 },
+    /// Places an unplaced VM on `node` with a new epoch.
+    PlaceVm { vm: VmId, node: NodeId, at_ms: u64 },
+    /// Records why an unplaced VM is still waiting.
+    SetPending { vm: VmId, reason: String, at_ms: u64 },
+    /// `vm recover`: restart a VM whose host is down elsewhere, on purpose.
+    RecoverVm { name: String, at_ms: u64 },
     /// A host reports a VM's state transition. Accepted only from the host
     /// of the current placement at the current epoch.
     ReportVm { vm: VmId, node: NodeId, epoch: u64, state: VmState, error: Option<String>, at_ms: u64 },
@@ -78,6 +92,15 @@ pub enum Refusal {
         node: String,
         group: String,
     },
+    /// `vm recover` of a VM whose host is up.
+    HostNotDown {
+        name: String,
+        host: String,
+    },
+    /// Placing a VM that is already placed.
+    AlreadyPlaced {
+        name: String,
+    },
 }
 
 impl std::fmt::Display for Refusal {
@@ -98,6 +121,11 @@ impl std::fmt::Display for Refusal {
             Refusal::NoLongerFits { node } => write!(f, "node {node:?} no longer has room for this VM"),
             Refusal::StaleReport => write!(f, "stale report: the VM moved on or is gone"),
             Refusal::VmBeingDeleted { name } => write!(f, "VM {name:?} is being deleted"),
+            Refusal::HostNotDown { name, host } => write!(
+                f,
+                "VM {name:?} runs on {host}, which is not down; use `vm restart`, or `node drain {host}` to move it"
+            ),
+            Refusal::AlreadyPlaced { name } => write!(f, "VM {name:?} is already placed"),
             Refusal::AntiAffinityConflict { node, group } => {
                 write!(f, "node {node:?} already runs a member of anti-affinity group {group}")
             }
@@ -186,10 +214,148 @@ impl ClusterState {
                 );
                 Response::Done
             }
+            Command::NodeDown { id, at_ms } => self.node_down(*id, *at_ms),
+            Command::NodeUp { id, at_ms } => {
+                let Some(node) = self.nodes.get_mut(id) else {
+                    return Response::Refused(Refusal::UnknownNode { id: *id });
+                };
+                if node.state != NodeState::Down {
+                    return Response::Done;
+                }
+                node.state = NodeState::Up;
+                let name = node.name.clone();
+                self.dirty.insert(Key::Node(*id));
+                self.push_event(*at_ms, "node", format!("node {name} is up again"));
+                Response::Done
+            }
+            Command::SetNodeState { id, state, at_ms } => self.set_node_state(*id, *state, *at_ms),
+            Command::PlaceVm { vm, node, at_ms } => self.place_vm(*vm, *node, *at_ms),
+            Command::SetPending { vm, reason, at_ms } => {
+                let Some(v) = self.vms.get_mut(vm) else {
+                    return Response::Refused(Refusal::StaleReport);
+                };
+                if v.placement.is_some() || v.pending.as_deref() == Some(reason.as_str()) {
+                    return Response::Done;
+                }
+                v.pending = Some(reason.clone());
+                let name = v.name.clone();
+                self.dirty.insert(Key::Vm(*vm));
+                self.push_event(*at_ms, "vm-error", format!("vm {name} is pending: {reason}"));
+                Response::Done
+            }
+            Command::RecoverVm { name, at_ms } => {
+                let Some(id) = self.vm_names.get(name).copied() else {
+                    return Response::Refused(Refusal::UnknownVm { name: name.clone() });
+                };
+                let vm = &self.vms[&id];
+                let host = vm.placement.and_then(|p| self.nodes.get(&p.node));
+                match host {
+                    Some(h) if h.state == NodeState::Down => {
+                        let reason = format!("recovering from down host {}", h.name);
+                        self.unplace(id, reason.clone());
+                        self.push_event(*at_ms, "vm", format!("vm {name}: {reason}"));
+                        Response::Done
+                    }
+                    Some(h) => Response::Refused(Refusal::HostNotDown { name: name.clone(), host: h.name.clone() }),
+                    None => Response::Done,
+                }
+            }
             Command::ReportVm { vm, node, epoch, state, error, at_ms } => {
                 self.report_vm(*vm, *node, *epoch, *state, error.clone(), *at_ms)
             }
         }
+    }
+
+    /// Takes a VM off its host, keeping its epoch count, with a reason.
+    fn unplace(&mut self, id: VmId, reason: String) {
+        if let Some(vm) = self.vms.get_mut(&id) {
+            if let Some(p) = vm.placement.take() {
+                vm.last_epoch = vm.last_epoch.max(p.epoch);
+            }
+            vm.pending = Some(reason);
+            vm.reported = None;
+            self.dirty.insert(Key::Vm(id));
+        }
+    }
+
+    fn node_down(&mut self, id: NodeId, at_ms: u64) -> Response {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return Response::Refused(Refusal::UnknownNode { id });
+        };
+        if node.state == NodeState::Down {
+            return Response::Done;
+        }
+        node.state = NodeState::Down;
+        let name = node.name.clone();
+        self.dirty.insert(Key::Node(id));
+        let on_node: Vec<VmId> =
+            self.vms.values().filter(|v| v.placement.map(|p| p.node) == Some(id)).map(|v| v.id).collect();
+        let (mut restarted, mut stay, mut gone) = (0, 0, 0);
+        for vm_id in on_node {
+            let vm = &self.vms[&vm_id];
+            if vm.deleting.is_some() {
+                // Nothing will run it again; the host cleans up if it returns.
+                self.remove_vm(vm_id);
+                gone += 1;
+            } else if vm.spec.ha && vm.desired == Desired::Running {
+                self.unplace(vm_id, format!("host {name} is down; restarting elsewhere"));
+                restarted += 1;
+            } else {
+                stay += 1;
+            }
+        }
+        self.push_event(
+            at_ms,
+            "node-down",
+            format!("node {name} is down: {restarted} HA VM(s) to restart elsewhere, {stay} other VM(s) wait for it, {gone} deletion(s) finished"),
+        );
+        Response::Done
+    }
+
+    fn set_node_state(&mut self, id: NodeId, state: NodeState, at_ms: u64) -> Response {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return Response::Refused(Refusal::UnknownNode { id });
+        };
+        let before = node.state;
+        if before == state {
+            return Response::Done;
+        }
+        node.state = state;
+        let name = node.name.clone();
+        self.dirty.insert(Key::Node(id));
+        if state == NodeState::Draining {
+            let on_node: Vec<VmId> =
+                self.vms.values().filter(|v| v.placement.map(|p| p.node) == Some(id)).map(|v| v.id).collect();
+            for vm_id in &on_node {
+                self.unplace(*vm_id, format!("moving off {name} (drain)"));
+            }
+            self.push_event(at_ms, "node", format!("node {name} is draining: {} VM(s) to move", on_node.len()));
+        } else {
+            self.push_event(at_ms, "node", format!("node {name}: {} -> {}", before.as_str(), state.as_str()));
+        }
+        Response::Done
+    }
+
+    fn place_vm(&mut self, id: VmId, node: NodeId, at_ms: u64) -> Response {
+        let Some(vm) = self.vms.get(&id) else {
+            return Response::Refused(Refusal::StaleReport);
+        };
+        if vm.placement.is_some() {
+            return Response::Refused(Refusal::AlreadyPlaced { name: vm.name.clone() });
+        }
+        if let Err(r) = self.room_for(node, &vm.spec) {
+            return Response::Refused(r);
+        }
+        let host = self.nodes[&node].name.clone();
+        let vm = self.vms.get_mut(&id).expect("looked up above");
+        vm.last_epoch += 1;
+        vm.placement = Some(crate::model::Placement { node, epoch: vm.last_epoch });
+        vm.pending = None;
+        vm.reported = None;
+        let (name, epoch) = (vm.name.clone(), vm.last_epoch);
+        self.dirty.insert(Key::Vm(id));
+        self.push_event(at_ms, "vm", format!("vm {name} placed on {host} (epoch {epoch})"));
+        Response::Vm(Box::new(self.vms[&id].clone()))
     }
 
     fn vm_mut_by_name(&mut self, name: &str) -> Option<&mut Vm> {
@@ -310,25 +476,13 @@ impl ClusterState {
             return Response::Refused(Refusal::VmNameTaken { name: vm.name.clone() });
         }
         if let Some(p) = vm.placement {
-            let Some(node) = self.nodes.get(&p.node) else {
-                return Response::Refused(Refusal::UnknownNode { id: p.node });
-            };
-            let (cpus, mem, _) = self.allocated(p.node);
-            let placement = self.meta.settings.placement;
-            let fits = node.state == NodeState::Up
-                && cpus as u64 + vm.spec.vcpus as u64 <= placement.vcpu_capacity(node.cpus)
-                && mem.saturating_add(vm.spec.memory_mib) <= placement.memory_capacity(node.memory_mib);
-            if !fits {
-                return Response::Refused(Refusal::NoLongerFits { node: node.name.clone() });
-            }
-            if let Some(group) = &vm.spec.anti_affinity {
-                if self.group_members_on(p.node, group) > 0 {
-                    let node = node.name.clone();
-                    return Response::Refused(Refusal::AntiAffinityConflict { node, group: group.clone() });
-                }
+            if let Err(r) = self.room_for(p.node, &vm.spec) {
+                return Response::Refused(r);
             }
         }
         let node_name = vm.placement.and_then(|p| self.nodes.get(&p.node)).map(|n| n.name.clone());
+        let mut vm = vm.clone();
+        vm.last_epoch = vm.last_epoch.max(vm.placement.map(|p| p.epoch).unwrap_or(0));
         self.vm_names.insert(vm.name.clone(), vm.id);
         self.vms.insert(vm.id, vm.clone());
         self.dirty.insert(Key::Vm(vm.id));

@@ -28,6 +28,8 @@ fn vm(id: u64, name: &str, node: Option<u64>, mem: u64) -> Vm {
         restart_gen: 0,
         force_stop: false,
         deleting: None,
+        last_epoch: if node.is_some() { 1 } else { 0 },
+        pending: None,
     }
 }
 

@@ -12,6 +12,7 @@ fn want(desired: Desired) -> Want {
         restart_gen: 0,
         deleting: None,
         reported: None,
+        ha: false,
     }
 }
 
@@ -20,7 +21,7 @@ fn dom(state: RunState) -> Domain {
 }
 
 fn run(w: &Want, d: &[Domain], mem: &mut HashMap<u64, Memory>, now: u64) -> Vec<Action> {
-    plan(std::slice::from_ref(w), d, &[7].into(), mem, now, &Timing::default())
+    plan(std::slice::from_ref(w), d, &[7].into(), mem, now, &Timing::default(), false)
 }
 
 #[test]
@@ -125,7 +126,7 @@ fn stale_and_foreign_domains_are_removed_and_disks_kept_only_for_known_vms() {
     let w = want(Desired::Running);
     let stale = Domain { name: "kvmesh-7".into(), vm_id: 7, epoch: 0, state: RunState::Running };
     let gone = Domain { name: "kvmesh-9".into(), vm_id: 9, epoch: 1, state: RunState::Running };
-    let actions = plan(&[w], &[stale, gone], &[7].into(), &mut mem, 0, &Timing::default());
+    let actions = plan(&[w], &[stale, gone], &[7].into(), &mut mem, 0, &Timing::default(), false);
     assert_eq!(
         actions,
         vec![
@@ -148,4 +149,19 @@ fn delete_removes_then_reports_deleted() {
             Action::Report { vm_id: 7, epoch: 1, state: VmState::Deleted, error: None },
         ]
     );
+}
+
+#[test]
+fn a_fenced_host_destroys_its_ha_guests_and_starts_none() {
+    let mut mem = HashMap::new();
+    let mut w = want(Desired::Running);
+    w.ha = true;
+    w.reported = Some((VmState::Running, None));
+    let on = [dom(RunState::Running)];
+    let fenced = plan(std::slice::from_ref(&w), &on, &[7].into(), &mut mem, 0, &Timing::default(), true);
+    assert_eq!(fenced, vec![Action::Destroy { domain: "kvmesh-7".into() }]);
+    assert_eq!(plan(std::slice::from_ref(&w), &[], &[7].into(), &mut mem, 1, &Timing::default(), true), vec![]);
+    // Non-HA guests are not fenced.
+    w.ha = false;
+    assert_eq!(plan(std::slice::from_ref(&w), &on, &[7].into(), &mut mem, 2, &Timing::default(), true), vec![]);
 }

@@ -1,0 +1,149 @@
+//! The leader's HA loop: turns heartbeats into node state changes, places
+//! VMs that lost their host, finishes drains, and replaces dead voters.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvmesh_raft::command::{Command, Response};
+use kvmesh_raft::model::{NodeState, VmId};
+use kvmesh_raft::NodeId;
+use kvmesh_scheduler::{self as scheduler};
+use openraft::{ChangeMembers, ServerState};
+use tracing::{info, instrument, warn};
+
+use super::decide::{self, Liveness, NodeAction};
+use crate::ctx::{now_ms, NodeCtx};
+use crate::placement;
+
+const TICK: Duration = Duration::from_millis(250);
+
+pub async fn run(ctx: Arc<NodeCtx>) {
+    let mut down_since: HashMap<NodeId, Instant> = HashMap::new();
+    loop {
+        tokio::time::sleep(TICK).await;
+        let m = ctx.metrics();
+        if m.state != ServerState::Leader {
+            ctx.heartbeats.lock().unwrap_or_else(|p| p.into_inner()).leader_since = None;
+            continue;
+        }
+        let leader_since = {
+            let mut hb = ctx.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+            hb.for_term(m.current_term);
+            hb.leader_since.expect("set by for_term")
+        };
+        // A new leader knows nothing of the hosts' leases: it waits a full
+        // down_after before it declares or places anything.
+        if leader_since.elapsed() < Duration::from_millis(ctx.config.down_after_ms) {
+            continue;
+        }
+        if let Err(e) = tick(&ctx, &mut down_since).await {
+            warn!(error = %e, "HA controller pass failed; retrying");
+        }
+    }
+}
+
+#[instrument(skip_all, fields(node = %ctx.name))]
+async fn tick(ctx: &Arc<NodeCtx>, down_since: &mut HashMap<NodeId, Instant>) -> crate::error::Result<()> {
+    let now = Instant::now();
+    let down_after = Duration::from_millis(ctx.config.down_after_ms);
+    let fresh = Duration::from_millis(ctx.config.heartbeat_ms * 3);
+    let (actions, observed) = {
+        let hb = ctx.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+        let observed = hb.observed(now, down_after);
+        let actions = ctx.read(|d| {
+            let live: BTreeMap<NodeId, Liveness> = d
+                .state
+                .nodes
+                .keys()
+                .map(|id| {
+                    let seen = hb.seen.get(id);
+                    let domains = seen.map(|s| s.domains.as_slice()).unwrap_or(&[]);
+                    let l = Liveness {
+                        silent_for: hb.silent_for(*id, now),
+                        clean: decide::is_clean(&d.state, *id, domains),
+                        running: domains.iter().filter(|x| x.2).count(),
+                    };
+                    (*id, l)
+                })
+                .collect();
+            decide::node_actions(&d.state, &live, down_after, fresh)
+        });
+        (actions, observed)
+    };
+    for action in actions {
+        let cmd = match action {
+            NodeAction::Down(id) => {
+                warn!(node = id, "no heartbeat for down_after: declaring the node down");
+                down_since.insert(id, now);
+                Command::NodeDown { id, at_ms: now_ms() }
+            }
+            NodeAction::Up(id) => {
+                info!(node = id, "node heartbeats again with no stale domains: up");
+                down_since.remove(&id);
+                Command::NodeUp { id, at_ms: now_ms() }
+            }
+            NodeAction::Maintenance(id) => Command::SetNodeState { id, state: NodeState::Maintenance, at_ms: now_ms() },
+        };
+        ctx.write(cmd).await?;
+    }
+    place_pending(ctx, &observed).await?;
+    replace_dead_voters(ctx, down_since).await;
+    Ok(())
+}
+
+/// Places every VM that wants to run but has no host, in priority order,
+/// with capacity reserved as it goes; records why the rest wait.
+async fn place_pending(
+    ctx: &Arc<NodeCtx>,
+    observed: &BTreeMap<VmId, std::collections::BTreeSet<NodeId>>,
+) -> crate::error::Result<()> {
+    let plan = ctx.read(|d| {
+        let ids = decide::placeable(&d.state, observed);
+        if ids.is_empty() {
+            return None;
+        }
+        let vms: Vec<scheduler::VmRequest> =
+            ids.iter().map(|id| &d.state.vms[id]).map(|v| placement::vm_request(v.id, &v.name, &v.spec)).collect();
+        let settings = placement::settings(&d.state.meta.settings.placement);
+        Some(scheduler::plan_restarts(&vms, &placement::node_views(&d.state, None), &settings))
+    });
+    let Some(plan) = plan else { return Ok(()) };
+    for (vm, node) in plan.placements {
+        match ctx.write(Command::PlaceVm { vm, node, at_ms: now_ms() }).await? {
+            Response::Refused(r) => info!(vm, reason = %r, "placement refused; planning again next pass"),
+            _ => info!(vm, node, "placed a VM that had lost its host"),
+        }
+    }
+    for u in plan.unplaced {
+        let reason = format!("no node fits: {}", scheduler::explain_rejections(&u.rejections).replace('\n', "; "));
+        ctx.write(Command::SetPending { vm: u.vm_id, reason, at_ms: now_ms() }).await?;
+    }
+    Ok(())
+}
+
+/// Incus-style role rebalancing: a voter down longer than
+/// voter_replace_after is demoted, and a healthy learner promoted.
+async fn replace_dead_voters(ctx: &Arc<NodeCtx>, down_since: &HashMap<NodeId, Instant>) {
+    let limit = Duration::from_millis(ctx.config.voter_replace_after_ms);
+    let m = ctx.metrics();
+    let membership = m.membership_config.membership().clone();
+    let voters: Vec<NodeId> = membership.voter_ids().collect();
+    let learners: Vec<NodeId> = membership.learner_ids().collect();
+    let Some(dead) = voters.iter().find(|v| down_since.get(v).is_some_and(|t| t.elapsed() > limit)).copied() else {
+        return;
+    };
+    let healthy =
+        ctx.read(|d| learners.iter().copied().find(|l| d.state.nodes.get(l).is_some_and(|n| n.state == NodeState::Up)));
+    let Some(learner) = healthy else { return };
+    let _guard = ctx.membership_lock.lock().await;
+    info!(dead, learner, "voter down for voter_replace_after: promoting a learner in its place");
+    if let Err(e) = ctx.raft.change_membership(ChangeMembers::AddVoterIds([learner].into()), false).await {
+        warn!(error = %e, "could not promote the learner");
+        return;
+    }
+    // The dead voter stays a learner, so it can catch up if it returns.
+    if let Err(e) = ctx.raft.change_membership(ChangeMembers::RemoveVoters([dead].into()), true).await {
+        warn!(error = %e, "could not demote the dead voter");
+    }
+}

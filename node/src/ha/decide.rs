@@ -1,0 +1,172 @@
+//! The leader's HA decisions, as plain functions of the replicated state,
+//! what heartbeats said, and elapsed time. No clock, no I/O.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use kvmesh_raft::model::{ClusterState, Desired, NodeState, VmId};
+use kvmesh_raft::NodeId;
+
+/// What the leader knows of one node's liveness.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Liveness {
+    /// Time since its last heartbeat reached this leader, or since this
+    /// leader was elected if it has heard nothing yet.
+    pub silent_for: Duration,
+    /// Its latest heartbeat lists no domain that the state does not place
+    /// on it at that epoch.
+    pub clean: bool,
+    /// Domains it reported running.
+    pub running: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeAction {
+    Down(NodeId),
+    Up(NodeId),
+    /// A drained node is empty: put it in maintenance.
+    Maintenance(NodeId),
+}
+
+/// Node state changes. `fresh` is how recent a heartbeat must be to count
+/// as "heartbeating again".
+pub fn node_actions(
+    state: &ClusterState,
+    live: &BTreeMap<NodeId, Liveness>,
+    down_after: Duration,
+    fresh: Duration,
+) -> Vec<NodeAction> {
+    let mut out = Vec::new();
+    for node in state.nodes.values() {
+        let Some(l) = live.get(&node.id) else { continue };
+        match node.state {
+            NodeState::Up | NodeState::Draining if l.silent_for > down_after => out.push(NodeAction::Down(node.id)),
+            NodeState::Down if l.silent_for <= fresh && l.clean => out.push(NodeAction::Up(node.id)),
+            NodeState::Draining if l.silent_for <= fresh && l.running == 0 => {
+                let placed = state.vms.values().any(|v| v.placement.map(|p| p.node) == Some(node.id));
+                if !placed {
+                    out.push(NodeAction::Maintenance(node.id));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// VMs that should run but have no host, and that no live host reports
+/// running: these may be placed now.
+pub fn placeable(state: &ClusterState, observed: &BTreeMap<VmId, BTreeSet<NodeId>>) -> Vec<VmId> {
+    state
+        .vms
+        .values()
+        .filter(|v| v.placement.is_none() && v.desired == Desired::Running && v.deleting.is_none())
+        .filter(|v| observed.get(&v.id).is_none_or(|nodes| nodes.is_empty()))
+        .map(|v| v.id)
+        .collect()
+}
+
+/// Whether a heartbeat's domains all match current placements on `node`.
+pub fn is_clean(state: &ClusterState, node: NodeId, domains: &[(VmId, u64, bool)]) -> bool {
+    domains.iter().all(|(vm, epoch, _)| {
+        state.vms.get(vm).and_then(|v| v.placement).is_some_and(|p| p.node == node && p.epoch == *epoch)
+    })
+}
+
+/// Domains a heartbeat lists that are not current placements on `node`:
+/// the host must destroy them.
+pub fn stale(state: &ClusterState, node: NodeId, domains: &[(VmId, u64, bool)]) -> Vec<VmId> {
+    domains
+        .iter()
+        .filter(|(vm, epoch, running)| {
+            *running
+                && !state.vms.get(vm).and_then(|v| v.placement).is_some_and(|p| p.node == node && p.epoch == *epoch)
+        })
+        .map(|(vm, _, _)| *vm)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvmesh_raft::command::Command;
+    use kvmesh_raft::model::{Node, Placement, Settings, Vm, VmSpec};
+
+    fn state() -> ClusterState {
+        let mut s = ClusterState::default();
+        let node = |id: u64| Node {
+            id,
+            name: format!("n{id}"),
+            address: format!("a:{id}"),
+            cpus: 8,
+            memory_mib: 8192,
+            state: NodeState::Up,
+            joined_at_ms: 0,
+            labels: Default::default(),
+        };
+        s.apply(&Command::Init { cluster_id: "c".into(), settings: Settings::default(), node: node(1), at_ms: 0 });
+        s.apply(&Command::AddNode { node: node(2), at_ms: 0 });
+        let vm = Vm {
+            id: 10,
+            name: "web".into(),
+            spec: VmSpec { vcpus: 1, memory_mib: 64, ha: true, ..Default::default() },
+            desired: Desired::Running,
+            placement: Some(Placement { node: 1, epoch: 1 }),
+            created_at_ms: 0,
+            request_id: String::new(),
+            reported: None,
+            desired_gen: 0,
+            restart_gen: 0,
+            force_stop: false,
+            deleting: None,
+            last_epoch: 1,
+            pending: None,
+        };
+        s.apply(&Command::CreateVm { vm: Box::new(vm), at_ms: 0 });
+        s
+    }
+
+    fn live(silent_ms: u64, clean: bool, running: usize) -> Liveness {
+        Liveness { silent_for: Duration::from_millis(silent_ms), clean, running }
+    }
+
+    #[test]
+    fn down_after_silence_and_up_only_when_clean() {
+        let mut s = state();
+        let (down, fresh) = (Duration::from_secs(8), Duration::from_secs(2));
+        let l: BTreeMap<_, _> = [(1, live(8_001, true, 1)), (2, live(100, true, 0))].into();
+        assert_eq!(node_actions(&s, &l, down, fresh), vec![NodeAction::Down(1)]);
+        s.apply(&Command::NodeDown { id: 1, at_ms: 1 });
+        // The HA VM is unplaced and may be placed once nobody reports it running.
+        assert_eq!(placeable(&s, &BTreeMap::new()), vec![10]);
+        assert!(placeable(&s, &[(10, [1].into())].into()).is_empty());
+        // Back with a stale copy: not up until it is gone.
+        let back: BTreeMap<_, _> = [(1, live(500, false, 1))].into();
+        assert!(node_actions(&s, &back, down, fresh).is_empty());
+        let clean: BTreeMap<_, _> = [(1, live(500, true, 0))].into();
+        assert_eq!(node_actions(&s, &clean, down, fresh), vec![NodeAction::Up(1)]);
+    }
+
+    #[test]
+    fn stale_domains_are_named() {
+        let s = state();
+        assert!(is_clean(&s, 1, &[(10, 1, true)]));
+        assert!(!is_clean(&s, 1, &[(10, 0, true)]));
+        assert!(!is_clean(&s, 2, &[(10, 1, true)]));
+        assert_eq!(stale(&s, 2, &[(10, 1, true), (99, 1, false)]), vec![10]);
+    }
+
+    #[test]
+    fn an_empty_draining_node_goes_to_maintenance() {
+        let mut s = state();
+        s.apply(&Command::SetNodeState { id: 1, state: NodeState::Draining, at_ms: 1 });
+        assert!(s.vms[&10].placement.is_none(), "drain unplaces");
+        let l: BTreeMap<_, _> = [(1, live(100, true, 1))].into();
+        assert!(node_actions(&s, &l, Duration::from_secs(8), Duration::from_secs(2)).is_empty(), "still running");
+        let l: BTreeMap<_, _> = [(1, live(100, true, 0))].into();
+        assert_eq!(
+            node_actions(&s, &l, Duration::from_secs(8), Duration::from_secs(2)),
+            vec![NodeAction::Maintenance(1)]
+        );
+    }
+}
