@@ -57,12 +57,25 @@ pub fn vm_request(id: VmId, name: &str, spec: &VmSpec) -> VmRequest {
 /// Every node as the scheduler sees it, with what is placed on it. `except`
 /// leaves one VM out (to explain where an existing VM would go now).
 pub fn node_views(state: &ClusterState, except: Option<VmId>) -> Vec<NodeView> {
+    node_views_live(state, except, &Default::default())
+}
+
+/// [`node_views`], with the nodes the leader has not heard from lately
+/// marked unresponsive, so nothing new lands on a host that just died.
+pub fn node_views_live(
+    state: &ClusterState,
+    except: Option<VmId>,
+    unresponsive: &std::collections::BTreeSet<u64>,
+) -> Vec<NodeView> {
     let mut views: BTreeMap<u64, NodeView> = state
         .nodes
         .values()
         .map(|n| {
             let mut v = NodeView::new(n.id, &n.name, n.cpus, n.memory_mib);
             v.state = node_state(n.state);
+            if v.state == scheduler::NodeState::Up && unresponsive.contains(&n.id) {
+                v.state = scheduler::NodeState::Unresponsive;
+            }
             v.labels = n.labels.clone();
             (n.id, v)
         })

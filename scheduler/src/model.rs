@@ -73,6 +73,9 @@ pub enum NodeState {
     Down,
     Draining,
     Maintenance,
+    /// Up in the replicated state, but the leader has not heard from it for
+    /// several heartbeats: place nothing new there.
+    Unresponsive,
 }
 
 impl NodeState {
@@ -82,6 +85,7 @@ impl NodeState {
             NodeState::Down => "down",
             NodeState::Draining => "draining",
             NodeState::Maintenance => "maintenance",
+            NodeState::Unresponsive => "unresponsive (no recent heartbeat)",
         }
     }
 }

@@ -92,6 +92,7 @@ fn validate_create(req: &pb::CreateVmRequest) -> Result<VmSpec> {
 async fn create_on_leader(ctx: &NodeCtx, req: &pb::CreateVmRequest, spec: &VmSpec) -> Result<pb::Vm> {
     for _ in 0..PLACEMENT_ATTEMPTS {
         let id = rand::random::<u64>() >> 1;
+        let unresponsive = crate::ha::unresponsive(ctx);
         let decision = ctx.read(|d| {
             if let Some(existing) = d.state.vm_by_name(&req.name) {
                 if !req.request_id.is_empty() && existing.request_id == req.request_id {
@@ -101,7 +102,7 @@ async fn create_on_leader(ctx: &NodeCtx, req: &pb::CreateVmRequest, spec: &VmSpe
             }
             let settings = placement::settings(&d.state.meta.settings.placement);
             let vm = placement::vm_request(id, &req.name, spec);
-            Ok(Ok(scheduler::place(&placement::node_views(&d.state, None), &vm, &settings)))
+            Ok(Ok(scheduler::place(&placement::node_views_live(&d.state, None, &unresponsive), &vm, &settings)))
         })?;
         let decision = match decision {
             Err(already_created) => return Ok(already_created),

@@ -98,6 +98,7 @@ async fn place_pending(
     ctx: &Arc<NodeCtx>,
     observed: &BTreeMap<VmId, std::collections::BTreeSet<NodeId>>,
 ) -> crate::error::Result<()> {
+    let unresponsive = super::unresponsive(ctx);
     let plan = ctx.read(|d| {
         let ids = decide::placeable(&d.state, observed);
         if ids.is_empty() {
@@ -106,7 +107,7 @@ async fn place_pending(
         let vms: Vec<scheduler::VmRequest> =
             ids.iter().map(|id| &d.state.vms[id]).map(|v| placement::vm_request(v.id, &v.name, &v.spec)).collect();
         let settings = placement::settings(&d.state.meta.settings.placement);
-        Some(scheduler::plan_restarts(&vms, &placement::node_views(&d.state, None), &settings))
+        Some(scheduler::plan_restarts(&vms, &placement::node_views_live(&d.state, None, &unresponsive), &settings))
     });
     let Some(plan) = plan else { return Ok(()) };
     for (vm, node) in plan.placements {

@@ -84,6 +84,18 @@ impl Heartbeats {
     }
 }
 
+/// Nodes this leader has not heard from for three heartbeats (empty on a
+/// follower, or while this leader is too new to know).
+pub fn unresponsive(ctx: &NodeCtx) -> BTreeSet<NodeId> {
+    let limit = Duration::from_millis(ctx.config.heartbeat_ms * 3);
+    let hb = ctx.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+    if hb.leader_since.is_none() || ctx.leader().map(|l| l.0) != Some(ctx.id) {
+        return BTreeSet::new();
+    }
+    let now = Instant::now();
+    ctx.read(|d| d.state.nodes.keys().copied().filter(|id| hb.silent_for(*id, now) > limit).collect())
+}
+
 /// Leader side of `Host.Heartbeat`: confirm quorum, record, acknowledge, and
 /// name the domains the host must destroy.
 pub async fn receive(ctx: &NodeCtx, req: pb::HeartbeatRequest) -> Result<pb::HeartbeatAck, Status> {
