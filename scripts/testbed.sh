@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Simulated hosts on one machine, each a network namespace plus a private
+# mount namespace with its own libvirtd (real QEMU/TCG guests) and its own
+# kvmesh node. Hosts are joined by a bridge; they reach each other (and the
+# machine reaches them) only on the testbed's own subnet.
+#
+#   scripts/testbed.sh up N           start N hosts (h1..hN), bootstrap h1, join the rest
+#   scripts/testbed.sh down           stop everything and remove the namespaces and files
+#   scripts/testbed.sh kill-host H    kill -9 every process of host H (node, libvirtd, guests)
+#   scripts/testbed.sh start-host H   start host H again (same data dir)
+#   scripts/testbed.sh partition H    cut host H's link; heal H restores it
+#   scripts/testbed.sh heal H
+#   scripts/testbed.sh addr H         print H's kvmesh address
+#   scripts/testbed.sh virsh H ARGS   run virsh against H's libvirtd
+#
+# Needs root, iproute2 and scripts/libvirtd.sh's packages. Environment:
+# KVMESH_BIN (default target/debug/kvmesh), KVMESH_TESTBED_DIR (default
+# /tmp/kvmesh-testbed), KVMESH_TESTBED_NODE_ARGS (extra `kvmesh serve` flags).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BIN=${KVMESH_BIN:-$ROOT/target/debug/kvmesh}
+BASE=${KVMESH_TESTBED_DIR:-/tmp/kvmesh-testbed}
+BR=kvmtb0
+NET=10.254.77
+PORT=7100
+
+ip_of() { echo "$NET.$((10 + ${1#h}))"; }
+ns_of() { echo "kvmtb-$1"; }
+
+start_host() {
+  local h=$1 ns dir ip join=${2:-}
+  ns=$(ns_of "$h"); dir=$BASE/$h; ip=$(ip_of "$h")
+  mkdir -p "$dir"/{run,lib/qemu,lib/images,etc,log,cache}
+  if [ ! -f "$dir/etc/libvirtd.conf" ]; then
+    cp -a /etc/libvirt/. "$dir/etc/"
+    cat >"$dir/etc/libvirtd.conf" <<CONF
+listen_tls = 0
+listen_tcp = 1
+tcp_port = "16509"
+listen_addr = "$ip"
+auth_tcp = "none"
+host_uuid = "$(cat /proc/sys/kernel/random/uuid)"
+CONF
+    cat >"$dir/etc/qemu.conf" <<'CONF'
+user = "root"
+group = "root"
+security_driver = "none"
+dynamic_ownership = 0
+remember_owner = 0
+cgroup_controllers = [ ]
+namespaces = [ ]
+CONF
+  fi
+  local args=(serve --name "$h" --listen "$ip:$PORT" --data-dir "$dir/kvmesh" --libvirt-uri qemu:///system --virt-type qemu)
+  [ -n "$join" ] && [ ! -f "$dir/kvmesh/kvmesh-node.json" ] && args+=(--join "$join")
+  # shellcheck disable=SC2086
+  args+=(${KVMESH_TESTBED_NODE_ARGS:-})
+  ip netns exec "$ns" unshare --mount --propagation private sh -c "
+    mount --bind '$dir/run' /run/libvirt
+    mount --bind '$dir/lib' /var/lib/libvirt
+    mount --bind '$dir/etc' /etc/libvirt
+    mount --bind '$dir/log' /var/log/libvirt
+    mount --bind '$dir/cache' /var/cache/libvirt 2>/dev/null || true
+    virtlogd -d --pid-file '$dir/virtlogd.pid'
+    libvirtd -d --listen --pid-file '$dir/libvirtd.pid'
+    for i in \$(seq 100); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.2; done
+    exec '$BIN' ${args[*]@Q} >>'$dir/kvmesh.log' 2>&1
+  " &
+  for _ in $(seq 150); do
+    (exec 3<>"/dev/tcp/$ip/$PORT") 2>/dev/null && return 0
+    sleep 0.2
+  done
+  echo "host $h did not start; see $dir/kvmesh.log and $dir/log/libvirtd.log" >&2
+  return 1
+}
+
+up() {
+  local n=${1:-3}
+  [ "$(id -u)" -eq 0 ] || { echo "testbed needs root" >&2; exit 1; }
+  mkdir -p "$BASE"
+  ip link show "$BR" >/dev/null 2>&1 || {
+    ip link add "$BR" type bridge
+    ip addr add "$NET.1/24" dev "$BR"
+    ip link set "$BR" up
+  }
+  for i in $(seq 1 "$n"); do
+    local h=h$i ns
+    ns=$(ns_of "$h")
+    if ! ip netns list | grep -qw "$ns"; then
+      ip netns add "$ns"
+      ip link add "veth-$h" type veth peer name eth0 netns "$ns"
+      ip link set "veth-$h" master "$BR" up
+      ip netns exec "$ns" ip addr add "$(ip_of "$h")/24" dev eth0
+      ip netns exec "$ns" ip link set eth0 up
+      ip netns exec "$ns" ip link set lo up
+    fi
+  done
+  start_host h1
+  "$BIN" --endpoint "$(ip_of h1):$PORT" cluster init >/dev/null 2>&1 || true
+  for i in $(seq 2 "$n"); do start_host "h$i" "$(ip_of h1):$PORT"; done
+  echo "testbed: $n hosts; h1 at $(ip_of h1):$PORT; files in $BASE"
+}
+
+kill_host() {
+  local ns; ns=$(ns_of "$1")
+  # Every process in the host's network namespace: node, libvirtd, QEMU.
+  for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+  for _ in $(seq 50); do [ -z "$(ip netns pids "$ns" 2>/dev/null)" ] && return 0; sleep 0.1; done
+}
+
+down() {
+  for ns in $(ip netns list | awk '{print $1}' | grep '^kvmtb-' || true); do
+    kill_host "${ns#kvmtb-}"
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  for l in $(ip -o link show | awk -F': ' '{print $2}' | grep '^veth-h' | cut -d@ -f1 || true); do ip link del "$l" 2>/dev/null || true; done
+  ip link del "$BR" 2>/dev/null || true
+  rm -rf "$BASE"
+  echo "testbed: down"
+}
+
+case "${1:-}" in
+  up) up "${2:-3}" ;;
+  down) down ;;
+  kill-host) kill_host "$2" ;;
+  start-host) start_host "$2" "$(ip_of h1):$PORT" ;;
+  partition) ip link set "veth-$2" down ;;
+  heal) ip link set "veth-$2" up ;;
+  addr) echo "$(ip_of "$2"):$PORT" ;;
+  virsh) h=$2; shift 2; virsh -c "qemu+tcp://$(ip_of "$h")/system" "$@" ;;
+  *) sed -n '2,22p' "$0"; exit 2 ;;
+esac

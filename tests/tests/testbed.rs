@@ -1,0 +1,194 @@
+//! Real host deaths and partitions: three simulated hosts (scripts/testbed.sh),
+//! each with its own network namespace, mount namespace and libvirtd running
+//! real QEMU/TCG guests. `virsh` against every surviving host confirms from
+//! outside that each HA guest runs exactly once.
+//!
+//! Needs root, the packages of scripts/libvirtd.sh and the test guest
+//! (scripts/test.sh provides all three).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use kvmesh_tests::{kvmesh_bin, run_cli, wait_for};
+use serde_json::Value;
+
+const HOSTS: [&str; 3] = ["h1", "h2", "h3"];
+
+fn script() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/testbed.sh"))
+}
+
+fn testbed(args: &[&str]) -> Result<String> {
+    let out = Command::new("bash")
+        .arg(script())
+        .args(args)
+        .env("KVMESH_BIN", kvmesh_bin())
+        .env("KVMESH_TESTBED_DIR", "/tmp/kvmesh-testbed-test")
+        .output()
+        .context("run testbed.sh")?;
+    if !out.status.success() {
+        bail!(
+            "testbed.sh {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn addr(h: &str) -> String {
+    format!("10.254.77.{}:7100", 10 + h[1..].parse::<u32>().unwrap())
+}
+
+/// Running kvmesh domains on host `h`, asked from inside its own namespace
+/// (so it works while the host is partitioned).
+fn running_on(h: &str) -> Vec<String> {
+    let ip = &addr(h)[..addr(h).len() - 5];
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("kvmtb-{h}"),
+            "virsh",
+            "-c",
+            &format!("qemu+tcp://{ip}/system"),
+            "list",
+            "--name",
+        ])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("kvmesh-"))
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn vms(endpoint: &str) -> Option<Vec<Value>> {
+    run_cli(endpoint, &["vm", "list"]).json().ok()?.as_array().cloned()
+}
+
+/// Each domain name -> hosts running it, over the given hosts.
+fn placement_by_virsh(hosts: &[&str]) -> BTreeMap<String, Vec<String>> {
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for h in hosts {
+        for d in running_on(h) {
+            m.entry(d).or_default().push(h.to_string());
+        }
+    }
+    m
+}
+
+struct Teardown;
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        let _ = testbed(&["down"]);
+    }
+}
+
+#[test]
+fn real_host_death_and_partition_never_run_a_guest_twice() -> Result<()> {
+    let guest = std::env::var("KVMESH_TEST_GUEST")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/test-guest").into());
+    let (kernel, initrd) = (format!("{guest}/vmlinuz"), format!("{guest}/initrd.gz"));
+    let _ = testbed(&["down"]);
+    let _teardown = Teardown;
+    testbed(&["up", "3"])?;
+    wait_for("3 voters", Duration::from_secs(60), || {
+        let s = run_cli(&addr("h1"), &["cluster", "status"]).json().ok()?;
+        (s["members"].as_array()?.len() == 3 && !s["leader"].is_null()).then_some(())
+    })?;
+    for i in 0..3 {
+        let r = run_cli(
+            &addr(HOSTS[i]),
+            &[
+                "vm",
+                "create",
+                &format!("g{i}"),
+                "--memory",
+                "128",
+                "--ha",
+                "--kernel",
+                &kernel,
+                "--initrd",
+                &initrd,
+                "--cmdline",
+                "console=ttyS0",
+                "--soft-anti-affinity",
+                "spread",
+                "--wait",
+            ],
+        );
+        if !r.success {
+            bail!("create g{i}: {}", r.stderr);
+        }
+    }
+    let by_virsh = placement_by_virsh(&HOSTS);
+    assert_eq!(by_virsh.len(), 3, "{by_virsh:?}");
+    assert!(by_virsh.values().all(|h| h.len() == 1), "{by_virsh:?}");
+
+    // 1. Real host death: every process of h3 (node, libvirtd, QEMU).
+    testbed(&["kill-host", "h3"])?;
+    let killed = Instant::now();
+    let survivors = ["h1", "h2"];
+    wait_for("HA guests running again on the survivors", Duration::from_secs(30), || {
+        let list = vms(&addr("h1"))?;
+        let ok = list.iter().all(|v| v["state"] == "running" && v["node"] != "h3");
+        let by_virsh = placement_by_virsh(&survivors);
+        (ok && by_virsh.len() == 3 && by_virsh.values().all(|h| h.len() == 1)).then_some(())
+    })?;
+    eprintln!("host death: all HA guests running once on the survivors after {:?} (virsh-checked)", killed.elapsed());
+    testbed(&["start-host", "h3"])?;
+    wait_for("h3 back up", Duration::from_secs(60), || {
+        let n = run_cli(&addr("h1"), &["node", "list"]).json().ok()?;
+        n.as_array()?.iter().all(|n| n["state"] == "up").then_some(())
+    })?;
+
+    // 2. Partition the leader's host: it fences, the majority restarts its
+    // guests, and after the heal everything runs exactly once.
+    let s = run_cli(&addr("h1"), &["cluster", "status"]).json()?;
+    let leader = s["leader"]["name"].as_str().unwrap().to_string();
+    let others: Vec<&str> = HOSTS.iter().copied().filter(|h| *h != leader).collect();
+    let on_leader: Vec<String> = vms(&addr(others[0]))
+        .unwrap_or_default()
+        .iter()
+        .filter(|v| v["node"] == leader.as_str())
+        .map(|v| v["domain"].as_str().unwrap().to_string())
+        .collect();
+    testbed(&["partition", &leader])?;
+    let cut = Instant::now();
+    let mut double = None;
+    wait_for("the majority to run every guest", Duration::from_secs(40), || {
+        // Sample all three hosts' libvirtd every pass: never two copies.
+        let by_virsh = placement_by_virsh(&HOSTS);
+        if let Some((d, h)) = by_virsh.iter().find(|(_, h)| h.len() > 1) {
+            double = Some(format!("{d} on {h:?}"));
+            return Some(());
+        }
+        let list = vms(&addr(others[0]))?;
+        let ok = list.iter().all(|v| v["state"] == "running" && v["node"] != leader.as_str());
+        (ok && by_virsh.len() == 3).then_some(())
+    })?;
+    if let Some(d) = double {
+        bail!("a guest ran twice during the partition: {d}");
+    }
+    eprintln!("partition of leader {leader}: majority runs every guest after {:?}", cut.elapsed());
+    for d in &on_leader {
+        assert!(!running_on(&leader).contains(d), "the partitioned host still runs {d}: it must have fenced");
+    }
+    testbed(&["heal", &leader])?;
+    wait_for("convergence after the heal", Duration::from_secs(60), || {
+        let n = run_cli(&addr(others[0]), &["node", "list"]).json().ok()?;
+        let all_up = n.as_array()?.iter().all(|n| n["state"] == "up");
+        let by_virsh = placement_by_virsh(&HOSTS);
+        (all_up && by_virsh.len() == 3 && by_virsh.values().all(|h| h.len() == 1)).then_some(())
+    })?;
+    Ok(())
+}
