@@ -16,7 +16,7 @@ pub struct RaftConfig {
     /// Leader heartbeat interval. Default 50 ms.
     pub heartbeat_ms: u64,
     /// Election timeout range; each node draws once from it, so keep it wide
-    /// to avoid repeated split votes. Default 150–450 ms. A follower waits a
+    /// to avoid repeated split votes. Default 150–400 ms. A follower waits a
     /// leader lease (openraft sets it to `election_max_ms`) plus its own
     /// timeout before it campaigns, so a dead leader is replaced after about
     /// `election_max_ms + election_min_ms`..`2 × election_max_ms`.
@@ -33,7 +33,7 @@ impl Default for RaftConfig {
         RaftConfig {
             heartbeat_ms: 50,
             election_min_ms: 150,
-            election_max_ms: 450,
+            election_max_ms: 400,
             snapshot_every: 5000,
             keep_logs: 1000,
         }

@@ -67,6 +67,8 @@ fn replicated(mut nodes: serde_json::Value) -> serde_json::Value {
         if let Some(o) = n.as_object_mut() {
             o.remove("heartbeat_age_ms");
             o.remove("running_vms");
+            o.remove("running_vcpus");
+            o.remove("running_memory_mib");
         }
     }
     nodes

@@ -173,6 +173,12 @@ fn drain_and_activate_under_load() -> Result<()> {
     for i in 0..6 {
         c.cli_ok(i % 3, &["vm", "create", &format!("d{i}"), "--memory", "256", "--wait"])?;
     }
+    // Live usage from heartbeats: six running 1-vCPU, 256 MiB guests.
+    wait_for("live usage in node list", Duration::from_secs(10), || {
+        let n = c.cli_ok(1, &["node", "list"]).ok()?;
+        let sum = |k: &str| n.as_array().unwrap().iter().map(|x| x[k].as_u64().unwrap_or(0)).sum::<u64>();
+        (sum("running_vms") == 6 && sum("running_vcpus") == 6 && sum("running_memory_mib") == 6 * 256).then_some(())
+    })?;
     let target = c.vm(0, "d0")?["node"].as_str().unwrap().to_string();
     let other = (index_of(&c, &target) + 1) % 3;
     let stop = Arc::new(AtomicBool::new(false));

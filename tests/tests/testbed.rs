@@ -105,9 +105,9 @@ fn real_host_death_and_partition_never_run_a_guest_twice() -> Result<()> {
         let s = run_cli(&addr("h1"), &["cluster", "status"]).json().ok()?;
         (s["members"].as_array()?.len() == 3 && !s["leader"].is_null()).then_some(())
     })?;
-    for i in 0..3 {
+    for (i, host) in HOSTS.iter().enumerate() {
         let r = run_cli(
-            &addr(HOSTS[i]),
+            &addr(host),
             &[
                 "vm",
                 "create",

@@ -257,6 +257,8 @@ async fn with_live_usage(ctx: &NodeCtx, mut r: pb::ListNodesResponse) -> pb::Lis
         for n in &mut r.nodes {
             n.heartbeat_age_ms = obs.heartbeat_age_ms.get(&n.name).copied();
             n.running_vms = obs.running_vms.get(&n.name).copied();
+            n.running_vcpus = obs.running_vcpus.get(&n.name).copied();
+            n.running_memory_mib = obs.running_memory_mib.get(&n.name).copied();
         }
     }
     r
@@ -339,6 +341,8 @@ fn list_nodes(ctx: &NodeCtx) -> pb::ListNodesResponse {
                     labels: n.labels.clone().into_iter().collect(),
                     heartbeat_age_ms: None,
                     running_vms: None,
+                    running_vcpus: None,
+                    running_memory_mib: None,
                 }
             })
             .collect()

@@ -91,6 +91,7 @@ pub fn print_nodes(output: Output, nodes: &[pb::NodeInfo]) {
                         "cpus": n.cpus, "memory_mib": n.memory_mib, "vms": n.vm_count,
                         "allocated_vcpus": n.allocated_vcpus, "allocated_memory_mib": n.allocated_memory_mib,
                         "labels": n.labels, "heartbeat_age_ms": n.heartbeat_age_ms, "running_vms": n.running_vms,
+                        "running_vcpus": n.running_vcpus, "running_memory_mib": n.running_memory_mib,
                     })
                 })
                 .collect();
@@ -108,7 +109,10 @@ pub fn print_nodes(output: Output, nodes: &[pb::NodeInfo]) {
                         format!("{}/{}", n.allocated_vcpus, n.cpus),
                         format!("{}/{}", n.allocated_memory_mib, n.memory_mib),
                         n.vm_count.to_string(),
-                        n.running_vms.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+                        match (n.running_vms, n.running_vcpus, n.running_memory_mib) {
+                            (Some(r), Some(c), Some(m)) => format!("{r} ({c} vCPU, {m} MiB)"),
+                            _ => "-".into(),
+                        },
                         n.heartbeat_age_ms
                             .map(|a| format!("{:.1}s ago", a as f64 / 1000.0))
                             .unwrap_or_else(|| "-".into()),

@@ -224,8 +224,19 @@ pub fn observed_pb(ctx: &NodeCtx) -> pb::ObservedReply {
                 .iter()
                 .map(|(id, s)| (name(id), s.domains.iter().filter(|d| d.2).count() as u32))
                 .collect(),
+            running_vcpus: hb.seen.iter().map(|(id, s)| (name(id), usage(d, s).0)).collect(),
+            running_memory_mib: hb.seen.iter().map(|(id, s)| (name(id), usage(d, s).1)).collect(),
         }
     })
+}
+
+/// vCPUs and memory of the guests a heartbeat reports running.
+fn usage(d: &kvmesh_raft::store::SmData, seen: &Seen) -> (u64, u64) {
+    seen.domains
+        .iter()
+        .filter(|x| x.2)
+        .filter_map(|(vm, _, _)| d.state.vms.get(vm))
+        .fold((0, 0), |(c, m), v| (c + v.spec.vcpus as u64, m + v.spec.memory_mib))
 }
 
 /// The leader's observed map, from any node (followers ask the leader).

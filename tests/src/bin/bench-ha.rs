@@ -6,7 +6,7 @@
 //!   elsewhere, over 10 kills (every third one the leader's own host).
 //!
 //! Prints p50/p99 and the ratio to the configured bound measured against
-//! (failover: openraft's lease + election timeout, 2 × election_max_ms;
+//! (failover: openraft's lease + election timeout, 2 × election_max_ms = 800 ms;
 //! HA restart: down_after_ms). Run: `cargo run --release -p kvmesh-tests --bin bench-ha`
 //! (needs `cargo build --release -p kvmesh` and KVMESH_BIN=target/release/kvmesh).
 
@@ -43,6 +43,9 @@ fn failover(kills: usize) -> Result<Vec<Duration>> {
         out.push(start.elapsed());
         c.restart(leader)?;
         c.wait_members(leader, 3, 3)?;
+        // Measure the failover of a settled cluster: a restarted node can
+        // still trigger one more election shortly after it comes back.
+        std::thread::sleep(Duration::from_secs(2));
     }
     Ok(out)
 }
@@ -84,7 +87,10 @@ fn ha_restart(kills: usize) -> Result<Vec<Duration>> {
 }
 
 fn main() -> Result<()> {
-    summary("leader failover (kill -9 -> next acknowledged write)", failover(20)?, Duration::from_millis(900));
+    summary("leader failover (kill -9 -> next acknowledged write)", failover(20)?, Duration::from_millis(800));
+    if std::env::args().any(|a| a == "--failover-only") {
+        return Ok(());
+    }
     summary("HA restart (host kill -9 -> all its HA VMs running elsewhere)", ha_restart(10)?, Duration::from_secs(8));
     Ok(())
 }
