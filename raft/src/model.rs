@@ -239,6 +239,9 @@ pub struct Vm {
     pub last_epoch: u64,
     /// Why an unplaced VM is waiting (its host died, a drain, no capacity).
     pub pending: Option<String>,
+    /// The draining node this VM is moving off; that drain is not finished
+    /// until the VM is placed elsewhere.
+    pub moving_from: Option<NodeId>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -135,6 +135,7 @@ async fn create_on_leader(ctx: &NodeCtx, req: &pb::CreateVmRequest, spec: &VmSpe
             deleting: None,
             last_epoch: 1,
             pending: None,
+            moving_from: None,
         };
         match ctx.write(Command::CreateVm { vm: Box::new(vm), at_ms: now_ms() }).await? {
             CmdResponse::Vm(vm) => {

@@ -43,8 +43,12 @@ pub fn node_actions(
             NodeState::Up | NodeState::Draining if l.silent_for > down_after => out.push(NodeAction::Down(node.id)),
             NodeState::Down if l.silent_for <= fresh && l.clean => out.push(NodeAction::Up(node.id)),
             NodeState::Draining if l.silent_for <= fresh && l.running == 0 => {
-                let placed = state.vms.values().any(|v| v.placement.map(|p| p.node) == Some(node.id));
-                if !placed {
+                // Finished only when every VM that was on it runs elsewhere.
+                let left = state
+                    .vms
+                    .values()
+                    .any(|v| v.placement.map(|p| p.node) == Some(node.id) || v.moving_from == Some(node.id));
+                if !left {
                     out.push(NodeAction::Maintenance(node.id));
                 }
             }
@@ -121,6 +125,7 @@ mod tests {
             deleting: None,
             last_epoch: 1,
             pending: None,
+            moving_from: None,
         };
         s.apply(&Command::CreateVm { vm: Box::new(vm), at_ms: 0 });
         s
@@ -164,6 +169,8 @@ mod tests {
         let l: BTreeMap<_, _> = [(1, live(100, true, 1))].into();
         assert!(node_actions(&s, &l, Duration::from_secs(8), Duration::from_secs(2)).is_empty(), "still running");
         let l: BTreeMap<_, _> = [(1, live(100, true, 0))].into();
+        assert!(node_actions(&s, &l, Duration::from_secs(8), Duration::from_secs(2)).is_empty(), "VM not moved yet");
+        s.apply(&Command::PlaceVm { vm: 10, node: 2, at_ms: 2 });
         assert_eq!(
             node_actions(&s, &l, Duration::from_secs(8), Duration::from_secs(2)),
             vec![NodeAction::Maintenance(1)]

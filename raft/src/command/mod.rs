@@ -328,6 +328,9 @@ impl ClusterState {
                 self.vms.values().filter(|v| v.placement.map(|p| p.node) == Some(id)).map(|v| v.id).collect();
             for vm_id in &on_node {
                 self.unplace(*vm_id, format!("moving off {name} (drain)"));
+                if let Some(vm) = self.vms.get_mut(vm_id) {
+                    vm.moving_from = Some(id);
+                }
             }
             self.push_event(at_ms, "node", format!("node {name} is draining: {} VM(s) to move", on_node.len()));
         } else {
@@ -352,6 +355,7 @@ impl ClusterState {
         vm.placement = Some(crate::model::Placement { node, epoch: vm.last_epoch });
         vm.pending = None;
         vm.reported = None;
+        vm.moving_from = None;
         let (name, epoch) = (vm.name.clone(), vm.last_epoch);
         self.dirty.insert(Key::Vm(id));
         self.push_event(at_ms, "vm", format!("vm {name} placed on {host} (epoch {epoch})"));

@@ -30,6 +30,7 @@ fn vm(id: u64, name: &str, node: Option<u64>, mem: u64) -> Vm {
         deleting: None,
         last_epoch: if node.is_some() { 1 } else { 0 },
         pending: None,
+        moving_from: None,
     }
 }
 
