@@ -30,16 +30,7 @@ id libvirt-qemu >/dev/null 2>&1 || $SUDO useradd -r -g kvm -s /usr/sbin/nologin 
 $SUDO mkdir -p /var/log/libvirt /var/run/libvirt /var/lib/libvirt/qemu /var/lib/libvirt/images /etc/libvirt
 conf=/etc/libvirt/qemu.conf
 if ! grep -q '^# kvmesh test settings' "$conf" 2>/dev/null; then
-  $SUDO tee -a "$conf" >/dev/null <<'CONF'
-# kvmesh test settings
-user = "root"
-group = "root"
-security_driver = "none"
-dynamic_ownership = 0
-remember_owner = 0
-cgroup_controllers = [ ]
-namespaces = [ ]
-CONF
+  $SUDO tee -a "$conf" >/dev/null <"$(dirname "$0")/qemu-test.conf"
 fi
 # A daemon killed earlier (kill -9, a previous CI run) leaves pid files and
 # sockets behind; a fresh start copes, but the first start after that can die

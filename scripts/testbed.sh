@@ -42,15 +42,7 @@ listen_addr = "$ip"
 auth_tcp = "none"
 host_uuid = "$(cat /proc/sys/kernel/random/uuid)"
 CONF
-    cat >"$dir/etc/qemu.conf" <<'CONF'
-user = "root"
-group = "root"
-security_driver = "none"
-dynamic_ownership = 0
-remember_owner = 0
-cgroup_controllers = [ ]
-namespaces = [ ]
-CONF
+    cp "$ROOT/scripts/qemu-test.conf" "$dir/etc/qemu.conf"
   fi
   local args=(serve --name "$h" --listen "$ip:$PORT" --data-dir "$dir/kvmesh" --libvirt-uri qemu:///system --virt-type qemu)
   [ -n "$join" ] && [ ! -f "$dir/kvmesh/kvmesh-node.json" ] && args+=(--join "$join")
