@@ -16,13 +16,13 @@ use kvmesh_raft::network::lazy_channel;
 use kvmesh_raft::store::{SharedState, SmData};
 use kvmesh_raft::types::{Raft, RaftMetrics};
 use kvmesh_raft::NodeId;
-use openraft::error::{ClientWriteError, RaftError};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use crate::config::ServeConfig;
 use crate::data_dir::DataDir;
 use crate::error::{Error, Result};
+use kvmesh_raft::proposer::{Proposer, WriteFailure};
 
 pub struct NodeCtx {
     pub id: NodeId,
@@ -49,6 +49,8 @@ pub struct NodeCtx {
     /// The leader's memory of heartbeats (empty on followers).
     pub heartbeats: Mutex<crate::ha::Heartbeats>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Batches concurrent writes into one log entry (group commit).
+    proposer: Proposer,
 }
 
 impl NodeCtx {
@@ -69,7 +71,7 @@ impl NodeCtx {
             address: config.advertise().to_string(),
             cpus,
             memory_mib,
-            raft,
+            raft: raft.clone(),
             state,
             config,
             data_dir: Mutex::new(data_dir),
@@ -80,6 +82,7 @@ impl NodeCtx {
             lease: Mutex::new(None),
             heartbeats: Mutex::new(crate::ha::Heartbeats::default()),
             channels: Mutex::new(HashMap::new()),
+            proposer: Proposer::start(id, raft.clone()),
         }
     }
 
@@ -107,16 +110,41 @@ impl NodeCtx {
 
     /// Proposes a command and waits until it is committed and applied.
     pub async fn write(&self, cmd: Command) -> Result<Response> {
-        match self.raft.client_write(cmd).await {
-            Ok(r) => Ok(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(Error::Unavailable("leadership changed during the write".into()))
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(Error::FailedPrecondition(e.to_string()))
-            }
-            Err(RaftError::Fatal(f)) => Err(Error::Raft(f.to_string())),
+        match self.proposer.write(cmd).await {
+            Ok(r) => Ok(r),
+            Err(WriteFailure::NotLeader(m)) => Err(Error::Unavailable(m)),
+            Err(WriteFailure::Membership(e)) => Err(Error::FailedPrecondition(e)),
+            Err(WriteFailure::Fatal(f)) => Err(Error::Raft(f)),
         }
+    }
+
+    /// Proposes a command from any node: through the proposer, which batches
+    /// it with concurrent writes and forwards the batch to the leader when
+    /// this node does not lead. Retried through elections until the write
+    /// deadline. For commands built without leader-only state.
+    pub async fn submit(&self, cmd: Command) -> Result<Response> {
+        let deadline = Instant::now() + Duration::from_millis(self.config.write_timeout_ms);
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let last_error = match self.proposer.write(cmd.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(WriteFailure::NotLeader(m)) => m,
+                Err(WriteFailure::Membership(e)) => return Err(Error::FailedPrecondition(e)),
+                Err(WriteFailure::Fatal(f)) => return Err(Error::Raft(f)),
+            };
+            if Instant::now() + backoff >= deadline {
+                return Err(Error::Unavailable(self.no_leader_message(&last_error)));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    fn no_leader_message(&self, last_error: &str) -> String {
+        format!(
+            "no leader accepted the request within {} ms ({last_error}); a majority of voters must be up: check `kvmesh cluster status` and start the stopped nodes",
+            self.config.write_timeout_ms
+        )
     }
 
     /// The leader's id and address, if one is known.
@@ -167,10 +195,7 @@ impl NodeCtx {
                 None => {}
             }
             if Instant::now() + backoff >= deadline {
-                return Err(Status::unavailable(format!(
-                    "no leader accepted the request within {} ms ({last_error}); a majority of voters must be up: check `kvmesh cluster status` and start the stopped nodes",
-                    self.config.write_timeout_ms
-                )));
+                return Err(Status::unavailable(self.no_leader_message(&last_error)));
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(250));

@@ -96,6 +96,8 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     tokio::spawn(crate::agent::run(ctx.clone()));
     tokio::spawn(crate::ha::heartbeat_loop(ctx.clone()));
     tokio::spawn(crate::ha::controller::run(ctx.clone()));
+    #[cfg(feature = "bench-seed")]
+    crate::bench_seed::start(&ctx);
 
     tokio::select! {
         r = server => {

@@ -5,6 +5,8 @@
 
 mod agent;
 mod api;
+#[cfg(feature = "bench-seed")]
+mod bench_seed;
 mod cli;
 mod config;
 mod ctx;

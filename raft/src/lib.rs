@@ -7,6 +7,7 @@
 //! - [`store`]: the sled-backed log store and state machine (storage v2), durable
 //!   before openraft is told.
 //! - [`network`]: the tonic transport for openraft's RPCs, client and server.
+//! - [`proposer`]: group commit, and forwarding of writes to the leader.
 
 // openraft fixes the error type of its storage traits; it is large by design.
 #![allow(clippy::result_large_err)]
@@ -16,6 +17,7 @@ pub mod command;
 pub mod error;
 pub mod model;
 pub mod network;
+pub mod proposer;
 pub mod store;
 pub mod types;
 pub mod wire;

@@ -4,7 +4,7 @@
 //! changes only through [`ClusterState::apply`](crate::command), and it keeps a
 //! set of the keys each change touched so the store can persist exactly those.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -242,6 +242,8 @@ pub struct Vm {
     /// The draining node this VM is moving off; that drain is not finished
     /// until the VM is placed elsewhere.
     pub moving_from: Option<NodeId>,
+    /// Free text for operators (`vm set --description`), like Proxmox's notes.
+    pub description: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,6 +303,21 @@ pub struct ClusterState {
     /// Keys changed since the store last persisted.
     #[serde(skip)]
     pub(crate) dirty: BTreeSet<Key>,
+    /// Derived, for readers between applied batches (the agents, `node
+    /// list`): where each VM is placed, and a counter per node bumped when
+    /// one of its VMs changes. Refreshed by [`ClusterState::take_dirty`], so
+    /// `apply` must not use it.
+    #[serde(skip)]
+    placed: PlacedIndex,
+}
+
+#[derive(Clone, Debug, Default)]
+struct PlacedIndex {
+    by_node: HashMap<NodeId, BTreeSet<VmId>>,
+    node_of: HashMap<VmId, NodeId>,
+    changes: HashMap<NodeId, u64>,
+    /// Bumped when the whole state is replaced (a snapshot install).
+    generation: u64,
 }
 
 impl PartialEq for ClusterState {
@@ -326,6 +343,51 @@ impl ClusterState {
     /// Rebuilds derived indexes (after decoding a snapshot).
     pub fn reindex(&mut self) {
         self.vm_names = self.vms.values().map(|v| (v.name.clone(), v.id)).collect();
+        let generation = self.placed.generation + 1;
+        self.placed = PlacedIndex { generation, ..Default::default() };
+        let ids: Vec<VmId> = self.vms.keys().copied().collect();
+        for id in ids {
+            self.refresh_placed(id);
+        }
+    }
+
+    /// Carries the change counters of the state this one replaces, so a
+    /// reader comparing them sees that everything may have changed.
+    pub fn replaces(&mut self, old: &ClusterState) {
+        self.placed.generation = self.placed.generation.max(old.placed.generation + 1);
+    }
+
+    fn refresh_placed(&mut self, id: VmId) {
+        let new = self.vms.get(&id).and_then(|v| v.placement).map(|p| p.node);
+        let old = self.placed.node_of.get(&id).copied();
+        for node in [old, new].into_iter().flatten() {
+            *self.placed.changes.entry(node).or_default() += 1;
+        }
+        if let Some(old) = old.filter(|o| Some(*o) != new) {
+            if let Some(set) = self.placed.by_node.get_mut(&old) {
+                set.remove(&id);
+            }
+        }
+        match new {
+            Some(node) => {
+                self.placed.by_node.entry(node).or_default().insert(id);
+                self.placed.node_of.insert(id, node);
+            }
+            None => {
+                self.placed.node_of.remove(&id);
+            }
+        }
+    }
+
+    /// The VMs placed on `node` (as of the last applied batch).
+    pub fn vms_on(&self, node: NodeId) -> impl Iterator<Item = &Vm> + '_ {
+        self.placed.by_node.get(&node).into_iter().flatten().filter_map(|id| self.vms.get(id))
+    }
+
+    /// Changes whenever a VM placed on (or leaving) `node` changes: a host
+    /// can skip work when it has not.
+    pub fn changes_on(&self, node: NodeId) -> (u64, u64) {
+        (self.placed.generation, self.placed.changes.get(&node).copied().unwrap_or(0))
     }
 
     pub fn cluster_id(&self) -> Option<&str> {
@@ -407,9 +469,24 @@ impl ClusterState {
             .count() as u32
     }
 
-    /// Takes the keys changed since the last call.
+    /// Takes the keys changed since the last call, and brings the derived
+    /// placement index up to date with them.
     pub fn take_dirty(&mut self) -> BTreeSet<Key> {
-        std::mem::take(&mut self.dirty)
+        let dirty = std::mem::take(&mut self.dirty);
+        for key in &dirty {
+            if let Key::Vm(id) = key {
+                self.refresh_placed(*id);
+            }
+        }
+        dirty
+    }
+
+    /// vCPUs, memory and VM count placed on a node, from the index (for
+    /// readers; `apply` uses [`ClusterState::allocated`]).
+    pub fn allocated_indexed(&self, node: NodeId) -> (u32, u64, u32) {
+        self.vms_on(node).fold((0u32, 0u64, 0u32), |(c, m, n), vm| {
+            (c.saturating_add(vm.spec.vcpus), m.saturating_add(vm.spec.memory_mib), n + 1)
+        })
     }
 
     pub(crate) fn push_event(&mut self, at_ms: u64, kind: &str, message: String) {

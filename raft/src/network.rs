@@ -187,6 +187,13 @@ impl raft_server::Raft for RaftService {
         encode(&self.raft.install_snapshot(req).await)
     }
 
+    async fn propose(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let cmds: Vec<crate::command::Command> = decode(request)?;
+        // Proposed here only if this node leads; otherwise the caller hears
+        // NotLeader and retries with a fresh view of the leader (no chains).
+        encode(&crate::proposer::propose_local(&self.raft, cmds).await)
+    }
+
     async fn removed(
         &self,
         request: Request<kvmesh_proto::RemovedNotice>,

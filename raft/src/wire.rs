@@ -38,6 +38,7 @@ pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
         affinity: vm.spec.affinity.clone(),
         pending: vm.pending.clone(),
         observed: Vec::new(),
+        description: vm.description.clone(),
     }
 }
 

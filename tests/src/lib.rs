@@ -56,6 +56,24 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// [`wait_for`] for async checks.
+pub async fn wait_async_ok<T, F, Fut>(timeout: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            return Err(failed(anyhow!("timed out after {timeout:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// One node process and its files.
 pub struct NodeProc {
     pub name: String,
@@ -71,6 +89,11 @@ pub struct NodeProc {
 impl NodeProc {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// kill -9: no shutdown path runs.
@@ -105,12 +128,20 @@ pub struct Cluster {
     /// The hypervisor every node uses; libvirt's embedded test driver unless
     /// a test needs real guests.
     pub libvirt_uri: String,
+    /// Extra environment for every node process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Cluster {
     pub fn new() -> Self {
         let dir = tempfile::Builder::new().prefix("kvmesh-test-").tempdir().expect("temp dir");
-        Cluster { dir, nodes: Vec::new(), config_toml: String::new(), libvirt_uri: "test:///default".into() }
+        Cluster {
+            dir,
+            nodes: Vec::new(),
+            config_toml: String::new(),
+            libvirt_uri: "test:///default".into(),
+            env: Vec::new(),
+        }
     }
 
     /// Starts a node; `join` is the address of a member to join, if any.
@@ -143,6 +174,7 @@ impl Cluster {
             .args(&node.extra_args)
             .args(node.join.iter().flat_map(|j| ["--join", j.as_str()]))
             .env("KVMESH_LOG", "info,openraft=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone()?)
             .stderr(log)
             .stdin(Stdio::null())
@@ -151,12 +183,14 @@ impl Cluster {
         node.child = Some(child);
         // Ready when the gRPC port answers (or when the process gave up).
         let addr = node.address.clone();
-        wait_for(&format!("{} to listen", node.name), Duration::from_secs(20), || {
-            if !node.is_running() {
-                return Some(());
+        // Polled every 10 ms (a connect is cheap), so start-up can be timed.
+        let start = Instant::now();
+        while node.is_running() && std::net::TcpStream::connect(&addr).is_err() {
+            if start.elapsed() > Duration::from_secs(20) {
+                return Err(failed(anyhow!("timed out after 20 s waiting for {} to listen", node.name)));
             }
-            std::net::TcpStream::connect(&addr).ok().map(|_| ())
-        })?;
+            std::thread::sleep(Duration::from_millis(10));
+        }
         Ok(())
     }
 

@@ -3,9 +3,10 @@
 //! Each pass reads the VMs placed on this node (local replica) and the
 //! node's tagged domains (libvirt), asks the pure [`plan`] what to do, does
 //! it on the blocking pool, and reports state *transitions* to the cluster
-//! through Raft. A pass runs whenever the local replica applies new entries,
-//! and at least every `resync_ms`, which is how guests that die behind
-//! kvmesh's back are noticed.
+//! through Raft. A pass runs whenever an applied entry changes what this
+//! node should run, and at least every `resync_ms`, which is how guests that
+//! die behind kvmesh's back are noticed. Entries about other hosts' VMs cost
+//! one scan of the local replica, not a round of libvirt calls.
 
 pub mod plan;
 
@@ -25,10 +26,13 @@ use plan::{Action, Memory, Timing, Want};
 
 /// The VMs placed on `node`, and the ids of every VM in the cluster.
 pub fn wants_for(state: &ClusterState, node: u64) -> (Vec<Want>, BTreeSet<u64>) {
-    let all = state.vms.keys().copied().collect();
-    let wants = state
-        .vms
-        .values()
+    (wants(state, node), state.vms.keys().copied().collect())
+}
+
+/// The VMs placed on `node`.
+fn wants(state: &ClusterState, node: u64) -> Vec<Want> {
+    state
+        .vms_on(node)
         .filter_map(|vm| {
             let p = vm.placement.filter(|p| p.node == node)?;
             let reported = vm
@@ -50,8 +54,7 @@ pub fn wants_for(state: &ClusterState, node: u64) -> (Vec<Want>, BTreeSet<u64>) 
                 ha: vm.spec.ha,
             })
         })
-        .collect();
-    (wants, all)
+        .collect()
 }
 
 pub async fn run(ctx: Arc<NodeCtx>) {
@@ -59,10 +62,16 @@ pub async fn run(ctx: Arc<NodeCtx>) {
     let resync = Duration::from_millis(ctx.config.resync_ms);
     let mut memory: HashMap<u64, Memory> = HashMap::new();
     let mut metrics = ctx.raft.metrics();
+    // This node's wants at the last pass: a change elsewhere in the cluster
+    // (another host's VM, a description) needs no look at libvirt.
+    let mut seen: Option<Vec<Want>> = None;
+    let mut seen_changes = None;
     loop {
         let registered = ctx.read(|d| d.state.nodes.contains_key(&ctx.id));
         let mut acted = false;
         if registered {
+            seen_changes = Some(ctx.read(|d| d.state.changes_on(ctx.id)));
+            seen = Some(ctx.read(|d| wants(&d.state, ctx.id)));
             match reconcile(&ctx, &mut memory, &timing).await {
                 Ok(n) => acted = n > 0,
                 Err(e) => warn!(error = %e, "reconcile pass failed"),
@@ -73,9 +82,26 @@ pub async fn run(ctx: Arc<NodeCtx>) {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
-        tokio::select! {
-            changed = metrics.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(resync) => {}
+        let resync_at = tokio::time::Instant::now() + resync;
+        loop {
+            tokio::select! {
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    // O(1) when none of this node's VMs changed; O(its VMs) otherwise.
+                    let changes = ctx.read(|d| d.state.changes_on(ctx.id));
+                    if seen_changes == Some(changes) {
+                        continue;
+                    }
+                    seen_changes = Some(changes);
+                    let now = ctx.read(|d| wants(&d.state, ctx.id));
+                    if seen.as_ref() != Some(&now) {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(resync_at) => break,
+            }
         }
     }
 }

@@ -319,7 +319,7 @@ fn list_nodes(ctx: &NodeCtx) -> pb::ListNodesResponse {
             .nodes
             .values()
             .map(|n| {
-                let (cpus, mem, count) = d.state.allocated(n.id);
+                let (cpus, mem, count) = d.state.allocated_indexed(n.id);
                 let role = if membership.voter_ids().any(|v| v == n.id) {
                     "voter"
                 } else if membership.get_node(&n.id).is_some() {

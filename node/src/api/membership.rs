@@ -177,7 +177,7 @@ pub async fn remove(ctx: &NodeCtx, req: pb::RemoveRequest) -> Result<pb::RemoveR
         )));
     }
     if let Some(Refusal::NodeHasVms { name, vms }) = ctx.read(|d| {
-        let (_, _, count) = d.state.allocated(id);
+        let (_, _, count) = d.state.allocated_indexed(id);
         (count > 0 && !req.force).then(|| Refusal::NodeHasVms { name: req.name.clone(), vms: count })
     }) {
         return Err(Refusal::NodeHasVms { name, vms }.into());

@@ -136,6 +136,7 @@ async fn create_on_leader(ctx: &NodeCtx, req: &pb::CreateVmRequest, spec: &VmSpe
             last_epoch: 1,
             pending: None,
             moving_from: None,
+            description: String::new(),
         };
         match ctx.write(Command::CreateVm { vm: Box::new(vm), at_ms: now_ms() }).await? {
             CmdResponse::Vm(vm) => {
@@ -147,7 +148,7 @@ async fn create_on_leader(ctx: &NodeCtx, req: &pb::CreateVmRequest, spec: &VmSpe
                 info!(%node, "placement lost a race; planning again");
             }
             CmdResponse::Refused(r) => return Err(r.into()),
-            CmdResponse::Done => return Err(Error::Raft("unexpected response to CreateVm".into())),
+            other => return Err(Error::Raft(format!("unexpected response to CreateVm: {other:?}"))),
         }
     }
     Err(Error::Unavailable(format!("VM {} lost the placement race {PLACEMENT_ATTEMPTS} times; retry", req.name)))
@@ -198,6 +199,27 @@ async fn delete_on_leader(ctx: &NodeCtx, name: &str, keep_disks: bool) -> Result
         CmdResponse::Refused(r) => Err(r.into()),
         _ => Ok(pb::DeleteVmResponse {}),
     }
+}
+
+/// The longest description `vm set` accepts.
+const MAX_DESCRIPTION_BYTES: usize = 4096;
+
+fn validate_update(req: &pb::UpdateVmRequest) -> Result<Command> {
+    if req.description.is_none() && req.priority.is_none() {
+        return Err(Error::InvalidArgument("nothing to change: give --description and/or --priority".into()));
+    }
+    if let Some(d) = &req.description {
+        if d.len() > MAX_DESCRIPTION_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "description is {} bytes; the limit is {MAX_DESCRIPTION_BYTES}",
+                d.len()
+            )));
+        }
+        if d.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+            return Err(Error::InvalidArgument("description may not hold control characters".into()));
+        }
+    }
+    Ok(Command::UpdateVm { name: req.name.clone(), description: req.description.clone(), priority: req.priority })
 }
 
 fn list(ctx: &NodeCtx) -> pb::ListVmsResponse {
@@ -309,6 +331,20 @@ impl pb::vms_server::Vms for VmsService {
         self.action(request, VmAction::Recover).await
     }
 
+    async fn update(&self, request: Request<pb::UpdateVmRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
+        let req = request.into_inner();
+        let cmd = validate_update(&req)?;
+        let ctx = &self.ctx;
+        // Built without the leader's state, so it is submitted from here:
+        // a follower forwards it to the leader batched with other writes.
+        let vm = match ctx.submit(cmd).await? {
+            CmdResponse::Vm(vm) => ctx.read(|d| wire::vm(&d.state, &vm)),
+            CmdResponse::Refused(r) => return Err(Error::from(r).into()),
+            other => return Err(Error::Raft(format!("unexpected response to UpdateVm: {other:?}")).into()),
+        };
+        Ok(Response::new(vm))
+    }
+
     async fn start(&self, request: Request<pb::VmActionRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
         self.action(request, VmAction::Start).await
     }
@@ -395,7 +431,7 @@ impl VmsService {
                     match ctx.write(cmd.clone()).await? {
                         CmdResponse::Vm(vm) => Ok(ctx.read(|d| wire::vm(&d.state, &vm))),
                         CmdResponse::Refused(r) => Err(r.into()),
-                        CmdResponse::Done => ctx
+                        CmdResponse::Done | CmdResponse::Batch(_) => ctx
                             .read(|d| d.state.vm_by_name(&req.name).map(|v| wire::vm(&d.state, v)))
                             .ok_or_else(|| Error::NotFound(format!("no VM named {:?}", req.name))),
                     }

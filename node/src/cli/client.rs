@@ -184,6 +184,11 @@ pub async fn run(endpoint: &str, output: Output, command: Command) -> Result<()>
             let vm = vms.recover(req(pb::VmActionRequest { name, force: false })).await.map_err(status_err)?;
             print_vm(output, &vm.into_inner());
         }
+        Command::Vm(VmCmd::Set { name, description, priority }) => {
+            let r = pb::UpdateVmRequest { name, description, priority };
+            let vm = vms.update(req(r)).await.map_err(status_err)?;
+            print_vm(output, &vm.into_inner());
+        }
         Command::Vm(VmCmd::Explain { name }) => {
             let e = vms.explain(req(pb::ExplainRequest { name, spec: None })).await.map_err(status_err)?.into_inner();
             print_explanation(output, &e);

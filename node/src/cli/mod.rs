@@ -261,6 +261,16 @@ pub enum VmCmd {
     Explain { name: String },
     /// Restart a VM whose host is down on another host, on purpose.
     Recover { name: String },
+    /// Change a VM's description or restart priority (the guest is not touched).
+    Set {
+        name: String,
+        /// Free text for operators (up to 4096 bytes).
+        #[arg(long)]
+        description: Option<String>,
+        /// Restart order when its host dies: higher first.
+        #[arg(long, allow_negative_numbers = true)]
+        priority: Option<i32>,
+    },
     /// Show the tail of a VM's serial console (from any node).
     Console {
         name: String,

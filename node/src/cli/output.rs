@@ -134,7 +134,7 @@ pub fn vm_json(vm: &pb::Vm) -> Value {
         "priority": vm.priority, "pin": vm.pin, "required_labels": vm.required_labels,
         "preferred_labels": vm.preferred_labels, "anti_affinity": vm.anti_affinity,
         "soft_anti_affinity": vm.soft_anti_affinity, "affinity": vm.affinity,
-        "pending": vm.pending, "observed": vm.observed,
+        "pending": vm.pending, "observed": vm.observed, "description": vm.description,
     })
 }
 
@@ -187,6 +187,9 @@ pub fn print_vm(output: Output, vm: &pb::Vm) {
             println!("domain:   {}", vm.domain);
             println!("node:     {}", vm.node.as_deref().unwrap_or("-"));
             println!("epoch:    {}", vm.epoch);
+            if !vm.description.is_empty() {
+                println!("description: {}", vm.description);
+            }
         }
     }
 }

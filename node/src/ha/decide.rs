@@ -126,6 +126,7 @@ mod tests {
             last_epoch: 1,
             pending: None,
             moving_from: None,
+            description: String::new(),
         };
         s.apply(&Command::CreateVm { vm: Box::new(vm), at_ms: 0 });
         s

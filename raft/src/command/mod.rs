@@ -29,6 +29,9 @@ pub enum Command {
     SetDesired { name: String, desired: Desired, force: bool, at_ms: u64 },
     /// `vm restart`.
     RestartVm { name: String, at_ms: u64 },
+    /// `vm set`: change a VM's description or restart priority. Neither
+    /// touches the running guest.
+    UpdateVm { name: String, description: Option<String>, priority: Option<i32> },
     /// `cluster policy set`.
     SetPlacement { placement: PlacementSettings, at_ms: u64 },
     /// The leader saw no heartbeat for `down_after`: the node is down, and
@@ -48,6 +51,9 @@ pub enum Command {
     /// A host reports a VM's state transition. Accepted only from the host
     /// of the current placement at the current epoch.
     ReportVm { vm: VmId, node: NodeId, epoch: u64, state: VmState, error: Option<String>, at_ms: u64 },
+    /// Writes that arrived together, in one log entry (group commit); each is
+    /// applied as if it were an entry of its own, in order.
+    Batch(Vec<Command>),
 }
 
 /// Why `apply` refused a command. Refusals are normal results, not failures:
@@ -140,6 +146,8 @@ pub enum Response {
     Done,
     Vm(Box<Vm>),
     Refused(Refusal),
+    /// One response per command of a [`Command::Batch`], in order.
+    Batch(Vec<Response>),
 }
 
 impl ClusterState {
@@ -158,6 +166,7 @@ impl ClusterState {
                 self.push_event(*at_ms, "cluster", format!("cluster {cluster_id} initialized on {}", node.name));
                 Response::Done
             }
+            Command::Batch(cmds) => Response::Batch(cmds.iter().map(|c| self.apply(c)).collect()),
             Command::AddNode { node, at_ms } => self.add_node(node, *at_ms),
             Command::RemoveNode { id, force, at_ms } => self.remove_node(*id, *force, *at_ms),
             Command::CreateVm { vm, at_ms } => self.create_vm(vm, *at_ms),
@@ -195,6 +204,23 @@ impl ClusterState {
                 let vm = vm.clone();
                 self.dirty.insert(Key::Vm(vm.id));
                 self.push_event(*at_ms, "vm", format!("vm {name}: restart requested"));
+                Response::Vm(Box::new(vm))
+            }
+            Command::UpdateVm { name, description, priority } => {
+                let Some(vm) = self.vm_mut_by_name(name) else {
+                    return Response::Refused(Refusal::UnknownVm { name: name.clone() });
+                };
+                if vm.deleting.is_some() {
+                    return Response::Refused(Refusal::VmBeingDeleted { name: name.clone() });
+                }
+                if let Some(d) = description {
+                    vm.description.clone_from(d);
+                }
+                if let Some(p) = priority {
+                    vm.spec.priority = *p;
+                }
+                let vm = vm.clone();
+                self.dirty.insert(Key::Vm(vm.id));
                 Response::Vm(Box::new(vm))
             }
             Command::SetPlacement { placement, at_ms } => {

@@ -31,6 +31,7 @@ fn vm(id: u64, name: &str, node: Option<u64>, mem: u64) -> Vm {
         last_epoch: if node.is_some() { 1 } else { 0 },
         pending: None,
         moving_from: None,
+        description: String::new(),
     }
 }
 
@@ -235,4 +236,80 @@ fn capacity_recheck_uses_overcommit_and_anti_affinity() {
         s.apply(&Command::CreateVm { vm: Box::new(b), at_ms: 5 }),
         Response::Refused(Refusal::AntiAffinityConflict { node: "a".into(), group: "db".into() })
     );
+}
+
+#[test]
+fn update_changes_description_and_priority_only() {
+    let mut s = initialized();
+    s.apply(&Command::CreateVm { vm: Box::new(vm(7, "db", Some(1), 512)), at_ms: 2 });
+    s.take_dirty();
+    let events = s.events.len();
+    let r = s.apply(&Command::UpdateVm { name: "db".into(), description: Some("primary".into()), priority: None });
+    let Response::Vm(updated) = r else { panic!("{r:?}") };
+    assert_eq!(updated.description, "primary");
+    assert_eq!(updated.spec.priority, 0);
+    let r = s.apply(&Command::UpdateVm { name: "db".into(), description: None, priority: Some(-3) });
+    let Response::Vm(updated) = r else { panic!("{r:?}") };
+    assert_eq!((updated.description.as_str(), updated.spec.priority), ("primary", -3));
+    // The guest is not touched: no new generation, placement or event.
+    assert_eq!(
+        (updated.desired_gen, updated.restart_gen, updated.placement),
+        (0, 0, Some(Placement { node: 1, epoch: 1 }))
+    );
+    assert_eq!(s.events.len(), events);
+    assert_eq!(s.take_dirty().into_iter().collect::<Vec<_>>(), vec![Key::Vm(7)]);
+    let r = s.apply(&Command::UpdateVm { name: "nope".into(), description: Some("x".into()), priority: None });
+    assert_eq!(r, Response::Refused(Refusal::UnknownVm { name: "nope".into() }));
+}
+
+#[test]
+fn a_batch_applies_each_command_in_order_as_if_alone() {
+    let cmds = vec![
+        Command::CreateVm { vm: Box::new(vm(7, "db", Some(1), 512)), at_ms: 2 },
+        Command::UpdateVm { name: "db".into(), description: Some("one".into()), priority: None },
+        // Refused on its own, so refused inside the batch too; the rest still applies.
+        Command::CreateVm { vm: Box::new(vm(8, "db", Some(1), 512)), at_ms: 3 },
+        Command::UpdateVm { name: "db".into(), description: Some("two".into()), priority: None },
+    ];
+    let mut one_by_one = initialized();
+    let singles: Vec<Response> = cmds.iter().map(|c| one_by_one.apply(c)).collect();
+    let mut batched = initialized();
+    let r = batched.apply(&Command::Batch(cmds));
+    assert_eq!(r, Response::Batch(singles.clone()));
+    assert!(matches!(singles[2], Response::Refused(Refusal::VmNameTaken { .. })), "{:?}", singles[2]);
+    assert_eq!(batched, one_by_one);
+    assert_eq!(batched.vm_by_name("db").unwrap().description, "two");
+}
+
+#[test]
+fn the_placement_index_follows_every_applied_batch() {
+    let mut s = initialized();
+    s.apply(&Command::AddNode { node: node(2, "b", "127.0.0.1:2"), at_ms: 2 });
+    let mut ha = vm(7, "db", Some(1), 512);
+    ha.spec.ha = true;
+    s.apply(&Command::CreateVm { vm: Box::new(ha), at_ms: 3 });
+    s.take_dirty();
+    let ids = |s: &ClusterState, n| s.vms_on(n).map(|v| v.id).collect::<Vec<_>>();
+    assert_eq!((ids(&s, 1), ids(&s, 2)), (vec![7], vec![]));
+    assert_eq!(s.allocated_indexed(1), s.allocated(1));
+    let (on_1, on_2) = (s.changes_on(1), s.changes_on(2));
+    // A change elsewhere does not touch node 1's counter.
+    s.apply(&Command::AddNode { node: node(3, "c", "127.0.0.1:3"), at_ms: 4 });
+    s.take_dirty();
+    assert_eq!(s.changes_on(1), on_1);
+    // Node 1 goes down: its HA VM is unplaced, then placed on node 2, all
+    // in one batch; both nodes hear of it.
+    s.apply(&Command::NodeDown { id: 1, at_ms: 5 });
+    let r = s.apply(&Command::PlaceVm { vm: 7, node: 2, at_ms: 6 });
+    assert!(matches!(r, Response::Vm(_)), "{r:?}");
+    s.take_dirty();
+    assert_eq!((ids(&s, 1), ids(&s, 2)), (vec![], vec![7]));
+    assert_ne!(s.changes_on(1), on_1);
+    assert_ne!(s.changes_on(2), on_2);
+    // A rebuilt state (snapshot) reads as changed everywhere.
+    let mut rebuilt = s.clone();
+    rebuilt.reindex();
+    rebuilt.replaces(&s);
+    assert_ne!(rebuilt.changes_on(3), s.changes_on(3));
+    assert_eq!(ids(&rebuilt, 2), ids(&s, 2));
 }

@@ -6,7 +6,7 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, RaftLogReader};
 
-use super::{be, io_err};
+use super::{be, io_err, Syncer};
 use crate::codec;
 use crate::error::Result;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
@@ -18,14 +18,14 @@ const COMMITTED: &[u8] = b"committed";
 /// Log entries plus the vote. Cheap to clone: it is the reader too.
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
+    syncer: Syncer,
     log: sled::Tree,
     raft: sled::Tree,
 }
 
 impl LogStore {
-    pub(crate) fn new(db: &sled::Db) -> Result<Self> {
-        let store = LogStore { db: db.clone(), log: db.open_tree("log")?, raft: db.open_tree("raft")? };
+    pub(crate) fn new(db: &sled::Db, syncer: Syncer) -> Result<Self> {
+        let store = LogStore { syncer, log: db.open_tree("log")?, raft: db.open_tree("raft")? };
         // Decode what we hold once at open, so damage shows up at start-up with
         // a clear message rather than later as a fatal Raft error.
         store.get::<Vote>(VOTE, "vote")?;
@@ -59,7 +59,7 @@ impl LogStore {
     }
 
     async fn flush(&self, subject: ErrorSubject<u64>) -> std::result::Result<(), StorageError> {
-        self.db.flush_async().await.map(|_| ()).map_err(|e| io_err(subject, ErrorVerb::Write, e))
+        self.syncer.sync().await.map_err(|e| io_err(subject, ErrorVerb::Write, e))
     }
 
     fn last_log_id(&self) -> std::result::Result<Option<LogId>, StorageError> {
@@ -150,7 +150,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         // Readable now; durable only after the flush, and only then is openraft told.
-        let flushed = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
+        let flushed = self.syncer.sync().await;
         let failed = flushed.as_ref().err().map(|e| e.to_string());
         callback.log_io_completed(flushed);
         match failed {

@@ -7,8 +7,11 @@
 //!   single atomic `Batch` (the state and its `applied` marker never diverge);
 //! - `snapshot`: the current snapshot's meta and bytes.
 //!
-//! Every method that openraft relies on for durability flushes before it
-//! reports success: sled's own background fsync runs only every 500 ms.
+//! Every method that openraft relies on for durability syncs before it
+//! reports success ([`Syncer`]): sled's own background fsync runs only every
+//! 500 ms.
+//! Applying entries does not flush: the state machine can always be rebuilt
+//! from the log and the snapshot, which are.
 
 mod log;
 mod state_machine;
@@ -17,6 +20,7 @@ pub use log::LogStore;
 pub use state_machine::{SharedState, SmData, StateMachine};
 
 use std::path::Path;
+use std::sync::Arc;
 
 use openraft::{ErrorSubject, ErrorVerb, StorageIOError};
 
@@ -30,9 +34,38 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine)> {
         .mode(sled::Mode::HighThroughput)
         .open()
         .map_err(|source| Error::Open { path: dir.to_path_buf(), source })?;
-    let log = LogStore::new(&db).map_err(|e| corrupt(dir, e))?;
-    let sm = StateMachine::load(&db).map_err(|e| corrupt(dir, e))?;
+    let file =
+        std::fs::File::open(dir.join("db")).map_err(|e| Error::Open { path: dir.to_path_buf(), source: e.into() })?;
+    let syncer = Syncer { db: db.clone(), file: Arc::new(file) };
+    let log = LogStore::new(&db, syncer.clone()).map_err(|e| corrupt(dir, e))?;
+    let sm = StateMachine::load(&db, syncer).map_err(|e| corrupt(dir, e))?;
     Ok((log, sm))
+}
+
+/// Makes everything written to the sled `Db` so far durable.
+///
+/// sled's `flush` writes its buffers with `sync_file_range`, which neither
+/// empties the drive's write cache nor records a grown file size, so after a
+/// power cut an acknowledged entry could be gone. Raft's safety argument
+/// (and etcd, whose WAL is fdatasynced) need it on stable storage: the sync
+/// follows sled's flush with an `fdatasync` of sled's data file. Both run
+/// on the blocking pool.
+#[derive(Clone)]
+pub(crate) struct Syncer {
+    db: sled::Db,
+    file: Arc<std::fs::File>,
+}
+
+impl Syncer {
+    pub(crate) async fn sync(&self) -> std::io::Result<()> {
+        let (db, file) = (self.db.clone(), self.file.clone());
+        tokio::task::spawn_blocking(move || {
+            db.flush().map_err(std::io::Error::other)?;
+            file.sync_data()
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
 }
 
 fn corrupt(dir: &Path, e: Error) -> Error {

@@ -8,7 +8,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::{be, from_be, io_err};
+use super::{be, from_be, io_err, Syncer};
 use crate::codec;
 use crate::command::Response;
 use crate::error::Result;
@@ -46,7 +46,7 @@ struct SnapshotBody {
 
 #[derive(Clone)]
 pub struct StateMachine {
-    db: sled::Db,
+    syncer: Syncer,
     sm: sled::Tree,
     snapshots: sled::Tree,
     data: SharedState,
@@ -70,7 +70,7 @@ fn write_err(e: impl std::fmt::Display) -> StorageError {
 impl StateMachine {
     /// Loads the persisted state, or the stored snapshot if it is newer
     /// (an interrupted snapshot install).
-    pub(crate) fn load(db: &sled::Db) -> Result<Self> {
+    pub(crate) fn load(db: &sled::Db, syncer: Syncer) -> Result<Self> {
         let sm = db.open_tree("sm")?;
         let snapshots = db.open_tree("snapshot")?;
         let mut data = read_tree(&sm)?;
@@ -83,7 +83,7 @@ impl StateMachine {
                 db.flush()?;
             }
         }
-        Ok(StateMachine { db: db.clone(), sm, snapshots, data: Arc::new(RwLock::new(data)) })
+        Ok(StateMachine { syncer, sm, snapshots, data: Arc::new(RwLock::new(data)) })
     }
 
     /// The in-memory state, shared with the API for local reads.
@@ -194,7 +194,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             self.persist_dirty(&mut data)?;
         }
-        self.db.flush_async().await.map_err(write_err)?;
+        // No fsync here: the log is the durable record, and every entry
+        // applied was already durable on a majority. After a crash the state
+        // may be behind the log (openraft applies the rest again) or, if
+        // sled lost log writes it kept for the state, ahead of it (openraft
+        // purges the hole at start-up). Snapshots are flushed.
         Ok(responses)
     }
 
@@ -218,13 +222,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Keep the snapshot first: if we crash while rewriting the state tree,
         // `load` restores from it.
         save_snapshot(&self.snapshots, meta, &bytes).map_err(snap_err)?;
-        self.db.flush_async().await.map_err(write_err)?;
+        self.syncer.sync().await.map_err(write_err)?;
         {
             let mut data = self.data.write().map_err(write_err)?;
             write_all(&self.sm, &new_data).map_err(snap_err)?;
+            let mut new_data = new_data;
+            new_data.state.replaces(&data.state);
             *data = new_data;
         }
-        self.db.flush_async().await.map_err(write_err)?;
+        self.syncer.sync().await.map_err(write_err)?;
         Ok(())
     }
 
@@ -248,6 +254,7 @@ fn save_snapshot(tree: &sled::Tree, meta: &SnapshotMeta, bytes: &[u8]) -> Result
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> std::result::Result<Snapshot<TypeConfig>, StorageError> {
+        let started = std::time::Instant::now();
         // Copy under the lock, encode outside it: apply keeps running meanwhile.
         let body = {
             let data = self.data.read().map_err(read_err)?;
@@ -264,8 +271,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         };
         let meta = SnapshotMeta { last_log_id: body.last_applied, last_membership: body.membership, snapshot_id };
         save_snapshot(&self.snapshots, &meta, &bytes).map_err(write_err)?;
-        self.db.flush_async().await.map_err(write_err)?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), "built snapshot");
+        self.syncer.sync().await.map_err(write_err)?;
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), elapsed_ms, "built snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
     }
 }

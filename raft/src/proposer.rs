@@ -1,0 +1,193 @@
+//! Group commit for Raft proposals, from any member.
+//!
+//! openraft 0.9 handles each `client_write` on its own: one log append and
+//! one fsync in its core loop, one after another, and one entry to
+//! replicate. N writers arriving together would pay N fsyncs on every
+//! replica. The proposer folds the writes that queue up while earlier ones
+//! are in flight into one [`Command::Batch`] entry: one append, one fsync
+//! per replica, one apply. A lone write is proposed as it is, so a single
+//! client pays nothing extra.
+//!
+//! On a follower the batch goes to the leader in one `Raft/Propose` call,
+//! as etcd forwards proposals, instead of one API call per write. Every
+//! writer still gets its answer only after its command is committed and
+//! applied on the leader.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kvmesh_proto::raft_client::RaftClient;
+use kvmesh_proto::{RaftMessage, PROTOCOL_HEADER, PROTOCOL_VERSION};
+use openraft::error::{ClientWriteError, RaftError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tonic::transport::Channel;
+use tracing::{debug, Instrument};
+
+use crate::codec;
+use crate::command::{Command, Response};
+use crate::network::lazy_channel;
+use crate::types::{MemberNode, NodeId, Raft};
+
+/// Proposals in flight at once. Two keep the leader busy (one batch is
+/// appended while the previous one replicates) while the rest accumulate.
+const IN_FLIGHT: usize = 2;
+/// The most writes in one entry. Keeps an entry (~400 bytes a write) well
+/// under sled's 128 KiB threshold for values it stores as separate blob
+/// files, which it never fsyncs.
+const MAX_BATCH: usize = 128;
+/// How long a follower waits for the leader to commit a forwarded batch.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a proposal failed; cloned to every writer of a failed batch.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum WriteFailure {
+    /// No leader is known, or the one asked no longer leads: retry.
+    NotLeader(String),
+    Membership(String),
+    Fatal(String),
+}
+
+impl std::fmt::Display for WriteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteFailure::NotLeader(m) | WriteFailure::Membership(m) | WriteFailure::Fatal(m) => f.write_str(m),
+        }
+    }
+}
+
+type Reply = Result<Response, WriteFailure>;
+
+struct Pending {
+    cmd: Command,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// The handle writers use; the batching task runs until it is dropped.
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::UnboundedSender<Pending>,
+}
+
+impl Proposer {
+    pub fn start(id: NodeId, raft: Raft) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let submitter = Submitter { id, raft, channels: Default::default() };
+        tokio::spawn(run(submitter, rx).instrument(tracing::info_span!("proposer")));
+        Proposer { tx }
+    }
+
+    /// Proposes `cmd` (here or through the leader) and waits until it is
+    /// committed and applied.
+    pub async fn write(&self, cmd: Command) -> Reply {
+        let (reply, answer) = oneshot::channel();
+        let gone = || WriteFailure::Fatal("the node is shutting down".into());
+        self.tx.send(Pending { cmd, reply }).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+async fn run(submitter: Submitter, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let submitter = Arc::new(submitter);
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        // Whatever queued while we waited for a slot goes in the same entry.
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let submitter = submitter.clone();
+        tokio::spawn(async move {
+            let (cmds, replies): (Vec<Command>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+            let count = cmds.len();
+            match submitter.submit(cmds).await {
+                Ok(responses) if responses.len() == count => {
+                    for (reply, response) in replies.into_iter().zip(responses) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+                Ok(responses) => {
+                    let f = WriteFailure::Fatal(format!("{count} writes got {} answers", responses.len()));
+                    replies.into_iter().for_each(|r| drop(r.send(Err(f.clone()))));
+                }
+                Err(f) => replies.into_iter().for_each(|r| drop(r.send(Err(f.clone())))),
+            }
+            drop(slot);
+        });
+    }
+}
+
+struct Submitter {
+    id: NodeId,
+    raft: Raft,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Submitter {
+    async fn submit(&self, cmds: Vec<Command>) -> Result<Vec<Response>, WriteFailure> {
+        let leader = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.current_leader.map(|id| (id, m.membership_config.membership().get_node(&id).map(|n| n.address.clone())))
+        };
+        match leader {
+            Some((id, _)) if id == self.id => propose_local(&self.raft, cmds).await,
+            Some((id, Some(address))) => self.forward(id, &address, cmds).await,
+            _ => Err(WriteFailure::NotLeader("no leader is known".into())),
+        }
+    }
+
+    async fn forward(&self, leader: NodeId, address: &str, cmds: Vec<Command>) -> Result<Vec<Response>, WriteFailure> {
+        debug!(writes = cmds.len(), leader, "forwarding a batch to the leader");
+        let channel = {
+            let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+            match channels.get(address) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = lazy_channel(address, Duration::from_secs(1))
+                        .map_err(|e| WriteFailure::Fatal(format!("bad leader address {address}: {e}")))?;
+                    channels.insert(address.to_string(), c.clone());
+                    c
+                }
+            }
+        };
+        let payload = codec::to_wire("proposal", &cmds).map_err(|e| WriteFailure::Fatal(e.to_string()))?;
+        let mut request = tonic::Request::new(RaftMessage { payload });
+        request.set_timeout(FORWARD_TIMEOUT);
+        request.metadata_mut().insert(PROTOCOL_HEADER, PROTOCOL_VERSION.into());
+        let reply = RaftClient::new(channel)
+            .propose(request)
+            .await
+            .map_err(|s| WriteFailure::NotLeader(format!("leader {leader} at {address}: {}", s.message())))?;
+        codec::from_wire::<Result<Vec<Response>, WriteFailure>>("proposal reply", &reply.into_inner().payload)
+            .map_err(|e| WriteFailure::Fatal(e.to_string()))?
+    }
+}
+
+/// Proposes on this node, which must lead: one entry for the whole batch.
+pub async fn propose_local(raft: &Raft, mut cmds: Vec<Command>) -> Result<Vec<Response>, WriteFailure> {
+    if cmds.len() == 1 {
+        let cmd = cmds.pop().expect("one command");
+        return raft.client_write(cmd).await.map(|r| vec![r.data]).map_err(failure);
+    }
+    debug!(writes = cmds.len(), "proposing a batch");
+    match raft.client_write(Command::Batch(cmds)).await.map_err(failure)?.data {
+        Response::Batch(responses) => Ok(responses),
+        other => Err(WriteFailure::Fatal(format!("a batch got {other:?}"))),
+    }
+}
+
+fn failure(e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>) -> WriteFailure {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            WriteFailure::NotLeader("leadership changed during the write".into())
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => WriteFailure::Membership(e.to_string()),
+        RaftError::Fatal(f) => WriteFailure::Fatal(f.to_string()),
+    }
+}

@@ -1,0 +1,190 @@
+//! Replicated writes, kvmesh next to etcd, on one machine in one run.
+//!
+//! Starts a 3-node kvmesh cluster (release binary, fsync on) and a 3-member
+//! etcd 3.4 cluster on loopback, then drives both with the same closed-loop
+//! load generator ([`load`]) at each client count, against the leader and
+//! against a follower (which forwards). A kvmesh write is `vm set
+//! --description` with 256 bytes (a real API write through Raft); an etcd
+//! write is a `put` of a 256-byte value. Prints one markdown row per
+//! (target, clients) with the kvmesh/etcd ratios on the line.
+//!
+//! `--scale` measures instead how the cost grows with the replicated state
+//! ([`scale`]). Run through `scripts/bench-writes.sh`, which builds the
+//! binaries and installs etcd.
+
+mod etcd;
+mod load;
+mod scale;
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use kvmesh_proto as pb;
+use kvmesh_proto::vms_client::VmsClient;
+use kvmesh_tests::Cluster;
+use tonic::transport::Channel;
+
+use load::{ms, payload, RunResult, Writer};
+
+/// How many VMs the kvmesh clients spread their updates over.
+const VM_POOL: usize = 256;
+/// Clients per HTTP/2 connection, for both systems.
+const CLIENTS_PER_CONNECTION: usize = 16;
+
+struct Args {
+    clients: Vec<usize>,
+    duration: Duration,
+    warmup: Duration,
+    scale: Option<(usize, usize)>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        clients: vec![1, 16, 64, 256],
+        duration: Duration::from_secs(5),
+        warmup: Duration::from_secs(1),
+        scale: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--clients" => {
+                a.clients = value()?.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
+            }
+            "--duration-secs" => a.duration = Duration::from_secs_f64(value()?.parse()?),
+            "--warmup-secs" => a.warmup = Duration::from_secs_f64(value()?.parse()?),
+            "--scale" => {
+                let v = value()?;
+                let (n, m) = v.split_once(',').context("--scale NODES,VMS (e.g. 1000,10000)")?;
+                a.scale = Some((n.parse()?, m.parse()?));
+            }
+            other => bail!(
+                "unknown argument {other}\nusage: bench-writes [--clients 1,16,64,256] [--duration-secs 5] [--warmup-secs 1] [--scale NODES,VMS]"
+            ),
+        }
+    }
+    Ok(a)
+}
+
+/// `vm set w<k> --description <256 bytes>` through one node.
+#[derive(Clone)]
+pub(crate) struct KvmeshUpdate {
+    pub(crate) channels: Vec<Channel>,
+}
+
+impl Writer for KvmeshUpdate {
+    async fn write(&self, client: usize, seq: u64) -> Result<(), String> {
+        let mut vms = VmsClient::new(self.channels[client % self.channels.len()].clone());
+        let request = pb::UpdateVmRequest {
+            name: format!("w{}", client % VM_POOL),
+            description: Some(payload(client, seq)),
+            priority: None,
+        };
+        vms.update(request).await.map(|_| ()).map_err(|s| format!("{}: {}", s.code(), s.message()))
+    }
+}
+
+/// Creates the VMs the kvmesh clients update.
+pub(crate) async fn create_pool(address: &str) -> Result<()> {
+    let setup = channels(&format!("http://{address}"), 1).await?;
+    let mut vms = VmsClient::new(setup[0].clone());
+    for k in 0..VM_POOL {
+        let create = pb::CreateVmRequest { name: format!("w{k}"), vcpus: 1, memory_mib: 1, ..Default::default() };
+        vms.create(create).await.with_context(|| format!("create VM w{k}"))?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn channels(url: &str, clients: usize) -> Result<Vec<Channel>> {
+    let mut out = Vec::new();
+    for _ in 0..clients.div_ceil(CLIENTS_PER_CONNECTION) {
+        out.push(Channel::from_shared(url.to_string())?.connect().await.with_context(|| format!("connect {url}"))?);
+    }
+    Ok(out)
+}
+
+fn cell(r: &RunResult) -> String {
+    format!("{:.2} / {:.2} / {:.2}", ms(r.pct(0.5)), ms(r.pct(0.99)), ms(r.pct(0.999)))
+}
+
+pub(crate) fn check(system: &str, r: &RunResult) -> Result<()> {
+    if r.errors > 0 {
+        bail!("{system}: {} writes failed; first: {}", r.errors, r.first_error.clone().unwrap_or_default());
+    }
+    if r.writes == 0 {
+        bail!("{system}: no write completed in the window");
+    }
+    Ok(())
+}
+
+pub fn machine() -> String {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    format!("{cores} cores ({cpu})")
+}
+
+async fn side_by_side(args: &Args) -> Result<()> {
+    let mut kv = Cluster::three()?;
+    let leader = kv.leader()?;
+    let follower = (leader + 1) % 3;
+    create_pool(&kv.addr(leader)).await?;
+    let etcd = etcd::EtcdCluster::start(kv.dir.path())?;
+    let etcd_leader = etcd.leader()?;
+    let etcd_follower = (etcd_leader + 1) % 3;
+    // Let the agents settle the pool VMs before measuring.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    println!(
+        "machine: {}; {} s per run after {} s warm-up",
+        machine(),
+        args.duration.as_secs_f64(),
+        args.warmup.as_secs_f64()
+    );
+    println!();
+    println!("| target | clients | kvmesh writes/s | etcd writes/s | writes/s kvmesh/etcd | kvmesh p50 / p99 / p999 ms | etcd p50 / p99 / p999 ms | p50 kvmesh/etcd | p99 kvmesh/etcd |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (target, kv_node, etcd_member) in [("leader", leader, etcd_leader), ("follower", follower, etcd_follower)] {
+        for &c in &args.clients {
+            let kv_url = format!("http://{}", kv.addr(kv_node));
+            let k =
+                load::run(KvmeshUpdate { channels: channels(&kv_url, c).await? }, c, args.warmup, args.duration).await;
+            check("kvmesh", &k)?;
+            let etcd_url = etcd.members[etcd_member].client_url.clone();
+            let e = load::run(etcd::EtcdPut { channels: channels(&etcd_url, c).await? }, c, args.warmup, args.duration)
+                .await;
+            check("etcd", &e)?;
+            println!(
+                "| {target} | {c} | {:.0} | {:.0} | {:.2} | {} | {} | {:.2} | {:.2} |",
+                k.per_sec(),
+                e.per_sec(),
+                k.per_sec() / e.per_sec(),
+                cell(&k),
+                cell(&e),
+                ms(k.pct(0.5)) / ms(e.pct(0.5)),
+                ms(k.pct(0.99)) / ms(e.pct(0.99)),
+            );
+        }
+    }
+    // Still the same leaders? A change mid-run would make the rows unfair.
+    if kv.leader()? != leader || etcd.leader()? != etcd_leader {
+        println!("\nnote: a leader changed during the run; rerun for clean figures");
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    match args.scale {
+        Some((nodes, vms)) => scale::run(nodes, vms, args.duration).await,
+        None => side_by_side(&args).await,
+    }
+}
