@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvmesh_raft::command::Command;
-use kvmesh_raft::model::{Desired, Node, NodeState, Placement, Vm, VmSpec};
+use kvmesh_raft::model::{Node, NodeState, Vm, VmSpec};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
@@ -66,24 +66,8 @@ fn synthetic_node(i: usize) -> Node {
 }
 
 fn synthetic_vm(j: usize, node: u64) -> Vm {
-    Vm {
-        id: 0x5eed_0000_0000 | j as u64,
-        name: format!("synthetic-vm-{j}"),
-        spec: VmSpec { vcpus: 2, memory_mib: 2048, ..Default::default() },
-        desired: Desired::Running,
-        placement: Some(Placement { node, epoch: 1 }),
-        created_at_ms: now_ms(),
-        request_id: String::new(),
-        reported: None,
-        desired_gen: 0,
-        restart_gen: 0,
-        force_stop: false,
-        deleting: None,
-        last_epoch: 1,
-        pending: None,
-        moving_from: None,
-        description: String::new(),
-    }
+    let spec = VmSpec { vcpus: 2, memory_mib: 2048, ..Default::default() };
+    Vm::placed(0x5eed_0000_0000 | j as u64, &format!("synthetic-vm-{j}"), spec, node, now_ms())
 }
 
 /// Writes every missing record; returns how many it wrote.

@@ -223,6 +223,9 @@ impl ServeConfig {
             install_snapshot_timeout: 10_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_every),
             max_in_snapshot_log_to_keep: r.keep_logs,
+            // An entry can be a batch of up to 512 writes (~200 KiB), so a
+            // catch-up message carries fewer entries than openraft's 300.
+            max_payload_entries: 64,
             ..Default::default()
         };
         cfg.validate().map_err(|e| Error::Config(format!("raft: {e}")))

@@ -10,6 +10,9 @@ pub enum Error {
     #[error("raft store at {path} is corrupt: {detail}. Restore it from a backup, or remove this node with `kvmesh cluster remove` and rejoin it with an empty --data-dir")]
     Corrupt { path: PathBuf, detail: String },
 
+    #[error("raft log I/O failed in {path}: {source}. Check the disk (space, permissions, errors in dmesg)")]
+    Io { path: PathBuf, source: std::io::Error },
+
     #[error("storage I/O failed: {0}")]
     Sled(#[from] sled::Error),
 

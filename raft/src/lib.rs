@@ -17,6 +17,7 @@ pub mod command;
 pub mod error;
 pub mod model;
 pub mod network;
+mod placed;
 pub mod proposer;
 pub mod store;
 pub mod types;

@@ -4,9 +4,11 @@
 //! changes only through [`ClusterState::apply`](crate::command), and it keeps a
 //! set of the keys each change touched so the store can persist exactly those.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
+
+use crate::placed::PlacedIndex;
 
 use crate::types::NodeId;
 
@@ -252,6 +254,28 @@ pub struct Deleting {
 }
 
 impl Vm {
+    /// A new VM record, to run on `node` at epoch 1.
+    pub fn placed(id: VmId, name: &str, spec: VmSpec, node: NodeId, created_at_ms: u64) -> Vm {
+        Vm {
+            id,
+            name: name.to_string(),
+            spec,
+            desired: Desired::Running,
+            placement: Some(Placement { node, epoch: 1 }),
+            created_at_ms,
+            request_id: String::new(),
+            reported: None,
+            desired_gen: 0,
+            restart_gen: 0,
+            force_stop: false,
+            deleting: None,
+            last_epoch: 1,
+            pending: None,
+            moving_from: None,
+            description: String::new(),
+        }
+    }
+
     /// The state shown to users: reported by the host, or what is pending.
     /// (`ClusterState::vm_state` adds `host-down`.)
     pub fn display_state(&self) -> &'static str {
@@ -311,15 +335,6 @@ pub struct ClusterState {
     placed: PlacedIndex,
 }
 
-#[derive(Clone, Debug, Default)]
-struct PlacedIndex {
-    by_node: HashMap<NodeId, BTreeSet<VmId>>,
-    node_of: HashMap<VmId, NodeId>,
-    changes: HashMap<NodeId, u64>,
-    /// Bumped when the whole state is replaced (a snapshot install).
-    generation: u64,
-}
-
 impl PartialEq for ClusterState {
     fn eq(&self, other: &Self) -> bool {
         self.meta == other.meta && self.nodes == other.nodes && self.vms == other.vms && self.events == other.events
@@ -343,51 +358,24 @@ impl ClusterState {
     /// Rebuilds derived indexes (after decoding a snapshot).
     pub fn reindex(&mut self) {
         self.vm_names = self.vms.values().map(|v| (v.name.clone(), v.id)).collect();
-        let generation = self.placed.generation + 1;
-        self.placed = PlacedIndex { generation, ..Default::default() };
-        let ids: Vec<VmId> = self.vms.keys().copied().collect();
-        for id in ids {
-            self.refresh_placed(id);
-        }
+        self.placed = PlacedIndex::rebuilt(&self.vms, &self.placed);
     }
 
     /// Carries the change counters of the state this one replaces, so a
     /// reader comparing them sees that everything may have changed.
     pub fn replaces(&mut self, old: &ClusterState) {
-        self.placed.generation = self.placed.generation.max(old.placed.generation + 1);
-    }
-
-    fn refresh_placed(&mut self, id: VmId) {
-        let new = self.vms.get(&id).and_then(|v| v.placement).map(|p| p.node);
-        let old = self.placed.node_of.get(&id).copied();
-        for node in [old, new].into_iter().flatten() {
-            *self.placed.changes.entry(node).or_default() += 1;
-        }
-        if let Some(old) = old.filter(|o| Some(*o) != new) {
-            if let Some(set) = self.placed.by_node.get_mut(&old) {
-                set.remove(&id);
-            }
-        }
-        match new {
-            Some(node) => {
-                self.placed.by_node.entry(node).or_default().insert(id);
-                self.placed.node_of.insert(id, node);
-            }
-            None => {
-                self.placed.node_of.remove(&id);
-            }
-        }
+        self.placed.follow(&old.placed);
     }
 
     /// The VMs placed on `node` (as of the last applied batch).
     pub fn vms_on(&self, node: NodeId) -> impl Iterator<Item = &Vm> + '_ {
-        self.placed.by_node.get(&node).into_iter().flatten().filter_map(|id| self.vms.get(id))
+        self.placed.on(node).filter_map(|id| self.vms.get(id))
     }
 
     /// Changes whenever a VM placed on (or leaving) `node` changes: a host
     /// can skip work when it has not.
     pub fn changes_on(&self, node: NodeId) -> (u64, u64) {
-        (self.placed.generation, self.placed.changes.get(&node).copied().unwrap_or(0))
+        self.placed.changes_on(node)
     }
 
     pub fn cluster_id(&self) -> Option<&str> {
@@ -475,7 +463,7 @@ impl ClusterState {
         let dirty = std::mem::take(&mut self.dirty);
         for key in &dirty {
             if let Key::Vm(id) = key {
-                self.refresh_placed(*id);
+                self.placed.refresh(*id, self.vms.get(id).and_then(|v| v.placement).map(|p| p.node));
             }
         }
         dirty

@@ -30,13 +30,13 @@ use crate::command::{Command, Response};
 use crate::network::lazy_channel;
 use crate::types::{MemberNode, NodeId, Raft};
 
-/// Proposals in flight at once. Two keep the leader busy (one batch is
-/// appended while the previous one replicates) while the rest accumulate.
-const IN_FLIGHT: usize = 2;
-/// The most writes in one entry. Keeps an entry (~400 bytes a write) well
-/// under sled's 128 KiB threshold for values it stores as separate blob
-/// files, which it never fsyncs.
-const MAX_BATCH: usize = 128;
+/// Proposals from this node in flight at once. One: everything that
+/// arrives meanwhile waits and goes in the next entry. Measured against 2
+/// and 4 (BENCHMARKS.md): on a busy machine fewer, bigger entries win,
+/// since each entry costs an fsync and an RPC per replica.
+const IN_FLIGHT: usize = 1;
+/// The most writes in one entry (~400 bytes a write: ~200 KiB).
+const MAX_BATCH: usize = 512;
 /// How long a follower waits for the leader to commit a forwarded batch.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -70,7 +70,8 @@ where
         if start.elapsed() > timeout {
             return Err(failed(anyhow!("timed out after {timeout:?}")));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Fine-grained, so the benchmarks can time with it.
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

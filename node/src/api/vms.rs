@@ -6,7 +6,7 @@ use std::sync::Arc;
 use kvmesh_proto as pb;
 use kvmesh_proto::vms_client::VmsClient;
 use kvmesh_raft::command::{Command, Refusal, Response as CmdResponse};
-use kvmesh_raft::model::{Desired, Placement, Vm, VmSpec};
+use kvmesh_raft::model::{Desired, Vm, VmSpec};
 use kvmesh_raft::wire;
 use kvmesh_scheduler::{self as scheduler, Decision};
 use tonic::{Request, Response, Status};
@@ -120,24 +120,8 @@ async fn create_on_leader(ctx: &NodeCtx, req: &pb::CreateVmRequest, spec: &VmSpe
                 )))
             }
         };
-        let vm = Vm {
-            id,
-            name: req.name.clone(),
-            spec: spec.clone(),
-            desired: Desired::Running,
-            placement: Some(Placement { node: node_id, epoch: 1 }),
-            created_at_ms: now_ms(),
-            request_id: req.request_id.clone(),
-            reported: None,
-            desired_gen: 0,
-            restart_gen: 0,
-            force_stop: false,
-            deleting: None,
-            last_epoch: 1,
-            pending: None,
-            moving_from: None,
-            description: String::new(),
-        };
+        let vm =
+            Vm { request_id: req.request_id.clone(), ..Vm::placed(id, &req.name, spec.clone(), node_id, now_ms()) };
         match ctx.write(Command::CreateVm { vm: Box::new(vm), at_ms: now_ms() }).await? {
             CmdResponse::Vm(vm) => {
                 info!(placed_on = %node_name, "vm created");

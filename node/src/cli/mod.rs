@@ -78,6 +78,10 @@ pub struct ServeArgs {
     /// libvirt URI [default: qemu:///system]; test:///default needs no daemon.
     #[arg(long)]
     pub libvirt_uri: Option<String>,
+    /// Threads running the daemon's async work (Raft, gRPC, agent); libvirt
+    /// calls and disk syncs run on a separate blocking pool.
+    #[arg(long, env = "KVMESH_WORKER_THREADS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub worker_threads: u16,
     /// Domain type: kvm, or qemu (software emulation) [default: kvm].
     #[arg(long)]
     pub virt_type: Option<String>,

@@ -94,7 +94,7 @@ pub fn stale(state: &ClusterState, node: NodeId, domains: &[(VmId, u64, bool)]) 
 mod tests {
     use super::*;
     use kvmesh_raft::command::Command;
-    use kvmesh_raft::model::{Node, Placement, Settings, Vm, VmSpec};
+    use kvmesh_raft::model::{Node, Settings, Vm, VmSpec};
 
     fn state() -> ClusterState {
         let mut s = ClusterState::default();
@@ -110,24 +110,7 @@ mod tests {
         };
         s.apply(&Command::Init { cluster_id: "c".into(), settings: Settings::default(), node: node(1), at_ms: 0 });
         s.apply(&Command::AddNode { node: node(2), at_ms: 0 });
-        let vm = Vm {
-            id: 10,
-            name: "web".into(),
-            spec: VmSpec { vcpus: 1, memory_mib: 64, ha: true, ..Default::default() },
-            desired: Desired::Running,
-            placement: Some(Placement { node: 1, epoch: 1 }),
-            created_at_ms: 0,
-            request_id: String::new(),
-            reported: None,
-            desired_gen: 0,
-            restart_gen: 0,
-            force_stop: false,
-            deleting: None,
-            last_epoch: 1,
-            pending: None,
-            moving_from: None,
-            description: String::new(),
-        };
+        let vm = Vm::placed(10, "web", VmSpec { vcpus: 1, memory_mib: 64, ha: true, ..Default::default() }, 1, 0);
         s.apply(&Command::CreateVm { vm: Box::new(vm), at_ms: 0 });
         s
     }

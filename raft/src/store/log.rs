@@ -1,14 +1,17 @@
-//! The Raft log and vote, on sled.
+//! The Raft log (segment files, [`super::wal`]) and the vote (sled).
 
 use std::fmt::Debug;
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, RaftLogReader};
 
-use super::{be, io_err, Syncer};
+use super::wal::Wal;
+use super::{io_err, Syncer};
 use crate::codec;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const VOTE: &[u8] = b"vote";
@@ -19,21 +22,36 @@ const COMMITTED: &[u8] = b"committed";
 #[derive(Clone)]
 pub struct LogStore {
     syncer: Syncer,
-    log: sled::Tree,
+    wal: Arc<Wal>,
     raft: sled::Tree,
 }
 
 impl LogStore {
-    pub(crate) fn new(db: &sled::Db, syncer: Syncer) -> Result<Self> {
-        let store = LogStore { syncer, log: db.open_tree("log")?, raft: db.open_tree("raft")? };
-        // Decode what we hold once at open, so damage shows up at start-up with
-        // a clear message rather than later as a fatal Raft error.
-        store.get::<Vote>(VOTE, "vote")?;
-        store.get::<LogId>(LAST_PURGED, "last purged log id")?;
-        if let Some(last) = store.log.last()? {
-            codec::decode::<Entry>("last log entry", &last.1)?;
+    pub(crate) fn new(db: &sled::Db, syncer: Syncer, wal_dir: &Path) -> Result<Self> {
+        // kvmesh before 0.1.1 kept the log in sled; such a dir cannot be
+        // read as it is, and must not be taken for an empty log.
+        if db.tree_names().iter().any(|n| n.as_ref() == b"log") && !db.open_tree("log")?.is_empty() {
+            return Err(Error::Decode {
+                what: "raft log",
+                detail: "this data dir keeps its log in the old sled format (kvmesh 0.1.0)".into(),
+            });
         }
-        Ok(store)
+        let raft = db.open_tree("raft")?;
+        let get = |key: &[u8], what: &'static str| -> Result<Option<Vec<u8>>> {
+            let _ = what;
+            Ok(raft.get(key)?.map(|v| v.to_vec()))
+        };
+        // Decode what we hold once at open, so damage shows up at start-up
+        // with a clear message rather than later as a fatal Raft error.
+        if let Some(bytes) = get(VOTE, "vote")? {
+            codec::decode::<Vote>("vote", &bytes)?;
+        }
+        let purged = match get(LAST_PURGED, "last purged log id")? {
+            Some(bytes) => Some(codec::decode::<LogId>("last purged log id", &bytes)?),
+            None => None,
+        };
+        let wal = Wal::open(wal_dir, purged.map(|p| p.index))?;
+        Ok(LogStore { syncer, wal: Arc::new(wal), raft })
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8], what: &'static str) -> Result<Option<T>> {
@@ -62,31 +80,18 @@ impl LogStore {
         self.syncer.sync().await.map_err(|e| io_err(subject, ErrorVerb::Write, e))
     }
 
-    fn last_log_id(&self) -> std::result::Result<Option<LogId>, StorageError> {
-        let last = self.log.last().map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-        match last {
-            None => Ok(None),
-            Some((_, bytes)) => {
-                let entry: Entry =
-                    codec::decode("log entry", &bytes).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-                Ok(Some(entry.log_id))
-            }
-        }
+    /// Runs a blocking log operation on the blocking pool.
+    async fn on_log<T: Send + 'static>(
+        &self,
+        verb: ErrorVerb,
+        f: impl FnOnce(&Wal) -> Result<T> + Send + 'static,
+    ) -> std::result::Result<T, StorageError> {
+        let wal = self.wal.clone();
+        tokio::task::spawn_blocking(move || f(&wal))
+            .await
+            .map_err(|e| io_err(ErrorSubject::Logs, verb, e))?
+            .map_err(|e| io_err(ErrorSubject::Logs, verb, e))
     }
-}
-
-fn to_sled_range<RB: RangeBounds<u64>>(range: &RB) -> (Bound<[u8; 8]>, Bound<[u8; 8]>) {
-    let start = match range.start_bound() {
-        Bound::Included(i) => Bound::Included(be(*i)),
-        Bound::Excluded(i) => Bound::Excluded(be(*i)),
-        Bound::Unbounded => Bound::Unbounded,
-    };
-    let end = match range.end_bound() {
-        Bound::Included(i) => Bound::Included(be(*i)),
-        Bound::Excluded(i) => Bound::Excluded(be(*i)),
-        Bound::Unbounded => Bound::Unbounded,
-    };
-    (start, end)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -94,14 +99,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> std::result::Result<Vec<Entry>, StorageError> {
-        let mut out = Vec::new();
-        for item in self.log.range(to_sled_range(&range)) {
-            let (_, bytes) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-            let entry: Entry =
-                codec::decode("log entry", &bytes).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-            out.push(entry);
-        }
-        Ok(out)
+        // Reads hit the page cache (entries were just written); no hand-off.
+        self.wal.read(range).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))
     }
 }
 
@@ -110,7 +109,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> std::result::Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.read(LAST_PURGED, "last purged log id", ErrorSubject::Store)?;
-        let last_log_id = self.last_log_id()?.or(last_purged_log_id);
+        let last_log_id = self.wal.last_log_id().or(last_purged_log_id);
         Ok(LogState { last_purged_log_id, last_log_id })
     }
 
@@ -142,46 +141,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            let bytes = codec::encode("log entry", &entry)
-                .map_err(|e| io_err(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
-            batch.insert(&be(entry.log_id.index), bytes);
-        }
-        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        // Readable now; durable only after the flush, and only then is openraft told.
-        let flushed = self.syncer.sync().await;
-        let failed = flushed.as_ref().err().map(|e| e.to_string());
-        callback.log_io_completed(flushed);
-        match failed {
-            Some(e) => Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, e)),
-            None => Ok(()),
-        }
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        // One write and one fdatasync for the whole batch; openraft hears of
+        // it only once both are done.
+        let result = self.on_log(ErrorVerb::Write, move |wal| wal.append(entries)).await;
+        callback.log_io_completed(result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
+        result
     }
 
     async fn truncate(&mut self, log_id: LogId) -> std::result::Result<(), StorageError> {
         tracing::debug!(%log_id, "truncating log from index");
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(be(log_id.index)..) {
-            let (key, _) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
-            batch.remove(key);
-        }
-        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
-        self.flush(ErrorSubject::Logs).await
+        self.on_log(ErrorVerb::Delete, move |wal| wal.truncate(log_id.index)).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> std::result::Result<(), StorageError> {
         tracing::debug!(%log_id, "purging log up to index");
-        // Record the purge point first: a crash after it leaves extra entries
-        // (harmless) rather than a hole before the first entry.
+        // Record the purge point first: a crash after it leaves extra
+        // segments (dropped at the next start) rather than a hole.
         self.put(LAST_PURGED, "last purged log id", &log_id)?;
         self.flush(ErrorSubject::Store).await?;
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(..=be(log_id.index)) {
-            let (key, _) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
-            batch.remove(key);
-        }
-        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
-        self.flush(ErrorSubject::Logs).await
+        self.on_log(ErrorVerb::Delete, move |wal| wal.purge(log_id.index)).await
     }
 }

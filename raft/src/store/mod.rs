@@ -1,11 +1,13 @@
-//! Durable Raft storage on sled (openraft storage v2).
+//! Durable Raft storage (openraft storage v2): log files, sled, a snapshot file.
 //!
-//! One sled `Db` per node holds four trees:
-//! - `log`: entries keyed by big-endian index;
+//! The log is a directory of append-only segment files ([`wal`]); one sled
+//! `Db` per node holds two trees:
 //! - `raft`: the vote, the last purged log id and the committed log id;
 //! - `sm`: the state machine, every key in one tree so each applied batch is a
-//!   single atomic `Batch` (the state and its `applied` marker never diverge);
-//! - `snapshot`: the current snapshot's meta and bytes.
+//!   single atomic `Batch` (the state and its `applied` marker never diverge).
+//!
+//! The current snapshot is `snapshot.bin` ([`snapshot_file`]), replaced
+//! atomically.
 //!
 //! Every method that openraft relies on for durability syncs before it
 //! reports success ([`Syncer`]): sled's own background fsync runs only every
@@ -14,7 +16,9 @@
 //! from the log and the snapshot, which are.
 
 mod log;
+mod snapshot_file;
 mod state_machine;
+mod wal;
 
 pub use log::LogStore;
 pub use state_machine::{SharedState, SmData, StateMachine};
@@ -37,8 +41,8 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine)> {
     let file =
         std::fs::File::open(dir.join("db")).map_err(|e| Error::Open { path: dir.to_path_buf(), source: e.into() })?;
     let syncer = Syncer { db: db.clone(), file: Arc::new(file) };
-    let log = LogStore::new(&db, syncer.clone()).map_err(|e| corrupt(dir, e))?;
-    let sm = StateMachine::load(&db, syncer).map_err(|e| corrupt(dir, e))?;
+    let log = LogStore::new(&db, syncer.clone(), &dir.join("wal")).map_err(|e| corrupt(dir, e))?;
+    let sm = StateMachine::load(&db, syncer, snapshot_file::SnapshotFile::new(dir)).map_err(|e| corrupt(dir, e))?;
     Ok((log, sm))
 }
 

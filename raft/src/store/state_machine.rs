@@ -8,6 +8,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::snapshot_file::SnapshotFile;
 use super::{be, from_be, io_err, Syncer};
 use crate::codec;
 use crate::command::Response;
@@ -21,9 +22,6 @@ const MEMBERSHIP: &[u8] = b"M";
 const NODE: u8 = b'n';
 const VM: u8 = b'v';
 const EVENT: u8 = b'e';
-
-const SNAP_META: &[u8] = b"meta";
-const SNAP_DATA: &[u8] = b"data";
 
 /// What the state machine holds in memory. Readers (the API) take the read
 /// lock briefly and never across an await.
@@ -48,7 +46,7 @@ struct SnapshotBody {
 pub struct StateMachine {
     syncer: Syncer,
     sm: sled::Tree,
-    snapshots: sled::Tree,
+    snapshots: Arc<SnapshotFile>,
     data: SharedState,
 }
 
@@ -70,20 +68,17 @@ fn write_err(e: impl std::fmt::Display) -> StorageError {
 impl StateMachine {
     /// Loads the persisted state, or the stored snapshot if it is newer
     /// (an interrupted snapshot install).
-    pub(crate) fn load(db: &sled::Db, syncer: Syncer) -> Result<Self> {
+    pub(crate) fn load(db: &sled::Db, syncer: Syncer, snapshots: SnapshotFile) -> Result<Self> {
         let sm = db.open_tree("sm")?;
-        let snapshots = db.open_tree("snapshot")?;
         let mut data = read_tree(&sm)?;
-        if let Some(meta_bytes) = snapshots.get(SNAP_META)? {
-            let meta: SnapshotMeta = codec::decode("snapshot meta", &meta_bytes)?;
+        if let Some((meta, bytes)) = snapshots.read()? {
             if meta.last_log_id > data.last_applied {
-                let bytes = snapshots.get(SNAP_DATA)?.unwrap_or_default();
                 data = decode_snapshot(&bytes)?;
                 write_all(&sm, &data)?;
                 db.flush()?;
             }
         }
-        Ok(StateMachine { syncer, sm, snapshots, data: Arc::new(RwLock::new(data)) })
+        Ok(StateMachine { syncer, sm, snapshots: Arc::new(snapshots), data: Arc::new(RwLock::new(data)) })
     }
 
     /// The in-memory state, shared with the API for local reads.
@@ -221,8 +216,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tracing::info!(snapshot = %meta.snapshot_id, last = ?meta.last_log_id, "installing snapshot");
         // Keep the snapshot first: if we crash while rewriting the state tree,
         // `load` restores from it.
-        save_snapshot(&self.snapshots, meta, &bytes).map_err(snap_err)?;
-        self.syncer.sync().await.map_err(write_err)?;
+        self.save_snapshot(meta.clone(), bytes).await.map_err(snap_err)?;
         {
             let mut data = self.data.write().map_err(write_err)?;
             write_all(&self.sm, &new_data).map_err(snap_err)?;
@@ -235,21 +229,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> std::result::Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some(meta_bytes) = self.snapshots.get(SNAP_META).map_err(read_err)? else {
-            return Ok(None);
-        };
-        let meta: SnapshotMeta = codec::decode("snapshot meta", &meta_bytes).map_err(read_err)?;
-        let data = self.snapshots.get(SNAP_DATA).map_err(read_err)?.map(|b| b.to_vec()).unwrap_or_default();
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        Ok(self
+            .snapshots
+            .read()
+            .map_err(read_err)?
+            .map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
 
-fn save_snapshot(tree: &sled::Tree, meta: &SnapshotMeta, bytes: &[u8]) -> Result<()> {
-    let mut batch = sled::Batch::default();
-    batch.insert(SNAP_META, codec::encode("snapshot meta", meta)?);
-    batch.insert(SNAP_DATA, bytes);
-    tree.apply_batch(batch)?;
-    Ok(())
+impl StateMachine {
+    /// Stores the snapshot durably (on the blocking pool); hands the bytes back.
+    async fn save_snapshot(&self, meta: SnapshotMeta, bytes: Vec<u8>) -> Result<Vec<u8>> {
+        let file = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || file.write(&meta, &bytes).map(|_| bytes))
+            .await
+            .map_err(|e| crate::Error::Io { path: "snapshot".into(), source: std::io::Error::other(e) })?
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
@@ -270,8 +265,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             None => format!("empty-{}", bytes.len()),
         };
         let meta = SnapshotMeta { last_log_id: body.last_applied, last_membership: body.membership, snapshot_id };
-        save_snapshot(&self.snapshots, &meta, &bytes).map_err(write_err)?;
-        self.syncer.sync().await.map_err(write_err)?;
+        let bytes = self.save_snapshot(meta.clone(), bytes).await.map_err(write_err)?;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), elapsed_ms, "built snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })

@@ -48,6 +48,16 @@ where
     kvmesh_tests::wait_async_ok(timeout, f).await.with_context(|| format!("waiting for {what}"))
 }
 
+/// Waits until the node at `address` knows the leader and has applied
+/// everything up to `target`.
+async fn wait_caught_up(who: &str, address: &str, target: u64) -> Result<()> {
+    wait_async(&format!("{who} to catch up"), Duration::from_secs(300), || async move {
+        let s = status(address).await.ok()?;
+        (s.leader.is_some() && s.last_applied >= target).then_some(())
+    })
+    .await
+}
+
 fn rss_mib(pid: u32) -> Result<f64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: f64 = text
@@ -156,15 +166,7 @@ async fn measure(seed: Option<(usize, usize)>, duration: Duration) -> Result<Fig
     let restart = Instant::now();
     c.restart(follower)?;
     f.restart_listen = restart.elapsed();
-    let address = c.addr(follower);
-    wait_async("the restarted follower to catch up", Duration::from_secs(120), || {
-        let address = address.clone();
-        async move {
-            let s = status(&address).await.ok()?;
-            (s.leader.is_some() && s.last_applied >= target).then_some(())
-        }
-    })
-    .await?;
+    wait_caught_up("the restarted follower", &c.addr(follower), target).await?;
     f.restart_ready = restart.elapsed();
 
     // A new node joins and catches up (through a snapshot when the log
@@ -173,15 +175,7 @@ async fn measure(seed: Option<(usize, usize)>, duration: Duration) -> Result<Fig
     let join = Instant::now();
     let leader_address = c.addr(leader);
     let new = c.spawn("n4", Some(&leader_address), &[])?;
-    let address = c.addr(new);
-    wait_async("the new node to catch up", Duration::from_secs(300), || {
-        let address = address.clone();
-        async move {
-            let s = status(&address).await.ok()?;
-            (s.leader.is_some() && s.last_applied >= target).then_some(())
-        }
-    })
-    .await?;
+    wait_caught_up("the new node", &c.addr(new), target).await?;
     f.join_ready = join.elapsed();
     Ok(f)
 }

@@ -1,0 +1,132 @@
+use super::*;
+use crate::command::Command;
+use openraft::{CommittedLeaderId, EntryPayload};
+
+fn entry(term: u64, index: u64) -> Entry {
+    let cmd = Command::UpdateVm { name: format!("vm{index}"), description: Some("x".repeat(100)), priority: None };
+    Entry { log_id: LogId::new(CommittedLeaderId::new(term, 1), index), payload: EntryPayload::Normal(cmd) }
+}
+
+fn entries(term: u64, range: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+    range.map(|i| entry(term, i)).collect()
+}
+
+fn indexes(wal: &Wal) -> Vec<u64> {
+    wal.read(..).unwrap().iter().map(|e| e.log_id.index).collect()
+}
+
+fn segments(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "seg"))
+        .count()
+}
+
+/// Small segments, so a few entries span several files.
+const SMALL: u64 = 1024;
+
+#[test]
+fn appends_survive_a_reopen_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open_with(dir.path(), None, SMALL).unwrap();
+    wal.append(entries(1, 1..=10)).unwrap();
+    wal.append(entries(1, 11..=30)).unwrap();
+    assert_eq!(indexes(&wal), (1..=30).collect::<Vec<_>>());
+    assert_eq!(wal.read(5..8).unwrap().iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![5, 6, 7]);
+    assert!(segments(dir.path()) > 1, "expected several segments");
+    drop(wal);
+    let wal = Wal::open_with(dir.path(), None, SMALL).unwrap();
+    assert_eq!(indexes(&wal), (1..=30).collect::<Vec<_>>());
+    assert_eq!(wal.last_log_id().map(|l| l.index), Some(30));
+    assert_eq!(wal.read(29..=40).unwrap().len(), 2);
+    // An append that does not follow the last entry is refused.
+    assert!(wal.append(entries(1, 40..=40)).is_err());
+}
+
+#[test]
+fn truncate_cuts_the_tail_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open_with(dir.path(), None, SMALL).unwrap();
+    wal.append(entries(1, 1..=30)).unwrap();
+    wal.truncate(12).unwrap();
+    assert_eq!(indexes(&wal), (1..=11).collect::<Vec<_>>());
+    assert_eq!(wal.last_log_id(), Some(LogId::new(CommittedLeaderId::new(1, 1), 11)));
+    wal.append(entries(2, 12..=14)).unwrap();
+    drop(wal);
+    let wal = Wal::open_with(dir.path(), None, SMALL).unwrap();
+    assert_eq!(indexes(&wal), (1..=14).collect::<Vec<_>>());
+    assert_eq!(wal.read(12..=12).unwrap()[0].log_id.leader_id.term, 2);
+    wal.truncate(1).unwrap();
+    assert_eq!((indexes(&wal), wal.last_log_id()), (vec![], None));
+}
+
+#[test]
+fn purge_drops_the_head_and_its_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open_with(dir.path(), None, SMALL).unwrap();
+    for i in 1..=30 {
+        wal.append(entries(1, i..=i)).unwrap();
+    }
+    let before = segments(dir.path());
+    wal.purge(20).unwrap();
+    assert_eq!(indexes(&wal), (21..=30).collect::<Vec<_>>());
+    assert!(segments(dir.path()) < before);
+    drop(wal);
+    let wal = Wal::open_with(dir.path(), Some(20), SMALL).unwrap();
+    assert_eq!(indexes(&wal), (21..=30).collect::<Vec<_>>());
+    // Purged past the end (a snapshot install): the log starts again later.
+    wal.purge(50).unwrap();
+    assert_eq!((indexes(&wal), wal.last_log_id()), (vec![], None));
+    wal.append(entries(3, 51..=52)).unwrap();
+    drop(wal);
+    let wal = Wal::open_with(dir.path(), Some(50), SMALL).unwrap();
+    assert_eq!(indexes(&wal), vec![51, 52]);
+}
+
+fn last_segment(dir: &Path) -> PathBuf {
+    let mut all: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    all.sort();
+    all.pop().unwrap()
+}
+
+#[test]
+fn a_write_torn_by_a_crash_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), None).unwrap();
+    wal.append(entries(1, 1..=5)).unwrap();
+    drop(wal);
+    let path = last_segment(dir.path());
+    let good = std::fs::metadata(&path).unwrap().len();
+    // Half a record: its header promises more than the file holds.
+    let torn = record(&codec::encode("log entry", &entry(1, 6)).unwrap());
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut f, &torn[..torn.len() / 2]).unwrap();
+    drop(f);
+    let wal = Wal::open(dir.path(), None).unwrap();
+    assert_eq!(indexes(&wal), vec![1, 2, 3, 4, 5]);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), good);
+    wal.append(entries(1, 6..=6)).unwrap();
+    drop(wal);
+    // A whole last record with a bad checksum (a torn page) is cut too.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let wal = Wal::open(dir.path(), None).unwrap();
+    assert_eq!(indexes(&wal), vec![1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn damage_before_the_tail_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), None).unwrap();
+    wal.append(entries(1, 1..=5)).unwrap();
+    drop(wal);
+    let path = last_segment(dir.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[HEADER + 3] ^= 0xff; // inside entry 1, with four entries after it
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Wal::open(dir.path(), None).err().expect("damaged log refused").to_string();
+    assert!(err.contains("bad log record at offset 0"), "{err}");
+    assert!(err.contains("rejoin it with an empty --data-dir"), "{err}");
+}
