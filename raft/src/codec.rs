@@ -41,6 +41,21 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T
     Ok(value)
 }
 
+/// Decodes the first value in bytes written by [`encode`] of a larger
+/// value that starts with it (a struct's leading fields), ignoring the rest.
+pub fn decode_prefix<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
+    let (&format, body) = bytes.split_first().ok_or(Error::Decode { what, detail: "empty value".into() })?;
+    if format > FORMAT {
+        return Err(Error::FormatTooNew { what, found: format, supported: FORMAT });
+    }
+    if format == 0 {
+        return Err(Error::Decode { what, detail: "format byte 0 is not a kvmesh value".into() });
+    }
+    bincode::serde::decode_from_slice(body, config())
+        .map(|(v, _)| v)
+        .map_err(|e| Error::Decode { what, detail: e.to_string() })
+}
+
 /// Unversioned encoding for RPC payloads (the protocol version travels in a header).
 pub fn to_wire<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>> {
     bincode::serde::encode_to_vec(value, config()).map_err(|e| Error::Encode { what, detail: e.to_string() })

@@ -75,7 +75,7 @@ fn record(payload: &[u8]) -> Vec<u8> {
 
 /// Parses one segment's records: `(entries with their locations, valid length)`.
 /// `last` tells whether a bad record at the end may be cut off.
-fn parse_segment(path: &Path, first: u64, bytes: &[u8], last: bool) -> Result<(Vec<(Entry, Location)>, u64)> {
+fn parse_segment(path: &Path, first: u64, bytes: &[u8], last: bool) -> Result<(Vec<(LogId, Location)>, u64)> {
     let corrupt = |detail: String| Error::Corrupt { path: path.to_path_buf(), detail };
     let mut out = Vec::new();
     let mut at = 0usize;
@@ -97,12 +97,14 @@ fn parse_segment(path: &Path, first: u64, bytes: &[u8], last: bool) -> Result<(V
             return Err(corrupt(format!("bad log record at offset {at}")));
         }
         let payload = payload.expect("checked");
-        let entry: Entry = codec::decode("log entry", payload).map_err(|e| corrupt(e.to_string()))?;
+        // An entry starts with its log id: start-up reads only that (and the
+        // checksum), not the whole entry.
+        let log_id: LogId = codec::decode_prefix("log entry id", payload).map_err(|e| corrupt(e.to_string()))?;
         let expected = first + out.len() as u64;
-        if entry.log_id.index != expected {
-            return Err(corrupt(format!("entry {} where entry {expected} belongs", entry.log_id.index)));
+        if log_id.index != expected {
+            return Err(corrupt(format!("entry {} where entry {expected} belongs", log_id.index)));
         }
-        out.push((entry, Location { segment: first, offset: (at + HEADER) as u64, len: payload.len() as u32 }));
+        out.push((log_id, Location { segment: first, offset: (at + HEADER) as u64, len: payload.len() as u32 }));
         at = end.expect("checked");
     }
     Ok((out, at as u64))
@@ -144,8 +146,8 @@ impl Wal {
                 file.set_len(valid).map_err(io)?;
                 file.sync_all().map_err(io)?;
             }
-            for (entry, location) in entries {
-                let index = entry.log_id.index;
+            for (log_id, location) in entries {
+                let index = log_id.index;
                 if index < keep_after {
                     continue;
                 }
@@ -162,7 +164,7 @@ impl Wal {
                     }
                 }
                 inner.locations.push_back(location);
-                inner.last_log_id = Some(entry.log_id);
+                inner.last_log_id = Some(log_id);
             }
             inner.segments.insert(first, Segment { file: Arc::new(file), len: valid });
         }

@@ -130,3 +130,20 @@ fn damage_before_the_tail_is_refused() {
     assert!(err.contains("bad log record at offset 0"), "{err}");
     assert!(err.contains("rejoin it with an empty --data-dir"), "{err}");
 }
+
+#[test]
+fn start_up_reads_log_ids_without_decoding_whole_entries() {
+    // The log id is a prefix of an encoded entry; a reopened log reports
+    // the same last id and reads the same entries.
+    let e = entry(7, 42);
+    let bytes = codec::encode("log entry", &e).unwrap();
+    let id: LogId = codec::decode_prefix("log entry id", &bytes).unwrap();
+    assert_eq!(id, e.log_id);
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), None).unwrap();
+    wal.append(entries(7, 1..=3)).unwrap();
+    drop(wal);
+    let wal = Wal::open(dir.path(), None).unwrap();
+    assert_eq!(wal.last_log_id(), Some(LogId::new(CommittedLeaderId::new(7, 1), 3)));
+    assert_eq!(wal.read(..).unwrap(), entries(7, 1..=3));
+}
