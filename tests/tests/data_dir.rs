@@ -66,12 +66,39 @@ fn wrong_foreign_and_corrupt_data_dirs_are_refused() -> Result<()> {
     let err = serve_refused(&["--name", "a", "--data-dir", copy.to_str().unwrap()]);
     assert!(err.contains("corrupt"), "{err}");
 
+    // A damaged log record with records after it: refused as well.
+    let copy = c.dir.path().join("damaged-log");
+    copy_dir(&dir, &copy)?;
+    let segment = first_segment(&copy)?;
+    let mut bytes = std::fs::read(&segment)?;
+    bytes[12] ^= 0xff; // inside the first record, which others follow
+    std::fs::write(&segment, bytes)?;
+    let err = serve_refused(&["--name", "a", "--data-dir", copy.to_str().unwrap()]);
+    assert!(err.contains("corrupt") && err.contains("bad log record at offset 0"), "{err}");
+
+    // A record torn by a crash at the end of the log (a header promising
+    // more than was written) is cut off; everything acknowledged stays.
+    let segment = first_segment(&dir)?;
+    let mut torn = std::fs::OpenOptions::new().append(true).open(&segment)?;
+    std::io::Write::write_all(&mut torn, &[0xe8, 0x03, 0, 0, 1, 2, 3, 4, 5, 6])?;
+    drop(torn);
+
     // The intact original still starts and still has its VM.
     c.restart(0)?;
     kvmesh_tests::wait_for("VM after restart", Duration::from_secs(20), || {
         (c.vm_names(0).ok()? == vec!["keep-me".to_string()]).then_some(())
     })?;
+    assert!(c.log_text(0).contains("cutting off a log record torn by a crash"), "{}", c.log_text(0));
     Ok(())
+}
+
+/// The first log segment file of a data dir.
+fn first_segment(data_dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    let mut segments: Vec<_> = std::fs::read_dir(data_dir.join("raft/wal"))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    segments.sort();
+    segments.into_iter().next().ok_or_else(|| std::io::Error::other("no log segment"))
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
