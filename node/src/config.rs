@@ -26,6 +26,10 @@ pub struct RaftConfig {
     pub snapshot_every: u64,
     /// Entries kept in the log behind the latest snapshot. Default 1000.
     pub keep_logs: u64,
+    /// Also snapshot once the log since the last snapshot holds this many
+    /// MiB: an entry can carry hundreds of batched writes, so counting
+    /// entries alone does not bound the log. Default 64.
+    pub snapshot_log_mib: u64,
 }
 
 impl Default for RaftConfig {
@@ -36,6 +40,7 @@ impl Default for RaftConfig {
             election_max_ms: 400,
             snapshot_every: 5000,
             keep_logs: 1000,
+            snapshot_log_mib: 64,
         }
     }
 }
@@ -203,6 +208,9 @@ impl ServeConfig {
         }
         if r.snapshot_every == 0 {
             problems.push("raft.snapshot_every: must be at least 1".into());
+        }
+        if r.snapshot_log_mib == 0 {
+            problems.push("raft.snapshot_log_mib: must be at least 1".into());
         }
         if problems.is_empty() {
             Ok(())

@@ -2,7 +2,7 @@
 //! a cluster when asked, and watches for this node's removal.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvmesh_proto as pb;
 use kvmesh_raft::network::{Network, RaftService};
@@ -29,6 +29,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let data_dir = DataDir::open(&config.data_dir, &config.name)?;
     let id = data_dir.identity.node_id;
     let (log_store, state_machine) = kvmesh_raft::store::open(&data_dir.raft_dir())?;
+    let log_size = log_store.clone();
     let state = state_machine.shared();
 
     let stored_cluster = state.read().map(|d| d.state.cluster_id().map(str::to_string)).unwrap_or(None);
@@ -96,6 +97,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     tokio::spawn(crate::agent::run(ctx.clone()));
     tokio::spawn(crate::ha::heartbeat_loop(ctx.clone()));
     tokio::spawn(crate::ha::controller::run(ctx.clone()));
+    tokio::spawn(snapshot_by_size(ctx.clone(), log_size));
     #[cfg(feature = "bench-seed")]
     crate::bench_seed::start(&ctx);
 
@@ -117,6 +119,32 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), raft.shutdown()).await;
     info!("stopped");
     Ok(())
+}
+
+/// Builds a snapshot when the log since the last one outgrows
+/// `raft.snapshot_log_mib`: openraft's policy counts entries, and an entry
+/// can hold hundreds of batched writes.
+async fn snapshot_by_size(ctx: Arc<NodeCtx>, log: kvmesh_raft::store::LogStore) {
+    let limit = ctx.config.raft.snapshot_log_mib << 20;
+    let mut asked: Option<(Option<u64>, Instant)> = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let snapshot = ctx.metrics().snapshot.map(|l| l.index);
+        let bytes = log.bytes_after(snapshot);
+        if bytes < limit {
+            continue;
+        }
+        // One request per snapshot: wait for it to land (or 30 s).
+        if asked.is_some_and(|(at_snapshot, when)| at_snapshot == snapshot && when.elapsed() < Duration::from_secs(30))
+        {
+            continue;
+        }
+        info!(log_mib = bytes >> 20, "the log outgrew raft.snapshot_log_mib: building a snapshot");
+        if let Err(e) = ctx.raft.trigger().snapshot().await {
+            warn!(error = %e, "could not start a snapshot");
+        }
+        asked = Some((snapshot, Instant::now()));
+    }
 }
 
 async fn serve_grpc(ctx: Arc<NodeCtx>, listener: TcpListener) -> std::result::Result<(), tonic::transport::Error> {

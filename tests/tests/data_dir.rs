@@ -94,9 +94,8 @@ fn wrong_foreign_and_corrupt_data_dirs_are_refused() -> Result<()> {
 
 /// The first log segment file of a data dir.
 fn first_segment(data_dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
-    let mut segments: Vec<_> = std::fs::read_dir(data_dir.join("raft/wal"))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<_>>()?;
+    let mut segments: Vec<_> =
+        std::fs::read_dir(data_dir.join("raft/wal"))?.map(|e| e.map(|e| e.path())).collect::<std::io::Result<_>>()?;
     segments.sort();
     segments.into_iter().next().ok_or_else(|| std::io::Error::other("no log segment"))
 }

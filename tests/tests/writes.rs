@@ -122,3 +122,35 @@ fn concurrent_writes_through_a_follower_share_log_entries_and_lose_nothing() -> 
         anyhow::Ok(())
     })
 }
+
+/// openraft snapshots every `snapshot_every` entries; an entry can hold
+/// hundreds of writes, so the node also snapshots when the log since the
+/// last snapshot outgrows `snapshot_log_mib`.
+#[test]
+fn a_log_that_outgrows_its_size_limit_is_snapshotted() -> Result<()> {
+    let mut c = Cluster::new();
+    c.config_toml = "[raft]\nsnapshot_every = 1000000\nsnapshot_log_mib = 1\n".into();
+    c.spawn("n1", None, &[])?;
+    c.cli_ok(0, &["cluster", "init"])?;
+    c.cli_ok(0, &["vm", "create", "big", "--memory", "64"])?;
+    assert!(c.status(0)?["snapshot_index"].is_null(), "no snapshot expected yet");
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let ch = connect(&c.addr(0)).await?;
+        // 400 × 4 KB: about 1.6 MiB of log.
+        let work = async {
+            for w in 0..400 {
+                let description = format!("{w} {}", "x".repeat(4000));
+                let req = pb::UpdateVmRequest { name: "big".into(), description: Some(description), priority: None };
+                VmsClient::new(ch.clone()).update(req).await?;
+            }
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(60), work).await.context("writes did not finish in 60 s")?
+    })?;
+    kvmesh_tests::wait_for("a snapshot by size", Duration::from_secs(15), || {
+        c.status(0).ok()?["snapshot_index"].as_u64().filter(|i| *i > 0)
+    })?;
+    assert!(c.log_text(0).contains("outgrew raft.snapshot_log_mib"), "{}", c.log_text(0));
+    Ok(())
+}

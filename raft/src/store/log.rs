@@ -80,6 +80,12 @@ impl LogStore {
         self.syncer.sync().await.map_err(|e| io_err(subject, ErrorVerb::Write, e))
     }
 
+    /// Bytes the log holds after entry `index` (after the last snapshot,
+    /// say), so the node can snapshot by size as well as by count.
+    pub fn bytes_after(&self, index: Option<u64>) -> u64 {
+        self.wal.bytes_after(index)
+    }
+
     /// Runs a blocking log operation on the blocking pool.
     async fn on_log<T: Send + 'static>(
         &self,

@@ -179,6 +179,13 @@ impl Wal {
         self.lock().last_log_id
     }
 
+    /// Bytes of the records after entry `index` (all of them for `None`).
+    pub(crate) fn bytes_after(&self, index: Option<u64>) -> u64 {
+        let inner = self.lock();
+        let skip = index.map_or(0, |i| (i + 1).saturating_sub(inner.first) as usize);
+        inner.locations.iter().skip(skip).map(|l| l.len as u64 + HEADER as u64).sum()
+    }
+
     /// Appends entries (which must follow the last one) and syncs them.
     /// Blocking: call it on the blocking pool.
     pub(crate) fn append(&self, entries: Vec<Entry>) -> Result<()> {

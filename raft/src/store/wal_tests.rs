@@ -39,6 +39,10 @@ fn appends_survive_a_reopen_across_segments() {
     assert_eq!(indexes(&wal), (1..=30).collect::<Vec<_>>());
     assert_eq!(wal.last_log_id().map(|l| l.index), Some(30));
     assert_eq!(wal.read(29..=40).unwrap().len(), 2);
+    let all = wal.bytes_after(None);
+    assert_eq!((wal.bytes_after(Some(0)), wal.bytes_after(Some(30))), (all, 0));
+    let last = wal.bytes_after(Some(29));
+    assert!(last > 100 && last < all / 20, "{last} of {all}");
     // An append that does not follow the last entry is refused.
     assert!(wal.append(entries(1, 40..=40)).is_err());
 }
