@@ -118,6 +118,8 @@ fn fourth_node_is_a_learner_and_removal_keeps_three_voters() -> Result<()> {
     let r = c.cli(1, &["cluster", "remove", &with_vm]);
     assert!(!r.success && r.stderr.contains("--force"), "{}", r.stderr);
     c.cli_ok(1, &["vm", "delete", "on-learner-check"])?;
+    // A delete finishes when the host reports the domain gone.
+    wait_for("the VM to be gone", Duration::from_secs(10), || c.vm_names(1).ok()?.is_empty().then_some(()))?;
 
     // Remove a voter: the learner is promoted, the removed process stops.
     let leader = c.leader()?;
