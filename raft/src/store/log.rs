@@ -37,28 +37,16 @@ impl LogStore {
             });
         }
         let raft = db.open_tree("raft")?;
-        let get = |key: &[u8], what: &'static str| -> Result<Option<Vec<u8>>> {
-            let _ = what;
-            Ok(raft.get(key)?.map(|v| v.to_vec()))
-        };
         // Decode what we hold once at open, so damage shows up at start-up
         // with a clear message rather than later as a fatal Raft error.
-        if let Some(bytes) = get(VOTE, "vote")? {
-            codec::decode::<Vote>("vote", &bytes)?;
-        }
-        let purged = match get(LAST_PURGED, "last purged log id")? {
-            Some(bytes) => Some(codec::decode::<LogId>("last purged log id", &bytes)?),
-            None => None,
-        };
+        get::<Vote>(&raft, VOTE, "vote")?;
+        let purged = get::<LogId>(&raft, LAST_PURGED, "last purged log id")?;
         let wal = Wal::open(wal_dir, purged.map(|p| p.index))?;
         Ok(LogStore { syncer, wal: Arc::new(wal), raft })
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8], what: &'static str) -> Result<Option<T>> {
-        match self.raft.get(key)? {
-            Some(bytes) => Ok(Some(codec::decode(what, &bytes)?)),
-            None => Ok(None),
-        }
+        get(&self.raft, key, what)
     }
 
     fn read<T: serde::de::DeserializeOwned>(
@@ -97,6 +85,13 @@ impl LogStore {
             .await
             .map_err(|e| io_err(ErrorSubject::Logs, verb, e))?
             .map_err(|e| io_err(ErrorSubject::Logs, verb, e))
+    }
+}
+
+fn get<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &[u8], what: &'static str) -> Result<Option<T>> {
+    match tree.get(key)? {
+        Some(bytes) => Ok(Some(codec::decode(what, &bytes)?)),
+        None => Ok(None),
     }
 }
 

@@ -51,9 +51,15 @@ where
 /// Waits until the node at `address` knows the leader and has applied
 /// everything up to `target`.
 async fn wait_caught_up(who: &str, address: &str, target: u64) -> Result<()> {
-    wait_async(&format!("{who} to catch up"), Duration::from_secs(300), || async move {
-        let s = status(address).await.ok()?;
-        (s.leader.is_some() && s.last_applied >= target).then_some(())
+    // One connection for the whole wait, so a poll costs one RPC, not a
+    // connect as well (the node is already listening).
+    let ch = tonic::transport::Channel::from_shared(format!("http://{address}"))?.connect_lazy();
+    wait_async(&format!("{who} to catch up"), Duration::from_secs(300), || {
+        let ch = ch.clone();
+        async move {
+            let s = ClusterClient::new(ch).status(pb::StatusRequest {}).await.ok()?.into_inner();
+            (s.leader.is_some() && s.last_applied >= target).then_some(())
+        }
     })
     .await
 }
