@@ -101,7 +101,7 @@ async fn write_all(ctx: &Arc<NodeCtx>, cmds: Vec<Command>) -> crate::error::Resu
             }
         }
         let ctx = ctx.clone();
-        tasks.spawn(async move { ctx.write(cmd).await.map(|_| ()) });
+        tasks.spawn(async move { ctx.propose_as_leader(cmd).await.map(|_| ()) });
     }
     while let Some(r) = tasks.join_next().await {
         r.map_err(|e| crate::error::Error::Raft(e.to_string()))??;

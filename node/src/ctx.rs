@@ -1,9 +1,11 @@
 //! What every request handler shares: the local Raft, the replicated state,
 //! this node's identity, and the write path to the leader.
 //!
-//! Writes go through [`NodeCtx::on_leader`]: run locally when this node leads,
-//! otherwise forward to the leader it knows, and retry with backoff through
-//! elections until the write deadline.
+//! Writes take one of two paths, each written once: [`NodeCtx::propose`] for
+//! commands any node can build (batched, forwarded to the leader through the
+//! internal `Raft/Propose` call, retried safely under one request id), and
+//! [`NodeCtx::leader_call`] for requests that need the leader's own inputs
+//! (placement, membership, linearizable reads).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,6 +25,8 @@ use crate::config::ServeConfig;
 use crate::data_dir::DataDir;
 use crate::error::{Error, Result};
 use kvmesh_raft::proposer::{Proposer, WriteFailure};
+use kvmesh_raft::requests::RequestId;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub struct NodeCtx {
     pub id: NodeId,
@@ -43,14 +47,11 @@ pub struct NodeCtx {
     pub removed: std::sync::Arc<tokio::sync::Notify>,
     /// This host's hypervisor (libvirt).
     pub hypervisor: std::sync::Arc<dyn crate::hypervisor::Hypervisor>,
-    /// When the latest heartbeat that the leader acknowledged was *sent*.
-    /// HA guests may run only while this is younger than fence_after.
-    pub lease: Mutex<Option<Instant>>,
-    /// The leader's memory of heartbeats (empty on followers).
-    pub heartbeats: Mutex<crate::ha::Heartbeats>,
     channels: Mutex<HashMap<String, Channel>>,
     /// Batches concurrent writes into one log entry (group commit).
     proposer: Proposer,
+    /// The sequence number of this node's next write (see [`RequestId`]).
+    next_request: AtomicU64,
 }
 
 impl NodeCtx {
@@ -65,6 +66,7 @@ impl NodeCtx {
         data_dir: DataDir,
         hypervisor: std::sync::Arc<dyn crate::hypervisor::Hypervisor>,
     ) -> Self {
+        let raft_state = state.clone();
         NodeCtx {
             id,
             name: config.name.clone(),
@@ -79,10 +81,9 @@ impl NodeCtx {
             joining: std::sync::atomic::AtomicBool::new(false),
             removed: Default::default(),
             hypervisor,
-            lease: Mutex::new(None),
-            heartbeats: Mutex::new(crate::ha::Heartbeats::default()),
             channels: Mutex::new(HashMap::new()),
             proposer: Proposer::start(id, raft.clone()),
+            next_request: AtomicU64::new(first_request_seq(id, &raft_state)),
         }
     }
 
@@ -108,27 +109,36 @@ impl NodeCtx {
         Ok(c)
     }
 
-    /// Proposes a command and waits until it is committed and applied.
-    pub async fn write(&self, cmd: Command) -> Result<Response> {
-        match self.proposer.write(cmd).await {
-            Ok(r) => Ok(r),
-            Err(WriteFailure::NotLeader(m)) => Err(Error::Unavailable(m)),
-            Err(WriteFailure::Membership(e)) => Err(Error::FailedPrecondition(e)),
-            Err(WriteFailure::Fatal(f)) => Err(Error::Raft(f)),
-        }
+    /// The one write path. Proposes `cmd` from this node: batched with
+    /// concurrent writes into one log entry, forwarded to the leader in one
+    /// internal call when this node does not lead, and retried through
+    /// elections and lost answers until the write deadline. Every try carries
+    /// the same request id, so a write whose first try did commit is not
+    /// applied twice: its retry gets the first answer. For commands built
+    /// without leader-only inputs.
+    pub async fn propose(&self, cmd: Command) -> Result<Response> {
+        self.propose_with(cmd, Route::AnyNode).await
     }
 
-    /// Proposes a command from any node: through the proposer, which batches
-    /// it with concurrent writes and forwards the batch to the leader when
-    /// this node does not lead. Retried through elections until the write
-    /// deadline. For commands built without leader-only state.
-    pub async fn submit(&self, cmd: Command) -> Result<Response> {
+    /// Proposes a command built from leader-only inputs (a placement, a
+    /// liveness verdict, a membership step), on this node only. If this node
+    /// no longer leads, the command is not forwarded: the caller's decision
+    /// is stale, and it answers `Unavailable` so the caller decides again on
+    /// the new leader.
+    pub async fn propose_as_leader(&self, cmd: Command) -> Result<Response> {
+        self.propose_with(cmd, Route::LeaderOnly).await
+    }
+
+    async fn propose_with(&self, cmd: Command, route: Route) -> Result<Response> {
+        let id = RequestId { origin: self.id, seq: self.next_request.fetch_add(1, Ordering::Relaxed) };
+        let cmd = Command::Request { id, cmd: Box::new(cmd) };
         let deadline = Instant::now() + Duration::from_millis(self.config.write_timeout_ms);
         let mut backoff = Duration::from_millis(20);
         loop {
-            let last_error = match self.proposer.write(cmd.clone()).await {
+            let last_error = match self.proposer.write(cmd.clone(), route == Route::LeaderOnly).await {
                 Ok(r) => return Ok(r),
-                Err(WriteFailure::NotLeader(m)) => m,
+                Err(WriteFailure::NotLeader(m)) if route == Route::LeaderOnly => return Err(Error::Unavailable(m)),
+                Err(WriteFailure::NotLeader(m)) | Err(WriteFailure::Unreachable(m)) => m,
                 Err(WriteFailure::Membership(e)) => return Err(Error::FailedPrecondition(e)),
                 Err(WriteFailure::Fatal(f)) => return Err(Error::Raft(f)),
             };
@@ -155,28 +165,23 @@ impl NodeCtx {
         Some((leader, node.address.clone()))
     }
 
-    /// Runs a request on the leader. `local` runs here if this node leads;
-    /// `remote` forwards to the leader over `Channel`. Unavailability (no
-    /// leader yet, a leader change, a dead leader) is retried with backoff
-    /// until the write deadline.
-    pub async fn on_leader<T, L, LF, R, RF>(
-        &self,
-        forwarded: bool,
-        local: L,
-        remote: R,
-    ) -> std::result::Result<T, Status>
-    where
-        L: Fn() -> LF,
-        LF: Future<Output = Result<T>>,
-        R: Fn(Channel, Duration) -> RF,
-        RF: Future<Output = std::result::Result<T, Status>>,
-    {
-        let deadline = Instant::now() + Duration::from_millis(self.config.write_timeout_ms);
+    /// Whether this node leads, as far as it knows.
+    pub fn is_leader(&self) -> bool {
+        self.metrics().current_leader == Some(self.id)
+    }
+
+    /// The one path for requests that need the leader itself (a placement,
+    /// a membership change, a linearizable read): answered here when this
+    /// node leads, otherwise forwarded to the leader's same RPC. No leader,
+    /// a leader change, a dead or stalled leader are retried with backoff
+    /// until the request's deadline; the error then says why.
+    pub async fn leader_call<C: LeaderCall>(&self, forwarded: bool, call: C) -> std::result::Result<C::Reply, Status> {
+        let deadline = Instant::now() + call.deadline(&self.config);
         let mut backoff = Duration::from_millis(20);
         let mut last_error = String::from("no leader is known");
         loop {
             match self.leader() {
-                Some((leader, _)) if leader == self.id => match local().await {
+                Some((leader, _)) if leader == self.id => match call.on_leader(self).await {
                     Err(Error::Unavailable(msg)) => last_error = msg,
                     other => return other.map_err(Status::from),
                 },
@@ -184,9 +189,10 @@ impl NodeCtx {
                 // its origin, which retries with a fresh view of the leader.
                 Some(_) if forwarded => return Err(Status::unavailable("this node is no longer the leader")),
                 Some((leader, address)) => {
-                    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
-                    match remote(self.channel(&address)?, remaining).await {
-                        Err(s) if s.code() == Code::Unavailable => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    let attempt = remaining.min(call.attempt_timeout()).max(Duration::from_millis(100));
+                    match call.clone().forward(self.channel(&address)?, forward(call.clone(), attempt)).await {
+                        Err(s) if retryable(&s) => {
                             last_error = format!("leader {leader} at {address}: {}", s.message())
                         }
                         other => return other,
@@ -202,16 +208,6 @@ impl NodeCtx {
         }
     }
 
-    /// Whether this host's lease has run out: no acknowledged heartbeat sent
-    /// within fence_after (or none yet since start).
-    pub fn fenced(&self) -> bool {
-        let lease = *self.lease.lock().unwrap_or_else(|p| p.into_inner());
-        match lease {
-            None => true,
-            Some(sent) => sent.elapsed() > Duration::from_millis(self.config.fence_after_ms),
-        }
-    }
-
     /// Checks with a quorum that this node still leads, for linearizable reads.
     pub async fn ensure_linearizable(&self) -> Result<()> {
         self.raft
@@ -220,6 +216,55 @@ impl NodeCtx {
             .map(|_| ())
             .map_err(|e| Error::Unavailable(format!("cannot confirm leadership for a consistent read: {e}")))
     }
+}
+
+/// Which node may propose a command.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    AnyNode,
+    LeaderOnly,
+}
+
+/// A request only the leader answers, and the RPC that forwards it there.
+/// Each kind says how to answer it and which client call carries it; the
+/// retrying and forwarding are [`NodeCtx::leader_call`]'s alone.
+pub trait LeaderCall: Clone + Send + Sync + 'static {
+    type Reply: Send;
+
+    /// Answers on the leader.
+    fn on_leader(&self, ctx: &NodeCtx) -> impl Future<Output = Result<Self::Reply>> + Send;
+
+    /// Sends the request to the leader's same RPC.
+    fn forward(
+        self,
+        channel: Channel,
+        request: Request<Self>,
+    ) -> impl Future<Output = std::result::Result<Self::Reply, Status>> + Send;
+
+    /// How long to keep trying in all.
+    fn deadline(&self, config: &ServeConfig) -> Duration {
+        Duration::from_millis(config.write_timeout_ms)
+    }
+
+    /// How long one forwarded try may take before the leader counts as
+    /// stalled and is asked again (it may have changed meanwhile).
+    fn attempt_timeout(&self) -> Duration {
+        Duration::from_secs(3)
+    }
+}
+
+/// Errors after which the same request may be sent again: the leader could
+/// not be reached, stalled, or stopped leading.
+fn retryable(s: &Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown)
+}
+
+/// Where this node's request numbers start: above any it used before (its
+/// answers in the state) and above the clock in microseconds, so a
+/// restarted node does not reuse a number whose answer is still kept.
+fn first_request_seq(id: NodeId, state: &SharedState) -> u64 {
+    let used = state.read().unwrap_or_else(|p| p.into_inner()).state.requests.last_seq(id).map_or(0, |s| s + 1);
+    used.max(now_ms().saturating_mul(1000))
 }
 
 /// Wraps a message for forwarding: marks it forwarded and bounds its time.

@@ -13,11 +13,13 @@ use tonic::Code;
 use tracing::{error, info, instrument, warn};
 
 use crate::api::cluster::ClusterService;
+use crate::api::host::HostService;
 use crate::api::vms::VmsService;
 use crate::config::ServeConfig;
 use crate::ctx::NodeCtx;
 use crate::data_dir::DataDir;
 use crate::error::{Error, Result};
+use crate::ha::{LeaderView, Lease};
 use crate::hypervisor::{self, libvirt::Libvirt, Hypervisor};
 
 /// How long `serve --join` keeps trying before it gives up.
@@ -76,7 +78,9 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let ctx = Arc::new(NodeCtx::new(id, config, cpus, memory_mib, raft.clone(), state, data_dir, hypervisor));
     info!(node = %ctx.name, id, address = %ctx.address, cpus, memory_mib, libvirt = %ctx.config.libvirt_uri, "kvmesh node starting");
 
-    let server = tokio::spawn(serve_grpc(ctx.clone(), listener));
+    let leader = Arc::new(LeaderView::new(ctx.clone()));
+    let lease = Arc::new(Lease::new(Duration::from_millis(ctx.config.fence_after_ms)));
+    let server = tokio::spawn(serve_grpc(ctx.clone(), leader.clone(), listener));
     let initialized = raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))?;
     if initialized {
         if join.is_some() {
@@ -94,9 +98,9 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         );
     }
     tokio::spawn(health_loop(ctx.clone()));
-    tokio::spawn(crate::agent::run(ctx.clone()));
-    tokio::spawn(crate::ha::heartbeat_loop(ctx.clone()));
-    tokio::spawn(crate::ha::controller::run(ctx.clone()));
+    tokio::spawn(crate::agent::run(ctx.clone(), lease.clone()));
+    tokio::spawn(crate::ha::heartbeat_loop(ctx.clone(), lease, leader.clone()));
+    tokio::spawn(crate::ha::controller::run(ctx.clone(), leader));
     tokio::spawn(snapshot_by_size(ctx.clone(), log_size));
     #[cfg(feature = "bench-seed")]
     crate::bench_seed::start(&ctx);
@@ -147,7 +151,11 @@ async fn snapshot_by_size(ctx: Arc<NodeCtx>, log: kvmesh_raft::store::LogStore) 
     }
 }
 
-async fn serve_grpc(ctx: Arc<NodeCtx>, listener: TcpListener) -> std::result::Result<(), tonic::transport::Error> {
+async fn serve_grpc(
+    ctx: Arc<NodeCtx>,
+    leader: Arc<LeaderView>,
+    listener: TcpListener,
+) -> std::result::Result<(), tonic::transport::Error> {
     // Both reflection versions: grpcurl speaks v1, many grpcio tools v1alpha.
     let reflection_builder = || {
         tonic_reflection::server::Builder::configure()
@@ -167,9 +175,9 @@ async fn serve_grpc(ctx: Arc<NodeCtx>, listener: TcpListener) -> std::result::Re
             pb::raft_server::RaftServer::new(RaftService::new(ctx.raft.clone(), ctx.removed.clone()))
                 .max_decoding_message_size(256 << 20),
         )
-        .add_service(pb::cluster_server::ClusterServer::new(ClusterService::new(ctx.clone())))
-        .add_service(pb::vms_server::VmsServer::new(VmsService::new(ctx.clone())))
-        .add_service(pb::host_server::HostServer::new(crate::agent::HostService::new(ctx.clone())))
+        .add_service(pb::cluster_server::ClusterServer::new(ClusterService::new(ctx.clone(), leader.clone())))
+        .add_service(pb::vms_server::VmsServer::new(VmsService::new(ctx.clone(), leader.clone())))
+        .add_service(pb::host_server::HostServer::new(HostService::new(ctx, leader)))
         .serve_with_incoming(incoming)
         .await
 }

@@ -59,12 +59,16 @@ impl From<Refusal> for Error {
             Refusal::NodeNameTaken { .. } | Refusal::NodeAddressTaken { .. } | Refusal::VmNameTaken { .. } => {
                 Error::AlreadyExists(msg)
             }
-            Refusal::UnknownNode { .. } | Refusal::UnknownVm { .. } => Error::NotFound(msg),
+            Refusal::UnknownNode { .. } | Refusal::UnknownVm { .. } | Refusal::UnknownVmId { .. } => {
+                Error::NotFound(msg)
+            }
             Refusal::StaleReport
             | Refusal::VmBeingDeleted { .. }
-            | Refusal::AntiAffinityConflict { .. }
             | Refusal::HostNotDown { .. }
-            | Refusal::AlreadyPlaced { .. } => Error::FailedPrecondition(msg),
+            | Refusal::AlreadyPlaced { .. }
+            | Refusal::RequestExpired => Error::FailedPrecondition(msg),
+            // The leader draws again; reaching a client means it kept losing.
+            Refusal::VmIdTaken { .. } => Error::Unavailable(msg),
         }
     }
 }

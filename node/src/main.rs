@@ -16,7 +16,6 @@ mod error;
 mod ha;
 mod host;
 mod hypervisor;
-mod placement;
 
 use clap::Parser;
 

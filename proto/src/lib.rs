@@ -18,7 +18,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kvme
 
 /// Bumped whenever nodes of different versions could not work together
 /// (wire messages or the replicated log format).
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: states as enums, agents' reports through `Raft/Propose`, VM ids as
+/// integers in heartbeats.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// gRPC metadata key carrying the sender's `PROTOCOL_VERSION` on Raft RPCs.
 pub const PROTOCOL_HEADER: &str = "kvmesh-protocol";

@@ -24,6 +24,10 @@ pub enum Error {
     )]
     FormatTooNew { what: &'static str, found: u8, supported: u8 },
 
+    /// A client request that cannot become a model value.
+    #[error("{0}")]
+    InvalidRequest(String),
+
     #[error("cannot encode {what}: {detail}")]
     Encode { what: &'static str, detail: String },
 }

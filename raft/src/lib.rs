@@ -19,8 +19,10 @@ pub mod model;
 pub mod network;
 mod placed;
 pub mod proposer;
+pub mod requests;
 pub mod store;
 pub mod types;
+pub mod view;
 pub mod wire;
 
 pub use command::{Command, Response};

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::placed::PlacedIndex;
+use crate::requests::{Answer, RequestId, Requests};
 
 use crate::types::NodeId;
 
@@ -31,59 +32,10 @@ impl Default for Settings {
     }
 }
 
-/// How the leader places VMs (`kvmesh cluster policy set`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Policy {
-    #[default]
-    Spread,
-    Pack,
-    Balanced,
-}
-
-impl Policy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Policy::Spread => "spread",
-            Policy::Pack => "pack",
-            Policy::Balanced => "balanced",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "spread" => Some(Policy::Spread),
-            "pack" => Some(Policy::Pack),
-            "balanced" => Some(Policy::Balanced),
-            _ => None,
-        }
-    }
-}
-
-/// Overcommit ratios are kept in thousandths so the replicated state holds
-/// no floats (4000 = 4.0 vCPUs per CPU).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlacementSettings {
-    pub policy: Policy,
-    pub cpu_overcommit_milli: u32,
-    pub memory_overcommit_milli: u32,
-}
-
-impl Default for PlacementSettings {
-    fn default() -> Self {
-        PlacementSettings { policy: Policy::Spread, cpu_overcommit_milli: 4000, memory_overcommit_milli: 1000 }
-    }
-}
-
-impl PlacementSettings {
-    /// vCPUs that may be placed on a node with `cpus` CPUs.
-    pub fn vcpu_capacity(&self, cpus: u32) -> u64 {
-        cpus as u64 * self.cpu_overcommit_milli as u64 / 1000
-    }
-
-    pub fn memory_capacity(&self, memory_mib: u64) -> u64 {
-        memory_mib.saturating_mul(self.memory_overcommit_milli as u64) / 1000
-    }
-}
+/// How the leader places VMs (`kvmesh cluster policy set`): the scheduler's
+/// own settings type, kept as it is in the replicated state, so the leader's
+/// scheduler and every replica's `apply` read the same integers.
+pub use kvmesh_scheduler::{Policy, Settings as PlacementSettings};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeState {
@@ -275,18 +227,6 @@ impl Vm {
             description: String::new(),
         }
     }
-
-    /// The state shown to users: reported by the host, or what is pending.
-    /// (`ClusterState::vm_state` adds `host-down`.)
-    pub fn display_state(&self) -> &'static str {
-        if self.deleting.is_some() {
-            return "deleting";
-        }
-        match &self.reported {
-            Some(r) if Some((r.node, r.epoch)) == self.placement.map(|p| (p.node, p.epoch)) => r.state.as_str(),
-            _ => "pending",
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -304,6 +244,7 @@ pub enum Key {
     Node(NodeId),
     Vm(VmId),
     Event(u64),
+    Request(RequestId),
 }
 
 /// Small cluster-wide values persisted under one key.
@@ -312,6 +253,8 @@ pub struct Meta {
     pub cluster_id: Option<String>,
     pub settings: Settings,
     pub next_event_seq: u64,
+    /// VMs created so far: seeds new VM ids (see [`ClusterState::new_vm_id`]).
+    pub vms_created: u64,
 }
 
 /// The whole replicated state.
@@ -321,6 +264,8 @@ pub struct ClusterState {
     pub nodes: BTreeMap<NodeId, Node>,
     pub vms: BTreeMap<VmId, Vm>,
     pub events: VecDeque<Event>,
+    /// Answers to recent writes, so retries apply once.
+    pub requests: Requests,
     /// Derived: VM name to id.
     #[serde(skip)]
     pub(crate) vm_names: BTreeMap<String, VmId>,
@@ -337,18 +282,29 @@ pub struct ClusterState {
 
 impl PartialEq for ClusterState {
     fn eq(&self, other: &Self) -> bool {
-        self.meta == other.meta && self.nodes == other.nodes && self.vms == other.vms && self.events == other.events
+        self.meta == other.meta
+            && self.nodes == other.nodes
+            && self.vms == other.vms
+            && self.events == other.events
+            && self.requests == other.requests
     }
 }
 
 impl ClusterState {
     /// Builds a state from persisted parts, rebuilding the derived indexes.
-    pub fn from_parts(meta: Meta, nodes: Vec<Node>, vms: Vec<Vm>, events: Vec<Event>) -> Self {
+    pub fn from_parts(
+        meta: Meta,
+        nodes: Vec<Node>,
+        vms: Vec<Vm>,
+        events: Vec<Event>,
+        answers: Vec<(RequestId, Answer)>,
+    ) -> Self {
         let mut s = ClusterState {
             meta,
             nodes: nodes.into_iter().map(|n| (n.id, n)).collect(),
             vms: vms.into_iter().map(|v| (v.id, v)).collect(),
             events: events.into(),
+            requests: Requests::from_answers(answers),
             ..Default::default()
         };
         s.reindex();
@@ -359,6 +315,7 @@ impl ClusterState {
     pub fn reindex(&mut self) {
         self.vm_names = self.vms.values().map(|v| (v.name.clone(), v.id)).collect();
         self.placed = PlacedIndex::rebuilt(&self.vms, &self.placed);
+        self.requests.reindex();
     }
 
     /// Carries the change counters of the state this one replaces, so a
@@ -386,40 +343,6 @@ impl ClusterState {
         self.vm_names.get(name).and_then(|id| self.vms.get(id))
     }
 
-    /// The state shown to users, including `host-down` for a VM whose host
-    /// is down and that is not restarted elsewhere (non-HA).
-    pub fn vm_state(&self, vm: &Vm) -> &'static str {
-        let host_down = vm.placement.and_then(|p| self.nodes.get(&p.node)).is_some_and(|n| n.state == NodeState::Down);
-        if host_down && vm.deleting.is_none() {
-            return "host-down";
-        }
-        vm.display_state()
-    }
-
-    /// Whether `node` has room for `spec` under the current placement
-    /// settings, and no member of its hard anti-affinity group: the checks
-    /// `apply` repeats so concurrent placements cannot both win.
-    pub fn room_for(&self, node: NodeId, spec: &VmSpec) -> Result<(), crate::command::Refusal> {
-        use crate::command::Refusal;
-        let Some(n) = self.nodes.get(&node) else {
-            return Err(Refusal::UnknownNode { id: node });
-        };
-        let (cpus, mem, _) = self.allocated(node);
-        let placement = self.meta.settings.placement;
-        let fits = n.state == NodeState::Up
-            && cpus as u64 + spec.vcpus as u64 <= placement.vcpu_capacity(n.cpus)
-            && mem.saturating_add(spec.memory_mib) <= placement.memory_capacity(n.memory_mib);
-        if !fits {
-            return Err(Refusal::NoLongerFits { node: n.name.clone() });
-        }
-        if let Some(group) = &spec.anti_affinity {
-            if self.group_members_on(node, group) > 0 {
-                return Err(Refusal::AntiAffinityConflict { node: n.name.clone(), group: group.clone() });
-            }
-        }
-        Ok(())
-    }
-
     /// VM ids in name order.
     pub fn vm_names(&self) -> impl Iterator<Item = VmId> + '_ {
         self.vm_names.values().copied()
@@ -429,32 +352,15 @@ impl ClusterState {
         self.nodes.values().find(|n| n.name == name)
     }
 
-    /// vCPUs and memory placed on a node.
+    /// vCPUs, memory and VM count placed on a node, by a scan of every VM
+    /// (`apply` may not use the index; readers use [`ClusterState::allocated_indexed`]).
     pub fn allocated(&self, node: NodeId) -> (u32, u64, u32) {
-        let mut cpus = 0u32;
-        let mut mem = 0u64;
-        let mut count = 0u32;
-        for vm in self.vms.values() {
-            if vm.placement.map(|p| p.node) == Some(node) {
-                cpus = cpus.saturating_add(vm.spec.vcpus);
-                mem = mem.saturating_add(vm.spec.memory_mib);
-                count += 1;
-            }
-        }
-        (cpus, mem, count)
-    }
-
-    /// VMs of `group` (in any of its group roles) placed on `node`.
-    pub fn group_members_on(&self, node: NodeId, group: &str) -> u32 {
         self.vms
             .values()
             .filter(|v| v.placement.map(|p| p.node) == Some(node))
-            .filter(|v| {
-                [&v.spec.anti_affinity, &v.spec.soft_anti_affinity, &v.spec.affinity]
-                    .into_iter()
-                    .any(|g| g.as_deref() == Some(group))
+            .fold((0u32, 0u64, 0u32), |(c, m, n), vm| {
+                (c.saturating_add(vm.spec.vcpus), m.saturating_add(vm.spec.memory_mib), n + 1)
             })
-            .count() as u32
     }
 
     /// Takes the keys changed since the last call, and brings the derived

@@ -45,6 +45,9 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum WriteFailure {
     /// No leader is known, or the one asked no longer leads: retry.
     NotLeader(String),
+    /// The leader did not answer the forwarded batch (down, stalled, the
+    /// connection broke): whether it committed is unknown, so retry.
+    Unreachable(String),
     Membership(String),
     Fatal(String),
 }
@@ -52,7 +55,10 @@ pub enum WriteFailure {
 impl std::fmt::Display for WriteFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            WriteFailure::NotLeader(m) | WriteFailure::Membership(m) | WriteFailure::Fatal(m) => f.write_str(m),
+            WriteFailure::NotLeader(m)
+            | WriteFailure::Unreachable(m)
+            | WriteFailure::Membership(m)
+            | WriteFailure::Fatal(m) => f.write_str(m),
         }
     }
 }
@@ -61,6 +67,8 @@ type Reply = Result<Response, WriteFailure>;
 
 struct Pending {
     cmd: Command,
+    /// Built from this node's leader-only inputs: proposed here or not at all.
+    leader_only: bool,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -78,12 +86,12 @@ impl Proposer {
         Proposer { tx }
     }
 
-    /// Proposes `cmd` (here or through the leader) and waits until it is
-    /// committed and applied.
-    pub async fn write(&self, cmd: Command) -> Reply {
+    /// Proposes `cmd` (here, or through the leader unless `leader_only`) and
+    /// waits until it is committed and applied.
+    pub async fn write(&self, cmd: Command, leader_only: bool) -> Reply {
         let (reply, answer) = oneshot::channel();
         let gone = || WriteFailure::Fatal("the node is shutting down".into());
-        self.tx.send(Pending { cmd, reply }).map_err(|_| gone())?;
+        self.tx.send(Pending { cmd, leader_only, reply }).map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 }
@@ -103,9 +111,21 @@ async fn run(submitter: Submitter, mut rx: mpsc::UnboundedReceiver<Pending>) {
         }
         let submitter = submitter.clone();
         tokio::spawn(async move {
+            // A leader-only write is never forwarded: if this node no longer
+            // leads, its decision is stale and its writer decides again.
+            let leads = submitter.leads();
+            let (batch, stale): (Vec<Pending>, Vec<Pending>) = batch.into_iter().partition(|p| leads || !p.leader_only);
+            let local_only = batch.iter().any(|p| p.leader_only);
+            for p in stale {
+                let _ = p.reply.send(Err(WriteFailure::NotLeader("this node no longer leads".into())));
+            }
+            if batch.is_empty() {
+                drop(slot);
+                return;
+            }
             let (cmds, replies): (Vec<Command>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
             let count = cmds.len();
-            match submitter.submit(cmds).await {
+            match submitter.submit(cmds, local_only).await {
                 Ok(responses) if responses.len() == count => {
                     for (reply, response) in replies.into_iter().zip(responses) {
                         let _ = reply.send(Ok(response));
@@ -129,7 +149,14 @@ struct Submitter {
 }
 
 impl Submitter {
-    async fn submit(&self, cmds: Vec<Command>) -> Result<Vec<Response>, WriteFailure> {
+    fn leads(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// Proposes here if this node leads, else forwards to the leader unless
+    /// `local_only` (the batch holds a leader-only write: then every write
+    /// of it fails as `NotLeader`, and the others are retried).
+    async fn submit(&self, cmds: Vec<Command>, local_only: bool) -> Result<Vec<Response>, WriteFailure> {
         let leader = {
             let m = self.raft.metrics();
             let m = m.borrow();
@@ -137,6 +164,7 @@ impl Submitter {
         };
         match leader {
             Some((id, _)) if id == self.id => propose_local(&self.raft, cmds).await,
+            Some(_) if local_only => Err(WriteFailure::NotLeader("this node no longer leads".into())),
             Some((id, Some(address))) => self.forward(id, &address, cmds).await,
             _ => Err(WriteFailure::NotLeader("no leader is known".into())),
         }
@@ -160,10 +188,14 @@ impl Submitter {
         let mut request = tonic::Request::new(RaftMessage { payload });
         request.set_timeout(FORWARD_TIMEOUT);
         request.metadata_mut().insert(PROTOCOL_HEADER, PROTOCOL_VERSION.into());
-        let reply = RaftClient::new(channel)
-            .propose(request)
-            .await
-            .map_err(|s| WriteFailure::NotLeader(format!("leader {leader} at {address}: {}", s.message())))?;
+        let reply = RaftClient::new(channel).propose(request).await.map_err(|s| {
+            let message = format!("leader {leader} at {address}: {}", s.message());
+            match s.code() {
+                // A peer of another protocol version refuses every batch.
+                tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument => WriteFailure::Fatal(message),
+                _ => WriteFailure::Unreachable(message),
+            }
+        })?;
         codec::from_wire::<Result<Vec<Response>, WriteFailure>>("proposal reply", &reply.into_inner().payload)
             .map_err(|e| WriteFailure::Fatal(e.to_string()))?
     }

@@ -47,6 +47,10 @@ pub struct ClusterFacts {
 }
 
 impl ClusterFacts {
+    pub fn new(affinity_placed: bool) -> Self {
+        ClusterFacts { affinity_placed }
+    }
+
     pub fn of(nodes: &[NodeView], vm: &VmRequest) -> Self {
         let affinity_placed = vm.affinity.as_deref().is_some_and(|g| nodes.iter().any(|n| n.group_count(g) > 0));
         ClusterFacts { affinity_placed }
@@ -63,6 +67,22 @@ pub struct Capacity {
 /// Runs every rule in order; the first that fails is the reason.
 pub fn check(node: &NodeView, vm: &VmRequest, s: &Settings, facts: ClusterFacts) -> Result<(), Rejection> {
     check_capacity(node, vm, s, facts).map(|_| ())
+}
+
+/// The capacity rule, the one both the scheduler and `apply` use: the VM's
+/// vCPUs and memory fit in what the node has left after overcommit. Integer
+/// arithmetic only, so every replica agrees with the leader to the unit.
+pub fn fits(node: &NodeView, vm: &VmRequest, s: &Settings) -> Result<Capacity, Rejection> {
+    let cap = Capacity { vcpus: node.vcpu_capacity(s), memory_mib: node.memory_capacity(s) };
+    let free_cpu = cap.vcpus.saturating_sub(node.allocated_vcpus);
+    if vm.vcpus as u64 > free_cpu {
+        return Err(Rejection::InsufficientCpu { need: vm.vcpus as u64, free: free_cpu });
+    }
+    let free_mem = cap.memory_mib.saturating_sub(node.allocated_memory_mib);
+    if vm.memory_mib > free_mem {
+        return Err(Rejection::InsufficientMemory { need_mib: vm.memory_mib, free_mib: free_mem });
+    }
+    Ok(cap)
 }
 
 /// [`check`], returning the node's capacity for scoring.
@@ -86,15 +106,7 @@ pub fn check_capacity(
             return Err(Rejection::MissingLabel { key: key.clone(), want: want.clone(), have: have.cloned() });
         }
     }
-    let cap = Capacity { vcpus: node.vcpu_capacity(s), memory_mib: node.memory_capacity(s) };
-    let free_cpu = cap.vcpus.saturating_sub(node.allocated_vcpus);
-    if vm.vcpus as u64 > free_cpu {
-        return Err(Rejection::InsufficientCpu { need: vm.vcpus as u64, free: free_cpu });
-    }
-    let free_mem = cap.memory_mib.saturating_sub(node.allocated_memory_mib);
-    if vm.memory_mib > free_mem {
-        return Err(Rejection::InsufficientMemory { need_mib: vm.memory_mib, free_mib: free_mem });
-    }
+    let cap = fits(node, vm, s)?;
     if let Some(group) = &vm.anti_affinity {
         let members = node.group_count(group);
         if members > 0 {

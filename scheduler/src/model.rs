@@ -40,30 +40,62 @@ impl std::str::FromStr for Policy {
     }
 }
 
-/// Cluster-wide placement settings.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+/// Cluster-wide placement settings, as the replicated state keeps them.
+///
+/// Overcommit ratios are integers in thousandths (4000 = 4.0 vCPUs per CPU),
+/// so the capacity rule is integer arithmetic that every replica and the
+/// leader's scheduler compute identically (see [`crate::fits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
     pub policy: Policy,
-    /// vCPUs placed per physical CPU. Default 4.0.
-    pub cpu_overcommit: f64,
-    /// Memory placed per MiB of RAM. Default 1.0 (no overcommit).
-    pub memory_overcommit: f64,
+    /// vCPUs placed per physical CPU, in thousandths. Default 4000 (4.0).
+    pub cpu_overcommit_milli: u32,
+    /// Memory placed per MiB of RAM, in thousandths. Default 1000 (no overcommit).
+    pub memory_overcommit_milli: u32,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { policy: Policy::Spread, cpu_overcommit: 4.0, memory_overcommit: 1.0 }
+        Settings { policy: Policy::Spread, cpu_overcommit_milli: 4000, memory_overcommit_milli: 1000 }
     }
 }
 
+/// The overcommit ratios accepted, in thousandths: 0.1 to 100.
+pub const OVERCOMMIT_MILLI: std::ops::RangeInclusive<u32> = 100..=100_000;
+
 impl Settings {
-    pub fn validate(&self) -> Result<()> {
-        for (name, value) in [("cpu", self.cpu_overcommit), ("memory", self.memory_overcommit)] {
-            if !(0.1..=100.0).contains(&value) {
+    /// Settings from ratios as operators write them (`--cpu-overcommit 4.0`),
+    /// rounded to thousandths and checked.
+    pub fn with_ratios(policy: Policy, cpu: f64, memory: f64) -> Result<Self> {
+        let milli = |name: &'static str, value: f64| -> Result<u32> {
+            let m = (value * 1000.0).round();
+            if !(m >= *OVERCOMMIT_MILLI.start() as f64 && m <= *OVERCOMMIT_MILLI.end() as f64) {
                 return Err(Error::BadOvercommit { name, value });
+            }
+            Ok(m as u32)
+        };
+        Ok(Settings {
+            policy,
+            cpu_overcommit_milli: milli("cpu", cpu)?,
+            memory_overcommit_milli: milli("memory", memory)?,
+        })
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        for (name, milli) in [("cpu", self.cpu_overcommit_milli), ("memory", self.memory_overcommit_milli)] {
+            if !OVERCOMMIT_MILLI.contains(&milli) {
+                return Err(Error::BadOvercommit { name, value: milli as f64 / 1000.0 });
             }
         }
         Ok(())
+    }
+
+    pub fn cpu_overcommit(&self) -> f64 {
+        self.cpu_overcommit_milli as f64 / 1000.0
+    }
+
+    pub fn memory_overcommit(&self) -> f64 {
+        self.memory_overcommit_milli as f64 / 1000.0
     }
 }
 
@@ -126,12 +158,13 @@ impl NodeView {
 
     /// vCPUs that may be placed here in all, after overcommit.
     pub fn vcpu_capacity(&self, s: &Settings) -> u64 {
-        (self.cpus as f64 * s.cpu_overcommit).floor() as u64
+        self.cpus as u64 * s.cpu_overcommit_milli as u64 / 1000
     }
 
     /// Memory that may be placed here in all, after overcommit.
     pub fn memory_capacity(&self, s: &Settings) -> u64 {
-        (self.memory_mib as f64 * s.memory_overcommit).floor() as u64
+        // u128: 2^64 MiB times 100000 must not wrap.
+        (self.memory_mib as u128 * s.memory_overcommit_milli as u128 / 1000).min(u64::MAX as u128) as u64
     }
 
     pub fn free_vcpus(&self, s: &Settings) -> u64 {
@@ -148,8 +181,8 @@ impl NodeView {
 
     /// Records a VM as placed here (used when planning several at once).
     pub fn reserve(&mut self, vm: &VmRequest) {
-        self.allocated_vcpus += vm.vcpus as u64;
-        self.allocated_memory_mib += vm.memory_mib;
+        self.allocated_vcpus = self.allocated_vcpus.saturating_add(vm.vcpus as u64);
+        self.allocated_memory_mib = self.allocated_memory_mib.saturating_add(vm.memory_mib);
         for g in vm.groups() {
             *self.groups.entry(g.to_string()).or_insert(0) += 1;
         }

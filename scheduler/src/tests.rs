@@ -192,7 +192,7 @@ fn property_sequential_placement_never_overcommits_or_breaks_anti_affinity() {
     for round in 0..300 {
         let mut nodes = random_cluster(&mut rng);
         let policy = [Policy::Spread, Policy::Pack, Policy::Balanced][round % 3];
-        let s = Settings { policy, cpu_overcommit: 1.0 + rng.below(4) as f64, memory_overcommit: 1.0 };
+        let s = Settings { policy, cpu_overcommit_milli: 1000 + rng.below(4000) as u32, memory_overcommit_milli: 1000 };
         let mut placed: BTreeMap<u64, Vec<VmRequest>> = BTreeMap::new();
         for id in 0..40 {
             let v = random_vm(&mut rng, id);
@@ -303,7 +303,10 @@ fn ha_reservation_worked_example() {
 fn validation() {
     assert!(vm(1, 0, 1).validate().is_err());
     assert!(vm(1, 1, 0).validate().is_err());
-    assert!(Settings { cpu_overcommit: 0.0, ..Settings::default() }.validate().is_err());
+    assert!(Settings { cpu_overcommit_milli: 0, ..Settings::default() }.validate().is_err());
+    assert!(Settings::with_ratios(Policy::Pack, 0.05, 1.0).is_err());
+    assert!(Settings::with_ratios(Policy::Pack, 2.5, f64::NAN).is_err());
+    assert_eq!(Settings::with_ratios(Policy::Pack, 2.5, 1.0).unwrap().cpu_overcommit_milli, 2500);
     assert_eq!("pack".parse::<Policy>(), Ok(Policy::Pack));
     assert!("fast".parse::<Policy>().is_err());
 }

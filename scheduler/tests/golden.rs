@@ -50,10 +50,10 @@ fn run(path: &std::path::Path) {
             "policy" => {
                 settings.policy = words[1].parse().unwrap();
                 if let Some(c) = f.get("cpu") {
-                    settings.cpu_overcommit = c.parse().unwrap();
+                    settings.cpu_overcommit_milli = (c.parse::<f64>().unwrap() * 1000.0).round() as u32;
                 }
                 if let Some(m) = f.get("mem") {
-                    settings.memory_overcommit = m.parse().unwrap();
+                    settings.memory_overcommit_milli = (m.parse::<f64>().unwrap() * 1000.0).round() as u32;
                 }
             }
             "node" => {

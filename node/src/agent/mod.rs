@@ -19,8 +19,9 @@ use kvmesh_raft::command::{Command, Response};
 use kvmesh_raft::model::{domain_name, vm_id_hex, ClusterState, VmState};
 use tracing::{debug, info, instrument, warn};
 
-use crate::ctx::{forward, is_forwarded, now_ms, NodeCtx};
+use crate::ctx::{now_ms, NodeCtx};
 use crate::error::{Error, Result};
+use crate::ha::Lease;
 use crate::hypervisor::{blocking, DiskRequest, DomainSpec};
 use plan::{Action, Memory, Timing, Want};
 
@@ -57,7 +58,7 @@ fn wants(state: &ClusterState, node: u64) -> Vec<Want> {
         .collect()
 }
 
-pub async fn run(ctx: Arc<NodeCtx>) {
+pub async fn run(ctx: Arc<NodeCtx>, lease: Arc<Lease>) {
     let timing = Timing { shutdown_timeout_ms: ctx.config.shutdown_timeout_ms, ..Timing::default() };
     let resync = Duration::from_millis(ctx.config.resync_ms);
     let mut memory: HashMap<u64, Memory> = HashMap::new();
@@ -72,7 +73,7 @@ pub async fn run(ctx: Arc<NodeCtx>) {
         if registered {
             seen_changes = Some(ctx.read(|d| d.state.changes_on(ctx.id)));
             seen = Some(ctx.read(|d| wants(&d.state, ctx.id)));
-            match reconcile(&ctx, &mut memory, &timing).await {
+            match reconcile(&ctx, &lease, &mut memory, &timing).await {
                 Ok(n) => acted = n > 0,
                 Err(e) => warn!(error = %e, "reconcile pass failed"),
             }
@@ -108,12 +109,17 @@ pub async fn run(ctx: Arc<NodeCtx>) {
 
 /// One pass; returns how many actions it took.
 #[instrument(skip_all, fields(node = %ctx.name))]
-async fn reconcile(ctx: &Arc<NodeCtx>, memory: &mut HashMap<u64, Memory>, timing: &Timing) -> Result<usize> {
+async fn reconcile(
+    ctx: &Arc<NodeCtx>,
+    lease: &Lease,
+    memory: &mut HashMap<u64, Memory>,
+    timing: &Timing,
+) -> Result<usize> {
     let (wants, all_vms) = ctx.read(|d| wants_for(&d.state, ctx.id));
     let domains = blocking(&ctx.hypervisor, |hv| hv.list()).await?;
     // Checked first on every pass, so a host resuming from a pause does not
     // run an HA guest on an expired lease.
-    let fenced = ctx.fenced() && !cfg!(feature = "unsafe-no-fencing");
+    let fenced = lease.expired() && !cfg!(feature = "unsafe-no-fencing");
     let actions = plan::plan(&wants, &domains, &all_vms, memory, now_ms(), timing, fenced);
     let count = actions.len();
     for action in actions {
@@ -223,101 +229,11 @@ fn domain_spec(state: &ClusterState, vm_id: u64, ctx: &NodeCtx) -> Option<(Domai
     Some((spec, disk, vm.desired_gen))
 }
 
-/// Sends a state transition to the leader (locally if this node leads).
-pub async fn report(
-    ctx: &NodeCtx,
-    vm_id: u64,
-    epoch: u64,
-    state: VmState,
-    error: Option<String>,
-) -> std::result::Result<bool, tonic::Status> {
-    let msg = pb::VmReport {
-        vm_id: vm_id_hex(vm_id),
-        node_id: ctx.id,
-        epoch,
-        state: state.as_str().into(),
-        error,
-        at_ms: now_ms(),
-    };
-    report_on_leader(ctx, msg, false).await.map(|ack| ack.accepted)
-}
-
-/// Commits a report on the leader; used by the agent and by `Host.Report`.
-pub async fn report_on_leader(
-    ctx: &NodeCtx,
-    msg: pb::VmReport,
-    forwarded: bool,
-) -> std::result::Result<pb::ReportAck, tonic::Status> {
-    let vm = kvmesh_raft::model::parse_vm_id(&msg.vm_id)
-        .ok_or_else(|| tonic::Status::invalid_argument(format!("bad vm id {:?}", msg.vm_id)))?;
-    let state = VmState::parse(&msg.state)
-        .ok_or_else(|| tonic::Status::invalid_argument(format!("bad state {:?}", msg.state)))?;
-    let cmd = Command::ReportVm {
-        vm,
-        node: msg.node_id,
-        epoch: msg.epoch,
-        state,
-        error: msg.error.clone(),
-        at_ms: msg.at_ms,
-    };
-    ctx.on_leader(
-        forwarded,
-        || async { Ok(pb::ReportAck { accepted: !matches!(ctx.write(cmd.clone()).await?, Response::Refused(_)) }) },
-        |ch, t| {
-            let msg = msg.clone();
-            async move { pb::host_client::HostClient::new(ch).report(forward(msg, t)).await.map(|r| r.into_inner()) }
-        },
-    )
-    .await
-}
-
-/// The internal `Host` service: reports from other hosts' agents, and this
-/// host's console logs.
-pub struct HostService {
-    ctx: Arc<NodeCtx>,
-}
-
-impl HostService {
-    pub fn new(ctx: Arc<NodeCtx>) -> Self {
-        HostService { ctx }
-    }
-}
-
-#[tonic::async_trait]
-impl pb::host_server::Host for HostService {
-    async fn report(
-        &self,
-        request: tonic::Request<pb::VmReport>,
-    ) -> std::result::Result<tonic::Response<pb::ReportAck>, tonic::Status> {
-        let forwarded = is_forwarded(&request);
-        Ok(tonic::Response::new(report_on_leader(&self.ctx, request.into_inner(), forwarded).await?))
-    }
-
-    async fn heartbeat(
-        &self,
-        request: tonic::Request<pb::HeartbeatRequest>,
-    ) -> std::result::Result<tonic::Response<pb::HeartbeatAck>, tonic::Status> {
-        Ok(tonic::Response::new(crate::ha::receive(&self.ctx, request.into_inner()).await?))
-    }
-
-    async fn observed(
-        &self,
-        _request: tonic::Request<pb::ObservedRequest>,
-    ) -> std::result::Result<tonic::Response<pb::ObservedReply>, tonic::Status> {
-        if self.ctx.leader().map(|l| l.0) != Some(self.ctx.id) {
-            return Err(tonic::Status::unavailable("not the leader"));
-        }
-        Ok(tonic::Response::new(crate::ha::observed_pb(&self.ctx)))
-    }
-
-    async fn read_console(
-        &self,
-        request: tonic::Request<pb::ConsoleRequest>,
-    ) -> std::result::Result<tonic::Response<pb::ConsoleReply>, tonic::Status> {
-        let req = request.into_inner();
-        let reply = local_console(&self.ctx, &req.name, req.bytes).await?;
-        Ok(tonic::Response::new(reply))
-    }
+/// Records a state transition through the one write path; `false` if the
+/// cluster refused it as stale (the VM moved on or is gone).
+pub async fn report(ctx: &NodeCtx, vm: u64, epoch: u64, state: VmState, error: Option<String>) -> Result<bool> {
+    let cmd = Command::ReportVm { vm, node: ctx.id, epoch, state, error, at_ms: now_ms() };
+    Ok(!matches!(ctx.propose(cmd).await?, Response::Refused(_)))
 }
 
 /// Reads the console of a VM that this host runs.

@@ -11,17 +11,68 @@ use openraft::ServerState;
 use tonic::{Request, Response, Status};
 
 use super::membership;
-use crate::ctx::{forward, is_forwarded, now_ms, NodeCtx};
-use kvmesh_raft::command::Command;
-use kvmesh_raft::model::{NodeState, PlacementSettings, Policy};
+use crate::ctx::{forward, is_forwarded, now_ms, LeaderCall, NodeCtx};
+use crate::ha::LeaderView;
+use kvmesh_raft::command::{Command, Response as CmdResponse};
+use kvmesh_raft::model::NodeState;
+use kvmesh_raft::wire::{from_pb, to_pb};
+use tonic::transport::Channel;
 
 pub struct ClusterService {
     ctx: Arc<NodeCtx>,
+    leader: Arc<LeaderView>,
 }
 
 impl ClusterService {
-    pub fn new(ctx: Arc<NodeCtx>) -> Self {
-        ClusterService { ctx }
+    pub fn new(ctx: Arc<NodeCtx>, leader: Arc<LeaderView>) -> Self {
+        ClusterService { ctx, leader }
+    }
+}
+
+/// The leader-only requests of this service, each forwarded to the same RPC.
+#[derive(Clone)]
+struct Join(pb::JoinRequest);
+#[derive(Clone)]
+struct Remove(pb::RemoveRequest);
+#[derive(Clone)]
+struct ConsistentNodes(pb::ListNodesRequest);
+
+impl LeaderCall for Join {
+    type Reply = pb::JoinResponse;
+    async fn on_leader(&self, ctx: &NodeCtx) -> crate::error::Result<pb::JoinResponse> {
+        membership::join(ctx, self.0.clone()).await
+    }
+    async fn forward(self, ch: Channel, r: Request<Self>) -> Result<pb::JoinResponse, Status> {
+        ClusterClient::new(ch).join(r.map(|c| c.0)).await.map(|r| r.into_inner())
+    }
+    /// A join waits for the new node to catch up.
+    fn attempt_timeout(&self) -> Duration {
+        Duration::from_secs(90)
+    }
+}
+
+impl LeaderCall for Remove {
+    type Reply = pb::RemoveResponse;
+    async fn on_leader(&self, ctx: &NodeCtx) -> crate::error::Result<pb::RemoveResponse> {
+        membership::remove(ctx, self.0.clone()).await
+    }
+    async fn forward(self, ch: Channel, r: Request<Self>) -> Result<pb::RemoveResponse, Status> {
+        ClusterClient::new(ch).remove(r.map(|c| c.0)).await.map(|r| r.into_inner())
+    }
+    /// Two membership changes and the probes of the remaining voters.
+    fn attempt_timeout(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+impl LeaderCall for ConsistentNodes {
+    type Reply = pb::ListNodesResponse;
+    async fn on_leader(&self, ctx: &NodeCtx) -> crate::error::Result<pb::ListNodesResponse> {
+        ctx.ensure_linearizable().await?;
+        Ok(list_nodes(ctx))
+    }
+    async fn forward(self, ch: Channel, r: Request<Self>) -> Result<pb::ListNodesResponse, Status> {
+        ClusterClient::new(ch).list_nodes(r.map(|c| c.0)).await.map(|r| r.into_inner())
     }
 }
 
@@ -108,36 +159,12 @@ impl pb::cluster_server::Cluster for ClusterService {
 
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         let forwarded = is_forwarded(&request);
-        let req = request.into_inner();
-        let ctx = &self.ctx;
-        let r = ctx
-            .on_leader(
-                forwarded,
-                || membership::join(ctx, req.clone()),
-                |ch, t| {
-                    let req = req.clone();
-                    async move { ClusterClient::new(ch).join(forward(req, t)).await.map(|r| r.into_inner()) }
-                },
-            )
-            .await?;
-        Ok(Response::new(r))
+        Ok(Response::new(self.ctx.leader_call(forwarded, Join(request.into_inner())).await?))
     }
 
     async fn remove(&self, request: Request<pb::RemoveRequest>) -> Result<Response<pb::RemoveResponse>, Status> {
         let forwarded = is_forwarded(&request);
-        let req = request.into_inner();
-        let ctx = &self.ctx;
-        let r = ctx
-            .on_leader(
-                forwarded,
-                || membership::remove(ctx, req.clone()),
-                |ch, t| {
-                    let req = req.clone();
-                    async move { ClusterClient::new(ch).remove(forward(req, t)).await.map(|r| r.into_inner()) }
-                },
-            )
-            .await?;
-        Ok(Response::new(r))
+        Ok(Response::new(self.ctx.leader_call(forwarded, Remove(request.into_inner())).await?))
     }
 
     async fn list_nodes(
@@ -146,26 +173,12 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
-        let ctx = &self.ctx;
-        if req.consistent {
-            let r = ctx
-                .on_leader(
-                    forwarded,
-                    || async {
-                        ctx.ensure_linearizable().await?;
-                        Ok(list_nodes(ctx))
-                    },
-                    |ch, t| async move {
-                        ClusterClient::new(ch)
-                            .list_nodes(forward(req, t))
-                            .await
-                            .map(|r| r.into_inner())
-                    },
-                )
-                .await?;
-            return Ok(Response::new(with_live_usage(ctx, r).await));
-        }
-        Ok(Response::new(with_live_usage(ctx, list_nodes(ctx)).await))
+        let r = if req.consistent {
+            self.ctx.leader_call(forwarded, ConsistentNodes(req)).await?
+        } else {
+            list_nodes(&self.ctx)
+        };
+        Ok(Response::new(self.with_live_usage(r).await))
     }
 
     async fn drain(&self, request: Request<pb::NodeActionRequest>) -> Result<Response<pb::NodeActionReply>, Status> {
@@ -180,61 +193,25 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         _request: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::PlacementPolicy>, Status> {
-        Ok(Response::new(self.ctx.read(|d| crate::placement::policy_pb(&d.state.meta.settings.placement))))
+        Ok(Response::new(self.ctx.read(|d| to_pb::policy(&d.state.meta.settings.placement))))
     }
 
     async fn set_policy(
         &self,
         request: Request<pb::SetPolicyRequest>,
     ) -> Result<Response<pb::PlacementPolicy>, Status> {
-        let forwarded = is_forwarded(&request);
         let req = request.into_inner();
-        let policy = Policy::parse(&req.policy).ok_or_else(|| {
-            Status::invalid_argument(format!("unknown policy {:?}: use spread, pack or balanced", req.policy))
-        })?;
-        let ctx = &self.ctx;
-        let r = ctx
-            .on_leader(
-                forwarded,
-                || async {
-                    let current = ctx.read(|d| d.state.meta.settings.placement);
-                    let milli = |v: Option<f64>, cur: u32, name: &str| -> crate::error::Result<u32> {
-                        match v {
-                            None => Ok(cur),
-                            Some(v) if (0.1..=100.0).contains(&v) => Ok((v * 1000.0).round() as u32),
-                            Some(v) => Err(crate::error::Error::InvalidArgument(format!(
-                                "--{name}-overcommit must be between 0.1 and 100 (got {v})"
-                            ))),
-                        }
-                    };
-                    let placement = PlacementSettings {
-                        policy,
-                        cpu_overcommit_milli: milli(req.cpu_overcommit, current.cpu_overcommit_milli, "cpu")?,
-                        memory_overcommit_milli: milli(
-                            req.memory_overcommit,
-                            current.memory_overcommit_milli,
-                            "memory",
-                        )?,
-                    };
-                    ctx.write(Command::SetPlacement { placement, at_ms: now_ms() }).await?;
-                    Ok(crate::placement::policy_pb(&placement))
-                },
-                |ch, t| {
-                    let req = req.clone();
-                    async move { ClusterClient::new(ch).set_policy(forward(req, t)).await.map(|r| r.into_inner()) }
-                },
-            )
-            .await?;
-        Ok(Response::new(r))
+        let current = self.ctx.read(|d| d.state.meta.settings.placement);
+        let placement = from_pb::placement(&req, &current).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.ctx.propose(Command::SetPlacement { placement, at_ms: now_ms() }).await?;
+        Ok(Response::new(to_pb::policy(&placement)))
     }
 
     async fn capacity(&self, _request: Request<pb::CapacityRequest>) -> Result<Response<pb::CapacityReport>, Status> {
         let report = self.ctx.read(|d| {
-            let p = d.state.meta.settings.placement;
-            let settings = crate::placement::settings(&p);
-            let nodes = crate::placement::node_views(&d.state, None);
-            let r = kvmesh_scheduler::ha_reservation(&nodes, &crate::placement::ha_vms(&d.state), &settings);
-            crate::placement::capacity_pb(&r, p.policy.as_str())
+            let settings = &d.state.meta.settings.placement;
+            let nodes = d.state.scheduler_view(&self.leader.unresponsive(&d.state), None);
+            to_pb::capacity(&kvmesh_scheduler::ha_reservation(&nodes, &d.state.ha_requests(), settings), settings)
         });
         Ok(Response::new(report))
     }
@@ -244,70 +221,51 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
         let after = request.into_inner().after;
-        let events =
-            self.ctx.read(|d| d.state.events.iter().filter(|e| e.seq > after).map(kvmesh_raft::wire::event).collect());
+        let events = self.ctx.read(|d| d.state.events.iter().filter(|e| e.seq > after).map(to_pb::event).collect());
         Ok(Response::new(pb::ListEventsResponse { events }))
     }
 }
 
-/// Adds what only the leader knows, from heartbeats: how long since each
-/// node was heard from, and how many guests it reports running.
-async fn with_live_usage(ctx: &NodeCtx, mut r: pb::ListNodesResponse) -> pb::ListNodesResponse {
-    if let Some(obs) = crate::ha::observed(ctx).await {
-        for n in &mut r.nodes {
-            n.heartbeat_age_ms = obs.heartbeat_age_ms.get(&n.name).copied();
-            n.running_vms = obs.running_vms.get(&n.name).copied();
-            n.running_vcpus = obs.running_vcpus.get(&n.name).copied();
-            n.running_memory_mib = obs.running_memory_mib.get(&n.name).copied();
-        }
-    }
-    r
-}
-
 impl ClusterService {
+    /// Adds what only the leader knows, from heartbeats: how long since each
+    /// node was heard from, and how many guests it reports running.
+    async fn with_live_usage(&self, mut r: pb::ListNodesResponse) -> pb::ListNodesResponse {
+        if let Some(obs) = self.leader.observed(&self.ctx).await {
+            for n in &mut r.nodes {
+                n.heartbeat_age_ms = obs.heartbeat_age_ms.get(&n.name).copied();
+                n.running_vms = obs.running_vms.get(&n.name).copied();
+                n.running_vcpus = obs.running_vcpus.get(&n.name).copied();
+                n.running_memory_mib = obs.running_memory_mib.get(&n.name).copied();
+            }
+        }
+        r
+    }
+
+    /// `node drain` and `node activate`, proposed from this node.
     async fn node_state(
         &self,
         request: Request<pb::NodeActionRequest>,
         target: NodeState,
     ) -> Result<Response<pb::NodeActionReply>, Status> {
-        let forwarded = is_forwarded(&request);
         let req = request.into_inner();
-        let ctx = &self.ctx;
-        let r = ctx
-            .on_leader(
-                forwarded,
-                || async {
-                    let node = ctx.read(|d| d.state.node_by_name(&req.name).map(|n| (n.id, n.state)));
-                    let Some((id, state)) = node else {
-                        return Err(crate::error::Error::NotFound(format!("no node named {:?}; see `kvmesh node list`", req.name)));
-                    };
-                    if state == NodeState::Down {
-                        return Err(crate::error::Error::FailedPrecondition(format!(
-                            "node {} is down; its HA VMs restart elsewhere on their own, and `vm recover` moves the others",
-                            req.name
-                        )));
-                    }
-                    if target == NodeState::Up && state == NodeState::Up {
-                        return Ok(pb::NodeActionReply { state: "up".into() });
-                    }
-                    ctx.write(Command::SetNodeState { id, state: target, at_ms: now_ms() }).await?;
-                    Ok(pb::NodeActionReply { state: target.as_str().into() })
-                },
-                |ch, t| {
-                    let req = req.clone();
-                    async move {
-                        let mut c = ClusterClient::new(ch);
-                        let r = if target == NodeState::Draining {
-                            c.drain(forward(req, t)).await
-                        } else {
-                            c.activate(forward(req, t)).await
-                        };
-                        r.map(|r| r.into_inner())
-                    }
-                },
-            )
-            .await?;
-        Ok(Response::new(r))
+        let node = self.ctx.read(|d| d.state.node_by_name(&req.name).map(|n| (n.id, n.state)));
+        let Some((id, state)) = node else {
+            return Err(Status::not_found(format!("no node named {:?}; see `kvmesh node list`", req.name)));
+        };
+        if state == NodeState::Down {
+            return Err(Status::failed_precondition(format!(
+                "node {} is down; its HA VMs restart elsewhere on their own, and `vm recover` moves the others",
+                req.name
+            )));
+        }
+        if !(target == NodeState::Up && state == NodeState::Up) {
+            if let CmdResponse::Refused(r) =
+                self.ctx.propose(Command::SetNodeState { id, state: target, at_ms: now_ms() }).await?
+            {
+                return Err(crate::error::Error::from(r).into());
+            }
+        }
+        Ok(Response::new(pb::NodeActionReply { state: to_pb::node_state(target) as i32 }))
     }
 }
 
@@ -333,7 +291,7 @@ fn list_nodes(ctx: &NodeCtx) -> pb::ListNodesResponse {
                     address: n.address.clone(),
                     cpus: n.cpus,
                     memory_mib: n.memory_mib,
-                    state: n.state.as_str().into(),
+                    state: to_pb::node_state(n.state) as i32,
                     vm_count: count,
                     allocated_vcpus: cpus,
                     allocated_memory_mib: mem,

@@ -60,7 +60,7 @@ pub async fn init(ctx: &NodeCtx, max_voters: u32) -> Result<pb::InitResponse> {
         node: self_record(ctx),
         at_ms: now_ms(),
     };
-    match ctx.write(cmd).await? {
+    match ctx.propose_as_leader(cmd).await? {
         Response::Refused(r) => return Err(r.into()),
         _ => info!(%cluster_id, max_voters, "cluster initialized"),
     }
@@ -123,7 +123,7 @@ pub async fn join(ctx: &NodeCtx, req: pb::JoinRequest) -> Result<pb::JoinRespons
         joined_at_ms: now_ms(),
         labels: req.labels.clone().into_iter().collect(),
     };
-    if let Response::Refused(r) = ctx.write(Command::AddNode { node, at_ms: now_ms() }).await? {
+    if let Response::Refused(r) = ctx.propose_as_leader(Command::AddNode { node, at_ms: now_ms() }).await? {
         return Err(r.into());
     }
 
@@ -229,7 +229,7 @@ pub async fn remove(ctx: &NodeCtx, req: pb::RemoveRequest) -> Result<pb::RemoveR
 
     if in_state.is_some() {
         let cmd = Command::RemoveNode { id, force: req.force, at_ms: now_ms() };
-        if let Response::Refused(r) = ctx.write(cmd).await? {
+        if let Response::Refused(r) = ctx.propose_as_leader(cmd).await? {
             return Err(r.into());
         }
     }

@@ -1,135 +1,91 @@
-//! The `Vms` gRPC service. Creates run the scheduler on the leader and commit
-//! its decision; reads are local unless `consistent`.
+//! The `Vms` gRPC service. A create runs the scheduler on the leader and
+//! commits its decision ([`NodeCtx::leader_call`]); every other write is a
+//! command proposed from this node ([`NodeCtx::propose`]); reads are local
+//! unless `consistent`.
 
 use std::sync::Arc;
 
 use kvmesh_proto as pb;
 use kvmesh_proto::vms_client::VmsClient;
 use kvmesh_raft::command::{Command, Refusal, Response as CmdResponse};
-use kvmesh_raft::model::{Desired, Vm, VmSpec};
-use kvmesh_raft::wire;
-use kvmesh_scheduler::{self as scheduler, Decision};
+use kvmesh_raft::model::{ClusterState, Desired, Vm, VmSpec};
+use kvmesh_raft::view;
+use kvmesh_raft::wire::{from_pb, to_pb};
+use kvmesh_scheduler::{self as scheduler, NodeState as SchedNodeState, Outcome};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
-use crate::ctx::{forward, is_forwarded, now_ms, NodeCtx};
+use crate::ctx::{is_forwarded, now_ms, LeaderCall, NodeCtx};
 use crate::error::{Error, Result};
-use crate::placement;
+use crate::ha::LeaderView;
 
 /// How often a create re-plans when a concurrent placement took its spot.
 const PLACEMENT_ATTEMPTS: usize = 5;
 
 pub struct VmsService {
     ctx: Arc<NodeCtx>,
+    leader: Arc<LeaderView>,
 }
 
 impl VmsService {
-    pub fn new(ctx: Arc<NodeCtx>) -> Self {
-        VmsService { ctx }
+    pub fn new(ctx: Arc<NodeCtx>, leader: Arc<LeaderView>) -> Self {
+        VmsService { ctx, leader }
     }
-}
-
-fn label_map(m: &std::collections::HashMap<String, String>) -> Result<std::collections::BTreeMap<String, String>> {
-    for (k, v) in m {
-        if k.is_empty() || k.contains('=') || v.contains('=') {
-            return Err(Error::InvalidArgument(format!("bad label {k}={v}: use key=value")));
-        }
-    }
-    Ok(m.clone().into_iter().collect())
 }
 
 /// Checks a create request and turns it into the replicated spec.
 fn validate_create(req: &pb::CreateVmRequest) -> Result<VmSpec> {
     crate::config::validate_vm_name(&req.name).map_err(Error::InvalidArgument)?;
-    // Paths name files on the host that will run the VM, so they must not
-    // depend on the client's working directory.
-    for (flag, path) in [("--image", &req.image), ("--kernel", &req.kernel), ("--initrd", &req.initrd)] {
-        if let Some(p) = path {
-            if !p.starts_with('/') {
-                return Err(Error::InvalidArgument(format!(
-                    "{flag} must be an absolute path on the hosts (got {p:?})"
-                )));
-            }
-        }
-    }
-    if req.initrd.is_some() && req.kernel.is_none() {
-        return Err(Error::InvalidArgument("--initrd needs --kernel".into()));
-    }
-    if req.cmdline.is_some() && req.kernel.is_none() {
-        return Err(Error::InvalidArgument("--cmdline needs --kernel".into()));
-    }
-    if req.network.is_some() && req.bridge.is_some() {
-        return Err(Error::InvalidArgument("use --network or --bridge, not both".into()));
-    }
-    if req.affinity.is_some() && req.affinity == req.anti_affinity {
-        return Err(Error::InvalidArgument("a group cannot be both --affinity and --anti-affinity".into()));
-    }
-    let spec = VmSpec {
-        vcpus: req.vcpus,
-        memory_mib: req.memory_mib,
-        ha: req.ha,
-        disk_bytes: (req.disk_bytes > 0).then_some(req.disk_bytes),
-        image: req.image.clone(),
-        kernel: req.kernel.clone(),
-        initrd: req.initrd.clone(),
-        cmdline: req.cmdline.clone(),
-        network: req.network.clone(),
-        bridge: req.bridge.clone(),
-        priority: req.priority,
-        pin: req.pin.clone(),
-        required_labels: label_map(&req.required_labels)?,
-        preferred_labels: label_map(&req.preferred_labels)?,
-        anti_affinity: req.anti_affinity.clone(),
-        soft_anti_affinity: req.soft_anti_affinity.clone(),
-        affinity: req.affinity.clone(),
-    };
-    placement::vm_request(0, &req.name, &spec).validate().map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    Ok(spec)
+    from_pb::vm_spec(req).map_err(|e| Error::InvalidArgument(e.to_string()))
+}
+
+/// What the leader's scheduler decides for a new VM: its id (drawn from the
+/// state, so a dry-run and the create after it agree) and every node's
+/// evaluation, over the one view of the cluster that includes the hosts
+/// this leader has not heard from.
+fn plan_new(state: &ClusterState, leader: &LeaderView, name: &str, spec: &VmSpec) -> (u64, Vec<scheduler::Evaluation>) {
+    let id = state.new_vm_id(name);
+    let nodes = state.scheduler_view(&leader.unresponsive(state), None);
+    (id, scheduler::explain(&nodes, &view::request(id, name, spec), &state.meta.settings.placement))
 }
 
 /// Places and records a VM. Runs on the leader.
 #[instrument(skip_all, fields(node = %ctx.name, vm = %req.name))]
-async fn create_on_leader(ctx: &NodeCtx, req: &pb::CreateVmRequest, spec: &VmSpec) -> Result<pb::Vm> {
+async fn create_on_leader(
+    ctx: &NodeCtx,
+    leader: &LeaderView,
+    req: &pb::CreateVmRequest,
+    spec: &VmSpec,
+) -> Result<pb::Vm> {
     for _ in 0..PLACEMENT_ATTEMPTS {
-        let id = rand::random::<u64>() >> 1;
-        let unresponsive = crate::ha::unresponsive(ctx);
-        let decision = ctx.read(|d| {
+        let planned = ctx.read(|d| {
             if let Some(existing) = d.state.vm_by_name(&req.name) {
                 if !req.request_id.is_empty() && existing.request_id == req.request_id {
-                    return Ok(Err(wire::vm(&d.state, existing)));
+                    return Ok(Err(to_pb::vm(&d.state, existing)));
                 }
                 return Err(Error::from(Refusal::VmNameTaken { name: req.name.clone() }));
             }
-            let settings = placement::settings(&d.state.meta.settings.placement);
-            let vm = placement::vm_request(id, &req.name, spec);
-            Ok(Ok(scheduler::place(&placement::node_views_live(&d.state, None, &unresponsive), &vm, &settings)))
+            Ok(Ok(plan_new(&d.state, leader, &req.name, spec)))
         })?;
-        let decision = match decision {
+        let (id, evals) = match planned {
             Err(already_created) => return Ok(already_created),
-            Ok(d) => d,
+            Ok(p) => p,
         };
-        let (node_id, node_name) = match decision {
-            Decision::Place { node_id, node } => (node_id, node),
-            Decision::Unplaceable { rejections } => {
-                return Err(Error::NoCapacity(format!(
-                    "cannot place VM {} ({} vCPUs, {} MiB): no node fits\n{}",
-                    req.name,
-                    req.vcpus,
-                    req.memory_mib,
-                    scheduler::explain_rejections(&rejections)
-                )))
-            }
+        let Some(chosen) = evals.iter().find(|e| e.chosen) else {
+            return Err(unplaceable(leader, req, &evals));
         };
-        let vm =
-            Vm { request_id: req.request_id.clone(), ..Vm::placed(id, &req.name, spec.clone(), node_id, now_ms()) };
-        match ctx.write(Command::CreateVm { vm: Box::new(vm), at_ms: now_ms() }).await? {
+        let vm = Vm {
+            request_id: req.request_id.clone(),
+            ..Vm::placed(id, &req.name, spec.clone(), chosen.node_id, now_ms())
+        };
+        match ctx.propose_as_leader(Command::CreateVm { vm: Box::new(vm), at_ms: now_ms() }).await? {
             CmdResponse::Vm(vm) => {
-                info!(placed_on = %node_name, "vm created");
-                return Ok(ctx.read(|d| wire::vm(&d.state, &vm)));
+                info!(placed_on = %chosen.node, "vm created");
+                return Ok(ctx.read(|d| to_pb::vm(&d.state, &vm)));
             }
-            CmdResponse::Refused(Refusal::NoLongerFits { node })
-            | CmdResponse::Refused(Refusal::AntiAffinityConflict { node, .. }) => {
-                info!(%node, "placement lost a race; planning again");
+            CmdResponse::Refused(r @ (Refusal::NoLongerFits { .. } | Refusal::VmIdTaken { .. })) => {
+                info!(reason = %r, "placement lost a race; planning again");
             }
             CmdResponse::Refused(r) => return Err(r.into()),
             other => return Err(Error::Raft(format!("unexpected response to CreateVm: {other:?}"))),
@@ -138,51 +94,53 @@ async fn create_on_leader(ctx: &NodeCtx, req: &pb::CreateVmRequest, spec: &VmSpe
     Err(Error::Unavailable(format!("VM {} lost the placement race {PLACEMENT_ATTEMPTS} times; retry", req.name)))
 }
 
-/// Fills `observed`: the hosts whose latest heartbeat reports the VM
-/// running (the leader's view), so anyone can check nothing runs twice.
-async fn with_observed(ctx: &NodeCtx, mut vm: pb::Vm) -> pb::Vm {
-    if let Some(obs) = crate::ha::observed(ctx).await {
-        vm.observed = obs.vms.into_iter().find(|o| o.vm_id == vm.id).map(|o| o.nodes).unwrap_or_default();
+/// Why no node took the VM. A leader elected moments ago has not heard
+/// from every host yet: that is worth waiting for, not a refusal.
+fn unplaceable(leader: &LeaderView, req: &pb::CreateVmRequest, evals: &[scheduler::Evaluation]) -> Error {
+    let unheard = evals.iter().any(|e| {
+        matches!(&e.outcome, Outcome::Rejected(scheduler::Rejection::NotUp { state })
+            if state == SchedNodeState::Unresponsive.as_str())
+    });
+    if unheard && leader.is_new() {
+        return Error::Unavailable("the leader was elected moments ago and has not heard from every host yet".into());
     }
-    vm
+    let rejections: Vec<scheduler::NodeRejection> = evals
+        .iter()
+        .filter_map(|e| match &e.outcome {
+            Outcome::Rejected(reason) => {
+                Some(scheduler::NodeRejection { node: e.node.clone(), reason: reason.clone() })
+            }
+            Outcome::Feasible(_) => None,
+        })
+        .collect();
+    Error::NoCapacity(format!(
+        "cannot place VM {} ({} vCPUs, {} MiB): no node fits\n{}",
+        req.name,
+        req.vcpus,
+        req.memory_mib,
+        scheduler::explain_rejections(&rejections)
+    ))
 }
 
-async fn with_observed_list(ctx: &NodeCtx, mut r: pb::ListVmsResponse) -> pb::ListVmsResponse {
-    if let Some(obs) = crate::ha::observed(ctx).await {
-        let map: std::collections::HashMap<String, Vec<String>> =
-            obs.vms.into_iter().map(|o| (o.vm_id, o.nodes)).collect();
-        for vm in &mut r.vms {
-            vm.observed = map.get(&vm.id).cloned().unwrap_or_default();
-        }
-    }
-    r
-}
-
-/// Each node's filter result and score, for an existing VM or a spec.
-fn explain(ctx: &NodeCtx, req: &pb::ExplainRequest) -> Result<pb::Explanation> {
+/// Each node's filter result and score, for an existing VM or a spec. Runs
+/// on the leader, which alone knows which hosts are live.
+fn explain(ctx: &NodeCtx, leader: &LeaderView, req: &pb::ExplainRequest) -> Result<pb::Explanation> {
     let spec = req.spec.as_ref().map(validate_create).transpose()?;
     ctx.read(|d| {
-        let settings = placement::settings(&d.state.meta.settings.placement);
-        let (vm, except) = match (&spec, &req.spec) {
-            (Some(spec), Some(r)) => (placement::vm_request(0, &r.name, spec), None),
+        let settings = &d.state.meta.settings.placement;
+        let (name, evals) = match (&spec, &req.spec) {
+            (Some(spec), Some(r)) => (r.name.clone(), plan_new(&d.state, leader, &r.name, spec).1),
             _ => {
                 let vm = d
                     .state
                     .vm_by_name(&req.name)
                     .ok_or_else(|| Error::NotFound(format!("no VM named {:?}; see `kvmesh vm list`", req.name)))?;
-                (placement::vm_request(vm.id, &vm.name, &vm.spec), Some(vm.id))
+                let nodes = d.state.scheduler_view(&leader.unresponsive(&d.state), Some(vm.id));
+                (vm.name.clone(), scheduler::explain(&nodes, &view::vm_request(vm), settings))
             }
         };
-        let evals = scheduler::explain(&placement::node_views(&d.state, except), &vm, &settings);
-        Ok(placement::explanation_pb(&vm.name, &settings, &evals))
+        Ok(to_pb::explanation(&name, settings, &evals))
     })
-}
-
-async fn delete_on_leader(ctx: &NodeCtx, name: &str, keep_disks: bool) -> Result<pb::DeleteVmResponse> {
-    match ctx.write(Command::DeleteVm { name: name.to_string(), keep_disks, at_ms: now_ms() }).await? {
-        CmdResponse::Refused(r) => Err(r.into()),
-        _ => Ok(pb::DeleteVmResponse {}),
-    }
 }
 
 /// The longest description `vm set` accepts.
@@ -209,13 +167,74 @@ fn validate_update(req: &pb::UpdateVmRequest) -> Result<Command> {
 fn list(ctx: &NodeCtx) -> pb::ListVmsResponse {
     // By name, through the name index.
     ctx.read(|d| pb::ListVmsResponse {
-        vms: d.state.vm_names().filter_map(|id| d.state.vms.get(&id)).map(|v| wire::vm(&d.state, v)).collect(),
+        vms: d.state.vm_names().filter_map(|id| d.state.vms.get(&id)).map(|v| to_pb::vm(&d.state, v)).collect(),
     })
 }
 
 fn get(ctx: &NodeCtx, name: &str) -> Result<pb::Vm> {
-    ctx.read(|d| d.state.vm_by_name(name).map(|v| wire::vm(&d.state, v)))
+    ctx.read(|d| d.state.vm_by_name(name).map(|v| to_pb::vm(&d.state, v)))
         .ok_or_else(|| Error::NotFound(format!("no VM named {name:?}; see `kvmesh vm list`")))
+}
+
+/// The VM a write answered with, as the API shows it.
+fn answered_vm(ctx: &NodeCtx, name: &str, response: CmdResponse) -> Result<pb::Vm> {
+    match response {
+        CmdResponse::Vm(vm) => Ok(ctx.read(|d| to_pb::vm(&d.state, &vm))),
+        CmdResponse::Refused(r) => Err(r.into()),
+        CmdResponse::Done | CmdResponse::Batch(_) => get(ctx, name),
+    }
+}
+
+/// The leader-only requests of this service, each forwarded to the same RPC.
+#[derive(Clone)]
+struct Create(pb::CreateVmRequest, VmSpec, Arc<LeaderView>);
+#[derive(Clone)]
+struct Explain(pb::ExplainRequest, Arc<LeaderView>);
+#[derive(Clone)]
+struct ConsistentList(pb::ListVmsRequest);
+#[derive(Clone)]
+struct ConsistentGet(pb::GetVmRequest);
+
+impl LeaderCall for Create {
+    type Reply = pb::Vm;
+    async fn on_leader(&self, ctx: &NodeCtx) -> Result<pb::Vm> {
+        create_on_leader(ctx, &self.2, &self.0, &self.1).await
+    }
+    async fn forward(self, ch: Channel, r: Request<Self>) -> std::result::Result<pb::Vm, Status> {
+        VmsClient::new(ch).create(r.map(|c| c.0)).await.map(|r| r.into_inner())
+    }
+}
+
+impl LeaderCall for Explain {
+    type Reply = pb::Explanation;
+    async fn on_leader(&self, ctx: &NodeCtx) -> Result<pb::Explanation> {
+        explain(ctx, &self.1, &self.0)
+    }
+    async fn forward(self, ch: Channel, r: Request<Self>) -> std::result::Result<pb::Explanation, Status> {
+        VmsClient::new(ch).explain(r.map(|c| c.0)).await.map(|r| r.into_inner())
+    }
+}
+
+impl LeaderCall for ConsistentList {
+    type Reply = pb::ListVmsResponse;
+    async fn on_leader(&self, ctx: &NodeCtx) -> Result<pb::ListVmsResponse> {
+        ctx.ensure_linearizable().await?;
+        Ok(list(ctx))
+    }
+    async fn forward(self, ch: Channel, r: Request<Self>) -> std::result::Result<pb::ListVmsResponse, Status> {
+        VmsClient::new(ch).list(r.map(|c| c.0)).await.map(|r| r.into_inner())
+    }
+}
+
+impl LeaderCall for ConsistentGet {
+    type Reply = pb::Vm;
+    async fn on_leader(&self, ctx: &NodeCtx) -> Result<pb::Vm> {
+        ctx.ensure_linearizable().await?;
+        get(ctx, &self.0.name)
+    }
+    async fn forward(self, ch: Channel, r: Request<Self>) -> std::result::Result<pb::Vm, Status> {
+        VmsClient::new(ch).get(r.map(|c| c.0)).await.map(|r| r.into_inner())
+    }
 }
 
 #[tonic::async_trait]
@@ -224,17 +243,7 @@ impl pb::vms_server::Vms for VmsService {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         let spec = validate_create(&req)?;
-        let ctx = &self.ctx;
-        let vm = ctx
-            .on_leader(
-                forwarded,
-                || create_on_leader(ctx, &req, &spec),
-                |ch, t| {
-                    let req = req.clone();
-                    async move { VmsClient::new(ch).create(forward(req, t)).await.map(|r| r.into_inner()) }
-                },
-            )
-            .await?;
+        let vm = self.ctx.leader_call(forwarded, Create(req, spec, self.leader.clone())).await?;
         Ok(Response::new(vm))
     }
 
@@ -244,101 +253,73 @@ impl pb::vms_server::Vms for VmsService {
     ) -> std::result::Result<Response<pb::ListVmsResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
-        let ctx = &self.ctx;
-        if !req.consistent {
-            return Ok(Response::new(with_observed_list(ctx, list(ctx)).await));
-        }
-        let r = ctx
-            .on_leader(
-                forwarded,
-                || async {
-                    ctx.ensure_linearizable().await?;
-                    Ok(list(ctx))
-                },
-                |ch, t| async move { VmsClient::new(ch).list(forward(req, t)).await.map(|r| r.into_inner()) },
-            )
-            .await?;
-        Ok(Response::new(with_observed_list(ctx, r).await))
+        let r =
+            if req.consistent { self.ctx.leader_call(forwarded, ConsistentList(req)).await? } else { list(&self.ctx) };
+        Ok(Response::new(self.with_observed_list(r).await))
     }
 
     async fn get(&self, request: Request<pb::GetVmRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
-        let ctx = &self.ctx;
-        if !req.consistent {
-            return Ok(Response::new(with_observed(ctx, get(ctx, &req.name)?).await));
-        }
-        let r = ctx
-            .on_leader(
-                forwarded,
-                || async {
-                    ctx.ensure_linearizable().await?;
-                    get(ctx, &req.name)
-                },
-                |ch, t| {
-                    let req = req.clone();
-                    async move { VmsClient::new(ch).get(forward(req, t)).await.map(|r| r.into_inner()) }
-                },
-            )
-            .await?;
-        Ok(Response::new(with_observed(ctx, r).await))
+        let r = if req.consistent {
+            self.ctx.leader_call(forwarded, ConsistentGet(req)).await?
+        } else {
+            get(&self.ctx, &req.name)?
+        };
+        Ok(Response::new(self.with_observed(r).await))
     }
 
     async fn delete(
         &self,
         request: Request<pb::DeleteVmRequest>,
     ) -> std::result::Result<Response<pb::DeleteVmResponse>, Status> {
-        let forwarded = is_forwarded(&request);
         let req = request.into_inner();
-        let ctx = &self.ctx;
-        let r = ctx
-            .on_leader(
-                forwarded,
-                || delete_on_leader(ctx, &req.name, req.keep_disks),
-                |ch, t| {
-                    let req = req.clone();
-                    async move { VmsClient::new(ch).delete(forward(req, t)).await.map(|r| r.into_inner()) }
-                },
-            )
-            .await?;
-        Ok(Response::new(r))
+        let cmd = Command::DeleteVm { name: req.name.clone(), keep_disks: req.keep_disks, at_ms: now_ms() };
+        match self.ctx.propose(cmd).await? {
+            CmdResponse::Refused(r) => Err(Error::from(r).into()),
+            _ => Ok(Response::new(pb::DeleteVmResponse {})),
+        }
     }
 
     async fn explain(
         &self,
         request: Request<pb::ExplainRequest>,
     ) -> std::result::Result<Response<pb::Explanation>, Status> {
-        Ok(Response::new(explain(&self.ctx, &request.into_inner())?))
+        let forwarded = is_forwarded(&request);
+        let e = self.ctx.leader_call(forwarded, Explain(request.into_inner(), self.leader.clone())).await?;
+        Ok(Response::new(e))
     }
 
     async fn recover(&self, request: Request<pb::VmActionRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
-        self.action(request, VmAction::Recover).await
+        let name = request.into_inner().name;
+        self.action(&name, Command::RecoverVm { name: name.clone(), at_ms: now_ms() }).await
     }
 
     async fn update(&self, request: Request<pb::UpdateVmRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
         let req = request.into_inner();
-        let cmd = validate_update(&req)?;
-        let ctx = &self.ctx;
-        // Built without the leader's state, so it is submitted from here:
-        // a follower forwards it to the leader batched with other writes.
-        let vm = match ctx.submit(cmd).await? {
-            CmdResponse::Vm(vm) => ctx.read(|d| wire::vm(&d.state, &vm)),
-            CmdResponse::Refused(r) => return Err(Error::from(r).into()),
-            other => return Err(Error::Raft(format!("unexpected response to UpdateVm: {other:?}")).into()),
-        };
-        Ok(Response::new(vm))
+        self.action(&req.name, validate_update(&req)?).await
     }
 
     async fn start(&self, request: Request<pb::VmActionRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
-        self.action(request, VmAction::Start).await
+        let name = request.into_inner().name;
+        let cmd = Command::SetDesired { name: name.clone(), desired: Desired::Running, force: false, at_ms: now_ms() };
+        self.action(&name, cmd).await
     }
 
     async fn stop(&self, request: Request<pb::VmActionRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
-        self.action(request, VmAction::Stop).await
+        let req = request.into_inner();
+        let cmd = Command::SetDesired {
+            name: req.name.clone(),
+            desired: Desired::Stopped,
+            force: req.force,
+            at_ms: now_ms(),
+        };
+        self.action(&req.name, cmd).await
     }
 
     async fn restart(&self, request: Request<pb::VmActionRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
-        self.action(request, VmAction::Restart).await
+        let name = request.into_inner().name;
+        self.action(&name, Command::RestartVm { name: name.clone(), at_ms: now_ms() }).await
     }
 
     async fn console(
@@ -378,63 +359,30 @@ impl pb::vms_server::Vms for VmsService {
     }
 }
 
-#[derive(Clone, Copy)]
-enum VmAction {
-    Start,
-    Stop,
-    Restart,
-    Recover,
-}
-
 impl VmsService {
-    async fn action(
-        &self,
-        request: Request<pb::VmActionRequest>,
-        action: VmAction,
-    ) -> std::result::Result<Response<pb::Vm>, Status> {
-        let forwarded = is_forwarded(&request);
-        let req = request.into_inner();
-        let ctx = &self.ctx;
-        let cmd = match action {
-            VmAction::Start => {
-                Command::SetDesired { name: req.name.clone(), desired: Desired::Running, force: false, at_ms: now_ms() }
+    /// A write about one VM, from any node; answered with the VM.
+    async fn action(&self, name: &str, cmd: Command) -> std::result::Result<Response<pb::Vm>, Status> {
+        let response = self.ctx.propose(cmd).await?;
+        Ok(Response::new(answered_vm(&self.ctx, name, response)?))
+    }
+
+    /// Fills `observed`: the hosts whose latest heartbeat reports the VM
+    /// running (the leader's view), so anyone can check nothing runs twice.
+    async fn with_observed(&self, mut vm: pb::Vm) -> pb::Vm {
+        if let Some(obs) = self.leader.observed(&self.ctx).await {
+            vm.observed = obs.vms.into_iter().find(|o| o.vm_id == vm.id).map(|o| o.nodes).unwrap_or_default();
+        }
+        vm
+    }
+
+    async fn with_observed_list(&self, mut r: pb::ListVmsResponse) -> pb::ListVmsResponse {
+        if let Some(obs) = self.leader.observed(&self.ctx).await {
+            let map: std::collections::HashMap<String, Vec<String>> =
+                obs.vms.into_iter().map(|o| (o.vm_id, o.nodes)).collect();
+            for vm in &mut r.vms {
+                vm.observed = map.get(&vm.id).cloned().unwrap_or_default();
             }
-            VmAction::Stop => Command::SetDesired {
-                name: req.name.clone(),
-                desired: Desired::Stopped,
-                force: req.force,
-                at_ms: now_ms(),
-            },
-            VmAction::Restart => Command::RestartVm { name: req.name.clone(), at_ms: now_ms() },
-            VmAction::Recover => Command::RecoverVm { name: req.name.clone(), at_ms: now_ms() },
-        };
-        let vm = ctx
-            .on_leader(
-                forwarded,
-                || async {
-                    match ctx.write(cmd.clone()).await? {
-                        CmdResponse::Vm(vm) => Ok(ctx.read(|d| wire::vm(&d.state, &vm))),
-                        CmdResponse::Refused(r) => Err(r.into()),
-                        CmdResponse::Done | CmdResponse::Batch(_) => ctx
-                            .read(|d| d.state.vm_by_name(&req.name).map(|v| wire::vm(&d.state, v)))
-                            .ok_or_else(|| Error::NotFound(format!("no VM named {:?}", req.name))),
-                    }
-                },
-                |ch, t| {
-                    let req = req.clone();
-                    async move {
-                        let mut client = VmsClient::new(ch);
-                        let r = match action {
-                            VmAction::Start => client.start(forward(req, t)).await,
-                            VmAction::Stop => client.stop(forward(req, t)).await,
-                            VmAction::Restart => client.restart(forward(req, t)).await,
-                            VmAction::Recover => client.recover(forward(req, t)).await,
-                        };
-                        r.map(|r| r.into_inner())
-                    }
-                },
-            )
-            .await?;
-        Ok(Response::new(vm))
+        }
+        r
     }
 }

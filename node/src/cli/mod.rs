@@ -1,7 +1,10 @@
 //! The command line: `serve` for the daemon, everything else a gRPC client.
 
 mod client;
+mod cluster;
+mod nodes;
 mod output;
+mod vm;
 
 use std::path::PathBuf;
 

@@ -6,6 +6,38 @@ use serde_json::{json, Value};
 use super::Output;
 
 /// Prints rows under a header with columns padded to their widest cell.
+/// A VM's state as users read it (`host-down`, not `VM_STATE_HOST_DOWN`).
+pub fn vm_state(state: i32) -> &'static str {
+    match pb::VmState::try_from(state).unwrap_or(pb::VmState::Unspecified) {
+        pb::VmState::Unspecified => "unknown",
+        pb::VmState::Pending => "pending",
+        pb::VmState::Running => "running",
+        pb::VmState::Stopped => "stopped",
+        pb::VmState::Crashed => "crashed",
+        pb::VmState::Failed => "failed",
+        pb::VmState::Deleting => "deleting",
+        pb::VmState::HostDown => "host-down",
+    }
+}
+
+pub fn node_state(state: i32) -> &'static str {
+    match pb::NodeState::try_from(state).unwrap_or(pb::NodeState::Unspecified) {
+        pb::NodeState::Unspecified => "unknown",
+        pb::NodeState::Up => "up",
+        pb::NodeState::Down => "down",
+        pb::NodeState::Draining => "draining",
+        pb::NodeState::Maintenance => "maintenance",
+    }
+}
+
+pub fn desired(d: i32) -> &'static str {
+    match pb::DesiredState::try_from(d).unwrap_or(pb::DesiredState::Unspecified) {
+        pb::DesiredState::Unspecified => "unknown",
+        pb::DesiredState::Running => "running",
+        pb::DesiredState::Stopped => "stopped",
+    }
+}
+
 fn table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
@@ -87,7 +119,7 @@ pub fn print_nodes(output: Output, nodes: &[pb::NodeInfo]) {
                 .iter()
                 .map(|n| {
                     json!({
-                        "id": n.id, "name": n.name, "address": n.address, "state": n.state, "role": n.role,
+                        "id": n.id, "name": n.name, "address": n.address, "state": node_state(n.state), "role": n.role,
                         "cpus": n.cpus, "memory_mib": n.memory_mib, "vms": n.vm_count,
                         "allocated_vcpus": n.allocated_vcpus, "allocated_memory_mib": n.allocated_memory_mib,
                         "labels": n.labels, "heartbeat_age_ms": n.heartbeat_age_ms, "running_vms": n.running_vms,
@@ -104,7 +136,7 @@ pub fn print_nodes(output: Output, nodes: &[pb::NodeInfo]) {
                     vec![
                         n.name.clone(),
                         n.address.clone(),
-                        n.state.clone(),
+                        node_state(n.state).to_string(),
                         n.role.clone(),
                         format!("{}/{}", n.allocated_vcpus, n.cpus),
                         format!("{}/{}", n.allocated_memory_mib, n.memory_mib),
@@ -127,8 +159,8 @@ pub fn print_nodes(output: Output, nodes: &[pb::NodeInfo]) {
 pub fn vm_json(vm: &pb::Vm) -> Value {
     json!({
         "id": vm.id, "name": vm.name, "vcpus": vm.vcpus, "memory_mib": vm.memory_mib, "ha": vm.ha,
-        "desired": vm.desired, "node": vm.node, "node_id": vm.node_id, "epoch": vm.epoch,
-        "created_at_ms": vm.created_at_ms, "state": vm.state, "since": vm.since_ms,
+        "desired": desired(vm.desired), "node": vm.node, "node_id": vm.node_id, "epoch": vm.epoch,
+        "created_at_ms": vm.created_at_ms, "state": vm_state(vm.state), "since": vm.since_ms,
         "last_error": vm.last_error, "disk_bytes": vm.disk_bytes, "image": vm.image, "kernel": vm.kernel,
         "network": vm.network, "bridge": vm.bridge, "domain": vm.domain,
         "priority": vm.priority, "pin": vm.pin, "required_labels": vm.required_labels,
@@ -150,8 +182,8 @@ pub fn print_vms(output: Output, vms: &[pb::Vm]) {
                         v.vcpus.to_string(),
                         v.memory_mib.to_string(),
                         if v.ha { "yes" } else { "no" }.into(),
-                        v.desired.clone(),
-                        v.state.clone(),
+                        desired(v.desired).to_string(),
+                        vm_state(v.state).to_string(),
                         v.node.clone().unwrap_or_else(|| "-".into()),
                     ]
                 })
@@ -170,8 +202,8 @@ pub fn print_vm(output: Output, vm: &pb::Vm) {
             println!("vcpus:    {}", vm.vcpus);
             println!("memory:   {} MiB", vm.memory_mib);
             println!("ha:       {}", vm.ha);
-            println!("desired:  {}", vm.desired);
-            println!("state:    {}", vm.state);
+            println!("desired:  {}", desired(vm.desired));
+            println!("state:    {}", vm_state(vm.state));
             if vm.since_ms > 0 {
                 println!("since:    {}", format_ms(vm.since_ms));
             }

@@ -13,43 +13,49 @@ use openraft::{ChangeMembers, ServerState};
 use tracing::{info, instrument, warn};
 
 use super::decide::{self, Liveness, NodeAction};
+use super::leader::LeaderView;
 use crate::ctx::{now_ms, NodeCtx};
-use crate::placement;
+use kvmesh_raft::view;
 
 const TICK: Duration = Duration::from_millis(250);
 
-pub async fn run(ctx: Arc<NodeCtx>) {
+pub async fn run(ctx: Arc<NodeCtx>, leader: Arc<LeaderView>) {
     let mut down_since: HashMap<NodeId, Instant> = HashMap::new();
     loop {
         tokio::time::sleep(TICK).await;
         let m = ctx.metrics();
         if m.state != ServerState::Leader {
-            ctx.heartbeats.lock().unwrap_or_else(|p| p.into_inner()).leader_since = None;
+            leader.table.lock().unwrap_or_else(|p| p.into_inner()).leader_since = None;
             continue;
         }
         let leader_since = {
-            let mut hb = ctx.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
-            hb.for_term(m.current_term);
-            hb.leader_since.expect("set by for_term")
+            let mut hb = leader.table.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            hb.for_term(m.current_term, now);
+            hb.leader_since.unwrap_or(now)
         };
         // A new leader knows nothing of the hosts' leases: it waits a full
         // down_after before it declares or places anything.
         if leader_since.elapsed() < Duration::from_millis(ctx.config.down_after_ms) {
             continue;
         }
-        if let Err(e) = tick(&ctx, &mut down_since).await {
+        if let Err(e) = tick(&ctx, &leader, &mut down_since).await {
             warn!(error = %e, "HA controller pass failed; retrying");
         }
     }
 }
 
 #[instrument(skip_all, fields(node = %ctx.name))]
-async fn tick(ctx: &Arc<NodeCtx>, down_since: &mut HashMap<NodeId, Instant>) -> crate::error::Result<()> {
+async fn tick(
+    ctx: &Arc<NodeCtx>,
+    leader: &LeaderView,
+    down_since: &mut HashMap<NodeId, Instant>,
+) -> crate::error::Result<()> {
     let now = Instant::now();
     let down_after = Duration::from_millis(ctx.config.down_after_ms);
     let fresh = Duration::from_millis(ctx.config.heartbeat_ms * 3);
     let (actions, observed) = {
-        let hb = ctx.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+        let hb = leader.table.lock().unwrap_or_else(|p| p.into_inner());
         let observed = hb.observed(now, down_after);
         let actions = ctx.read(|d| {
             let live: BTreeMap<NodeId, Liveness> = d
@@ -85,9 +91,9 @@ async fn tick(ctx: &Arc<NodeCtx>, down_since: &mut HashMap<NodeId, Instant>) -> 
             }
             NodeAction::Maintenance(id) => Command::SetNodeState { id, state: NodeState::Maintenance, at_ms: now_ms() },
         };
-        ctx.write(cmd).await?;
+        ctx.propose_as_leader(cmd).await?;
     }
-    place_pending(ctx, &observed).await?;
+    place_pending(ctx, leader, &observed).await?;
     replace_dead_voters(ctx, down_since).await;
     Ok(())
 }
@@ -96,29 +102,31 @@ async fn tick(ctx: &Arc<NodeCtx>, down_since: &mut HashMap<NodeId, Instant>) -> 
 /// with capacity reserved as it goes; records why the rest wait.
 async fn place_pending(
     ctx: &Arc<NodeCtx>,
+    leader: &LeaderView,
     observed: &BTreeMap<VmId, std::collections::BTreeSet<NodeId>>,
 ) -> crate::error::Result<()> {
-    let unresponsive = super::unresponsive(ctx);
     let plan = ctx.read(|d| {
-        let ids = decide::placeable(&d.state, observed);
-        if ids.is_empty() {
+        let vms: Vec<scheduler::VmRequest> = decide::placeable(&d.state, observed)
+            .iter()
+            .filter_map(|id| d.state.vms.get(id))
+            .map(view::vm_request)
+            .collect();
+        if vms.is_empty() {
             return None;
         }
-        let vms: Vec<scheduler::VmRequest> =
-            ids.iter().map(|id| &d.state.vms[id]).map(|v| placement::vm_request(v.id, &v.name, &v.spec)).collect();
-        let settings = placement::settings(&d.state.meta.settings.placement);
-        Some(scheduler::plan_restarts(&vms, &placement::node_views_live(&d.state, None, &unresponsive), &settings))
+        let nodes = d.state.scheduler_view(&leader.unresponsive(&d.state), None);
+        Some(scheduler::plan_restarts(&vms, &nodes, &d.state.meta.settings.placement))
     });
     let Some(plan) = plan else { return Ok(()) };
     for (vm, node) in plan.placements {
-        match ctx.write(Command::PlaceVm { vm, node, at_ms: now_ms() }).await? {
+        match ctx.propose_as_leader(Command::PlaceVm { vm, node, at_ms: now_ms() }).await? {
             Response::Refused(r) => info!(vm, reason = %r, "placement refused; planning again next pass"),
             _ => info!(vm, node, "placed a VM that had lost its host"),
         }
     }
     for u in plan.unplaced {
         let reason = format!("no node fits: {}", scheduler::explain_rejections(&u.rejections).replace('\n', "; "));
-        ctx.write(Command::SetPending { vm: u.vm_id, reason, at_ms: now_ms() }).await?;
+        ctx.propose_as_leader(Command::SetPending { vm: u.vm_id, reason, at_ms: now_ms() }).await?;
     }
     Ok(())
 }
@@ -127,16 +135,12 @@ async fn place_pending(
 /// voter_replace_after is demoted, and a healthy learner promoted.
 async fn replace_dead_voters(ctx: &Arc<NodeCtx>, down_since: &HashMap<NodeId, Instant>) {
     let limit = Duration::from_millis(ctx.config.voter_replace_after_ms);
-    let m = ctx.metrics();
-    let membership = m.membership_config.membership().clone();
-    let voters: Vec<NodeId> = membership.voter_ids().collect();
-    let learners: Vec<NodeId> = membership.learner_ids().collect();
-    let Some(dead) = voters.iter().find(|v| down_since.get(v).is_some_and(|t| t.elapsed() > limit)).copied() else {
-        return;
-    };
-    let healthy =
-        ctx.read(|d| learners.iter().copied().find(|l| d.state.nodes.get(l).is_some_and(|n| n.state == NodeState::Up)));
-    let Some(learner) = healthy else { return };
+    let membership = ctx.metrics().membership_config.membership().clone();
+    let voters = membership.voter_ids().collect();
+    let learners = membership.learner_ids().collect();
+    let replace =
+        ctx.read(|d| decide::voter_to_replace(&d.state, &voters, &learners, down_since, Instant::now(), limit));
+    let Some((dead, learner)) = replace else { return };
     let _guard = ctx.membership_lock.lock().await;
     info!(dead, learner, "voter down for voter_replace_after: promoting a learner in its place");
     if let Err(e) = ctx.raft.change_membership(ChangeMembers::AddVoterIds([learner].into()), false).await {

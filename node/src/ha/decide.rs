@@ -1,11 +1,38 @@
 //! The leader's HA decisions, as plain functions of the replicated state,
 //! what heartbeats said, and elapsed time. No clock, no I/O.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
 use kvmesh_raft::model::{ClusterState, Desired, NodeState, VmId};
 use kvmesh_raft::NodeId;
+
+use super::leader::Heartbeats;
+
+/// The nodes a leader must not place anything new on: those it has not
+/// heard from in this term at all (a newly elected leader knows nothing of
+/// any host yet), or not within `limit`.
+pub fn unresponsive(state: &ClusterState, hb: &Heartbeats, now: Instant, limit: Duration) -> BTreeSet<NodeId> {
+    state.nodes.keys().copied().filter(|id| !hb.seen.contains_key(id) || hb.silent_for(*id, now) > limit).collect()
+}
+
+/// A voter down longer than `limit`, and a healthy learner to promote in
+/// its place (Incus-style role rebalancing), if there are both.
+pub fn voter_to_replace(
+    state: &ClusterState,
+    voters: &BTreeSet<NodeId>,
+    learners: &BTreeSet<NodeId>,
+    down_since: &HashMap<NodeId, Instant>,
+    now: Instant,
+    limit: Duration,
+) -> Option<(NodeId, NodeId)> {
+    let dead = voters
+        .iter()
+        .find(|v| down_since.get(v).is_some_and(|t| now.saturating_duration_since(*t) > limit))
+        .copied()?;
+    let learner = learners.iter().copied().find(|l| state.nodes.get(l).is_some_and(|n| n.state == NodeState::Up))?;
+    Some((dead, learner))
+}
 
 /// What the leader knows of one node's liveness.
 #[derive(Clone, Debug, PartialEq)]
@@ -134,6 +161,38 @@ mod tests {
         assert!(node_actions(&s, &back, down, fresh).is_empty());
         let clean: BTreeMap<_, _> = [(1, live(500, true, 0))].into();
         assert_eq!(node_actions(&s, &clean, down, fresh), vec![NodeAction::Up(1)]);
+    }
+
+    #[test]
+    fn a_new_leader_counts_a_host_live_only_once_it_heard_from_it() {
+        let s = state();
+        let t0 = Instant::now();
+        let limit = Duration::from_secs(3);
+        let mut hb = Heartbeats::default();
+        hb.for_term(2, t0);
+        // Just elected: nobody heard from yet, so nobody is live.
+        assert_eq!(unresponsive(&s, &hb, t0 + Duration::from_millis(10), limit), [1, 2].into());
+        hb.seen.insert(1, super::super::leader::Seen { at: t0 + Duration::from_millis(500), domains: vec![] });
+        assert_eq!(unresponsive(&s, &hb, t0 + Duration::from_secs(1), limit), [2].into());
+        // Heard from, then silent for longer than the limit.
+        assert_eq!(unresponsive(&s, &hb, t0 + Duration::from_millis(3501), limit), [1, 2].into());
+    }
+
+    #[test]
+    fn a_voter_down_too_long_is_replaced_by_an_up_learner() {
+        let mut s = state();
+        let t0 = Instant::now();
+        let limit = Duration::from_secs(60);
+        let voters: BTreeSet<NodeId> = [1].into();
+        let learners: BTreeSet<NodeId> = [2].into();
+        let down: HashMap<NodeId, Instant> = [(1, t0)].into();
+        assert_eq!(voter_to_replace(&s, &voters, &learners, &down, t0 + Duration::from_secs(60), limit), None);
+        let later = t0 + Duration::from_secs(61);
+        assert_eq!(voter_to_replace(&s, &voters, &learners, &down, later, limit), Some((1, 2)));
+        // No healthy learner: nothing to do.
+        s.apply(&Command::NodeDown { id: 2, at_ms: 1 });
+        assert_eq!(voter_to_replace(&s, &voters, &learners, &down, later, limit), None);
+        assert_eq!(voter_to_replace(&s, &voters, &learners, &HashMap::new(), later, limit), None);
     }
 
     #[test]

@@ -1,5 +1,8 @@
 use super::*;
 use crate::model::{Desired, Placement, PlacementSettings, VmSpec, VmState, EVENT_CAPACITY};
+use crate::wire::to_pb;
+use kvmesh_proto as pb;
+use kvmesh_scheduler::Rejection;
 
 fn node(id: u64, name: &str, addr: &str) -> Node {
     Node {
@@ -89,7 +92,17 @@ fn create_checks_names_capacity_and_is_idempotent_per_request() {
     );
     // 3000 of 4096 MiB used: a 2000 MiB VM placed concurrently must lose.
     let r = s.apply(&Command::CreateVm { vm: Box::new(vm(12, "db", Some(1), 2000)), at_ms: 5 });
-    assert_eq!(r, Response::Refused(Refusal::NoLongerFits { node: "a".into() }));
+    assert_eq!(
+        r,
+        Response::Refused(Refusal::NoLongerFits {
+            node: "a".into(),
+            reason: Rejection::InsufficientMemory { need_mib: 2000, free_mib: 1096 }
+        })
+    );
+    // An id that another VM holds is refused, never overwritten.
+    let r = s.apply(&Command::CreateVm { vm: Box::new(vm(10, "other", Some(1), 1)), at_ms: 6 });
+    assert_eq!(r, Response::Refused(Refusal::VmIdTaken { id: 10 }));
+    assert_eq!(s.vms[&10].name, "web");
     assert_eq!(s.vms.len(), 1);
     assert_eq!(s.allocated(1), (1, 3000, 1));
 }
@@ -153,7 +166,7 @@ fn delete_of_a_held_vm_waits_for_its_host() {
     s.apply(&Command::CreateVm { vm: Box::new(vm(10, "web", Some(1), 100)), at_ms: 3 });
     assert_eq!(s.apply(&Command::DeleteVm { name: "web".into(), keep_disks: true, at_ms: 4 }), Response::Done);
     let v = s.vm_by_name("web").unwrap();
-    assert_eq!(v.display_state(), "deleting");
+    assert_eq!(to_pb::vm_state(&s, v), pb::VmState::Deleting);
     assert_eq!(v.desired, Desired::Stopped);
     // Another host, or a stale epoch, cannot finish it.
     let stale = Command::ReportVm { vm: 10, node: 1, epoch: 0, state: VmState::Deleted, error: None, at_ms: 5 };
@@ -171,7 +184,7 @@ fn delete_of_a_held_vm_waits_for_its_host() {
 fn reports_record_transitions_only_from_the_current_placement() {
     let mut s = initialized();
     s.apply(&Command::CreateVm { vm: Box::new(vm(10, "web", Some(1), 100)), at_ms: 3 });
-    assert_eq!(s.vm_by_name("web").unwrap().display_state(), "pending");
+    assert_eq!(to_pb::vm_state(&s, s.vm_by_name("web").unwrap()), pb::VmState::Pending);
     let running = Command::ReportVm { vm: 10, node: 1, epoch: 1, state: VmState::Running, error: None, at_ms: 9 };
     assert_eq!(s.apply(&running), Response::Done);
     let events = s.events.len();
@@ -181,7 +194,7 @@ fn reports_record_transitions_only_from_the_current_placement() {
     assert!(s.take_dirty().is_empty());
     assert_eq!(s.events.len(), events);
     let v = s.vm_by_name("web").unwrap();
-    assert_eq!(v.display_state(), "running");
+    assert_eq!(to_pb::vm_state(&s, v), pb::VmState::Running);
     assert_eq!(v.reported.as_ref().unwrap().since_ms, 9);
     let other_node = Command::ReportVm { vm: 10, node: 2, epoch: 1, state: VmState::Stopped, error: None, at_ms: 10 };
     assert_eq!(s.apply(&other_node), Response::Refused(Refusal::StaleReport));
@@ -224,7 +237,13 @@ fn capacity_recheck_uses_overcommit_and_anti_affinity() {
         ));
     }
     let r = s.apply(&Command::CreateVm { vm: Box::new(vm(200, "c16", Some(1), 1)), at_ms: 2 });
-    assert_eq!(r, Response::Refused(Refusal::NoLongerFits { node: "a".into() }));
+    assert_eq!(
+        r,
+        Response::Refused(Refusal::NoLongerFits {
+            node: "a".into(),
+            reason: Rejection::InsufficientCpu { need: 1, free: 0 }
+        })
+    );
     let placement = PlacementSettings { cpu_overcommit_milli: 8000, ..Default::default() };
     s.apply(&Command::SetPlacement { placement, at_ms: 3 });
     let mut a = vm(300, "db-a", Some(1), 1);
@@ -234,7 +253,10 @@ fn capacity_recheck_uses_overcommit_and_anti_affinity() {
     b.spec.anti_affinity = Some("db".into());
     assert_eq!(
         s.apply(&Command::CreateVm { vm: Box::new(b), at_ms: 5 }),
-        Response::Refused(Refusal::AntiAffinityConflict { node: "a".into(), group: "db".into() })
+        Response::Refused(Refusal::NoLongerFits {
+            node: "a".into(),
+            reason: Rejection::AntiAffinity { group: "db".into(), members: 1 }
+        })
     );
 }
 
@@ -312,4 +334,33 @@ fn the_placement_index_follows_every_applied_batch() {
     rebuilt.replaces(&s);
     assert_ne!(rebuilt.changes_on(3), s.changes_on(3));
     assert_eq!(ids(&rebuilt, 2), ids(&s, 2));
+}
+
+#[test]
+fn a_retried_request_is_applied_once_and_gets_the_first_answer() {
+    use crate::requests::RequestId;
+    let mut s = initialized();
+    s.apply(&Command::CreateVm { vm: Box::new(vm(10, "web", Some(1), 64)), at_ms: 2 });
+    let restart = |seq| Command::Request {
+        id: RequestId { origin: 2, seq },
+        cmd: Box::new(Command::RestartVm { name: "web".into(), at_ms: 3 }),
+    };
+    let first = s.apply(&restart(1));
+    assert!(matches!(&first, Response::Vm(v) if v.restart_gen == 1));
+    // The same id again (a retry after an unseen commit): no second restart.
+    assert_eq!(s.apply(&restart(1)), first);
+    assert_eq!(s.vms[&10].restart_gen, 1);
+    // A new id is a new restart.
+    assert!(matches!(s.apply(&restart(2)), Response::Vm(v) if v.restart_gen == 2));
+    // A retried delete answers as the first one did, not "no such VM".
+    let delete = Command::Request {
+        id: RequestId { origin: 2, seq: 3 },
+        cmd: Box::new(Command::DeleteVm { name: "web".into(), keep_disks: false, at_ms: 4 }),
+    };
+    assert_eq!(s.apply(&delete), Response::Done);
+    s.apply(&Command::ReportVm { vm: 10, node: 1, epoch: 1, state: VmState::Deleted, error: None, at_ms: 5 });
+    assert!(s.vms.is_empty());
+    assert_eq!(s.apply(&delete), Response::Done);
+    // The answers are persisted keys.
+    assert!(s.take_dirty().contains(&Key::Request(RequestId { origin: 2, seq: 3 })));
 }

@@ -14,6 +14,7 @@ use crate::codec;
 use crate::command::Response;
 use crate::error::Result;
 use crate::model::{ClusterState, Event, Key, Meta, Node, Vm};
+use crate::requests::{Answer, RequestId};
 use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 const META: &[u8] = b"m";
@@ -22,6 +23,7 @@ const MEMBERSHIP: &[u8] = b"M";
 const NODE: u8 = b'n';
 const VM: u8 = b'v';
 const EVENT: u8 = b'e';
+const REQUEST: u8 = b'r';
 
 /// What the state machine holds in memory. Readers (the API) take the read
 /// lock briefly and never across an await.
@@ -63,6 +65,15 @@ fn prefixed(prefix: u8, id: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = prefix;
     k[1..].copy_from_slice(&be(id));
+    k
+}
+
+/// A request id as a key: prefix, origin, seq (big-endian, so they sort).
+fn request_key(id: RequestId) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = REQUEST;
+    k[1..9].copy_from_slice(&be(id.origin));
+    k[9..].copy_from_slice(&be(id.seq));
     k
 }
 
@@ -112,6 +123,10 @@ impl StateMachine {
                     Some(e) => batch.insert(&prefixed(EVENT, seq), codec::encode("event", e).map_err(write_err)?),
                     None => batch.remove(&prefixed(EVENT, seq)),
                 },
+                Key::Request(id) => match data.state.requests.get(&id) {
+                    Some(a) => batch.insert(&request_key(id), codec::encode("answer", a).map_err(write_err)?),
+                    None => batch.remove(&request_key(id)),
+                },
             }
         }
         batch.insert(APPLIED, codec::encode("applied", &data.last_applied).map_err(write_err)?);
@@ -125,6 +140,7 @@ fn read_tree(sm: &sled::Tree) -> Result<SmData> {
     let mut last_applied = None;
     let mut membership = StoredMembership::default();
     let (mut nodes, mut vms, mut events) = (Vec::<Node>::new(), Vec::<Vm>::new(), Vec::<Event>::new());
+    let mut answers = Vec::<(RequestId, Answer)>::new();
     for item in sm.iter() {
         let (key, value) = item?;
         match key.as_ref() {
@@ -134,12 +150,15 @@ fn read_tree(sm: &sled::Tree) -> Result<SmData> {
             k if k.len() == 9 && k[0] == NODE => nodes.push(codec::decode("node", &value)?),
             k if k.len() == 9 && k[0] == VM => vms.push(codec::decode("vm", &value)?),
             k if k.len() == 9 && k[0] == EVENT => events.push(codec::decode("event", &value)?),
+            k if k.len() == 17 && k[0] == REQUEST => {
+                let id = RequestId { origin: from_be(&k[1..9]), seq: from_be(&k[9..]) };
+                answers.push((id, codec::decode("answer", &value)?));
+            }
             k => return Err(crate::Error::Decode { what: "state machine key", detail: format!("unknown key {k:?}") }),
         }
     }
     events.sort_by_key(|e| e.seq);
-    let _ = from_be; // keys sort by id already
-    Ok(SmData { state: ClusterState::from_parts(meta, nodes, vms, events), last_applied, membership })
+    Ok(SmData { state: ClusterState::from_parts(meta, nodes, vms, events, answers), last_applied, membership })
 }
 
 fn write_all(sm: &sled::Tree, data: &SmData) -> Result<()> {
@@ -156,6 +175,9 @@ fn write_all(sm: &sled::Tree, data: &SmData) -> Result<()> {
     }
     for e in &data.state.events {
         batch.insert(&prefixed(EVENT, e.seq), codec::encode("event", e)?);
+    }
+    for (id, a) in data.state.requests.iter() {
+        batch.insert(&request_key(*id), codec::encode("answer", a)?);
     }
     sm.apply_batch(batch)?;
     Ok(())

@@ -96,7 +96,7 @@ async fn wait_seeded(c: &Cluster, leader: usize, nodes: usize, vms: usize) -> Re
             let listed = ClusterClient::new(ch[0].clone()).list_nodes(pb::ListNodesRequest::default()).await.ok()?;
             let synthetic: Vec<_> =
                 listed.into_inner().nodes.into_iter().filter(|n| n.name.starts_with("synthetic-")).collect();
-            let all_down = synthetic.iter().all(|n| n.state == "down");
+            let all_down = synthetic.iter().all(|n| n.state == pb::NodeState::Down as i32);
             let vm_count = kvmesh_proto::vms_client::VmsClient::new(ch[0].clone())
                 .list(pb::ListVmsRequest::default())
                 .await

@@ -1,0 +1,41 @@
+//! The internal `Host` service: heartbeats to the leader, the leader's
+//! observed map, and this host's console logs.
+
+use std::sync::Arc;
+
+use kvmesh_proto as pb;
+use tonic::{Request, Response, Status};
+
+use crate::ctx::NodeCtx;
+use crate::ha::LeaderView;
+
+pub struct HostService {
+    ctx: Arc<NodeCtx>,
+    leader: Arc<LeaderView>,
+}
+
+impl HostService {
+    pub fn new(ctx: Arc<NodeCtx>, leader: Arc<LeaderView>) -> Self {
+        HostService { ctx, leader }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::host_server::Host for HostService {
+    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatAck>, Status> {
+        Ok(Response::new(self.leader.receive(&self.ctx, request.into_inner()).await?))
+    }
+
+    async fn observed(&self, _request: Request<pb::ObservedRequest>) -> Result<Response<pb::ObservedReply>, Status> {
+        if !self.ctx.is_leader() {
+            return Err(Status::unavailable("not the leader"));
+        }
+        Ok(Response::new(self.leader.observed_pb(&self.ctx)))
+    }
+
+    async fn read_console(&self, request: Request<pb::ConsoleRequest>) -> Result<Response<pb::ConsoleReply>, Status> {
+        let req = request.into_inner();
+        let reply = crate::agent::local_console(&self.ctx, &req.name, req.bytes).await?;
+        Ok(Response::new(reply))
+    }
+}

@@ -1,0 +1,75 @@
+//! `kvmesh cluster …` and `kvmesh events`: bootstrapping the cluster, its
+//! status and membership, the placement policy, the HA capacity report, and
+//! the cluster's event log.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use kvmesh_proto as pb;
+use pb::cluster_client::ClusterClient;
+use serde_json::json;
+use tonic::transport::Channel;
+
+use super::client::{req, status_err};
+use super::output::{print_capacity, print_events, print_policy, print_status};
+use super::{ClusterCmd, Output, PolicyCmd};
+
+pub async fn run(channel: Channel, output: Output, command: ClusterCmd) -> Result<()> {
+    let mut cluster = ClusterClient::new(channel);
+    match command {
+        ClusterCmd::Init { max_voters } => {
+            let r = cluster.init(req(pb::InitRequest { max_voters })).await.map_err(status_err)?.into_inner();
+            match output {
+                Output::Json => {
+                    println!("{}", json!({"cluster_id": r.cluster_id, "node_id": r.node_id, "node_name": r.node_name}))
+                }
+                Output::Table => println!("initialized cluster {} on node {}", r.cluster_id, r.node_name),
+            }
+        }
+        ClusterCmd::Status => {
+            let s = cluster.status(req(pb::StatusRequest {})).await.map_err(status_err)?.into_inner();
+            print_status(output, &s);
+        }
+        ClusterCmd::Remove { name, force } => {
+            cluster.remove(req(pb::RemoveRequest { name: name.clone(), force })).await.map_err(status_err)?;
+            match output {
+                Output::Json => println!("{}", json!({"removed": name})),
+                Output::Table => println!("removed node {name}"),
+            }
+        }
+        ClusterCmd::Policy(PolicyCmd::Show) => {
+            let p = cluster.get_policy(req(pb::GetPolicyRequest {})).await.map_err(status_err)?.into_inner();
+            print_policy(output, &p);
+        }
+        ClusterCmd::Policy(PolicyCmd::Set { policy, cpu_overcommit, memory_overcommit }) => {
+            let set = pb::SetPolicyRequest { policy, cpu_overcommit, memory_overcommit };
+            let p = cluster.set_policy(req(set)).await.map_err(status_err)?.into_inner();
+            print_policy(output, &p);
+        }
+        ClusterCmd::Capacity => {
+            let r = cluster.capacity(req(pb::CapacityRequest {})).await.map_err(status_err)?.into_inner();
+            print_capacity(output, &r);
+        }
+    }
+    Ok(())
+}
+
+/// `kvmesh events`: prints the event log; with `follow`, polls for new events
+/// every 500 ms until interrupted.
+pub async fn events(channel: Channel, output: Output, follow: bool) -> Result<()> {
+    let mut cluster = ClusterClient::new(channel);
+    let mut after = 0;
+    loop {
+        let r = cluster.list_events(req(pb::ListEventsRequest { after })).await.map_err(status_err)?;
+        let events = r.into_inner().events;
+        if let Some(last) = events.last() {
+            after = last.seq;
+        }
+        print_events(output, &events);
+        if !follow {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,39 @@
+//! `kvmesh node …`: listing the cluster's hosts, draining one into
+//! maintenance and bringing it back.
+
+use anyhow::Result;
+use kvmesh_proto as pb;
+use pb::cluster_client::ClusterClient;
+use serde_json::json;
+use tonic::transport::Channel;
+
+use super::client::{req, status_err};
+use super::output::{node_state, print_nodes};
+use super::{NodeCmd, Output};
+
+pub async fn run(channel: Channel, output: Output, command: NodeCmd) -> Result<()> {
+    let mut cluster = ClusterClient::new(channel);
+    match command {
+        NodeCmd::List { consistent } => {
+            let r = cluster.list_nodes(req(pb::ListNodesRequest { consistent })).await.map_err(status_err)?;
+            print_nodes(output, &r.into_inner().nodes);
+        }
+        NodeCmd::Drain { name } => {
+            let r = cluster.drain(req(pb::NodeActionRequest { name: name.clone() })).await.map_err(status_err)?;
+            match output {
+                Output::Json => println!("{}", json!({"node": name, "state": node_state(r.into_inner().state)})),
+                Output::Table => println!(
+                    "draining {name}: its VMs move to other nodes; `kvmesh node list` shows when it is in maintenance, `kvmesh vm list` what is still pending"
+                ),
+            }
+        }
+        NodeCmd::Activate { name } => {
+            let r = cluster.activate(req(pb::NodeActionRequest { name: name.clone() })).await.map_err(status_err)?;
+            match output {
+                Output::Json => println!("{}", json!({"node": name, "state": node_state(r.into_inner().state)})),
+                Output::Table => println!("{name} is {}", node_state(r.into_inner().state)),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! `kvmesh vm …`: creating VMs (optionally only explaining where they would
+//! go, or waiting until they run), listing and showing them, the lifecycle
+//! actions (start, stop, restart, recover, delete), changing their settings,
+//! and reading their serial console.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use kvmesh_proto as pb;
+use pb::vms_client::VmsClient;
+use serde_json::json;
+use tonic::transport::Channel;
+
+use super::client::{req, status_err};
+use super::output::{print_explanation, print_vm, print_vms, vm_json, vm_state};
+use super::{Output, VmCmd};
+
+pub async fn run(channel: Channel, output: Output, command: VmCmd) -> Result<()> {
+    let mut vms = VmsClient::new(channel);
+    match command {
+        create @ VmCmd::Create { .. } => self::create(&mut vms, output, create).await?,
+        VmCmd::List { consistent } => {
+            let r = vms.list(req(pb::ListVmsRequest { consistent })).await.map_err(status_err)?;
+            print_vms(output, &r.into_inner().vms);
+        }
+        VmCmd::Get { name, consistent } => {
+            let vm = vms.get(req(pb::GetVmRequest { name, consistent })).await.map_err(status_err)?.into_inner();
+            print_vm(output, &vm);
+        }
+        VmCmd::Start { name } => {
+            let vm = vms.start(req(pb::VmActionRequest { name, force: false })).await.map_err(status_err)?;
+            print_vm(output, &vm.into_inner());
+        }
+        VmCmd::Stop { name, force } => {
+            let vm = vms.stop(req(pb::VmActionRequest { name, force })).await.map_err(status_err)?;
+            print_vm(output, &vm.into_inner());
+        }
+        VmCmd::Restart { name } => {
+            let vm = vms.restart(req(pb::VmActionRequest { name, force: false })).await.map_err(status_err)?;
+            print_vm(output, &vm.into_inner());
+        }
+        VmCmd::Recover { name } => {
+            let vm = vms.recover(req(pb::VmActionRequest { name, force: false })).await.map_err(status_err)?;
+            print_vm(output, &vm.into_inner());
+        }
+        VmCmd::Set { name, description, priority } => {
+            let r = pb::UpdateVmRequest { name, description, priority };
+            let vm = vms.update(req(r)).await.map_err(status_err)?;
+            print_vm(output, &vm.into_inner());
+        }
+        VmCmd::Explain { name } => {
+            let e = vms.explain(req(pb::ExplainRequest { name, spec: None })).await.map_err(status_err)?.into_inner();
+            print_explanation(output, &e);
+        }
+        VmCmd::Console { name, bytes } => console(&mut vms, output, name, bytes).await?,
+        VmCmd::Delete { name, keep_disks } => {
+            vms.delete(req(pb::DeleteVmRequest { name: name.clone(), keep_disks })).await.map_err(status_err)?;
+            match output {
+                Output::Json => println!("{}", json!({"deleted": name})),
+                Output::Table => println!("deleted VM {name}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `vm create`: with `--dry-run` prints where the VM would go instead;
+/// with `--wait` returns only once it runs (or fails, or times out).
+async fn create(vms: &mut VmsClient<Channel>, output: Output, command: VmCmd) -> Result<()> {
+    let VmCmd::Create {
+        name,
+        vcpus,
+        memory,
+        ha,
+        disk,
+        image,
+        kernel,
+        initrd,
+        cmdline,
+        network,
+        bridge,
+        priority,
+        pin,
+        node_labels,
+        prefer_labels,
+        anti_affinity,
+        soft_anti_affinity,
+        affinity,
+        dry_run,
+        wait,
+        timeout,
+    } = command
+    else {
+        unreachable!("create is only called with VmCmd::Create");
+    };
+    let request_id = format!("{:032x}", rand::random::<u128>());
+    let create = pb::CreateVmRequest {
+        name,
+        vcpus,
+        memory_mib: memory,
+        ha,
+        request_id,
+        disk_bytes: disk.unwrap_or(0),
+        image,
+        kernel,
+        initrd,
+        cmdline,
+        network,
+        bridge,
+        priority,
+        pin,
+        required_labels: node_labels.into_iter().collect(),
+        preferred_labels: prefer_labels.into_iter().collect(),
+        anti_affinity,
+        soft_anti_affinity,
+        affinity,
+    };
+    if dry_run {
+        let explain = pb::ExplainRequest { name: create.name.clone(), spec: Some(create) };
+        let e = vms.explain(req(explain)).await.map_err(status_err)?.into_inner();
+        print_explanation(output, &e);
+        return Ok(());
+    }
+    let mut vm = vms.create(req(create)).await.map_err(status_err)?.into_inner();
+    if wait {
+        vm = wait_running(vms, output, vm, Duration::from_secs(timeout)).await?;
+    }
+    match output {
+        Output::Json => println!("{}", vm_json(&vm)),
+        Output::Table => println!("created VM {} ({}) on {}", vm.name, vm.id, vm.node.as_deref().unwrap_or("no node")),
+    }
+    Ok(())
+}
+
+/// Polls until the VM runs or fails; progress goes to stderr on a terminal.
+async fn wait_running(
+    vms: &mut VmsClient<Channel>,
+    output: Output,
+    mut vm: pb::Vm,
+    timeout: Duration,
+) -> Result<pb::Vm> {
+    use std::io::IsTerminal;
+    let show = output == Output::Table && std::io::stderr().is_terminal();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        if vm_state(vm.state) != last {
+            if show {
+                eprintln!("{}: {} on {}", vm.name, vm_state(vm.state), vm.node.as_deref().unwrap_or("-"));
+            }
+            last = vm_state(vm.state).to_string();
+        }
+        match vm_state(vm.state) {
+            "running" => return Ok(vm),
+            "failed" => {
+                return Err(anyhow!(
+                    "VM {} failed on {}: {}",
+                    vm.name,
+                    vm.node.as_deref().unwrap_or("-"),
+                    vm.last_error.as_deref().unwrap_or("no error text")
+                ))
+            }
+            _ => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(anyhow!("VM {} is still {} after {}s", vm.name, vm_state(vm.state), timeout.as_secs()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let get = pb::GetVmRequest { name: vm.name.clone(), consistent: false };
+        vm = vms.get(req(get)).await.map_err(status_err)?.into_inner();
+    }
+}
+
+/// `vm console`: the raw bytes on a table, or the node and the text as JSON.
+async fn console(vms: &mut VmsClient<Channel>, output: Output, name: String, bytes: u64) -> Result<()> {
+    let r = vms.console(req(pb::ConsoleRequest { name, bytes })).await.map_err(status_err)?.into_inner();
+    match output {
+        Output::Json => println!("{}", json!({"node": r.node, "data": String::from_utf8_lossy(&r.data)})),
+        Output::Table => {
+            use std::io::Write;
+            let mut out = std::io::stdout();
+            let _ = out.write_all(&r.data);
+            let _ = out.flush();
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! The leader's side of HA, in memory and never written to Raft: the table
+//! of heartbeats it received this term, what they say runs where
+//! (`observed`), and which hosts it counts as live for new placements.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kvmesh_proto as pb;
+use kvmesh_raft::model::{vm_id_hex, ClusterState, VmId};
+use kvmesh_raft::NodeId;
+use tonic::Status;
+
+use super::decide;
+use crate::ctx::{forward, NodeCtx};
+
+/// One host's latest heartbeat, as the leader received it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub at: Instant,
+    /// (vm, epoch, running) for every kvmesh domain the host has.
+    pub domains: Vec<(VmId, u64, bool)>,
+}
+
+/// The heartbeat table of one term; a new leader starts empty.
+#[derive(Debug, Default)]
+pub struct Heartbeats {
+    pub term: u64,
+    pub leader_since: Option<Instant>,
+    pub seen: HashMap<NodeId, Seen>,
+}
+
+impl Heartbeats {
+    /// Resets the table if this node has just become leader in `term`.
+    pub fn for_term(&mut self, term: u64, now: Instant) {
+        if self.term != term || self.leader_since.is_none() {
+            self.term = term;
+            self.leader_since = Some(now);
+            self.seen.clear();
+        }
+    }
+
+    /// How long each node has been silent, as this leader sees it.
+    pub fn silent_for(&self, node: NodeId, now: Instant) -> Duration {
+        let since = self.leader_since.unwrap_or(now);
+        let last = self.seen.get(&node).map(|s| s.at.max(since)).unwrap_or(since);
+        now.saturating_duration_since(last)
+    }
+
+    /// VM -> nodes whose heartbeat, received within `within`, reports it running.
+    pub fn observed(&self, now: Instant, within: Duration) -> BTreeMap<VmId, BTreeSet<NodeId>> {
+        let mut out: BTreeMap<VmId, BTreeSet<NodeId>> = BTreeMap::new();
+        for (node, seen) in &self.seen {
+            if now.saturating_duration_since(seen.at) > within {
+                continue;
+            }
+            for (vm, _, running) in &seen.domains {
+                if *running {
+                    out.entry(*vm).or_default().insert(*node);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The leader's HA memory, shared by the controller and the API.
+pub struct LeaderView {
+    pub table: Mutex<Heartbeats>,
+    heartbeat: Duration,
+    down_after: Duration,
+    /// Whether this node leads, read fresh from Raft.
+    leads: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl LeaderView {
+    pub fn new(ctx: std::sync::Arc<NodeCtx>) -> Self {
+        LeaderView {
+            table: Mutex::new(Heartbeats::default()),
+            heartbeat: Duration::from_millis(ctx.config.heartbeat_ms),
+            down_after: Duration::from_millis(ctx.config.down_after_ms),
+            leads: Box::new(move || ctx.is_leader()),
+        }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Heartbeats> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The `up` hosts this leader would not place anything new on: those it
+    /// has not heard from within three heartbeats, or not at all this term.
+    /// Empty on a follower, which places nothing.
+    pub fn unresponsive(&self, state: &ClusterState) -> BTreeSet<NodeId> {
+        if !(self.leads)() {
+            return BTreeSet::new();
+        }
+        let hb = self.table();
+        decide::unresponsive(state, &hb, Instant::now(), self.heartbeat * 3)
+    }
+
+    /// Whether this leader is too new to have heard from every live host.
+    pub fn is_new(&self) -> bool {
+        let hb = self.table();
+        hb.leader_since.is_none_or(|since| since.elapsed() < self.heartbeat * 3)
+    }
+
+    /// Leader side of `Host.Heartbeat`: confirm quorum, record, acknowledge,
+    /// and name the domains the host must destroy.
+    pub async fn receive(&self, ctx: &NodeCtx, req: pb::HeartbeatRequest) -> Result<pb::HeartbeatAck, Status> {
+        let m = ctx.metrics();
+        if m.current_leader != Some(ctx.id) {
+            return Err(Status::unavailable("not the leader"));
+        }
+        // Acknowledge only while a quorum still follows us: a deposed leader
+        // must not extend anyone's lease.
+        match tokio::time::timeout(self.heartbeat, ctx.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => {}
+            _ => return Err(Status::unavailable("cannot confirm this leader still holds a quorum")),
+        }
+        let domains: Vec<(VmId, u64, bool)> = req.domains.iter().map(|d| (d.vm_id, d.epoch, d.running)).collect();
+        let stale = ctx.read(|d| decide::stale(&d.state, req.node_id, &domains));
+        {
+            let now = Instant::now();
+            let mut hb = self.table();
+            hb.for_term(m.current_term, now);
+            hb.seen.insert(req.node_id, Seen { at: now, domains });
+        }
+        Ok(pb::HeartbeatAck { leader_id: ctx.id, term: m.current_term, stale })
+    }
+
+    /// The observed map, with node names, for `vm get`/`vm list`/`node list`.
+    pub fn observed_pb(&self, ctx: &NodeCtx) -> pb::ObservedReply {
+        let now = Instant::now();
+        let hb = self.table();
+        let observed = hb.observed(now, self.down_after);
+        ctx.read(|d| {
+            let name = |id: &NodeId| d.state.nodes.get(id).map(|n| n.name.clone()).unwrap_or_else(|| id.to_string());
+            let usage = |seen: &Seen| {
+                seen.domains
+                    .iter()
+                    .filter(|x| x.2)
+                    .filter_map(|(vm, _, _)| d.state.vms.get(vm))
+                    .fold((0, 0), |(c, m), v| (c + v.spec.vcpus as u64, m + v.spec.memory_mib))
+            };
+            pb::ObservedReply {
+                vms: observed
+                    .iter()
+                    .map(|(vm, nodes)| pb::ObservedVm {
+                        vm_id: vm_id_hex(*vm),
+                        nodes: nodes.iter().map(name).collect(),
+                    })
+                    .collect(),
+                heartbeat_age_ms: d
+                    .state
+                    .nodes
+                    .keys()
+                    .map(|id| (name(id), hb.silent_for(*id, now).as_millis() as u64))
+                    .collect(),
+                running_vms: hb
+                    .seen
+                    .iter()
+                    .map(|(id, s)| (name(id), s.domains.iter().filter(|d| d.2).count() as u32))
+                    .collect(),
+                running_vcpus: hb.seen.iter().map(|(id, s)| (name(id), usage(s).0)).collect(),
+                running_memory_mib: hb.seen.iter().map(|(id, s)| (name(id), usage(s).1)).collect(),
+            }
+        })
+    }
+
+    /// The leader's observed map, from any node (followers ask the leader).
+    pub async fn observed(&self, ctx: &NodeCtx) -> Option<pb::ObservedReply> {
+        match ctx.leader() {
+            Some((leader, _)) if leader == ctx.id => Some(self.observed_pb(ctx)),
+            Some((_, address)) => {
+                let mut client = pb::host_client::HostClient::new(ctx.channel(&address).ok()?);
+                let call = client.observed(forward(pb::ObservedRequest {}, Duration::from_millis(800)));
+                tokio::time::timeout(Duration::from_secs(1), call).await.ok()?.ok().map(|r| r.into_inner())
+            }
+            None => None,
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Commands about hosts: join, removal, liveness and maintenance states.
+
+use super::{Refusal, Response};
+use crate::model::{ClusterState, Desired, Key, Node, NodeState, VmId};
+use crate::types::NodeId;
+
+impl ClusterState {
+    pub(super) fn add_node(&mut self, node: &Node, at_ms: u64) -> Response {
+        for other in self.nodes.values() {
+            if other.id == node.id {
+                continue;
+            }
+            if other.name == node.name {
+                return Response::Refused(Refusal::NodeNameTaken { name: node.name.clone() });
+            }
+            if other.address == node.address {
+                return Response::Refused(Refusal::NodeAddressTaken {
+                    address: node.address.clone(),
+                    by: other.name.clone(),
+                });
+            }
+        }
+        let rejoin = self.nodes.contains_key(&node.id);
+        self.put_node(node.clone());
+        let verb = if rejoin { "re-registered" } else { "joined" };
+        self.push_event(at_ms, "node", format!("node {} ({}) {verb}", node.name, node.address));
+        Response::Done
+    }
+
+    pub(super) fn remove_node(&mut self, id: NodeId, force: bool, at_ms: u64) -> Response {
+        let Some(node) = self.nodes.get(&id).cloned() else {
+            return Response::Refused(Refusal::UnknownNode { id });
+        };
+        let placed = self.placed_on(id);
+        if !placed.is_empty() && !force {
+            return Response::Refused(Refusal::NodeHasVms { name: node.name, vms: placed.len() as u32 });
+        }
+        for vm_id in &placed {
+            self.unplace(*vm_id, format!("its host {} was removed", node.name));
+        }
+        self.nodes.remove(&id);
+        self.dirty.insert(Key::Node(id));
+        // Nothing will retry a removed node's writes.
+        for request in self.requests.forget_origin(id) {
+            self.dirty.insert(Key::Request(request));
+        }
+        let extra = if placed.is_empty() { String::new() } else { format!("; {} VM(s) left unplaced", placed.len()) };
+        self.push_event(at_ms, "node", format!("node {} removed{extra}", node.name));
+        Response::Done
+    }
+
+    pub(super) fn node_down(&mut self, id: NodeId, at_ms: u64) -> Response {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return Response::Refused(Refusal::UnknownNode { id });
+        };
+        if node.state == NodeState::Down {
+            return Response::Done;
+        }
+        node.state = NodeState::Down;
+        let name = node.name.clone();
+        self.dirty.insert(Key::Node(id));
+        let (mut restarted, mut stay, mut gone) = (0, 0, 0);
+        for vm_id in self.placed_on(id) {
+            let Some(vm) = self.vms.get(&vm_id) else { continue };
+            if vm.deleting.is_some() {
+                // Nothing will run it again; the host cleans up if it returns.
+                self.remove_vm(vm_id);
+                gone += 1;
+            } else if vm.spec.ha && vm.desired == Desired::Running {
+                self.unplace(vm_id, format!("host {name} is down; restarting elsewhere"));
+                restarted += 1;
+            } else {
+                stay += 1;
+            }
+        }
+        self.push_event(
+            at_ms,
+            "node-down",
+            format!("node {name} is down: {restarted} HA VM(s) to restart elsewhere, {stay} other VM(s) wait for it, {gone} deletion(s) finished"),
+        );
+        Response::Done
+    }
+
+    pub(super) fn node_up(&mut self, id: NodeId, at_ms: u64) -> Response {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return Response::Refused(Refusal::UnknownNode { id });
+        };
+        if node.state != NodeState::Down {
+            return Response::Done;
+        }
+        node.state = NodeState::Up;
+        let name = node.name.clone();
+        self.dirty.insert(Key::Node(id));
+        self.push_event(at_ms, "node", format!("node {name} is up again"));
+        Response::Done
+    }
+
+    pub(super) fn set_node_state(&mut self, id: NodeId, state: NodeState, at_ms: u64) -> Response {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return Response::Refused(Refusal::UnknownNode { id });
+        };
+        let before = node.state;
+        if before == state {
+            return Response::Done;
+        }
+        node.state = state;
+        let name = node.name.clone();
+        self.dirty.insert(Key::Node(id));
+        if state == NodeState::Draining {
+            // A VM being deleted stays: its host finishes the delete.
+            let on_node: Vec<VmId> = self
+                .placed_on(id)
+                .into_iter()
+                .filter(|v| self.vms.get(v).is_some_and(|v| v.deleting.is_none()))
+                .collect();
+            for vm_id in &on_node {
+                self.unplace(*vm_id, format!("moving off {name} (drain)"));
+                if let Some(vm) = self.vms.get_mut(vm_id) {
+                    vm.moving_from = Some(id);
+                }
+            }
+            self.push_event(at_ms, "node", format!("node {name} is draining: {} VM(s) to move", on_node.len()));
+        } else {
+            self.push_event(at_ms, "node", format!("node {name}: {} -> {}", before.as_str(), state.as_str()));
+        }
+        Response::Done
+    }
+
+    pub(super) fn put_node(&mut self, node: Node) {
+        self.dirty.insert(Key::Node(node.id));
+        self.nodes.insert(node.id, node);
+    }
+
+    /// The VMs placed on a node, by a scan (`apply` may not use the index).
+    fn placed_on(&self, node: NodeId) -> Vec<VmId> {
+        self.vms.values().filter(|v| v.placement.map(|p| p.node) == Some(node)).map(|v| v.id).collect()
+    }
+}

@@ -1,0 +1,104 @@
+//! Why `apply` refused a command.
+//!
+//! Refusals are normal results, not failures: the log entry is committed and
+//! every replica refuses it the same way, so the proposer can tell its
+//! client why. Each message says what to do next.
+
+use kvmesh_scheduler::Rejection;
+use serde::{Deserialize, Serialize};
+
+use crate::model::VmId;
+use crate::types::NodeId;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    AlreadyInitialized {
+        cluster_id: String,
+    },
+    NodeNameTaken {
+        name: String,
+    },
+    NodeAddressTaken {
+        address: String,
+        by: String,
+    },
+    UnknownNode {
+        id: NodeId,
+    },
+    NodeHasVms {
+        name: String,
+        vms: u32,
+    },
+    VmNameTaken {
+        name: String,
+    },
+    /// The leader drew a VM id that another VM holds; it draws again.
+    VmIdTaken {
+        id: VmId,
+    },
+    UnknownVm {
+        name: String,
+    },
+    /// A command named a VM by id that no longer exists.
+    UnknownVmId {
+        id: VmId,
+    },
+    /// The chosen node no longer passes the scheduler's rules (another
+    /// placement won the race, the node changed state): the leader plans again.
+    NoLongerFits {
+        node: String,
+        reason: Rejection,
+    },
+    /// A report from a host that no longer holds the VM at that epoch.
+    StaleReport,
+    VmBeingDeleted {
+        name: String,
+    },
+    /// `vm recover` of a VM whose host is up.
+    HostNotDown {
+        name: String,
+        host: String,
+    },
+    /// Placing a VM that is already placed.
+    AlreadyPlaced {
+        name: String,
+    },
+    /// A retried write whose first outcome is no longer remembered (its node
+    /// has made many newer writes since); it is not applied a second time.
+    RequestExpired,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::AlreadyInitialized { cluster_id } => write!(f, "cluster {cluster_id} is already initialized"),
+            Refusal::NodeNameTaken { name } => write!(f, "node name {name:?} is already taken by another node"),
+            Refusal::NodeAddressTaken { address, by } => {
+                write!(f, "address {address} is already used by node {by:?}")
+            }
+            Refusal::UnknownNode { id } => write!(f, "no node with id {id}; see `kvmesh node list`"),
+            Refusal::NodeHasVms { name, vms } => write!(
+                f,
+                "node {name:?} still has {vms} VM(s) placed on it; delete or move them first, or pass --force to leave them unplaced"
+            ),
+            Refusal::VmNameTaken { name } => write!(f, "a VM named {name:?} already exists"),
+            Refusal::VmIdTaken { id } => write!(f, "VM id {id:016x} is taken; retry"),
+            Refusal::UnknownVm { name } => write!(f, "no VM named {name:?}; see `kvmesh vm list`"),
+            Refusal::UnknownVmId { id } => write!(f, "no VM with id {id:016x}; it was deleted"),
+            Refusal::NoLongerFits { node, reason } => {
+                write!(f, "node {node:?} can no longer take this VM: {reason}")
+            }
+            Refusal::StaleReport => write!(f, "stale report: the VM moved on or is gone"),
+            Refusal::VmBeingDeleted { name } => write!(f, "VM {name:?} is being deleted"),
+            Refusal::HostNotDown { name, host } => write!(
+                f,
+                "VM {name:?} runs on {host}, which is not down; use `vm restart`, or `node drain {host}` to move it"
+            ),
+            Refusal::AlreadyPlaced { name } => write!(f, "VM {name:?} is already placed"),
+            Refusal::RequestExpired => write!(
+                f,
+                "this retried write is too old to tell whether it was applied; check the object's state and send it again if needed"
+            ),
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Model to wire: what the API answers, built from the replicated state and
+//! the scheduler's decisions.
+
+use kvmesh_proto as pb;
+use kvmesh_scheduler::{self as scheduler, Outcome};
+
+use crate::model::{domain_name, vm_id_hex, ClusterState, Desired, Event, NodeState, PlacementSettings, Vm, VmState};
+
+pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
+    let node = vm.placement.and_then(|p| state.nodes.get(&p.node));
+    pb::Vm {
+        id: vm_id_hex(vm.id),
+        name: vm.name.clone(),
+        vcpus: vm.spec.vcpus,
+        memory_mib: vm.spec.memory_mib,
+        ha: vm.spec.ha,
+        desired: desired(vm.desired) as i32,
+        node: node.map(|n| n.name.clone()),
+        node_id: vm.placement.map(|p| p.node),
+        epoch: vm.placement.map(|p| p.epoch).unwrap_or(0),
+        created_at_ms: vm.created_at_ms,
+        state: vm_state(state, vm) as i32,
+        since_ms: vm.reported.as_ref().map(|r| r.since_ms).unwrap_or(0),
+        last_error: vm.reported.as_ref().and_then(|r| r.last_error.clone()),
+        disk_bytes: vm.spec.disk_bytes.unwrap_or(0),
+        image: vm.spec.image.clone(),
+        kernel: vm.spec.kernel.clone(),
+        network: vm.spec.network.clone(),
+        bridge: vm.spec.bridge.clone(),
+        domain: domain_name(vm.id),
+        priority: vm.spec.priority,
+        pin: vm.spec.pin.clone(),
+        required_labels: vm.spec.required_labels.clone().into_iter().collect(),
+        preferred_labels: vm.spec.preferred_labels.clone().into_iter().collect(),
+        anti_affinity: vm.spec.anti_affinity.clone(),
+        soft_anti_affinity: vm.spec.soft_anti_affinity.clone(),
+        affinity: vm.spec.affinity.clone(),
+        pending: vm.pending.clone(),
+        observed: Vec::new(),
+        description: vm.description.clone(),
+    }
+}
+
+pub fn event(e: &Event) -> pb::Event {
+    pb::Event { seq: e.seq, at_ms: e.at_ms, kind: e.kind.clone(), message: e.message.clone() }
+}
+
+pub fn node_state(s: NodeState) -> pb::NodeState {
+    match s {
+        NodeState::Up => pb::NodeState::Up,
+        NodeState::Down => pb::NodeState::Down,
+        NodeState::Draining => pb::NodeState::Draining,
+        NodeState::Maintenance => pb::NodeState::Maintenance,
+    }
+}
+
+pub fn desired(d: Desired) -> pb::DesiredState {
+    match d {
+        Desired::Running => pb::DesiredState::Running,
+        Desired::Stopped => pb::DesiredState::Stopped,
+    }
+}
+
+/// The state users see: `deleting` and `host-down` first, then what the
+/// host reported at the current placement, else `pending`.
+pub fn vm_state(state: &ClusterState, vm: &Vm) -> pb::VmState {
+    if vm.deleting.is_some() {
+        return pb::VmState::Deleting;
+    }
+    let host_down = vm.placement.and_then(|p| state.nodes.get(&p.node)).is_some_and(|n| n.state == NodeState::Down);
+    if host_down {
+        return pb::VmState::HostDown;
+    }
+    match &vm.reported {
+        Some(r) if Some((r.node, r.epoch)) == vm.placement.map(|p| (p.node, p.epoch)) => match r.state {
+            VmState::Running => pb::VmState::Running,
+            VmState::Stopped => pb::VmState::Stopped,
+            VmState::Crashed => pb::VmState::Crashed,
+            VmState::Failed => pb::VmState::Failed,
+            VmState::Deleted => pb::VmState::Deleting,
+        },
+        _ => pb::VmState::Pending,
+    }
+}
+
+pub fn policy(p: &PlacementSettings) -> pb::PlacementPolicy {
+    pb::PlacementPolicy {
+        policy: p.policy.as_str().into(),
+        cpu_overcommit: p.cpu_overcommit(),
+        memory_overcommit: p.memory_overcommit(),
+    }
+}
+
+pub fn explanation(vm: &str, s: &PlacementSettings, evals: &[scheduler::Evaluation]) -> pb::Explanation {
+    let nodes = evals
+        .iter()
+        .map(|e| match &e.outcome {
+            Outcome::Rejected(r) => pb::NodeEvaluation {
+                node: e.node.clone(),
+                feasible: false,
+                reason: r.to_string(),
+                ..Default::default()
+            },
+            Outcome::Feasible(score) => pb::NodeEvaluation {
+                node: e.node.clone(),
+                feasible: true,
+                reason: String::new(),
+                score: score.total(),
+                policy_score: score.policy,
+                label_score: score.labels,
+                group_score: score.spread_group,
+                chosen: e.chosen,
+            },
+        })
+        .collect();
+    pb::Explanation {
+        vm: vm.to_string(),
+        policy: s.policy.as_str().into(),
+        chosen: evals.iter().find(|e| e.chosen).map(|e| e.node.clone()),
+        nodes,
+    }
+}
+
+pub fn capacity(r: &scheduler::Reservation, s: &PlacementSettings) -> pb::CapacityReport {
+    pb::CapacityReport {
+        n_plus_1: r.n_plus_1,
+        worst: r.worst.clone(),
+        policy: s.policy.as_str().to_string(),
+        hosts: r
+            .hosts
+            .iter()
+            .map(|h| pb::HostCapacity {
+                node: h.node.clone(),
+                ha_vms: h.ha_vms as u32,
+                ha_vcpus: h.ha_vcpus,
+                ha_memory_mib: h.ha_memory_mib,
+                unplaceable: h.unplaceable.clone(),
+                short_vcpus: h.short_vcpus,
+                short_memory_mib: h.short_memory_mib,
+            })
+            .collect(),
+    }
+}
