@@ -128,3 +128,35 @@ fn cluster_capacity_reports_n_plus_1_on_a_worked_example() -> Result<()> {
     assert_eq!(r["n_plus_1"], true, "{r}");
     Ok(())
 }
+
+/// `vm create --dry-run` names the node that the create after it uses: with
+/// three equal nodes (every choice a tie-break), and again after one host
+/// has gone silent (SIGSTOP: still `up` in the state, but the leader has not
+/// heard from it for three heartbeats, so neither may choose it).
+#[test]
+fn dry_run_names_the_node_create_uses_also_with_a_silent_host() -> Result<()> {
+    let mut c = Cluster::three()?;
+    let leader = c.leader()?;
+    let dry_then_create = |c: &Cluster, via: usize, name: &str| -> Result<(String, String)> {
+        let dry = c.cli_ok(via, &["vm", "create", name, "--memory", "64", "--dry-run"])?;
+        let predicted = dry["chosen"].as_str().unwrap_or_default().to_string();
+        c.cli_ok(via, &["vm", "create", name, "--memory", "64"])?;
+        Ok((predicted, node_of(c, name)))
+    };
+    for i in 0..4 {
+        let (predicted, placed) = dry_then_create(&c, i % 3, &format!("tie{i}"))?;
+        assert_eq!(predicted, placed, "tie{i}: dry-run and create disagree");
+    }
+    let silent = (leader + 1) % 3;
+    let via = (leader + 2) % 3;
+    let silent_name = c.nodes[silent].name.clone();
+    c.nodes[silent].signal("STOP");
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let outcome = (0..3).map(|i| dry_then_create(&c, via, &format!("quiet{i}"))).collect::<Result<Vec<_>>>();
+    c.nodes[silent].signal("CONT");
+    for (i, (predicted, placed)) in outcome?.into_iter().enumerate() {
+        assert_eq!(predicted, placed, "quiet{i}: dry-run and create disagree");
+        assert_ne!(placed, silent_name, "quiet{i} was placed on the silent host");
+    }
+    Ok(())
+}

@@ -11,7 +11,7 @@ use kvmesh_raft::command::{Command, Refusal, Response as CmdResponse};
 use kvmesh_raft::model::{ClusterState, Desired, Vm, VmSpec};
 use kvmesh_raft::view;
 use kvmesh_raft::wire::{from_pb, to_pb};
-use kvmesh_scheduler::{self as scheduler, NodeState as SchedNodeState, Outcome};
+use kvmesh_scheduler::{self as scheduler, Outcome};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
@@ -50,6 +50,18 @@ fn plan_new(state: &ClusterState, leader: &LeaderView, name: &str, spec: &VmSpec
     (id, scheduler::explain(&nodes, &view::request(id, name, spec), &state.meta.settings.placement))
 }
 
+/// A leader elected moments ago has not heard from every host yet; until
+/// it has (or three heartbeats have passed) it places nothing, rather than
+/// count a live host as dead or a dead one as live.
+fn await_liveness(state: &ClusterState, leader: &LeaderView) -> Result<()> {
+    if leader.is_new() && !leader.unresponsive(state).is_empty() {
+        return Err(Error::Unavailable(
+            "the leader was elected moments ago and has not heard from every host yet".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Places and records a VM. Runs on the leader.
 #[instrument(skip_all, fields(node = %ctx.name, vm = %req.name))]
 async fn create_on_leader(
@@ -66,6 +78,7 @@ async fn create_on_leader(
                 }
                 return Err(Error::from(Refusal::VmNameTaken { name: req.name.clone() }));
             }
+            await_liveness(&d.state, leader)?;
             Ok(Ok(plan_new(&d.state, leader, &req.name, spec)))
         })?;
         let (id, evals) = match planned {
@@ -73,7 +86,7 @@ async fn create_on_leader(
             Ok(p) => p,
         };
         let Some(chosen) = evals.iter().find(|e| e.chosen) else {
-            return Err(unplaceable(leader, req, &evals));
+            return Err(unplaceable(req, &evals));
         };
         let vm = Vm {
             request_id: req.request_id.clone(),
@@ -94,16 +107,8 @@ async fn create_on_leader(
     Err(Error::Unavailable(format!("VM {} lost the placement race {PLACEMENT_ATTEMPTS} times; retry", req.name)))
 }
 
-/// Why no node took the VM. A leader elected moments ago has not heard
-/// from every host yet: that is worth waiting for, not a refusal.
-fn unplaceable(leader: &LeaderView, req: &pb::CreateVmRequest, evals: &[scheduler::Evaluation]) -> Error {
-    let unheard = evals.iter().any(|e| {
-        matches!(&e.outcome, Outcome::Rejected(scheduler::Rejection::NotUp { state })
-            if state == SchedNodeState::Unresponsive.as_str())
-    });
-    if unheard && leader.is_new() {
-        return Error::Unavailable("the leader was elected moments ago and has not heard from every host yet".into());
-    }
+/// Why no node took the VM: one line per node.
+fn unplaceable(req: &pb::CreateVmRequest, evals: &[scheduler::Evaluation]) -> Error {
     let rejections: Vec<scheduler::NodeRejection> = evals
         .iter()
         .filter_map(|e| match &e.outcome {
@@ -127,6 +132,7 @@ fn unplaceable(leader: &LeaderView, req: &pb::CreateVmRequest, evals: &[schedule
 fn explain(ctx: &NodeCtx, leader: &LeaderView, req: &pb::ExplainRequest) -> Result<pb::Explanation> {
     let spec = req.spec.as_ref().map(validate_create).transpose()?;
     ctx.read(|d| {
+        await_liveness(&d.state, leader)?;
         let settings = &d.state.meta.settings.placement;
         let (name, evals) = match (&spec, &req.spec) {
             (Some(spec), Some(r)) => (r.name.clone(), plan_new(&d.state, leader, &r.name, spec).1),
