@@ -210,7 +210,10 @@ impl pb::cluster_server::Cluster for ClusterService {
     async fn capacity(&self, _request: Request<pb::CapacityRequest>) -> Result<Response<pb::CapacityReport>, Status> {
         let report = self.ctx.read(|d| {
             let settings = &d.state.meta.settings.placement;
-            let nodes = d.state.scheduler_view(&self.leader.unresponsive(&d.state), None);
+            // A planning question about the replicated state: answered the
+            // same by every node, without the leader's heartbeat liveness
+            // (a host that is down is already `down` in the state).
+            let nodes = d.state.scheduler_view(&Default::default(), None);
             to_pb::capacity(&kvmesh_scheduler::ha_reservation(&nodes, &d.state.ha_requests(), settings), settings)
         });
         Ok(Response::new(report))
