@@ -112,10 +112,11 @@ impl NodeCtx {
     /// The one write path. Proposes `cmd` from this node: batched with
     /// concurrent writes into one log entry, forwarded to the leader in one
     /// internal call when this node does not lead, and retried through
-    /// elections and lost answers until the write deadline. Every try carries
-    /// the same request id, so a write whose first try did commit is not
-    /// applied twice: its retry gets the first answer. For commands built
-    /// without leader-only inputs.
+    /// elections and lost answers until the write deadline. A write that is
+    /// not idempotent ([`Command::needs_request_id`]) carries one request id
+    /// on every try, so if its first try did commit, its retry gets the
+    /// first answer instead of applying it twice. For commands built without
+    /// leader-only inputs.
     pub async fn propose(&self, cmd: Command) -> Result<Response> {
         self.propose_with(cmd, Route::AnyNode).await
     }
@@ -130,8 +131,14 @@ impl NodeCtx {
     }
 
     async fn propose_with(&self, cmd: Command, route: Route) -> Result<Response> {
-        let id = RequestId { origin: self.id, seq: self.next_request.fetch_add(1, Ordering::Relaxed) };
-        let cmd = Command::Request { id, cmd: Box::new(cmd) };
+        // Retried under one request id when applying twice would differ
+        // from once; the rest are idempotent and retried as they are.
+        let cmd = if cmd.needs_request_id() {
+            let id = RequestId { origin: self.id, seq: self.next_request.fetch_add(1, Ordering::Relaxed) };
+            Command::Request { id, cmd: Box::new(cmd) }
+        } else {
+            cmd
+        };
         let deadline = Instant::now() + Duration::from_millis(self.config.write_timeout_ms);
         let mut backoff = Duration::from_millis(20);
         loop {

@@ -177,3 +177,47 @@ fn snapshot_compacts_the_log_and_a_new_node_joins_through_it() -> Result<()> {
     wait_for("state after restart", Duration::from_secs(20), || (c.vm_names(1).ok()?.len() == 40).then_some(()))?;
     Ok(())
 }
+
+/// With the leader SIGSTOPped (alive to the kernel, silent to everyone), a
+/// create sent to a follower waits out the election and lands through the
+/// new leader on a host that answers — not a bare "Timeout expired", and
+/// not on the stopped host.
+#[test]
+fn a_create_through_a_follower_survives_a_stopped_leader() -> Result<()> {
+    let mut c = Cluster::three()?;
+    let leader = c.leader()?;
+    let via = (leader + 1) % 3;
+    c.cli_ok(via, &["vm", "create", "before", "--memory", "64"])?;
+    let stopped = c.nodes[leader].name.clone();
+    c.nodes[leader].signal("STOP");
+    let started = std::time::Instant::now();
+    let r = c.cli(via, &["vm", "create", "during", "--memory", "64"]);
+    let took = started.elapsed();
+    c.nodes[leader].signal("CONT");
+    assert!(r.success, "create during a leader stall failed after {took:?}: {}", r.stderr);
+    let vm = c.vm(via, "during")?;
+    assert_ne!(vm["node"], stopped.as_str(), "placed on the stopped host: {vm}");
+    // Exactly one VM of that name, on every replica, once the old leader is back.
+    for i in 0..3 {
+        wait_for("both VMs on every replica", Duration::from_secs(15), || {
+            (c.vm_names(i).ok()? == vec!["before".to_string(), "during".to_string()]).then_some(())
+        })?;
+    }
+    Ok(())
+}
+
+/// `serve --join` through a follower while the leader is stalled: the join
+/// is retried until a new leader takes it, within the join deadline.
+#[test]
+fn a_join_through_a_follower_survives_a_stopped_leader() -> Result<()> {
+    let mut c = Cluster::three()?;
+    let leader = c.leader()?;
+    let via = c.addr((leader + 1) % 3);
+    c.nodes[leader].signal("STOP");
+    let joined = c.spawn("n4", Some(&via), &[]);
+    let members = joined.and_then(|_| c.wait_members((leader + 1) % 3, 3, 4));
+    c.nodes[leader].signal("CONT");
+    let members = members?;
+    assert!(members["members"].as_array().unwrap().iter().any(|m| m["name"] == "n4"), "{members}");
+    Ok(())
+}

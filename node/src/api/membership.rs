@@ -3,8 +3,9 @@
 //! Joins and removals run only on the leader, one at a time. A join first
 //! records the node (so names and addresses stay unique), then adds it as a
 //! learner and waits for it to catch up, then promotes it while the cluster
-//! has fewer than `max_voters` voters. A removal refuses what would leave the
-//! cluster without a working quorum.
+//! has fewer than `max_voters` voters. A removal is decided by the pure
+//! [`plan_removal`] (crate::voters) and carried out here; it refuses what
+//! would leave the cluster without a working quorum.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use tracing::{info, instrument, warn};
 
 use crate::ctx::{now_ms, NodeCtx};
 use crate::error::{Error, Result};
+use crate::voters::{plan_removal, Refused, RemovalFacts, RemovalPlan};
 
 const ADD_LEARNER_TIMEOUT: Duration = Duration::from_secs(60);
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -148,7 +150,7 @@ pub async fn join(ctx: &NodeCtx, req: pb::JoinRequest) -> Result<pb::JoinRespons
     let role = if voters.contains(&req.node_id) {
         "voter"
     } else if (voters.len() as u32) < max_voters {
-        change(ctx, ChangeMembers::AddVoterIds([req.node_id].into())).await?;
+        change(ctx, ChangeMembers::AddVoterIds([req.node_id].into()), false).await?;
         info!(id = req.node_id, "promoted to voter");
         "voter"
     } else {
@@ -157,105 +159,117 @@ pub async fn join(ctx: &NodeCtx, req: pb::JoinRequest) -> Result<pb::JoinRespons
     Ok(pb::JoinResponse { cluster_id, role: role.into() })
 }
 
-/// Removes a node from the cluster. Runs on the leader.
+/// Removes a node from the cluster. Runs on the leader: gathers the facts
+/// (membership, probes), asks the pure [`plan_removal`], and carries the
+/// plan out.
 #[instrument(skip_all, fields(node = %ctx.name, removing = %req.name))]
 pub async fn remove(ctx: &NodeCtx, req: pb::RemoveRequest) -> Result<pb::RemoveResponse> {
     let _guard = ctx.membership_lock.lock().await;
-    let m = ctx.metrics();
-    let membership = m.membership_config.membership().clone();
+    let membership = ctx.metrics().membership_config.membership().clone();
     let in_state = ctx.read(|d| d.state.node_by_name(&req.name).map(|n| n.id));
     let in_raft = membership.nodes().find(|(_, n)| n.name == req.name).map(|(id, _)| *id);
     let Some(id) = in_state.or(in_raft) else {
         return Err(Error::NotFound(format!("no node named {:?}; see `kvmesh node list`", req.name)));
     };
     let (voters, learners) = voters_and_learners(ctx);
-    let is_voter = voters.contains(&id);
-    if is_voter && voters.len() == 1 {
-        return Err(Error::FailedPrecondition(format!(
-            "{} is the last voter; removing it would leave no one to hold the cluster state",
-            req.name
-        )));
+    // Probed: the other voters, and learners in id order up to the first
+    // that answers (the one a plan would promote).
+    let mut reachable = BTreeSet::from([ctx.id]);
+    let address = |m: NodeId| membership.get_node(&m).map(|n| n.address.clone());
+    for v in voters.iter().copied().filter(|v| *v != id && *v != ctx.id) {
+        if let Some(a) = address(v) {
+            if probe(ctx, &a).await {
+                reachable.insert(v);
+            }
+        }
     }
-    if let Some(Refusal::NodeHasVms { name, vms }) = ctx.read(|d| {
-        let (_, _, count) = d.state.allocated_indexed(id);
-        (count > 0 && !req.force).then(|| Refusal::NodeHasVms { name: req.name.clone(), vms: count })
-    }) {
-        return Err(Refusal::NodeHasVms { name, vms }.into());
-    }
-
-    // Keep the voter count up: promote a reachable learner in its place.
-    let mut remaining: BTreeSet<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
-    let replacement = if is_voter {
-        let mut found = None;
-        for l in learners.iter().filter(|l| **l != id) {
-            if let Some(n) = membership.get_node(l) {
-                if reachable(ctx, &n.address).await {
-                    found = Some(*l);
+    if voters.contains(&id) {
+        for l in learners.iter().copied().filter(|l| *l != id) {
+            if let Some(a) = address(l) {
+                if probe(ctx, &a).await {
+                    reachable.insert(l);
                     break;
                 }
             }
         }
-        found
-    } else {
-        None
+    }
+    let placed_vms = ctx.read(|d| d.state.allocated_indexed(id).2);
+    let facts = RemovalFacts {
+        id,
+        in_state: in_state.is_some(),
+        in_raft: in_raft.is_some(),
+        voters: &voters,
+        learners: &learners,
+        reachable: &reachable,
+        placed_vms,
+        force: req.force,
     };
-    if let Some(r) = replacement {
-        remaining.insert(r);
-    }
-    if is_voter {
-        let mut alive = 0;
-        let mut dead = Vec::new();
-        for v in &remaining {
-            let ok = *v == ctx.id
-                || match membership.get_node(v) {
-                    Some(n) => reachable(ctx, &n.address).await,
-                    None => false,
-                };
-            if ok {
-                alive += 1;
-            } else {
-                dead.push(membership.get_node(v).map(|n| n.name.clone()).unwrap_or_else(|| v.to_string()));
-            }
-        }
-        if alive * 2 <= remaining.len() {
-            return Err(Error::FailedPrecondition(format!(
-                "removing {} would leave {} voter(s) of which only {alive} answer (down: {}); bring those nodes back first",
-                req.name,
-                remaining.len(),
-                dead.join(", ")
-            )));
-        }
-    }
-
-    if in_state.is_some() {
-        let cmd = Command::RemoveNode { id, force: req.force, at_ms: now_ms() };
-        if let Response::Refused(r) = ctx.propose_as_leader(cmd).await? {
-            return Err(r.into());
-        }
-    }
-    if let Some(r) = replacement {
-        info!(learner = r, "promoting a learner to keep the voter count");
-        change(ctx, ChangeMembers::AddVoterIds([r].into())).await?;
-    }
-    if is_voter {
-        change(ctx, ChangeMembers::RemoveVoters([id].into())).await?;
-    } else if in_raft.is_some() {
-        change(ctx, ChangeMembers::RemoveNodes([id].into())).await?;
-    }
+    let plan = plan_removal(&facts).map_err(|r| refusal(&req.name, r, &membership))?;
+    execute_removal(ctx, &plan).await?;
     info!(id, "node removed");
     if id != ctx.id {
-        if let Some(node) = membership.get_node(&id) {
-            tell_removed(ctx, &node.address, id).await;
+        if let Some(a) = address(id) {
+            tell_removed(ctx, &a, id).await;
         }
     }
     Ok(pb::RemoveResponse {})
 }
 
+fn refusal(name: &str, r: Refused, membership: &openraft::Membership<NodeId, MemberNode>) -> Error {
+    match r {
+        Refused::LastVoter => Error::FailedPrecondition(format!(
+            "{name} is the last voter; removing it would leave no one to hold the cluster state"
+        )),
+        Refused::HasVms(vms) => Refusal::NodeHasVms { name: name.to_string(), vms }.into(),
+        Refused::NoQuorum { remaining, alive, dead } => {
+            let dead: Vec<String> = dead
+                .iter()
+                .map(|v| membership.get_node(v).map(|n| n.name.clone()).unwrap_or_else(|| v.to_string()))
+                .collect();
+            Error::FailedPrecondition(format!(
+                "removing {name} would leave {remaining} voter(s) of which only {alive} answer (down: {}); bring those nodes back first",
+                dead.join(", ")
+            ))
+        }
+    }
+}
+
+/// Carries out a removal: the state record, then the voter seat.
+async fn execute_removal(ctx: &NodeCtx, plan: &RemovalPlan) -> Result<()> {
+    if plan.in_state {
+        // Decided on the leader's view of who is placed where: leader-only.
+        let cmd = Command::RemoveNode { id: plan.id, force: plan.force, at_ms: now_ms() };
+        if let Response::Refused(r) = ctx.propose_as_leader(cmd).await? {
+            return Err(r.into());
+        }
+    }
+    if plan.is_voter {
+        replace_voter(ctx, plan.promote, plan.id, false).await
+    } else if plan.in_raft {
+        change(ctx, ChangeMembers::RemoveNodes([plan.id].into()), false).await
+    } else {
+        Ok(())
+    }
+}
+
+/// Moves a voter seat: promotes `promote` (if any) first, so the voter
+/// count never dips, then demotes `voter` — to a learner that can catch up
+/// if `keep_as_learner` (a dead voter that may return), out of the cluster
+/// otherwise (a removal). Used by `cluster remove` and by the leader's
+/// dead-voter replacement.
+pub async fn replace_voter(ctx: &NodeCtx, promote: Option<NodeId>, voter: NodeId, keep_as_learner: bool) -> Result<()> {
+    if let Some(learner) = promote {
+        info!(learner, "promoting a learner to keep the voter count");
+        change(ctx, ChangeMembers::AddVoterIds([learner].into()), false).await?;
+    }
+    change(ctx, ChangeMembers::RemoveVoters([voter].into()), keep_as_learner).await
+}
+
 /// Applies one membership change, retrying while another is in progress.
-async fn change(ctx: &NodeCtx, changes: ChangeMembers<NodeId, MemberNode>) -> Result<()> {
+async fn change(ctx: &NodeCtx, changes: ChangeMembers<NodeId, MemberNode>, retain: bool) -> Result<()> {
     let deadline = tokio::time::Instant::now() + CHANGE_TIMEOUT;
     loop {
-        let attempt = tokio::time::timeout_at(deadline, ctx.raft.change_membership(changes.clone(), false)).await;
+        let attempt = tokio::time::timeout_at(deadline, ctx.raft.change_membership(changes.clone(), retain)).await;
         match attempt {
             Err(_) => {
                 return Err(Error::Timeout(format!(
@@ -305,7 +319,7 @@ async fn tell_removed(ctx: &NodeCtx, address: &str, id: NodeId) {
 }
 
 /// Whether a node answers a status call within a second.
-async fn reachable(ctx: &NodeCtx, address: &str) -> bool {
+async fn probe(ctx: &NodeCtx, address: &str) -> bool {
     let Ok(channel) = ctx.channel(address) else {
         return false;
     };

@@ -189,70 +189,74 @@ pub enum NodeCmd {
 
 // Parsed once per process; boxing the big variant would only add noise.
 #[allow(clippy::large_enum_variant)]
+/// `vm create`: the VM's spec and how to run the command.
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    pub name: String,
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 512)]
+    pub memory: u64,
+    /// Restart it elsewhere if its host dies.
+    #[arg(long)]
+    pub ha: bool,
+    /// A blank qcow2 disk of this size (e.g. 2G, 512M).
+    #[arg(long, value_parser = parse_size)]
+    pub disk: Option<u64>,
+    /// Boot from a thin qcow2 clone of this base image (absolute path on the hosts).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Direct kernel boot: kernel image (absolute path on the hosts).
+    #[arg(long)]
+    pub kernel: Option<String>,
+    #[arg(long)]
+    pub initrd: Option<String>,
+    /// Kernel command line, e.g. "console=ttyS0".
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// Attach a NIC to this libvirt network.
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Attach a NIC to this host bridge.
+    #[arg(long)]
+    pub bridge: Option<String>,
+    /// Restart order when its host dies: higher first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// Pin to this node.
+    #[arg(long = "node")]
+    pub pin: Option<String>,
+    /// Only on nodes with this label, key=value (repeatable).
+    #[arg(long = "node-label", value_parser = parse_label)]
+    pub node_labels: Vec<(String, String)>,
+    /// Prefer nodes with this label, key=value (repeatable).
+    #[arg(long = "prefer-label", value_parser = parse_label)]
+    pub prefer_labels: Vec<(String, String)>,
+    /// Never on a host with another member of this group.
+    #[arg(long)]
+    pub anti_affinity: Option<String>,
+    /// Spread members of this group when possible.
+    #[arg(long)]
+    pub soft_anti_affinity: Option<String>,
+    /// Keep members of this group on one host.
+    #[arg(long)]
+    pub affinity: Option<String>,
+    /// Show where it would go, per node, without creating it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Wait until the VM runs (or fails).
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum VmCmd {
     /// Create a VM; the leader places it.
-    Create {
-        name: String,
-        #[arg(long, default_value_t = 1)]
-        vcpus: u32,
-        /// Memory in MiB.
-        #[arg(long, default_value_t = 512)]
-        memory: u64,
-        /// Restart it elsewhere if its host dies.
-        #[arg(long)]
-        ha: bool,
-        /// A blank qcow2 disk of this size (e.g. 2G, 512M).
-        #[arg(long, value_parser = parse_size)]
-        disk: Option<u64>,
-        /// Boot from a thin qcow2 clone of this base image (absolute path on the hosts).
-        #[arg(long)]
-        image: Option<String>,
-        /// Direct kernel boot: kernel image (absolute path on the hosts).
-        #[arg(long)]
-        kernel: Option<String>,
-        #[arg(long)]
-        initrd: Option<String>,
-        /// Kernel command line, e.g. "console=ttyS0".
-        #[arg(long)]
-        cmdline: Option<String>,
-        /// Attach a NIC to this libvirt network.
-        #[arg(long)]
-        network: Option<String>,
-        /// Attach a NIC to this host bridge.
-        #[arg(long)]
-        bridge: Option<String>,
-        /// Restart order when its host dies: higher first.
-        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-        priority: i32,
-        /// Pin to this node.
-        #[arg(long = "node")]
-        pin: Option<String>,
-        /// Only on nodes with this label, key=value (repeatable).
-        #[arg(long = "node-label", value_parser = parse_label)]
-        node_labels: Vec<(String, String)>,
-        /// Prefer nodes with this label, key=value (repeatable).
-        #[arg(long = "prefer-label", value_parser = parse_label)]
-        prefer_labels: Vec<(String, String)>,
-        /// Never on a host with another member of this group.
-        #[arg(long)]
-        anti_affinity: Option<String>,
-        /// Spread members of this group when possible.
-        #[arg(long)]
-        soft_anti_affinity: Option<String>,
-        /// Keep members of this group on one host.
-        #[arg(long)]
-        affinity: Option<String>,
-        /// Show where it would go, per node, without creating it.
-        #[arg(long)]
-        dry_run: bool,
-        /// Wait until the VM runs (or fails).
-        #[arg(long)]
-        wait: bool,
-        /// With --wait: give up after this many seconds.
-        #[arg(long, default_value_t = 300)]
-        timeout: u64,
-    },
+    Create(CreateArgs),
     /// Start a stopped VM.
     Start { name: String },
     /// Stop a VM: ACPI shutdown, then power off after the host's timeout.

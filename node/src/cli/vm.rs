@@ -13,12 +13,12 @@ use tonic::transport::Channel;
 
 use super::client::{req, status_err};
 use super::output::{print_explanation, print_vm, print_vms, vm_json, vm_state};
-use super::{Output, VmCmd};
+use super::{CreateArgs, Output, VmCmd};
 
 pub async fn run(channel: Channel, output: Output, command: VmCmd) -> Result<()> {
     let mut vms = VmsClient::new(channel);
     match command {
-        create @ VmCmd::Create { .. } => self::create(&mut vms, output, create).await?,
+        VmCmd::Create(args) => self::create(&mut vms, output, args).await?,
         VmCmd::List { consistent } => {
             let r = vms.list(req(pb::ListVmsRequest { consistent })).await.map_err(status_err)?;
             print_vms(output, &r.into_inner().vms);
@@ -66,55 +66,9 @@ pub async fn run(channel: Channel, output: Output, command: VmCmd) -> Result<()>
 
 /// `vm create`: with `--dry-run` prints where the VM would go instead;
 /// with `--wait` returns only once it runs (or fails, or times out).
-async fn create(vms: &mut VmsClient<Channel>, output: Output, command: VmCmd) -> Result<()> {
-    let VmCmd::Create {
-        name,
-        vcpus,
-        memory,
-        ha,
-        disk,
-        image,
-        kernel,
-        initrd,
-        cmdline,
-        network,
-        bridge,
-        priority,
-        pin,
-        node_labels,
-        prefer_labels,
-        anti_affinity,
-        soft_anti_affinity,
-        affinity,
-        dry_run,
-        wait,
-        timeout,
-    } = command
-    else {
-        unreachable!("create is only called with VmCmd::Create");
-    };
-    let request_id = format!("{:032x}", rand::random::<u128>());
-    let create = pb::CreateVmRequest {
-        name,
-        vcpus,
-        memory_mib: memory,
-        ha,
-        request_id,
-        disk_bytes: disk.unwrap_or(0),
-        image,
-        kernel,
-        initrd,
-        cmdline,
-        network,
-        bridge,
-        priority,
-        pin,
-        required_labels: node_labels.into_iter().collect(),
-        preferred_labels: prefer_labels.into_iter().collect(),
-        anti_affinity,
-        soft_anti_affinity,
-        affinity,
-    };
+async fn create(vms: &mut VmsClient<Channel>, output: Output, args: CreateArgs) -> Result<()> {
+    let (dry_run, wait, timeout) = (args.dry_run, args.wait, args.timeout);
+    let create = create_request(args);
     if dry_run {
         let explain = pb::ExplainRequest { name: create.name.clone(), spec: Some(create) };
         let e = vms.explain(req(explain)).await.map_err(status_err)?.into_inner();
@@ -130,6 +84,32 @@ async fn create(vms: &mut VmsClient<Channel>, output: Output, command: VmCmd) ->
         Output::Table => println!("created VM {} ({}) on {}", vm.name, vm.id, vm.node.as_deref().unwrap_or("no node")),
     }
     Ok(())
+}
+
+/// The create request for `vm create`'s arguments; a fresh request id, so
+/// the leader recognises this create if it is retried.
+fn create_request(a: CreateArgs) -> pb::CreateVmRequest {
+    pb::CreateVmRequest {
+        name: a.name,
+        vcpus: a.vcpus,
+        memory_mib: a.memory,
+        ha: a.ha,
+        request_id: format!("{:032x}", rand::random::<u128>()),
+        disk_bytes: a.disk.unwrap_or(0),
+        image: a.image,
+        kernel: a.kernel,
+        initrd: a.initrd,
+        cmdline: a.cmdline,
+        network: a.network,
+        bridge: a.bridge,
+        priority: a.priority,
+        pin: a.pin,
+        required_labels: a.node_labels.into_iter().collect(),
+        preferred_labels: a.prefer_labels.into_iter().collect(),
+        anti_affinity: a.anti_affinity,
+        soft_anti_affinity: a.soft_anti_affinity,
+        affinity: a.affinity,
+    }
 }
 
 /// Polls until the VM runs or fails; progress goes to stderr on a terminal.

@@ -9,7 +9,7 @@ use kvmesh_raft::command::{Command, Response};
 use kvmesh_raft::model::{NodeState, VmId};
 use kvmesh_raft::NodeId;
 use kvmesh_scheduler::{self as scheduler};
-use openraft::{ChangeMembers, ServerState};
+use openraft::ServerState;
 use tracing::{info, instrument, warn};
 
 use super::decide::{self, Liveness, NodeAction};
@@ -143,12 +143,8 @@ async fn replace_dead_voters(ctx: &Arc<NodeCtx>, down_since: &HashMap<NodeId, In
     let Some((dead, learner)) = replace else { return };
     let _guard = ctx.membership_lock.lock().await;
     info!(dead, learner, "voter down for voter_replace_after: promoting a learner in its place");
-    if let Err(e) = ctx.raft.change_membership(ChangeMembers::AddVoterIds([learner].into()), false).await {
-        warn!(error = %e, "could not promote the learner");
-        return;
-    }
     // The dead voter stays a learner, so it can catch up if it returns.
-    if let Err(e) = ctx.raft.change_membership(ChangeMembers::RemoveVoters([dead].into()), true).await {
-        warn!(error = %e, "could not demote the dead voter");
+    if let Err(e) = crate::api::membership::replace_voter(ctx, Some(learner), dead, true).await {
+        warn!(error = %e, "could not replace the dead voter");
     }
 }

@@ -82,6 +82,37 @@ pub enum Response {
     Batch(Vec<Response>),
 }
 
+impl Command {
+    /// Whether applying this command twice differs from applying it once,
+    /// so a retry must carry a request id ([`Command::Request`]). The others
+    /// are idempotent by construction: setting a description or a
+    /// placement policy again, or a host's report of the same transition, changes
+    /// nothing, and a create carries its own client request id. Only these
+    /// pay for an answer kept in the replicated state.
+    pub fn needs_request_id(&self) -> bool {
+        match self {
+            Command::DeleteVm { .. }
+            | Command::SetDesired { .. }
+            | Command::RestartVm { .. }
+            | Command::RecoverVm { .. }
+            | Command::RemoveNode { .. }
+            | Command::SetNodeState { .. }
+            | Command::PlaceVm { .. } => true,
+            Command::Batch(cmds) => cmds.iter().any(Command::needs_request_id),
+            Command::Request { .. }
+            | Command::Init { .. }
+            | Command::AddNode { .. }
+            | Command::CreateVm { .. }
+            | Command::UpdateVm { .. }
+            | Command::SetPlacement { .. }
+            | Command::NodeDown { .. }
+            | Command::NodeUp { .. }
+            | Command::SetPending { .. }
+            | Command::ReportVm { .. } => false,
+        }
+    }
+}
+
 impl ClusterState {
     /// Applies one committed command. Pure: the result depends only on the
     /// state and the command.

@@ -361,6 +361,11 @@ fn a_retried_request_is_applied_once_and_gets_the_first_answer() {
     s.apply(&Command::ReportVm { vm: 10, node: 1, epoch: 1, state: VmState::Deleted, error: None, at_ms: 5 });
     assert!(s.vms.is_empty());
     assert_eq!(s.apply(&delete), Response::Done);
+    // Only writes that differ when applied twice pay for an answer.
+    assert!(Command::DeleteVm { name: "x".into(), keep_disks: false, at_ms: 0 }.needs_request_id());
+    assert!(Command::RestartVm { name: "x".into(), at_ms: 0 }.needs_request_id());
+    let set = Command::UpdateVm { name: "x".into(), description: Some("d".into()), priority: None };
+    assert!(!set.needs_request_id());
     // The answers are persisted keys.
     assert!(s.take_dirty().contains(&Key::Request(RequestId { origin: 2, seq: 3 })));
 }
