@@ -188,7 +188,22 @@ impl Submitter {
         let mut request = tonic::Request::new(RaftMessage { payload });
         request.set_timeout(FORWARD_TIMEOUT);
         request.metadata_mut().insert(PROTOCOL_HEADER, PROTOCOL_VERSION.into());
-        let reply = RaftClient::new(channel).propose(request).await.map_err(|s| {
+        let mut client = RaftClient::new(channel);
+        let call = client.propose(request);
+        // A leader that stops answering (a SIGSTOP, a partition) would hold
+        // this node's one proposal slot for the whole timeout, and with it
+        // every write here, even after this node is elected in its place.
+        // Give up as soon as this node learns of another leader: the
+        // writers retry, a non-idempotent one under its request id.
+        let reply = tokio::select! {
+            r = call => r,
+            () = self.leader_changes_from(leader) => {
+                return Err(WriteFailure::Unreachable(format!(
+                    "leader {leader} at {address} stopped leading before it answered"
+                )));
+            }
+        };
+        let reply = reply.map_err(|s| {
             let message = format!("leader {leader} at {address}: {}", s.message());
             match s.code() {
                 // A peer of another protocol version refuses every batch.
@@ -198,6 +213,22 @@ impl Submitter {
         })?;
         codec::from_wire::<Result<Vec<Response>, WriteFailure>>("proposal reply", &reply.into_inner().payload)
             .map_err(|e| WriteFailure::Fatal(e.to_string()))?
+    }
+}
+
+impl Submitter {
+    /// Resolves once this node's view of the leader is no longer `leader`.
+    async fn leader_changes_from(&self, leader: NodeId) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.borrow_and_update().current_leader != Some(leader) {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                // Raft shut down: nothing will answer.
+                return;
+            }
+        }
     }
 }
 

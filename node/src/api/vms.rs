@@ -18,6 +18,7 @@ use tracing::{info, instrument};
 
 use crate::ctx::{is_forwarded, now_ms, LeaderCall, NodeCtx};
 use crate::error::{Error, Result};
+use crate::ha::leader::Liveness;
 use crate::ha::LeaderView;
 
 /// How often a create re-plans when a concurrent placement took its spot.
@@ -44,17 +45,17 @@ fn validate_create(req: &pb::CreateVmRequest) -> Result<VmSpec> {
 /// state, so a dry-run and the create after it agree) and every node's
 /// evaluation, over the one view of the cluster that includes the hosts
 /// this leader has not heard from.
-fn plan_new(state: &ClusterState, leader: &LeaderView, name: &str, spec: &VmSpec) -> (u64, Vec<scheduler::Evaluation>) {
+fn plan_new(state: &ClusterState, live: &Liveness, name: &str, spec: &VmSpec) -> (u64, Vec<scheduler::Evaluation>) {
     let id = state.new_vm_id(name);
-    let nodes = state.scheduler_view(&leader.unresponsive(state), None);
+    let nodes = state.scheduler_view(&live.unresponsive(state), None);
     (id, scheduler::explain(&nodes, &view::request(id, name, spec), &state.meta.settings.placement))
 }
 
 /// A leader elected moments ago has not heard from every host yet; until
 /// it has (or three heartbeats have passed) it places nothing, rather than
 /// count a live host as dead or a dead one as live.
-fn await_liveness(state: &ClusterState, leader: &LeaderView) -> Result<()> {
-    if leader.is_new() && !leader.unresponsive(state).is_empty() {
+fn await_liveness(state: &ClusterState, live: &Liveness) -> Result<()> {
+    if live.is_new() && !live.unresponsive(state).is_empty() {
         return Err(Error::Unavailable(
             "the leader was elected moments ago and has not heard from every host yet".into(),
         ));
@@ -71,6 +72,7 @@ async fn create_on_leader(
     spec: &VmSpec,
 ) -> Result<pb::Vm> {
     for _ in 0..PLACEMENT_ATTEMPTS {
+        let live = leader.liveness();
         let planned = ctx.read(|d| {
             if let Some(existing) = d.state.vm_by_name(&req.name) {
                 if !req.request_id.is_empty() && existing.request_id == req.request_id {
@@ -78,8 +80,8 @@ async fn create_on_leader(
                 }
                 return Err(Error::from(Refusal::VmNameTaken { name: req.name.clone() }));
             }
-            await_liveness(&d.state, leader)?;
-            Ok(Ok(plan_new(&d.state, leader, &req.name, spec)))
+            await_liveness(&d.state, &live)?;
+            Ok(Ok(plan_new(&d.state, &live, &req.name, spec)))
         })?;
         let (id, evals) = match planned {
             Err(already_created) => return Ok(already_created),
@@ -131,17 +133,18 @@ fn unplaceable(req: &pb::CreateVmRequest, evals: &[scheduler::Evaluation]) -> Er
 /// on the leader, which alone knows which hosts are live.
 fn explain(ctx: &NodeCtx, leader: &LeaderView, req: &pb::ExplainRequest) -> Result<pb::Explanation> {
     let spec = req.spec.as_ref().map(validate_create).transpose()?;
+    let live = leader.liveness();
     ctx.read(|d| {
-        await_liveness(&d.state, leader)?;
+        await_liveness(&d.state, &live)?;
         let settings = &d.state.meta.settings.placement;
         let (name, evals) = match (&spec, &req.spec) {
-            (Some(spec), Some(r)) => (r.name.clone(), plan_new(&d.state, leader, &r.name, spec).1),
+            (Some(spec), Some(r)) => (r.name.clone(), plan_new(&d.state, &live, &r.name, spec).1),
             _ => {
                 let vm = d
                     .state
                     .vm_by_name(&req.name)
                     .ok_or_else(|| Error::NotFound(format!("no VM named {:?}; see `kvmesh vm list`", req.name)))?;
-                let nodes = d.state.scheduler_view(&leader.unresponsive(&d.state), Some(vm.id));
+                let nodes = d.state.scheduler_view(&live.unresponsive(&d.state), Some(vm.id));
                 (vm.name.clone(), scheduler::explain(&nodes, &view::vm_request(vm), settings))
             }
         };

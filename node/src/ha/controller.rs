@@ -105,6 +105,7 @@ async fn place_pending(
     leader: &LeaderView,
     observed: &BTreeMap<VmId, std::collections::BTreeSet<NodeId>>,
 ) -> crate::error::Result<()> {
+    let liveness = leader.liveness();
     let plan = ctx.read(|d| {
         let vms: Vec<scheduler::VmRequest> = decide::placeable(&d.state, observed)
             .iter()
@@ -114,7 +115,7 @@ async fn place_pending(
         if vms.is_empty() {
             return None;
         }
-        let nodes = d.state.scheduler_view(&leader.unresponsive(&d.state), None);
+        let nodes = d.state.scheduler_view(&liveness.unresponsive(&d.state), None);
         Some(scheduler::plan_restarts(&vms, &nodes, &d.state.meta.settings.placement))
     });
     let Some(plan) = plan else { return Ok(()) };

@@ -64,6 +64,31 @@ impl Heartbeats {
     }
 }
 
+/// A copy of what the leader has heard, taken at one instant.
+pub struct Liveness {
+    leads: bool,
+    heard: Heartbeats,
+    now: Instant,
+    heartbeat: Duration,
+}
+
+impl Liveness {
+    /// The `up` hosts this leader would not place anything new on: those it
+    /// has not heard from within three heartbeats, or not at all this term.
+    /// Empty on a follower, which places nothing.
+    pub fn unresponsive(&self, state: &ClusterState) -> BTreeSet<NodeId> {
+        if !self.leads {
+            return BTreeSet::new();
+        }
+        decide::unresponsive(state, &self.heard, self.now, self.heartbeat * 3)
+    }
+
+    /// Whether this leader is too new to have heard from every live host.
+    pub fn is_new(&self) -> bool {
+        self.heard.leader_since.is_none_or(|since| self.now.saturating_duration_since(since) < self.heartbeat * 3)
+    }
+}
+
 /// The leader's HA memory, shared by the controller and the API.
 pub struct LeaderView {
     pub table: Mutex<Heartbeats>,
@@ -87,23 +112,20 @@ impl LeaderView {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The `up` hosts this leader would not place anything new on: those it
-    /// has not heard from within three heartbeats, or not at all this term.
-    /// Empty on a follower, which places nothing.
-    pub fn unresponsive(&self, state: &ClusterState) -> BTreeSet<NodeId> {
-        if !(self.leads)() {
-            return BTreeSet::new();
-        }
+    /// What this leader has heard, copied out under the table's lock alone.
+    /// Callers read the replicated state afterwards: the controller holds
+    /// this lock while it reads the state, so taking them in the other order
+    /// could deadlock behind a waiting writer.
+    pub fn liveness(&self) -> Liveness {
+        let leads = (self.leads)();
         let hb = self.table();
-        decide::unresponsive(state, &hb, Instant::now(), self.heartbeat * 3)
+        let heard = Heartbeats {
+            term: hb.term,
+            leader_since: hb.leader_since,
+            seen: hb.seen.iter().map(|(id, s)| (*id, Seen { at: s.at, domains: Vec::new() })).collect(),
+        };
+        Liveness { leads, heard, now: Instant::now(), heartbeat: self.heartbeat }
     }
-
-    /// Whether this leader is too new to have heard from every live host.
-    pub fn is_new(&self) -> bool {
-        let hb = self.table();
-        hb.leader_since.is_none_or(|since| since.elapsed() < self.heartbeat * 3)
-    }
-
     /// Leader side of `Host.Heartbeat`: confirm quorum, record, acknowledge,
     /// and name the domains the host must destroy.
     pub async fn receive(&self, ctx: &NodeCtx, req: pb::HeartbeatRequest) -> Result<pb::HeartbeatAck, Status> {
