@@ -8,8 +8,10 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Current format of stored values.
-pub const FORMAT: u8 = 1;
+/// Current format of stored values. 2: the state gained the answers to
+/// recent writes and the count of VMs created; format 1 is not migrated
+/// (pre-release), it is refused with what to do.
+pub const FORMAT: u8 = 2;
 
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
@@ -33,6 +35,9 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T
     if format == 0 {
         return Err(Error::Decode { what, detail: "format byte 0 is not a kvmesh value".into() });
     }
+    if format < FORMAT {
+        return Err(Error::FormatTooOld { what, found: format, supported: FORMAT });
+    }
     let (value, used) =
         bincode::serde::decode_from_slice(body, config()).map_err(|e| Error::Decode { what, detail: e.to_string() })?;
     if used != body.len() {
@@ -50,6 +55,9 @@ pub fn decode_prefix<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> R
     }
     if format == 0 {
         return Err(Error::Decode { what, detail: "format byte 0 is not a kvmesh value".into() });
+    }
+    if format < FORMAT {
+        return Err(Error::FormatTooOld { what, found: format, supported: FORMAT });
     }
     bincode::serde::decode_from_slice(body, config())
         .map(|(v, _)| v)
@@ -82,6 +90,9 @@ mod tests {
         let mut newer = bytes.clone();
         newer[0] = FORMAT + 1;
         assert!(matches!(decode::<(u64, String)>("x", &newer), Err(Error::FormatTooNew { .. })));
+        let mut older = bytes.clone();
+        older[0] = FORMAT - 1;
+        assert!(matches!(decode::<(u64, String)>("x", &older), Err(Error::FormatTooOld { .. })));
         assert!(decode::<(u64, String)>("x", &[]).is_err());
         assert!(decode::<(u64, String)>("x", &[FORMAT, 0xff, 0xff]).is_err());
     }

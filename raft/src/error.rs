@@ -24,6 +24,11 @@ pub enum Error {
     )]
     FormatTooNew { what: &'static str, found: u8, supported: u8 },
 
+    #[error(
+        "{what} was written by an older kvmesh (format {found}; this build reads format {supported}) and pre-release formats are not migrated: remove this node with `kvmesh cluster remove` and rejoin it with an empty --data-dir"
+    )]
+    FormatTooOld { what: &'static str, found: u8, supported: u8 },
+
     /// A client request that cannot become a model value.
     #[error("{0}")]
     InvalidRequest(String),
