@@ -62,6 +62,7 @@ fn synthetic_node(i: usize) -> Node {
         state: NodeState::Up,
         joined_at_ms: now_ms(),
         labels: [("kvmesh.synthetic".to_string(), "true".to_string())].into(),
+        resume_as: None,
     }
 }
 

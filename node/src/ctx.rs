@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use kvmesh_proto::FORWARDED_HEADER;
 use kvmesh_raft::command::{Command, Response};
-use kvmesh_raft::network::lazy_channel;
+use kvmesh_raft::network::{lazy_channel, MembershipRefusals};
 use kvmesh_raft::store::{SharedState, SmData};
 use kvmesh_raft::types::{Raft, RaftMetrics};
 use kvmesh_raft::NodeId;
@@ -43,8 +43,13 @@ pub struct NodeCtx {
     pub membership_lock: tokio::sync::Mutex<()>,
     /// Set while `serve --join` is in progress, so `cluster init` is refused.
     pub joining: std::sync::atomic::AtomicBool,
-    /// Notified when the leader reports that it removed this node.
+    /// Notified once this node knows it was removed (the leader refused its
+    /// heartbeat, or a newer committed membership leaves it out).
     pub removed: std::sync::Arc<tokio::sync::Notify>,
+    /// Notified by a `Removed` notice: heartbeat the leader now.
+    pub recheck: std::sync::Arc<tokio::sync::Notify>,
+    /// Peers' refusals of this node's votes (see [`MembershipRefusals`]).
+    pub refusals: std::sync::Arc<MembershipRefusals>,
     /// This host's hypervisor (libvirt).
     pub hypervisor: std::sync::Arc<dyn crate::hypervisor::Hypervisor>,
     channels: Mutex<HashMap<String, Channel>>,
@@ -65,6 +70,7 @@ impl NodeCtx {
         state: SharedState,
         data_dir: DataDir,
         hypervisor: std::sync::Arc<dyn crate::hypervisor::Hypervisor>,
+        refusals: std::sync::Arc<MembershipRefusals>,
     ) -> Self {
         let raft_state = state.clone();
         NodeCtx {
@@ -80,6 +86,8 @@ impl NodeCtx {
             membership_lock: tokio::sync::Mutex::new(()),
             joining: std::sync::atomic::AtomicBool::new(false),
             removed: Default::default(),
+            recheck: Default::default(),
+            refusals,
             hypervisor,
             channels: Mutex::new(HashMap::new()),
             proposer: Proposer::start(id, raft.clone()),
@@ -141,16 +149,29 @@ impl NodeCtx {
         };
         let deadline = Instant::now() + Duration::from_millis(self.config.write_timeout_ms);
         let mut backoff = Duration::from_millis(20);
+        let mut unknown = None;
         loop {
             let last_error = match self.proposer.write(cmd.clone(), route == Route::LeaderOnly).await {
                 Ok(r) => return Ok(r),
                 Err(WriteFailure::NotLeader(m)) if route == Route::LeaderOnly => return Err(Error::Unavailable(m)),
+                Err(WriteFailure::OutcomeUnknown(m)) if route == Route::LeaderOnly => {
+                    return Err(Error::OutcomeUnknown(outcome_unknown(&m)))
+                }
                 Err(WriteFailure::NotLeader(m)) | Err(WriteFailure::Unreachable(m)) => m,
+                // Retried under the same request id: if the first try was
+                // committed, a new leader answers with its result.
+                Err(WriteFailure::OutcomeUnknown(m)) => {
+                    unknown = Some(m.clone());
+                    m
+                }
                 Err(WriteFailure::Membership(e)) => return Err(Error::FailedPrecondition(e)),
                 Err(WriteFailure::Fatal(f)) => return Err(Error::Raft(f)),
             };
             if Instant::now() + backoff >= deadline {
-                return Err(Error::Unavailable(self.no_leader_message(&last_error)));
+                return Err(match unknown {
+                    Some(m) => Error::OutcomeUnknown(outcome_unknown(&m)),
+                    None => Error::Unavailable(self.no_leader_message(&last_error)),
+                });
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(250));
@@ -223,6 +244,10 @@ impl NodeCtx {
             .map(|_| ())
             .map_err(|e| Error::Unavailable(format!("cannot confirm leadership for a consistent read: {e}")))
     }
+}
+
+fn outcome_unknown(detail: &str) -> String {
+    format!("the outcome of this write is unknown: {detail}. It may have been committed; look before retrying (`kvmesh vm list`, `kvmesh events`)")
 }
 
 /// Which node may propose a command.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvmesh_proto as pb;
-use kvmesh_raft::network::{Network, RaftService};
+use kvmesh_raft::network::{MembershipRefusals, Network, RaftService};
 use kvmesh_raft::types::Raft;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -68,14 +68,15 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|source| Error::Listen { address: config.listen.clone(), source })?;
-    let raft = Raft::new(id, raft_config, Network, log_store, state_machine)
+    let refusals = Arc::new(MembershipRefusals::default());
+    let raft = Raft::new(id, raft_config, Network::new(refusals.clone()), log_store, state_machine)
         .await
         .map_err(|e| Error::Raft(format!("cannot start raft: {e}")))?;
 
     let cpus = config.cpus.unwrap_or(host.cpus);
     let memory_mib = config.memory_mib.unwrap_or(host.memory_mib);
     let join = config.join.clone();
-    let ctx = Arc::new(NodeCtx::new(id, config, cpus, memory_mib, raft.clone(), state, data_dir, hypervisor));
+    let ctx = Arc::new(NodeCtx::new(id, config, cpus, memory_mib, raft.clone(), state, data_dir, hypervisor, refusals));
     info!(node = %ctx.name, id, address = %ctx.address, cpus, memory_mib, libvirt = %ctx.config.libvirt_uri, "kvmesh node starting");
 
     let leader = Arc::new(LeaderView::new(ctx.clone()));
@@ -113,16 +114,35 @@ pub async fn run(config: ServeConfig) -> Result<()> {
                 Err(e) => error!(error = %e, "gRPC server task failed"),
             }
         }
-        reason = watch_membership(ctx.clone()) => {
-            warn!("{reason}");
-            // Let the leader's answer to the remove request get out first.
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        ended = watch_membership(ctx.clone()) => {
+            let _ = tokio::time::timeout(Duration::from_secs(5), raft.shutdown()).await;
+            // Non-zero either way, so a service manager notices: a removed
+            // node must not be restarted as it is, a failed store needs a look.
+            return Err(match ended {
+                Ended::Removed(reason) => {
+                    error!("{reason}");
+                    crate::ha::host::leave(&ctx).await;
+                    Error::Removed(reason)
+                }
+                Ended::Fatal(reason) => {
+                    error!("{reason}");
+                    Error::Raft(reason)
+                }
+            });
         }
         _ = shutdown_signal() => info!("shutting down on signal"),
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), raft.shutdown()).await;
     info!("stopped");
     Ok(())
+}
+
+/// Why the daemon stops on its own.
+enum Ended {
+    /// This node is no longer a member of its cluster.
+    Removed(String),
+    /// Raft stopped: a storage error (a full or failing disk) or a bug.
+    Fatal(String),
 }
 
 /// Builds a snapshot when the log since the last one outgrows
@@ -172,8 +192,12 @@ async fn serve_grpc(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(
-            pb::raft_server::RaftServer::new(RaftService::new(ctx.raft.clone(), ctx.removed.clone()))
-                .max_decoding_message_size(256 << 20),
+            pb::raft_server::RaftServer::new(RaftService::new(
+                ctx.raft.clone(),
+                ctx.state.clone(),
+                ctx.recheck.clone(),
+            ))
+            .max_decoding_message_size(256 << 20),
         )
         .add_service(pb::cluster_server::ClusterServer::new(ClusterService::new(ctx.clone(), leader.clone())))
         .add_service(pb::vms_server::VmsServer::new(VmsService::new(ctx.clone(), leader.clone())))
@@ -250,25 +274,49 @@ async fn join_cluster(ctx: &NodeCtx, target: &str) -> Result<()> {
     }
 }
 
-/// Resolves when this node has been removed from the cluster (a committed
-/// membership without it, after it had been a member).
-async fn watch_membership(ctx: Arc<NodeCtx>) -> String {
+/// Resolves when this node must stop: it was removed from the cluster (a
+/// committed membership without it, after it had been a member, or the
+/// leader's word; see [`crate::ha::host`]), or its Raft stopped.
+async fn watch_membership(ctx: Arc<NodeCtx>) -> Ended {
     let notified = ctx.removed.clone();
     tokio::select! {
-        reason = watch_own_membership(ctx.clone()) => reason,
-        _ = notified.notified() => format!(
-            "node {} was removed from the cluster; stopping. To rejoin, start it with an empty --data-dir and --join",
-            ctx.name
-        ),
+        ended = watch_raft(ctx.clone()) => ended,
+        _ = notified.notified() => Ended::Removed(removed_message(&ctx)),
+        _ = refused_by_newer_membership(&ctx) => Ended::Removed(removed_message(&ctx)),
     }
 }
 
-async fn watch_own_membership(ctx: Arc<NodeCtx>) -> String {
+/// Resolves once a peer refused this node's vote on the strength of a
+/// committed membership newer than this node's own: one that left it out.
+/// A refusal from a peer with an older membership only means the peer lags.
+async fn refused_by_newer_membership(ctx: &NodeCtx) {
+    loop {
+        ctx.refusals.changed.notified().await;
+        let mine = ctx.metrics().membership_config.log_id().map_or(0, |l| l.index);
+        if ctx.refusals.highest().is_some_and(|theirs| theirs > mine) {
+            return;
+        }
+    }
+}
+
+fn removed_message(ctx: &NodeCtx) -> String {
+    format!(
+        "node {} is not a member of its cluster any more (it was removed); stopping. To rejoin, move its data dir aside and start it with an empty --data-dir and --join <member>",
+        ctx.name
+    )
+}
+
+async fn watch_raft(ctx: Arc<NodeCtx>) -> Ended {
     let mut rx = ctx.raft.metrics();
     let mut was_member = false;
     loop {
         {
             let m = rx.borrow_and_update();
+            if let Err(fatal) = &m.running_state {
+                return Ended::Fatal(format!(
+                    "raft stopped: {fatal}. This node serves nothing until restarted; if the disk is full or failing, fix it first"
+                ));
+            }
             let membership = &m.membership_config;
             let is_member = membership.membership().get_node(&ctx.id).is_some();
             let committed = match (membership.log_id(), m.last_applied) {
@@ -278,14 +326,11 @@ async fn watch_own_membership(ctx: Arc<NodeCtx>) -> String {
             if is_member {
                 was_member = true;
             } else if was_member && committed {
-                return format!(
-                    "node {} was removed from the cluster; stopping. To rejoin, start it with an empty --data-dir and --join",
-                    ctx.name
-                );
+                return Ended::Removed(removed_message(&ctx));
             }
         }
         if rx.changed().await.is_err() {
-            return "raft stopped".into();
+            return Ended::Fatal("raft stopped".into());
         }
     }
 }

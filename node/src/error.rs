@@ -40,6 +40,15 @@ pub enum Error {
     #[error("raft: {0}")]
     Raft(String),
 
+    /// This node was removed from its cluster.
+    #[error("{0}")]
+    Removed(String),
+
+    /// A write was proposed but its leader failed before answering: it may
+    /// or may not have been committed.
+    #[error("{0}")]
+    OutcomeUnknown(String),
+
     #[error("timed out: {0}")]
     Timeout(String),
 
@@ -86,6 +95,8 @@ impl From<Error> for Status {
             Error::Timeout(_) => Code::DeadlineExceeded,
             Error::DataDir { .. } | Error::Store(_) | Error::Listen { .. } | Error::Raft(_) => Code::Internal,
             Error::Hypervisor(_) => Code::Internal,
+            Error::Removed(_) => Code::FailedPrecondition,
+            Error::OutcomeUnknown(_) => Code::Unknown,
         };
         let msg = match e {
             // Status messages reach the CLI as-is; skip the variant prefixes.

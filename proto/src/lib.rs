@@ -27,3 +27,10 @@ pub const PROTOCOL_HEADER: &str = "kvmesh-protocol";
 
 /// gRPC metadata key set when a node forwards a client write to the leader.
 pub const FORWARDED_HEADER: &str = "kvmesh-forwarded";
+
+/// Starts the message of a `FAILED_PRECONDITION` that tells a node it is not
+/// a member of the answering node's cluster. From the leader (a refused
+/// heartbeat) it is final; from a peer (a refused vote) it carries the log
+/// index of the peer's committed membership, `"<marker> at <index>: …"`, to
+/// be weighed against the node's own.
+pub const NOT_A_MEMBER: &str = "kvmesh-not-a-member";

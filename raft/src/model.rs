@@ -67,6 +67,9 @@ pub struct Node {
     pub state: NodeState,
     pub joined_at_ms: u64,
     pub labels: BTreeMap<String, String>,
+    /// While down: the state to return to when it heartbeats again, if not
+    /// `up` (a drain or maintenance survives an outage or a partition).
+    pub resume_as: Option<NodeState>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,11 +8,14 @@
 //! remote Raft errors are rebuilt faithfully. Both sides stamp and check
 //! [`PROTOCOL_VERSION`], so mismatched releases refuse each other clearly.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use kvmesh_proto::raft_client::RaftClient;
 use kvmesh_proto::raft_server;
-use kvmesh_proto::{RaftMessage, PROTOCOL_HEADER, PROTOCOL_VERSION};
+use kvmesh_proto::{RaftMessage, NOT_A_MEMBER, PROTOCOL_HEADER, PROTOCOL_VERSION};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -24,6 +27,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::codec;
+use crate::store::SharedState;
 use crate::types::{MemberNode, NodeId, Raft, TypeConfig};
 
 /// Builds a lazily connecting channel to a peer's gRPC address.
@@ -37,14 +41,58 @@ pub fn lazy_channel(address: &str, connect_timeout: Duration) -> Result<Channel,
 
 /// Creates one [`PeerClient`] per replication target.
 #[derive(Clone, Default)]
-pub struct Network;
+pub struct Network {
+    refusals: Arc<MembershipRefusals>,
+}
+
+impl Network {
+    /// Peers' refusals of this node's votes are recorded in `refusals`.
+    pub fn new(refusals: Arc<MembershipRefusals>) -> Self {
+        Network { refusals }
+    }
+}
+
+/// Peers that refused this node's vote requests because their committed
+/// membership does not hold it: the highest log index of such a membership.
+/// The daemon weighs it against its own membership's index: a newer
+/// committed membership without this node means it was removed; an older
+/// one means the peer lags, and is ignored.
+#[derive(Debug, Default)]
+pub struct MembershipRefusals {
+    highest: Mutex<Option<u64>>,
+    pub changed: Notify,
+}
+
+impl MembershipRefusals {
+    fn record(&self, index: u64) {
+        let mut highest = self.highest.lock().unwrap_or_else(|p| p.into_inner());
+        *highest = Some(highest.map_or(index, |h| h.max(index)));
+        drop(highest);
+        self.changed.notify_one();
+    }
+
+    pub fn highest(&self) -> Option<u64> {
+        *self.highest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The index a peer's "not a member" refusal carries (see [`NOT_A_MEMBER`]).
+fn refusal_index(message: &str) -> Option<u64> {
+    let rest = message.split(NOT_A_MEMBER).nth(1)?.strip_prefix(" at ")?;
+    rest.split(':').next()?.trim().parse().ok()
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> Self::Network {
         let channel = lazy_channel(&node.address, Duration::from_millis(500));
-        PeerClient { target, address: node.address.clone(), client: channel.ok().map(RaftClient::new) }
+        PeerClient {
+            target,
+            address: node.address.clone(),
+            client: channel.ok().map(RaftClient::new),
+            refusals: self.refusals.clone(),
+        }
     }
 }
 
@@ -53,6 +101,7 @@ pub struct PeerClient {
     address: String,
     /// `None` if the address does not even parse; every call is then unreachable.
     client: Option<RaftClient<Channel>>,
+    refusals: Arc<MembershipRefusals>,
 }
 
 #[derive(Clone, Copy)]
@@ -83,6 +132,11 @@ impl PeerClient {
             Rpc::Vote => client.vote(request).await,
             Rpc::InstallSnapshot => client.install_snapshot(request).await,
         };
+        if let Err(status) = &reply {
+            if let Some(index) = refusal_index(status.message()) {
+                self.refusals.record(index);
+            }
+        }
         let reply = reply.map_err(|status| status_to_rpc_error(&self.address, status))?;
         let result: Result<Resp, RaftError<NodeId, E>> = codec::from_wire("raft reply", &reply.into_inner().payload)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -138,13 +192,35 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 /// returns the encoded `Result`.
 pub struct RaftService {
     raft: Raft,
-    removed: std::sync::Arc<tokio::sync::Notify>,
+    state: SharedState,
+    recheck: Arc<Notify>,
 }
 
 impl RaftService {
-    /// `removed` is notified when the leader reports this node removed.
-    pub fn new(raft: Raft, removed: std::sync::Arc<tokio::sync::Notify>) -> Self {
-        RaftService { raft, removed }
+    /// `recheck` is notified when a `Removed` notice arrives: the node then
+    /// asks its leader at once (a notice alone stops nothing, so a forged
+    /// one cannot take a healthy voter down).
+    pub fn new(raft: Raft, state: SharedState, recheck: Arc<Notify>) -> Self {
+        RaftService { raft, state, recheck }
+    }
+
+    /// Refuses a vote request from a node outside this node's committed
+    /// membership (a removed node that missed its removal keeps asking):
+    /// denying a vote never costs safety, and the answer tells the
+    /// candidate which membership left it out.
+    fn check_candidate(&self, candidate: NodeId) -> Result<(), Status> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = &m.membership_config;
+        let Some(at) = membership.log_id().map(|l| l.index) else { return Ok(()) };
+        let committed = m.last_applied.is_some_and(|a| a.index >= at);
+        let known = membership.membership().get_node(&candidate).is_some();
+        let empty = membership.membership().voter_ids().next().is_none();
+        if committed && !known && !empty {
+            return Err(Status::failed_precondition(format!(
+                "{NOT_A_MEMBER} at {at}: node {candidate} is not in the membership this node committed at log index {at}"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -179,6 +255,7 @@ impl raft_server::Raft for RaftService {
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let req: VoteRequest<NodeId> = decode(request)?;
+        self.check_candidate(req.vote.leader_id().voted_for().unwrap_or_default())?;
         encode(&self.raft.vote(req).await)
     }
 
@@ -203,8 +280,16 @@ impl raft_server::Raft for RaftService {
         if notice.node_id != me {
             return Err(Status::invalid_argument(format!("this is node {me}, not {}", notice.node_id)));
         }
-        tracing::warn!(cluster = %notice.cluster_id, "the leader removed this node from the cluster");
-        self.removed.notify_one();
+        let mine = self.state.read().unwrap_or_else(|p| p.into_inner()).state.cluster_id().map(str::to_string);
+        if mine.as_deref() != Some(notice.cluster_id.as_str()) {
+            return Err(Status::permission_denied(format!(
+                "this node belongs to cluster {}, not {}",
+                mine.as_deref().unwrap_or("(none)"),
+                notice.cluster_id
+            )));
+        }
+        tracing::warn!(cluster = %notice.cluster_id, "told this node was removed; asking the leader");
+        self.recheck.notify_one();
         Ok(Response::new(kvmesh_proto::RemovedAck {}))
     }
 }

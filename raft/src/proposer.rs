@@ -49,6 +49,10 @@ pub enum WriteFailure {
     /// connection broke): whether it committed is unknown, so retry.
     Unreachable(String),
     Membership(String),
+    /// The leader's Raft stopped (a storage error) after the write was
+    /// proposed: it may have been committed. A retry under the same request
+    /// id gets the first answer if it was.
+    OutcomeUnknown(String),
     Fatal(String),
 }
 
@@ -58,6 +62,7 @@ impl std::fmt::Display for WriteFailure {
             WriteFailure::NotLeader(m)
             | WriteFailure::Unreachable(m)
             | WriteFailure::Membership(m)
+            | WriteFailure::OutcomeUnknown(m)
             | WriteFailure::Fatal(m) => f.write_str(m),
         }
     }
@@ -251,6 +256,8 @@ fn failure(e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>) -> WriteF
             WriteFailure::NotLeader("leadership changed during the write".into())
         }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => WriteFailure::Membership(e.to_string()),
-        RaftError::Fatal(f) => WriteFailure::Fatal(f.to_string()),
+        RaftError::Fatal(f) => {
+            WriteFailure::OutcomeUnknown(format!("the leader's raft stopped while the write was in flight ({f})"))
+        }
     }
 }

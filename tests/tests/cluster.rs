@@ -129,9 +129,12 @@ fn fourth_node_is_a_learner_and_removal_keeps_three_voters() -> Result<()> {
     let s = c.wait_members(leader, 3, 3)?;
     assert!(s["members"].as_array().unwrap().iter().all(|m| m["name"] != victim_name.as_str()));
     assert!(s["members"].as_array().unwrap().iter().any(|m| m["name"] == "n4" && m["role"] == "voter"));
+    // Non-zero, so `Restart=on-failure` does not bring it back as it is,
+    // and saying how to rejoin.
     let code = c.nodes[victim].wait_exit(Duration::from_secs(15))?;
-    assert_eq!(code, Some(0));
-    assert!(c.log_text(victim).contains("removed from the cluster"));
+    assert_eq!(code, Some(1));
+    let log = c.log_text(victim);
+    assert!(log.contains("was removed") && log.contains("--join"), "{log}");
     let nodes = c.cli_ok(leader, &["node", "list"])?;
     assert_eq!(nodes.as_array().unwrap().len(), 3);
 

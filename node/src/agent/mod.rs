@@ -10,7 +10,7 @@
 
 pub mod plan;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,11 +23,14 @@ use crate::ctx::{now_ms, NodeCtx};
 use crate::error::{Error, Result};
 use crate::ha::Lease;
 use crate::hypervisor::{blocking, DiskRequest, DomainSpec};
-use plan::{Action, Memory, Timing, Want};
+use plan::{Action, Memory, Standing, Timing, Want};
 
-/// The VMs placed on `node`, and the ids of every VM in the cluster.
-pub fn wants_for(state: &ClusterState, node: u64) -> (Vec<Want>, BTreeSet<u64>) {
-    (wants(state, node), state.vms.keys().copied().collect())
+/// The VMs placed on `node`, and every VM in the cluster with the highest
+/// epoch it was ever placed at.
+pub fn wants_for(state: &ClusterState, node: u64) -> (Vec<Want>, BTreeMap<u64, u64>) {
+    let last_epochs =
+        state.vms.values().map(|v| (v.id, v.last_epoch.max(v.placement.map_or(0, |p| p.epoch)))).collect();
+    (wants(state, node), last_epochs)
 }
 
 /// The VMs placed on `node`.
@@ -115,12 +118,19 @@ async fn reconcile(
     memory: &mut HashMap<u64, Memory>,
     timing: &Timing,
 ) -> Result<usize> {
-    let (wants, all_vms) = ctx.read(|d| wants_for(&d.state, ctx.id));
+    let (wants, last_epochs, applied) = ctx.read(|d| {
+        let (w, l) = wants_for(&d.state, ctx.id);
+        (w, l, d.last_applied.map(|l| l.index))
+    });
     let domains = blocking(&ctx.hypervisor, |hv| hv.list()).await?;
     // Checked first on every pass, so a host resuming from a pause does not
-    // run an HA guest on an expired lease.
-    let fenced = lease.expired() && !cfg!(feature = "unsafe-no-fencing");
-    let actions = plan::plan(&wants, &domains, &all_vms, memory, now_ms(), timing, fenced);
+    // run an HA guest on an expired lease, and a restarted one acts on
+    // nothing it has not caught up on.
+    let standing = lease.standing(applied);
+    if standing != Standing::Current {
+        debug!(?standing, "not acting on the local replica yet");
+    }
+    let actions = plan::plan(&wants, &domains, &last_epochs, memory, now_ms(), timing, standing);
     let count = actions.len();
     for action in actions {
         debug!(?action, "agent action");

@@ -2,10 +2,10 @@
 //! libvirt reports, and what the agent remembers, decide what to do.
 //!
 //! No I/O and no clock: `now_ms` is an input, so every rule (crash backoff,
-//! the ACPI shutdown timeout, "no retry storm" after a failure) is tested
-//! with plain values.
+//! the ACPI shutdown timeout, "no retry storm" after a failure, "nothing
+//! starts before this host has caught up") is tested with plain values.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use kvmesh_raft::model::{Desired, VmState};
 
@@ -79,6 +79,23 @@ pub enum Action {
     },
 }
 
+/// Where this host stands with the cluster; it bounds what a pass may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// The lease is valid and the local replica has applied everything the
+    /// leader had committed when it last acknowledged a heartbeat: the
+    /// local state is as new as the cluster's, so the agent acts on it.
+    Current,
+    /// The lease is valid but the replica is behind (just restarted, or
+    /// catching up): what it says may be stale, so nothing is defined,
+    /// started, stopped or reported. Only domains the stale state already
+    /// proves superseded (their VM was placed again since) are removed.
+    Behind,
+    /// No valid lease: as `Behind`, and HA guests are destroyed, since the
+    /// leader may be restarting them elsewhere.
+    Fenced,
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
     pub shutdown_timeout_ms: u64,
@@ -106,17 +123,18 @@ fn report(out: &mut Vec<Action>, want: &Want, mem: &mut Memory, state: VmState, 
     }
 }
 
-/// Plans one reconcile pass. `all_vms` holds every VM id in the cluster
-/// state, to tell a VM that moved away (keep its disks) from one that is
-/// gone (delete them).
+/// Plans one reconcile pass. `last_epochs` holds every VM in the cluster
+/// state with the highest epoch it was placed at, to tell a VM that moved
+/// away (keep its disks) from one that is gone (delete them), and a copy
+/// that was provably superseded from one the state may not know of yet.
 pub fn plan(
     wants: &[Want],
     domains: &[Domain],
-    all_vms: &BTreeSet<u64>,
+    last_epochs: &BTreeMap<u64, u64>,
     memory: &mut HashMap<u64, Memory>,
     now_ms: u64,
     timing: &Timing,
-    fenced: bool,
+    standing: Standing,
 ) -> Vec<Action> {
     let mut out = Vec::new();
     let wanted: HashMap<u64, &Want> = wants.iter().map(|w| (w.vm_id, w)).collect();
@@ -125,8 +143,12 @@ pub fn plan(
     // epoch means the VM was placed again, so this copy must not run.
     for d in domains {
         let current = wanted.get(&d.vm_id).is_some_and(|w| w.epoch == d.epoch);
-        if !current {
-            out.push(Action::Remove { domain: d.name.clone(), vm_id: d.vm_id, keep_disks: all_vms.contains(&d.vm_id) });
+        let superseded = last_epochs.get(&d.vm_id).is_some_and(|last| *last > d.epoch);
+        // Behind, "not placed here" may only mean "placed here by an entry
+        // not applied yet"; a later epoch is proof even in an old state.
+        if !current && (standing == Standing::Current || superseded) {
+            let keep_disks = last_epochs.contains_key(&d.vm_id);
+            out.push(Action::Remove { domain: d.name.clone(), vm_id: d.vm_id, keep_disks });
         }
     }
     memory.retain(|id, _| wanted.contains_key(id));
@@ -136,6 +158,9 @@ pub fn plan(
         let mem = memory.entry(want.vm_id).or_insert_with(|| Memory {
             desired_gen: want.desired_gen,
             restart_done: want.restart_gen,
+            // First sight (a restarted daemon): a replicated failure holds
+            // until the operator asks again, as it did before the restart.
+            failed_gen: matches!(want.reported, Some((VmState::Failed, _))).then_some(want.desired_gen),
             ..Memory::default()
         });
         if mem.desired_gen != want.desired_gen {
@@ -149,12 +174,15 @@ pub fn plan(
             report(&mut out, want, mem, VmState::Deleted, None);
             continue;
         }
-        if fenced && want.ha {
+        if standing == Standing::Fenced && want.ha {
             // Self-fencing: without a valid lease an HA guest must not run
             // here; the leader may be restarting it elsewhere.
-            if have.is_some_and(|h| h.state == RunState::Running) {
+            if have.is_some_and(|h| h.state.is_live()) {
                 out.push(Action::Destroy { domain: want.domain.clone() });
             }
+            continue;
+        }
+        if standing != Standing::Current {
             continue;
         }
         match want.desired {
@@ -188,7 +216,7 @@ fn plan_running(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: 
             }
             report(out, want, mem, VmState::Running, None);
         }
-        RunState::Paused => {}
+        RunState::Paused | RunState::Changing => {}
         RunState::Off(reason) => {
             mem.running_since_ms = None;
             mem.restart_done = want.restart_gen;
@@ -220,7 +248,7 @@ fn plan_running(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: 
 fn plan_stopped(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: &mut Memory, now: u64, t: &Timing) {
     mem.running_since_ms = None;
     match have.map(|h| h.state) {
-        Some(RunState::Running) | Some(RunState::Paused) => {
+        Some(RunState::Running | RunState::Paused | RunState::Changing) => {
             let domain = want.domain.clone();
             match mem.stop_requested_at_ms {
                 _ if want.force_stop => out.push(Action::Destroy { domain }),

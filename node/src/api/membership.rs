@@ -84,6 +84,7 @@ pub fn self_record(ctx: &NodeCtx) -> Node {
         state: NodeState::Up,
         joined_at_ms: now_ms(),
         labels: ctx.config.labels.clone(),
+        resume_as: None,
     }
 }
 
@@ -124,6 +125,7 @@ pub async fn join(ctx: &NodeCtx, req: pb::JoinRequest) -> Result<pb::JoinRespons
         state: NodeState::Up,
         joined_at_ms: now_ms(),
         labels: req.labels.clone().into_iter().collect(),
+        resume_as: None,
     };
     if let Response::Refused(r) = ctx.propose_as_leader(Command::AddNode { node, at_ms: now_ms() }).await? {
         return Err(r.into());

@@ -1,7 +1,7 @@
 //! The leader's HA loop: turns heartbeats into node state changes, places
 //! VMs that lost their host, finishes drains, and replaces dead voters.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,14 +54,19 @@ async fn tick(
     let now = Instant::now();
     let down_after = Duration::from_millis(ctx.config.down_after_ms);
     let fresh = Duration::from_millis(ctx.config.heartbeat_ms * 3);
-    let (actions, observed) = {
+    let (actions, observed, released) = {
         let hb = leader.table.lock().unwrap_or_else(|p| p.into_inner());
         let observed = hb.observed(now, down_after);
+        let released = ctx.read(|d| decide::released_moves(&d.state, &hb, now, fresh, down_after));
         let actions = ctx.read(|d| {
             let live: BTreeMap<NodeId, Liveness> = d
                 .state
                 .nodes
                 .keys()
+                .copied()
+                .chain(decide::removed_hosts(&d.state))
+                .collect::<Vec<_>>()
+                .iter()
                 .map(|id| {
                     let seen = hb.seen.get(id);
                     let domains = seen.map(|s| s.domains.as_slice()).unwrap_or(&[]);
@@ -75,7 +80,7 @@ async fn tick(
                 .collect();
             decide::node_actions(&d.state, &live, down_after, fresh)
         });
-        (actions, observed)
+        (actions, observed, released)
     };
     for action in actions {
         let cmd = match action {
@@ -93,7 +98,7 @@ async fn tick(
         };
         ctx.propose_as_leader(cmd).await?;
     }
-    place_pending(ctx, leader, &observed).await?;
+    place_pending(ctx, leader, &observed, &released).await?;
     replace_dead_voters(ctx, down_since).await;
     Ok(())
 }
@@ -103,11 +108,12 @@ async fn tick(
 async fn place_pending(
     ctx: &Arc<NodeCtx>,
     leader: &LeaderView,
-    observed: &BTreeMap<VmId, std::collections::BTreeSet<NodeId>>,
+    observed: &BTreeMap<VmId, BTreeSet<NodeId>>,
+    released: &BTreeSet<VmId>,
 ) -> crate::error::Result<()> {
     let liveness = leader.liveness();
     let plan = ctx.read(|d| {
-        let vms: Vec<scheduler::VmRequest> = decide::placeable(&d.state, observed)
+        let vms: Vec<scheduler::VmRequest> = decide::placeable(&d.state, observed, released)
             .iter()
             .filter_map(|id| d.state.vms.get(id))
             .map(view::vm_request)

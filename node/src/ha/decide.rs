@@ -82,18 +82,71 @@ pub fn node_actions(
             _ => {}
         }
     }
+    // Removed hosts that VMs are still placed on: once silent for
+    // down_after (fenced by then, if alive), handled as a down host.
+    for id in removed_hosts(state) {
+        let silent = live.get(&id).is_some_and(|l| l.silent_for > down_after);
+        let releasable = state.vms.values().any(|v| {
+            v.placement.map(|p| p.node) == Some(id)
+                && (v.deleting.is_some() || (v.spec.ha && v.desired == Desired::Running))
+        });
+        if silent && releasable {
+            out.push(NodeAction::Down(id));
+        }
+    }
     out
 }
 
+/// Hosts that VMs are placed on but that are no longer in the cluster
+/// (removed with `--force` while they had VMs).
+pub fn removed_hosts(state: &ClusterState) -> BTreeSet<NodeId> {
+    state.vms.values().filter_map(|v| v.placement.map(|p| p.node)).filter(|n| !state.nodes.contains_key(n)).collect()
+}
+
 /// VMs that should run but have no host, and that no live host reports
-/// running: these may be placed now.
-pub fn placeable(state: &ClusterState, observed: &BTreeMap<VmId, BTreeSet<NodeId>>) -> Vec<VmId> {
+/// running: these may be placed now. A VM moving off a draining host also
+/// needs that host's word that it stopped it (`released`, see
+/// [`released_moves`]): silence is not enough, since a partitioned host
+/// that never heard of the drain keeps running it.
+pub fn placeable(
+    state: &ClusterState,
+    observed: &BTreeMap<VmId, BTreeSet<NodeId>>,
+    released: &BTreeSet<VmId>,
+) -> Vec<VmId> {
     state
         .vms
         .values()
         .filter(|v| v.placement.is_none() && v.desired == Desired::Running && v.deleting.is_none())
         .filter(|v| observed.get(&v.id).is_none_or(|nodes| nodes.is_empty()))
+        .filter(|v| v.moving_from.is_none() || released.contains(&v.id))
         .map(|v| v.id)
+        .collect()
+}
+
+/// VMs moving off a host (a drain) that may start elsewhere: the host's
+/// latest heartbeat, at most `fresh` old, no longer lists them; or the VM is
+/// HA and the host has been silent for `down_after`, so it has fenced it.
+/// A non-HA VM of a silent host waits for it, or for `vm recover`.
+pub fn released_moves(
+    state: &ClusterState,
+    hb: &Heartbeats,
+    now: Instant,
+    fresh: Duration,
+    down_after: Duration,
+) -> BTreeSet<VmId> {
+    state
+        .vms
+        .values()
+        .filter(|v| v.placement.is_none())
+        .filter_map(|v| v.moving_from.map(|from| (v, from)))
+        .filter(|(v, from)| {
+            let stopped_there = hb.seen.get(from).is_some_and(|seen| {
+                now.saturating_duration_since(seen.at) <= fresh
+                    && !seen.domains.iter().any(|(id, _, running)| *id == v.id && *running)
+            });
+            stopped_there || (v.spec.ha && hb.silent_for(*from, now) > down_after)
+        })
+        .map(|(v, _)| v.id)
         .collect()
 }
 
@@ -134,6 +187,7 @@ mod tests {
             state: NodeState::Up,
             joined_at_ms: 0,
             labels: Default::default(),
+            resume_as: None,
         };
         s.apply(&Command::Init { cluster_id: "c".into(), settings: Settings::default(), node: node(1), at_ms: 0 });
         s.apply(&Command::AddNode { node: node(2), at_ms: 0 });
@@ -154,8 +208,8 @@ mod tests {
         assert_eq!(node_actions(&s, &l, down, fresh), vec![NodeAction::Down(1)]);
         s.apply(&Command::NodeDown { id: 1, at_ms: 1 });
         // The HA VM is unplaced and may be placed once nobody reports it running.
-        assert_eq!(placeable(&s, &BTreeMap::new()), vec![10]);
-        assert!(placeable(&s, &[(10, [1].into())].into()).is_empty());
+        assert_eq!(placeable(&s, &BTreeMap::new(), &BTreeSet::new()), vec![10]);
+        assert!(placeable(&s, &[(10, [1].into())].into(), &BTreeSet::new()).is_empty());
         // Back with a stale copy: not up until it is gone.
         let back: BTreeMap<_, _> = [(1, live(500, false, 1))].into();
         assert!(node_actions(&s, &back, down, fresh).is_empty());
@@ -218,5 +272,75 @@ mod tests {
             node_actions(&s, &l, Duration::from_secs(8), Duration::from_secs(2)),
             vec![NodeAction::Maintenance(1)]
         );
+    }
+
+    fn add_vm(s: &mut ClusterState, id: VmId, name: &str, ha: bool, node: NodeId) {
+        let vm = Vm::placed(id, name, VmSpec { vcpus: 1, memory_mib: 64, ha, ..Default::default() }, node, 0);
+        s.apply(&Command::CreateVm { vm: Box::new(vm), at_ms: 0 });
+    }
+
+    fn heard(hb: &mut Heartbeats, node: NodeId, at: Instant, running: &[VmId]) {
+        let domains = running.iter().map(|v| (*v, 1, true)).collect();
+        hb.seen.insert(node, super::super::leader::Seen { at, domains });
+    }
+
+    #[test]
+    fn a_drained_vm_moves_only_once_its_host_says_it_stopped_it_or_fenced_it() {
+        let mut s = state();
+        add_vm(&mut s, 11, "db", false, 1);
+        s.apply(&Command::SetNodeState { id: 1, state: NodeState::Draining, at_ms: 1 });
+        let (fresh, down) = (Duration::from_secs(2), Duration::from_secs(8));
+        let t0 = Instant::now();
+        let mut hb = Heartbeats::default();
+        hb.for_term(1, t0);
+        heard(&mut hb, 1, t0, &[10, 11]);
+        // Still listed: nothing moves.
+        assert!(released_moves(&s, &hb, t0, fresh, down).is_empty());
+        // Host 1 goes silent (a partition): silence is no proof for the
+        // non-HA VM, ever; the HA one is fenced after down_after.
+        let later = t0 + Duration::from_secs(9);
+        assert_eq!(released_moves(&s, &hb, later, fresh, down), [10].into());
+        assert!(placeable(&s, &BTreeMap::new(), &released_moves(&s, &hb, later, fresh, down)) == vec![10]);
+        // The host answers again without the VMs: both may move.
+        heard(&mut hb, 1, later, &[]);
+        assert_eq!(released_moves(&s, &hb, later, fresh, down), [10, 11].into());
+    }
+
+    #[test]
+    fn a_drain_survives_an_outage_and_a_silent_drained_vm_waits_for_recover() {
+        let mut s = state();
+        add_vm(&mut s, 11, "db", false, 1);
+        s.apply(&Command::SetNodeState { id: 1, state: NodeState::Draining, at_ms: 1 });
+        s.apply(&Command::NodeDown { id: 1, at_ms: 2 });
+        assert_eq!(s.nodes[&1].state, NodeState::Down);
+        // `vm recover` vouches for the non-HA VM of the down host.
+        s.apply(&Command::RecoverVm { name: "db".into(), at_ms: 3 });
+        assert_eq!(s.vms[&11].moving_from, None);
+        assert!(placeable(&s, &BTreeMap::new(), &BTreeSet::new()).contains(&11));
+        // Back: still draining, not up.
+        s.apply(&Command::NodeUp { id: 1, at_ms: 4 });
+        assert_eq!(s.nodes[&1].state, NodeState::Draining);
+    }
+
+    #[test]
+    fn a_force_removed_hosts_vms_wait_until_it_has_been_silent_for_down_after() {
+        let mut s = state();
+        add_vm(&mut s, 11, "db", false, 1);
+        s.apply(&Command::RemoveNode { id: 1, force: true, at_ms: 1 });
+        assert!(!s.nodes.contains_key(&1));
+        assert_eq!(s.vms[&10].placement.map(|p| p.node), Some(1), "HA VM still placed on the removed host");
+        assert_eq!(removed_hosts(&s), [1].into());
+        let (down, fresh) = (Duration::from_secs(8), Duration::from_secs(2));
+        let l: BTreeMap<_, _> = [(1, live(7_000, true, 0)), (2, live(100, true, 0))].into();
+        assert!(node_actions(&s, &l, down, fresh).is_empty(), "not silent long enough");
+        let l: BTreeMap<_, _> = [(1, live(8_001, true, 0)), (2, live(100, true, 0))].into();
+        assert_eq!(node_actions(&s, &l, down, fresh), vec![NodeAction::Down(1)]);
+        s.apply(&Command::NodeDown { id: 1, at_ms: 2 });
+        assert_eq!(placeable(&s, &BTreeMap::new(), &BTreeSet::new()), vec![10]);
+        // The non-HA VM waits for `vm recover`, after which nothing repeats.
+        assert_eq!(s.vms[&11].placement.map(|p| p.node), Some(1));
+        assert!(node_actions(&s, &l, down, fresh).is_empty());
+        s.apply(&Command::RecoverVm { name: "db".into(), at_ms: 3 });
+        assert!(placeable(&s, &BTreeMap::new(), &BTreeSet::new()).contains(&11));
     }
 }

@@ -12,40 +12,74 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvmesh_proto as pb;
+use kvmesh_proto::NOT_A_MEMBER;
 use kvmesh_raft::model::{domain_name, ClusterState, VmId};
 use tonic::Status;
 use tracing::{info, warn};
 
 use super::leader::LeaderView;
+use crate::agent::plan::Standing;
 use crate::ctx::{forward, NodeCtx};
-use crate::hypervisor::{blocking, Domain, RunState};
+use crate::hypervisor::{blocking, Domain};
 
-/// This host's lease: when the latest acknowledged heartbeat was sent.
+/// This host's lease: when the latest acknowledged heartbeat was sent, and
+/// the leader's commit index it carried (its read index).
 #[derive(Debug)]
 pub struct Lease {
-    sent: Mutex<Option<Instant>>,
+    granted: Mutex<Option<Grant>>,
     fence_after: Duration,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Grant {
+    sent: Instant,
+    read_index: u64,
 }
 
 impl Lease {
     pub fn new(fence_after: Duration) -> Self {
-        Lease { sent: Mutex::new(None), fence_after }
+        Lease { granted: Mutex::new(None), fence_after }
+    }
+
+    fn grant(&self) -> Option<Grant> {
+        *self.granted.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether the lease has run out at `now` (or was never granted).
     pub fn expired_at(&self, now: Instant) -> bool {
-        let sent = *self.sent.lock().unwrap_or_else(|p| p.into_inner());
-        lease_expired(sent, now, self.fence_after)
+        lease_expired(self.grant().map(|g| g.sent), now, self.fence_after)
     }
 
     pub fn expired(&self) -> bool {
         self.expired_at(Instant::now())
     }
 
+    /// The agent's [`Standing`]: fenced without a valid lease; current once
+    /// the local replica has applied up to the read index of the latest
+    /// acknowledged heartbeat (so a restarted node starts nothing from the
+    /// state it had before it went down); behind until then.
+    pub fn standing(&self, applied: Option<u64>) -> Standing {
+        self.standing_at(Instant::now(), applied)
+    }
+
+    fn standing_at(&self, now: Instant, applied: Option<u64>) -> Standing {
+        match self.grant() {
+            _ if cfg!(feature = "unsafe-no-fencing") => Standing::Current,
+            None => Standing::Fenced,
+            Some(g) if lease_expired(Some(g.sent), now, self.fence_after) => Standing::Fenced,
+            Some(g) if applied.is_some_and(|a| a >= g.read_index) => Standing::Current,
+            Some(_) => Standing::Behind,
+        }
+    }
+
     /// Extends the lease to a heartbeat sent at `sent` that was acknowledged.
-    fn acknowledged(&self, sent: Instant) {
-        let mut lease = self.sent.lock().unwrap_or_else(|p| p.into_inner());
-        *lease = Some(lease.map_or(sent, |l| l.max(sent)));
+    fn acknowledged(&self, sent: Instant, read_index: u64) {
+        let mut granted = self.granted.lock().unwrap_or_else(|p| p.into_inner());
+        // Acks can arrive out of order; keep the newest send time and the
+        // highest read index seen with it.
+        let read_index = granted.map_or(read_index, |g| g.read_index.max(read_index));
+        let sent = granted.map_or(sent, |g| g.sent.max(sent));
+        *granted = Some(Grant { sent, read_index });
     }
 }
 
@@ -61,7 +95,7 @@ pub fn fence_targets(state: &ClusterState, domains: &[Domain]) -> Vec<String> {
     let ha: BTreeSet<VmId> = state.vms.values().filter(|v| v.spec.ha).map(|v| v.id).collect();
     domains
         .iter()
-        .filter(|d| d.state == RunState::Running)
+        .filter(|d| d.state.is_live())
         .filter(|d| ha.contains(&d.vm_id) || !state.vms.contains_key(&d.vm_id))
         .map(|d| d.name.clone())
         .collect()
@@ -94,13 +128,20 @@ pub async fn heartbeat_loop(ctx: Arc<NodeCtx>, lease: Arc<Lease>, leader: Arc<Le
             }
             let sent = Instant::now();
             match send(&ctx, &leader, every).await {
+                // The leader, with its quorum confirmed, does not count this
+                // node as a member: it was removed. Final.
+                Err(s) if s.code() == tonic::Code::FailedPrecondition && s.message().starts_with(NOT_A_MEMBER) => {
+                    warn!(reason = %s.message(), "the leader refused this node's heartbeat: it is not a member");
+                    ctx.removed.notify_one();
+                    return;
+                }
                 Ok(ack) => {
                     for vm in ack.stale {
                         let name = domain_name(vm);
                         warn!(domain = %name, "leader reports this domain stale (placed elsewhere now); destroying");
                         let _ = blocking(&ctx.hypervisor, move |hv| hv.destroy(&name)).await;
                     }
-                    lease.acknowledged(sent);
+                    lease.acknowledged(sent, ack.read_index);
                     if was_fenced {
                         info!("heartbeat acknowledged again: lease restored");
                         was_fenced = false;
@@ -109,7 +150,33 @@ pub async fn heartbeat_loop(ctx: Arc<NodeCtx>, lease: Arc<Lease>, leader: Arc<Le
                 Err(e) => tracing::debug!(error = %e, "heartbeat not acknowledged"),
             }
         }
-        tokio::time::sleep(every).await;
+        // A `Removed` notice asks for a heartbeat now: the leader's answer
+        // to it, not the notice, decides.
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = ctx.recheck.notified() => {}
+        }
+    }
+}
+
+/// What a node does once it knows it was removed: its domains must not run
+/// on (the leader places its HA VMs elsewhere, an operator recovers the
+/// rest), and must not linger in libvirt under an identity that is gone.
+/// They are destroyed and undefined; their disks stay, so nothing is lost.
+pub async fn leave(ctx: &Arc<NodeCtx>) {
+    let domains = match blocking(&ctx.hypervisor, |hv| hv.list()).await {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %e, "cannot list this node's domains to remove them");
+            return;
+        }
+    };
+    for d in domains {
+        warn!(domain = %d.name, "removed from the cluster: destroying and undefining (disks kept)");
+        let (name, vm_id) = (d.name.clone(), d.vm_id);
+        if let Err(e) = blocking(&ctx.hypervisor, move |hv| hv.remove(&name, vm_id, true)).await {
+            warn!(domain = %d.name, error = %e, "could not remove the domain");
+        }
     }
 }
 
@@ -119,7 +186,7 @@ async fn send(ctx: &Arc<NodeCtx>, leader: &LeaderView, timeout: Duration) -> Res
         node_id: ctx.id,
         domains: domains
             .iter()
-            .map(|d| pb::RunningDomain { vm_id: d.vm_id, epoch: d.epoch, running: d.state == RunState::Running })
+            .map(|d| pb::RunningDomain { vm_id: d.vm_id, epoch: d.epoch, running: d.state.is_live() })
             .collect(),
     };
     match ctx.leader() {
@@ -138,6 +205,7 @@ async fn send(ctx: &Arc<NodeCtx>, leader: &LeaderView, timeout: Duration) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hypervisor::RunState;
     use kvmesh_raft::command::Command;
     use kvmesh_raft::model::{Node, NodeState, Settings, Vm, VmSpec};
 
@@ -162,6 +230,7 @@ mod tests {
             state: NodeState::Up,
             joined_at_ms: 0,
             labels: Default::default(),
+            resume_as: None,
         };
         s.apply(&Command::Init { cluster_id: "c".into(), settings: Settings::default(), node, at_ms: 0 });
         for (id, ha) in [(10, true), (11, false)] {
@@ -180,9 +249,16 @@ mod tests {
         assert!(!lease_expired(Some(t0), t0 + Duration::from_secs(5), fence_after));
         assert!(lease_expired(Some(t0), t0 + Duration::from_millis(5001), fence_after));
         let lease = Lease::new(fence_after);
-        lease.acknowledged(t0 + Duration::from_secs(2));
-        lease.acknowledged(t0 + Duration::from_secs(1)); // a late answer does not move it back
+        assert_eq!(lease.standing_at(t0, Some(100)), Standing::Fenced, "no lease yet");
+        lease.acknowledged(t0 + Duration::from_secs(2), 40);
+        lease.acknowledged(t0 + Duration::from_secs(1), 30); // a late answer does not move it back
         assert!(!lease.expired_at(t0 + Duration::from_secs(7)));
         assert!(lease.expired_at(t0 + Duration::from_millis(7001)));
+        // Current only once the replica has applied the leader's read index.
+        let at = t0 + Duration::from_secs(3);
+        assert_eq!(lease.standing_at(at, None), Standing::Behind);
+        assert_eq!(lease.standing_at(at, Some(39)), Standing::Behind);
+        assert_eq!(lease.standing_at(at, Some(40)), Standing::Current);
+        assert_eq!(lease.standing_at(t0 + Duration::from_secs(8), Some(40)), Standing::Fenced);
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use kvmesh_proto as pb;
+use kvmesh_proto::NOT_A_MEMBER;
 use kvmesh_raft::model::{vm_id_hex, ClusterState, VmId};
 use kvmesh_raft::NodeId;
 use tonic::Status;
@@ -135,9 +136,18 @@ impl LeaderView {
         }
         // Acknowledge only while a quorum still follows us: a deposed leader
         // must not extend anyone's lease.
-        match tokio::time::timeout(self.heartbeat, ctx.raft.ensure_linearizable()).await {
-            Ok(Ok(_)) => {}
+        let read_index = match tokio::time::timeout(self.heartbeat, ctx.raft.ensure_linearizable()).await {
+            Ok(Ok(read)) => read.map_or(0, |l| l.index),
             _ => return Err(Status::unavailable("cannot confirm this leader still holds a quorum")),
+        };
+        // A node outside the membership was removed (or never joined): no
+        // lease, and the answer tells it so. Checked after the quorum, so a
+        // deposed leader's stale membership never turns anyone away.
+        if ctx.metrics().membership_config.membership().get_node(&req.node_id).is_none() {
+            return Err(Status::failed_precondition(format!(
+                "{NOT_A_MEMBER}: node {} is not a member of this cluster",
+                req.node_id
+            )));
         }
         let domains: Vec<(VmId, u64, bool)> = req.domains.iter().map(|d| (d.vm_id, d.epoch, d.running)).collect();
         let stale = ctx.read(|d| decide::stale(&d.state, req.node_id, &domains));
@@ -147,7 +157,7 @@ impl LeaderView {
             hb.for_term(m.current_term, now);
             hb.seen.insert(req.node_id, Seen { at: now, domains });
         }
-        Ok(pb::HeartbeatAck { leader_id: ctx.id, term: m.current_term, stale })
+        Ok(pb::HeartbeatAck { leader_id: ctx.id, term: m.current_term, stale, read_index })
     }
 
     /// The observed map, with node names, for `vm get`/`vm list`/`node list`.

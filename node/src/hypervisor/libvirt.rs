@@ -167,7 +167,7 @@ fn run_state(dom: &VirtDomain) -> RunState {
             },
             _ => OffReason::Other,
         }),
-        _ => RunState::Off(OffReason::Other),
+        _ => RunState::Changing,
     }
 }
 

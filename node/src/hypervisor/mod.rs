@@ -28,8 +28,21 @@ pub struct HostCapacity {
 pub enum RunState {
     Running,
     Paused,
+    /// Between states: "in shutdown" (QEMU announced it is going down, as it
+    /// does on `virsh destroy` before libvirt records the reason), or a state
+    /// libvirt could not report. The process may still be alive, so nothing
+    /// is started over it; the next pass looks again.
+    Changing,
     /// Shut off, with why.
     Off(OffReason),
+}
+
+impl RunState {
+    /// A QEMU process may exist for the domain: it holds resources and, for
+    /// fencing and stale-copy checks, counts as running somewhere.
+    pub fn is_live(self) -> bool {
+        !matches!(self, RunState::Off(_))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

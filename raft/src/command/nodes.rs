@@ -35,8 +35,17 @@ impl ClusterState {
         if !placed.is_empty() && !force {
             return Response::Refused(Refusal::NodeHasVms { name: node.name, vms: placed.len() as u32 });
         }
+        // Its VMs keep their placement on the removed id, as on a down host:
+        // the host may still run them (removed while partitioned), so
+        // nothing else may start them yet. The leader releases the HA ones
+        // once the host has been silent for down_after (it has fenced by
+        // then); the others wait for `vm recover`. Deletions are done.
+        let mut gone = 0;
         for vm_id in &placed {
-            self.unplace(*vm_id, format!("its host {} was removed", node.name));
+            if self.vms.get(vm_id).is_some_and(|v| v.deleting.is_some()) {
+                self.remove_vm(*vm_id);
+                gone += 1;
+            }
         }
         self.nodes.remove(&id);
         self.dirty.insert(Key::Node(id));
@@ -44,23 +53,37 @@ impl ClusterState {
         for request in self.requests.forget_origin(id) {
             self.dirty.insert(Key::Request(request));
         }
-        let extra = if placed.is_empty() { String::new() } else { format!("; {} VM(s) left unplaced", placed.len()) };
+        let left = placed.len() - gone;
+        let extra = if left == 0 {
+            String::new()
+        } else {
+            format!("; its {left} VM(s) stay placed on it: HA ones restart elsewhere once it has been silent for down_after, others wait for `kvmesh vm recover`")
+        };
         self.push_event(at_ms, "node", format!("node {} removed{extra}", node.name));
         Response::Done
     }
 
+    /// A host is down (or was removed and has gone silent): HA VMs that
+    /// should run are released for placement elsewhere, deletions finish,
+    /// the rest wait for the host or for `vm recover`.
     pub(super) fn node_down(&mut self, id: NodeId, at_ms: u64) -> Response {
-        let Some(node) = self.nodes.get_mut(&id) else {
-            return Response::Refused(Refusal::UnknownNode { id });
+        let orphans = self.placed_on(id);
+        let name = match self.nodes.get_mut(&id) {
+            Some(node) if node.state == NodeState::Down => return Response::Done,
+            Some(node) => {
+                // A drain or maintenance outlives the outage (see `node_up`).
+                if node.state != NodeState::Up {
+                    node.resume_as = Some(node.state);
+                }
+                node.state = NodeState::Down;
+                node.name.clone()
+            }
+            None if orphans.is_empty() => return Response::Refused(Refusal::UnknownNode { id }),
+            None => format!("{id} (removed)"),
         };
-        if node.state == NodeState::Down {
-            return Response::Done;
-        }
-        node.state = NodeState::Down;
-        let name = node.name.clone();
         self.dirty.insert(Key::Node(id));
         let (mut restarted, mut stay, mut gone) = (0, 0, 0);
-        for vm_id in self.placed_on(id) {
+        for vm_id in orphans {
             let Some(vm) = self.vms.get(&vm_id) else { continue };
             if vm.deleting.is_some() {
                 // Nothing will run it again; the host cleans up if it returns.
@@ -88,10 +111,14 @@ impl ClusterState {
         if node.state != NodeState::Down {
             return Response::Done;
         }
-        node.state = NodeState::Up;
-        let name = node.name.clone();
+        // Back in the state it was in before the outage: a draining host
+        // goes on draining, one in maintenance stays there.
+        node.state = node.resume_as.take().unwrap_or(NodeState::Up);
+        let (name, state) = (node.name.clone(), node.state);
         self.dirty.insert(Key::Node(id));
-        self.push_event(at_ms, "node", format!("node {name} is up again"));
+        let how =
+            if state == NodeState::Up { "up again".to_string() } else { format!("back, still {}", state.as_str()) };
+        self.push_event(at_ms, "node", format!("node {name} is {how}"));
         Response::Done
     }
 

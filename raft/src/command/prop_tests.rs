@@ -34,6 +34,7 @@ fn node(rng: &mut StdRng, id: u64, wild: bool) -> Node {
         state: NodeState::Up,
         joined_at_ms: 0,
         labels,
+        resume_as: None,
     }
 }
 

@@ -14,6 +14,7 @@ fn node(id: u64, name: &str, addr: &str) -> Node {
         state: NodeState::Up,
         joined_at_ms: 0,
         labels: Default::default(),
+        resume_as: None,
     }
 }
 

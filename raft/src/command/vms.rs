@@ -65,6 +65,7 @@ impl ClusterState {
         vm.desired = desired;
         vm.force_stop = force;
         vm.desired_gen += 1;
+        forget_failure(vm);
         let vm = vm.clone();
         self.dirty.insert(Key::Vm(vm.id));
         let verb = match (desired, force) {
@@ -84,6 +85,7 @@ impl ClusterState {
         vm.desired = Desired::Running;
         vm.restart_gen += 1;
         vm.desired_gen += 1;
+        forget_failure(vm);
         let vm = vm.clone();
         self.dirty.insert(Key::Vm(vm.id));
         self.push_event(at_ms, "vm", format!("vm {name}: restart requested"));
@@ -151,16 +153,30 @@ impl ClusterState {
             Ok(vm) => vm.clone(),
             Err(r) => return Response::Refused(r),
         };
-        match vm.placement.and_then(|p| self.nodes.get(&p.node)) {
-            Some(h) if h.state == NodeState::Down => {
-                let reason = format!("recovering from down host {}", h.name);
-                self.unplace(vm.id, reason.clone());
-                self.push_event(at_ms, "vm", format!("vm {name}: {reason}"));
-                Response::Done
+        let Some(placement) = vm.placement else {
+            // Moving off a host that went silent mid-drain: the operator
+            // vouches that it no longer runs there.
+            let Some(from) = vm.moving_from else { return Response::Done };
+            let down_or_gone = self.nodes.get(&from).is_none_or(|h| h.state == NodeState::Down);
+            if !down_or_gone {
+                let host = self.nodes.get(&from).map(|h| h.name.clone()).unwrap_or_default();
+                return Response::Refused(Refusal::HostNotDown { name: name.to_string(), host });
             }
-            Some(h) => Response::Refused(Refusal::HostNotDown { name: name.to_string(), host: h.name.clone() }),
-            None => Response::Done,
-        }
+            if let Some(vm) = self.vms.get_mut(&vm.id) {
+                vm.moving_from = None;
+            }
+            self.dirty.insert(Key::Vm(vm.id));
+            self.push_event(at_ms, "vm", format!("vm {name}: recovering from host {from}, silent during its drain"));
+            return Response::Done;
+        };
+        let reason = match self.nodes.get(&placement.node) {
+            Some(h) if h.state == NodeState::Down => format!("recovering from down host {}", h.name),
+            Some(h) => return Response::Refused(Refusal::HostNotDown { name: name.to_string(), host: h.name.clone() }),
+            None => format!("recovering from removed host {}", placement.node),
+        };
+        self.unplace(vm.id, reason.clone());
+        self.push_event(at_ms, "vm", format!("vm {name}: {reason}"));
+        Response::Done
     }
 
     pub(super) fn report_vm(
@@ -236,5 +252,15 @@ impl ClusterState {
             self.vm_names.remove(&vm.name);
             self.dirty.insert(Key::Vm(id));
         }
+    }
+}
+
+/// An operator asked again: a `failed` report is about the previous try.
+/// Cleared, the VM reads `pending` until its host reports the new try, so a
+/// waiting client sees that outcome (the same failure again included, which
+/// is then a new report with its own event), not the old one.
+fn forget_failure(vm: &mut Vm) {
+    if vm.reported.as_ref().is_some_and(|r| r.state == VmState::Failed) {
+        vm.reported = None;
     }
 }

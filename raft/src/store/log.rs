@@ -24,6 +24,7 @@ pub struct LogStore {
     syncer: Syncer,
     wal: Arc<Wal>,
     raft: sled::Tree,
+    wal_dir: std::path::PathBuf,
 }
 
 impl LogStore {
@@ -42,7 +43,27 @@ impl LogStore {
         get::<Vote>(&raft, VOTE, "vote")?;
         let purged = get::<LogId>(&raft, LAST_PURGED, "last purged log id")?;
         let wal = Wal::open(wal_dir, purged.map(|p| p.index))?;
-        Ok(LogStore { syncer, wal: Arc::new(wal), raft })
+        Ok(LogStore { syncer, wal: Arc::new(wal), raft, wal_dir: wal_dir.to_path_buf() })
+    }
+
+    /// Refuses a store whose vote is gone while its history is not (the
+    /// sled files deleted or lost, the log segments or snapshot kept): a
+    /// voter that forgot its vote could vote twice in one term. A store with
+    /// no history at all is new: it records the initial vote at once, so
+    /// from then on a missing vote always means loss.
+    pub(crate) fn check_vote(&self, has_snapshot: bool) -> Result<()> {
+        if self.get::<Vote>(VOTE, "vote")?.is_some() {
+            return Ok(());
+        }
+        let purged = self.get::<LogId>(LAST_PURGED, "last purged log id")?;
+        if self.wal.last_log_id().is_some() || purged.is_some() || has_snapshot {
+            return Err(Error::Corrupt {
+                path: self.wal_dir.clone(),
+                detail: "the vote is missing (the sled files under raft/ were deleted or lost) while the log or snapshot is still there; a voter that forgot its vote could vote twice in one term".into(),
+            });
+        }
+        self.raft.insert(VOTE, codec::encode("vote", &Vote::default())?)?;
+        self.syncer.sync_blocking().map_err(|source| Error::Io { path: self.wal_dir.clone(), source })
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8], what: &'static str) -> Result<Option<T>> {

@@ -42,6 +42,8 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine)> {
         std::fs::File::open(dir.join("db")).map_err(|e| Error::Open { path: dir.to_path_buf(), source: e.into() })?;
     let syncer = Syncer { db: db.clone(), file: Arc::new(file) };
     let log = LogStore::new(&db, syncer.clone(), &dir.join("wal")).map_err(|e| corrupt(dir, e))?;
+    let has_snapshot = dir.join(snapshot_file::FILE_NAME).exists();
+    log.check_vote(has_snapshot).map_err(|e| corrupt(dir, e))?;
     let sm = StateMachine::load(&db, syncer, snapshot_file::SnapshotFile::new(dir)).map_err(|e| corrupt(dir, e))?;
     Ok((log, sm))
 }
@@ -62,13 +64,13 @@ pub(crate) struct Syncer {
 
 impl Syncer {
     pub(crate) async fn sync(&self) -> std::io::Result<()> {
-        let (db, file) = (self.db.clone(), self.file.clone());
-        tokio::task::spawn_blocking(move || {
-            db.flush().map_err(std::io::Error::other)?;
-            file.sync_data()
-        })
-        .await
-        .map_err(std::io::Error::other)?
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.sync_blocking()).await.map_err(std::io::Error::other)?
+    }
+
+    pub(crate) fn sync_blocking(&self) -> std::io::Result<()> {
+        self.db.flush().map_err(std::io::Error::other)?;
+        self.file.sync_data()
     }
 }
 

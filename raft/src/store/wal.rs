@@ -11,9 +11,10 @@
 //!
 //! Memory holds only where each entry lives (segment, offset, length).
 //!
-//! Recovery reads every segment. A bad record that ends the last segment is
-//! a write torn by a crash (it was never acknowledged) and is cut off; a bad
-//! record with data after it is damage, and opening fails.
+//! Recovery reads every segment. A record that the last segment ends in the
+//! middle of is a write torn by a crash (it was never acknowledged) and is
+//! cut off; any complete record that fails its checksum is damage, and
+//! opening fails.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -89,12 +90,16 @@ fn parse_segment(path: &Path, first: u64, bytes: &[u8], last: bool) -> Result<(V
             _ => false,
         };
         if !good {
-            // Torn: the bad record reaches the end of the last segment.
-            if last && end.is_none_or(|e| e >= bytes.len()) {
+            // Torn: the last segment ends inside this record's header or
+            // payload. A write cut short by a crash was never acknowledged,
+            // so it may go. A record that is all there but fails its
+            // checksum is damage to an entry that may be committed: cutting
+            // it would silently drop it, so it is refused.
+            if last && end.is_none_or(|e| e > bytes.len()) {
                 tracing::warn!(path = %path.display(), offset = at, "cutting off a log record torn by a crash");
                 return Ok((out, at as u64));
             }
-            return Err(corrupt(format!("bad log record at offset {at}")));
+            return Err(corrupt(format!("the log record at offset {at} fails its checksum")));
         }
         let payload = payload.expect("checked");
         // An entry starts with its log id: start-up reads only that (and the

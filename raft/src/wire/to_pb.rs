@@ -67,7 +67,8 @@ pub fn vm_state(state: &ClusterState, vm: &Vm) -> pb::VmState {
     if vm.deleting.is_some() {
         return pb::VmState::Deleting;
     }
-    let host_down = vm.placement.and_then(|p| state.nodes.get(&p.node)).is_some_and(|n| n.state == NodeState::Down);
+    // A removed host counts as down: its VMs wait as a down host's do.
+    let host_down = vm.placement.is_some_and(|p| state.nodes.get(&p.node).is_none_or(|n| n.state == NodeState::Down));
     if host_down {
         return pb::VmState::HostDown;
     }

@@ -1,4 +1,5 @@
 use super::*;
+use std::collections::BTreeMap;
 
 fn want(desired: Desired) -> Want {
     Want {
@@ -20,8 +21,13 @@ fn dom(state: RunState) -> Domain {
     Domain { name: "kvmesh-7".into(), vm_id: 7, epoch: 1, state }
 }
 
+/// VM 7, last placed at epoch 1.
+fn epochs() -> BTreeMap<u64, u64> {
+    [(7, 1)].into()
+}
+
 fn run(w: &Want, d: &[Domain], mem: &mut HashMap<u64, Memory>, now: u64) -> Vec<Action> {
-    plan(std::slice::from_ref(w), d, &[7].into(), mem, now, &Timing::default(), false)
+    plan(std::slice::from_ref(w), d, &epochs(), mem, now, &Timing::default(), Standing::Current)
 }
 
 #[test]
@@ -126,7 +132,7 @@ fn stale_and_foreign_domains_are_removed_and_disks_kept_only_for_known_vms() {
     let w = want(Desired::Running);
     let stale = Domain { name: "kvmesh-7".into(), vm_id: 7, epoch: 0, state: RunState::Running };
     let gone = Domain { name: "kvmesh-9".into(), vm_id: 9, epoch: 1, state: RunState::Running };
-    let actions = plan(&[w], &[stale, gone], &[7].into(), &mut mem, 0, &Timing::default(), false);
+    let actions = plan(&[w], &[stale, gone], &epochs(), &mut mem, 0, &Timing::default(), Standing::Current);
     assert_eq!(
         actions,
         vec![
@@ -158,10 +164,104 @@ fn a_fenced_host_destroys_its_ha_guests_and_starts_none() {
     w.ha = true;
     w.reported = Some((VmState::Running, None));
     let on = [dom(RunState::Running)];
-    let fenced = plan(std::slice::from_ref(&w), &on, &[7].into(), &mut mem, 0, &Timing::default(), true);
-    assert_eq!(fenced, vec![Action::Destroy { domain: "kvmesh-7".into() }]);
-    assert_eq!(plan(std::slice::from_ref(&w), &[], &[7].into(), &mut mem, 1, &Timing::default(), true), vec![]);
-    // Non-HA guests are not fenced.
+    let fenced = |w: &Want, d: &[Domain], mem: &mut HashMap<u64, Memory>| {
+        plan(std::slice::from_ref(w), d, &epochs(), mem, 0, &Timing::default(), Standing::Fenced)
+    };
+    assert_eq!(fenced(&w, &on, &mut mem), vec![Action::Destroy { domain: "kvmesh-7".into() }]);
+    assert_eq!(fenced(&w, &[], &mut mem), vec![]);
+    // Non-HA guests are not destroyed, and not started either.
     w.ha = false;
-    assert_eq!(plan(std::slice::from_ref(&w), &on, &[7].into(), &mut mem, 2, &Timing::default(), true), vec![]);
+    assert_eq!(fenced(&w, &on, &mut mem), vec![]);
+    assert_eq!(fenced(&w, &[], &mut mem), vec![]);
+}
+
+/// Every standing, every desired state, with and without a domain: while
+/// behind or fenced, the only actions are removals of domains the state
+/// proves superseded, destroys of HA guests when fenced, and the cleanup of
+/// VMs being deleted. Nothing is defined, started, stopped or reported.
+#[test]
+fn behind_or_fenced_nothing_starts_and_only_superseded_domains_go() {
+    let states = [RunState::Running, RunState::Paused, RunState::Changing, RunState::Off(OffReason::Destroyed)];
+    for standing in [Standing::Behind, Standing::Fenced] {
+        for desired in [Desired::Running, Desired::Stopped] {
+            for ha in [false, true] {
+                for reported in [None, Some((VmState::Running, None)), Some((VmState::Stopped, None))] {
+                    let mut w = want(desired);
+                    w.ha = ha;
+                    w.reported = reported.clone();
+                    let mut cases: Vec<Vec<Domain>> = vec![vec![]];
+                    cases.extend(states.iter().map(|s| vec![dom(*s)]));
+                    for domains in cases {
+                        let actions = plan(
+                            std::slice::from_ref(&w),
+                            &domains,
+                            &epochs(),
+                            &mut HashMap::new(),
+                            0,
+                            &Timing::default(),
+                            standing,
+                        );
+                        let live = domains.iter().any(|d| d.state.is_live());
+                        let allowed = standing == Standing::Fenced && ha && live;
+                        let expected =
+                            if allowed { vec![Action::Destroy { domain: "kvmesh-7".into() }] } else { vec![] };
+                        assert_eq!(actions, expected, "{standing:?} {desired:?} ha={ha} {reported:?} {domains:?}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn behind_a_domain_is_removed_only_when_its_vm_was_placed_again_since() {
+    let mut mem = HashMap::new();
+    // The local (stale) state places nothing here. VM 7 was placed again at
+    // epoch 3 (proof), VM 9 is unknown to it (perhaps created after it).
+    let superseded = Domain { name: "kvmesh-7".into(), vm_id: 7, epoch: 2, state: RunState::Running };
+    let unknown = Domain { name: "kvmesh-9".into(), vm_id: 9, epoch: 1, state: RunState::Running };
+    let current_epoch = Domain { name: "kvmesh-8".into(), vm_id: 8, epoch: 4, state: RunState::Running };
+    let last: BTreeMap<u64, u64> = [(7, 3), (8, 4)].into();
+    let domains = [superseded, unknown, current_epoch];
+    let behind = plan(&[], &domains, &last, &mut mem, 0, &Timing::default(), Standing::Behind);
+    assert_eq!(behind, vec![Action::Remove { domain: "kvmesh-7".into(), vm_id: 7, keep_disks: true }]);
+    // Caught up, the same state is trusted: all three go.
+    let current = plan(&[], &domains, &last, &mut mem, 0, &Timing::default(), Standing::Current);
+    assert_eq!(current.len(), 3, "{current:?}");
+}
+
+#[test]
+fn a_replicated_failure_holds_across_a_daemon_restart_until_the_operator_asks_again() {
+    let mut w = want(Desired::Running);
+    w.reported = Some((VmState::Failed, Some("no such network".into())));
+    // A fresh agent (no memory): no retry, nothing reported again.
+    let mut mem = HashMap::new();
+    assert_eq!(run(&w, &[], &mut mem, 0), vec![]);
+    assert_eq!(run(&w, &[dom(RunState::Off(OffReason::Shutdown))], &mut mem, 60_000), vec![]);
+    // `vm start`: a new generation (the state forgets the failure).
+    w.desired_gen += 1;
+    w.reported = None;
+    assert_eq!(run(&w, &[], &mut mem, 60_001), vec![Action::Create { vm_id: 7 }]);
+}
+
+#[test]
+fn a_guest_between_states_is_left_alone_and_its_final_reason_is_reported() {
+    // `virsh destroy` first shows "in shutdown" (QEMU's SHUTDOWN event), then
+    // shut off with reason "destroyed": nothing may be started in between,
+    // and the crash note names the real reason.
+    let mut mem = HashMap::new();
+    let mut w = want(Desired::Running);
+    w.reported = Some((VmState::Running, None));
+    run(&w, &[dom(RunState::Running)], &mut mem, 0);
+    assert_eq!(run(&w, &[dom(RunState::Changing)], &mut mem, 10_000), vec![]);
+    let after = run(&w, &[dom(RunState::Off(OffReason::Destroyed))], &mut mem, 10_100);
+    assert!(
+        after.contains(&Action::Report {
+            vm_id: 7,
+            epoch: 1,
+            state: VmState::Crashed,
+            error: Some("destroyed outside kvmesh; restarting (restart 1)".into())
+        }),
+        "{after:?}"
+    );
 }
