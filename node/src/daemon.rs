@@ -88,6 +88,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             info!("this node already belongs to a cluster; ignoring --join");
         }
         info!("resuming from the data dir");
+        guard_address_change(&ctx);
     } else if let Some(target) = join {
         ctx.joining.store(true, std::sync::atomic::Ordering::SeqCst);
         join_cluster(&ctx, &target).await?;
@@ -103,6 +104,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     tokio::spawn(crate::ha::heartbeat_loop(ctx.clone(), lease, leader.clone()));
     tokio::spawn(crate::ha::controller::run(ctx.clone(), leader));
     tokio::spawn(snapshot_by_size(ctx.clone(), log_size));
+    tokio::spawn(propose_own_flags(ctx.clone()));
     #[cfg(feature = "bench-seed")]
     crate::bench_seed::start(&ctx);
 
@@ -143,6 +145,121 @@ enum Ended {
     Removed(String),
     /// Raft stopped: a storage error (a full or failing disk) or a bug.
     Fatal(String),
+}
+
+/// A member restarted with another `--listen/--advertise` than its
+/// membership record holds must not campaign: it could win an election on
+/// an address the others cannot reach, and lead nobody. It stops electing
+/// and asks the cluster (any member that answers forwards it to the leader)
+/// to record the new address; the leader then reaches it there, and once
+/// the membership it holds has the new address it campaigns again. A sole
+/// voter has nobody to mislead and records its own address once it leads.
+fn guard_address_change(ctx: &Arc<NodeCtx>) {
+    let m = ctx.metrics();
+    let membership = m.membership_config.membership().clone();
+    let Some(recorded) = membership.get_node(&ctx.id).map(|n| n.address.clone()) else { return };
+    if recorded == ctx.address {
+        return;
+    }
+    let others: Vec<String> =
+        membership.nodes().filter(|(id, _)| **id != ctx.id).map(|(_, n)| n.address.clone()).collect();
+    let other_voters = membership.voter_ids().any(|v| v != ctx.id);
+    warn!(recorded = %recorded, now = %ctx.address, "this node's address changed; asking the cluster to record it");
+    if other_voters {
+        ctx.raft.runtime_config().elect(false);
+    }
+    tokio::spawn(record_new_address(ctx.clone(), recorded, others));
+}
+
+async fn record_new_address(ctx: Arc<NodeCtx>, recorded: String, others: Vec<String>) {
+    let cluster_id = ctx.read(|d| d.state.cluster_id().unwrap_or_default().to_string());
+    let request = pb::UpdateAddressRequest { node_id: ctx.id, cluster_id, address: ctx.address.clone() };
+    let started = Instant::now();
+    let mut last_hint = Instant::now();
+    loop {
+        let here = ctx.metrics().membership_config.membership().get_node(&ctx.id).map(|n| n.address.clone());
+        if here.as_deref() == Some(ctx.address.as_str()) {
+            info!(address = %ctx.address, "the cluster records this node's new address; campaigning allowed again");
+            ctx.raft.runtime_config().elect(true);
+            return;
+        }
+        // Any member forwards it to the leader; this node itself last, for
+        // when it leads (a sole voter).
+        let targets = others.iter().cloned().chain(std::iter::once(ctx.address.clone()));
+        for target in targets {
+            let Ok(channel) = ctx.channel(&target) else { continue };
+            let mut req = tonic::Request::new(request.clone());
+            req.set_timeout(Duration::from_secs(20));
+            match pb::cluster_client::ClusterClient::new(channel).update_address(req).await {
+                Ok(_) => break,
+                Err(s)
+                    if s.code() == Code::FailedPrecondition && s.message().starts_with(kvmesh_proto::NOT_A_MEMBER) =>
+                {
+                    ctx.removed.notify_one();
+                    return;
+                }
+                Err(s) => tracing::debug!(via = %target, error = %s.message(), "address update not accepted yet"),
+            }
+        }
+        if last_hint.elapsed() > Duration::from_secs(10) {
+            last_hint = Instant::now();
+            warn!(
+                recorded = %recorded,
+                now = %ctx.address,
+                waited_s = started.elapsed().as_secs(),
+                "this node does not campaign until the cluster records its new address, and no member has done so yet; check that the others run and can reach {}, or restart this node with --advertise {recorded}",
+                ctx.address
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// A node restarted with other `--cpus`, `--memory-mib` or `--label` flags
+/// than its record holds proposes them, through the same command as `node
+/// set`. Only flags given explicitly count: a detected capacity never
+/// overrides what an operator set with `node set`, and labels given here
+/// are added, never removing others. A refusal (VMs would no longer fit)
+/// is logged with its reasons and the record stays as it was.
+async fn propose_own_flags(ctx: Arc<NodeCtx>) {
+    let (cpus, memory_mib, labels) = (ctx.config.cpus, ctx.config.memory_mib, ctx.config.labels.clone());
+    if cpus.is_none() && memory_mib.is_none() && labels.is_empty() {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(record) = ctx.read(|d| d.state.nodes.get(&ctx.id).cloned()) else { continue };
+        if ctx.leader().is_none() {
+            continue;
+        }
+        let differs = cpus.is_some_and(|c| c != record.cpus)
+            || memory_mib.is_some_and(|m| m != record.memory_mib)
+            || labels.iter().any(|(k, v)| record.labels.get(k) != Some(v));
+        if !differs {
+            return;
+        }
+        let cmd = kvmesh_raft::command::Command::UpdateNode {
+            id: ctx.id,
+            address: None,
+            cpus,
+            memory_mib,
+            set_labels: labels.clone(),
+            unset_labels: Default::default(),
+            at_ms: crate::ctx::now_ms(),
+        };
+        match ctx.propose(cmd).await {
+            Ok(kvmesh_raft::command::Response::Refused(r)) => {
+                error!("the --cpus/--memory-mib/--label flags were not applied: {r}");
+                return;
+            }
+            Ok(_) => {
+                info!(?cpus, ?memory_mib, ?labels, "this node's record now has the capacity and labels of its flags");
+                return;
+            }
+            Err(e) => warn!(error = %e, "could not propose this node's new flags yet; retrying"),
+        }
+    }
 }
 
 /// Builds a snapshot when the log since the last one outgrows

@@ -40,13 +40,20 @@ impl DataDir {
             if identity.format > IDENTITY_FORMAT {
                 return Err(err(format!("it was written by a newer kvmesh (format {}); upgrade", identity.format)));
             }
-            if identity.name != name {
+            if identity.name != name && identity.cluster_id.is_none() && !has_raft_history(path) {
+                // Never part of a cluster (a refused join, say): the next
+                // attempt may pick another name; the node id stays.
+                let renamed = Identity { name: name.to_string(), ..identity };
+                write_identity(path, &renamed)?;
+                renamed
+            } else if identity.name != name {
                 return Err(err(format!(
                     "it belongs to node {:?}, not {name:?}; start with --name {} or use another --data-dir",
                     identity.name, identity.name
                 )));
+            } else {
+                identity
             }
-            identity
         } else {
             let foreign = std::fs::read_dir(path)
                 .map_err(|e| err(format!("cannot list it: {e}")))?
@@ -94,6 +101,17 @@ fn write_identity(dir: &Path, identity: &Identity) -> Result<()> {
     std::fs::rename(&tmp, dir.join(IDENTITY)).map_err(|e| err(format!("cannot write {IDENTITY}: {e}")))
 }
 
+/// Whether the Raft store under `dir` holds anything (log segments or a
+/// snapshot): then the node took part in a cluster, even if its identity
+/// file missed the cluster id.
+fn has_raft_history(dir: &Path) -> bool {
+    let raft = dir.join("raft");
+    let segments = std::fs::read_dir(raft.join("wal"))
+        .map(|entries| entries.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().ends_with(".seg")))
+        .unwrap_or(false);
+    segments || raft.join("snapshot.bin").exists()
+}
+
 /// A random non-zero id. Node ids only need to be unique within a cluster.
 fn new_node_id() -> u64 {
     loop {
@@ -120,6 +138,15 @@ mod tests {
         assert_eq!(again.identity.cluster_id.as_deref(), Some("c-1"));
         // Wrong name for this dir.
         assert!(DataDir::open(&dir, "n2").is_err());
+        // Never in a cluster: a new name is taken, the id kept.
+        let fresh = tmp.path().join("fresh");
+        let first = DataDir::open(&fresh, "a").unwrap().identity.node_id;
+        let renamed = DataDir::open(&fresh, "b").unwrap();
+        assert_eq!((renamed.identity.name.as_str(), renamed.identity.node_id), ("b", first));
+        // With a Raft history it is refused even without a cluster id.
+        std::fs::create_dir_all(fresh.join("raft/wal")).unwrap();
+        std::fs::write(fresh.join("raft/wal/00000000000000000001.seg"), b"x").unwrap();
+        assert!(DataDir::open(&fresh, "c").is_err());
         // A foreign, non-empty directory.
         let foreign = tmp.path().join("foreign");
         std::fs::create_dir_all(&foreign).unwrap();

@@ -62,9 +62,10 @@ impl From<Refusal> for Error {
     fn from(r: Refusal) -> Self {
         let msg = r.to_string();
         match r {
-            Refusal::AlreadyInitialized { .. } | Refusal::NodeHasVms { .. } | Refusal::NoLongerFits { .. } => {
-                Error::FailedPrecondition(msg)
-            }
+            Refusal::AlreadyInitialized { .. }
+            | Refusal::NodeHasVms { .. }
+            | Refusal::NoLongerFits { .. }
+            | Refusal::NodeChangeRefused { .. } => Error::FailedPrecondition(msg),
             Refusal::NodeNameTaken { .. } | Refusal::NodeAddressTaken { .. } | Refusal::VmNameTaken { .. } => {
                 Error::AlreadyExists(msg)
             }

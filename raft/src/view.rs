@@ -104,7 +104,9 @@ impl ClusterState {
         // the group placed anywhere (what `ClusterFacts::of` finds in a full
         // view).
         let affinity_placed = vm.affinity.as_deref().is_some_and(|group| {
-            self.vms.values().filter(|v| v.id != vm.id && v.placement.is_some()).any(|v| {
+            // Members on a removed host count as nowhere, as in the views.
+            let on_a_member = |v: &&crate::model::Vm| v.placement.is_some_and(|p| self.nodes.contains_key(&p.node));
+            self.vms.values().filter(|v| v.id != vm.id).filter(on_a_member).any(|v| {
                 [&v.spec.anti_affinity, &v.spec.soft_anti_affinity, &v.spec.affinity]
                     .into_iter()
                     .any(|g| g.as_deref() == Some(group))
@@ -112,6 +114,45 @@ impl ClusterState {
         });
         scheduler::check(&view, vm, &self.meta.settings.placement, ClusterFacts::new(affinity_placed))
             .map_err(|reason| Refusal::NoLongerFits { node: view.name.clone(), reason })
+    }
+
+    /// Why `node` cannot take new capacity or labels: what is placed on it
+    /// would no longer fit (after overcommit), or a VM placed on it requires
+    /// a label that would go. `None` if the change is fine.
+    pub(crate) fn check_node_change(
+        &self,
+        node: NodeId,
+        cpus: u32,
+        memory_mib: u64,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Option<String> {
+        let mut view = self.views(|id| id == node, &BTreeSet::new(), None).remove(&node)?;
+        view.cpus = cpus;
+        view.memory_mib = memory_mib;
+        let s = &self.meta.settings.placement;
+        let mut reasons = Vec::new();
+        if view.allocated_vcpus > view.vcpu_capacity(s) {
+            reasons.push(format!(
+                "{} vCPUs are placed on it, {cpus} CPUs allow {} at the cluster's overcommit",
+                view.allocated_vcpus,
+                view.vcpu_capacity(s)
+            ));
+        }
+        if view.allocated_memory_mib > view.memory_capacity(s) {
+            reasons.push(format!(
+                "{} MiB are placed on it, {memory_mib} MiB allow {} MiB at the cluster's overcommit",
+                view.allocated_memory_mib,
+                view.memory_capacity(s)
+            ));
+        }
+        for vm in self.vms.values().filter(|v| v.placement.is_some_and(|p| p.node == node)) {
+            for (key, want) in &vm.spec.required_labels {
+                if labels.get(key) != Some(want) {
+                    reasons.push(format!("VM {} requires the label {key}={want}", vm.name));
+                }
+            }
+        }
+        (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
     /// The one builder of node views.

@@ -14,7 +14,7 @@ use super::membership;
 use crate::ctx::{forward, is_forwarded, now_ms, LeaderCall, NodeCtx};
 use crate::ha::LeaderView;
 use kvmesh_raft::command::{Command, Response as CmdResponse};
-use kvmesh_raft::model::NodeState;
+use kvmesh_raft::model::{ClusterState, NodeState};
 use kvmesh_raft::wire::{from_pb, to_pb};
 use tonic::transport::Channel;
 
@@ -36,6 +36,21 @@ struct Join(pb::JoinRequest);
 struct Remove(pb::RemoveRequest);
 #[derive(Clone)]
 struct ConsistentNodes(pb::ListNodesRequest);
+#[derive(Clone)]
+struct UpdateAddress(pb::UpdateAddressRequest);
+
+impl LeaderCall for UpdateAddress {
+    type Reply = pb::UpdateAddressReply;
+    async fn on_leader(&self, ctx: &NodeCtx) -> crate::error::Result<pb::UpdateAddressReply> {
+        membership::update_address(ctx, self.0.clone()).await
+    }
+    async fn forward(self, ch: Channel, r: Request<Self>) -> Result<pb::UpdateAddressReply, Status> {
+        ClusterClient::new(ch).update_address(r.map(|c| c.0)).await.map(|r| r.into_inner())
+    }
+    fn attempt_timeout(&self) -> Duration {
+        Duration::from_secs(15)
+    }
+}
 
 impl LeaderCall for Join {
     type Reply = pb::JoinResponse;
@@ -189,6 +204,39 @@ impl pb::cluster_server::Cluster for ClusterService {
         self.node_state(request, NodeState::Up).await
     }
 
+    async fn get_node(&self, request: Request<pb::GetNodeRequest>) -> Result<Response<pb::NodeInfo>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let all = pb::ListNodesRequest { consistent: req.consistent };
+        let r = if req.consistent {
+            self.ctx.leader_call(forwarded, ConsistentNodes(all)).await?
+        } else {
+            list_nodes(&self.ctx)
+        };
+        let r = self.with_live_usage(r).await;
+        let node = r.nodes.into_iter().find(|n| n.name == req.name);
+        node.map(Response::new).ok_or_else(|| Status::not_found(no_such_node(&req.name)))
+    }
+
+    async fn set_node(&self, request: Request<pb::SetNodeRequest>) -> Result<Response<pb::NodeInfo>, Status> {
+        let req = request.into_inner();
+        let cmd = self.ctx.read(|d| update_node_command(&d.state, &req))?;
+        if let CmdResponse::Refused(r) = self.ctx.propose(cmd).await? {
+            return Err(crate::error::Error::from(r).into());
+        }
+        let node = list_nodes(&self.ctx).nodes.into_iter().find(|n| n.name == req.name);
+        let node = self.with_live_usage(pb::ListNodesResponse { nodes: node.into_iter().collect() }).await;
+        node.nodes.into_iter().next().map(Response::new).ok_or_else(|| Status::not_found(no_such_node(&req.name)))
+    }
+
+    async fn update_address(
+        &self,
+        request: Request<pb::UpdateAddressRequest>,
+    ) -> Result<Response<pb::UpdateAddressReply>, Status> {
+        let forwarded = is_forwarded(&request);
+        Ok(Response::new(self.ctx.leader_call(forwarded, UpdateAddress(request.into_inner())).await?))
+    }
+
     async fn get_policy(
         &self,
         _request: Request<pb::GetPolicyRequest>,
@@ -270,6 +318,33 @@ impl ClusterService {
         }
         Ok(Response::new(pb::NodeActionReply { state: to_pb::node_state(target) as i32 }))
     }
+}
+
+fn no_such_node(name: &str) -> String {
+    format!("no node named {name:?}; see `kvmesh node list`")
+}
+
+/// `node set` as a command, with its arguments checked.
+fn update_node_command(state: &ClusterState, req: &pb::SetNodeRequest) -> Result<Command, Status> {
+    let id = state.node_by_name(&req.name).map(|n| n.id).ok_or_else(|| Status::not_found(no_such_node(&req.name)))?;
+    if req.cpus == Some(0) || req.memory_mib == Some(0) {
+        return Err(Status::invalid_argument("--cpus and --memory-mib must be at least 1"));
+    }
+    if let Some(both) = req.unlabel.iter().find(|k| req.labels.contains_key(*k)) {
+        return Err(Status::invalid_argument(format!("label {both:?} is both set and removed")));
+    }
+    if req.labels.keys().chain(req.unlabel.iter()).any(|k| k.is_empty()) {
+        return Err(Status::invalid_argument("a label key cannot be empty"));
+    }
+    Ok(Command::UpdateNode {
+        id,
+        address: None,
+        cpus: req.cpus,
+        memory_mib: req.memory_mib,
+        set_labels: req.labels.clone().into_iter().collect(),
+        unset_labels: req.unlabel.iter().cloned().collect(),
+        at_ms: now_ms(),
+    })
 }
 
 fn list_nodes(ctx: &NodeCtx) -> pb::ListNodesResponse {

@@ -161,6 +161,54 @@ pub async fn join(ctx: &NodeCtx, req: pb::JoinRequest) -> Result<pb::JoinRespons
     Ok(pb::JoinResponse { cluster_id, role: role.into() })
 }
 
+/// Records a member's new address: first in the Raft membership (so the
+/// leader reaches it there), then in its state record. Runs on the leader,
+/// asked by the member itself after a restart with another
+/// `--listen/--advertise`; until it is done, that member does not campaign.
+#[instrument(skip_all, fields(node = %ctx.name, member = req.node_id, address = %req.address))]
+pub async fn update_address(ctx: &NodeCtx, req: pb::UpdateAddressRequest) -> Result<pb::UpdateAddressReply> {
+    let _guard = ctx.membership_lock.lock().await;
+    let cluster_id = ctx.read(|d| d.state.cluster_id().map(str::to_string));
+    if cluster_id.as_deref() != Some(req.cluster_id.as_str()) {
+        return Err(Error::FailedPrecondition(format!(
+            "this is cluster {}, not {}",
+            cluster_id.unwrap_or_default(),
+            req.cluster_id
+        )));
+    }
+    let membership = ctx.metrics().membership_config.membership().clone();
+    let Some(member) = membership.get_node(&req.node_id).cloned() else {
+        return Err(Error::FailedPrecondition(format!(
+            "{}: node {} is not a member of this cluster",
+            kvmesh_proto::NOT_A_MEMBER,
+            req.node_id
+        )));
+    };
+    if member.address == req.address {
+        return Ok(pb::UpdateAddressReply {});
+    }
+    let taken = membership.nodes().find(|(id, n)| **id != req.node_id && n.address == req.address);
+    if let Some((_, other)) = taken {
+        return Err(Error::AlreadyExists(format!("address {} is already used by node {:?}", req.address, other.name)));
+    }
+    info!(from = %member.address, to = %req.address, "a member moved: recording its new address");
+    let moved = MemberNode { name: member.name.clone(), address: req.address.clone() };
+    change(ctx, ChangeMembers::SetNodes([(req.node_id, moved)].into()), false).await?;
+    let cmd = Command::UpdateNode {
+        id: req.node_id,
+        address: Some(req.address.clone()),
+        cpus: None,
+        memory_mib: None,
+        set_labels: Default::default(),
+        unset_labels: Default::default(),
+        at_ms: now_ms(),
+    };
+    if let Response::Refused(r) = ctx.propose_as_leader(cmd).await? {
+        warn!(reason = %r, "the membership has the new address, the node record not");
+    }
+    Ok(pb::UpdateAddressReply {})
+}
+
 /// Removes a node from the cluster. Runs on the leader: gathers the facts
 /// (membership, probes), asks the pure [`plan_removal`], and carries the
 /// plan out.

@@ -185,6 +185,29 @@ pub enum NodeCmd {
     Drain { name: String },
     /// Bring a node back from maintenance (or stop a drain).
     Activate { name: String },
+    /// Show one host.
+    Get {
+        name: String,
+        /// Read through the leader (linearizable).
+        #[arg(long)]
+        consistent: bool,
+    },
+    /// Change a host's capacity or labels (refused if its VMs would no longer fit).
+    Set {
+        name: String,
+        /// vCPUs the host offers to guests.
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// Memory the host offers to guests, in MiB.
+        #[arg(long)]
+        memory_mib: Option<u64>,
+        /// Add or change a label, key=value (repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Remove a label by key (repeatable).
+        #[arg(long = "unlabel")]
+        unlabel: Vec<String>,
+    },
 }
 
 // Parsed once per process; boxing the big variant would only add noise.
@@ -253,12 +276,27 @@ pub struct CreateArgs {
     pub timeout: u64,
 }
 
+/// `--wait` for commands that start a VM.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct WaitArgs {
+    /// Return once the VM runs; exit non-zero with the host's error if it fails.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum VmCmd {
     /// Create a VM; the leader places it.
     Create(CreateArgs),
-    /// Start a stopped VM.
-    Start { name: String },
+    /// Start a stopped (or failed) VM.
+    Start {
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Stop a VM: ACPI shutdown, then power off after the host's timeout.
     Stop {
         name: String,
@@ -267,7 +305,11 @@ pub enum VmCmd {
         force: bool,
     },
     /// Power-cycle a VM.
-    Restart { name: String },
+    Restart {
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Each node's filter result and score for a VM, as if placed now.
     Explain { name: String },
     /// Restart a VM whose host is down on another host, on purpose.

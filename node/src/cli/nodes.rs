@@ -1,5 +1,5 @@
-//! `kvmesh node …`: listing the cluster's hosts, draining one into
-//! maintenance and bringing it back.
+//! `kvmesh node …`: listing and showing the cluster's hosts, changing their
+//! capacity and labels, draining one into maintenance and bringing it back.
 
 use anyhow::Result;
 use kvmesh_proto as pb;
@@ -8,7 +8,7 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use super::client::{req, status_err};
-use super::output::{node_state, print_nodes};
+use super::output::{node_state, print_node, print_nodes};
 use super::{NodeCmd, Output};
 
 pub async fn run(channel: Channel, output: Output, command: NodeCmd) -> Result<()> {
@@ -26,6 +26,18 @@ pub async fn run(channel: Channel, output: Output, command: NodeCmd) -> Result<(
                     "draining {name}: its VMs move to other nodes; `kvmesh node list` shows when it is in maintenance, `kvmesh vm list` what is still pending"
                 ),
             }
+        }
+        NodeCmd::Get { name, consistent } => {
+            let n = cluster.get_node(req(pb::GetNodeRequest { name, consistent })).await.map_err(status_err)?;
+            print_node(output, &n.into_inner());
+        }
+        NodeCmd::Set { name, cpus, memory_mib, labels, unlabel } => {
+            if cpus.is_none() && memory_mib.is_none() && labels.is_empty() && unlabel.is_empty() {
+                anyhow::bail!("nothing to change: give --cpus, --memory-mib, --label or --unlabel");
+            }
+            let r = pb::SetNodeRequest { name, cpus, memory_mib, labels: labels.into_iter().collect(), unlabel };
+            let n = cluster.set_node(req(r)).await.map_err(status_err)?;
+            print_node(output, &n.into_inner());
         }
         NodeCmd::Activate { name } => {
             let r = cluster.activate(req(pb::NodeActionRequest { name: name.clone() })).await.map_err(status_err)?;

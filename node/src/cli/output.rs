@@ -112,23 +112,32 @@ pub fn print_status(output: Output, s: &pb::ClusterStatus) {
     }
 }
 
+fn node_json(n: &pb::NodeInfo) -> Value {
+    json!({
+        "id": n.id, "name": n.name, "address": n.address, "state": node_state(n.state), "role": n.role,
+        "cpus": n.cpus, "memory_mib": n.memory_mib, "vms": n.vm_count,
+        "allocated_vcpus": n.allocated_vcpus, "allocated_memory_mib": n.allocated_memory_mib,
+        "labels": n.labels, "heartbeat_age_ms": n.heartbeat_age_ms, "running_vms": n.running_vms,
+        "running_vcpus": n.running_vcpus, "running_memory_mib": n.running_memory_mib,
+    })
+}
+
+/// One host: a JSON object, or the `node list` table with one row plus its labels.
+pub fn print_node(output: Output, node: &pb::NodeInfo) {
+    match output {
+        Output::Json => println!("{}", node_json(node)),
+        Output::Table => {
+            print_nodes(output, std::slice::from_ref(node));
+            let mut labels: Vec<String> = node.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            labels.sort();
+            println!("labels: {}", if labels.is_empty() { "-".to_string() } else { labels.join(", ") });
+        }
+    }
+}
+
 pub fn print_nodes(output: Output, nodes: &[pb::NodeInfo]) {
     match output {
-        Output::Json => {
-            let v: Vec<Value> = nodes
-                .iter()
-                .map(|n| {
-                    json!({
-                        "id": n.id, "name": n.name, "address": n.address, "state": node_state(n.state), "role": n.role,
-                        "cpus": n.cpus, "memory_mib": n.memory_mib, "vms": n.vm_count,
-                        "allocated_vcpus": n.allocated_vcpus, "allocated_memory_mib": n.allocated_memory_mib,
-                        "labels": n.labels, "heartbeat_age_ms": n.heartbeat_age_ms, "running_vms": n.running_vms,
-                        "running_vcpus": n.running_vcpus, "running_memory_mib": n.running_memory_mib,
-                    })
-                })
-                .collect();
-            println!("{}", Value::Array(v));
-        }
+        Output::Json => println!("{}", Value::Array(nodes.iter().map(node_json).collect())),
         Output::Table => {
             let rows = nodes
                 .iter()

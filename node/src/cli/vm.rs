@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 
 use super::client::{req, status_err};
 use super::output::{print_explanation, print_vm, print_vms, vm_json, vm_state};
-use super::{CreateArgs, Output, VmCmd};
+use super::{CreateArgs, Output, VmCmd, WaitArgs};
 
 pub async fn run(channel: Channel, output: Output, command: VmCmd) -> Result<()> {
     let mut vms = VmsClient::new(channel);
@@ -27,17 +27,17 @@ pub async fn run(channel: Channel, output: Output, command: VmCmd) -> Result<()>
             let vm = vms.get(req(pb::GetVmRequest { name, consistent })).await.map_err(status_err)?.into_inner();
             print_vm(output, &vm);
         }
-        VmCmd::Start { name } => {
+        VmCmd::Start { name, wait } => {
             let vm = vms.start(req(pb::VmActionRequest { name, force: false })).await.map_err(status_err)?;
-            print_vm(output, &vm.into_inner());
+            finish(&mut vms, output, vm.into_inner(), wait).await?;
         }
         VmCmd::Stop { name, force } => {
             let vm = vms.stop(req(pb::VmActionRequest { name, force })).await.map_err(status_err)?;
             print_vm(output, &vm.into_inner());
         }
-        VmCmd::Restart { name } => {
+        VmCmd::Restart { name, wait } => {
             let vm = vms.restart(req(pb::VmActionRequest { name, force: false })).await.map_err(status_err)?;
-            print_vm(output, &vm.into_inner());
+            finish(&mut vms, output, vm.into_inner(), wait).await?;
         }
         VmCmd::Recover { name } => {
             let vm = vms.recover(req(pb::VmActionRequest { name, force: false })).await.map_err(status_err)?;
@@ -110,6 +110,13 @@ fn create_request(a: CreateArgs) -> pb::CreateVmRequest {
         soft_anti_affinity: a.soft_anti_affinity,
         affinity: a.affinity,
     }
+}
+
+/// Prints the VM, after waiting for it to run when asked to.
+async fn finish(vms: &mut VmsClient<Channel>, output: Output, vm: pb::Vm, wait: WaitArgs) -> Result<()> {
+    let vm = if wait.wait { wait_running(vms, output, vm, Duration::from_secs(wait.timeout)).await? } else { vm };
+    print_vm(output, &vm);
+    Ok(())
 }
 
 /// Polls until the VM runs or fails; progress goes to stderr on a terminal.

@@ -79,10 +79,35 @@ impl Libvirt {
         self.consoles_dir.join(format!("{domain}.log"))
     }
 
+    /// Undefines kvmesh pools of earlier identities of this data dir (a node
+    /// that was removed and rejoins with an emptied dir, a refused join):
+    /// libvirt allows one pool per directory, so the old one would block
+    /// ours. Only the pool object goes; the files in it stay.
+    fn reclaim_pools_of_this_dir(&self) {
+        let Ok(pools) = self.conn.list_all_storage_pools(0) else { return };
+        let target = format!("<path>{}</path>", self.images_dir.display());
+        for pool in pools {
+            let Ok(name) = pool.name() else { continue };
+            if !name.starts_with("kvmesh-") || name == self.pool_name {
+                continue;
+            }
+            if pool.xml_desc(0).is_ok_and(|xml| xml.contains(&target)) {
+                info!(pool = %name, path = %self.images_dir.display(), "undefining the pool of an earlier identity of this data dir");
+                if pool.is_active().unwrap_or(false) {
+                    let _ = pool.destroy();
+                }
+                if let Err(e) = pool.undefine() {
+                    warn!(pool = %name, error = %e, "could not undefine the old pool");
+                }
+            }
+        }
+    }
+
     fn ensure_pool(&self) -> Result<StoragePool> {
         let pool = match self.conn.lookup_storage_pool_by_name(&self.pool_name) {
             Ok(p) => p,
             Err(_) => {
+                self.reclaim_pools_of_this_dir();
                 let xml = xml::pool_xml(&self.pool_name, &self.images_dir.to_string_lossy());
                 let p = self.conn.define_storage_pool_xml(&xml, 0).map_err(|e| lv_err("define storage pool", e))?;
                 let _ = p.build(0);

@@ -54,6 +54,19 @@ pub enum Command {
     /// `node drain` (Draining: its VMs are unplaced to move elsewhere), the
     /// end of a drain (Maintenance), or `node activate` (Up).
     SetNodeState { id: NodeId, state: NodeState, at_ms: u64 },
+    /// `node set`, or a node restarted with other `--cpus`/`--memory-mib`/
+    /// `--label` flags: new capacity and labels, refused if what is placed
+    /// on it would no longer fit.
+    UpdateNode {
+        id: NodeId,
+        /// A member's new address (after its membership entry changed).
+        address: Option<String>,
+        cpus: Option<u32>,
+        memory_mib: Option<u64>,
+        set_labels: std::collections::BTreeMap<String, String>,
+        unset_labels: std::collections::BTreeSet<String>,
+        at_ms: u64,
+    },
     /// Places an unplaced VM on `node` with a new epoch.
     PlaceVm { vm: VmId, node: NodeId, at_ms: u64 },
     /// Records why an unplaced VM is still waiting.
@@ -97,6 +110,7 @@ impl Command {
             | Command::RecoverVm { .. }
             | Command::RemoveNode { .. }
             | Command::SetNodeState { .. }
+            | Command::UpdateNode { .. }
             | Command::PlaceVm { .. } => true,
             Command::Batch(cmds) => cmds.iter().any(Command::needs_request_id),
             Command::Request { .. }
@@ -127,6 +141,11 @@ impl ClusterState {
             Command::NodeDown { id, at_ms } => self.node_down(*id, *at_ms),
             Command::NodeUp { id, at_ms } => self.node_up(*id, *at_ms),
             Command::SetNodeState { id, state, at_ms } => self.set_node_state(*id, *state, *at_ms),
+            Command::UpdateNode { id, address, cpus, memory_mib, set_labels, unset_labels, at_ms } => {
+                let change =
+                    nodes::NodeChange { address, cpus: *cpus, memory_mib: *memory_mib, set_labels, unset_labels };
+                self.update_node(*id, change, *at_ms)
+            }
             Command::CreateVm { vm, at_ms } => self.create_vm(vm, *at_ms),
             Command::DeleteVm { name, keep_disks, at_ms } => self.delete_vm(name, *keep_disks, *at_ms),
             Command::SetDesired { name, desired, force, at_ms } => self.set_desired(name, *desired, *force, *at_ms),

@@ -1,8 +1,19 @@
 //! Commands about hosts: join, removal, liveness and maintenance states.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::{Refusal, Response};
 use crate::model::{ClusterState, Desired, Key, Node, NodeState, VmId};
 use crate::types::NodeId;
+
+/// What `UpdateNode` changes; `None` and empty collections keep the value.
+pub(super) struct NodeChange<'a> {
+    pub address: &'a Option<String>,
+    pub cpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub set_labels: &'a BTreeMap<String, String>,
+    pub unset_labels: &'a BTreeSet<String>,
+}
 
 impl ClusterState {
     pub(super) fn add_node(&mut self, node: &Node, at_ms: u64) -> Response {
@@ -150,6 +161,48 @@ impl ClusterState {
         } else {
             self.push_event(at_ms, "node", format!("node {name}: {} -> {}", before.as_str(), state.as_str()));
         }
+        Response::Done
+    }
+
+    pub(super) fn update_node(&mut self, id: NodeId, change: NodeChange<'_>, at_ms: u64) -> Response {
+        let Some(node) = self.nodes.get(&id) else {
+            return Response::Refused(Refusal::UnknownNode { id });
+        };
+        if let Some(address) = change.address {
+            if let Some(other) = self.nodes.values().find(|n| n.id != id && &n.address == address) {
+                return Response::Refused(Refusal::NodeAddressTaken {
+                    address: address.clone(),
+                    by: other.name.clone(),
+                });
+            }
+        }
+        let address = change.address.clone().unwrap_or_else(|| node.address.clone());
+        let (cpus, memory_mib) = (change.cpus.unwrap_or(node.cpus), change.memory_mib.unwrap_or(node.memory_mib));
+        let mut labels = node.labels.clone();
+        labels.retain(|k, _| !change.unset_labels.contains(k));
+        labels.extend(change.set_labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if (&address, cpus, memory_mib, &labels) == (&node.address, node.cpus, node.memory_mib, &node.labels) {
+            return Response::Done;
+        }
+        if let Some(reason) = self.check_node_change(id, cpus, memory_mib, &labels) {
+            return Response::Refused(Refusal::NodeChangeRefused { name: node.name.clone(), reason });
+        }
+        let name = node.name.clone();
+        let node = self.nodes.get_mut(&id).expect("checked above");
+        node.address = address.clone();
+        node.cpus = cpus;
+        node.memory_mib = memory_mib;
+        node.labels = labels;
+        let labels: Vec<String> = node.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        self.dirty.insert(Key::Node(id));
+        self.push_event(
+            at_ms,
+            "node",
+            format!(
+                "node {name} at {address} now offers {cpus} CPUs and {memory_mib} MiB, labels [{}]",
+                labels.join(", ")
+            ),
+        );
         Response::Done
     }
 

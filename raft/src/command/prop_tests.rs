@@ -163,7 +163,8 @@ fn check_invariants(s: &mut ClusterState, capacity: bool, step: usize) {
     }
     for vm in s.vms.values() {
         if let Some(p) = vm.placement {
-            assert!(s.nodes.contains_key(&p.node), "{}", ctx("placed on a node that does not exist"));
+            // The node may be gone: a host removed with --force keeps its
+            // VMs placed on it, since they may still run there.
             assert!(vm.last_epoch >= p.epoch, "{}", ctx("epoch went backwards"));
         }
     }

@@ -66,6 +66,12 @@ pub enum Refusal {
     /// A retried write whose first outcome is no longer remembered (its node
     /// has made many newer writes since); it is not applied a second time.
     RequestExpired,
+    /// `node set` (or a restart with other flags) that would leave what is
+    /// placed on the node without room or without a label it requires.
+    NodeChangeRefused {
+        name: String,
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for Refusal {
@@ -95,6 +101,10 @@ impl std::fmt::Display for Refusal {
                 "VM {name:?} runs on {host}, which is not down; use `vm restart`, or `node drain {host}` to move it"
             ),
             Refusal::AlreadyPlaced { name } => write!(f, "VM {name:?} is already placed"),
+            Refusal::NodeChangeRefused { name, reason } => write!(
+                f,
+                "node {name:?} keeps its capacity and labels: {reason}. Move or stop VMs first (`kvmesh node drain {name}`)"
+            ),
             Refusal::RequestExpired => write!(
                 f,
                 "this retried write is too old to tell whether it was applied; check the object's state and send it again if needed"

@@ -129,6 +129,10 @@ fn remove_node_with_vms_needs_force() {
     assert_eq!(r, Response::Refused(Refusal::NodeHasVms { name: "b".into(), vms: 1 }));
     assert_eq!(s.apply(&Command::RemoveNode { id: 2, force: true, at_ms: 5 }), Response::Done);
     assert!(!s.nodes.contains_key(&2));
+    // Still placed on the removed host: it may run there until the leader
+    // knows it fenced (HA) or an operator recovers it (see ha::decide).
+    assert_eq!(s.vm_by_name("web").unwrap().placement.map(|p| p.node), Some(2));
+    assert_eq!(s.apply(&Command::RecoverVm { name: "web".into(), at_ms: 6 }), Response::Done);
     assert_eq!(s.vm_by_name("web").unwrap().placement, None);
 }
 

@@ -85,7 +85,9 @@ impl ClusterState {
         vm.desired = Desired::Running;
         vm.restart_gen += 1;
         vm.desired_gen += 1;
-        forget_failure(vm);
+        // Whatever was reported is about the run being restarted: `pending`
+        // until the host reports the new one.
+        vm.reported = None;
         let vm = vm.clone();
         self.dirty.insert(Key::Vm(vm.id));
         self.push_event(at_ms, "vm", format!("vm {name}: restart requested"));
