@@ -104,7 +104,10 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     tokio::spawn(crate::ha::heartbeat_loop(ctx.clone(), lease, leader.clone()));
     tokio::spawn(crate::ha::controller::run(ctx.clone(), leader));
     tokio::spawn(snapshot_by_size(ctx.clone(), log_size));
-    tokio::spawn(propose_own_flags(ctx.clone()));
+    if initialized {
+        // A first start's join carries the flags already.
+        tokio::spawn(propose_own_flags(ctx.clone()));
+    }
     #[cfg(feature = "bench-seed")]
     crate::bench_seed::start(&ctx);
 

@@ -165,8 +165,18 @@ impl Cluster {
         let config = node.data_dir.with_extension("toml");
         std::fs::write(&config, &self.config_toml)?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+        // Plenty of room by default; a test may give its own.
+        let has = |flag: &str| node.extra_args.iter().any(|a| a == flag);
+        let mut sizes = Vec::new();
+        if !has("--cpus") {
+            sizes.extend(["--cpus", "1000"]);
+        }
+        if !has("--memory-mib") {
+            sizes.extend(["--memory-mib", "16384"]);
+        }
         let child = Command::new(kvmesh_bin())
-            .args(["serve", "--name", &node.name, "--listen", &node.address, "--cpus", "1000", "--memory-mib", "16384"])
+            .args(["serve", "--name", &node.name, "--listen", &node.address])
+            .args(&sizes)
             .args(["--libvirt-uri", &self.libvirt_uri])
             .arg("--data-dir")
             .arg(&node.data_dir)
@@ -200,6 +210,19 @@ impl Cluster {
         self.nodes[i].kill();
         let mut node = self.nodes.remove(i);
         let result = self.start(&mut node);
+        self.nodes.insert(i, node);
+        result
+    }
+
+    /// Starts node `i` again from its data dir as `name`, joining `join`
+    /// (an operator retrying a refused join).
+    pub fn retry_join(&mut self, i: usize, name: &str, join: &str) -> Result<()> {
+        self.nodes[i].kill();
+        let mut node = self.nodes.remove(i);
+        node.name = name.to_string();
+        node.join = Some(join.to_string());
+        let result = self.start(&mut node);
+        node.join = None;
         self.nodes.insert(i, node);
         result
     }

@@ -74,7 +74,37 @@ fn wrong_foreign_and_corrupt_data_dirs_are_refused() -> Result<()> {
     bytes[12] ^= 0xff; // inside the first record, which others follow
     std::fs::write(&segment, bytes)?;
     let err = serve_refused(&["--name", "a", "--data-dir", copy.to_str().unwrap()]);
-    assert!(err.contains("corrupt") && err.contains("bad log record at offset 0"), "{err}");
+    assert!(err.contains("corrupt") && err.contains("the log record at offset 0 fails its checksum"), "{err}");
+
+    // A bit flip in the last complete record is damage too (it may hold a
+    // committed entry), not a torn write: refused, and the file untouched.
+    let copy = c.dir.path().join("damaged-last");
+    copy_dir(&dir, &copy)?;
+    let segment = first_segment(&copy)?;
+    let mut bytes = std::fs::read(&segment)?;
+    let n = bytes.len();
+    bytes[n - 1] ^= 0x01;
+    std::fs::write(&segment, &bytes)?;
+    let err = serve_refused(&["--name", "a", "--data-dir", copy.to_str().unwrap()]);
+    assert!(err.contains("fails its checksum"), "{err}");
+    assert_eq!(std::fs::read(&segment)?, bytes, "the damaged log was changed");
+
+    // The sled files lost, the log kept: the vote is gone, and a voter
+    // that forgot its vote could vote twice in a term. Refused.
+    let copy = c.dir.path().join("lost-vote");
+    copy_dir(&dir, &copy)?;
+    for entry in std::fs::read_dir(copy.join("raft"))? {
+        let path = entry?.path();
+        if path.file_name().is_some_and(|n| n != "wal") {
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+    }
+    let err = serve_refused(&["--name", "a", "--data-dir", copy.to_str().unwrap()]);
+    assert!(err.contains("the vote is missing"), "{err}");
 
     // A record torn by a crash at the end of the log (a header promising
     // more than was written) is cut off; everything acknowledged stays.
@@ -111,6 +141,41 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()>
             std::fs::copy(entry.path(), target)?;
         }
     }
+    Ok(())
+}
+
+/// Snapshot metadata is trusted at start-up (the log is purged up to its
+/// index), so it is under the checksum: a changed byte that still decodes
+/// is refused, not believed.
+#[test]
+fn a_snapshot_with_changed_metadata_is_refused() -> Result<()> {
+    let mut c = Cluster::new();
+    c.config_toml = "[raft]\nsnapshot_every = 10\nkeep_logs = 0\n".into();
+    c.spawn("a", None, &[])?;
+    c.cli_ok(0, &["cluster", "init"])?;
+    for i in 0..15 {
+        c.cli_ok(0, &["vm", "create", &format!("v{i}"), "--memory", "16"])?;
+    }
+    kvmesh_tests::wait_for("a snapshot", Duration::from_secs(20), || {
+        (c.status(0).ok()?["snapshot_index"].as_u64()? >= 10).then_some(())
+    })?;
+    c.nodes[0].kill();
+    let dir = c.nodes[0].data_dir.clone();
+    let copy = c.dir.path().join("tampered");
+    copy_dir(&dir, &copy)?;
+    let path = copy.join("raft/snapshot.bin");
+    let mut bytes = std::fs::read(&path)?;
+    let meta_len = u32::from_le_bytes(bytes[0..4].try_into()?) as usize;
+    // The snapshot id's last character: still a valid snapshot meta.
+    bytes[4 + meta_len - 1] ^= 0x01;
+    std::fs::write(&path, bytes)?;
+    let err = serve_refused(&["--name", "a", "--data-dir", copy.to_str().unwrap()]);
+    assert!(err.contains("does not match its checksum"), "{err}");
+    // The untouched original starts with all its VMs.
+    c.restart(0)?;
+    kvmesh_tests::wait_for("VMs after restart", Duration::from_secs(20), || {
+        (c.vm_names(0).ok()?.len() == 15).then_some(())
+    })?;
     Ok(())
 }
 

@@ -201,6 +201,25 @@ fn images_are_thin_clones_and_failures_leave_nothing_behind() -> Result<()> {
         assert!(!virsh(&["dominfo", vm["domain"].as_str().unwrap()]).0, "failed domain left defined");
         let nonet_vol = format!("{}-disk0.qcow2", vm["id"].as_str().unwrap());
         assert!(!virsh(&["vol-list", &pool(&c, host)]).1.contains(&nonet_vol), "failed VM's volume left behind");
+
+        // A failure holds across a restart of its host's daemon: no retry,
+        // no new event, still `failed` until an operator asks again.
+        let failures = |c: &Cluster| c.cli(0, &["events"]).stdout.matches("vm nonet failed on").count();
+        assert_eq!(failures(&c), 1);
+        c.restart(host)?;
+        c.wait_members(0, 2, 2)?;
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(c.vm(0, "nonet")?["state"], "failed");
+        assert_eq!(failures(&c), 1, "retried after the restart");
+        let restarted_log = c.log_text(host);
+        let after_restart = restarted_log.rsplit("kvmesh node starting").next().unwrap_or_default();
+        assert!(!after_restart.contains("vm=nonet"), "the restarted agent touched nonet: {after_restart}");
+        // `vm start --wait` tries again, fails again: non-zero, with the
+        // error, and the repeated failure is an event of its own.
+        let r = c.cli(1, &["vm", "start", "nonet", "--wait", "--timeout", "60"]);
+        assert!(!r.success, "{}", r.stdout);
+        assert!(r.stderr.contains("failed") && r.stderr.contains("no-such-net"), "{}", r.stderr);
+        wait_for("the second failure's event", Duration::from_secs(10), || (failures(&c) == 2).then_some(()))?;
         Ok(())
     })();
     cleanup(&mut c);
