@@ -8,6 +8,8 @@
 //!
 //! The binary is `$KVMESH_BIN`, or `target/debug/kvmesh` of this workspace.
 
+pub mod testbed;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -6,98 +6,15 @@
 //! Needs root, the packages of scripts/libvirtd.sh and the test guest
 //! (scripts/test.sh provides all three).
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use kvmesh_tests::{kvmesh_bin, run_cli, wait_for};
-use serde_json::Value;
-
-const HOSTS: [&str; 3] = ["h1", "h2", "h3"];
-
-fn script() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/testbed.sh"))
-}
-
-fn testbed(args: &[&str]) -> Result<String> {
-    let out = Command::new("bash")
-        .arg(script())
-        .args(args)
-        .env("KVMESH_BIN", kvmesh_bin())
-        .env("KVMESH_TESTBED_DIR", "/tmp/kvmesh-testbed-test")
-        .output()
-        .context("run testbed.sh")?;
-    if !out.status.success() {
-        bail!(
-            "testbed.sh {} failed: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-fn addr(h: &str) -> String {
-    format!("10.254.77.{}:7100", 10 + h[1..].parse::<u32>().unwrap())
-}
-
-/// Running kvmesh domains on host `h`, asked from inside its own namespace
-/// (so it works while the host is partitioned).
-fn running_on(h: &str) -> Vec<String> {
-    let ip = &addr(h)[..addr(h).len() - 5];
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &format!("kvmtb-{h}"),
-            "virsh",
-            "-c",
-            &format!("qemu+tcp://{ip}/system"),
-            "list",
-            "--name",
-        ])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .map(str::trim)
-            .filter(|l| l.starts_with("kvmesh-"))
-            .map(str::to_string)
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-fn vms(endpoint: &str) -> Option<Vec<Value>> {
-    run_cli(endpoint, &["vm", "list"]).json().ok()?.as_array().cloned()
-}
-
-/// Each domain name -> hosts running it, over the given hosts.
-fn placement_by_virsh(hosts: &[&str]) -> BTreeMap<String, Vec<String>> {
-    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for h in hosts {
-        for d in running_on(h) {
-            m.entry(d).or_default().push(h.to_string());
-        }
-    }
-    m
-}
-
-struct Teardown;
-impl Drop for Teardown {
-    fn drop(&mut self) {
-        let _ = testbed(&["down"]);
-    }
-}
+use anyhow::{bail, Result};
+use kvmesh_tests::testbed::{addr, guest, placement_by_virsh, running_on, testbed, vms, Teardown, HOSTS};
+use kvmesh_tests::{run_cli, wait_for};
 
 #[test]
 fn real_host_death_and_partition_never_run_a_guest_twice() -> Result<()> {
-    let guest = std::env::var("KVMESH_TEST_GUEST")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/test-guest").into());
-    let (kernel, initrd) = (format!("{guest}/vmlinuz"), format!("{guest}/initrd.gz"));
+    let (kernel, initrd) = guest();
     let _ = testbed(&["down"]);
     let _teardown = Teardown;
     testbed(&["up", "3"])?;

@@ -1,0 +1,179 @@
+//! Node lifecycle on the testbed, with real QEMU/TCG guests: a host that
+//! restarts after its guests moved, a drain of a partitioned host, the
+//! forced removal of a live host and the rejoin of its emptied data dir,
+//! and a host removed while dead that comes back from its old data dir.
+//!
+//! Throughout, `virsh list` of every host is sampled every 0.2 s: no guest
+//! may ever run on two hosts. One test, since only one testbed can exist.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Result};
+use kvmesh_tests::testbed::{
+    addr, double_run, guest, log, placement_by_virsh, running_on, testbed, vms, Teardown, HOSTS,
+};
+use kvmesh_tests::{run_cli, wait_for};
+use serde_json::Value;
+
+/// Samples every host until `done` says so (or `timeout`), failing on any
+/// sample with a guest on two hosts.
+fn watch(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if let Some(d) = double_run(&HOSTS) {
+            bail!("while waiting for {what}: a guest ran twice: {d}");
+        }
+        if done() {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}; virsh says {:?}", placement_by_virsh(&HOSTS));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Samples every host for `period`, failing on any double run.
+fn sample_for(what: &str, period: Duration) -> Result<()> {
+    let start = Instant::now();
+    watch(what, period + Duration::from_secs(5), || start.elapsed() >= period)
+}
+
+fn cli(via: &str, args: &[&str]) -> Result<Value> {
+    let r = run_cli(&addr(via), args);
+    ensure!(r.success, "kvmesh {} via {via}: {}", args.join(" "), r.stderr);
+    r.json()
+}
+
+fn vm(via: &str, name: &str) -> Option<Value> {
+    vms(&addr(via))?.into_iter().find(|v| v["name"] == name)
+}
+
+fn domain(via: &str, name: &str) -> String {
+    vm(via, name).and_then(|v| v["domain"].as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// Creates a guest on `host` by label preference (a pin would keep an HA
+/// guest from restarting elsewhere) and waits for it to run there.
+fn guest_on(host: &str, name: &str, ha: bool) -> Result<String> {
+    let (kernel, initrd) = guest();
+    cli("h1", &["node", "set", host, "--label", "target=yes"])?;
+    let mut args = vec!["vm", "create", name, "--memory", "128", "--prefer-label", "target=yes"];
+    args.extend(["--kernel", &kernel, "--initrd", &initrd, "--cmdline", "console=ttyS0", "--wait"]);
+    if ha {
+        args.push("--ha");
+    }
+    let created = cli("h1", &args)?;
+    cli("h1", &["node", "set", host, "--unlabel", "target"])?;
+    ensure!(created["node"] == host, "{name} landed on {} instead of {host}", created["node"]);
+    let d = created["domain"].as_str().unwrap_or_default().to_string();
+    wait_for("the guest under virsh", Duration::from_secs(30), || running_on(host).contains(&d).then_some(()))?;
+    Ok(d)
+}
+
+fn node_state(via: &str, host: &str) -> Option<String> {
+    let nodes = run_cli(&addr(via), &["node", "list"]).json().ok()?;
+    let n = nodes.as_array()?.iter().find(|n| n["name"] == host)?.clone();
+    n["state"].as_str().map(str::to_string)
+}
+
+/// Host `h`'s log since `from` bytes.
+fn log_since(h: &str, from: usize) -> String {
+    log(h).get(from..).unwrap_or_default().to_string()
+}
+
+#[test]
+fn restarts_drains_and_removals_never_run_a_guest_twice() -> Result<()> {
+    let _ = testbed(&["down"]);
+    let _teardown = Teardown;
+    testbed(&["up", "3"])?;
+    wait_for("3 voters", Duration::from_secs(60), || {
+        let s = run_cli(&addr("h1"), &["cluster", "status"]).json().ok()?;
+        (s["members"].as_array()?.len() == 3 && !s["leader"].is_null()).then_some(())
+    })?;
+
+    // 1. A host restarts after its HA guest was restarted elsewhere: its
+    //    stale replica still places the guest on it, and it must not start it.
+    let ha = guest_on("h3", "ha", true)?;
+    let plain = guest_on("h3", "plain", false)?;
+    testbed(&["kill-host", "h3"])?;
+    watch("the HA guest to run on a survivor", Duration::from_secs(40), || {
+        running_on("h1").contains(&ha) || running_on("h2").contains(&ha)
+    })?;
+    let mark = log("h3").len();
+    testbed(&["start-host", "h3"])?;
+    // Its own non-HA guest (still placed on it) does come back, once the
+    // host has caught up.
+    watch("h3's own guest back on h3", Duration::from_secs(60), || running_on("h3").contains(&plain))?;
+    sample_for("a while after the restart", Duration::from_secs(3))?;
+    let since = log_since("h3", mark);
+    let started: Vec<&str> = since.lines().filter(|l| l.contains("starting domain") && l.contains(&ha)).collect();
+    ensure!(started.is_empty(), "h3 started the moved HA guest after its restart: {started:?}");
+
+    // 4. A drain of a partitioned host: its non-HA guest must not start
+    //    elsewhere while the host (which never heard of the drain) runs it,
+    //    and the drain outlives the partition.
+    testbed(&["partition", "h3"])?;
+    cli("h1", &["node", "drain", "h3"])?;
+    sample_for("down_after and more during the partition", Duration::from_secs(12))?;
+    ensure!(running_on("h3").contains(&plain), "the partitioned host stopped its guest on its own");
+    ensure!(!running_on("h1").contains(&plain) && !running_on("h2").contains(&plain), "moved during the partition");
+    testbed(&["heal", "h3"])?;
+    watch("the drained guest to run elsewhere", Duration::from_secs(60), || {
+        !running_on("h3").contains(&plain) && (running_on("h1").contains(&plain) || running_on("h2").contains(&plain))
+    })?;
+    watch("h3 in maintenance after the drain", Duration::from_secs(30), || {
+        node_state("h1", "h3").as_deref() == Some("maintenance")
+    })?;
+    cli("h1", &["node", "activate", "h3"])?;
+
+    // 3. `cluster remove --force` of a live host: it removes its guests
+    //    and exits; its HA guest runs elsewhere, never twice.
+    let ha2 = guest_on("h3", "ha2", true)?;
+    let mark = log("h3").len();
+    cli("h1", &["cluster", "remove", "h3", "--force"])?;
+    watch("h3's kvmesh to exit, its guest gone from it", Duration::from_secs(30), || {
+        log_since("h3", mark).contains("error: node h3 is not a member") && !running_on("h3").contains(&ha2)
+    })?;
+    watch("the HA guest of the removed host elsewhere", Duration::from_secs(40), || {
+        running_on("h1").contains(&ha2) || running_on("h2").contains(&ha2)
+    })?;
+
+    //    The README's rejoin: the same data dir path, emptied, with --join.
+    //    The old identity's libvirt pool (same directory) must not block it.
+    std::fs::remove_dir_all(format!("{}/h3/kvmesh", kvmesh_tests::testbed::DIR))?;
+    testbed(&["start-host", "h3"])?;
+    wait_for("h3 rejoined", Duration::from_secs(60), || {
+        (node_state("h1", "h3").as_deref() == Some("up")).then_some(())
+    })?;
+
+    // 2. A host removed while dead comes back from its old data dir (as
+    //    Restart=always would do): it starts nothing and exits.
+    let ha3 = guest_on("h3", "ha3", true)?;
+    let plain3 = guest_on("h3", "plain3", false)?;
+    testbed(&["kill-host", "h3"])?;
+    cli("h1", &["cluster", "remove", "h3", "--force"])?;
+    watch("the dead host's HA guest elsewhere", Duration::from_secs(40), || {
+        running_on("h1").contains(&ha3) || running_on("h2").contains(&ha3)
+    })?;
+    ensure!(vm("h1", "plain3").is_some_and(|v| v["state"] == "host-down"), "{:?}", vm("h1", "plain3"));
+    let mark = log("h3").len();
+    // It may stop before its port ever answers, which start-host reports.
+    let _ = testbed(&["start-host", "h3"]);
+    watch("the zombie to exit", Duration::from_secs(30), || {
+        log_since("h3", mark).contains("error: node h3 is not a member")
+    })?;
+    let since = log_since("h3", mark);
+    ensure!(!since.contains("starting domain"), "the removed host started a guest: {since}");
+    ensure!(running_on("h3").is_empty(), "the removed host runs {:?}", running_on("h3"));
+    cli("h1", &["vm", "recover", "plain3"])?;
+    watch("the recovered guest elsewhere", Duration::from_secs(40), || {
+        running_on("h1").contains(&plain3) || running_on("h2").contains(&plain3)
+    })?;
+    let by_virsh = placement_by_virsh(&HOSTS);
+    ensure!(by_virsh.values().all(|h| h.len() == 1), "{by_virsh:?}");
+    for name in ["ha", "plain", "ha2", "ha3", "plain3"] {
+        ensure!(by_virsh.contains_key(&domain("h1", name)), "{name} is not running: {by_virsh:?}");
+    }
+    Ok(())
+}
