@@ -161,6 +161,10 @@ impl NodeCtx {
                 // Retried under the same request id: if the first try was
                 // committed, a new leader answers with its result.
                 Err(WriteFailure::OutcomeUnknown(m)) => {
+                    // This node's own Raft stopped: no retry can leave it.
+                    if self.metrics().running_state.is_err() {
+                        return Err(Error::OutcomeUnknown(outcome_unknown(&m)));
+                    }
                     unknown = Some(m.clone());
                     m
                 }

@@ -120,6 +120,9 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             }
         }
         ended = watch_membership(ctx.clone()) => {
+            // Let answers in flight get out first (a write whose outcome is
+            // now unknown says so, rather than dying with the connection).
+            tokio::time::sleep(Duration::from_millis(500)).await;
             let _ = tokio::time::timeout(Duration::from_secs(5), raft.shutdown()).await;
             // Non-zero either way, so a service manager notices: a removed
             // node must not be restarted as it is, a failed store needs a look.

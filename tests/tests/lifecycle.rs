@@ -265,6 +265,51 @@ fn a_full_disk_stops_a_follower_with_a_non_zero_exit() -> Result<()> {
     Ok(())
 }
 
+/// The leader's disk fills while it proposes: the client hears that the
+/// outcome is unknown (the followers may have committed it), never that it
+/// failed; the leader exits non-zero and the others go on with a new one.
+#[test]
+fn a_full_disk_on_the_leader_reports_an_unknown_outcome_not_a_failure() -> Result<()> {
+    if !is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root (scripts/test.sh runs as root)");
+        return Ok(());
+    }
+    let mut c = Cluster::new();
+    let small = c.dir.path().join("n1-0");
+    std::fs::create_dir_all(&small)?;
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&small).status()?;
+    assert!(mounted.success());
+    let _unmount = Unmount(small.clone());
+    c.spawn("n1", None, &[])?;
+    c.cli_ok(0, &["cluster", "init"])?;
+    let first = c.addr(0);
+    c.spawn("n2", Some(&first), &[])?;
+    c.spawn("n3", Some(&first), &[])?;
+    c.wait_members(0, 3, 3)?;
+    c.cli_ok(0, &["vm", "create", "filler", "--memory", "1"])?;
+    let mut refused = None;
+    for n in 0..3000 {
+        let text = format!("{n:04}{}", "x".repeat(4000));
+        let r = c.cli(0, &["vm", "set", "filler", "--description", &text]);
+        if !r.success {
+            refused = Some((n, r.stderr));
+            break;
+        }
+    }
+    let (n, stderr) = refused.expect("the leader never hit the full disk");
+    assert!(stderr.contains("outcome of this write is unknown"), "{stderr}");
+    let code = c.nodes[0].wait_exit(Duration::from_secs(15))?;
+    assert_ne!(code, Some(0));
+    // The others elect a leader; the write is there or not, and either is
+    // consistent with "unknown".
+    let vm = wait_for("a new leader serving reads", Duration::from_secs(30), || {
+        c.cli_ok(1, &["vm", "get", "filler", "--consistent"]).ok()
+    })?;
+    let description = vm["description"].as_str().unwrap_or_default();
+    assert!(description.starts_with(&format!("{n:04}")) || description.starts_with(&format!("{:04}", n - 1)));
+    Ok(())
+}
+
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }

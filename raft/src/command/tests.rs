@@ -132,6 +132,10 @@ fn remove_node_with_vms_needs_force() {
     // Still placed on the removed host: it may run there until the leader
     // knows it fenced (HA) or an operator recovers it (see ha::decide).
     assert_eq!(s.vm_by_name("web").unwrap().placement.map(|p| p.node), Some(2));
+    // Its word no longer counts, even about a VM still placed on it.
+    let epoch = s.vm_by_name("web").unwrap().placement.unwrap().epoch;
+    let report = Command::ReportVm { vm: 10, node: 2, epoch, state: VmState::Running, error: None, at_ms: 6 };
+    assert_eq!(s.apply(&report), Response::Refused(Refusal::StaleReport));
     assert_eq!(s.apply(&Command::RecoverVm { name: "web".into(), at_ms: 6 }), Response::Done);
     assert_eq!(s.vm_by_name("web").unwrap().placement, None);
 }

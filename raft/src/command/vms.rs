@@ -190,7 +190,11 @@ impl ClusterState {
         error: Option<String>,
         at_ms: u64,
     ) -> Response {
-        let host = self.nodes.get(&node).map(|n| n.name.clone()).unwrap_or_else(|| node.to_string());
+        // A removed host may still hold placements (see `remove_node`), but
+        // its word no longer counts.
+        let Some(host) = self.nodes.get(&node).map(|n| n.name.clone()) else {
+            return Response::Refused(Refusal::StaleReport);
+        };
         let Some(vm) = self.vms.get_mut(&id) else {
             return Response::Refused(Refusal::StaleReport);
         };
