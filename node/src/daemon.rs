@@ -120,23 +120,27 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             }
         }
         ended = watch_membership(ctx.clone()) => {
-            // Let answers in flight get out first (a write whose outcome is
-            // now unknown says so, rather than dying with the connection).
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let _ = tokio::time::timeout(Duration::from_secs(5), raft.shutdown()).await;
-            // Non-zero either way, so a service manager notices: a removed
-            // node must not be restarted as it is, a failed store needs a look.
-            return Err(match ended {
+            // Guests first: once this daemon is gone nothing fences them,
+            // and the leader restarts HA VMs elsewhere after down_after.
+            let error = match ended {
                 Ended::Removed(reason) => {
                     error!("{reason}");
                     crate::ha::host::leave(&ctx).await;
                     Error::Removed(reason)
                 }
                 Ended::Fatal(reason) => {
-                    error!("{reason}");
+                    error!("{reason}; destroying this host's HA guests before stopping");
+                    crate::ha::host::fence(&ctx).await;
                     Error::Raft(reason)
                 }
-            });
+            };
+            // Let answers in flight get out (a write whose outcome is now
+            // unknown says so, rather than dying with the connection).
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), raft.shutdown()).await;
+            // Non-zero either way, so a service manager notices: a removed
+            // node must not be restarted as it is, a failed store needs a look.
+            return Err(error);
         }
         _ = shutdown_signal() => info!("shutting down on signal"),
     }

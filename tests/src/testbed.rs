@@ -101,6 +101,19 @@ pub fn log(h: &str) -> String {
     std::fs::read_to_string(format!("{DIR}/{h}/kvmesh.log")).unwrap_or_default()
 }
 
+/// Brings up a fresh three-host testbed and waits for its three voters and
+/// a leader; dropping the returned guard tears it down.
+pub fn up3() -> Result<Teardown> {
+    let _ = testbed(&["down"]);
+    let teardown = Teardown;
+    testbed(&["up", "3"])?;
+    crate::wait_for("3 voters", std::time::Duration::from_secs(60), || {
+        let s = run_cli(&addr("h1"), &["cluster", "status"]).json().ok()?;
+        (s["members"].as_array()?.len() == 3 && !s["leader"].is_null()).then_some(())
+    })?;
+    Ok(teardown)
+}
+
 /// Tears the testbed down when dropped, even after a failed assertion.
 pub struct Teardown;
 impl Drop for Teardown {

@@ -231,32 +231,15 @@ fn node_set_changes_capacity_and_labels_through_raft_and_never_below_what_is_pla
 /// its data stays as it was.
 #[test]
 fn a_full_disk_stops_a_follower_with_a_non_zero_exit() -> Result<()> {
-    if !is_root() {
-        eprintln!("skipped: mounting a small tmpfs needs root (scripts/test.sh runs as root)");
-        return Ok(());
-    }
     let mut c = Cluster::three()?;
-    // The harness puts node `full` (the fourth spawn) in <dir>/full-3: a
-    // small tmpfs is mounted there first.
-    let small = c.dir.path().join(format!("full-{}", c.nodes.len()));
-    std::fs::create_dir_all(&small)?;
-    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&small).status()?;
-    assert!(mounted.success());
-    let _unmount = Unmount(small.clone());
+    // The harness puts node `full` (the fourth spawn) in <dir>/full-3.
+    let Some(_unmount) = small_disk(&c.dir.path().join(format!("full-{}", c.nodes.len())))? else { return Ok(()) };
     let first = c.addr(0);
     let i = c.spawn("full", Some(&first), &[])?;
     c.wait_members(0, 3, 4)?;
-    c.cli_ok(0, &["vm", "create", "filler", "--memory", "1"])?;
-    let mut code = None;
-    for n in 0..3000 {
-        let text = format!("{n:04}{}", "x".repeat(4000));
-        let _ = c.cli(0, &["vm", "set", "filler", "--description", &text]);
-        if !c.nodes[i].is_running() {
-            code = c.nodes[i].wait_exit(Duration::from_secs(5))?;
-            break;
-        }
-    }
-    assert!(code.is_some(), "the follower never hit the full disk");
+    let full = c.addr(i);
+    fill(&c, &mut |_| std::net::TcpStream::connect(&full).is_err());
+    let code = c.nodes[i].wait_exit(Duration::from_secs(5))?;
     assert_ne!(code, Some(0), "a storage failure must exit non-zero");
     let log = c.log_text(i);
     assert!(log.contains("No space left on device") || log.contains("raft stopped"), "{log}");
@@ -270,33 +253,15 @@ fn a_full_disk_stops_a_follower_with_a_non_zero_exit() -> Result<()> {
 /// failed; the leader exits non-zero and the others go on with a new one.
 #[test]
 fn a_full_disk_on_the_leader_reports_an_unknown_outcome_not_a_failure() -> Result<()> {
-    if !is_root() {
-        eprintln!("skipped: mounting a small tmpfs needs root (scripts/test.sh runs as root)");
-        return Ok(());
-    }
     let mut c = Cluster::new();
-    let small = c.dir.path().join("n1-0");
-    std::fs::create_dir_all(&small)?;
-    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&small).status()?;
-    assert!(mounted.success());
-    let _unmount = Unmount(small.clone());
+    let Some(_unmount) = small_disk(&c.dir.path().join("n1-0"))? else { return Ok(()) };
     c.spawn("n1", None, &[])?;
     c.cli_ok(0, &["cluster", "init"])?;
     let first = c.addr(0);
     c.spawn("n2", Some(&first), &[])?;
     c.spawn("n3", Some(&first), &[])?;
     c.wait_members(0, 3, 3)?;
-    c.cli_ok(0, &["vm", "create", "filler", "--memory", "1"])?;
-    let mut refused = None;
-    for n in 0..3000 {
-        let text = format!("{n:04}{}", "x".repeat(4000));
-        let r = c.cli(0, &["vm", "set", "filler", "--description", &text]);
-        if !r.success {
-            refused = Some((n, r.stderr));
-            break;
-        }
-    }
-    let (n, stderr) = refused.expect("the leader never hit the full disk");
+    let (n, stderr) = fill(&c, &mut |_| false).expect("the leader never hit the full disk");
     assert!(stderr.contains("outcome of this write is unknown"), "{stderr}");
     let code = c.nodes[0].wait_exit(Duration::from_secs(15))?;
     assert_ne!(code, Some(0));
@@ -308,6 +273,36 @@ fn a_full_disk_on_the_leader_reports_an_unknown_outcome_not_a_failure() -> Resul
     let description = vm["description"].as_str().unwrap_or_default();
     assert!(description.starts_with(&format!("{n:04}")) || description.starts_with(&format!("{:04}", n - 1)));
     Ok(())
+}
+
+/// A 4 MiB tmpfs mounted at `dir` (unmounted when the guard drops), or
+/// `None` without root (the test is then skipped; scripts/test.sh runs as root).
+fn small_disk(dir: &std::path::Path) -> Result<Option<Unmount>> {
+    if !is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root (scripts/test.sh runs as root)");
+        return Ok(None);
+    }
+    std::fs::create_dir_all(dir)?;
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(dir).status()?;
+    anyhow::ensure!(mounted.success(), "mount tmpfs on {}", dir.display());
+    Ok(Some(Unmount(dir.to_path_buf())))
+}
+
+/// Writes 4 KB descriptions through node 0 until a write fails (returns
+/// its number and error) or `stop` says so.
+fn fill(c: &Cluster, stop: &mut dyn FnMut(&Cluster) -> bool) -> Option<(usize, String)> {
+    c.cli_ok(0, &["vm", "create", "filler", "--memory", "1"]).ok()?;
+    for n in 0..3000 {
+        let text = format!("{n:04}{}", "x".repeat(4000));
+        let r = c.cli(0, &["vm", "set", "filler", "--description", &text]);
+        if !r.success {
+            return Some((n, r.stderr));
+        }
+        if stop(c) {
+            return None;
+        }
+    }
+    None
 }
 
 fn is_root() -> bool {

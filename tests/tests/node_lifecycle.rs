@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
 use kvmesh_tests::testbed::{
-    addr, double_run, guest, log, placement_by_virsh, running_on, testbed, vms, Teardown, HOSTS,
+    addr, double_run, guest, log, placement_by_virsh, running_on, testbed, up3, vms, HOSTS,
 };
 use kvmesh_tests::{run_cli, wait_for};
 use serde_json::Value;
@@ -84,13 +84,7 @@ fn log_since(h: &str, from: usize) -> String {
 
 #[test]
 fn restarts_drains_and_removals_never_run_a_guest_twice() -> Result<()> {
-    let _ = testbed(&["down"]);
-    let _teardown = Teardown;
-    testbed(&["up", "3"])?;
-    wait_for("3 voters", Duration::from_secs(60), || {
-        let s = run_cli(&addr("h1"), &["cluster", "status"]).json().ok()?;
-        (s["members"].as_array()?.len() == 3 && !s["leader"].is_null()).then_some(())
-    })?;
+    let _teardown = up3()?;
 
     // 1. A host restarts after its HA guest was restarted elsewhere: its
     //    stale replica still places the guest on it, and it must not start it.

@@ -9,19 +9,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use kvmesh_tests::testbed::{addr, guest, placement_by_virsh, running_on, testbed, vms, Teardown, HOSTS};
+use kvmesh_tests::testbed::{addr, guest, placement_by_virsh, running_on, testbed, up3, vms, HOSTS};
 use kvmesh_tests::{run_cli, wait_for};
 
 #[test]
 fn real_host_death_and_partition_never_run_a_guest_twice() -> Result<()> {
     let (kernel, initrd) = guest();
-    let _ = testbed(&["down"]);
-    let _teardown = Teardown;
-    testbed(&["up", "3"])?;
-    wait_for("3 voters", Duration::from_secs(60), || {
-        let s = run_cli(&addr("h1"), &["cluster", "status"]).json().ok()?;
-        (s["members"].as_array()?.len() == 3 && !s["leader"].is_null()).then_some(())
-    })?;
+    let _teardown = up3()?;
     for (i, host) in HOSTS.iter().enumerate() {
         let r = run_cli(
             &addr(host),

@@ -77,7 +77,9 @@ pub async fn run(ctx: Arc<NodeCtx>, lease: Arc<Lease>) {
             seen_changes = Some(ctx.read(|d| d.state.changes_on(ctx.id)));
             seen = Some(ctx.read(|d| wants(&d.state, ctx.id)));
             match reconcile(&ctx, &lease, &mut memory, &timing).await {
-                Ok(n) => acted = n > 0,
+                // Not yet caught up (or fenced): look again soon rather than
+                // at the next change, which may never come.
+                Ok(n) => acted = n > 0 || lease.standing(ctx.read(|d| d.last_applied.map(|l| l.index))) != Standing::Current,
                 Err(e) => warn!(error = %e, "reconcile pass failed"),
             }
         }

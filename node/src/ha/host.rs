@@ -15,7 +15,7 @@ use kvmesh_proto as pb;
 use kvmesh_proto::NOT_A_MEMBER;
 use kvmesh_raft::model::{domain_name, ClusterState, VmId};
 use tonic::Status;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::leader::LeaderView;
 use crate::agent::plan::Standing;
@@ -28,6 +28,11 @@ use crate::hypervisor::{blocking, Domain};
 pub struct Lease {
     granted: Mutex<Option<Grant>>,
     fence_after: Duration,
+    /// Set once the replica reached a read index under this lease; cleared
+    /// when the lease runs out. In between, the replica only lags by the
+    /// replication delay, and waiting for every newer read index would
+    /// hold up the agent under a steady stream of writes.
+    caught_up: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -38,7 +43,7 @@ struct Grant {
 
 impl Lease {
     pub fn new(fence_after: Duration) -> Self {
-        Lease { granted: Mutex::new(None), fence_after }
+        Lease { granted: Mutex::new(None), fence_after, caught_up: Default::default() }
     }
 
     fn grant(&self) -> Option<Grant> {
@@ -63,13 +68,17 @@ impl Lease {
     }
 
     fn standing_at(&self, now: Instant, applied: Option<u64>) -> Standing {
-        match self.grant() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let standing = match self.grant() {
             _ if cfg!(feature = "unsafe-no-fencing") => Standing::Current,
             None => Standing::Fenced,
             Some(g) if lease_expired(Some(g.sent), now, self.fence_after) => Standing::Fenced,
+            _ if self.caught_up.load(Relaxed) => Standing::Current,
             Some(g) if applied.is_some_and(|a| a >= g.read_index) => Standing::Current,
             Some(_) => Standing::Behind,
-        }
+        };
+        self.caught_up.store(standing == Standing::Current, Relaxed);
+        standing
     }
 
     /// Extends the lease to a heartbeat sent at `sent` that was acknowledged.
@@ -101,8 +110,10 @@ pub fn fence_targets(state: &ClusterState, domains: &[Domain]) -> Vec<String> {
         .collect()
 }
 
-/// Destroys this host's running HA domains (self-fencing).
-async fn fence(ctx: &Arc<NodeCtx>) {
+/// Destroys this host's running HA domains (self-fencing). Also what a
+/// node does before it stops on a storage failure: once it is gone, the
+/// leader restarts its HA VMs elsewhere.
+pub async fn fence(ctx: &Arc<NodeCtx>) {
     let Ok(domains) = blocking(&ctx.hypervisor, |hv| hv.list()).await else { return };
     for name in ctx.read(|d| fence_targets(&d.state, &domains)) {
         warn!(domain = %name, "fencing: no heartbeat acknowledged within fence_after; destroying HA domain");
@@ -116,8 +127,12 @@ async fn fence(ctx: &Arc<NodeCtx>) {
 pub async fn heartbeat_loop(ctx: Arc<NodeCtx>, lease: Arc<Lease>, leader: Arc<LeaderView>) {
     let every = Duration::from_millis(ctx.config.heartbeat_ms);
     let mut was_fenced = false;
+    // Latched: once removed from the state (`RemoveNode` applies before the
+    // membership change), the node must go on fencing and asking the
+    // leader, whose refusal is how it learns it is out.
+    let mut registered = false;
     loop {
-        let registered = ctx.read(|d| d.state.nodes.contains_key(&ctx.id));
+        registered = registered || ctx.read(|d| d.state.nodes.contains_key(&ctx.id));
         if registered {
             if lease.expired() && !cfg!(feature = "unsafe-no-fencing") {
                 if !was_fenced {
@@ -164,10 +179,18 @@ pub async fn heartbeat_loop(ctx: Arc<NodeCtx>, lease: Arc<Lease>, leader: Arc<Le
 /// rest), and must not linger in libvirt under an identity that is gone.
 /// They are destroyed and undefined; their disks stay, so nothing is lost.
 pub async fn leave(ctx: &Arc<NodeCtx>) {
-    let domains = match blocking(&ctx.hypervisor, |hv| hv.list()).await {
+    let mut listed = Err(crate::error::Error::Hypervisor("not asked yet".into()));
+    for _ in 0..5 {
+        listed = blocking(&ctx.hypervisor, |hv| hv.list()).await;
+        if listed.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let domains = match listed {
         Ok(d) => d,
         Err(e) => {
-            warn!(error = %e, "cannot list this node's domains to remove them");
+            error!(error = %e, "cannot list this node's domains to remove them: destroy the kvmesh-* domains of this host by hand");
             return;
         }
     };
@@ -259,6 +282,14 @@ mod tests {
         assert_eq!(lease.standing_at(at, None), Standing::Behind);
         assert_eq!(lease.standing_at(at, Some(39)), Standing::Behind);
         assert_eq!(lease.standing_at(at, Some(40)), Standing::Current);
-        assert_eq!(lease.standing_at(t0 + Duration::from_secs(8), Some(40)), Standing::Fenced);
+        // Caught up once under this lease: a newer read index does not hold
+        // the agent up again while the lease lasts ...
+        lease.acknowledged(t0 + Duration::from_secs(3), 90);
+        assert_eq!(lease.standing_at(at, Some(41)), Standing::Current);
+        // ... but after it ran out, the replica must catch up anew.
+        assert_eq!(lease.standing_at(t0 + Duration::from_secs(9), Some(41)), Standing::Fenced);
+        lease.acknowledged(t0 + Duration::from_secs(9), 100);
+        assert_eq!(lease.standing_at(t0 + Duration::from_secs(9), Some(99)), Standing::Behind);
+        assert_eq!(lease.standing_at(t0 + Duration::from_secs(9), Some(100)), Standing::Current);
     }
 }
