@@ -69,7 +69,8 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         .await
         .map_err(|source| Error::Listen { address: config.listen.clone(), source })?;
     let refusals = Arc::new(MembershipRefusals::default());
-    let raft = Raft::new(id, raft_config, Network::new(refusals.clone()), log_store, state_machine)
+    let network = Network::new(refusals.clone(), state.clone());
+    let raft = Raft::new(id, raft_config, network, log_store, state_machine)
         .await
         .map_err(|e| Error::Raft(format!("cannot start raft: {e}")))?;
 
@@ -202,14 +203,21 @@ async fn record_new_address(ctx: Arc<NodeCtx>, recorded: String, others: Vec<Str
             req.set_timeout(Duration::from_secs(20));
             match pb::cluster_client::ClusterClient::new(channel).update_address(req).await {
                 Ok(_) => break,
+                // Only the leader's answer to a heartbeat is final: ask it.
                 Err(s)
                     if s.code() == Code::FailedPrecondition && s.message().starts_with(kvmesh_proto::NOT_A_MEMBER) =>
                 {
-                    ctx.removed.notify_one();
-                    return;
+                    ctx.recheck.notify_one();
                 }
                 Err(s) => tracing::debug!(via = %target, error = %s.message(), "address update not accepted yet"),
             }
+        }
+        // Nobody leads (another voter is down too, say): this node may be
+        // the only one that can win, since its own requests still reach
+        // the others. Once it leads it records its own address (the last
+        // target above), so it never leads on an address nobody can use.
+        if ctx.leader().is_none() && started.elapsed() > Duration::from_secs(5) {
+            ctx.raft.runtime_config().elect(true);
         }
         if last_hint.elapsed() > Duration::from_secs(10) {
             last_hint = Instant::now();

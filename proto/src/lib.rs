@@ -25,6 +25,11 @@ pub const PROTOCOL_VERSION: u32 = 2;
 /// gRPC metadata key carrying the sender's `PROTOCOL_VERSION` on Raft RPCs.
 pub const PROTOCOL_HEADER: &str = "kvmesh-protocol";
 
+/// gRPC metadata key carrying the sender's cluster id on Raft RPCs, so a
+/// node of another cluster (one that took over a member's address) refuses
+/// them instead of taking part, or answering for this cluster.
+pub const CLUSTER_HEADER: &str = "kvmesh-cluster";
+
 /// gRPC metadata key set when a node forwards a client write to the leader.
 pub const FORWARDED_HEADER: &str = "kvmesh-forwarded";
 

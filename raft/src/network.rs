@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use kvmesh_proto::raft_client::RaftClient;
 use kvmesh_proto::raft_server;
-use kvmesh_proto::{RaftMessage, NOT_A_MEMBER, PROTOCOL_HEADER, PROTOCOL_VERSION};
+use kvmesh_proto::{RaftMessage, CLUSTER_HEADER, NOT_A_MEMBER, PROTOCOL_HEADER, PROTOCOL_VERSION};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -40,16 +40,23 @@ pub fn lazy_channel(address: &str, connect_timeout: Duration) -> Result<Channel,
 }
 
 /// Creates one [`PeerClient`] per replication target.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Network {
     refusals: Arc<MembershipRefusals>,
+    state: SharedState,
 }
 
 impl Network {
-    /// Peers' refusals of this node's votes are recorded in `refusals`.
-    pub fn new(refusals: Arc<MembershipRefusals>) -> Self {
-        Network { refusals }
+    /// Peers' refusals of this node's votes are recorded in `refusals`;
+    /// `state` gives the cluster id every request carries.
+    pub fn new(refusals: Arc<MembershipRefusals>, state: SharedState) -> Self {
+        Network { refusals, state }
     }
+}
+
+/// The cluster id in a replica, once it has one.
+pub fn cluster_of(state: &SharedState) -> Option<String> {
+    state.read().unwrap_or_else(|p| p.into_inner()).state.cluster_id().map(str::to_string)
 }
 
 /// Peers that refused this node's vote requests because their committed
@@ -92,6 +99,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             address: node.address.clone(),
             client: channel.ok().map(RaftClient::new),
             refusals: self.refusals.clone(),
+            state: self.state.clone(),
         }
     }
 }
@@ -102,6 +110,7 @@ pub struct PeerClient {
     /// `None` if the address does not even parse; every call is then unreachable.
     client: Option<RaftClient<Channel>>,
     refusals: Arc<MembershipRefusals>,
+    state: SharedState,
 }
 
 #[derive(Clone, Copy)]
@@ -127,6 +136,9 @@ impl PeerClient {
         let mut request = Request::new(RaftMessage { payload });
         request.set_timeout(ttl);
         request.metadata_mut().insert(PROTOCOL_HEADER, PROTOCOL_VERSION.into());
+        if let Some(id) = cluster_of(&self.state).and_then(|id| id.parse().ok()) {
+            request.metadata_mut().insert(CLUSTER_HEADER, id);
+        }
         let reply = match rpc {
             Rpc::AppendEntries => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,
@@ -236,6 +248,17 @@ fn check_protocol<T>(request: &Request<T>) -> Result<(), Status> {
     }
 }
 
+/// Refuses a request from a node of another cluster (when both know theirs).
+fn check_cluster<T>(request: &Request<T>, state: &SharedState) -> Result<(), Status> {
+    let theirs = request.metadata().get(CLUSTER_HEADER).and_then(|v| v.to_str().ok());
+    match (theirs, cluster_of(state)) {
+        (Some(theirs), Some(mine)) if theirs != mine => Err(Status::failed_precondition(format!(
+            "this node belongs to cluster {mine}, not {theirs}; a member's address now serves another cluster"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn decode<T: DeserializeOwned>(request: Request<RaftMessage>) -> Result<T, Status> {
     check_protocol(&request)?;
     codec::from_wire("raft request", &request.into_inner().payload).map_err(|e| Status::invalid_argument(e.to_string()))
@@ -249,17 +272,20 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        check_cluster(&request, &self.state)?;
         let req: AppendEntriesRequest<TypeConfig> = decode(request)?;
         encode(&self.raft.append_entries(req).await)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        check_cluster(&request, &self.state)?;
         let req: VoteRequest<NodeId> = decode(request)?;
         self.check_candidate(req.vote.leader_id().voted_for().unwrap_or_default())?;
         encode(&self.raft.vote(req).await)
     }
 
     async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        check_cluster(&request, &self.state)?;
         let req: InstallSnapshotRequest<TypeConfig> = decode(request)?;
         encode(&self.raft.install_snapshot(req).await)
     }

@@ -49,11 +49,11 @@ pub enum WriteFailure {
     /// connection broke): whether it committed is unknown, so retry.
     Unreachable(String),
     Membership(String),
+    Fatal(String),
     /// The leader's Raft stopped (a storage error) after the write was
     /// proposed: it may have been committed. A retry under the same request
     /// id gets the first answer if it was.
     OutcomeUnknown(String),
-    Fatal(String),
 }
 
 impl std::fmt::Display for WriteFailure {

@@ -9,9 +9,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
-use kvmesh_tests::testbed::{
-    addr, double_run, guest, log, placement_by_virsh, running_on, testbed, up3, vms, HOSTS,
-};
+use kvmesh_tests::testbed::{addr, double_run, guest, log, placement_by_virsh, running_on, testbed, up3, vms, HOSTS};
 use kvmesh_tests::{run_cli, wait_for};
 use serde_json::Value;
 

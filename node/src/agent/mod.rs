@@ -79,7 +79,9 @@ pub async fn run(ctx: Arc<NodeCtx>, lease: Arc<Lease>) {
             match reconcile(&ctx, &lease, &mut memory, &timing).await {
                 // Not yet caught up (or fenced): look again soon rather than
                 // at the next change, which may never come.
-                Ok(n) => acted = n > 0 || lease.standing(ctx.read(|d| d.last_applied.map(|l| l.index))) != Standing::Current,
+                Ok(n) => {
+                    acted = n > 0 || lease.standing(ctx.read(|d| d.last_applied.map(|l| l.index))) != Standing::Current
+                }
                 Err(e) => warn!(error = %e, "reconcile pass failed"),
             }
         }

@@ -168,6 +168,8 @@ pub async fn join(ctx: &NodeCtx, req: pb::JoinRequest) -> Result<pb::JoinRespons
 #[instrument(skip_all, fields(node = %ctx.name, member = req.node_id, address = %req.address))]
 pub async fn update_address(ctx: &NodeCtx, req: pb::UpdateAddressRequest) -> Result<pb::UpdateAddressReply> {
     let _guard = ctx.membership_lock.lock().await;
+    // A deposed leader's older membership must not turn a member away.
+    ctx.ensure_linearizable().await?;
     let cluster_id = ctx.read(|d| d.state.cluster_id().map(str::to_string));
     if cluster_id.as_deref() != Some(req.cluster_id.as_str()) {
         return Err(Error::FailedPrecondition(format!(

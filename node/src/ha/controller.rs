@@ -21,6 +21,9 @@ const TICK: Duration = Duration::from_millis(250);
 
 pub async fn run(ctx: Arc<NodeCtx>, leader: Arc<LeaderView>) {
     let mut down_since: HashMap<NodeId, Instant> = HashMap::new();
+    // VMs moving off a host -> this leader's applied index when it first
+    // saw them moving (leader memory: a new leader starts from its own).
+    let mut moving_since: HashMap<VmId, u64> = HashMap::new();
     loop {
         tokio::time::sleep(TICK).await;
         let m = ctx.metrics();
@@ -39,7 +42,7 @@ pub async fn run(ctx: Arc<NodeCtx>, leader: Arc<LeaderView>) {
         if leader_since.elapsed() < Duration::from_millis(ctx.config.down_after_ms) {
             continue;
         }
-        if let Err(e) = tick(&ctx, &leader, &mut down_since).await {
+        if let Err(e) = tick(&ctx, &leader, &mut down_since, &mut moving_since).await {
             warn!(error = %e, "HA controller pass failed; retrying");
         }
     }
@@ -50,6 +53,7 @@ async fn tick(
     ctx: &Arc<NodeCtx>,
     leader: &LeaderView,
     down_since: &mut HashMap<NodeId, Instant>,
+    moving_since: &mut HashMap<VmId, u64>,
 ) -> crate::error::Result<()> {
     let now = Instant::now();
     let down_after = Duration::from_millis(ctx.config.down_after_ms);
@@ -57,7 +61,21 @@ async fn tick(
     let (actions, observed, released) = {
         let hb = leader.table.lock().unwrap_or_else(|p| p.into_inner());
         let observed = hb.observed(now, down_after);
-        let released = ctx.read(|d| decide::released_moves(&d.state, &hb, now, fresh, down_after));
+        let released = ctx.read(|d| {
+            let applied = d.last_applied.map_or(0, |l| l.index);
+            let moving: BTreeSet<VmId> = d
+                .state
+                .vms
+                .values()
+                .filter(|v| v.placement.is_none() && v.moving_from.is_some())
+                .map(|v| v.id)
+                .collect();
+            moving_since.retain(|vm, _| moving.contains(vm));
+            for vm in moving {
+                moving_since.entry(vm).or_insert(applied);
+            }
+            decide::released_moves(&d.state, &hb, moving_since, now, fresh, down_after)
+        });
         let actions = ctx.read(|d| {
             let live: BTreeMap<NodeId, Liveness> = d
                 .state

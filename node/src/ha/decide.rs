@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use kvmesh_raft::model::{ClusterState, Desired, NodeState, VmId};
 use kvmesh_raft::NodeId;
 
-use super::leader::Heartbeats;
+use super::leader::{Heartbeats, Seen};
 
 /// The nodes a leader must not place anything new on: those it has not
 /// heard from in this term at all (a newly elected leader knows nothing of
@@ -124,12 +124,15 @@ pub fn placeable(
 }
 
 /// VMs moving off a host (a drain) that may start elsewhere: the host's
-/// latest heartbeat, at most `fresh` old, no longer lists them; or the VM is
-/// HA and the host has been silent for `down_after`, so it has fenced it.
+/// latest heartbeat, at most `fresh` old and sent after it applied the move
+/// (`moving_since`: the leader's applied index when it first saw the VM
+/// moving, at or after the drain's entry), no longer lists them; or the VM
+/// is HA and the host has been silent for `down_after`, so it has fenced it.
 /// A non-HA VM of a silent host waits for it, or for `vm recover`.
 pub fn released_moves(
     state: &ClusterState,
     hb: &Heartbeats,
+    moving_since: &HashMap<VmId, u64>,
     now: Instant,
     fresh: Duration,
     down_after: Duration,
@@ -140,8 +143,13 @@ pub fn released_moves(
         .filter(|v| v.placement.is_none())
         .filter_map(|v| v.moving_from.map(|from| (v, from)))
         .filter(|(v, from)| {
+            // From a host that had applied the move: it will not start the
+            // VM again (a heartbeat from before, taken while the VM was
+            // off, proves nothing).
+            let applied_move = |seen: &Seen| moving_since.get(&v.id).is_some_and(|at| seen.applied >= *at);
             let stopped_there = hb.seen.get(from).is_some_and(|seen| {
                 now.saturating_duration_since(seen.at) <= fresh
+                    && applied_move(seen)
                     && !seen.domains.iter().any(|(id, _, running)| *id == v.id && *running)
             });
             stopped_there || (v.spec.ha && hb.silent_for(*from, now) > down_after)
@@ -226,7 +234,7 @@ mod tests {
         hb.for_term(2, t0);
         // Just elected: nobody heard from yet, so nobody is live.
         assert_eq!(unresponsive(&s, &hb, t0 + Duration::from_millis(10), limit), [1, 2].into());
-        hb.seen.insert(1, super::super::leader::Seen { at: t0 + Duration::from_millis(500), domains: vec![] });
+        hb.seen.insert(1, Seen { at: t0 + Duration::from_millis(500), domains: vec![], applied: 0 });
         assert_eq!(unresponsive(&s, &hb, t0 + Duration::from_secs(1), limit), [2].into());
         // Heard from, then silent for longer than the limit.
         assert_eq!(unresponsive(&s, &hb, t0 + Duration::from_millis(3501), limit), [1, 2].into());
@@ -279,9 +287,9 @@ mod tests {
         s.apply(&Command::CreateVm { vm: Box::new(vm), at_ms: 0 });
     }
 
-    fn heard(hb: &mut Heartbeats, node: NodeId, at: Instant, running: &[VmId]) {
+    fn heard(hb: &mut Heartbeats, node: NodeId, at: Instant, running: &[VmId], applied: u64) {
         let domains = running.iter().map(|v| (*v, 1, true)).collect();
-        hb.seen.insert(node, super::super::leader::Seen { at, domains });
+        hb.seen.insert(node, Seen { at, domains, applied });
     }
 
     #[test]
@@ -293,17 +301,25 @@ mod tests {
         let t0 = Instant::now();
         let mut hb = Heartbeats::default();
         hb.for_term(1, t0);
-        heard(&mut hb, 1, t0, &[10, 11]);
+        // The leader saw the move at index 7.
+        let since: HashMap<VmId, u64> = [(10, 7), (11, 7)].into();
+        heard(&mut hb, 1, t0, &[10, 11], 7);
         // Still listed: nothing moves.
-        assert!(released_moves(&s, &hb, t0, fresh, down).is_empty());
+        assert!(released_moves(&s, &hb, &since, t0, fresh, down).is_empty());
+        // Not listed (off for a moment), but from before the host applied
+        // the drain: it may still start them, so nothing moves.
+        heard(&mut hb, 1, t0, &[], 6);
+        assert!(released_moves(&s, &hb, &since, t0, fresh, down).is_empty());
         // Host 1 goes silent (a partition): silence is no proof for the
         // non-HA VM, ever; the HA one is fenced after down_after.
         let later = t0 + Duration::from_secs(9);
-        assert_eq!(released_moves(&s, &hb, later, fresh, down), [10].into());
-        assert!(placeable(&s, &BTreeMap::new(), &released_moves(&s, &hb, later, fresh, down)) == vec![10]);
-        // The host answers again without the VMs: both may move.
-        heard(&mut hb, 1, later, &[]);
-        assert_eq!(released_moves(&s, &hb, later, fresh, down), [10, 11].into());
+        assert_eq!(released_moves(&s, &hb, &since, later, fresh, down), [10].into());
+        let released = released_moves(&s, &hb, &since, later, fresh, down);
+        assert_eq!(placeable(&s, &BTreeMap::new(), &released), vec![10]);
+        // The host answers again, having applied the drain, without the VMs:
+        // both may move.
+        heard(&mut hb, 1, later, &[], 8);
+        assert_eq!(released_moves(&s, &hb, &since, later, fresh, down), [10, 11].into());
     }
 
     #[test]

@@ -204,9 +204,15 @@ pub async fn leave(ctx: &Arc<NodeCtx>) {
 }
 
 async fn send(ctx: &Arc<NodeCtx>, leader: &LeaderView, timeout: Duration) -> Result<pb::HeartbeatAck, Status> {
+    // Read before listing: whatever the list lacks, the host had applied
+    // this far when it looked.
+    let (applied_index, cluster_id) =
+        ctx.read(|d| (d.last_applied.map_or(0, |l| l.index), d.state.cluster_id().unwrap_or_default().to_string()));
     let domains = blocking(&ctx.hypervisor, |hv| hv.list()).await.map_err(Status::from)?;
     let req = pb::HeartbeatRequest {
         node_id: ctx.id,
+        applied_index,
+        cluster_id,
         domains: domains
             .iter()
             .map(|d| pb::RunningDomain { vm_id: d.vm_id, epoch: d.epoch, running: d.state.is_live() })

@@ -21,6 +21,8 @@ pub struct Seen {
     pub at: Instant,
     /// (vm, epoch, running) for every kvmesh domain the host has.
     pub domains: Vec<(VmId, u64, bool)>,
+    /// The host's applied index when it listed them.
+    pub applied: u64,
 }
 
 /// The heartbeat table of one term; a new leader starts empty.
@@ -123,7 +125,11 @@ impl LeaderView {
         let heard = Heartbeats {
             term: hb.term,
             leader_since: hb.leader_since,
-            seen: hb.seen.iter().map(|(id, s)| (*id, Seen { at: s.at, domains: Vec::new() })).collect(),
+            seen: hb
+                .seen
+                .iter()
+                .map(|(id, s)| (*id, Seen { at: s.at, domains: Vec::new(), applied: s.applied }))
+                .collect(),
         };
         Liveness { leads, heard, now: Instant::now(), heartbeat: self.heartbeat }
     }
@@ -140,6 +146,13 @@ impl LeaderView {
             Ok(Ok(read)) => read.map_or(0, |l| l.index),
             _ => return Err(Status::unavailable("cannot confirm this leader still holds a quorum")),
         };
+        let mine = ctx.read(|d| d.state.cluster_id().unwrap_or_default().to_string());
+        if req.cluster_id != mine {
+            return Err(Status::failed_precondition(format!(
+                "this leader's cluster is {mine}, not {}; a member's address now serves another cluster",
+                req.cluster_id
+            )));
+        }
         // A node outside the membership was removed (or never joined): no
         // lease, and the answer tells it so. Checked after the quorum, so a
         // deposed leader's stale membership never turns anyone away.
@@ -155,7 +168,7 @@ impl LeaderView {
             let now = Instant::now();
             let mut hb = self.table();
             hb.for_term(m.current_term, now);
-            hb.seen.insert(req.node_id, Seen { at: now, domains });
+            hb.seen.insert(req.node_id, Seen { at: now, domains, applied: req.applied_index });
         }
         Ok(pb::HeartbeatAck { leader_id: ctx.id, term: m.current_term, stale, read_index })
     }

@@ -54,19 +54,6 @@ pub enum Command {
     /// `node drain` (Draining: its VMs are unplaced to move elsewhere), the
     /// end of a drain (Maintenance), or `node activate` (Up).
     SetNodeState { id: NodeId, state: NodeState, at_ms: u64 },
-    /// `node set`, or a node restarted with other `--cpus`/`--memory-mib`/
-    /// `--label` flags: new capacity and labels, refused if what is placed
-    /// on it would no longer fit.
-    UpdateNode {
-        id: NodeId,
-        /// A member's new address (after its membership entry changed).
-        address: Option<String>,
-        cpus: Option<u32>,
-        memory_mib: Option<u64>,
-        set_labels: std::collections::BTreeMap<String, String>,
-        unset_labels: std::collections::BTreeSet<String>,
-        at_ms: u64,
-    },
     /// Places an unplaced VM on `node` with a new epoch.
     PlaceVm { vm: VmId, node: NodeId, at_ms: u64 },
     /// Records why an unplaced VM is still waiting.
@@ -82,6 +69,19 @@ pub enum Command {
     /// A write with the id its node proposed it under: applied once, and a
     /// retry with the same id gets the first answer (see [`crate::requests`]).
     Request { id: RequestId, cmd: Box<Command> },
+    /// `node set`, or a node restarted with other `--cpus`/`--memory-mib`/
+    /// `--label` flags: new capacity and labels, refused if what is placed
+    /// on it would no longer fit.
+    UpdateNode {
+        id: NodeId,
+        /// A member's new address (after its membership entry changed).
+        address: Option<String>,
+        cpus: Option<u32>,
+        memory_mib: Option<u64>,
+        set_labels: std::collections::BTreeMap<String, String>,
+        unset_labels: std::collections::BTreeSet<String>,
+        at_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -83,9 +83,7 @@ impl ClusterState {
             Some(node) if node.state == NodeState::Down => return Response::Done,
             Some(node) => {
                 // A drain or maintenance outlives the outage (see `node_up`).
-                if node.state != NodeState::Up {
-                    node.resume_as = Some(node.state);
-                }
+                node.resume_as = (node.state != NodeState::Up).then_some(node.state);
                 node.state = NodeState::Down;
                 node.name.clone()
             }
@@ -138,6 +136,21 @@ impl ClusterState {
             return Response::Refused(Refusal::UnknownNode { id });
         };
         let before = node.state;
+        if before == NodeState::Down {
+            // Applied when it returns (see `node_up`): a drain or
+            // maintenance asked for while it is down is not lost, and an
+            // `activate` cancels one.
+            node.resume_as = (state != NodeState::Up).then_some(state);
+            let name = node.name.clone();
+            self.dirty.insert(Key::Node(id));
+            self.push_event(
+                at_ms,
+                "node",
+                format!("node {name} is down; it will be {} when it returns", state.as_str()),
+            );
+            return Response::Done;
+        }
+        node.resume_as = None;
         if before == state {
             return Response::Done;
         }
@@ -184,7 +197,11 @@ impl ClusterState {
         if (&address, cpus, memory_mib, &labels) == (&node.address, node.cpus, node.memory_mib, &node.labels) {
             return Response::Done;
         }
-        if let Some(reason) = self.check_node_change(id, cpus, memory_mib, &labels) {
+        // Only a change that takes something away can strand what is placed.
+        let shrinks = cpus < node.cpus
+            || memory_mib < node.memory_mib
+            || node.labels.iter().any(|(k, v)| labels.get(k) != Some(v));
+        if let Some(reason) = shrinks.then(|| self.check_node_change(id, cpus, memory_mib, &labels)).flatten() {
             return Response::Refused(Refusal::NodeChangeRefused { name: node.name.clone(), reason });
         }
         let name = node.name.clone();

@@ -74,6 +74,28 @@ fn record(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The sector size below which a disk may leave a cut write's pages unwritten.
+const SECTOR: usize = 512;
+
+/// Whether a bad record at `at`, ending at `end` (if its header is whole),
+/// in the last segment, is a write torn by a crash: the file ends inside it;
+/// or it ends the file and one of its sectors is all zeros (the file grew
+/// but a page of the write never reached the disk, as etcd's WAL also
+/// reads it). A flipped bit is neither.
+fn torn(bytes: &[u8], at: usize, end: Option<usize>) -> bool {
+    let Some(end) = end.filter(|e| *e <= bytes.len()) else { return true };
+    if end != bytes.len() {
+        return false;
+    }
+    // The record cut at sector boundaries of the file; a chunk of at least
+    // 64 bytes that is all zeros is a sector that was never written.
+    let first_sector = at / SECTOR * SECTOR;
+    (first_sector..end).step_by(SECTOR).any(|s| {
+        let chunk = &bytes[s.max(at)..(s + SECTOR).min(end)];
+        chunk.len() >= 64 && chunk.iter().all(|b| *b == 0)
+    })
+}
+
 /// Parses one segment's records: `(entries with their locations, valid length)`.
 /// `last` tells whether a bad record at the end may be cut off.
 fn parse_segment(path: &Path, first: u64, bytes: &[u8], last: bool) -> Result<(Vec<(LogId, Location)>, u64)> {
@@ -81,6 +103,11 @@ fn parse_segment(path: &Path, first: u64, bytes: &[u8], last: bool) -> Result<(V
     let mut out = Vec::new();
     let mut at = 0usize;
     while at < bytes.len() {
+        // A zero-filled tail (a length of 0 would even pass the checksum).
+        if last && bytes[at..].iter().all(|b| *b == 0) {
+            tracing::warn!(path = %path.display(), offset = at, "cutting off a zero-filled tail left by a crash");
+            return Ok((out, at as u64));
+        }
         let header = bytes.get(at..at + HEADER);
         let len = header.map(|h| u32::from_le_bytes(h[0..4].try_into().expect("4 bytes")) as usize);
         let end = len.map(|l| at + HEADER + l);
@@ -90,12 +117,11 @@ fn parse_segment(path: &Path, first: u64, bytes: &[u8], last: bool) -> Result<(V
             _ => false,
         };
         if !good {
-            // Torn: the last segment ends inside this record's header or
-            // payload. A write cut short by a crash was never acknowledged,
-            // so it may go. A record that is all there but fails its
-            // checksum is damage to an entry that may be committed: cutting
-            // it would silently drop it, so it is refused.
-            if last && end.is_none_or(|e| e > bytes.len()) {
+            // Torn: a write a crash cut short, never acknowledged, so it may
+            // go (see `torn`). Any other record that fails its checksum is
+            // damage to an entry that may be committed: cutting it would
+            // silently drop it, so it is refused.
+            if last && torn(bytes, at, end) {
                 tracing::warn!(path = %path.display(), offset = at, "cutting off a log record torn by a crash");
                 return Ok((out, at as u64));
             }

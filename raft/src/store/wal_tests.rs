@@ -123,6 +123,34 @@ fn a_write_torn_by_a_crash_is_cut_off() {
 }
 
 #[test]
+fn a_last_record_whose_page_never_reached_the_disk_is_torn_not_damage() {
+    // The file grew by the whole write, but a sector of it stayed zeros
+    // (unwritten extent after a power cut): never acknowledged, so cut.
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), None).unwrap();
+    wal.append(entries(1, 1..=3)).unwrap();
+    drop(wal);
+    let path = last_segment(dir.path());
+    let good = std::fs::metadata(&path).unwrap().len() as usize;
+    let mut torn = record(&vec![7u8; 3000]);
+    let zero_from = (good + 1024) / 512 * 512 - good;
+    torn[zero_from..zero_from + 512].fill(0);
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut f, &torn).unwrap();
+    drop(f);
+    let wal = Wal::open(dir.path(), None).unwrap();
+    assert_eq!(indexes(&wal), vec![1, 2, 3]);
+    assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, good);
+    drop(wal);
+    // A zero-filled tail (preallocated, never written) is the end too.
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut f, &[0u8; 4096]).unwrap();
+    drop(f);
+    let wal = Wal::open(dir.path(), None).unwrap();
+    assert_eq!(indexes(&wal), vec![1, 2, 3]);
+}
+
+#[test]
 fn damage_before_the_tail_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let wal = Wal::open(dir.path(), None).unwrap();
