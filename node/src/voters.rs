@@ -40,6 +40,13 @@ pub enum Refused {
         alive: usize,
         dead: Vec<NodeId>,
     },
+    /// A membership change commits in the old configuration too (joint
+    /// consensus): the current voters must have a majority that answers.
+    NoCurrentQuorum {
+        voters: usize,
+        alive: usize,
+        dead: Vec<NodeId>,
+    },
 }
 
 /// Facts the removal plan needs, gathered by the shell.
@@ -67,6 +74,13 @@ pub fn plan_removal(f: &RemovalFacts) -> Result<RemovalPlan, Refused> {
         return Err(Refused::HasVms(f.placed_vms));
     }
     let promote = if is_voter { replacement(f.learners, f.id, |l| f.reachable.contains(&l)) } else { None };
+    if f.in_raft {
+        let dead: Vec<NodeId> = f.voters.iter().copied().filter(|v| !f.reachable.contains(v)).collect();
+        let alive = f.voters.len() - dead.len();
+        if alive * 2 <= f.voters.len() {
+            return Err(Refused::NoCurrentQuorum { voters: f.voters.len(), alive, dead });
+        }
+    }
     if is_voter {
         let remaining: BTreeSet<NodeId> = f.voters.iter().copied().filter(|v| *v != f.id).chain(promote).collect();
         let dead: Vec<NodeId> = remaining.iter().copied().filter(|v| !f.reachable.contains(v)).collect();
@@ -121,6 +135,15 @@ mod tests {
             plan_removal(&facts(3, &voters, &none, &up)),
             Err(Refused::NoQuorum { remaining: 2, alive: 1, dead: vec![2] })
         );
+        // The dead one of two voters cannot be removed: the change must
+        // also commit in the old configuration, which needs both.
+        let (two, up): (BTreeSet<NodeId>, BTreeSet<NodeId>) = ([1, 2].into(), [1].into());
+        assert_eq!(
+            plan_removal(&facts(2, &two, &none, &up)),
+            Err(Refused::NoCurrentQuorum { voters: 2, alive: 1, dead: vec![2] })
+        );
+        // Alive, it can.
+        assert!(plan_removal(&facts(2, &two, &none, &[1, 2].into())).is_ok());
     }
 
     #[test]

@@ -150,6 +150,23 @@ fn a_node_removed_while_down_comes_back_as_nothing_and_can_rejoin() -> Result<()
     Ok(())
 }
 
+/// With two voters, a dead one cannot be removed: the change would have to
+/// commit in the old configuration too. Refused at once, saying so, rather
+/// than timing out.
+#[test]
+fn removing_the_dead_one_of_two_voters_is_refused_with_the_reason() -> Result<()> {
+    let mut c = Cluster::new();
+    c.spawn("n1", None, &[])?;
+    c.cli_ok(0, &["cluster", "init"])?;
+    let first = c.addr(0);
+    c.spawn("n2", Some(&first), &[])?;
+    c.wait_members(0, 2, 2)?;
+    c.nodes[1].kill();
+    let r = c.cli(0, &["cluster", "remove", "n2", "--force"]);
+    assert!(!r.success && r.stderr.contains("majority of the current 2 voters"), "{}", r.stderr);
+    Ok(())
+}
+
 #[test]
 fn force_removing_a_live_node_has_it_remove_its_guests_and_exit() -> Result<()> {
     let mut c = Cluster::three()?;

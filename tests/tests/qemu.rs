@@ -225,3 +225,51 @@ fn images_are_thin_clones_and_failures_leave_nothing_behind() -> Result<()> {
     cleanup(&mut c);
     result
 }
+
+/// The README's rejoin after an operator stopped a node (its guest still
+/// running) and removed it: the node comes back with its emptied data dir
+/// as a new identity, and the old identity's guest does not run on.
+#[test]
+fn a_rejoin_from_an_emptied_dir_stops_the_old_identitys_guests() -> Result<()> {
+    let (kernel, initrd) = guest()?;
+    let mut c = qemu_cluster()?;
+    let result = (|| -> Result<()> {
+        // A third voter, so that a dead h2 can be removed (a membership
+        // change needs a majority of the current voters).
+        let first = c.addr(0);
+        c.spawn("h3", Some(&first), &["--virt-type", "qemu"])?;
+        c.wait_members(0, 3, 3)?;
+        c.cli_ok(0, &["node", "set", "h2", "--label", "here=yes"])?;
+        let vm = c.cli_ok(
+            0,
+            &[
+                "vm",
+                "create",
+                "old",
+                "--memory",
+                "128",
+                "--kernel",
+                &kernel,
+                "--initrd",
+                &initrd,
+                "--node-label",
+                "here=yes",
+                "--wait",
+            ],
+        )?;
+        let domain = vm["domain"].as_str().unwrap().to_string();
+        assert_eq!(virsh(&["domstate", &domain]).1.trim(), "running");
+        let h2 = index_of(&c, "h2");
+        c.nodes[h2].kill();
+        c.cli_ok(0, &["cluster", "remove", "h2", "--force"])?;
+        assert_eq!(virsh(&["domstate", &domain]).1.trim(), "running", "nothing stopped it yet");
+        std::fs::remove_dir_all(&c.nodes[h2].data_dir)?;
+        c.retry_join(h2, "h2", &first)?;
+        c.wait_members(0, 3, 3)?;
+        assert!(!virsh(&["dominfo", &domain]).0, "the old identity's domain is still defined");
+        assert!(c.log_text(h2).contains("earlier identity of this data dir"));
+        Ok(())
+    })();
+    cleanup(&mut c);
+    result
+}

@@ -228,7 +228,9 @@ pub async fn remove(ctx: &NodeCtx, req: pb::RemoveRequest) -> Result<pb::RemoveR
     // that answers (the one a plan would promote).
     let mut reachable = BTreeSet::from([ctx.id]);
     let address = |m: NodeId| membership.get_node(&m).map(|n| n.address.clone());
-    for v in voters.iter().copied().filter(|v| *v != id && *v != ctx.id) {
+    // The node itself too: a membership change also needs a majority of the
+    // current voters, which it may be part of.
+    for v in voters.iter().copied().filter(|v| *v != ctx.id) {
         if let Some(a) = address(v) {
             if probe(ctx, &a).await {
                 reachable.insert(v);
@@ -273,6 +275,16 @@ fn refusal(name: &str, r: Refused, membership: &openraft::Membership<NodeId, Mem
             "{name} is the last voter; removing it would leave no one to hold the cluster state"
         )),
         Refused::HasVms(vms) => Refusal::NodeHasVms { name: name.to_string(), vms }.into(),
+        Refused::NoCurrentQuorum { voters, alive, dead } => {
+            let dead: Vec<String> = dead
+                .iter()
+                .map(|v| membership.get_node(v).map(|n| n.name.clone()).unwrap_or_else(|| v.to_string()))
+                .collect();
+            Error::FailedPrecondition(format!(
+                "a membership change must be accepted by a majority of the current {voters} voters, and only {alive} answer (down: {}); bring one back first",
+                dead.join(", ")
+            ))
+        }
         Refused::NoQuorum { remaining, alive, dead } => {
             let dead: Vec<String> = dead
                 .iter()

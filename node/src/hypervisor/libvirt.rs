@@ -66,8 +66,37 @@ impl Libvirt {
             images_dir,
             consoles_dir,
         };
+        hv.reclaim_domains_of_this_dir();
         hv.ensure_pool()?;
         Ok(hv)
+    }
+
+    /// Destroys and undefines kvmesh domains of an earlier identity of this
+    /// data dir (their disks or consoles live under it): a node rejoining
+    /// with an emptied dir, whose old guests were left running when it was
+    /// stopped. Nobody else manages them any more, and the cluster may be
+    /// restarting them elsewhere, so they must not run on.
+    fn reclaim_domains_of_this_dir(&self) {
+        let Ok(domains) = self.conn.list_all_domains(0) else { return };
+        let (images, consoles) = (self.images_dir.display().to_string(), self.consoles_dir.display().to_string());
+        for dom in domains {
+            let Ok(name) = dom.name() else { continue };
+            let Some(tag) = name.starts_with("kvmesh-").then(|| self.tag(&dom)).flatten() else { continue };
+            if tag.node_id == self.node_id {
+                continue;
+            }
+            let ours = dom.xml_desc(0).is_ok_and(|xml| xml.contains(&images) || xml.contains(&consoles));
+            if !ours {
+                continue;
+            }
+            warn!(domain = %name, old_node = tag.node_id, "removing a domain of an earlier identity of this data dir");
+            if dom.is_active().unwrap_or(false) {
+                let _ = dom.destroy();
+            }
+            if let Err(e) = dom.undefine() {
+                warn!(domain = %name, error = %e, "could not undefine it");
+            }
+        }
     }
 
     /// The libvirt domain type for a VM on this connection.
