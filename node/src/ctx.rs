@@ -50,6 +50,10 @@ pub struct NodeCtx {
     pub recheck: std::sync::Arc<tokio::sync::Notify>,
     /// Peers' refusals of this node's votes (see [`MembershipRefusals`]).
     pub refusals: std::sync::Arc<MembershipRefusals>,
+    /// VMs (with their epoch) the agent is starting right now: the
+    /// heartbeat reports them as running, so the leader never takes a
+    /// "not running" for proof while a start is in flight.
+    pub starting: Mutex<std::collections::BTreeMap<u64, u64>>,
     /// This host's hypervisor (libvirt).
     pub hypervisor: std::sync::Arc<dyn crate::hypervisor::Hypervisor>,
     channels: Mutex<HashMap<String, Channel>>,
@@ -88,6 +92,7 @@ impl NodeCtx {
             removed: Default::default(),
             recheck: Default::default(),
             refusals,
+            starting: Mutex::new(Default::default()),
             hypervisor,
             channels: Mutex::new(HashMap::new()),
             proposer: Proposer::start(id, raft.clone()),

@@ -84,7 +84,14 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let lease = Arc::new(Lease::new(Duration::from_millis(ctx.config.fence_after_ms)));
     let server = tokio::spawn(serve_grpc(ctx.clone(), leader.clone(), listener));
     let initialized = raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))?;
-    if initialized {
+    let joined = ctx.data_dir.lock().unwrap_or_else(|p| p.into_inner()).identity.cluster_id.is_some();
+    if let (true, false, Some(target)) = (initialized, joined, &join) {
+        // A join that stopped half way (after the leader added this node,
+        // before the answer): finish it. Each of its steps is a no-op when
+        // already done.
+        info!("finishing a join that was interrupted");
+        join_cluster(&ctx, target).await?;
+    } else if initialized {
         if join.is_some() {
             info!("this node already belongs to a cluster; ignoring --join");
         }
@@ -187,6 +194,7 @@ async fn record_new_address(ctx: Arc<NodeCtx>, recorded: String, others: Vec<Str
     let request = pb::UpdateAddressRequest { node_id: ctx.id, cluster_id, address: ctx.address.clone() };
     let started = Instant::now();
     let mut last_hint = Instant::now();
+    let mut leaderless_rounds = 0;
     loop {
         let here = ctx.metrics().membership_config.membership().get_node(&ctx.id).map(|n| n.address.clone());
         if here.as_deref() == Some(ctx.address.as_str()) {
@@ -194,9 +202,10 @@ async fn record_new_address(ctx: Arc<NodeCtx>, recorded: String, others: Vec<Str
             ctx.raft.runtime_config().elect(true);
             return;
         }
-        // Any member forwards it to the leader; this node itself last, for
-        // when it leads (a sole voter).
-        let targets = others.iter().cloned().chain(std::iter::once(ctx.address.clone()));
+        // Any member forwards it to the leader; this node itself when it
+        // leads (a sole voter, or one that won because nobody else could).
+        let myself = ctx.is_leader().then(|| ctx.address.clone());
+        let targets = others.iter().cloned().chain(myself);
         for target in targets {
             let Ok(channel) = ctx.channel(&target) else { continue };
             let mut req = tonic::Request::new(request.clone());
@@ -212,13 +221,14 @@ async fn record_new_address(ctx: Arc<NodeCtx>, recorded: String, others: Vec<Str
                 Err(s) => tracing::debug!(via = %target, error = %s.message(), "address update not accepted yet"),
             }
         }
-        // Nobody leads (another voter is down too, say): this node may be
-        // the only one that can win, since its own requests still reach
-        // the others. Once it leads it records its own address (the last
-        // target above), so it never leads on an address nobody can use.
-        if ctx.leader().is_none() && started.elapsed() > Duration::from_secs(5) {
-            ctx.raft.runtime_config().elect(true);
-        }
+        // While no member that answers knows a leader (another voter is
+        // down too, say), this node may be the only one that can win: its
+        // own requests still reach the others. Once it leads it records its
+        // own address, so it never leads for long on one nobody can use.
+        // Its own view of the leader is no guide: nobody can reach it.
+        let someone_leads = peers_know_a_leader(&ctx, &others).await;
+        leaderless_rounds = if someone_leads { 0 } else { leaderless_rounds + 1 };
+        ctx.raft.runtime_config().elect(leaderless_rounds >= 3);
         if last_hint.elapsed() > Duration::from_secs(10) {
             last_hint = Instant::now();
             warn!(
@@ -231,6 +241,27 @@ async fn record_new_address(ctx: Arc<NodeCtx>, recorded: String, others: Vec<Str
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Whether any member that answers a status call knows a leader other than
+/// this node.
+async fn peers_know_a_leader(ctx: &NodeCtx, peers: &[String]) -> bool {
+    for peer in peers {
+        let Ok(channel) = ctx.channel(peer) else { continue };
+        // Marked forwarded so the peer answers from its own view.
+        let request = crate::ctx::forward(pb::StatusRequest {}, Duration::from_millis(800));
+        let reply = tokio::time::timeout(
+            Duration::from_secs(1),
+            pb::cluster_client::ClusterClient::new(channel).status(request),
+        )
+        .await;
+        if let Ok(Ok(status)) = reply {
+            if status.into_inner().leader.is_some_and(|l| l.id != ctx.id) {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// A node restarted with other `--cpus`, `--memory-mib` or `--label` flags

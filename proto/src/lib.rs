@@ -19,8 +19,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kvme
 /// Bumped whenever nodes of different versions could not work together
 /// (wire messages or the replicated log format).
 /// 2: states as enums, agents' reports through `Raft/Propose`, VM ids as
-/// integers in heartbeats.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// integers in heartbeats. 3: heartbeats carry the applied index and the
+/// cluster id, `UpdateNode`, `OutcomeUnknown`.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// gRPC metadata key carrying the sender's `PROTOCOL_VERSION` on Raft RPCs.
 pub const PROTOCOL_HEADER: &str = "kvmesh-protocol";
@@ -29,6 +30,11 @@ pub const PROTOCOL_HEADER: &str = "kvmesh-protocol";
 /// node of another cluster (one that took over a member's address) refuses
 /// them instead of taking part, or answering for this cluster.
 pub const CLUSTER_HEADER: &str = "kvmesh-cluster";
+
+/// gRPC metadata key carrying the node id a Raft RPC is meant for: a node
+/// that answers at another member's address (addresses swapped) refuses it
+/// rather than voting or appending as someone else.
+pub const TARGET_HEADER: &str = "kvmesh-target";
 
 /// gRPC metadata key set when a node forwards a client write to the leader.
 pub const FORWARDED_HEADER: &str = "kvmesh-forwarded";

@@ -8,10 +8,12 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Current format of stored values. 2: the state gained the answers to
-/// recent writes and the count of VMs created; format 1 is not migrated
-/// (pre-release), it is refused with what to do.
-pub const FORMAT: u8 = 2;
+/// Current format of stored values. 3: nodes remember the state to return
+/// to after an outage, `UpdateNode`, and snapshot metadata under the
+/// checksum. 2: the state gained the answers to recent writes and the count
+/// of VMs created. Older formats are not migrated (pre-release): they are
+/// refused with what to do.
+pub const FORMAT: u8 = 3;
 
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use kvmesh_proto::raft_client::RaftClient;
 use kvmesh_proto::raft_server;
-use kvmesh_proto::{RaftMessage, CLUSTER_HEADER, NOT_A_MEMBER, PROTOCOL_HEADER, PROTOCOL_VERSION};
+use kvmesh_proto::{RaftMessage, CLUSTER_HEADER, NOT_A_MEMBER, PROTOCOL_HEADER, PROTOCOL_VERSION, TARGET_HEADER};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -139,6 +139,7 @@ impl PeerClient {
         if let Some(id) = cluster_of(&self.state).and_then(|id| id.parse().ok()) {
             request.metadata_mut().insert(CLUSTER_HEADER, id);
         }
+        request.metadata_mut().insert(TARGET_HEADER, self.target.into());
         let reply = match rpc {
             Rpc::AppendEntries => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,
@@ -216,6 +217,10 @@ impl RaftService {
         RaftService { raft, state, recheck }
     }
 
+    fn id(&self) -> NodeId {
+        self.raft.metrics().borrow().id
+    }
+
     /// Refuses a vote request from a node outside this node's committed
     /// membership (a removed node that missed its removal keeps asking):
     /// denying a vote never costs safety, and the answer tells the
@@ -248,8 +253,16 @@ fn check_protocol<T>(request: &Request<T>) -> Result<(), Status> {
     }
 }
 
-/// Refuses a request from a node of another cluster (when both know theirs).
-fn check_cluster<T>(request: &Request<T>, state: &SharedState) -> Result<(), Status> {
+/// Refuses a request from a node of another cluster (when both know theirs)
+/// or meant for another node (addresses swapped).
+fn check_peer<T>(request: &Request<T>, state: &SharedState, me: NodeId) -> Result<(), Status> {
+    let target: Option<NodeId> =
+        request.metadata().get(TARGET_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    if let Some(target) = target.filter(|t| *t != me) {
+        return Err(Status::failed_precondition(format!(
+            "this is node {me}, not {target}: its address now serves another node"
+        )));
+    }
     let theirs = request.metadata().get(CLUSTER_HEADER).and_then(|v| v.to_str().ok());
     match (theirs, cluster_of(state)) {
         (Some(theirs), Some(mine)) if theirs != mine => Err(Status::failed_precondition(format!(
@@ -272,25 +285,26 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        check_cluster(&request, &self.state)?;
+        check_peer(&request, &self.state, self.id())?;
         let req: AppendEntriesRequest<TypeConfig> = decode(request)?;
         encode(&self.raft.append_entries(req).await)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        check_cluster(&request, &self.state)?;
+        check_peer(&request, &self.state, self.id())?;
         let req: VoteRequest<NodeId> = decode(request)?;
         self.check_candidate(req.vote.leader_id().voted_for().unwrap_or_default())?;
         encode(&self.raft.vote(req).await)
     }
 
     async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        check_cluster(&request, &self.state)?;
+        check_peer(&request, &self.state, self.id())?;
         let req: InstallSnapshotRequest<TypeConfig> = decode(request)?;
         encode(&self.raft.install_snapshot(req).await)
     }
 
     async fn propose(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        check_peer(&request, &self.state, self.id())?;
         let cmds: Vec<crate::command::Command> = decode(request)?;
         // Proposed here only if this node leads; otherwise the caller hears
         // NotLeader and retries with a fresh view of the leader (no chains).

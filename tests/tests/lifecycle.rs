@@ -16,13 +16,18 @@ fn member<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
     status["members"].as_array()?.iter().find(|m| m["name"] == name)
 }
 
-/// Creates a VM on `host` by preference (a pin would keep an HA VM from
-/// restarting elsewhere), and checks it landed there.
+/// Creates a VM on `host`: it requires a label of its own that only `host`
+/// has at first; the other nodes get it afterwards, so it may restart
+/// anywhere (a pin would keep an HA VM from restarting elsewhere).
 fn prefer(c: &Cluster, via: usize, host: &str, vm: &str, extra: &[&str]) -> Result<()> {
-    c.cli_ok(via, &["node", "set", host, "--label", "target=yes"])?;
-    let mut args = vec!["vm", "create", vm, "--memory", "64", "--prefer-label", "target=yes", "--wait"];
+    let label = format!("for-{vm}=yes");
+    c.cli_ok(via, &["node", "set", host, "--label", &label])?;
+    let mut args = vec!["vm", "create", vm, "--memory", "64", "--node-label", &label, "--wait"];
     args.extend_from_slice(extra);
     let created = c.cli_ok(via, &args)?;
+    for other in c.nodes.iter().map(|n| n.name.clone()).filter(|n| n != host) {
+        let _ = c.cli(via, &["node", "set", &other, "--label", &label]);
+    }
     anyhow::ensure!(created["node"] == host, "{vm} landed on {} instead of {host}", created["node"]);
     Ok(())
 }

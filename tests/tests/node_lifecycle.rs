@@ -51,18 +51,23 @@ fn domain(via: &str, name: &str) -> String {
     vm(via, name).and_then(|v| v["domain"].as_str().map(str::to_string)).unwrap_or_default()
 }
 
-/// Creates a guest on `host` by label preference (a pin would keep an HA
-/// guest from restarting elsewhere) and waits for it to run there.
+/// Creates a guest on `host` and waits for it to run there: it requires a
+/// label of its own that only `host` has at first; the other hosts get it
+/// afterwards, so it may restart or move anywhere (a pin would forbid that).
 fn guest_on(host: &str, name: &str, ha: bool) -> Result<String> {
     let (kernel, initrd) = guest();
-    cli("h1", &["node", "set", host, "--label", "target=yes"])?;
-    let mut args = vec!["vm", "create", name, "--memory", "128", "--prefer-label", "target=yes"];
+    let label = format!("for-{name}=yes");
+    cli("h1", &["node", "set", host, "--label", &label])?;
+    let mut args = vec!["vm", "create", name, "--memory", "128", "--node-label", &label];
     args.extend(["--kernel", &kernel, "--initrd", &initrd, "--cmdline", "console=ttyS0", "--wait"]);
     if ha {
         args.push("--ha");
     }
     let created = cli("h1", &args)?;
-    cli("h1", &["node", "set", host, "--unlabel", "target"])?;
+    for other in HOSTS.iter().filter(|h| **h != host) {
+        // A host just removed is no longer there to label.
+        let _ = run_cli(&addr("h1"), &["node", "set", other, "--label", &label]);
+    }
     ensure!(created["node"] == host, "{name} landed on {} instead of {host}", created["node"]);
     let d = created["domain"].as_str().unwrap_or_default().to_string();
     wait_for("the guest under virsh", Duration::from_secs(30), || running_on(host).contains(&d).then_some(()))?;

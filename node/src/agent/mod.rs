@@ -148,6 +148,7 @@ async fn reconcile(
                 }
             }
             Action::Create { vm_id } => {
+                let Some(_starting) = StartGuard::begin(ctx, vm_id) else { continue };
                 let Some((spec, disk, gen)) = ctx.read(|d| domain_spec(&d.state, vm_id, ctx)) else { continue };
                 let domain = spec.domain.clone();
                 info!(vm = %spec.vm_name, %domain, "defining and starting domain");
@@ -167,6 +168,7 @@ async fn reconcile(
             }
             Action::Start { vm_id } | Action::Restart { vm_id } => {
                 let restart = matches!(action, Action::Restart { .. });
+                let Some(_starting) = StartGuard::begin(ctx, vm_id) else { continue };
                 let Some(gen) = ctx.read(|d| d.state.vms.get(&vm_id).map(|v| v.desired_gen)) else { continue };
                 let domain = domain_name(vm_id);
                 info!(%domain, restart, "starting domain");
@@ -202,6 +204,40 @@ async fn reconcile(
         }
     }
     Ok(count)
+}
+
+/// A start in flight, registered in [`NodeCtx::starting`] while it lasts.
+/// A pass is planned on the state of its start; by the time an action runs,
+/// the VM may have been moved away (a drain applied since) and even placed
+/// elsewhere. So the start checks the *current* state, under the same lock
+/// the heartbeat takes to read its applied index: either the heartbeat sees
+/// this start, or the start sees the move and does not happen.
+struct StartGuard<'a> {
+    ctx: &'a NodeCtx,
+    vm_id: u64,
+}
+
+impl<'a> StartGuard<'a> {
+    fn begin(ctx: &'a NodeCtx, vm_id: u64) -> Option<Self> {
+        let mut starting = ctx.starting.lock().unwrap_or_else(|p| p.into_inner());
+        let epoch = ctx.read(|d| {
+            let vm = d.state.vms.get(&vm_id)?;
+            let here = vm.placement.filter(|p| p.node == ctx.id)?;
+            (vm.desired == kvmesh_raft::model::Desired::Running && vm.deleting.is_none()).then_some(here.epoch)
+        });
+        let Some(epoch) = epoch else {
+            debug!(vm = %vm_id_hex(vm_id), "not starting: the state moved on since this pass was planned");
+            return None;
+        };
+        starting.insert(vm_id, epoch);
+        Some(StartGuard { ctx, vm_id })
+    }
+}
+
+impl Drop for StartGuard<'_> {
+    fn drop(&mut self) {
+        self.ctx.starting.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.vm_id);
+    }
 }
 
 /// Records a failure: reported once, not retried until the operator acts.

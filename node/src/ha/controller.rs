@@ -21,13 +21,15 @@ const TICK: Duration = Duration::from_millis(250);
 
 pub async fn run(ctx: Arc<NodeCtx>, leader: Arc<LeaderView>) {
     let mut down_since: HashMap<NodeId, Instant> = HashMap::new();
-    // VMs moving off a host -> this leader's applied index when it first
-    // saw them moving (leader memory: a new leader starts from its own).
-    let mut moving_since: HashMap<VmId, u64> = HashMap::new();
+    // VMs moving off a host -> (the VM's last epoch, this leader's applied
+    // index when it first saw that move). Leader memory, dropped whenever
+    // this node does not lead: a new term starts from its own index.
+    let mut moving_since: HashMap<VmId, (u64, u64)> = HashMap::new();
     loop {
         tokio::time::sleep(TICK).await;
         let m = ctx.metrics();
         if m.state != ServerState::Leader {
+            moving_since.clear();
             leader.table.lock().unwrap_or_else(|p| p.into_inner()).leader_since = None;
             continue;
         }
@@ -53,7 +55,7 @@ async fn tick(
     ctx: &Arc<NodeCtx>,
     leader: &LeaderView,
     down_since: &mut HashMap<NodeId, Instant>,
-    moving_since: &mut HashMap<VmId, u64>,
+    moving_since: &mut HashMap<VmId, (u64, u64)>,
 ) -> crate::error::Result<()> {
     let now = Instant::now();
     let down_after = Duration::from_millis(ctx.config.down_after_ms);
@@ -63,18 +65,21 @@ async fn tick(
         let observed = hb.observed(now, down_after);
         let released = ctx.read(|d| {
             let applied = d.last_applied.map_or(0, |l| l.index);
-            let moving: BTreeSet<VmId> = d
+            // A move is known by the VM's last epoch: placed and moved again
+            // between two ticks, it is a new move with a new threshold.
+            let moving: HashMap<VmId, u64> = d
                 .state
                 .vms
                 .values()
                 .filter(|v| v.placement.is_none() && v.moving_from.is_some())
-                .map(|v| v.id)
+                .map(|v| (v.id, v.last_epoch))
                 .collect();
-            moving_since.retain(|vm, _| moving.contains(vm));
-            for vm in moving {
-                moving_since.entry(vm).or_insert(applied);
+            moving_since.retain(|vm, (epoch, _)| moving.get(vm) == Some(epoch));
+            for (vm, epoch) in moving {
+                moving_since.entry(vm).or_insert((epoch, applied));
             }
-            decide::released_moves(&d.state, &hb, moving_since, now, fresh, down_after)
+            let thresholds: HashMap<VmId, u64> = moving_since.iter().map(|(vm, (_, at))| (*vm, *at)).collect();
+            decide::released_moves(&d.state, &hb, &thresholds, now, fresh, down_after)
         });
         let actions = ctx.read(|d| {
             let live: BTreeMap<NodeId, Liveness> = d

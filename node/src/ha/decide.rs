@@ -339,6 +339,19 @@ mod tests {
     }
 
     #[test]
+    fn a_drain_asked_for_while_down_moves_what_stayed_once_back() {
+        let mut s = state();
+        add_vm(&mut s, 11, "db", false, 1);
+        s.apply(&Command::NodeDown { id: 1, at_ms: 1 });
+        s.apply(&Command::SetNodeState { id: 1, state: NodeState::Draining, at_ms: 2 });
+        assert_eq!(s.nodes[&1].state, NodeState::Down);
+        assert!(s.vms[&11].placement.is_some(), "waits for the host");
+        s.apply(&Command::NodeUp { id: 1, at_ms: 3 });
+        assert_eq!(s.nodes[&1].state, NodeState::Draining);
+        assert_eq!((s.vms[&11].placement, s.vms[&11].moving_from), (None, Some(1)));
+    }
+
+    #[test]
     fn a_force_removed_hosts_vms_wait_until_it_has_been_silent_for_down_after() {
         let mut s = state();
         add_vm(&mut s, 11, "db", false, 1);

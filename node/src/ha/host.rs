@@ -127,12 +127,16 @@ pub async fn fence(ctx: &Arc<NodeCtx>) {
 pub async fn heartbeat_loop(ctx: Arc<NodeCtx>, lease: Arc<Lease>, leader: Arc<LeaderView>) {
     let every = Duration::from_millis(ctx.config.heartbeat_ms);
     let mut was_fenced = false;
-    // Latched: once removed from the state (`RemoveNode` applies before the
-    // membership change), the node must go on fencing and asking the
-    // leader, whose refusal is how it learns it is out.
+    // Latched, and a Raft member counts too: once removed from the state
+    // (`RemoveNode` applies before the membership change, which may fail or
+    // not reach it, and the daemon may restart in between), the node must
+    // go on fencing and asking the leader, whose refusal is how it learns
+    // it is out.
     let mut registered = false;
     loop {
-        registered = registered || ctx.read(|d| d.state.nodes.contains_key(&ctx.id));
+        registered = registered
+            || ctx.read(|d| d.state.nodes.contains_key(&ctx.id))
+            || ctx.metrics().membership_config.membership().get_node(&ctx.id).is_some();
         if registered {
             if lease.expired() && !cfg!(feature = "unsafe-no-fencing") {
                 if !was_fenced {
@@ -204,20 +208,30 @@ pub async fn leave(ctx: &Arc<NodeCtx>) {
 }
 
 async fn send(ctx: &Arc<NodeCtx>, leader: &LeaderView, timeout: Duration) -> Result<pb::HeartbeatAck, Status> {
-    // Read before listing: whatever the list lacks, the host had applied
-    // this far when it looked.
-    let (applied_index, cluster_id) =
-        ctx.read(|d| (d.last_applied.map_or(0, |l| l.index), d.state.cluster_id().unwrap_or_default().to_string()));
-    let domains = blocking(&ctx.hypervisor, |hv| hv.list()).await.map_err(Status::from)?;
-    let req = pb::HeartbeatRequest {
-        node_id: ctx.id,
-        applied_index,
-        cluster_id,
-        domains: domains
-            .iter()
-            .map(|d| pb::RunningDomain { vm_id: d.vm_id, epoch: d.epoch, running: d.state.is_live() })
-            .collect(),
+    // Read before listing, with the starts in flight (see the agent's
+    // `StartGuard`): whatever the list lacks, the host had applied this far
+    // when it looked, and will not start it from an older plan.
+    let (applied_index, cluster_id, starting) = {
+        let starting = ctx.starting.lock().unwrap_or_else(|p| p.into_inner());
+        let (applied, cluster) =
+            ctx.read(|d| (d.last_applied.map_or(0, |l| l.index), d.state.cluster_id().unwrap_or_default().to_string()));
+        (applied, cluster, starting.clone())
     };
+    let domains = blocking(&ctx.hypervisor, |hv| hv.list()).await.map_err(Status::from)?;
+    let mut reported: Vec<pb::RunningDomain> = domains
+        .iter()
+        .map(|d| pb::RunningDomain {
+            vm_id: d.vm_id,
+            epoch: d.epoch,
+            running: d.state.is_live() || starting.contains_key(&d.vm_id),
+        })
+        .collect();
+    for (vm_id, epoch) in starting {
+        if !domains.iter().any(|d| d.vm_id == vm_id) {
+            reported.push(pb::RunningDomain { vm_id, epoch, running: true });
+        }
+    }
+    let req = pb::HeartbeatRequest { node_id: ctx.id, applied_index, cluster_id, domains: reported };
     match ctx.leader() {
         Some((id, _)) if id == ctx.id => leader.receive(ctx, req).await,
         Some((_, address)) => {

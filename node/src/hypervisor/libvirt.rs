@@ -78,7 +78,9 @@ impl Libvirt {
     /// restarting them elsewhere, so they must not run on.
     fn reclaim_domains_of_this_dir(&self) {
         let Ok(domains) = self.conn.list_all_domains(0) else { return };
-        let (images, consoles) = (self.images_dir.display().to_string(), self.consoles_dir.display().to_string());
+        // Files inside our directories: the path and a separator.
+        let (images, consoles) =
+            (format!("{}/", self.images_dir.display()), format!("{}/", self.consoles_dir.display()));
         for dom in domains {
             let Ok(name) = dom.name() else { continue };
             let Some(tag) = name.starts_with("kvmesh-").then(|| self.tag(&dom)).flatten() else { continue };

@@ -128,6 +128,12 @@ impl ClusterState {
         let how =
             if state == NodeState::Up { "up again".to_string() } else { format!("back, still {}", state.as_str()) };
         self.push_event(at_ms, "node", format!("node {name} is {how}"));
+        if state == NodeState::Draining {
+            // Also a drain asked for while it was down: what stayed placed
+            // on it (non-HA VMs) moves now.
+            let moved = self.begin_drain(id, &name);
+            self.push_event(at_ms, "node", format!("node {name} is draining: {moved} VM(s) to move"));
+        }
         Response::Done
     }
 
@@ -151,30 +157,39 @@ impl ClusterState {
             return Response::Done;
         }
         node.resume_as = None;
+        let name = node.name.clone();
+        if state == NodeState::Draining {
+            // Again while draining: whatever is still placed on it moves too.
+            node.state = state;
+            self.dirty.insert(Key::Node(id));
+            let moved = self.begin_drain(id, &name);
+            if before != state || moved > 0 {
+                self.push_event(at_ms, "node", format!("node {name} is draining: {moved} VM(s) to move"));
+            }
+            return Response::Done;
+        }
         if before == state {
             return Response::Done;
         }
         node.state = state;
-        let name = node.name.clone();
         self.dirty.insert(Key::Node(id));
-        if state == NodeState::Draining {
-            // A VM being deleted stays: its host finishes the delete.
-            let on_node: Vec<VmId> = self
-                .placed_on(id)
-                .into_iter()
-                .filter(|v| self.vms.get(v).is_some_and(|v| v.deleting.is_none()))
-                .collect();
-            for vm_id in &on_node {
-                self.unplace(*vm_id, format!("moving off {name} (drain)"));
-                if let Some(vm) = self.vms.get_mut(vm_id) {
-                    vm.moving_from = Some(id);
-                }
-            }
-            self.push_event(at_ms, "node", format!("node {name} is draining: {} VM(s) to move", on_node.len()));
-        } else {
-            self.push_event(at_ms, "node", format!("node {name}: {} -> {}", before.as_str(), state.as_str()));
-        }
+        self.push_event(at_ms, "node", format!("node {name}: {} -> {}", before.as_str(), state.as_str()));
         Response::Done
+    }
+
+    /// Unplaces every VM placed on a draining node, marked as moving off it
+    /// (the leader places each elsewhere once the node has stopped it). A
+    /// VM being deleted stays: its host finishes the delete.
+    fn begin_drain(&mut self, id: NodeId, name: &str) -> usize {
+        let on_node: Vec<VmId> =
+            self.placed_on(id).into_iter().filter(|v| self.vms.get(v).is_some_and(|v| v.deleting.is_none())).collect();
+        for vm_id in &on_node {
+            self.unplace(*vm_id, format!("moving off {name} (drain)"));
+            if let Some(vm) = self.vms.get_mut(vm_id) {
+                vm.moving_from = Some(id);
+            }
+        }
+        on_node.len()
     }
 
     pub(super) fn update_node(&mut self, id: NodeId, change: NodeChange<'_>, at_ms: u64) -> Response {

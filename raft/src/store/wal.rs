@@ -12,9 +12,10 @@
 //! Memory holds only where each entry lives (segment, offset, length).
 //!
 //! Recovery reads every segment. A record that the last segment ends in the
-//! middle of is a write torn by a crash (it was never acknowledged) and is
-//! cut off; any complete record that fails its checksum is damage, and
-//! opening fails.
+//! middle of, or whose last sectors are zeros (the file grew but the pages
+//! never reached the disk), or a zero-filled tail, is a write torn by a
+//! crash (it was never acknowledged) and is cut off; any other record that
+//! fails its checksum is damage, and opening fails.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -79,21 +80,19 @@ const SECTOR: usize = 512;
 
 /// Whether a bad record at `at`, ending at `end` (if its header is whole),
 /// in the last segment, is a write torn by a crash: the file ends inside it;
-/// or it ends the file and one of its sectors is all zeros (the file grew
-/// but a page of the write never reached the disk, as etcd's WAL also
-/// reads it). A flipped bit is neither.
+/// or it ends the file and everything from a sector boundary inside its
+/// payload to the end is zeros (the file grew, but the write's last pages
+/// never reached the disk). A flipped bit is neither, and neither is any
+/// damage before the last record. Entries never end in 64 zero bytes of
+/// their own: their last field is a number or a short enum.
 fn torn(bytes: &[u8], at: usize, end: Option<usize>) -> bool {
     let Some(end) = end.filter(|e| *e <= bytes.len()) else { return true };
     if end != bytes.len() {
         return false;
     }
-    // The record cut at sector boundaries of the file; a chunk of at least
-    // 64 bytes that is all zeros is a sector that was never written.
-    let first_sector = at / SECTOR * SECTOR;
-    (first_sector..end).step_by(SECTOR).any(|s| {
-        let chunk = &bytes[s.max(at)..(s + SECTOR).min(end)];
-        chunk.len() >= 64 && chunk.iter().all(|b| *b == 0)
-    })
+    let zeros_from = end - bytes[at..end].iter().rev().take_while(|b| **b == 0).count();
+    let boundary = zeros_from.max(at + HEADER).div_ceil(SECTOR) * SECTOR;
+    boundary + 64 <= end
 }
 
 /// Parses one segment's records: `(entries with their locations, valid length)`.

@@ -133,8 +133,9 @@ fn a_last_record_whose_page_never_reached_the_disk_is_torn_not_damage() {
     let path = last_segment(dir.path());
     let good = std::fs::metadata(&path).unwrap().len() as usize;
     let mut torn = record(&vec![7u8; 3000]);
+    // Everything from the second sector boundary inside it on is zeros.
     let zero_from = (good + 1024) / 512 * 512 - good;
-    torn[zero_from..zero_from + 512].fill(0);
+    torn[zero_from..].fill(0);
     let mut f = OpenOptions::new().append(true).open(&path).unwrap();
     std::io::Write::write_all(&mut f, &torn).unwrap();
     drop(f);
@@ -148,6 +149,26 @@ fn a_last_record_whose_page_never_reached_the_disk_is_torn_not_damage() {
     drop(f);
     let wal = Wal::open(dir.path(), None).unwrap();
     assert_eq!(indexes(&wal), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_zeroed_sector_in_the_middle_of_the_last_record_is_damage() {
+    // Only trailing pages that never reached the disk make a torn write; a
+    // hole of zeros with data after it is refused like any damage.
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), None).unwrap();
+    wal.append(entries(1, 1..=3)).unwrap();
+    drop(wal);
+    let path = last_segment(dir.path());
+    let good = std::fs::metadata(&path).unwrap().len() as usize;
+    let mut hole = record(&vec![7u8; 3000]);
+    let from = (good + 1024) / 512 * 512 - good;
+    hole[from..from + 512].fill(0);
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut f, &hole).unwrap();
+    drop(f);
+    let err = Wal::open(dir.path(), None).err().expect("refused").to_string();
+    assert!(err.contains("fails its checksum"), "{err}");
 }
 
 #[test]
