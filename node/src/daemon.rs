@@ -85,10 +85,17 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let server = tokio::spawn(serve_grpc(ctx.clone(), leader.clone(), listener));
     let initialized = raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))?;
     let joined = ctx.data_dir.lock().unwrap_or_else(|p| p.into_inner()).identity.cluster_id.is_some();
-    if let (true, false, Some(target)) = (initialized, joined, &join) {
-        // A join that stopped half way (after the leader added this node,
-        // before the answer): finish it. Each of its steps is a no-op when
-        // already done.
+    let member = ctx.metrics().membership_config.membership().get_node(&ctx.id).is_some();
+    let cluster = ctx.read(|d| d.state.nodes.contains_key(&ctx.id).then(|| d.state.cluster_id().map(str::to_string)));
+    if let (true, false, true, Some(Some(cluster))) = (initialized, joined, member, &cluster) {
+        // A join or init that stopped after it took effect, before the
+        // identity file recorded it: record it now.
+        info!(%cluster, "recording the cluster this node joined before it stopped");
+        ctx.data_dir.lock().unwrap_or_else(|p| p.into_inner()).set_cluster_id(cluster)?;
+        guard_address_change(&ctx);
+    } else if let (true, false, Some(target)) = (initialized, joined, &join) {
+        // A join that stopped half way (added to the membership, not yet
+        // registered): finish it.
         info!("finishing a join that was interrupted");
         join_cluster(&ctx, target).await?;
     } else if initialized {
@@ -181,15 +188,21 @@ fn guard_address_change(ctx: &Arc<NodeCtx>) {
     }
     let others: Vec<String> =
         membership.nodes().filter(|(id, _)| **id != ctx.id).map(|(_, n)| n.address.clone()).collect();
-    let other_voters = membership.voter_ids().any(|v| v != ctx.id);
+    // Learners never vote, so their view of the leader can be a dead one.
+    let voters: Vec<String> = membership
+        .voter_ids()
+        .filter(|v| *v != ctx.id)
+        .filter_map(|v| membership.get_node(&v).map(|n| n.address.clone()))
+        .collect();
+    let other_voters = !voters.is_empty();
     warn!(recorded = %recorded, now = %ctx.address, "this node's address changed; asking the cluster to record it");
     if other_voters {
         ctx.raft.runtime_config().elect(false);
     }
-    tokio::spawn(record_new_address(ctx.clone(), recorded, others));
+    tokio::spawn(record_new_address(ctx.clone(), recorded, others, voters));
 }
 
-async fn record_new_address(ctx: Arc<NodeCtx>, recorded: String, others: Vec<String>) {
+async fn record_new_address(ctx: Arc<NodeCtx>, recorded: String, others: Vec<String>, voters: Vec<String>) {
     let cluster_id = ctx.read(|d| d.state.cluster_id().unwrap_or_default().to_string());
     let request = pb::UpdateAddressRequest { node_id: ctx.id, cluster_id, address: ctx.address.clone() };
     let started = Instant::now();
@@ -226,7 +239,7 @@ async fn record_new_address(ctx: Arc<NodeCtx>, recorded: String, others: Vec<Str
         // own requests still reach the others. Once it leads it records its
         // own address, so it never leads for long on one nobody can use.
         // Its own view of the leader is no guide: nobody can reach it.
-        let someone_leads = peers_know_a_leader(&ctx, &others).await;
+        let someone_leads = peers_know_a_leader(&ctx, &voters).await;
         leaderless_rounds = if someone_leads { 0 } else { leaderless_rounds + 1 };
         ctx.raft.runtime_config().elect(leaderless_rounds >= 3);
         if last_hint.elapsed() > Duration::from_secs(10) {
@@ -243,8 +256,8 @@ async fn record_new_address(ctx: Arc<NodeCtx>, recorded: String, others: Vec<Str
     }
 }
 
-/// Whether any member that answers a status call knows a leader other than
-/// this node.
+/// Whether any of `peers` (voters) answering a status call knows a leader
+/// other than this node.
 async fn peers_know_a_leader(ctx: &NodeCtx, peers: &[String]) -> bool {
     for peer in peers {
         let Ok(channel) = ctx.channel(peer) else { continue };

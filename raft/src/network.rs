@@ -170,7 +170,9 @@ fn status_to_rpc_error<E: std::error::Error>(
     match status.code() {
         // Connection refused, reset, DNS failure, or a peer refusing our
         // protocol version: nothing to gain by retrying at once.
-        Code::Unavailable | Code::FailedPrecondition | Code::Unimplemented => unreachable(msg),
+        // Also a node at that address that is not the one meant (another
+        // cluster's, or addresses swapped): back off, do not spin.
+        Code::Unavailable | Code::FailedPrecondition | Code::Unimplemented | Code::PermissionDenied => unreachable(msg),
         _ => RPCError::Network(NetworkError::new(&std::io::Error::other(msg))),
     }
 }
@@ -259,13 +261,13 @@ fn check_peer<T>(request: &Request<T>, state: &SharedState, me: NodeId) -> Resul
     let target: Option<NodeId> =
         request.metadata().get(TARGET_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     if let Some(target) = target.filter(|t| *t != me) {
-        return Err(Status::failed_precondition(format!(
+        return Err(Status::permission_denied(format!(
             "this is node {me}, not {target}: its address now serves another node"
         )));
     }
     let theirs = request.metadata().get(CLUSTER_HEADER).and_then(|v| v.to_str().ok());
     match (theirs, cluster_of(state)) {
-        (Some(theirs), Some(mine)) if theirs != mine => Err(Status::failed_precondition(format!(
+        (Some(theirs), Some(mine)) if theirs != mine => Err(Status::permission_denied(format!(
             "this node belongs to cluster {mine}, not {theirs}; a member's address now serves another cluster"
         ))),
         _ => Ok(()),

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kvmesh_proto::raft_client::RaftClient;
-use kvmesh_proto::{RaftMessage, PROTOCOL_HEADER, PROTOCOL_VERSION};
+use kvmesh_proto::{RaftMessage, PROTOCOL_HEADER, PROTOCOL_VERSION, TARGET_HEADER};
 use openraft::error::{ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -193,6 +193,7 @@ impl Submitter {
         let mut request = tonic::Request::new(RaftMessage { payload });
         request.set_timeout(FORWARD_TIMEOUT);
         request.metadata_mut().insert(PROTOCOL_HEADER, PROTOCOL_VERSION.into());
+        request.metadata_mut().insert(TARGET_HEADER, leader.into());
         let mut client = RaftClient::new(channel);
         let call = client.propose(request);
         // A leader that stops answering (a SIGSTOP, a partition) would hold

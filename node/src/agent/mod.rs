@@ -148,7 +148,7 @@ async fn reconcile(
                 }
             }
             Action::Create { vm_id } => {
-                let Some(_starting) = StartGuard::begin(ctx, vm_id) else { continue };
+                let Some(starting) = StartGuard::begin(ctx, lease, vm_id) else { continue };
                 let Some((spec, disk, gen)) = ctx.read(|d| domain_spec(&d.state, vm_id, ctx)) else { continue };
                 let domain = spec.domain.clone();
                 info!(vm = %spec.vm_name, %domain, "defining and starting domain");
@@ -162,13 +162,14 @@ async fn reconcile(
                     Ok(())
                 })
                 .await;
+                drop(starting);
                 if let Err(e) = result {
                     fail(ctx, memory, vm_id, gen, e).await;
                 }
             }
             Action::Start { vm_id } | Action::Restart { vm_id } => {
                 let restart = matches!(action, Action::Restart { .. });
-                let Some(_starting) = StartGuard::begin(ctx, vm_id) else { continue };
+                let Some(starting) = StartGuard::begin(ctx, lease, vm_id) else { continue };
                 let Some(gen) = ctx.read(|d| d.state.vms.get(&vm_id).map(|v| v.desired_gen)) else { continue };
                 let domain = domain_name(vm_id);
                 info!(%domain, restart, "starting domain");
@@ -179,6 +180,7 @@ async fn reconcile(
                     hv.start(&domain)
                 })
                 .await;
+                drop(starting);
                 if let Err(e) = result {
                     fail(ctx, memory, vm_id, gen, e).await;
                 }
@@ -207,20 +209,24 @@ async fn reconcile(
 }
 
 /// A start in flight, registered in [`NodeCtx::starting`] while it lasts.
-/// A pass is planned on the state of its start; by the time an action runs,
-/// the VM may have been moved away (a drain applied since) and even placed
-/// elsewhere. So the start checks the *current* state, under the same lock
-/// the heartbeat takes to read its applied index: either the heartbeat sees
-/// this start, or the start sees the move and does not happen.
+/// A pass is planned on the state of its start; by the time an action runs
+/// (after a slow report, say), the VM may have been moved away (a drain
+/// applied since) and even placed elsewhere, or the lease may have run out.
+/// So the start checks the *current* state and standing, under the same
+/// lock the heartbeat takes to read its applied index: either the heartbeat
+/// sees this start, or the start sees the move and does not happen.
 struct StartGuard<'a> {
     ctx: &'a NodeCtx,
     vm_id: u64,
 }
 
 impl<'a> StartGuard<'a> {
-    fn begin(ctx: &'a NodeCtx, vm_id: u64) -> Option<Self> {
+    fn begin(ctx: &'a NodeCtx, lease: &Lease, vm_id: u64) -> Option<Self> {
         let mut starting = ctx.starting.lock().unwrap_or_else(|p| p.into_inner());
         let epoch = ctx.read(|d| {
+            if lease.standing(d.last_applied.map(|l| l.index)) != Standing::Current {
+                return None;
+            }
             let vm = d.state.vms.get(&vm_id)?;
             let here = vm.placement.filter(|p| p.node == ctx.id)?;
             (vm.desired == kvmesh_raft::model::Desired::Running && vm.deleting.is_none()).then_some(here.epoch)

@@ -79,25 +79,39 @@ fn record(payload: &[u8]) -> Vec<u8> {
 const SECTOR: usize = 512;
 
 /// Whether a bad record at `at`, ending at `end` (if its header is whole),
-/// in the last segment, is a write torn by a crash: the file ends inside it;
-/// or it ends the file and everything from a sector boundary inside its
-/// payload to the end is zeros (the file grew, but the write's last pages
-/// never reached the disk). A flipped bit is neither, and neither is any
-/// damage before the last record. Entries never end in 64 zero bytes of
-/// their own: their last field is a number or a short enum.
-fn torn(bytes: &[u8], at: usize, end: Option<usize>) -> bool {
-    let Some(end) = end.filter(|e| *e <= bytes.len()) else { return true };
-    if end != bytes.len() {
-        return false;
+/// in the last segment, is a write torn by a crash: the file ends inside it
+/// (with a length a record can have, at most a segment); or everything from
+/// a sector boundary inside it to the end of the file is zeros (the file
+/// grew, but the last write's pages, for one record or several, never
+/// reached the disk). A flipped bit is neither. Entries never end in 64
+/// zero bytes of their own: their last field is a number or a short enum.
+fn torn(bytes: &[u8], at: usize, end: Option<usize>, max_record: u64) -> bool {
+    match end {
+        // The header itself is cut.
+        None => true,
+        // The file ends inside the payload: a cut write, if the length is
+        // one a write could have had (a flipped high bit is not).
+        Some(end) if end > bytes.len() => ((end - at) as u64) <= max_record,
+        // Whole, but from a sector boundary inside it to the end of the
+        // file all zeros: the pages of the last write (one or several
+        // records) never reached the disk.
+        Some(end) => {
+            let zeros_from = bytes.len() - bytes[at..].iter().rev().take_while(|b| **b == 0).count();
+            let boundary = zeros_from.max(at).div_ceil(SECTOR) * SECTOR;
+            boundary < end && bytes.len() - boundary >= 64
+        }
     }
-    let zeros_from = end - bytes[at..end].iter().rev().take_while(|b| **b == 0).count();
-    let boundary = zeros_from.max(at + HEADER).div_ceil(SECTOR) * SECTOR;
-    boundary + 64 <= end
 }
 
 /// Parses one segment's records: `(entries with their locations, valid length)`.
 /// `last` tells whether a bad record at the end may be cut off.
-fn parse_segment(path: &Path, first: u64, bytes: &[u8], last: bool) -> Result<(Vec<(LogId, Location)>, u64)> {
+fn parse_segment(
+    path: &Path,
+    first: u64,
+    bytes: &[u8],
+    last: bool,
+    max_record: u64,
+) -> Result<(Vec<(LogId, Location)>, u64)> {
     let corrupt = |detail: String| Error::Corrupt { path: path.to_path_buf(), detail };
     let mut out = Vec::new();
     let mut at = 0usize;
@@ -120,7 +134,7 @@ fn parse_segment(path: &Path, first: u64, bytes: &[u8], last: bool) -> Result<(V
             // go (see `torn`). Any other record that fails its checksum is
             // damage to an entry that may be committed: cutting it would
             // silently drop it, so it is refused.
-            if last && torn(bytes, at, end) {
+            if last && torn(bytes, at, end, max_record) {
                 tracing::warn!(path = %path.display(), offset = at, "cutting off a log record torn by a crash");
                 return Ok((out, at as u64));
             }
@@ -170,7 +184,7 @@ impl Wal {
                 continue;
             }
             let bytes = std::fs::read(&path).map_err(io)?;
-            let (entries, valid) = parse_segment(&path, first, &bytes, last)?;
+            let (entries, valid) = parse_segment(&path, first, &bytes, last, segment_bytes)?;
             let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io)?;
             if valid < bytes.len() as u64 {
                 file.set_len(valid).map_err(io)?;

@@ -172,6 +172,48 @@ fn a_zeroed_sector_in_the_middle_of_the_last_record_is_damage() {
 }
 
 #[test]
+fn a_torn_write_of_several_records_is_cut_from_the_first_bad_one() {
+    // One append wrote records 4..=6; the pages from inside record 4 on
+    // never reached the disk: all three go, 1..=3 stay.
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), None).unwrap();
+    wal.append(entries(1, 1..=3)).unwrap();
+    drop(wal);
+    let path = last_segment(dir.path());
+    let good = std::fs::metadata(&path).unwrap().len() as usize;
+    let big = |i: u64| {
+        let cmd = Command::UpdateVm { name: format!("vm{i}"), description: Some("y".repeat(900)), priority: None };
+        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), i), payload: EntryPayload::Normal(cmd) }
+    };
+    let mut write = Vec::new();
+    for i in 4..=6 {
+        write.extend(record(&codec::encode("log entry", &big(i)).unwrap()));
+    }
+    // The first sector boundary at least 100 bytes into record 4 (of ~950).
+    let from = (good + 100).div_ceil(512) * 512 - good;
+    write[from..].fill(0);
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut f, &write).unwrap();
+    drop(f);
+    let wal = Wal::open(dir.path(), None).unwrap();
+    assert_eq!(indexes(&wal), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_flipped_high_bit_in_a_length_is_damage_not_a_torn_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), None).unwrap();
+    wal.append(entries(1, 1..=5)).unwrap();
+    drop(wal);
+    let path = last_segment(dir.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[3] ^= 0x40; // record 1's length now claims about a GiB
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Wal::open(dir.path(), None).err().expect("refused").to_string();
+    assert!(err.contains("fails its checksum"), "{err}");
+}
+
+#[test]
 fn damage_before_the_tail_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let wal = Wal::open(dir.path(), None).unwrap();
