@@ -73,21 +73,22 @@ pub async fn run(ctx: Arc<NodeCtx>, lease: Arc<Lease>) {
     loop {
         let registered = ctx.read(|d| d.state.nodes.contains_key(&ctx.id));
         let mut acted = false;
+        let mut waiting = false;
         if registered {
             seen_changes = Some(ctx.read(|d| d.state.changes_on(ctx.id)));
             seen = Some(ctx.read(|d| wants(&d.state, ctx.id)));
             match reconcile(&ctx, &lease, &mut memory, &timing).await {
-                // Not yet caught up (or fenced): look again soon rather than
-                // at the next change, which may never come.
-                Ok(n) => {
-                    acted = n > 0 || lease.standing(ctx.read(|d| d.last_applied.map(|l| l.index))) != Standing::Current
-                }
+                Ok(n) => acted = n > 0,
                 Err(e) => warn!(error = %e, "reconcile pass failed"),
             }
+            // Not yet caught up (or fenced): look again soon rather than at
+            // the next change, which may never come.
+            waiting = lease.standing(ctx.read(|d| d.last_applied.map(|l| l.index))) != Standing::Current;
         }
-        if acted {
-            // Look again soon: what we just did changes what libvirt says.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if acted || waiting {
+            // Soon after acting (what we did changes what libvirt says); a
+            // little later while waiting for the lease or the catch-up.
+            tokio::time::sleep(Duration::from_millis(if acted { 50 } else { 250 })).await;
             continue;
         }
         let resync_at = tokio::time::Instant::now() + resync;
