@@ -81,7 +81,8 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     info!(node = %ctx.name, id, address = %ctx.address, cpus, memory_mib, libvirt = %ctx.config.libvirt_uri, "kvmesh node starting");
 
     let leader = Arc::new(LeaderView::new(ctx.clone()));
-    let lease = Arc::new(Lease::new(Duration::from_millis(ctx.config.fence_after_ms)));
+    let lease_file = ctx.config.data_dir.join("lease");
+    let lease = Arc::new(Lease::new(Duration::from_millis(ctx.config.fence_after_ms), Some(lease_file)));
     let server = tokio::spawn(serve_grpc(ctx.clone(), leader.clone(), listener));
     let initialized = raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))?;
     let joined = ctx.data_dir.lock().unwrap_or_else(|p| p.into_inner()).identity.cluster_id.is_some();

@@ -273,3 +273,35 @@ fn a_rejoin_from_an_emptied_dir_stops_the_old_identitys_guests() -> Result<()> {
     cleanup(&mut c);
     result
 }
+
+/// A daemon killed and restarted within fence_after inherits its lease: its
+/// HA guest is not destroyed (an upgrade or a crash-restart must not reboot
+/// every HA guest of the host), and the guest is the same QEMU process.
+#[test]
+fn a_quick_daemon_restart_keeps_its_ha_guests_running() -> Result<()> {
+    let (kernel, initrd) = guest()?;
+    let mut c = qemu_cluster()?;
+    let result = (|| -> Result<()> {
+        let vm = c.cli_ok(
+            0,
+            &["vm", "create", "keep", "--memory", "128", "--ha", "--kernel", &kernel, "--initrd", &initrd, "--wait"],
+        )?;
+        let domain = vm["domain"].as_str().unwrap().to_string();
+        let host = index_of(&c, vm["node"].as_str().unwrap());
+        let before = virsh(&["domid", &domain]).1.trim().to_string();
+        // A heartbeat must have been acknowledged since the start.
+        std::thread::sleep(Duration::from_secs(2));
+        let mark = c.log_text(host).len();
+        c.restart(host)?;
+        std::thread::sleep(Duration::from_secs(8));
+        let after = virsh(&["domid", &domain]).1.trim().to_string();
+        let log = c.log_text(host)[mark..].to_string();
+        assert!(!log.contains("fencing:"), "the restarted daemon fenced its HA guest: {log}");
+        assert_eq!(before, after, "the guest was restarted (domain id changed)");
+        assert_eq!(virsh(&["domstate", &domain]).1.trim(), "running");
+        assert!(log.contains("inherited a valid lease"), "{log}");
+        Ok(())
+    })();
+    cleanup(&mut c);
+    result
+}

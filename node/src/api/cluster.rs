@@ -303,12 +303,7 @@ impl ClusterService {
         let Some((id, state)) = node else {
             return Err(Status::not_found(format!("no node named {:?}; see `kvmesh node list`", req.name)));
         };
-        if state == NodeState::Down {
-            return Err(Status::failed_precondition(format!(
-                "node {} is down; its HA VMs restart elsewhere on their own, and `vm recover` moves the others",
-                req.name
-            )));
-        }
+        // A down node takes the request when it returns (see `apply`).
         if !(target == NodeState::Up && state == NodeState::Up) {
             if let CmdResponse::Refused(r) =
                 self.ctx.propose(Command::SetNodeState { id, state: target, at_ms: now_ms() }).await?

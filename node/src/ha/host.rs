@@ -33,17 +33,45 @@ pub struct Lease {
     /// replication delay, and waiting for every newer read index would
     /// hold up the agent under a steady stream of writes.
     caught_up: std::sync::atomic::AtomicBool,
+    /// Where the send time of the latest acknowledged heartbeat is kept
+    /// (as CLOCK_BOOTTIME, which every process of this boot shares and no
+    /// clock setting moves), so a restarted daemon inherits its lease.
+    file: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Grant {
     sent: Instant,
-    read_index: u64,
+    /// `None` for a lease inherited from the previous process: the read
+    /// index is unknown, so the node is behind until a heartbeat answers.
+    read_index: Option<u64>,
+}
+
+/// CLOCK_BOOTTIME now, in nanoseconds.
+fn boottime_ns() -> Option<u64> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid pointer to a timespec the call fills in.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } == 0;
+    ok.then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 impl Lease {
-    pub fn new(fence_after: Duration) -> Self {
-        Lease { granted: Mutex::new(None), fence_after, caught_up: Default::default() }
+    /// A lease that starts expired, or, with `file`, as the previous
+    /// process of this node left it: a daemon restarted within fence_after
+    /// of its last acknowledged heartbeat does not destroy its HA guests
+    /// (the leader cannot have declared it down yet), but starts nothing
+    /// until a heartbeat is answered and it has caught up.
+    pub fn new(fence_after: Duration, file: Option<std::path::PathBuf>) -> Self {
+        let inherited = file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()).and_then(|text| {
+            let stored: u64 = text.trim().parse().ok()?;
+            // A value from an earlier boot is larger than now, or says nothing.
+            let age = Duration::from_nanos(boottime_ns()?.checked_sub(stored)?);
+            (age < fence_after).then(|| Grant { sent: Instant::now() - age, read_index: None })
+        });
+        if inherited.is_some() {
+            info!("inherited a valid lease from the previous process: no fencing until it runs out");
+        }
+        Lease { granted: Mutex::new(inherited), fence_after, caught_up: Default::default(), file }
     }
 
     fn grant(&self) -> Option<Grant> {
@@ -74,7 +102,7 @@ impl Lease {
             None => Standing::Fenced,
             Some(g) if lease_expired(Some(g.sent), now, self.fence_after) => Standing::Fenced,
             _ if self.caught_up.load(Relaxed) => Standing::Current,
-            Some(g) if applied.is_some_and(|a| a >= g.read_index) => Standing::Current,
+            Some(g) if g.read_index.is_some_and(|r| applied.is_some_and(|a| a >= r)) => Standing::Current,
             Some(_) => Standing::Behind,
         };
         self.caught_up.store(standing == Standing::Current, Relaxed);
@@ -86,9 +114,16 @@ impl Lease {
         let mut granted = self.granted.lock().unwrap_or_else(|p| p.into_inner());
         // Acks can arrive out of order; keep the newest send time and the
         // highest read index seen with it.
-        let read_index = granted.map_or(read_index, |g| g.read_index.max(read_index));
+        let read_index = granted.and_then(|g| g.read_index).map_or(read_index, |r| r.max(read_index));
         let sent = granted.map_or(sent, |g| g.sent.max(sent));
-        *granted = Some(Grant { sent, read_index });
+        *granted = Some(Grant { sent, read_index: Some(read_index) });
+        drop(granted);
+        // Best effort, not synced: a lost write only means fencing after a
+        // restart, as without the file.
+        if let (Some(file), Some(now)) = (&self.file, boottime_ns()) {
+            let sent_ns = now.saturating_sub(sent.elapsed().as_nanos() as u64);
+            let _ = std::fs::write(file, sent_ns.to_string());
+        }
     }
 }
 
@@ -115,11 +150,19 @@ pub fn fence_targets(state: &ClusterState, domains: &[Domain]) -> Vec<String> {
 /// leader restarts its HA VMs elsewhere.
 pub async fn fence(ctx: &Arc<NodeCtx>) {
     let Ok(domains) = blocking(&ctx.hypervisor, |hv| hv.list()).await else { return };
-    for name in ctx.read(|d| fence_targets(&d.state, &domains)) {
+    // All at once: one destroy can take seconds under load, and every HA
+    // guest must be gone before the leader's down_after runs out.
+    let destroys = ctx.read(|d| fence_targets(&d.state, &domains)).into_iter().map(|name| {
         warn!(domain = %name, "fencing: no heartbeat acknowledged within fence_after; destroying HA domain");
-        if let Err(e) = blocking(&ctx.hypervisor, move |hv| hv.destroy(&name)).await {
-            warn!(error = %e, "fencing destroy failed");
-        }
+        let hv = ctx.hypervisor.clone();
+        tokio::spawn(async move {
+            if let Err(e) = blocking(&hv, move |hv| hv.destroy(&name)).await {
+                warn!(error = %e, "fencing destroy failed");
+            }
+        })
+    });
+    for done in destroys.collect::<Vec<_>>() {
+        let _ = done.await;
     }
 }
 
@@ -285,13 +328,37 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_daemon_inherits_a_lease_that_has_not_run_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lease");
+        let fence_after = Duration::from_secs(5);
+        let now = boottime_ns().unwrap();
+        // Acknowledged 1 s ago: valid, but behind (nothing starts, nothing is
+        // fenced) until a heartbeat answers.
+        std::fs::write(&file, (now - 1_000_000_000).to_string()).unwrap();
+        let lease = Lease::new(fence_after, Some(file.clone()));
+        assert_eq!(lease.standing(Some(1_000)), Standing::Behind);
+        assert!(!lease.expired());
+        lease.acknowledged(Instant::now(), 7);
+        assert_eq!(lease.standing(Some(7)), Standing::Current);
+        // The file follows the acks.
+        let stored: u64 = std::fs::read_to_string(&file).unwrap().parse().unwrap();
+        assert!(stored > now - 1_000_000_000);
+        // Too old, from an earlier boot, or damaged: no lease.
+        for text in [(now - 6_000_000_000).to_string(), (now + 1_000_000_000_000).to_string(), "x".into()] {
+            std::fs::write(&file, text).unwrap();
+            assert_eq!(Lease::new(fence_after, Some(file.clone())).standing(Some(1)), Standing::Fenced);
+        }
+    }
+
+    #[test]
     fn the_lease_runs_out_fence_after_its_send_time() {
         let t0 = Instant::now();
         let fence_after = Duration::from_secs(5);
         assert!(lease_expired(None, t0, fence_after), "never granted");
         assert!(!lease_expired(Some(t0), t0 + Duration::from_secs(5), fence_after));
         assert!(lease_expired(Some(t0), t0 + Duration::from_millis(5001), fence_after));
-        let lease = Lease::new(fence_after);
+        let lease = Lease::new(fence_after, None);
         assert_eq!(lease.standing_at(t0, Some(100)), Standing::Fenced, "no lease yet");
         lease.acknowledged(t0 + Duration::from_secs(2), 40);
         lease.acknowledged(t0 + Duration::from_secs(1), 30); // a late answer does not move it back
