@@ -270,29 +270,28 @@ pub async fn remove(ctx: &NodeCtx, req: pb::RemoveRequest) -> Result<pb::RemoveR
 }
 
 fn refusal(name: &str, r: Refused, membership: &openraft::Membership<NodeId, MemberNode>) -> Error {
+    let names = |ids: &[NodeId]| {
+        let names: Vec<String> = ids
+            .iter()
+            .map(|v| membership.get_node(v).map(|n| n.name.clone()).unwrap_or_else(|| v.to_string()))
+            .collect();
+        names.join(", ")
+    };
     match r {
         Refused::LastVoter => Error::FailedPrecondition(format!(
             "{name} is the last voter; removing it would leave no one to hold the cluster state"
         )),
         Refused::HasVms(vms) => Refusal::NodeHasVms { name: name.to_string(), vms }.into(),
         Refused::NoCurrentQuorum { voters, alive, dead } => {
-            let dead: Vec<String> = dead
-                .iter()
-                .map(|v| membership.get_node(v).map(|n| n.name.clone()).unwrap_or_else(|| v.to_string()))
-                .collect();
             Error::FailedPrecondition(format!(
                 "a membership change must be accepted by a majority of the current {voters} voters, and only {alive} answer (down: {}); bring one back first",
-                dead.join(", ")
+                names(&dead)
             ))
         }
         Refused::NoQuorum { remaining, alive, dead } => {
-            let dead: Vec<String> = dead
-                .iter()
-                .map(|v| membership.get_node(v).map(|n| n.name.clone()).unwrap_or_else(|| v.to_string()))
-                .collect();
             Error::FailedPrecondition(format!(
                 "removing {name} would leave {remaining} voter(s) of which only {alive} answer (down: {}); bring those nodes back first",
-                dead.join(", ")
+                names(&dead)
             ))
         }
     }

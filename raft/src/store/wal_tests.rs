@@ -122,31 +122,40 @@ fn a_write_torn_by_a_crash_is_cut_off() {
     assert_eq!(std::fs::read(&path).unwrap(), bytes, "the damaged file is left as it was");
 }
 
-#[test]
-fn a_last_record_whose_page_never_reached_the_disk_is_torn_not_damage() {
-    // The file grew by the whole write, but a sector of it stayed zeros
-    // (unwritten extent after a power cut): never acknowledged, so cut.
+/// A log holding entries 1..=3: its dir, its last segment and that
+/// segment's length.
+fn log_of_three() -> (tempfile::TempDir, PathBuf, usize) {
     let dir = tempfile::tempdir().unwrap();
     let wal = Wal::open(dir.path(), None).unwrap();
     wal.append(entries(1, 1..=3)).unwrap();
     drop(wal);
     let path = last_segment(dir.path());
-    let good = std::fs::metadata(&path).unwrap().len() as usize;
+    let len = std::fs::metadata(&path).unwrap().len() as usize;
+    (dir, path, len)
+}
+
+/// Appends raw bytes to a segment, as a crash or damage would leave them.
+fn append_raw(path: &Path, bytes: &[u8]) {
+    let mut f = OpenOptions::new().append(true).open(path).unwrap();
+    std::io::Write::write_all(&mut f, bytes).unwrap();
+}
+
+#[test]
+fn a_last_record_whose_page_never_reached_the_disk_is_torn_not_damage() {
+    // The file grew by the whole write, but a sector of it stayed zeros
+    // (unwritten extent after a power cut): never acknowledged, so cut.
+    let (dir, path, good) = log_of_three();
     let mut torn = record(&vec![7u8; 3000]);
     // Everything from the second sector boundary inside it on is zeros.
     let zero_from = (good + 1024) / 512 * 512 - good;
     torn[zero_from..].fill(0);
-    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-    std::io::Write::write_all(&mut f, &torn).unwrap();
-    drop(f);
+    append_raw(&path, &torn);
     let wal = Wal::open(dir.path(), None).unwrap();
     assert_eq!(indexes(&wal), vec![1, 2, 3]);
     assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, good);
     drop(wal);
     // A zero-filled tail (preallocated, never written) is the end too.
-    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-    std::io::Write::write_all(&mut f, &[0u8; 4096]).unwrap();
-    drop(f);
+    append_raw(&path, &[0u8; 4096]);
     let wal = Wal::open(dir.path(), None).unwrap();
     assert_eq!(indexes(&wal), vec![1, 2, 3]);
 }
@@ -155,18 +164,11 @@ fn a_last_record_whose_page_never_reached_the_disk_is_torn_not_damage() {
 fn a_zeroed_sector_in_the_middle_of_the_last_record_is_damage() {
     // Only trailing pages that never reached the disk make a torn write; a
     // hole of zeros with data after it is refused like any damage.
-    let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(dir.path(), None).unwrap();
-    wal.append(entries(1, 1..=3)).unwrap();
-    drop(wal);
-    let path = last_segment(dir.path());
-    let good = std::fs::metadata(&path).unwrap().len() as usize;
+    let (dir, path, good) = log_of_three();
     let mut hole = record(&vec![7u8; 3000]);
     let from = (good + 1024) / 512 * 512 - good;
     hole[from..from + 512].fill(0);
-    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-    std::io::Write::write_all(&mut f, &hole).unwrap();
-    drop(f);
+    append_raw(&path, &hole);
     let err = Wal::open(dir.path(), None).err().expect("refused").to_string();
     assert!(err.contains("fails its checksum"), "{err}");
 }
@@ -175,12 +177,7 @@ fn a_zeroed_sector_in_the_middle_of_the_last_record_is_damage() {
 fn a_torn_write_of_several_records_is_cut_from_the_first_bad_one() {
     // One append wrote records 4..=6; the pages from inside record 4 on
     // never reached the disk: all three go, 1..=3 stay.
-    let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(dir.path(), None).unwrap();
-    wal.append(entries(1, 1..=3)).unwrap();
-    drop(wal);
-    let path = last_segment(dir.path());
-    let good = std::fs::metadata(&path).unwrap().len() as usize;
+    let (dir, path, good) = log_of_three();
     let big = |i: u64| {
         let cmd = Command::UpdateVm { name: format!("vm{i}"), description: Some("y".repeat(900)), priority: None };
         Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), i), payload: EntryPayload::Normal(cmd) }
@@ -192,9 +189,7 @@ fn a_torn_write_of_several_records_is_cut_from_the_first_bad_one() {
     // The first sector boundary at least 100 bytes into record 4 (of ~950).
     let from = (good + 100).div_ceil(512) * 512 - good;
     write[from..].fill(0);
-    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-    std::io::Write::write_all(&mut f, &write).unwrap();
-    drop(f);
+    append_raw(&path, &write);
     let wal = Wal::open(dir.path(), None).unwrap();
     assert_eq!(indexes(&wal), vec![1, 2, 3]);
 }
