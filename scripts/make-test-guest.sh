@@ -2,6 +2,16 @@
 # Builds the tiny test guest: the Debian cloud kernel plus a busybox initramfs
 # whose init prints a marker on the serial console every 2 seconds.
 #
+# The kernel builds virtio as modules, so the initramfs carries virtio_blk and
+# virtio_net with their dependencies and loads them. With a disk (/dev/vda),
+# the first boot writes a random marker to its first sector and every boot
+# counts itself in the second; the console then shows
+#   KVMESH-DISK KVMESH-MARKER-<uuid> boots=<n>
+# so a test can tell whether a disk kept its data (and a revert undid a boot).
+# Each write is fsynced: that sends the disk a FLUSH, without which a killed
+# QEMU may lose it (qcow2 metadata waits in QEMU's cache, as data waits in a
+# real disk's write cache), and no hypervisor promises unflushed writes.
+#
 #   scripts/make-test-guest.sh [OUT_DIR]   (default: target/test-guest)
 #
 # Prints the kernel and initrd paths. Boots in about 2 s under TCG.
@@ -22,20 +32,56 @@ fi
 mkdir -p "$OUT"
 kernel=$(ls /boot/vmlinuz-*-cloud-amd64 | sort -V | tail -1)
 cp "$kernel" "$OUT/vmlinuz"
+version=${kernel#/boot/vmlinuz-}
+modules="drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_legacy_dev
+drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci drivers/block/virtio_blk
+net/core/failover drivers/net/net_failover drivers/net/virtio_net"
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-mkdir -p "$root/bin" "$root/proc" "$root/sys" "$root/dev"
+mkdir -p "$root/bin" "$root/proc" "$root/sys" "$root/dev" "$root/modules"
 cp /bin/busybox "$root/bin/busybox"
+order=""
+for m in $modules; do
+  name=$(basename "$m")
+  src=$(ls /lib/modules/"$version"/kernel/"$m".ko* 2>/dev/null | head -1)
+  [ -n "$src" ] || { echo "make-test-guest: $m.ko missing in /lib/modules/$version" >&2; exit 1; }
+  case "$src" in
+    *.ko) cp "$src" "$root/modules/$name.ko" ;;
+    *.ko.xz) xz -dc "$src" >"$root/modules/$name.ko" ;;
+    *.ko.zst) zstd -qdc "$src" >"$root/modules/$name.ko" ;;
+  esac
+  order="$order $name"
+done
+echo "$order" >"$root/modules/order"
 cat >"$root/init" <<'INIT'
 #!/bin/busybox sh
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t sysfs sys /sys
+B=/bin/busybox
+$B mount -t proc proc /proc
+$B mount -t sysfs sys /sys
+$B mount -t devtmpfs dev /dev
+for m in $($B cat /modules/order); do $B insmod /modules/$m.ko 2>/dev/null; done
+disk=""
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; $B sleep 0.2; done
+if [ -b /dev/vda ]; then
+  marker=$($B dd if=/dev/vda bs=64 count=1 2>/dev/null | $B tr -d '\000')
+  case "$marker" in
+    KVMESH-MARKER-*) ;;
+    *) marker="KVMESH-MARKER-$($B cat /proc/sys/kernel/random/uuid)"
+       printf '%s' "$marker" | $B dd of=/dev/vda bs=64 count=1 conv=sync,notrunc,fsync 2>/dev/null ;;
+  esac
+  boots=$($B dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | $B tr -d '\000' | $B sed -n 's/^KVMESH-BOOTS \([0-9]*\).*/\1/p')
+  boots=$((${boots:-0} + 1))
+  printf 'KVMESH-BOOTS %d' "$boots" | $B dd of=/dev/vda bs=512 seek=1 count=1 conv=sync,notrunc,fsync 2>/dev/null
+  $B sync
+  disk="KVMESH-DISK $marker boots=$boots"
+fi
 n=0
 while true; do
-  echo "KVMESH-TEST-GUEST-UP $n $(/bin/busybox cat /proc/uptime)"
+  echo "KVMESH-TEST-GUEST-UP $n $($B cat /proc/uptime)"
+  [ -n "$disk" ] && echo "$disk"
   n=$((n+1))
-  /bin/busybox sleep 2
+  $B sleep 2
 done
 INIT
 chmod +x "$root/init"

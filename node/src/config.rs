@@ -265,9 +265,29 @@ pub fn validate_vm_name(name: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Names of storage domains and images: what `validate_vm_name` allows,
+/// plus '.' and '_' (`debian-12.qcow2`), never a path.
+pub fn validate_object_name(what: &str, name: &str) -> std::result::Result<(), String> {
+    let ok_chars = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c));
+    if name.is_empty() || name.len() > 63 || !ok_chars || name.starts_with('.') {
+        return Err(format!(
+            "{what} name {name:?} must be 1-63 characters of lowercase letters, digits, '-', '_' and '.', not starting with '.'"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_names_are_never_paths() {
+        assert!(validate_object_name("image", "debian-12.qcow2").is_ok());
+        for bad in ["", "/etc/passwd", "../x", ".hidden", "Big", "a b"] {
+            assert!(validate_object_name("image", bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn defaults_are_valid() {

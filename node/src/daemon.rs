@@ -117,6 +117,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     }
     tokio::spawn(health_loop(ctx.clone()));
     tokio::spawn(crate::agent::run(ctx.clone(), lease.clone()));
+    tokio::spawn(crate::storage::probe::run(ctx.clone()));
     tokio::spawn(crate::ha::heartbeat_loop(ctx.clone(), lease, leader.clone()));
     tokio::spawn(crate::ha::controller::run(ctx.clone(), leader));
     tokio::spawn(snapshot_by_size(ctx.clone(), log_size));
@@ -381,6 +382,11 @@ async fn serve_grpc(
         )
         .add_service(pb::cluster_server::ClusterServer::new(ClusterService::new(ctx.clone(), leader.clone())))
         .add_service(pb::vms_server::VmsServer::new(VmsService::new(ctx.clone(), leader.clone())))
+        .add_service(pb::storage_server::StorageServer::new(crate::api::storage::StorageService::new(
+            ctx.clone(),
+            leader.clone(),
+        )))
+        .add_service(pb::images_server::ImagesServer::new(crate::api::storage::ImagesService::new(ctx.clone())))
         .add_service(pb::host_server::HostServer::new(HostService::new(ctx, leader)))
         .serve_with_incoming(incoming)
         .await

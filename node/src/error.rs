@@ -65,13 +65,21 @@ impl From<Refusal> for Error {
             Refusal::AlreadyInitialized { .. }
             | Refusal::NodeHasVms { .. }
             | Refusal::NoLongerFits { .. }
-            | Refusal::NodeChangeRefused { .. } => Error::FailedPrecondition(msg),
-            Refusal::NodeNameTaken { .. } | Refusal::NodeAddressTaken { .. } | Refusal::VmNameTaken { .. } => {
-                Error::AlreadyExists(msg)
-            }
-            Refusal::UnknownNode { .. } | Refusal::UnknownVm { .. } | Refusal::UnknownVmId { .. } => {
-                Error::NotFound(msg)
-            }
+            | Refusal::NodeChangeRefused { .. }
+            | Refusal::StorageInUse { .. }
+            | Refusal::ImageInUse { .. }
+            | Refusal::StorageChange { .. } => Error::FailedPrecondition(msg),
+            Refusal::ImageWrongKind { .. } | Refusal::HaNeedsSharedStorage { .. } => Error::InvalidArgument(msg),
+            Refusal::NodeNameTaken { .. }
+            | Refusal::NodeAddressTaken { .. }
+            | Refusal::VmNameTaken { .. }
+            | Refusal::StorageNameTaken { .. }
+            | Refusal::ImageNameTaken { .. } => Error::AlreadyExists(msg),
+            Refusal::UnknownNode { .. }
+            | Refusal::UnknownVm { .. }
+            | Refusal::UnknownVmId { .. }
+            | Refusal::UnknownStorage { .. }
+            | Refusal::UnknownImage { .. } => Error::NotFound(msg),
             Refusal::StaleReport
             | Refusal::VmBeingDeleted { .. }
             | Refusal::HostNotDown { .. }

@@ -16,6 +16,7 @@ mod error;
 mod ha;
 mod host;
 mod hypervisor;
+mod storage;
 mod voters;
 
 use clap::Parser;

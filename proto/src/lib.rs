@@ -20,8 +20,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kvme
 /// (wire messages or the replicated log format).
 /// 2: states as enums, agents' reports through `Raft/Propose`, VM ids as
 /// integers in heartbeats. 3: heartbeats carry the applied index and the
-/// cluster id, `UpdateNode`, `OutcomeUnknown`.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// cluster id, `UpdateNode`, `OutcomeUnknown`. 4: storage domains, images,
+/// disks, snapshots.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// gRPC metadata key carrying the sender's `PROTOCOL_VERSION` on Raft RPCs.
 pub const PROTOCOL_HEADER: &str = "kvmesh-protocol";

@@ -8,12 +8,13 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Current format of stored values. 3: nodes remember the state to return
+/// Current format of stored values. 4: storage domains, images, VM disks
+/// with recorded volumes, snapshots. 3: nodes remember the state to return
 /// to after an outage, `UpdateNode`, and snapshot metadata under the
 /// checksum. 2: the state gained the answers to recent writes and the count
 /// of VMs created. Older formats are not migrated (pre-release): they are
 /// refused with what to do.
-pub const FORMAT: u8 = 3;
+pub const FORMAT: u8 = 4;
 
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()

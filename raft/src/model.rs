@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::placed::PlacedIndex;
 use crate::requests::{Answer, RequestId, Requests};
+use crate::storage::{Disk, Image, Snapshot, StorageDomain, Trashed};
 
 use crate::types::NodeId;
 
@@ -92,11 +93,10 @@ pub struct VmSpec {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub ha: bool,
-    /// A blank qcow2 disk of this size (bytes), if any.
-    pub disk_bytes: Option<u64>,
-    /// Base image; the VM gets a thin qcow2 clone backed by it.
-    pub image: Option<String>,
-    /// Direct kernel boot.
+    /// The VM's disks in boot order (`vda` first). Each names its storage
+    /// domain; its volume is recorded once created.
+    pub disks: Vec<Disk>,
+    /// Direct kernel boot: names of imported images (never host paths).
     pub kernel: Option<String>,
     pub initrd: Option<String>,
     pub cmdline: Option<String>,
@@ -201,6 +201,8 @@ pub struct Vm {
     pub moving_from: Option<NodeId>,
     /// Free text for operators (`vm set --description`), like Proxmox's notes.
     pub description: String,
+    /// Snapshots of all its disks, oldest first.
+    pub snapshots: Vec<Snapshot>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,6 +230,7 @@ impl Vm {
             pending: None,
             moving_from: None,
             description: String::new(),
+            snapshots: Vec::new(),
         }
     }
 }
@@ -248,6 +251,8 @@ pub enum Key {
     Vm(VmId),
     Event(u64),
     Request(RequestId),
+    Storage(u64),
+    Image(u64),
 }
 
 /// Small cluster-wide values persisted under one key.
@@ -258,6 +263,11 @@ pub struct Meta {
     pub next_event_seq: u64,
     /// VMs created so far: seeds new VM ids (see [`ClusterState::new_vm_id`]).
     pub vms_created: u64,
+    /// Storage domains and images created so far: seeds their ids.
+    pub objects_created: u64,
+    /// Volumes to delete (their VM, disk or image is gone); few, and
+    /// emptied as hosts delete them.
+    pub trash: Vec<Trashed>,
 }
 
 /// The whole replicated state.
@@ -269,6 +279,8 @@ pub struct ClusterState {
     pub events: VecDeque<Event>,
     /// Answers to recent writes, so retries apply once.
     pub requests: Requests,
+    pub storage: BTreeMap<u64, StorageDomain>,
+    pub images: BTreeMap<u64, Image>,
     /// Derived: VM name to id.
     #[serde(skip)]
     pub(crate) vm_names: BTreeMap<String, VmId>,
@@ -290,6 +302,8 @@ impl PartialEq for ClusterState {
             && self.vms == other.vms
             && self.events == other.events
             && self.requests == other.requests
+            && self.storage == other.storage
+            && self.images == other.images
     }
 }
 
@@ -301,6 +315,8 @@ impl ClusterState {
         vms: Vec<Vm>,
         events: Vec<Event>,
         answers: Vec<(RequestId, Answer)>,
+        storage: Vec<StorageDomain>,
+        images: Vec<Image>,
     ) -> Self {
         let mut s = ClusterState {
             meta,
@@ -308,6 +324,8 @@ impl ClusterState {
             vms: vms.into_iter().map(|v| (v.id, v)).collect(),
             events: events.into(),
             requests: Requests::from_answers(answers),
+            storage: storage.into_iter().map(|d| (d.id, d)).collect(),
+            images: images.into_iter().map(|i| (i.id, i)).collect(),
             ..Default::default()
         };
         s.reindex();
@@ -349,6 +367,14 @@ impl ClusterState {
     /// VM ids in name order.
     pub fn vm_names(&self) -> impl Iterator<Item = VmId> + '_ {
         self.vm_names.values().copied()
+    }
+
+    pub fn storage_by_name(&self, name: &str) -> Option<&StorageDomain> {
+        self.storage.values().find(|d| d.name == name)
+    }
+
+    pub fn image_by_name(&self, name: &str) -> Option<&Image> {
+        self.images.values().find(|i| i.name == name)
     }
 
     pub fn node_by_name(&self, name: &str) -> Option<&Node> {

@@ -6,17 +6,37 @@
 //! [`NodeView`]s here and answer with the scheduler's one rule
 //! ([`kvmesh_scheduler::check`] and its capacity part, [`kvmesh_scheduler::fits`]),
 //! so `apply` accepts a placement exactly when the scheduler could have made
-//! it. The only input the two do not share is liveness: the leader marks the
-//! hosts it has not heard from as unresponsive; `apply` knows only the
-//! replicated node states.
+//! it. The only inputs the two do not share come from heartbeats
+//! ([`HostFacts`]): the leader marks the hosts it has not heard from as
+//! unresponsive and the storage domains a host reports unusable as such;
+//! `apply` knows only the replicated node states and which hosts a domain
+//! is configured for.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kvmesh_scheduler::{self as scheduler, ClusterFacts, NodeView, VmRequest};
+use kvmesh_scheduler::{self as scheduler, ClusterFacts, NodeView, StorageState, VmRequest};
 
 use crate::command::Refusal;
 use crate::model::{ClusterState, NodeState, Vm, VmId, VmSpec};
 use crate::types::NodeId;
+
+/// What the leader knows of hosts beyond the replicated state, from their
+/// heartbeats. The default (nothing known) is `apply`'s view: every host
+/// responsive, every configured domain usable.
+#[derive(Clone, Debug, Default)]
+pub struct HostFacts {
+    /// `up` hosts not heard from lately: nothing new is placed there.
+    pub unresponsive: BTreeSet<NodeId>,
+    /// Each host's storage domains as it last reported them; `None`: not
+    /// known (every configured domain counts as active).
+    pub storage: Option<BTreeMap<NodeId, BTreeMap<String, StorageState>>>,
+}
+
+impl HostFacts {
+    pub fn unresponsive(unresponsive: BTreeSet<NodeId>) -> Self {
+        HostFacts { unresponsive, storage: None }
+    }
+}
 
 /// The scheduler's request for a VM with this id, name and spec.
 pub fn request(id: VmId, name: &str, spec: &VmSpec) -> VmRequest {
@@ -32,10 +52,43 @@ pub fn request(id: VmId, name: &str, spec: &VmSpec) -> VmRequest {
         anti_affinity: spec.anti_affinity.clone(),
         soft_anti_affinity: spec.soft_anti_affinity.clone(),
         affinity: spec.affinity.clone(),
+        storage: Vec::new(),
+        volumes_on: None,
     }
 }
 
-/// The scheduler's request for an existing VM.
+impl ClusterState {
+    /// The scheduler's request for a VM, with the storage its disks and
+    /// images need and the host its local volumes are on.
+    pub fn vm_request_of(&self, id: VmId, name: &str, spec: &VmSpec) -> VmRequest {
+        let mut req = request(id, name, spec);
+        let mut storage: BTreeSet<String> = BTreeSet::new();
+        let mut local_host: Option<NodeId> = None;
+        for disk in &spec.disks {
+            storage.insert(disk.storage.clone());
+            if let Some(host) = disk.volume.and_then(|v| v.host) {
+                local_host.get_or_insert(host);
+            }
+        }
+        let images = spec.disks.iter().filter_map(|d| d.image.as_deref());
+        for image in images.chain(spec.kernel.as_deref()).chain(spec.initrd.as_deref()) {
+            if let Some(img) = self.image_by_name(image) {
+                storage.insert(img.storage.clone());
+                if let Some(host) = img.host {
+                    local_host.get_or_insert(host);
+                }
+            }
+        }
+        req.storage = storage.into_iter().collect();
+        // A host that is gone keeps the name it had: nothing else can
+        // take the VM, and the reason says where its data is.
+        req.volumes_on = local_host.map(|h| self.nodes.get(&h).map_or_else(|| format!("node {h}"), |n| n.name.clone()));
+        req
+    }
+}
+
+/// The scheduler's request for an existing VM (without its storage; see
+/// [`ClusterState::vm_request_of`]).
 pub fn vm_request(vm: &Vm) -> VmRequest {
     request(vm.id, &vm.name, &vm.spec)
 }
@@ -54,8 +107,13 @@ impl ClusterState {
     /// `unresponsive` names the `up` nodes the leader has not heard from
     /// lately (nothing new is placed there); `except` leaves one VM out (to
     /// explain where an existing VM would go now).
-    pub fn scheduler_view(&self, unresponsive: &BTreeSet<NodeId>, except: Option<VmId>) -> Vec<NodeView> {
-        self.views(|_| true, unresponsive, except).into_values().collect()
+    pub fn scheduler_view(&self, facts: &HostFacts, except: Option<VmId>) -> Vec<NodeView> {
+        self.views(|_| true, facts, except).into_values().collect()
+    }
+
+    /// The scheduler's request for an existing VM, storage included.
+    pub fn request_for(&self, vm: &Vm) -> VmRequest {
+        self.vm_request_of(vm.id, &vm.name, &vm.spec)
     }
 
     /// The id the next VM named `name` gets. It is drawn from the state, not
@@ -86,7 +144,7 @@ impl ClusterState {
         let mut out: BTreeMap<NodeId, Vec<VmRequest>> = BTreeMap::new();
         for vm in self.vms.values().filter(|v| v.spec.ha) {
             if let Some(p) = vm.placement {
-                out.entry(p.node).or_default().push(vm_request(vm));
+                out.entry(p.node).or_default().push(self.request_for(vm));
             }
         }
         out
@@ -96,7 +154,7 @@ impl ClusterState {
     /// against the state as it is now: what `apply` re-checks, so that two
     /// placements decided on the same old state cannot both win.
     pub(crate) fn check_placement(&self, node: NodeId, vm: &VmRequest) -> Result<(), Refusal> {
-        let mut views = self.views(|id| id == node, &BTreeSet::new(), Some(vm.id));
+        let mut views = self.views(|id| id == node, &HostFacts::default(), Some(vm.id));
         let Some(view) = views.remove(&node) else {
             return Err(Refusal::UnknownNode { id: node });
         };
@@ -126,7 +184,7 @@ impl ClusterState {
         memory_mib: u64,
         labels: &std::collections::BTreeMap<String, String>,
     ) -> Option<String> {
-        let mut view = self.views(|id| id == node, &BTreeSet::new(), None).remove(&node)?;
+        let mut view = self.views(|id| id == node, &HostFacts::default(), None).remove(&node)?;
         view.cpus = cpus;
         view.memory_mib = memory_mib;
         let s = &self.meta.settings.placement;
@@ -159,7 +217,7 @@ impl ClusterState {
     fn views(
         &self,
         include: impl Fn(NodeId) -> bool,
-        unresponsive: &BTreeSet<NodeId>,
+        facts: &HostFacts,
         except: Option<VmId>,
     ) -> BTreeMap<NodeId, NodeView> {
         let mut views: BTreeMap<NodeId, NodeView> = self
@@ -169,10 +227,22 @@ impl ClusterState {
             .map(|n| {
                 let mut v = NodeView::new(n.id, &n.name, n.cpus, n.memory_mib);
                 v.state = node_state(n.state);
-                if v.state == scheduler::NodeState::Up && unresponsive.contains(&n.id) {
+                if v.state == scheduler::NodeState::Up && facts.unresponsive.contains(&n.id) {
                     v.state = scheduler::NodeState::Unresponsive;
                 }
                 v.labels = n.labels.clone();
+                let reported = facts.storage.as_ref().map(|all| all.get(&n.id));
+                for domain in self.storage.values().filter(|d| d.on_node(&n.name)) {
+                    let state = match reported {
+                        None => StorageState::Active,
+                        Some(None) => StorageState::Unusable("not reported yet".into()),
+                        Some(Some(states)) => states
+                            .get(&domain.name)
+                            .cloned()
+                            .unwrap_or_else(|| StorageState::Unusable("not reported yet".into())),
+                    };
+                    v.storage.insert(domain.name.clone(), state);
+                }
                 (n.id, v)
             })
             .collect();

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{NodeState, NodeView, Settings, VmRequest};
+use crate::model::{NodeState, NodeView, Settings, StorageState, VmRequest};
 
 /// Why one node cannot take the VM.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,6 +14,9 @@ pub enum Rejection {
     InsufficientMemory { need_mib: u64, free_mib: u64 },
     AntiAffinity { group: String, members: u32 },
     Affinity { group: String },
+    StorageMissing { domain: String },
+    StorageUnusable { domain: String, why: String },
+    LocalVolumes { host: String },
 }
 
 impl std::fmt::Display for Rejection {
@@ -35,6 +38,9 @@ impl std::fmt::Display for Rejection {
                 write!(f, "anti-affinity group {group} already has {members} VM(s) here")
             }
             Rejection::Affinity { group } => write!(f, "affinity group {group} runs on other nodes"),
+            Rejection::StorageMissing { domain } => write!(f, "storage {domain} is not available on this node"),
+            Rejection::StorageUnusable { domain, why } => write!(f, "storage {domain} is {why} here"),
+            Rejection::LocalVolumes { host } => write!(f, "its disks are on local storage of {host}"),
         }
     }
 }
@@ -104,6 +110,20 @@ pub fn check_capacity(
         let have = node.labels.get(key);
         if have != Some(want) {
             return Err(Rejection::MissingLabel { key: key.clone(), want: want.clone(), have: have.cloned() });
+        }
+    }
+    if let Some(host) = &vm.volumes_on {
+        if *host != node.name {
+            return Err(Rejection::LocalVolumes { host: host.clone() });
+        }
+    }
+    for domain in &vm.storage {
+        match node.storage.get(domain) {
+            None => return Err(Rejection::StorageMissing { domain: domain.clone() }),
+            Some(StorageState::Unusable(why)) => {
+                return Err(Rejection::StorageUnusable { domain: domain.clone(), why: why.clone() })
+            }
+            Some(StorageState::Active) => {}
         }
     }
     let cap = fits(node, vm, s)?;

@@ -138,6 +138,18 @@ pub struct NodeView {
     /// VMs per group (anti-affinity, soft anti-affinity and affinity groups
     /// share one namespace) placed on this node.
     pub groups: BTreeMap<String, u32>,
+    /// The storage domains this node has, and whether each is usable here
+    /// now. A domain not listed is not available on this node at all.
+    pub storage: BTreeMap<String, StorageState>,
+}
+
+/// A storage domain on one host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StorageState {
+    Active,
+    /// Configured for the host but not usable there now, with why
+    /// ("not-shared", "missing: ...", "no status reported yet").
+    Unusable(String),
 }
 
 impl NodeView {
@@ -153,6 +165,7 @@ impl NodeView {
             allocated_vcpus: 0,
             allocated_memory_mib: 0,
             groups: BTreeMap::new(),
+            storage: BTreeMap::new(),
         }
     }
 
@@ -211,6 +224,10 @@ pub struct VmRequest {
     pub soft_anti_affinity: Option<String>,
     /// Hard: on a node with other members of this group, once one is placed.
     pub affinity: Option<String>,
+    /// Storage domains its disks and images live on: each must be active.
+    pub storage: Vec<String>,
+    /// Its volumes live on this host alone (a `local` domain): only there.
+    pub volumes_on: Option<String>,
 }
 
 impl VmRequest {

@@ -238,6 +238,8 @@ impl Cluster {
         c.spawn("n2", Some(&first), &[])?;
         c.spawn("n3", Some(&first), &[])?;
         c.wait_members(0, 3, 3)?;
+        // Disks go only where their storage is reported active.
+        wait_storage_active(&first, "local", 3)?;
         Ok(c)
     }
 
@@ -337,6 +339,20 @@ impl Cluster {
         })
     }
 
+    /// Adds a shared-dir storage domain at `path` (created) and waits until
+    /// every node of the harness reports it active.
+    pub fn add_shared_storage(&self, i: usize, name: &str, path: &std::path::Path) -> Result<Value> {
+        std::fs::create_dir_all(path)?;
+        self.cli_ok(i, &["storage", "add", name, "--kind", "shared-dir", "--path", &path.to_string_lossy()])?;
+        wait_storage_active(&self.nodes[i].address, name, self.nodes.len())
+    }
+
+    /// Imports a file as an image through node `i`.
+    pub fn import(&self, i: usize, name: &str, file: &std::path::Path, storage: &str, kind: &str) -> Result<Value> {
+        let file = file.to_string_lossy();
+        self.cli_ok(i, &["image", "import", name, &file, "--storage", storage, "--kind", kind])
+    }
+
     /// The node's id, from its identity file.
     pub fn node_id(&self, i: usize) -> Result<u64> {
         let text = std::fs::read_to_string(self.nodes[i].data_dir.join("kvmesh-node.json"))?;
@@ -383,6 +399,15 @@ impl CliResult {
 }
 
 /// Runs `kvmesh --endpoint ADDR -o json ARGS…` with a 60 s bound.
+/// Waits until `hosts` hosts report storage `name` active; its JSON.
+pub fn wait_storage_active(endpoint: &str, name: &str, hosts: usize) -> Result<Value> {
+    wait_for(&format!("storage {name} active on {hosts} hosts"), Duration::from_secs(30), || {
+        let d = run_cli(endpoint, &["storage", "get", name]).json().ok()?;
+        let active = d["hosts"].as_array()?.iter().filter(|h| h["state"] == "active").count();
+        (active == hosts).then_some(d)
+    })
+}
+
 pub fn run_cli(endpoint: &str, args: &[&str]) -> CliResult {
     run_cli_as(endpoint, "json", args)
 }

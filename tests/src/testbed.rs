@@ -56,6 +56,33 @@ pub fn guest() -> (String, String) {
     (format!("{guest}/vmlinuz"), format!("{guest}/initrd.gz"))
 }
 
+/// The directory every testbed host sees as the same storage: outside the
+/// per-host bind mounts (the stand-in for an NFS or CephFS mount).
+pub fn shared_dir() -> String {
+    format!("{DIR}/shared")
+}
+
+/// Adds the `shared` storage domain on [`shared_dir`], waits until all three
+/// hosts prove it shared, and imports the test guest's kernel and initrd
+/// into it; their image names.
+pub fn shared_guest() -> Result<(String, String)> {
+    std::fs::create_dir_all(shared_dir())?;
+    let h1 = addr("h1");
+    let r = run_cli(&h1, &["storage", "add", "shared", "--kind", "shared-dir", "--path", &shared_dir()]);
+    if !r.success {
+        bail!("storage add: {}", r.stderr);
+    }
+    crate::wait_storage_active(&h1, "shared", HOSTS.len())?;
+    let (kernel, initrd) = guest();
+    for (name, file, kind) in [("guest-kernel", &kernel, "kernel"), ("guest-initrd", &initrd, "initrd")] {
+        let r = run_cli(&h1, &["image", "import", name, file, "--storage", "shared", "--kind", kind]);
+        if !r.success {
+            bail!("image import {name}: {}", r.stderr);
+        }
+    }
+    Ok(("guest-kernel".into(), "guest-initrd".into()))
+}
+
 /// Running kvmesh domains on host `h`, asked from inside its own namespace
 /// (so it works while the host is partitioned).
 pub fn running_on(h: &str) -> Vec<String> {

@@ -9,7 +9,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
-use kvmesh_tests::testbed::{addr, double_run, guest, log, placement_by_virsh, running_on, testbed, up3, vms, HOSTS};
+use kvmesh_tests::testbed::{
+    addr, double_run, log, placement_by_virsh, running_on, shared_guest, testbed, up3, vms, HOSTS,
+};
 use kvmesh_tests::{run_cli, wait_for};
 use serde_json::Value;
 
@@ -55,11 +57,12 @@ fn domain(via: &str, name: &str) -> String {
 /// label of its own that only `host` has at first; the other hosts get it
 /// afterwards, so it may restart or move anywhere (a pin would forbid that).
 fn guest_on(host: &str, name: &str, ha: bool) -> Result<String> {
-    let (kernel, initrd) = guest();
+    // The kernel and initrd images on the shared domain (imported once).
+    let (kernel, initrd) = ("guest-kernel", "guest-initrd");
     let label = format!("for-{name}=yes");
     cli("h1", &["node", "set", host, "--label", &label])?;
     let mut args = vec!["vm", "create", name, "--memory", "128", "--node-label", &label];
-    args.extend(["--kernel", &kernel, "--initrd", &initrd, "--cmdline", "console=ttyS0", "--wait"]);
+    args.extend(["--kernel", kernel, "--initrd", initrd, "--cmdline", "console=ttyS0", "--wait"]);
     if ha {
         args.push("--ha");
     }
@@ -88,6 +91,7 @@ fn log_since(h: &str, from: usize) -> String {
 #[test]
 fn restarts_drains_and_removals_never_run_a_guest_twice() -> Result<()> {
     let _teardown = up3()?;
+    shared_guest()?;
 
     // 1. A host restarts after its HA guest was restarted elsewhere: its
     //    stale replica still places the guest on it, and it must not start it.

@@ -49,6 +49,23 @@ fn pool(c: &Cluster, i: usize) -> String {
     format!("kvmesh-{:016x}", c.node_id(i).unwrap())
 }
 
+/// A shared-dir domain `shared` in the test's directory (both nodes share
+/// the machine's libvirtd, so they share its pool), with the test guest's
+/// kernel and initrd imported into it; their image names.
+fn guest_images(c: &Cluster) -> Result<(String, String)> {
+    let (kernel, initrd) = guest()?;
+    c.add_shared_storage(0, "shared", &c.dir.path().join("shared"))?;
+    c.import(0, "guest-kernel", std::path::Path::new(&kernel), "shared", "kernel")?;
+    c.import(0, "guest-initrd", std::path::Path::new(&initrd), "shared", "initrd")?;
+    Ok(("guest-kernel".into(), "guest-initrd".into()))
+}
+
+/// The libvirt pool of storage domain `name`.
+fn domain_pool(c: &Cluster, name: &str) -> String {
+    let d = c.cli_ok(0, &["storage", "get", name]).unwrap();
+    format!("kvmesh-{}", d["id"].as_str().unwrap())
+}
+
 /// Removes the nodes' domains (left by a failed test) and storage pools
 /// from the shared libvirtd.
 fn cleanup(c: &mut Cluster) {
@@ -69,6 +86,25 @@ fn cleanup(c: &mut Cluster) {
         virsh(&["pool-destroy", &p]);
         virsh(&["pool-undefine", &p]);
     }
+    // The pools of the test's own storage domains.
+    let dir = c.dir.path().to_string_lossy().into_owned();
+    for p in virsh(&["pool-list", "--all", "--name"]).1.lines().map(str::trim).filter(|p| p.starts_with("kvmesh-")) {
+        if virsh(&["pool-dumpxml", p]).1.contains(&dir) {
+            virsh(&["pool-destroy", p]);
+            virsh(&["pool-undefine", p]);
+        }
+    }
+}
+
+/// The disk marker the test guest prints (`KVMESH-DISK <marker> boots=N`),
+/// once its console shows `boots`.
+fn disk_marker(c: &Cluster, via: usize, vm: &str, boots: &str) -> Result<String> {
+    wait_for(&format!("{vm}'s disk marker with {boots}"), Duration::from_secs(90), || {
+        let r = c.cli(via, &["vm", "console", vm, "--bytes", "100000"]);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).ok()?;
+        let line = v["data"].as_str()?.lines().rev().find(|l| l.starts_with("KVMESH-DISK "))?.trim().to_string();
+        line.ends_with(boots).then(|| line.split(' ').nth(1).unwrap_or_default().to_string())
+    })
 }
 
 fn index_of(c: &Cluster, name: &str) -> usize {
@@ -77,9 +113,9 @@ fn index_of(c: &Cluster, name: &str) -> usize {
 
 #[test]
 fn a_real_guest_boots_is_reachable_by_console_and_comes_back_when_killed() -> Result<()> {
-    let (kernel, initrd) = guest()?;
     let mut c = qemu_cluster()?;
     let result = (|| -> Result<()> {
+        let (kernel, initrd) = guest_images(&c)?;
         let start = Instant::now();
         let vm = c.cli_ok(
             0,
@@ -116,13 +152,18 @@ fn a_real_guest_boots_is_reachable_by_console_and_comes_back_when_killed() -> Re
         })?;
         assert!(console.contains("Linux version"), "kernel boot log expected too");
 
-        // Killed behind kvmesh's back: running again within 10 s.
+        // Its disk: the marker the first boot wrote.
+        let marker = disk_marker(&c, other, "g1", "boots=1")?;
+
+        // Killed behind kvmesh's back: running again within 10 s, on the
+        // same volume (kvmesh opened it, it did not make a new one).
         let (ok, text) = virsh(&["destroy", &domain]);
         assert!(ok, "{text}");
         let killed = Instant::now();
         wait_for("the guest to run again", Duration::from_secs(10), || {
             (virsh(&["domstate", &domain]).1.trim() == "running").then_some(())
         })?;
+        assert_eq!(disk_marker(&c, other, "g1", "boots=2")?, marker, "the restarted guest lost its disk");
         eprintln!("guest destroyed with virsh -> running again: {:?}", killed.elapsed());
         let events = c.cli(other, &["events"]).stdout;
         assert!(events.contains("destroyed outside kvmesh; restarting (restart 1)"), "{events}");
@@ -147,35 +188,40 @@ fn a_real_guest_boots_is_reachable_by_console_and_comes_back_when_killed() -> Re
 }
 
 #[test]
-fn images_are_thin_clones_and_failures_leave_nothing_behind() -> Result<()> {
-    let (kernel, initrd) = guest()?;
+fn images_are_thin_clones_and_failures_keep_the_data() -> Result<()> {
     let mut c = qemu_cluster()?;
     let result = (|| -> Result<()> {
+        let (kernel, initrd) = guest_images(&c)?;
         let base = c.dir.path().join("base.qcow2");
         let out = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&base).arg("32M").output()?;
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let base = base.to_string_lossy().into_owned();
+        let image = c.import(0, "base", &base, "shared", "disk")?;
+        assert_eq!(image["format"], "qcow2");
+        assert_eq!(image["virtual_bytes"], 32u64 << 20);
         let vm = c.cli_ok(
             0,
             &[
-                "vm", "create", "thin", "--memory", "128", "--image", &base, "--kernel", &kernel, "--initrd", &initrd,
+                "vm", "create", "thin", "--memory", "128", "--image", "base", "--kernel", &kernel, "--initrd", &initrd,
                 "--wait",
             ],
         )?;
-        let host = index_of(&c, vm["node"].as_str().unwrap());
         let vol = format!("{}-disk0.qcow2", vm["id"].as_str().unwrap());
-        let (ok, xml) = virsh(&["vol-dumpxml", "--pool", &pool(&c, host), &vol]);
+        let shared_pool = domain_pool(&c, "shared");
+        let (ok, xml) = virsh(&["vol-dumpxml", "--pool", &shared_pool, &vol]);
         assert!(ok, "{xml}");
-        assert!(xml.contains("<backingStore>") && xml.contains(&base), "not a clone of the base: {xml}");
+        assert!(xml.contains("<backingStore>") && xml.contains("image-"), "not a clone of the image: {xml}");
+        // An image in use is not deleted.
+        let r = c.cli(1, &["image", "delete", "base"]);
+        assert!(!r.success && r.stderr.contains("used by thin"), "{}", r.stderr);
         // --keep-disks: the domain goes, the volume stays.
         let domain = vm["domain"].as_str().unwrap().to_string();
         c.cli_ok(0, &["vm", "delete", "thin", "--keep-disks"])?;
         wait_for("thin gone", Duration::from_secs(20), || c.vm_names(0).ok()?.is_empty().then_some(()))?;
         assert!(!virsh(&["dominfo", &domain]).0);
-        assert!(virsh(&["vol-list", &pool(&c, host)]).1.contains(&vol), "--keep-disks deleted the volume");
+        assert!(virsh(&["vol-list", &shared_pool]).1.contains(&vol), "--keep-disks deleted the volume");
 
         // libvirt refuses to start it (no such network): failed with libvirt's
-        // message, and no domain or volume left behind.
+        // message; the recorded volume stays (it may hold data), nothing runs.
         let r = c.cli(
             0,
             &[
@@ -198,9 +244,10 @@ fn images_are_thin_clones_and_failures_leave_nothing_behind() -> Result<()> {
         let vm = c.vm(1, "nonet")?;
         assert_eq!(vm["state"], "failed");
         let host = index_of(&c, vm["node"].as_str().unwrap());
-        assert!(!virsh(&["dominfo", vm["domain"].as_str().unwrap()]).0, "failed domain left defined");
+        assert_ne!(virsh(&["domstate", vm["domain"].as_str().unwrap()]).1.trim(), "running");
         let nonet_vol = format!("{}-disk0.qcow2", vm["id"].as_str().unwrap());
-        assert!(!virsh(&["vol-list", &pool(&c, host)]).1.contains(&nonet_vol), "failed VM's volume left behind");
+        assert!(virsh(&["vol-list", &pool(&c, host)]).1.contains(&nonet_vol), "the recorded volume went");
+        assert_eq!(vm["disks"][0]["created"], true);
 
         // A failure holds across a restart of its host's daemon: no retry,
         // no new event, still `failed` until an operator asks again.
@@ -231,9 +278,9 @@ fn images_are_thin_clones_and_failures_leave_nothing_behind() -> Result<()> {
 /// as a new identity, and the old identity's guest does not run on.
 #[test]
 fn a_rejoin_from_an_emptied_dir_stops_the_old_identitys_guests() -> Result<()> {
-    let (kernel, initrd) = guest()?;
     let mut c = qemu_cluster()?;
     let result = (|| -> Result<()> {
+        let (kernel, initrd) = guest_images(&c)?;
         // A third voter, so that a dead h2 can be removed (a membership
         // change needs a majority of the current voters).
         let first = c.addr(0);
@@ -279,9 +326,9 @@ fn a_rejoin_from_an_emptied_dir_stops_the_old_identitys_guests() -> Result<()> {
 /// every HA guest of the host), and the guest is the same QEMU process.
 #[test]
 fn a_quick_daemon_restart_keeps_its_ha_guests_running() -> Result<()> {
-    let (kernel, initrd) = guest()?;
     let mut c = qemu_cluster()?;
     let result = (|| -> Result<()> {
+        let (kernel, initrd) = guest_images(&c)?;
         let vm = c.cli_ok(
             0,
             &["vm", "create", "keep", "--memory", "128", "--ha", "--kernel", &kernel, "--initrd", &initrd, "--wait"],

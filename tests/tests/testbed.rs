@@ -9,13 +9,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use kvmesh_tests::testbed::{addr, guest, placement_by_virsh, running_on, testbed, up3, vms, HOSTS};
+use kvmesh_tests::testbed::{addr, placement_by_virsh, running_on, shared_guest, testbed, up3, vms, HOSTS};
 use kvmesh_tests::{run_cli, wait_for};
 
 #[test]
 fn real_host_death_and_partition_never_run_a_guest_twice() -> Result<()> {
-    let (kernel, initrd) = guest();
     let _teardown = up3()?;
+    let (kernel, initrd) = shared_guest()?;
     for (i, host) in HOSTS.iter().enumerate() {
         let r = run_cli(
             &addr(host),

@@ -24,7 +24,9 @@ fn vms_are_placed_across_hosts_and_their_states_are_reported() -> Result<()> {
     let vm = c.wait_vm_state(2, "web0", "running", T)?;
     assert!(vm["since"].as_u64().unwrap() > 0);
     assert!(vm["last_error"].is_null());
-    assert_eq!(vm["disk_bytes"], 1u64 << 30);
+    assert_eq!(vm["disks"][0]["size_bytes"], 1u64 << 30);
+    assert_eq!(vm["disks"][0]["storage"], "local");
+    assert_eq!(vm["disks"][0]["created"], true, "recorded before the start");
 
     // Lifecycle from nodes that do not host the VM.
     let host = c.vm(0, "web1")?["node"].as_str().unwrap().to_string();
@@ -58,25 +60,47 @@ fn vms_are_placed_across_hosts_and_their_states_are_reported() -> Result<()> {
 }
 
 #[test]
-fn a_missing_base_image_fails_the_vm_with_the_reason_and_no_retry_storm() -> Result<()> {
+fn a_missing_image_file_fails_the_vm_with_the_reason_and_no_retry_storm() -> Result<()> {
     let mut c = Cluster::new();
     c.spawn("solo", None, &[])?;
     c.cli_ok(0, &["cluster", "init"])?;
-    let r = c.cli(0, &["vm", "create", "bad", "--image", "/nonexistent/base.qcow2", "--wait"]);
+    let store = c.dir.path().join("store");
+    std::fs::create_dir_all(&store)?;
+    c.cli_ok(0, &["storage", "add", "disks", "--kind", "local", "--path", &store.to_string_lossy()])?;
+    kvmesh_tests::wait_storage_active(&c.addr(0), "disks", 1)?;
+    let raw = c.dir.path().join("base.raw");
+    std::fs::write(&raw, vec![0u8; 1 << 20])?;
+    let image = c.import(0, "base", &raw, "disks", "disk")?;
+    assert_eq!((image["format"].as_str(), image["virtual_bytes"].as_u64()), (Some("raw"), Some(1 << 20)));
+    // The image's file disappears behind kvmesh's back.
+    for f in std::fs::read_dir(&store)? {
+        let f = f?.path();
+        if f.file_name().unwrap().to_string_lossy().starts_with("image-") {
+            std::fs::remove_file(f)?;
+        }
+    }
+    let r = c.cli(0, &["vm", "create", "bad", "--image", "base", "--wait"]);
     assert!(!r.success);
-    assert!(r.stderr.contains("base image /nonexistent/base.qcow2 cannot be opened"), "{}", r.stderr);
+    assert!(r.stderr.contains("image base") && r.stderr.contains("missing"), "{}", r.stderr);
     let vm = c.vm(0, "bad")?;
     assert_eq!(vm["state"], "failed");
-    assert!(vm["last_error"].as_str().unwrap().contains("/nonexistent/base.qcow2"));
+    assert_eq!(vm["disks"][0]["created"], false, "nothing was created over a missing base");
     let events = c.cli(0, &["events"]).stdout;
     assert!(events.contains("vm bad failed on solo"), "{events}");
     // No retry storm: the commit index holds still while it stays failed.
     let before = c.status(0)?["commit_index"].as_u64().unwrap();
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(before, c.status(0)?["commit_index"].as_u64().unwrap());
-    // Relative paths are refused before anything is recorded.
-    let r = c.cli(0, &["vm", "create", "rel", "--image", "base.qcow2"]);
-    assert!(!r.success && r.stderr.contains("absolute path"), "{}", r.stderr);
+    // Host paths are refused before anything is recorded: a client could
+    // otherwise attach any host file to a guest and read it there.
+    for flag in ["--image", "--kernel", "--initrd"] {
+        let r = c.cli(0, &["vm", "create", "peek", flag, "/etc/shadow"]);
+        assert!(
+            !r.success && r.stderr.contains("not a host path") && r.stderr.contains("image import"),
+            "{}",
+            r.stderr
+        );
+    }
     // The operator deletes the failed VM.
     c.cli_ok(0, &["vm", "delete", "bad"])?;
     wait_for("bad gone", T, || c.vm_names(0).ok()?.is_empty().then_some(()))?;

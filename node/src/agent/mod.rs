@@ -22,7 +22,8 @@ use tracing::{debug, info, instrument, warn};
 use crate::ctx::{now_ms, NodeCtx};
 use crate::error::{Error, Result};
 use crate::ha::Lease;
-use crate::hypervisor::{blocking, DiskRequest, DomainSpec};
+use crate::hypervisor::{blocking, DomainSpec};
+use crate::storage::volumes::{self, Prepared};
 use plan::{Action, Memory, Standing, Timing, Want};
 
 /// The VMs placed on `node`, and every VM in the cluster with the highest
@@ -137,6 +138,9 @@ async fn reconcile(
     }
     let actions = plan::plan(&wants, &domains, &last_epochs, memory, now_ms(), timing, standing);
     let count = actions.len();
+    if standing == Standing::Current {
+        volumes::empty_trash(ctx).await;
+    }
     for action in actions {
         debug!(?action, "agent action");
         match action {
@@ -148,36 +152,38 @@ async fn reconcile(
                     }
                 }
             }
-            Action::Create { vm_id } => {
+            Action::Create { vm_id } | Action::Start { vm_id } => {
+                // Every start defines the domain again over its prepared
+                // volumes, so a disk added, grown or removed while the VM
+                // was stopped takes effect.
                 let Some(starting) = StartGuard::begin(ctx, lease, vm_id) else { continue };
-                let Some((spec, disk, gen)) = ctx.read(|d| domain_spec(&d.state, vm_id, ctx)) else { continue };
-                let domain = spec.domain.clone();
-                info!(vm = %spec.vm_name, %domain, "defining and starting domain");
-                let result = blocking(&ctx.hypervisor, move |hv| {
-                    hv.define(&spec, &disk)?;
-                    if let Err(e) = hv.start(&spec.domain) {
-                        // Leave nothing half created.
-                        let _ = hv.remove(&spec.domain, spec.vm_id, false);
-                        return Err(e);
-                    }
-                    Ok(())
-                })
-                .await;
+                let Some(gen) = ctx.read(|d| d.state.vms.get(&vm_id).map(|v| v.desired_gen)) else { continue };
+                let result = match volumes::prepare(ctx, vm_id).await {
+                    Ok(prepared) => match ctx.read(|d| domain_spec(&d.state, vm_id, ctx, prepared)) {
+                        Some(spec) => {
+                            info!(vm = %spec.vm_name, domain = %spec.domain, "defining and starting domain");
+                            blocking(&ctx.hypervisor, move |hv| {
+                                hv.define(&spec)?;
+                                hv.start(&spec.domain)
+                            })
+                            .await
+                        }
+                        None => Ok(()),
+                    },
+                    Err(e) => Err(e),
+                };
                 drop(starting);
                 if let Err(e) = result {
                     fail(ctx, memory, vm_id, gen, e).await;
                 }
             }
-            Action::Start { vm_id } | Action::Restart { vm_id } => {
-                let restart = matches!(action, Action::Restart { .. });
+            Action::Restart { vm_id } => {
                 let Some(starting) = StartGuard::begin(ctx, lease, vm_id) else { continue };
                 let Some(gen) = ctx.read(|d| d.state.vms.get(&vm_id).map(|v| v.desired_gen)) else { continue };
                 let domain = domain_name(vm_id);
-                info!(%domain, restart, "starting domain");
+                info!(%domain, "power-cycling domain");
                 let result = blocking(&ctx.hypervisor, move |hv| {
-                    if restart {
-                        hv.destroy(&domain)?;
-                    }
+                    hv.destroy(&domain)?;
                     hv.start(&domain)
                 })
                 .await;
@@ -261,11 +267,12 @@ async fn fail(ctx: &Arc<NodeCtx>, memory: &mut HashMap<u64, Memory>, vm_id: u64,
     }
 }
 
-/// The domain definition of a VM placed here, from the replicated spec.
-fn domain_spec(state: &ClusterState, vm_id: u64, ctx: &NodeCtx) -> Option<(DomainSpec, DiskRequest, u64)> {
+/// The domain definition of a VM placed here, from the replicated spec and
+/// its prepared volumes.
+fn domain_spec(state: &ClusterState, vm_id: u64, ctx: &NodeCtx, prepared: Prepared) -> Option<DomainSpec> {
     let vm = state.vms.get(&vm_id)?;
     let p = vm.placement?;
-    let spec = DomainSpec {
+    Some(DomainSpec {
         domain: domain_name(vm.id),
         vm_id: vm.id,
         vm_name: vm.name.clone(),
@@ -274,16 +281,15 @@ fn domain_spec(state: &ClusterState, vm_id: u64, ctx: &NodeCtx) -> Option<(Domai
         domain_type: ctx.config.virt_type.clone(),
         vcpus: vm.spec.vcpus,
         memory_mib: vm.spec.memory_mib,
-        disks: Vec::new(),
-        kernel: vm.spec.kernel.clone(),
-        initrd: vm.spec.initrd.clone(),
+        disks: prepared.disks,
+        kernel: prepared.kernel,
+        initrd: prepared.initrd,
         cmdline: vm.spec.cmdline.clone(),
         network: vm.spec.network.clone(),
         bridge: vm.spec.bridge.clone(),
         console_log: None,
-    };
-    let disk = DiskRequest { size_bytes: vm.spec.disk_bytes, base_image: vm.spec.image.clone() };
-    Some((spec, disk, vm.desired_gen))
+        uuid: None,
+    })
 }
 
 /// Records a state transition through the one write path; `false` if the

@@ -33,6 +33,10 @@ impl pb::host_server::Host for HostService {
         Ok(Response::new(self.leader.observed_pb(&self.ctx)))
     }
 
+    async fn disk_op(&self, request: Request<pb::DiskOpRequest>) -> Result<Response<pb::DiskOpReply>, Status> {
+        Ok(Response::new(crate::storage::disk_ops::run_local(&self.ctx, request.into_inner()).await?))
+    }
+
     async fn read_console(&self, request: Request<pb::ConsoleRequest>) -> Result<Response<pb::ConsoleReply>, Status> {
         let req = request.into_inner();
         let reply = crate::agent::local_console(&self.ctx, &req.name, req.bytes).await?;

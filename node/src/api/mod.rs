@@ -4,4 +4,5 @@
 pub mod cluster;
 pub mod host;
 pub mod membership;
+pub mod storage;
 pub mod vms;

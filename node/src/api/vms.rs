@@ -5,11 +5,12 @@
 
 use std::sync::Arc;
 
+use crate::storage::disk_ops;
 use kvmesh_proto as pb;
 use kvmesh_proto::vms_client::VmsClient;
 use kvmesh_raft::command::{Command, Refusal, Response as CmdResponse};
 use kvmesh_raft::model::{ClusterState, Desired, Vm, VmSpec};
-use kvmesh_raft::view;
+use kvmesh_raft::storage::{Disk, Image, ImageKind, SnapshotOp, DEFAULT_STORAGE};
 use kvmesh_raft::wire::{from_pb, to_pb};
 use kvmesh_scheduler::{self as scheduler, Outcome};
 use tonic::transport::Channel;
@@ -47,8 +48,16 @@ fn validate_create(req: &pb::CreateVmRequest) -> Result<VmSpec> {
 /// this leader has not heard from.
 fn plan_new(state: &ClusterState, live: &Liveness, name: &str, spec: &VmSpec) -> (u64, Vec<scheduler::Evaluation>) {
     let id = state.new_vm_id(name);
-    let nodes = state.scheduler_view(&live.unresponsive(state), None);
-    (id, scheduler::explain(&nodes, &view::request(id, name, spec), &state.meta.settings.placement))
+    let nodes = state.scheduler_view(&live.host_facts(state), None);
+    (id, scheduler::explain(&nodes, &state.vm_request_of(id, name, spec), &state.meta.settings.placement))
+}
+
+/// The spec with what its image-backed disks take from their images, and
+/// its storage checked (domains and images exist, HA data is shared).
+fn completed(state: &ClusterState, spec: &VmSpec) -> Result<VmSpec> {
+    let mut spec = spec.clone();
+    state.complete_disks(&mut spec)?;
+    Ok(spec)
 }
 
 /// A leader elected moments ago has not heard from every host yet; until
@@ -81,19 +90,18 @@ async fn create_on_leader(
                 return Err(Error::from(Refusal::VmNameTaken { name: req.name.clone() }));
             }
             await_liveness(&d.state, &live)?;
-            Ok(Ok(plan_new(&d.state, &live, &req.name, spec)))
+            let spec = completed(&d.state, spec)?;
+            let (id, evals) = plan_new(&d.state, &live, &req.name, &spec);
+            Ok(Ok((id, evals, spec)))
         })?;
-        let (id, evals) = match planned {
+        let (id, evals, spec) = match planned {
             Err(already_created) => return Ok(already_created),
             Ok(p) => p,
         };
         let Some(chosen) = evals.iter().find(|e| e.chosen) else {
             return Err(unplaceable(req, &evals));
         };
-        let vm = Vm {
-            request_id: req.request_id.clone(),
-            ..Vm::placed(id, &req.name, spec.clone(), chosen.node_id, now_ms())
-        };
+        let vm = Vm { request_id: req.request_id.clone(), ..Vm::placed(id, &req.name, spec, chosen.node_id, now_ms()) };
         match ctx.propose_as_leader(Command::CreateVm { vm: Box::new(vm), at_ms: now_ms() }).await? {
             CmdResponse::Vm(vm) => {
                 info!(placed_on = %chosen.node, "vm created");
@@ -138,14 +146,16 @@ fn explain(ctx: &NodeCtx, leader: &LeaderView, req: &pb::ExplainRequest) -> Resu
         await_liveness(&d.state, &live)?;
         let settings = &d.state.meta.settings.placement;
         let (name, evals) = match (&spec, &req.spec) {
-            (Some(spec), Some(r)) => (r.name.clone(), plan_new(&d.state, &live, &r.name, spec).1),
+            (Some(spec), Some(r)) => {
+                (r.name.clone(), plan_new(&d.state, &live, &r.name, &completed(&d.state, spec)?).1)
+            }
             _ => {
                 let vm = d
                     .state
                     .vm_by_name(&req.name)
                     .ok_or_else(|| Error::NotFound(format!("no VM named {:?}; see `kvmesh vm list`", req.name)))?;
-                let nodes = d.state.scheduler_view(&live.unresponsive(&d.state), Some(vm.id));
-                (vm.name.clone(), scheduler::explain(&nodes, &view::vm_request(vm), settings))
+                let nodes = d.state.scheduler_view(&live.host_facts(&d.state), Some(vm.id));
+                (vm.name.clone(), scheduler::explain(&nodes, &d.state.request_for(vm), settings))
             }
         };
         Ok(to_pb::explanation(&name, settings, &evals))
@@ -329,6 +339,115 @@ impl pb::vms_server::Vms for VmsService {
     async fn restart(&self, request: Request<pb::VmActionRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
         let name = request.into_inner().name;
         self.action(&name, Command::RestartVm { name: name.clone(), at_ms: now_ms() }).await
+    }
+
+    async fn add_disk(&self, request: Request<pb::AddDiskRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
+        let req = request.into_inner();
+        let spec = req.disk.unwrap_or_default();
+        if spec.size_bytes == 0 {
+            return Err(Error::InvalidArgument("a disk needs a size, such as --size 10G".into()).into());
+        }
+        let storage = if spec.storage.is_empty() { DEFAULT_STORAGE.to_string() } else { spec.storage };
+        let disk = Disk { index: 0, size_bytes: spec.size_bytes, storage, image: None, volume: None };
+        self.action(&req.name, Command::AddDisk { name: req.name.clone(), disk, at_ms: now_ms() }).await
+    }
+
+    async fn resize_disk(
+        &self,
+        request: Request<pb::ResizeDiskRequest>,
+    ) -> std::result::Result<Response<pb::Vm>, Status> {
+        let r = request.into_inner();
+        let cmd =
+            Command::ResizeDisk { name: r.name.clone(), index: r.index, size_bytes: r.size_bytes, at_ms: now_ms() };
+        self.action(&r.name, cmd).await
+    }
+
+    async fn remove_disk(
+        &self,
+        request: Request<pb::RemoveDiskRequest>,
+    ) -> std::result::Result<Response<pb::Vm>, Status> {
+        let r = request.into_inner();
+        self.action(&r.name, Command::RemoveDisk { name: r.name.clone(), index: r.index, at_ms: now_ms() }).await
+    }
+
+    async fn snapshot(&self, request: Request<pb::SnapshotRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
+        let req = request.into_inner();
+        crate::config::validate_object_name("snapshot", &req.snapshot).map_err(Error::InvalidArgument)?;
+        let (op, kind) = match pb::SnapshotAction::try_from(req.action) {
+            Ok(pb::SnapshotAction::Create) => (SnapshotOp::Create, pb::DiskOpKind::DiskOpSnapshotCreate),
+            Ok(pb::SnapshotAction::Revert) => (SnapshotOp::Revert, pb::DiskOpKind::DiskOpSnapshotRevert),
+            Ok(pb::SnapshotAction::Delete) => (SnapshotOp::Delete, pb::DiskOpKind::DiskOpSnapshotDelete),
+            _ => return Err(Error::InvalidArgument("give a snapshot action: create, revert or delete".into()).into()),
+        };
+        // Checked against the record first, so nothing runs on the disks
+        // for a name that is taken or unknown.
+        self.ctx.read(|d| {
+            let vm =
+                d.state.vm_by_name(&req.name).ok_or_else(|| Error::NotFound(format!("no VM named {:?}", req.name)))?;
+            let exists = vm.snapshots.iter().any(|s| s.name == req.snapshot);
+            match op {
+                SnapshotOp::Create if exists => Err(Error::AlreadyExists(format!(
+                    "VM {} already has a snapshot named {:?}",
+                    req.name, req.snapshot
+                ))),
+                SnapshotOp::Revert | SnapshotOp::Delete if !exists => Err(Error::NotFound(format!(
+                    "VM {} has no snapshot named {:?}; see `kvmesh vm snapshot list {}`",
+                    req.name, req.snapshot, req.name
+                ))),
+                _ => Ok(()),
+            }
+        })?;
+        let disk_op = pb::DiskOpRequest { vm: req.name.clone(), op: kind as i32, name: req.snapshot.clone() };
+        disk_ops::run(&self.ctx, disk_op).await?;
+        let cmd = Command::Snapshot { name: req.name.clone(), snapshot: req.snapshot, op, at_ms: now_ms() };
+        self.action(&req.name, cmd).await
+    }
+
+    async fn template(
+        &self,
+        request: Request<pb::TemplateRequest>,
+    ) -> std::result::Result<Response<pb::ImageInfo>, Status> {
+        let req = request.into_inner();
+        crate::config::validate_object_name("image", &req.image).map_err(Error::InvalidArgument)?;
+        let boot_storage = self.ctx.read(|d| {
+            if d.state.image_by_name(&req.image).is_some() {
+                return Err(Error::AlreadyExists(format!("an image named {:?} already exists", req.image)));
+            }
+            let vm =
+                d.state.vm_by_name(&req.name).ok_or_else(|| Error::NotFound(format!("no VM named {:?}", req.name)))?;
+            let boot = vm.spec.disks.iter().find(|d| d.index == 0).ok_or_else(|| {
+                Error::FailedPrecondition(format!("VM {} has no boot disk (disk 0) to make a template of", req.name))
+            })?;
+            let shared = d.state.storage_by_name(&boot.storage).is_some_and(|s| s.kind.is_shared());
+            Ok((boot.storage.clone(), shared))
+        })?;
+        let disk_op = pb::DiskOpRequest {
+            vm: req.name.clone(),
+            op: pb::DiskOpKind::DiskOpTemplate as i32,
+            name: req.image.clone(),
+        };
+        let (made, host) = disk_ops::run(&self.ctx, disk_op).await?;
+        let image = Image {
+            id: made.image_id,
+            name: req.image.clone(),
+            storage: boot_storage.0,
+            kind: ImageKind::Disk,
+            format: made.format,
+            virtual_bytes: made.virtual_bytes,
+            file_bytes: made.file_bytes,
+            sha256: made.sha256,
+            volume: made.volume,
+            host: (!boot_storage.1).then_some(host),
+            created_at_ms: now_ms(),
+        };
+        if let CmdResponse::Refused(r) =
+            self.ctx.propose(Command::AddImage { image: image.clone(), at_ms: now_ms() }).await?
+        {
+            // The file stays unrecorded; put it in the trash through a
+            // record-less delete is not possible, so say where it is.
+            return Err(Error::from(r).into());
+        }
+        Ok(Response::new(self.ctx.read(|d| to_pb::image(&d.state, &image))))
     }
 
     async fn console(

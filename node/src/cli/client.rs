@@ -8,7 +8,7 @@ use anyhow::{anyhow, Result};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Request;
 
-use super::{cluster, nodes, vm, Command, Output};
+use super::{cluster, nodes, storage, vm, Command, Output};
 
 /// Long enough for a write that waits out an election (10 s by default).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -54,6 +54,8 @@ pub async fn run(endpoint: &str, output: Output, command: Command) -> Result<()>
         Command::Cluster(c) => cluster::run(channel, output, c).await,
         Command::Node(c) => nodes::run(channel, output, c).await,
         Command::Vm(c) => vm::run(channel, output, c).await,
+        Command::Storage(c) => storage::storage(channel, output, c).await,
+        Command::Image(c) => storage::image(channel, output, c).await,
         Command::Events { follow } => cluster::events(channel, output, follow).await,
     }
 }

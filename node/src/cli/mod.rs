@@ -4,6 +4,7 @@ mod client;
 mod cluster;
 mod nodes;
 mod output;
+mod storage;
 mod vm;
 
 use std::path::PathBuf;
@@ -44,6 +45,12 @@ pub enum Command {
     /// Virtual machines.
     #[command(subcommand)]
     Vm(VmCmd),
+    /// Storage domains: where disks and images live.
+    #[command(subcommand)]
+    Storage(StorageCmd),
+    /// Images: imported disk images, kernels, initrds and ISOs.
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// Show cluster events.
     Events {
         /// Keep printing new events as they happen.
@@ -224,15 +231,17 @@ pub struct CreateArgs {
     /// Restart it elsewhere if its host dies.
     #[arg(long)]
     pub ha: bool,
-    /// A blank qcow2 disk of this size (e.g. 2G, 512M).
-    #[arg(long, value_parser = parse_size)]
-    pub disk: Option<u64>,
-    /// Boot from a thin qcow2 clone of this base image (absolute path on the hosts).
+    /// A blank disk: SIZE[@STORAGE], e.g. 10G or 10G@shared (repeatable;
+    /// default storage: local).
+    #[arg(long = "disk", value_parser = parse_disk)]
+    pub disks: Vec<(u64, String)>,
+    /// Boot disk: a thin qcow2 clone of this imported image (`kvmesh image list`).
     #[arg(long)]
     pub image: Option<String>,
-    /// Direct kernel boot: kernel image (absolute path on the hosts).
+    /// Direct kernel boot: an imported kernel image (`image import --kind kernel`).
     #[arg(long)]
     pub kernel: Option<String>,
+    /// An imported initrd image (`image import --kind initrd`).
     #[arg(long)]
     pub initrd: Option<String>,
     /// Kernel command line, e.g. "console=ttyS0".
@@ -349,6 +358,115 @@ pub enum VmCmd {
         #[arg(long)]
         keep_disks: bool,
     },
+    /// A VM's disks: list, add, grow, remove (on a stopped VM).
+    #[command(subcommand)]
+    Disk(DiskCmd),
+    /// Snapshots of all of a VM's disks (taken and reverted while it is stopped).
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Make an image from a stopped VM's boot disk.
+    Template {
+        name: String,
+        /// The new image's name.
+        image: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DiskCmd {
+    /// A VM's disks with their storage and volumes.
+    List { name: String },
+    /// Add a blank disk to a stopped VM.
+    Add {
+        name: String,
+        /// Its size, e.g. 10G.
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        /// Its storage domain [default: local].
+        #[arg(long)]
+        storage: Option<String>,
+    },
+    /// Grow a disk of a stopped VM (disks never shrink).
+    Resize {
+        name: String,
+        index: u32,
+        #[arg(value_parser = parse_size)]
+        size: u64,
+    },
+    /// Remove a disk of a stopped VM; its volume is deleted.
+    Remove { name: String, index: u32 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCmd {
+    Create {
+        name: String,
+        snapshot: String,
+    },
+    List {
+        name: String,
+    },
+    /// Bring every disk back to the snapshot (the VM must be stopped).
+    Revert {
+        name: String,
+        snapshot: String,
+    },
+    Delete {
+        name: String,
+        snapshot: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StorageCmd {
+    /// Add a storage domain.
+    Add {
+        name: String,
+        /// local (a directory per host), shared-dir (a directory every host
+        /// mounts from the same storage) or nfs (mounted by each host).
+        #[arg(long, value_parser = ["local", "shared-dir", "nfs"])]
+        kind: String,
+        /// The directory (local, shared-dir).
+        #[arg(long)]
+        path: Option<String>,
+        /// The NFS server (nfs).
+        #[arg(long)]
+        server: Option<String>,
+        /// The exported path on the NFS server (nfs).
+        #[arg(long)]
+        export: Option<String>,
+        /// Only these hosts have it, comma-separated [default: all].
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<String>,
+    },
+    /// Every domain with its status on each host.
+    List,
+    /// One domain with its status on each host.
+    Get { name: String },
+    /// Remove a domain (refused while disks or images live on it).
+    Remove { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// Upload FILE into a storage domain as image NAME.
+    Import {
+        name: String,
+        file: PathBuf,
+        /// The storage domain it goes to.
+        #[arg(long)]
+        storage: String,
+        #[arg(long, default_value = "disk", value_parser = ["disk", "kernel", "initrd", "iso"])]
+        kind: String,
+    },
+    List,
+    Get {
+        name: String,
+    },
+    /// Delete an image (refused while a VM uses it).
+    Delete {
+        name: String,
+    },
 }
 
 /// Parses `key=value`.
@@ -359,21 +477,18 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Parses sizes like `2G`, `512M`, `10GiB` or plain bytes.
+/// Parses sizes like `2G`, `512M`, `1.5T` or plain bytes (binary units).
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(digits);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 2G or 512M"))?;
-    let shift = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use K, M, G or T)")),
-    };
-    n.checked_mul(1 << shift).filter(|b| *b > 0).ok_or_else(|| format!("{s:?} is not a usable size"))
+    kvmesh_raft::storage::parse_size(s)
+}
+
+/// Parses `SIZE[@STORAGE]`.
+pub fn parse_disk(s: &str) -> Result<(u64, String), String> {
+    let (size, storage) = s.split_once('@').unwrap_or((s, ""));
+    if s.contains('@') && storage.is_empty() {
+        return Err(format!("{s:?}: name the storage after '@', e.g. 10G@shared"));
+    }
+    Ok((parse_size(size)?, storage.to_string()))
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -406,5 +521,9 @@ mod tests {
         assert!(super::parse_size("2X").is_err());
         assert!(super::parse_size("0").is_err());
         assert!(super::parse_size("G").is_err());
+        assert_eq!(super::parse_disk("10G@shared"), Ok((10 << 30, "shared".into())));
+        assert_eq!(super::parse_disk("1G"), Ok((1 << 30, String::new())));
+        assert!(super::parse_disk("1G@").is_err());
+        assert!(super::parse_disk("big@shared").is_err());
     }
 }

@@ -38,7 +38,7 @@ pub fn desired(d: i32) -> &'static str {
     }
 }
 
-fn table(header: &[&str], rows: Vec<Vec<String>>) {
+pub(super) fn table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {
@@ -165,12 +165,59 @@ pub fn print_nodes(output: Output, nodes: &[pb::NodeInfo]) {
     }
 }
 
+pub fn disk_json(d: &pb::DiskInfo) -> Value {
+    json!({
+        "index": d.index, "size_bytes": d.size_bytes, "storage": d.storage, "image": d.image,
+        "created": d.created, "host": d.host, "volume": d.volume,
+    })
+}
+
+/// Bytes as people read them: 1.5 GiB.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let (mut v, mut u) = (b as f64, 0);
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn print_disks(output: Output, disks: &[pb::DiskInfo]) {
+    match output {
+        Output::Json => println!("{}", Value::Array(disks.iter().map(disk_json).collect())),
+        Output::Table => {
+            let rows = disks
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.index.to_string(),
+                        human_bytes(d.size_bytes),
+                        d.storage.clone(),
+                        d.image.clone().unwrap_or_else(|| "-".into()),
+                        if d.created { "yes" } else { "not yet (made at first start)" }.into(),
+                        d.host.clone().unwrap_or_else(|| "-".into()),
+                        d.volume.clone(),
+                    ]
+                })
+                .collect();
+            table(&["INDEX", "SIZE", "STORAGE", "IMAGE", "CREATED", "HOST", "VOLUME"], rows);
+        }
+    }
+}
+
 pub fn vm_json(vm: &pb::Vm) -> Value {
     json!({
         "id": vm.id, "name": vm.name, "vcpus": vm.vcpus, "memory_mib": vm.memory_mib, "ha": vm.ha,
         "desired": desired(vm.desired), "node": vm.node, "node_id": vm.node_id, "epoch": vm.epoch,
         "created_at_ms": vm.created_at_ms, "state": vm_state(vm.state), "since": vm.since_ms,
-        "last_error": vm.last_error, "disk_bytes": vm.disk_bytes, "image": vm.image, "kernel": vm.kernel,
+        "last_error": vm.last_error, "image": vm.image, "kernel": vm.kernel, "initrd": vm.initrd,
+        "disks": vm.disks.iter().map(disk_json).collect::<Vec<_>>(),
+        "snapshots": vm.snapshots.iter().map(|s| json!({"name": s.name, "created_at_ms": s.created_at_ms})).collect::<Vec<_>>(),
         "network": vm.network, "bridge": vm.bridge, "domain": vm.domain,
         "priority": vm.priority, "pin": vm.pin, "required_labels": vm.required_labels,
         "preferred_labels": vm.preferred_labels, "anti_affinity": vm.anti_affinity,
@@ -228,6 +275,17 @@ pub fn print_vm(output: Output, vm: &pb::Vm) {
             println!("domain:   {}", vm.domain);
             println!("node:     {}", vm.node.as_deref().unwrap_or("-"));
             println!("epoch:    {}", vm.epoch);
+            for d in &vm.disks {
+                let image = d.image.as_ref().map(|i| format!(", clone of {i}")).unwrap_or_default();
+                println!("disk {}:   {} on {}{image}", d.index, human_bytes(d.size_bytes), d.storage);
+            }
+            if let Some(k) = &vm.kernel {
+                println!("kernel:   {k}{}", vm.initrd.as_ref().map(|i| format!(" (initrd {i})")).unwrap_or_default());
+            }
+            if !vm.snapshots.is_empty() {
+                let names: Vec<&str> = vm.snapshots.iter().map(|s| s.name.as_str()).collect();
+                println!("snapshots: {}", names.join(", "));
+            }
             if !vm.description.is_empty() {
                 println!("description: {}", vm.description);
             }

@@ -53,6 +53,12 @@ pub async fn run(channel: Channel, output: Output, command: VmCmd) -> Result<()>
             print_explanation(output, &e);
         }
         VmCmd::Console { name, bytes } => console(&mut vms, output, name, bytes).await?,
+        VmCmd::Disk(cmd) => super::storage::disk(&mut vms, output, cmd).await?,
+        VmCmd::Snapshot(cmd) => super::storage::snapshot(&mut vms, output, cmd).await?,
+        VmCmd::Template { name, image } => {
+            let i = vms.template(req(pb::TemplateRequest { name, image })).await.map_err(status_err)?.into_inner();
+            super::storage::print_image(output, &i);
+        }
         VmCmd::Delete { name, keep_disks } => {
             vms.delete(req(pb::DeleteVmRequest { name: name.clone(), keep_disks })).await.map_err(status_err)?;
             match output {
@@ -95,7 +101,7 @@ fn create_request(a: CreateArgs) -> pb::CreateVmRequest {
         memory_mib: a.memory,
         ha: a.ha,
         request_id: format!("{:032x}", rand::random::<u128>()),
-        disk_bytes: a.disk.unwrap_or(0),
+        disks: a.disks.into_iter().map(|(size_bytes, storage)| pb::DiskSpec { size_bytes, storage }).collect(),
         image: a.image,
         kernel: a.kernel,
         initrd: a.initrd,

@@ -15,7 +15,6 @@ use tracing::{info, instrument, warn};
 use super::decide::{self, Liveness, NodeAction};
 use super::leader::LeaderView;
 use crate::ctx::{now_ms, NodeCtx};
-use kvmesh_raft::view;
 
 const TICK: Duration = Duration::from_millis(250);
 
@@ -139,12 +138,12 @@ async fn place_pending(
         let vms: Vec<scheduler::VmRequest> = decide::placeable(&d.state, observed, released)
             .iter()
             .filter_map(|id| d.state.vms.get(id))
-            .map(view::vm_request)
+            .map(|vm| d.state.request_for(vm))
             .collect();
         if vms.is_empty() {
             return None;
         }
-        let nodes = d.state.scheduler_view(&liveness.unresponsive(&d.state), None);
+        let nodes = d.state.scheduler_view(&liveness.host_facts(&d.state), None);
         Some(scheduler::plan_restarts(&vms, &nodes, &d.state.meta.settings.placement))
     });
     let Some(plan) = plan else { return Ok(()) };

@@ -274,7 +274,8 @@ async fn send(ctx: &Arc<NodeCtx>, leader: &LeaderView, timeout: Duration) -> Res
             reported.push(pb::RunningDomain { vm_id, epoch, running: true });
         }
     }
-    let req = pb::HeartbeatRequest { node_id: ctx.id, applied_index, cluster_id, domains: reported };
+    let storage = ctx.storage_status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let req = pb::HeartbeatRequest { node_id: ctx.id, applied_index, cluster_id, domains: reported, storage };
     match ctx.leader() {
         Some((id, _)) if id == ctx.id => leader.receive(ctx, req).await,
         Some((_, address)) => {

@@ -9,11 +9,14 @@ use std::time::{Duration, Instant};
 use kvmesh_proto as pb;
 use kvmesh_proto::NOT_A_MEMBER;
 use kvmesh_raft::model::{vm_id_hex, ClusterState, VmId};
+use kvmesh_raft::view::HostFacts;
 use kvmesh_raft::NodeId;
+use kvmesh_scheduler::StorageState;
 use tonic::Status;
 
 use super::decide;
 use crate::ctx::{forward, NodeCtx};
+use crate::storage::probe;
 
 /// One host's latest heartbeat, as the leader received it.
 #[derive(Clone, Debug)]
@@ -23,6 +26,8 @@ pub struct Seen {
     pub domains: Vec<(VmId, u64, bool)>,
     /// The host's applied index when it listed them.
     pub applied: u64,
+    /// Its storage domains as it sees them.
+    pub storage: Vec<pb::HostStorageStatus>,
 }
 
 /// The heartbeat table of one term; a new leader starts empty.
@@ -86,6 +91,37 @@ impl Liveness {
         decide::unresponsive(state, &self.heard, self.now, self.heartbeat * 3)
     }
 
+    /// What the scheduler needs from heartbeats: the unresponsive hosts, and
+    /// each host's storage domains as it last reported them (a host
+    /// silent for three heartbeats reports nothing usable).
+    pub fn host_facts(&self, state: &ClusterState) -> HostFacts {
+        let unresponsive = self.unresponsive(state);
+        let storage = self
+            .heard
+            .seen
+            .iter()
+            .filter(|(id, _)| !unresponsive.contains(id))
+            .map(|(id, seen)| {
+                let domains = seen
+                    .storage
+                    .iter()
+                    .map(|s| {
+                        let state = if s.state == probe::ACTIVE {
+                            StorageState::Active
+                        } else if s.message.is_empty() {
+                            StorageState::Unusable(s.state.clone())
+                        } else {
+                            StorageState::Unusable(format!("{} ({})", s.state, s.message))
+                        };
+                        (s.domain.clone(), state)
+                    })
+                    .collect();
+                (*id, domains)
+            })
+            .collect();
+        HostFacts { unresponsive, storage: Some(storage) }
+    }
+
     /// Whether this leader is too new to have heard from every live host.
     pub fn is_new(&self) -> bool {
         self.heard.leader_since.is_none_or(|since| self.now.saturating_duration_since(since) < self.heartbeat * 3)
@@ -128,7 +164,9 @@ impl LeaderView {
             seen: hb
                 .seen
                 .iter()
-                .map(|(id, s)| (*id, Seen { at: s.at, domains: Vec::new(), applied: s.applied }))
+                .map(|(id, s)| {
+                    (*id, Seen { at: s.at, domains: Vec::new(), applied: s.applied, storage: s.storage.clone() })
+                })
                 .collect(),
         };
         Liveness { leads, heard, now: Instant::now(), heartbeat: self.heartbeat }
@@ -168,7 +206,7 @@ impl LeaderView {
             let now = Instant::now();
             let mut hb = self.table();
             hb.for_term(m.current_term, now);
-            hb.seen.insert(req.node_id, Seen { at: now, domains, applied: req.applied_index });
+            hb.seen.insert(req.node_id, Seen { at: now, domains, applied: req.applied_index, storage: req.storage });
         }
         Ok(pb::HeartbeatAck { leader_id: ctx.id, term: m.current_term, stale, read_index })
     }
@@ -208,6 +246,12 @@ impl LeaderView {
                     .collect(),
                 running_vcpus: hb.seen.iter().map(|(id, s)| (name(id), usage(s).0)).collect(),
                 running_memory_mib: hb.seen.iter().map(|(id, s)| (name(id), usage(s).1)).collect(),
+                storage: hb
+                    .seen
+                    .values()
+                    .filter(|s| now.saturating_duration_since(s.at) <= self.down_after)
+                    .flat_map(|s| s.storage.iter().cloned())
+                    .collect(),
             }
         })
     }

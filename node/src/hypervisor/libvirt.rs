@@ -1,8 +1,9 @@
 //! [`Hypervisor`] over libvirt (the `virt` crate).
 //!
-//! Each node keeps a `dir` storage pool under its data dir for its volumes
-//! and writes guest consoles to files next to it. Volumes are named after the
-//! VM id, so the node can find and delete them without a domain.
+//! Each storage domain is a pool ([`super::pools`]); the node's own pool
+//! lives under its data dir, with the guests' console files next to it.
+//! Volumes are named after the VM id and disk index, so a host finds a VM's
+//! volumes without its domain.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -14,8 +15,11 @@ use virt::domain::Domain as VirtDomain;
 use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 
+use kvmesh_raft::storage::DEFAULT_STORAGE;
+
+use super::pools::{node_pool_name, PoolKind};
 use super::xml::{self, DomainSpec};
-use super::{DiskRequest, Domain, HostCapacity, Hypervisor, OffReason, RunState};
+use super::{Backing, Domain, HostCapacity, Hypervisor, OffReason, PoolSpec, PoolState, RunState};
 use crate::error::{Error, Result};
 
 const METADATA_ELEMENT: i32 = 2; // VIR_DOMAIN_METADATA_ELEMENT
@@ -24,7 +28,6 @@ pub struct Libvirt {
     conn: Connect,
     uri: String,
     node_id: u64,
-    pool_name: String,
     images_dir: PathBuf,
     consoles_dir: PathBuf,
 }
@@ -58,16 +61,9 @@ impl Libvirt {
         }
         let images_dir = images_dir.canonicalize().unwrap_or(images_dir);
         let consoles_dir = consoles_dir.canonicalize().unwrap_or(consoles_dir);
-        let hv = Libvirt {
-            conn,
-            uri: uri.to_string(),
-            node_id,
-            pool_name: format!("kvmesh-{node_id:016x}"),
-            images_dir,
-            consoles_dir,
-        };
+        let hv = Libvirt { conn, uri: uri.to_string(), node_id, images_dir, consoles_dir };
         hv.reclaim_domains_of_this_dir();
-        hv.ensure_pool()?;
+        hv.pool(&hv.node_pool())?;
         Ok(hv)
     }
 
@@ -110,20 +106,20 @@ impl Libvirt {
         self.consoles_dir.join(format!("{domain}.log"))
     }
 
-    /// Undefines kvmesh pools of earlier identities of this data dir (a node
-    /// that was removed and rejoins with an emptied dir, a refused join):
+    /// Undefines other kvmesh pools over `path` (an earlier identity of
+    /// this data dir, a node removed and rejoined with an emptied dir):
     /// libvirt allows one pool per directory, so the old one would block
     /// ours. Only the pool object goes; the files in it stay.
-    fn reclaim_pools_of_this_dir(&self) {
+    fn reclaim_pools_of(&self, path: &Path, keep: &str) {
         let Ok(pools) = self.conn.list_all_storage_pools(0) else { return };
-        let target = format!("<path>{}</path>", self.images_dir.display());
+        let target = format!("<path>{}</path>", xml::escape(&path.to_string_lossy()));
         for pool in pools {
             let Ok(name) = pool.name() else { continue };
-            if !name.starts_with("kvmesh-") || name == self.pool_name {
+            if !name.starts_with("kvmesh-") || name == keep {
                 continue;
             }
             if pool.xml_desc(0).is_ok_and(|xml| xml.contains(&target)) {
-                info!(pool = %name, path = %self.images_dir.display(), "undefining the pool of an earlier identity of this data dir");
+                info!(pool = %name, path = %path.display(), "undefining an earlier kvmesh pool of this directory");
                 if pool.is_active().unwrap_or(false) {
                     let _ = pool.destroy();
                 }
@@ -134,57 +130,53 @@ impl Libvirt {
         }
     }
 
-    fn ensure_pool(&self) -> Result<StoragePool> {
-        let pool = match self.conn.lookup_storage_pool_by_name(&self.pool_name) {
+    /// The running pool of a storage domain, defined on first use.
+    fn pool(&self, spec: &PoolSpec) -> Result<StoragePool> {
+        let pool = match self.conn.lookup_storage_pool_by_name(&spec.pool_name) {
             Ok(p) => p,
             Err(_) => {
-                self.reclaim_pools_of_this_dir();
-                let xml = xml::pool_xml(&self.pool_name, &self.images_dir.to_string_lossy());
-                let p = self.conn.define_storage_pool_xml(&xml, 0).map_err(|e| lv_err("define storage pool", e))?;
+                self.reclaim_pools_of(spec.path(), &spec.pool_name);
+                let p = self
+                    .conn
+                    .define_storage_pool_xml(&spec.xml(), 0)
+                    .map_err(|e| lv_err(&format!("define the pool of storage {}", spec.domain), e))?;
                 let _ = p.build(0);
                 let _ = p.set_autostart(true);
-                info!(pool = %self.pool_name, path = %self.images_dir.display(), "defined storage pool");
+                info!(pool = %spec.pool_name, storage = %spec.domain, path = %spec.path().display(), "defined storage pool");
                 p
             }
         };
         if !pool.is_active().unwrap_or(false) {
-            pool.create(0).map_err(|e| lv_err("start storage pool", e))?;
+            pool.create(0).map_err(|e| lv_err(&format!("start the pool of storage {}", spec.domain), e))?;
         }
         Ok(pool)
+    }
+
+    /// A volume of the pool, seen afresh: other hosts add files to shared
+    /// directories behind this libvirtd's back.
+    fn find_volume(&self, pool: &StoragePool, name: &str) -> Option<StorageVol> {
+        let _ = pool.refresh(0);
+        pool.lookup_storage_vol_by_name(name).ok()
+    }
+
+    /// This node's own pool (the default `local` domain).
+    fn node_pool(&self) -> PoolSpec {
+        PoolSpec {
+            pool_name: node_pool_name(self.node_id),
+            domain: DEFAULT_STORAGE.into(),
+            kind: PoolKind::Dir { path: self.images_dir.clone() },
+            shared: false,
+        }
     }
 
     fn volume_prefix(vm_id: u64) -> String {
         format!("{vm_id:016x}-")
     }
 
-    fn create_volume(&self, pool: &StoragePool, vm_id: u64, disk: &DiskRequest) -> Result<Option<String>> {
-        let backing = match &disk.base_image {
-            Some(path) => {
-                let mut f = std::fs::File::open(path)
-                    .map_err(|e| Error::Hypervisor(format!("base image {path} cannot be opened on this host: {e}")))?;
-                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                let mut header = vec![0u8; 32];
-                let n = f.read(&mut header).unwrap_or(0);
-                header.truncate(n);
-                Some((path.clone(), xml::image_format_and_size(&header, len)))
-            }
-            None => None,
-        };
-        let capacity = match (&backing, disk.size_bytes) {
-            (Some((_, (_, base))), Some(size)) => size.max(*base),
-            (Some((_, (_, base))), None) => *base,
-            (None, Some(size)) => size,
-            (None, None) => return Ok(None),
-        };
-        let name = format!("{}disk0.qcow2", Self::volume_prefix(vm_id));
-        let backing_ref = backing.as_ref().map(|(p, (fmt, _))| (p.as_str(), *fmt));
-        let vol = StorageVol::create_xml(pool, &xml::volume_xml(&name, capacity, backing_ref), 0)
-            .map_err(|e| lv_err("create volume", e))?;
-        Ok(Some(vol.path().map_err(|e| lv_err("volume path", e))?))
-    }
-
-    fn delete_volumes(&self, vm_id: u64) -> Result<()> {
-        let pool = self.ensure_pool()?;
+    /// Deletes the VM's volumes in this node's own pool (leftovers that
+    /// were never recorded included).
+    fn delete_local_volumes(&self, vm_id: u64) -> Result<()> {
+        let pool = self.pool(&self.node_pool())?;
         let _ = pool.refresh(0);
         let prefix = Self::volume_prefix(vm_id);
         for name in pool.list_volumes().map_err(|e| lv_err("list volumes", e))? {
@@ -249,29 +241,19 @@ impl Hypervisor for Libvirt {
         Ok(out)
     }
 
-    fn define(&self, spec: &DomainSpec, disk: &DiskRequest) -> Result<()> {
-        let pool = self.ensure_pool()?;
-        let volume = self.create_volume(&pool, spec.vm_id, disk)?;
+    fn define(&self, spec: &DomainSpec) -> Result<()> {
         let mut spec = spec.clone();
+        if let Ok(existing) = self.conn.lookup_domain_by_name(&spec.domain) {
+            spec.uuid = existing.uuid_string().ok();
+        }
         if self.is_test_driver() {
             // The test driver neither writes consoles nor knows QEMU machines.
             spec.domain_type = "test".into();
             spec.console_log = None;
         } else {
-            let log = self.console_path(&spec.domain);
-            let _ = std::fs::remove_file(&log);
-            spec.console_log = Some(log.to_string_lossy().into_owned());
+            spec.console_log = Some(self.console_path(&spec.domain).to_string_lossy().into_owned());
         }
-        spec.disks = volume.clone().into_iter().collect();
-        if let Err(e) = self.conn.define_domain_xml(&xml::domain_xml(&spec)) {
-            // Leave nothing half created.
-            if volume.is_some() {
-                if let Err(cleanup) = self.delete_volumes(spec.vm_id) {
-                    warn!(error = %cleanup, "could not delete the volume of a domain that failed to define");
-                }
-            }
-            return Err(lv_err("define domain", e));
-        }
+        self.conn.define_domain_xml(&xml::domain_xml(&spec)).map_err(|e| lv_err("define domain", e))?;
         Ok(())
     }
 
@@ -299,10 +281,75 @@ impl Hypervisor for Libvirt {
             dom.undefine().map_err(|e| lv_err(&format!("undefine {domain}"), e))?;
         }
         if !keep_disks {
-            self.delete_volumes(vm_id)?;
+            self.delete_local_volumes(vm_id)?;
             let _ = std::fs::remove_file(self.console_path(domain));
         }
         Ok(())
+    }
+
+    fn activate_pool(&self, spec: &PoolSpec) -> Result<PoolState> {
+        let pool = self.pool(spec)?;
+        let _ = pool.refresh(0);
+        let info = pool.info().map_err(|e| lv_err(&format!("storage {}", spec.domain), e))?;
+        Ok(PoolState { path: spec.path().to_path_buf(), free_bytes: info.available, total_bytes: info.capacity })
+    }
+
+    fn create_volume(&self, spec: &PoolSpec, name: &str, size_bytes: u64, backing: Option<&Backing>) -> Result<()> {
+        let pool = self.pool(spec)?;
+        if self.find_volume(&pool, name).is_some() {
+            return Err(Error::Hypervisor(format!("volume {name} already exists in storage {}", spec.domain)));
+        }
+        let backing = backing.map(|b| (b.path.as_str(), b.format.as_str()));
+        StorageVol::create_xml(&pool, &xml::volume_xml(name, size_bytes, backing), 0)
+            .map_err(|e| lv_err(&format!("create volume {name} in storage {}", spec.domain), e))?;
+        Ok(())
+    }
+
+    fn stores_files(&self) -> bool {
+        !self.is_test_driver()
+    }
+
+    fn volume_exists(&self, spec: &PoolSpec, name: &str) -> Result<bool> {
+        let pool = self.pool(spec)?;
+        Ok(self.find_volume(&pool, name).is_some())
+    }
+
+    fn open_volume(&self, spec: &PoolSpec, name: &str, min_bytes: u64) -> Result<String> {
+        let pool = self.pool(spec)?;
+        let vol = match self.find_volume(&pool, name) {
+            Some(vol) => vol,
+            // The test driver keeps volumes in each process's memory, so a
+            // volume another node made is not there; it holds no data, so
+            // registering it again loses nothing.
+            None if self.is_test_driver() => {
+                StorageVol::create_xml(&pool, &xml::volume_xml(name, min_bytes, None), 0)
+                    .map_err(|e| lv_err("register volume", e))?
+            }
+            None => {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {name} is missing from storage {} on this host ({}); kvmesh never creates a recorded volume again, so the VM's data is not replaced by an empty disk: restore the file, or remove the disk (`kvmesh vm disk remove`)",
+                    spec.domain,
+                    spec.path().display()
+                )))
+            }
+        };
+        let info = vol.info().map_err(|e| lv_err(&format!("volume {name}"), e))?;
+        if info.capacity < min_bytes {
+            vol.resize(min_bytes, 0).map_err(|e| lv_err(&format!("grow volume {name}"), e))?;
+            info!(volume = name, bytes = min_bytes, "grew volume");
+        }
+        vol.path().map_err(|e| lv_err("volume path", e))
+    }
+
+    fn delete_volume(&self, spec: &PoolSpec, name: &str) -> Result<bool> {
+        let pool = self.pool(spec)?;
+        match self.find_volume(&pool, name) {
+            Some(vol) => {
+                vol.delete(0).map_err(|e| lv_err(&format!("delete volume {name}"), e))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     fn console(&self, domain: &str, max_bytes: u64) -> Result<Vec<u8>> {

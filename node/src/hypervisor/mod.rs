@@ -8,6 +8,7 @@
 //! test driver, which lives inside the node process and needs no daemon.
 
 pub mod libvirt;
+mod pools;
 pub mod xml;
 
 use std::sync::Arc;
@@ -69,27 +70,37 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// This node's tagged domains; untagged and other nodes' domains are
     /// never returned, so they are never touched.
     fn list(&self) -> Result<Vec<Domain>>;
-    /// Creates the VM's volumes and defines the domain. Nothing is left
-    /// behind when it fails.
-    fn define(&self, spec: &DomainSpec, disk: &DiskRequest) -> Result<()>;
+    /// Defines (or redefines) the domain over volumes that exist.
+    fn define(&self, spec: &DomainSpec) -> Result<()>;
     fn start(&self, domain: &str) -> Result<()>;
     /// Asks the guest to power off (ACPI).
     fn shutdown(&self, domain: &str) -> Result<()>;
     /// Powers the guest off at once.
     fn destroy(&self, domain: &str) -> Result<()>;
     /// Destroys and undefines the domain and, unless `keep_disks`, deletes
-    /// the VM's volumes and console log.
+    /// the console log and the VM's volumes in this host's local pools
+    /// (shared volumes go through the cluster's trash).
     fn remove(&self, domain: &str, vm_id: u64, keep_disks: bool) -> Result<()>;
+    /// Makes the storage domain's pool exist and run here; where it is and
+    /// how full.
+    fn activate_pool(&self, pool: &PoolSpec) -> Result<PoolState>;
+    /// Creates a qcow2 volume, blank or a thin clone of `backing`. Refused
+    /// if a volume of that name exists.
+    fn create_volume(&self, pool: &PoolSpec, name: &str, size_bytes: u64, backing: Option<&Backing>) -> Result<()>;
+    fn volume_exists(&self, pool: &PoolSpec, name: &str) -> Result<bool>;
+    /// The path of an existing volume, grown to `min_bytes` if smaller. A
+    /// missing volume is an error: recorded volumes are never made again.
+    fn open_volume(&self, pool: &PoolSpec, name: &str, min_bytes: u64) -> Result<String>;
+    /// Whether volumes are real files (false for libvirt's test driver,
+    /// which keeps them in memory).
+    fn stores_files(&self) -> bool;
+    /// Deletes a volume; `false` if there was none.
+    fn delete_volume(&self, pool: &PoolSpec, name: &str) -> Result<bool>;
     /// The last `max_bytes` of the serial console log.
     fn console(&self, domain: &str, max_bytes: u64) -> Result<Vec<u8>>;
 }
 
-/// The disks a VM asks for.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DiskRequest {
-    pub size_bytes: Option<u64>,
-    pub base_image: Option<String>,
-}
+pub use pools::{Backing, PoolSpec, PoolState};
 
 /// Runs a hypervisor call on the blocking pool.
 pub async fn blocking<T, F>(hv: &Arc<dyn Hypervisor>, f: F) -> Result<T>

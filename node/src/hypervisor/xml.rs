@@ -31,6 +31,9 @@ pub struct DomainSpec {
     pub bridge: Option<String>,
     /// Where the serial console is written.
     pub console_log: Option<String>,
+    /// The UUID libvirt gave the domain when it was first defined: a
+    /// redefinition must carry it, or libvirt refuses the name as taken.
+    pub uuid: Option<String>,
 }
 
 /// The kvmesh tag read back from a domain.
@@ -91,6 +94,9 @@ pub fn domain_xml(s: &DomainSpec) -> String {
     let mut x = String::new();
     let _ = writeln!(x, "<domain type='{}'>", escape(&s.domain_type));
     let _ = writeln!(x, "  <name>{}</name>", escape(&s.domain));
+    if let Some(uuid) = &s.uuid {
+        let _ = writeln!(x, "  <uuid>{}</uuid>", escape(uuid));
+    }
     let _ = writeln!(x, "  <title>{}</title>", escape(&s.vm_name));
     let _ = writeln!(x, "  <metadata>{}</metadata>", metadata_xml(&tag, &s.vm_name));
     let _ = writeln!(x, "  <memory unit='MiB'>{}</memory>", s.memory_mib);
@@ -150,11 +156,6 @@ pub fn domain_xml(s: &DomainSpec) -> String {
     x
 }
 
-/// A directory storage pool.
-pub fn pool_xml(name: &str, path: &str) -> String {
-    format!("<pool type='dir'><name>{}</name><target><path>{}</path></target></pool>", escape(name), escape(path))
-}
-
 /// A qcow2 volume; with `backing`, a thin clone of that image.
 pub fn volume_xml(name: &str, capacity_bytes: u64, backing: Option<(&str, &str)>) -> String {
     let mut x = format!(
@@ -167,18 +168,6 @@ pub fn volume_xml(name: &str, capacity_bytes: u64, backing: Option<(&str, &str)>
     }
     x.push_str("</volume>");
     x
-}
-
-/// Format and virtual size of a base image, from its first bytes: qcow2
-/// keeps the size in its header; anything else is raw, sized by the file.
-pub fn image_format_and_size(header: &[u8], file_len: u64) -> (&'static str, u64) {
-    if header.len() >= 32 && header[..4] == *b"QFI\xfb" {
-        let mut size = [0u8; 8];
-        size.copy_from_slice(&header[24..32]);
-        ("qcow2", u64::from_be_bytes(size))
-    } else {
-        ("raw", file_len)
-    }
 }
 
 #[cfg(test)]
@@ -202,6 +191,7 @@ mod tests {
             network: Some("default".into()),
             bridge: None,
             console_log: Some("/d/console.log".into()),
+            uuid: None,
         }
     }
 
@@ -228,13 +218,8 @@ mod tests {
     }
 
     #[test]
-    fn volumes_and_images() {
+    fn a_volume_may_be_a_thin_clone() {
         let v = volume_xml("x.qcow2", 1 << 30, Some(("/base's.img", "raw")));
         assert!(v.contains("<backingStore><path>/base&apos;s.img</path><format type='raw'/>"));
-        let mut header = vec![0u8; 32];
-        header[..4].copy_from_slice(b"QFI\xfb");
-        header[24..32].copy_from_slice(&(5u64 << 30).to_be_bytes());
-        assert_eq!(image_format_and_size(&header, 1000), ("qcow2", 5 << 30));
-        assert_eq!(image_format_and_size(b"plain", 4096), ("raw", 4096));
     }
 }

@@ -2,6 +2,7 @@
 
 use super::{Refusal, Response};
 use crate::model::{ClusterState, Key, Node, PlacementSettings, Settings};
+use crate::storage::{StorageDomain, StorageKind, DEFAULT_STORAGE};
 
 impl ClusterState {
     pub(super) fn init(&mut self, cluster_id: &str, settings: &Settings, node: &Node, at_ms: u64) -> Response {
@@ -13,6 +14,16 @@ impl ClusterState {
         self.dirty.insert(Key::Meta);
         self.put_node(node.clone());
         self.push_event(at_ms, "cluster", format!("cluster {cluster_id} initialized on {}", node.name));
+        // Every cluster starts with each host's own directory, so disks work
+        // before any storage is configured (pinned to their host).
+        let local = StorageDomain {
+            id: 0,
+            name: DEFAULT_STORAGE.into(),
+            kind: StorageKind::Local { path: None },
+            nodes: Default::default(),
+            created_at_ms: at_ms,
+        };
+        self.add_storage(&local, at_ms);
         Response::Done
     }
 

@@ -14,61 +14,129 @@
 mod cluster;
 mod nodes;
 mod refusal;
+mod storage;
 mod vms;
 
 use serde::{Deserialize, Serialize};
 
 pub use refusal::Refusal;
+pub use storage::uses_image;
 
 use crate::model::{ClusterState, Desired, Key, Node, NodeState, PlacementSettings, Settings, Vm, VmId, VmState};
 use crate::requests::{Answer, RequestId, Seen};
+use crate::storage::{Disk, Image, SnapshotOp, StorageDomain, Trashed};
 use crate::types::NodeId;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// The first entry of a cluster: its id, settings and founding node.
-    Init { cluster_id: String, settings: Settings, node: Node, at_ms: u64 },
+    Init {
+        cluster_id: String,
+        settings: Settings,
+        node: Node,
+        at_ms: u64,
+    },
     /// Registers a joining node (before it becomes a Raft learner).
-    AddNode { node: Node, at_ms: u64 },
+    AddNode {
+        node: Node,
+        at_ms: u64,
+    },
     /// Forgets a node. With `force`, its VMs lose their placement.
-    RemoveNode { id: NodeId, force: bool, at_ms: u64 },
+    RemoveNode {
+        id: NodeId,
+        force: bool,
+        at_ms: u64,
+    },
     /// Records a VM and its placement (chosen by the leader's scheduler).
-    CreateVm { vm: Box<Vm>, at_ms: u64 },
+    CreateVm {
+        vm: Box<Vm>,
+        at_ms: u64,
+    },
     /// Deletes a VM: at once if no host holds it, otherwise once its host
     /// reports the domain gone.
-    DeleteVm { name: String, keep_disks: bool, at_ms: u64 },
+    DeleteVm {
+        name: String,
+        keep_disks: bool,
+        at_ms: u64,
+    },
     /// `vm start` / `vm stop [--force]`.
-    SetDesired { name: String, desired: Desired, force: bool, at_ms: u64 },
+    SetDesired {
+        name: String,
+        desired: Desired,
+        force: bool,
+        at_ms: u64,
+    },
     /// `vm restart`.
-    RestartVm { name: String, at_ms: u64 },
+    RestartVm {
+        name: String,
+        at_ms: u64,
+    },
     /// `vm set`: change a VM's description or restart priority. Neither
     /// touches the running guest.
-    UpdateVm { name: String, description: Option<String>, priority: Option<i32> },
+    UpdateVm {
+        name: String,
+        description: Option<String>,
+        priority: Option<i32>,
+    },
     /// `cluster policy set`.
-    SetPlacement { placement: PlacementSettings, at_ms: u64 },
+    SetPlacement {
+        placement: PlacementSettings,
+        at_ms: u64,
+    },
     /// The leader saw no heartbeat for `down_after`: the node is down, and
     /// its HA VMs are unplaced so they can be restarted elsewhere.
-    NodeDown { id: NodeId, at_ms: u64 },
+    NodeDown {
+        id: NodeId,
+        at_ms: u64,
+    },
     /// A down node heartbeats again, with no stale domains left.
-    NodeUp { id: NodeId, at_ms: u64 },
+    NodeUp {
+        id: NodeId,
+        at_ms: u64,
+    },
     /// `node drain` (Draining: its VMs are unplaced to move elsewhere), the
     /// end of a drain (Maintenance), or `node activate` (Up).
-    SetNodeState { id: NodeId, state: NodeState, at_ms: u64 },
+    SetNodeState {
+        id: NodeId,
+        state: NodeState,
+        at_ms: u64,
+    },
     /// Places an unplaced VM on `node` with a new epoch.
-    PlaceVm { vm: VmId, node: NodeId, at_ms: u64 },
+    PlaceVm {
+        vm: VmId,
+        node: NodeId,
+        at_ms: u64,
+    },
     /// Records why an unplaced VM is still waiting.
-    SetPending { vm: VmId, reason: String, at_ms: u64 },
+    SetPending {
+        vm: VmId,
+        reason: String,
+        at_ms: u64,
+    },
     /// `vm recover`: restart a VM whose host is down elsewhere, on purpose.
-    RecoverVm { name: String, at_ms: u64 },
+    RecoverVm {
+        name: String,
+        at_ms: u64,
+    },
     /// A host reports a VM's state transition. Accepted only from the host
     /// of the current placement at the current epoch.
-    ReportVm { vm: VmId, node: NodeId, epoch: u64, state: VmState, error: Option<String>, at_ms: u64 },
+    ReportVm {
+        vm: VmId,
+        node: NodeId,
+        epoch: u64,
+        state: VmState,
+        error: Option<String>,
+        at_ms: u64,
+    },
     /// Writes that arrived together, in one log entry (group commit); each is
     /// applied as if it were an entry of its own, in order.
     Batch(Vec<Command>),
     /// A write with the id its node proposed it under: applied once, and a
     /// retry with the same id gets the first answer (see [`crate::requests`]).
-    Request { id: RequestId, cmd: Box<Command> },
+    Request {
+        id: RequestId,
+        cmd: Box<Command>,
+    },
     /// `node set`, or a node restarted with other `--cpus`/`--memory-mib`/
     /// `--label` flags: new capacity and labels, refused if what is placed
     /// on it would no longer fit.
@@ -81,6 +149,62 @@ pub enum Command {
         set_labels: std::collections::BTreeMap<String, String>,
         unset_labels: std::collections::BTreeSet<String>,
         at_ms: u64,
+    },
+    /// `storage add`: the id is drawn in `apply`.
+    AddStorage {
+        domain: StorageDomain,
+        at_ms: u64,
+    },
+    /// `storage remove`, refused while disks or images live on it.
+    RemoveStorage {
+        name: String,
+        at_ms: u64,
+    },
+    /// An imported (or templated) image, after its file was written.
+    AddImage {
+        image: Image,
+        at_ms: u64,
+    },
+    /// `image delete`, refused while in use; its file goes to the trash.
+    DeleteImage {
+        name: String,
+        at_ms: u64,
+    },
+    /// The host of the current placement created the volume of disk `index`.
+    RecordVolume {
+        vm: VmId,
+        index: u32,
+        node: NodeId,
+        epoch: u64,
+        at_ms: u64,
+    },
+    /// `vm disk add|resize|remove` on a stopped VM.
+    AddDisk {
+        name: String,
+        disk: Disk,
+        at_ms: u64,
+    },
+    ResizeDisk {
+        name: String,
+        index: u32,
+        size_bytes: u64,
+        at_ms: u64,
+    },
+    RemoveDisk {
+        name: String,
+        index: u32,
+        at_ms: u64,
+    },
+    /// A snapshot operation that the VM's host has carried out.
+    Snapshot {
+        name: String,
+        snapshot: String,
+        op: SnapshotOp,
+        at_ms: u64,
+    },
+    /// A host deleted these trashed volumes.
+    VolumesDeleted {
+        volumes: Vec<Trashed>,
     },
 }
 
@@ -111,7 +235,13 @@ impl Command {
             | Command::RemoveNode { .. }
             | Command::SetNodeState { .. }
             | Command::UpdateNode { .. }
-            | Command::PlaceVm { .. } => true,
+            | Command::PlaceVm { .. }
+            | Command::AddStorage { .. }
+            | Command::RemoveStorage { .. }
+            | Command::DeleteImage { .. }
+            | Command::AddDisk { .. }
+            | Command::RemoveDisk { .. }
+            | Command::Snapshot { .. } => true,
             Command::Batch(cmds) => cmds.iter().any(Command::needs_request_id),
             Command::Request { .. }
             | Command::Init { .. }
@@ -122,6 +252,10 @@ impl Command {
             | Command::NodeDown { .. }
             | Command::NodeUp { .. }
             | Command::SetPending { .. }
+            | Command::AddImage { .. }
+            | Command::RecordVolume { .. }
+            | Command::ResizeDisk { .. }
+            | Command::VolumesDeleted { .. }
             | Command::ReportVm { .. } => false,
         }
     }
@@ -157,6 +291,20 @@ impl ClusterState {
             Command::ReportVm { vm, node, epoch, state, error, at_ms } => {
                 self.report_vm(*vm, *node, *epoch, *state, error.clone(), *at_ms)
             }
+            Command::AddStorage { domain, at_ms } => self.add_storage(domain, *at_ms),
+            Command::RemoveStorage { name, at_ms } => self.remove_storage(name, *at_ms),
+            Command::AddImage { image, at_ms } => self.add_image(image, *at_ms),
+            Command::DeleteImage { name, at_ms } => self.delete_image(name, *at_ms),
+            Command::RecordVolume { vm, index, node, epoch, at_ms } => {
+                self.record_volume(*vm, *index, *node, *epoch, *at_ms)
+            }
+            Command::AddDisk { name, disk, at_ms } => self.add_disk(name, disk, *at_ms),
+            Command::ResizeDisk { name, index, size_bytes, at_ms } => {
+                self.resize_disk(name, *index, *size_bytes, *at_ms)
+            }
+            Command::RemoveDisk { name, index, at_ms } => self.remove_disk(name, *index, *at_ms),
+            Command::Snapshot { name, snapshot, op, at_ms } => self.snapshot(name, snapshot, *op, *at_ms),
+            Command::VolumesDeleted { volumes } => self.volumes_deleted(volumes),
         }
     }
 
@@ -195,5 +343,7 @@ impl ClusterState {
 
 #[cfg(test)]
 mod prop_tests;
+#[cfg(test)]
+mod storage_tests;
 #[cfg(test)]
 mod tests;

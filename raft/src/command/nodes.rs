@@ -53,8 +53,8 @@ impl ClusterState {
         // then); the others wait for `vm recover`. Deletions are done.
         let mut gone = 0;
         for vm_id in &placed {
-            if self.vms.get(vm_id).is_some_and(|v| v.deleting.is_some()) {
-                self.remove_vm(*vm_id);
+            if let Some(deleting) = self.vms.get(vm_id).and_then(|v| v.deleting) {
+                self.remove_vm(*vm_id, deleting.keep_disks);
                 gone += 1;
             }
         }
@@ -94,9 +94,9 @@ impl ClusterState {
         let (mut restarted, mut stay, mut gone) = (0, 0, 0);
         for vm_id in orphans {
             let Some(vm) = self.vms.get(&vm_id) else { continue };
-            if vm.deleting.is_some() {
+            if let Some(deleting) = vm.deleting {
                 // Nothing will run it again; the host cleans up if it returns.
-                self.remove_vm(vm_id);
+                self.remove_vm(vm_id, deleting.keep_disks);
                 gone += 1;
             } else if vm.spec.ha && vm.desired == Desired::Running {
                 self.unplace(vm_id, format!("host {name} is down; restarting elsewhere"));

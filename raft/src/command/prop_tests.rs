@@ -84,7 +84,7 @@ fn command(rng: &mut StdRng, state: &ClusterState, wild: bool) -> Command {
             let target = if rng.gen_bool(0.5) {
                 let req = view::request(vm_id, &name, &spec);
                 match scheduler::place(
-                    &state.scheduler_view(&BTreeSet::new(), None),
+                    &state.scheduler_view(&Default::default(), None),
                     &req,
                     &state.meta.settings.placement,
                 ) {
@@ -177,7 +177,7 @@ fn check_invariants(s: &mut ClusterState, capacity: bool, step: usize) {
     }
     if capacity {
         let settings = s.meta.settings.placement;
-        for n in s.scheduler_view(&BTreeSet::new(), None) {
+        for n in s.scheduler_view(&Default::default(), None) {
             assert!(n.allocated_vcpus <= n.vcpu_capacity(&settings), "{}", ctx("vCPUs over capacity"));
             assert!(n.allocated_memory_mib <= n.memory_capacity(&settings), "{}", ctx("memory over capacity"));
         }
@@ -241,7 +241,7 @@ fn random_command_sequences_never_panic_or_break_invariants() {
 /// Whether the scheduler, on this state, would choose the node `vm` names.
 fn scheduled_here(s: &ClusterState, vm: &Vm) -> bool {
     let req = view::vm_request(vm);
-    let d = scheduler::place(&s.scheduler_view(&BTreeSet::new(), None), &req, &s.meta.settings.placement);
+    let d = scheduler::place(&s.scheduler_view(&Default::default(), None), &req, &s.meta.settings.placement);
     matches!(d, Decision::Place { node_id, .. } if Some(node_id) == vm.placement.map(|p| p.node))
 }
 
@@ -263,7 +263,7 @@ fn apply_accepts_a_placement_exactly_when_the_scheduler_allows_it() {
             let id = 10_000 + rng.gen_range(0..1000);
             let spec = spec(&mut rng);
             let req = view::request(id, &name, &spec);
-            let nodes = s.scheduler_view(&BTreeSet::new(), None);
+            let nodes = s.scheduler_view(&Default::default(), None);
             let evals = scheduler::explain(&nodes, &req, &s.meta.settings.placement);
             for e in &evals {
                 let node_id = nodes.iter().find(|n| n.name == e.node).map(|n| n.id).unwrap();

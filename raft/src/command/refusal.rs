@@ -72,6 +72,43 @@ pub enum Refusal {
         name: String,
         reason: String,
     },
+    UnknownStorage {
+        name: String,
+    },
+    StorageNameTaken {
+        name: String,
+    },
+    /// `storage remove` while disks or images live on it.
+    StorageInUse {
+        name: String,
+        by: String,
+    },
+    UnknownImage {
+        name: String,
+    },
+    ImageNameTaken {
+        name: String,
+    },
+    /// An image used where another kind is needed (a disk image as a kernel).
+    ImageWrongKind {
+        name: String,
+        kind: String,
+        want: String,
+    },
+    ImageInUse {
+        name: String,
+        by: String,
+    },
+    /// `--ha` with data that only one host can reach.
+    HaNeedsSharedStorage {
+        what: String,
+        storage: String,
+    },
+    /// A disk or snapshot change that cannot be made as asked.
+    StorageChange {
+        vm: String,
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for Refusal {
@@ -105,6 +142,31 @@ impl std::fmt::Display for Refusal {
                 f,
                 "node {name:?} keeps its capacity and labels: {reason}. Move or stop VMs first (`kvmesh node drain {name}`)"
             ),
+            Refusal::UnknownStorage { name } => {
+                write!(f, "no storage domain named {name:?}; see `kvmesh storage list`")
+            }
+            Refusal::StorageNameTaken { name } => write!(f, "a storage domain named {name:?} already exists"),
+            Refusal::StorageInUse { name, by } => {
+                write!(f, "storage {name:?} still holds {by}; delete or move them first")
+            }
+            Refusal::UnknownImage { name } => write!(
+                f,
+                "no image named {name:?}; see `kvmesh image list`, or import a file with `kvmesh image import {name} FILE --storage DOMAIN`"
+            ),
+            Refusal::ImageNameTaken { name } => write!(f, "an image named {name:?} already exists"),
+            Refusal::ImageWrongKind { name, kind, want } => write!(
+                f,
+                "image {name:?} is a {kind} image, not a {want} image; import the file with `--kind {want}`"
+            ),
+            Refusal::ImageInUse { name, by } => {
+                write!(f, "image {name:?} is used by {by}; delete those VMs (or their disks) first")
+            }
+            Refusal::HaNeedsSharedStorage { what, storage } => write!(
+                f,
+                "an HA VM must be able to restart on another host, but its {what} is on {storage:?}, storage that only one host can reach; put it on a shared domain (`kvmesh storage list`)"
+            ),
+            Refusal::StorageChange { vm, reason } if vm.is_empty() => write!(f, "{reason}"),
+            Refusal::StorageChange { vm, reason } => write!(f, "VM {vm:?}: {reason}"),
             Refusal::RequestExpired => write!(
                 f,
                 "this retried write is too old to tell whether it was applied; check the object's state and send it again if needed"

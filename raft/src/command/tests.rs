@@ -4,7 +4,7 @@ use crate::wire::to_pb;
 use kvmesh_proto as pb;
 use kvmesh_scheduler::Rejection;
 
-fn node(id: u64, name: &str, addr: &str) -> Node {
+pub(super) fn node(id: u64, name: &str, addr: &str) -> Node {
     Node {
         id,
         name: name.into(),
@@ -18,7 +18,7 @@ fn node(id: u64, name: &str, addr: &str) -> Node {
     }
 }
 
-fn vm(id: u64, name: &str, node: Option<u64>, mem: u64) -> Vm {
+pub(super) fn vm(id: u64, name: &str, node: Option<u64>, mem: u64) -> Vm {
     Vm {
         id,
         name: name.into(),
@@ -36,10 +36,11 @@ fn vm(id: u64, name: &str, node: Option<u64>, mem: u64) -> Vm {
         pending: None,
         moving_from: None,
         description: String::new(),
+        snapshots: Vec::new(),
     }
 }
 
-fn initialized() -> ClusterState {
+pub(super) fn initialized() -> ClusterState {
     let mut s = ClusterState::default();
     let r = s.apply(&Command::Init {
         cluster_id: "c1".into(),

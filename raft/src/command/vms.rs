@@ -6,7 +6,6 @@
 use super::{Refusal, Response};
 use crate::model::{ClusterState, Deleting, Desired, Key, NodeState, Placement, Reported, Vm, VmId, VmState};
 use crate::types::NodeId;
-use crate::view;
 
 impl ClusterState {
     pub(super) fn create_vm(&mut self, vm: &Vm, at_ms: u64) -> Response {
@@ -20,8 +19,11 @@ impl ClusterState {
         if self.vms.contains_key(&vm.id) {
             return Response::Refused(Refusal::VmIdTaken { id: vm.id });
         }
+        if let Err(r) = self.check_storage(&vm.spec) {
+            return Response::Refused(r);
+        }
         if let Some(p) = vm.placement {
-            if let Err(r) = self.check_placement(p.node, &view::vm_request(vm)) {
+            if let Err(r) = self.check_placement(p.node, &self.request_for(vm)) {
                 return Response::Refused(r);
             }
         }
@@ -44,7 +46,7 @@ impl ClusterState {
         };
         let held = self.vms.get(&id).and_then(|v| v.placement).is_some_and(|p| self.nodes.contains_key(&p.node));
         if !held {
-            self.remove_vm(id);
+            self.remove_vm(id, keep_disks);
             self.push_event(at_ms, "vm", format!("vm {name} deleted"));
             return Response::Done;
         }
@@ -120,7 +122,7 @@ impl ClusterState {
         if vm.deleting.is_some() {
             return Response::Refused(Refusal::VmBeingDeleted { name: vm.name.clone() });
         }
-        if let Err(r) = self.check_placement(node, &view::vm_request(vm)) {
+        if let Err(r) = self.check_placement(node, &self.request_for(vm)) {
             return Response::Refused(r);
         }
         let host = self.nodes.get(&node).map(|n| n.name.clone()).unwrap_or_default();
@@ -203,8 +205,8 @@ impl ClusterState {
         }
         let name = vm.name.clone();
         if state == VmState::Deleted {
-            if vm.deleting.is_some() {
-                self.remove_vm(id);
+            if let Some(deleting) = vm.deleting {
+                self.remove_vm(id, deleting.keep_disks);
                 self.push_event(at_ms, "vm", format!("vm {name} deleted from {host}"));
                 return Response::Done;
             }
@@ -228,7 +230,7 @@ impl ClusterState {
 
     /// The VM a by-name command acts on: it must exist and not be on its
     /// way out.
-    fn live_vm(&mut self, name: &str) -> Result<&mut Vm, Refusal> {
+    pub(super) fn live_vm(&mut self, name: &str) -> Result<&mut Vm, Refusal> {
         let vm = self
             .vm_names
             .get(name)
@@ -253,10 +255,16 @@ impl ClusterState {
         }
     }
 
-    pub(super) fn remove_vm(&mut self, id: VmId) {
+    /// Forgets a VM; unless `keep_disks`, its volumes go to the trash.
+    pub(super) fn remove_vm(&mut self, id: VmId, keep_disks: bool) {
         if let Some(vm) = self.vms.remove(&id) {
             self.vm_names.remove(&vm.name);
             self.dirty.insert(Key::Vm(id));
+            if !keep_disks {
+                for disk in &vm.spec.disks {
+                    self.trash_disk(vm.id, disk);
+                }
+            }
         }
     }
 }

@@ -24,6 +24,8 @@ const NODE: u8 = b'n';
 const VM: u8 = b'v';
 const EVENT: u8 = b'e';
 const REQUEST: u8 = b'r';
+const STORAGE: u8 = b's';
+const IMAGE: u8 = b'i';
 
 /// What the state machine holds in memory. Readers (the API) take the read
 /// lock briefly and never across an await.
@@ -127,6 +129,14 @@ impl StateMachine {
                     Some(a) => batch.insert(&request_key(id), codec::encode("answer", a).map_err(write_err)?),
                     None => batch.remove(&request_key(id)),
                 },
+                Key::Storage(id) => match data.state.storage.get(&id) {
+                    Some(d) => batch.insert(&prefixed(STORAGE, id), codec::encode("storage", d).map_err(write_err)?),
+                    None => batch.remove(&prefixed(STORAGE, id)),
+                },
+                Key::Image(id) => match data.state.images.get(&id) {
+                    Some(i) => batch.insert(&prefixed(IMAGE, id), codec::encode("image", i).map_err(write_err)?),
+                    None => batch.remove(&prefixed(IMAGE, id)),
+                },
             }
         }
         batch.insert(APPLIED, codec::encode("applied", &data.last_applied).map_err(write_err)?);
@@ -141,6 +151,7 @@ fn read_tree(sm: &sled::Tree) -> Result<SmData> {
     let mut membership = StoredMembership::default();
     let (mut nodes, mut vms, mut events) = (Vec::<Node>::new(), Vec::<Vm>::new(), Vec::<Event>::new());
     let mut answers = Vec::<(RequestId, Answer)>::new();
+    let (mut storage, mut images) = (Vec::new(), Vec::new());
     for item in sm.iter() {
         let (key, value) = item?;
         match key.as_ref() {
@@ -150,6 +161,8 @@ fn read_tree(sm: &sled::Tree) -> Result<SmData> {
             k if k.len() == 9 && k[0] == NODE => nodes.push(codec::decode("node", &value)?),
             k if k.len() == 9 && k[0] == VM => vms.push(codec::decode("vm", &value)?),
             k if k.len() == 9 && k[0] == EVENT => events.push(codec::decode("event", &value)?),
+            k if k.len() == 9 && k[0] == STORAGE => storage.push(codec::decode("storage", &value)?),
+            k if k.len() == 9 && k[0] == IMAGE => images.push(codec::decode("image", &value)?),
             k if k.len() == 17 && k[0] == REQUEST => {
                 let id = RequestId { origin: from_be(&k[1..9]), seq: from_be(&k[9..]) };
                 answers.push((id, codec::decode("answer", &value)?));
@@ -158,7 +171,11 @@ fn read_tree(sm: &sled::Tree) -> Result<SmData> {
         }
     }
     events.sort_by_key(|e| e.seq);
-    Ok(SmData { state: ClusterState::from_parts(meta, nodes, vms, events, answers), last_applied, membership })
+    Ok(SmData {
+        state: ClusterState::from_parts(meta, nodes, vms, events, answers, storage, images),
+        last_applied,
+        membership,
+    })
 }
 
 fn write_all(sm: &sled::Tree, data: &SmData) -> Result<()> {
@@ -178,6 +195,12 @@ fn write_all(sm: &sled::Tree, data: &SmData) -> Result<()> {
     }
     for (id, a) in data.state.requests.iter() {
         batch.insert(&request_key(*id), codec::encode("answer", a)?);
+    }
+    for d in data.state.storage.values() {
+        batch.insert(&prefixed(STORAGE, d.id), codec::encode("storage", d)?);
+    }
+    for i in data.state.images.values() {
+        batch.insert(&prefixed(IMAGE, i.id), codec::encode("image", i)?);
     }
     sm.apply_batch(batch)?;
     Ok(())

@@ -8,6 +8,7 @@ use kvmesh_scheduler::Policy;
 
 use crate::error::{Error, Result};
 use crate::model::{PlacementSettings, VmSpec};
+use crate::storage::{Disk, DEFAULT_STORAGE};
 use crate::view;
 
 fn invalid(message: impl Into<String>) -> Error {
@@ -26,12 +27,16 @@ fn labels(m: &HashMap<String, String>) -> Result<BTreeMap<String, String>> {
 /// The replicated spec of a create request (the name is checked by the
 /// caller, which knows the naming rules).
 pub fn vm_spec(req: &pb::CreateVmRequest) -> Result<VmSpec> {
-    // Paths name files on the host that will run the VM, so they must not
-    // depend on the client's working directory.
-    for (flag, path) in [("--image", &req.image), ("--kernel", &req.kernel), ("--initrd", &req.initrd)] {
-        if let Some(p) = path {
-            if !p.starts_with('/') {
-                return Err(invalid(format!("{flag} must be an absolute path on the hosts (got {p:?})")));
+    // Host paths would let any client attach any host file to a guest and
+    // read it there; only imported images are attached.
+    for (flag, kind, name) in
+        [("--image", "disk", &req.image), ("--kernel", "kernel", &req.kernel), ("--initrd", "initrd", &req.initrd)]
+    {
+        if let Some(name) = name {
+            if name.contains('/') || name.is_empty() {
+                return Err(invalid(format!(
+                    "{flag} takes the name of an imported image, not a host path ({name:?}); import the file first: `kvmesh image import NAME {name} --storage DOMAIN --kind {kind}`, then pass {flag} NAME"
+                )));
             }
         }
     }
@@ -47,12 +52,26 @@ pub fn vm_spec(req: &pb::CreateVmRequest) -> Result<VmSpec> {
     if req.affinity.is_some() && req.affinity == req.anti_affinity {
         return Err(invalid("a group cannot be both --affinity and --anti-affinity"));
     }
+    // The boot disk's domain and size come from the image's record
+    // (`ClusterState::complete_disks`); blank disks follow it.
+    let mut disks: Vec<Disk> = req
+        .image
+        .iter()
+        .map(|image| Disk { index: 0, size_bytes: 0, storage: String::new(), image: Some(image.clone()), volume: None })
+        .collect();
+    for d in &req.disks {
+        if d.size_bytes == 0 {
+            return Err(invalid("a disk needs a size, such as --disk 10G or --disk 10G@shared"));
+        }
+        let storage = if d.storage.is_empty() { DEFAULT_STORAGE.to_string() } else { d.storage.clone() };
+        let index = disks.len() as u32;
+        disks.push(Disk { index, size_bytes: d.size_bytes, storage, image: None, volume: None });
+    }
     let spec = VmSpec {
         vcpus: req.vcpus,
         memory_mib: req.memory_mib,
         ha: req.ha,
-        disk_bytes: (req.disk_bytes > 0).then_some(req.disk_bytes),
-        image: req.image.clone(),
+        disks,
         kernel: req.kernel.clone(),
         initrd: req.initrd.clone(),
         cmdline: req.cmdline.clone(),

@@ -4,7 +4,9 @@
 use kvmesh_proto as pb;
 use kvmesh_scheduler::{self as scheduler, Outcome};
 
+use crate::command::uses_image;
 use crate::model::{domain_name, vm_id_hex, ClusterState, Desired, Event, NodeState, PlacementSettings, Vm, VmState};
+use crate::storage::{Disk, Image, StorageDomain};
 
 pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
     let node = vm.placement.and_then(|p| state.nodes.get(&p.node));
@@ -22,9 +24,15 @@ pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
         state: vm_state(state, vm) as i32,
         since_ms: vm.reported.as_ref().map(|r| r.since_ms).unwrap_or(0),
         last_error: vm.reported.as_ref().and_then(|r| r.last_error.clone()),
-        disk_bytes: vm.spec.disk_bytes.unwrap_or(0),
-        image: vm.spec.image.clone(),
+        image: vm.spec.disks.iter().find(|d| d.index == 0).and_then(|d| d.image.clone()),
         kernel: vm.spec.kernel.clone(),
+        initrd: vm.spec.initrd.clone(),
+        disks: vm.spec.disks.iter().map(|d| disk(state, vm.id, d)).collect(),
+        snapshots: vm
+            .snapshots
+            .iter()
+            .map(|s| pb::SnapshotInfo { name: s.name.clone(), created_at_ms: s.created_at_ms })
+            .collect(),
         network: vm.spec.network.clone(),
         bridge: vm.spec.bridge.clone(),
         domain: domain_name(vm.id),
@@ -38,6 +46,50 @@ pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
         pending: vm.pending.clone(),
         observed: Vec::new(),
         description: vm.description.clone(),
+    }
+}
+
+pub fn disk(state: &ClusterState, vm: u64, d: &Disk) -> pb::DiskInfo {
+    let host = d.volume.and_then(|v| v.host);
+    pb::DiskInfo {
+        index: d.index,
+        size_bytes: d.size_bytes,
+        storage: d.storage.clone(),
+        image: d.image.clone(),
+        created: d.volume.is_some(),
+        host: host.map(|h| state.nodes.get(&h).map_or_else(|| h.to_string(), |n| n.name.clone())),
+        volume: d.volume_name(vm),
+    }
+}
+
+pub fn image(state: &ClusterState, i: &Image) -> pb::ImageInfo {
+    pb::ImageInfo {
+        name: i.name.clone(),
+        storage: i.storage.clone(),
+        kind: i.kind.as_str().into(),
+        format: i.format.clone(),
+        virtual_bytes: i.virtual_bytes,
+        file_bytes: i.file_bytes,
+        sha256: i.sha256.clone(),
+        host: i.host.map(|h| state.nodes.get(&h).map_or_else(|| h.to_string(), |n| n.name.clone())),
+        created_at_ms: i.created_at_ms,
+        used_by: state.vms.values().filter(|v| uses_image(&v.spec, &i.name)).map(|v| v.name.clone()).collect(),
+    }
+}
+
+/// A storage domain with what lives on it; the hosts' status is added by
+/// the caller, from the leader's heartbeats.
+pub fn storage(state: &ClusterState, d: &StorageDomain) -> pb::StorageDomainInfo {
+    pb::StorageDomainInfo {
+        name: d.name.clone(),
+        kind: d.kind.as_str().into(),
+        location: d.kind.location(),
+        nodes: d.nodes.iter().cloned().collect(),
+        shared: d.kind.is_shared(),
+        hosts: Vec::new(),
+        disks: state.vms.values().flat_map(|v| &v.spec.disks).filter(|x| x.storage == d.name).count() as u32,
+        images: state.images.values().filter(|i| i.storage == d.name).count() as u32,
+        id: format!("{:016x}", d.id),
     }
 }
 

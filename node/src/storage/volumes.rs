@@ -1,0 +1,217 @@
+//! A VM's volumes on the host that runs it: created once, recorded, and
+//! opened ever after; and the trash of volumes whose owner is gone.
+//!
+//! Before every start the host walks the VM's disks. A disk whose volume is
+//! not recorded yet gets one (a blank qcow2, or a thin clone of its image),
+//! and the host records it through Raft before anything uses it. So an
+//! unrecorded volume never held guest data, and a host that finds one left
+//! over (created, then the VM moved before the record) may adopt it. A
+//! recorded volume is only ever opened: if it is missing the start fails,
+//! rather than boot the VM on an empty disk.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use kvmesh_raft::command::{Command, Response};
+use kvmesh_raft::model::ClusterState;
+use kvmesh_raft::storage::{volume_name, Trashed};
+use kvmesh_raft::NodeId;
+use tracing::{info, warn};
+
+use super::probe;
+use crate::ctx::{now_ms, NodeCtx};
+use crate::error::{Error, Result};
+use crate::hypervisor::{blocking, Backing, PoolSpec};
+
+/// One disk as the host prepares it.
+#[derive(Clone, Debug)]
+struct DiskPlan {
+    index: u32,
+    pool: PoolSpec,
+    volume: String,
+    size_bytes: u64,
+    backing: Option<Backing>,
+    /// The image it is a clone of.
+    image: Option<String>,
+    recorded: bool,
+}
+
+/// What a domain definition takes from storage.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Prepared {
+    /// Volume paths in disk order (`vda` first).
+    pub disks: Vec<String>,
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+}
+
+/// The pool and file of an image.
+fn image_file(
+    state: &ClusterState,
+    name: &str,
+    node: NodeId,
+    data_dir: &std::path::Path,
+) -> Result<(PoolSpec, String)> {
+    let image =
+        state.image_by_name(name).ok_or_else(|| Error::FailedPrecondition(format!("image {name} no longer exists")))?;
+    let domain = state.storage_by_name(&image.storage).ok_or_else(|| {
+        Error::FailedPrecondition(format!("storage {} of image {name} no longer exists", image.storage))
+    })?;
+    Ok((PoolSpec::of(domain, node, data_dir), image.volume.clone()))
+}
+
+/// The plan for a VM's disks and boot files, from the local replica.
+fn plan(
+    ctx: &NodeCtx,
+    vm_id: u64,
+) -> Result<(u64, Vec<DiskPlan>, Option<(PoolSpec, String)>, Option<(PoolSpec, String)>)> {
+    let data_dir = ctx.config.data_dir.clone();
+    ctx.read(|d| {
+        let vm = d.state.vms.get(&vm_id).ok_or_else(|| Error::NotFound(format!("VM {vm_id:016x} is gone")))?;
+        let epoch = vm.placement.map(|p| p.epoch).unwrap_or(0);
+        let mut disks = Vec::new();
+        for disk in &vm.spec.disks {
+            let domain = d.state.storage_by_name(&disk.storage).ok_or_else(|| {
+                Error::FailedPrecondition(format!("storage {} of disk {} no longer exists", disk.storage, disk.index))
+            })?;
+            let pool = PoolSpec::of(domain, ctx.id, &data_dir);
+            let backing = match &disk.image {
+                Some(image) => {
+                    let (image_pool, file) = image_file(&d.state, image, ctx.id, &data_dir)?;
+                    let format = d.state.image_by_name(image).map(|i| i.format.clone()).unwrap_or_default();
+                    Some(Backing { path: image_pool.path().join(file).to_string_lossy().into_owned(), format })
+                }
+                None => None,
+            };
+            disks.push(DiskPlan {
+                index: disk.index,
+                pool,
+                volume: volume_name(vm_id, disk.index),
+                size_bytes: disk.size_bytes,
+                backing,
+                image: disk.image.clone(),
+                recorded: disk.volume.is_some(),
+            });
+        }
+        let boot =
+            |name: &Option<String>| name.as_deref().map(|n| image_file(&d.state, n, ctx.id, &data_dir)).transpose();
+        Ok((epoch, disks, boot(&vm.spec.kernel)?, boot(&vm.spec.initrd)?))
+    })
+}
+
+/// Creates and records the VM's missing volumes, then opens them all.
+pub async fn prepare(ctx: &Arc<NodeCtx>, vm_id: u64) -> Result<Prepared> {
+    let (epoch, disks, kernel, initrd) = plan(ctx, vm_id)?;
+    for pool in disks.iter().map(|d| &d.pool).chain(kernel.iter().map(|k| &k.0)).chain(initrd.iter().map(|i| &i.0)) {
+        if !probe::active_here(ctx, &pool.domain) {
+            return Err(Error::FailedPrecondition(format!(
+                "storage {} is not active on this host (see `kvmesh storage get {}`)",
+                pool.domain, pool.domain
+            )));
+        }
+    }
+    // Images are files in their domain on every driver: check them before
+    // anything is made from them.
+    let images = disks
+        .iter()
+        .filter_map(|d| {
+            Some((d.image.clone()?, std::path::PathBuf::from(&d.backing.as_ref()?.path), d.pool.domain.clone()))
+        })
+        .chain(
+            [&kernel, &initrd]
+                .into_iter()
+                .flatten()
+                .map(|(pool, file)| (file.clone(), pool.path().join(file), pool.domain.clone())),
+        );
+    for (image, path, storage) in images {
+        if !path.is_file() {
+            let name = ctx.read(|d| d.state.images.values().find(|i| i.volume == image).map(|i| i.name.clone()));
+            return Err(Error::FailedPrecondition(format!(
+                "image {} is missing its file {} in storage {storage} on this host; restore the file, or delete the image and import it again",
+                name.unwrap_or(image),
+                path.display()
+            )));
+        }
+    }
+    let unrecorded: Vec<DiskPlan> = disks.iter().filter(|d| !d.recorded).cloned().collect();
+    if !unrecorded.is_empty() {
+        let made = unrecorded.clone();
+        blocking(&ctx.hypervisor, move |hv| {
+            for d in &made {
+                // A leftover of an earlier try never held guest data (see the
+                // module's note): adopt it.
+                if !hv.volume_exists(&d.pool, &d.volume)? {
+                    hv.create_volume(&d.pool, &d.volume, d.size_bytes, d.backing.as_ref())?;
+                    info!(volume = %d.volume, storage = %d.pool.domain, "created volume");
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        for d in &unrecorded {
+            let cmd = Command::RecordVolume { vm: vm_id, index: d.index, node: ctx.id, epoch, at_ms: now_ms() };
+            if let Response::Refused(r) = ctx.propose(cmd).await? {
+                return Err(Error::FailedPrecondition(format!("volume {} not recorded: {r}", d.volume)));
+            }
+        }
+    }
+    blocking(&ctx.hypervisor, move |hv| {
+        let mut out = Prepared::default();
+        for d in &disks {
+            out.disks.push(hv.open_volume(&d.pool, &d.volume, d.size_bytes)?);
+        }
+        out.kernel = kernel.map(|(pool, file)| hv.open_volume(&pool, &file, 0)).transpose()?;
+        out.initrd = initrd.map(|(pool, file)| hv.open_volume(&pool, &file, 0)).transpose()?;
+        Ok(out)
+    })
+    .await
+}
+
+/// Deletes the trashed volumes this host can reach and records that.
+pub async fn empty_trash(ctx: &Arc<NodeCtx>) {
+    let data_dir = ctx.config.data_dir.clone();
+    let work: Vec<(Trashed, PoolSpec)> = ctx.read(|d| {
+        d.state
+            .meta
+            .trash
+            .iter()
+            .filter(|t| t.host.is_none_or(|h| h == ctx.id))
+            .filter_map(|t| {
+                let domain = d.state.storage_by_name(&t.storage)?;
+                Some((t.clone(), PoolSpec::of(domain, ctx.id, &data_dir)))
+            })
+            .filter(|(t, _)| probe::active_here(ctx, &t.storage))
+            .collect()
+    });
+    if work.is_empty() {
+        return;
+    }
+    let deleted = blocking(&ctx.hypervisor, move |hv| {
+        let mut done = BTreeSet::new();
+        for (t, pool) in work {
+            match hv.delete_volume(&pool, &t.volume) {
+                Ok(_) => {
+                    // Files libvirt does not list (the test driver's pools
+                    // live in memory) go too.
+                    let file = pool.path().join(&t.volume);
+                    let _ = std::fs::remove_file(&file);
+                    info!(volume = %t.volume, storage = %t.storage, "deleted volume from the trash");
+                    done.insert(t);
+                }
+                Err(e) => warn!(volume = %t.volume, error = %e, "could not delete a trashed volume; will retry"),
+            }
+        }
+        Ok(done)
+    })
+    .await;
+    match deleted {
+        Ok(done) if !done.is_empty() => {
+            let volumes = done.into_iter().collect();
+            if let Err(e) = ctx.propose(Command::VolumesDeleted { volumes }).await {
+                warn!(error = %e, "could not record deleted volumes; will retry");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "emptying the trash failed"),
+    }
+}
