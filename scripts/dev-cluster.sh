@@ -58,6 +58,11 @@ up() {
     [ "$(kv -o json cluster status | grep -o '"role"' | wc -l)" -ge "$n" ] && break
     sleep 0.2
   done
+  # ...and reports its storage (disks are placed only where it is active).
+  for _ in $(seq 100); do
+    [ "$(kv -o json storage get local | grep -o '"state":"active"' | wc -l)" -ge "$n" ] && break
+    sleep 0.2
+  done
   echo
   status
   echo

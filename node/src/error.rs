@@ -68,7 +68,9 @@ impl From<Refusal> for Error {
             | Refusal::NodeChangeRefused { .. }
             | Refusal::StorageInUse { .. }
             | Refusal::ImageInUse { .. }
-            | Refusal::StorageChange { .. } => Error::FailedPrecondition(msg),
+            | Refusal::StorageChange { .. }
+            | Refusal::LocalDisksRunning { .. }
+            | Refusal::HostInMaintenance { .. } => Error::FailedPrecondition(msg),
             Refusal::ImageWrongKind { .. } | Refusal::HaNeedsSharedStorage { .. } => Error::InvalidArgument(msg),
             Refusal::NodeNameTaken { .. }
             | Refusal::NodeAddressTaken { .. }

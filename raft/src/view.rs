@@ -111,6 +111,13 @@ impl ClusterState {
         self.views(|_| true, facts, except).into_values().collect()
     }
 
+    /// Whether `vm`'s volumes (or images) live on `node`'s local storage,
+    /// so it can run nowhere else.
+    pub fn pinned_to(&self, vm: &Vm, node: NodeId) -> bool {
+        let name = self.nodes.get(&node).map(|n| n.name.as_str());
+        name.is_some() && self.request_for(vm).volumes_on.as_deref() == name
+    }
+
     /// The scheduler's request for an existing VM, storage included.
     pub fn request_for(&self, vm: &Vm) -> VmRequest {
         self.vm_request_of(vm.id, &vm.name, &vm.spec)

@@ -75,11 +75,30 @@ fn stop(name: &str) -> Result<()> {
     })
 }
 
-fn qemu_img_backing(path: &Path) -> Result<String> {
+fn qemu_img_info(path: &Path) -> Result<Value> {
     let out = Command::new("qemu-img").args(["info", "-U", "--output=json"]).arg(path).output()?;
     ensure!(out.status.success(), "qemu-img info {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
-    let info: Value = serde_json::from_slice(&out.stdout)?;
-    Ok(info["backing-filename"].as_str().unwrap_or_default().to_string())
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn qemu_img_backing(path: &Path) -> Result<String> {
+    Ok(qemu_img_info(path)?["backing-filename"].as_str().unwrap_or_default().to_string())
+}
+
+/// Runs a shell command in the mount namespace of host `h`'s kvmesh.
+fn in_host_mounts(h: &str, script: &str) -> Result<()> {
+    let pids = Command::new("ip").args(["netns", "pids", &format!("kvmtb-{h}")]).output()?;
+    let pid = String::from_utf8_lossy(&pids.stdout)
+        .lines()
+        .map(str::trim)
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("serve"))
+        })
+        .map(str::to_string);
+    let Some(pid) = pid else { bail!("no kvmesh process on {h}") };
+    let out = Command::new("nsenter").args(["-t", &pid, "-m", "sh", "-c", script]).output()?;
+    ensure!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
 }
 
 #[test]
@@ -152,6 +171,21 @@ fn vm_data_follows_its_vm_through_every_move_on_real_guests() -> Result<()> {
         assert!(n["reason"].as_str().unwrap().contains("local storage of h1"), "{explained}");
     }
 
+    // Disks change on a stopped VM: one grows, a new one is made at the next
+    // start, a removed one's volume goes.
+    stop("pinned")?;
+    cli(&["vm", "disk", "resize", "pinned", "0", "128M"])?;
+    cli(&["vm", "disk", "add", "pinned", "--size", "32M", "--storage", "shared"])?;
+    cli(&["vm", "start", "pinned", "--wait"])?;
+    let v = vm("pinned")?;
+    let vol0 = format!("{DIR}/h1/kvmesh/images/{}", v["disks"][0]["volume"].as_str().unwrap());
+    assert_eq!(qemu_img_info(Path::new(&vol0))?["virtual-size"], 128u64 << 20, "disk 0 did not grow");
+    let extra = Path::new(&shared_dir()).join(v["disks"][1]["volume"].as_str().unwrap());
+    assert!(extra.exists(), "the added disk has no volume");
+    stop("pinned")?;
+    cli(&["vm", "disk", "remove", "pinned", "1"])?;
+    wait_for("the removed disk's volume to go", Duration::from_secs(60), || (!extra.exists()).then_some(()))?;
+
     // 3. Five VMs cloned from one image share its file as their backing
     //    file and keep their own data.
     let base = format!("{DIR}/base.qcow2");
@@ -210,6 +244,29 @@ fn vm_data_follows_its_vm_through_every_move_on_real_guests() -> Result<()> {
     // Reverted to one boot, this boot is the second again (not the third).
     assert_eq!(marker("h1", "c1", 2)?, first, "the revert did not bring the old data back");
 
+    // A template of c1's boot disk carries its data, flattened.
+    stop("c1")?;
+    let golden = cli(&["vm", "template", "c1", "golden"])?;
+    assert_eq!((golden["format"].as_str(), golden["kind"].as_str()), (Some("qcow2"), Some("disk")));
+    guest_on("h2", "from-golden", &["--image", "golden"])?;
+    assert_eq!(marker("h1", "from-golden", 3)?, first, "the template lost c1's data");
+    let v = vm("from-golden")?;
+    let golden_file = qemu_img_backing(&Path::new(&shared_dir()).join(v["disks"][0]["volume"].as_str().unwrap()))?;
+    assert_eq!(qemu_img_backing(Path::new(&golden_file))?, "", "a template must not depend on its source's base");
+
+    // A full domain: the import fails with what to do, and leaves nothing.
+    std::fs::create_dir_all(format!("{DIR}/h1/lib/small"))?;
+    in_host_mounts("h1", "mount -t tmpfs -o size=4m tmpfs /var/lib/libvirt/small")?;
+    cli(&["storage", "add", "small", "--kind", "local", "--path", "/var/lib/libvirt/small", "--nodes", "h1"])?;
+    kvmesh_tests::wait_storage_active(&addr("h1"), "small", 1)?;
+    let big = format!("{DIR}/big.raw");
+    std::fs::write(&big, vec![7u8; 8 << 20])?;
+    let err = refused("h1", &["image", "import", "big", &big, "--storage", "small"]);
+    assert!(err.contains("storage small is full"), "{err}");
+    assert!(cli(&["image", "list"])?.as_array().unwrap().iter().all(|i| i["name"] != "big"));
+    in_host_mounts("h1", "test -z \"$(ls -A /var/lib/libvirt/small)\"")?;
+    cli(&["storage", "remove", "small"])?;
+
     // 5. Bad input changes nothing.
     let bad = format!("{DIR}/bad.qcow2");
     let mut header = vec![0u8; 4096];
@@ -224,12 +281,13 @@ fn vm_data_follows_its_vm_through_every_move_on_real_guests() -> Result<()> {
         .collect();
     assert!(leftovers.is_empty(), "a failed import left {leftovers:?}");
     assert!(refused("h1", &["storage", "remove", "shared"]).contains("still holds"));
-    assert!(refused("h1", &["vm", "disk", "resize", "pinned", "0", "1M"]).contains("stopped"));
+    assert!(refused("h1", &["vm", "disk", "resize", "pinned", "0", "1M"]).contains("only grow"));
     assert!(refused("h1", &["vm", "create", "x", "--disk", "10Q"]).contains("bad size"));
     assert!(refused("h1", &["vm", "create", "x", "--disk", "1G@nowhere"]).contains("no storage domain named"));
 
     // 6. Deleted VMs lose their volumes: on shared storage at once, on a
     //    local disk of a host that is down when it comes back.
+    cli(&["vm", "delete", "from-golden"])?;
     let clone_volumes: Vec<String> =
         clones[1..].iter().map(|c| vm(c).unwrap()["disks"][0]["volume"].as_str().unwrap().to_string()).collect();
     for c in &clones[1..] {

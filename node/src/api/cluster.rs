@@ -287,6 +287,7 @@ impl ClusterService {
                 n.running_vms = obs.running_vms.get(&n.name).copied();
                 n.running_vcpus = obs.running_vcpus.get(&n.name).copied();
                 n.running_memory_mib = obs.running_memory_mib.get(&n.name).copied();
+                n.storage = obs.storage.iter().filter(|s| s.node == n.name).cloned().collect();
             }
         }
         r
@@ -374,6 +375,7 @@ fn list_nodes(ctx: &NodeCtx) -> pb::ListNodesResponse {
                     running_vms: None,
                     running_vcpus: None,
                     running_memory_mib: None,
+                    storage: Vec::new(),
                 }
             })
             .collect()

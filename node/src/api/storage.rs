@@ -40,7 +40,7 @@ impl StorageService {
                     node: host.clone(),
                     domain: domain.name.clone(),
                     state: "unknown".into(),
-                    message: "no recent heartbeat from this host".into(),
+                    message: "not reported yet (hosts report with every heartbeat)".into(),
                     ..Default::default()
                 }));
             }
@@ -106,6 +106,14 @@ impl pb::storage_server::Storage for StorageService {
     ) -> std::result::Result<Response<pb::StorageDomainInfo>, Status> {
         let req = request.into_inner();
         let domain = validate_add(&req)?;
+        // The path is each host's; this one can at least check its own.
+        if let StorageKind::Local { path: Some(p) } | StorageKind::SharedDir { path: p } = &domain.kind {
+            let here = domain.nodes.is_empty() || domain.nodes.contains(&self.ctx.name);
+            let path = std::path::Path::new(p);
+            if here && path.exists() && !path.is_dir() {
+                return Err(Error::InvalidArgument(format!("{p} is not a directory on {}", self.ctx.name)).into());
+            }
+        }
         if let CmdResponse::Refused(r) = self.ctx.propose(Command::AddStorage { domain, at_ms: now_ms() }).await? {
             return Err(Error::from(r).into());
         }

@@ -119,6 +119,7 @@ fn node_json(n: &pb::NodeInfo) -> Value {
         "allocated_vcpus": n.allocated_vcpus, "allocated_memory_mib": n.allocated_memory_mib,
         "labels": n.labels, "heartbeat_age_ms": n.heartbeat_age_ms, "running_vms": n.running_vms,
         "running_vcpus": n.running_vcpus, "running_memory_mib": n.running_memory_mib,
+        "storage": n.storage.iter().map(|s| json!({"domain": s.domain, "state": s.state, "message": s.message, "free_bytes": s.free_bytes, "total_bytes": s.total_bytes})).collect::<Vec<_>>(),
     })
 }
 
@@ -131,6 +132,15 @@ pub fn print_node(output: Output, node: &pb::NodeInfo) {
             let mut labels: Vec<String> = node.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             labels.sort();
             println!("labels: {}", if labels.is_empty() { "-".to_string() } else { labels.join(", ") });
+            for st in &node.storage {
+                let room = if st.total_bytes > 0 {
+                    format!(", {} free of {}", human_bytes(st.free_bytes), human_bytes(st.total_bytes))
+                } else {
+                    String::new()
+                };
+                let why = if st.message.is_empty() { String::new() } else { format!(": {}", st.message) };
+                println!("storage {}: {}{room}{why}", st.domain, st.state);
+            }
         }
     }
 }
@@ -157,12 +167,28 @@ pub fn print_nodes(output: Output, nodes: &[pb::NodeInfo]) {
                         n.heartbeat_age_ms
                             .map(|a| format!("{:.1}s ago", a as f64 / 1000.0))
                             .unwrap_or_else(|| "-".into()),
+                        storage_summary(&n.storage),
                     ]
                 })
                 .collect();
-            table(&["NAME", "ADDRESS", "STATE", "ROLE", "VCPUS", "MEMORY(MiB)", "VMS", "RUNNING", "HEARTBEAT"], rows);
+            table(
+                &["NAME", "ADDRESS", "STATE", "ROLE", "VCPUS", "MEMORY(MiB)", "VMS", "RUNNING", "HEARTBEAT", "STORAGE"],
+                rows,
+            );
         }
     }
+}
+
+/// `2/3 active (nfs1: missing)`, or `-` before the first report.
+fn storage_summary(storage: &[pb::HostStorageStatus]) -> String {
+    if storage.is_empty() {
+        return "-".into();
+    }
+    let active = storage.iter().filter(|s| s.state == "active").count();
+    let problems: Vec<String> =
+        storage.iter().filter(|s| s.state != "active").map(|s| format!("{}: {}", s.domain, s.state)).collect();
+    let extra = if problems.is_empty() { String::new() } else { format!(" ({})", problems.join(", ")) };
+    format!("{active}/{} active{extra}", storage.len())
 }
 
 pub fn disk_json(d: &pb::DiskInfo) -> Value {

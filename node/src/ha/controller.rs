@@ -92,8 +92,13 @@ async fn tick(
                 .map(|id| {
                     let seen = hb.seen.get(id);
                     let domains = seen.map(|s| s.domains.as_slice()).unwrap_or(&[]);
+                    // A host that joined moments ago (it is still catching
+                    // up before its first heartbeat) has not been silent
+                    // for longer than it has been a member.
+                    let member_for = d.state.nodes.get(id).map(|n| now_ms().saturating_sub(n.joined_at_ms));
+                    let silent_for = hb.silent_for(*id, now);
                     let l = Liveness {
-                        silent_for: hb.silent_for(*id, now),
+                        silent_for: member_for.map_or(silent_for, |ms| silent_for.min(Duration::from_millis(ms))),
                         clean: decide::is_clean(&d.state, *id, domains),
                         running: domains.iter().filter(|x| x.2).count(),
                     };

@@ -70,11 +70,12 @@ pub fn node_actions(
             NodeState::Up | NodeState::Draining if l.silent_for > down_after => out.push(NodeAction::Down(node.id)),
             NodeState::Down if l.silent_for <= fresh && l.clean => out.push(NodeAction::Up(node.id)),
             NodeState::Draining if l.silent_for <= fresh && l.running == 0 => {
-                // Finished only when every VM that was on it runs elsewhere.
-                let left = state
-                    .vms
-                    .values()
-                    .any(|v| v.placement.map(|p| p.node) == Some(node.id) || v.moving_from == Some(node.id));
+                // Finished only when every VM that was on it runs elsewhere,
+                // except stopped ones whose disks are local to it.
+                let left = state.vms.values().any(|v| {
+                    (v.placement.map(|p| p.node) == Some(node.id) && !state.pinned_to(v, node.id))
+                        || v.moving_from == Some(node.id)
+                });
                 if !left {
                     out.push(NodeAction::Maintenance(node.id));
                 }

@@ -156,8 +156,22 @@ impl ClusterState {
             );
             return Response::Done;
         }
-        node.resume_as = None;
         let name = node.name.clone();
+        if state == NodeState::Draining {
+            let running: Vec<&str> = self
+                .vms
+                .values()
+                .filter(|v| self.pinned_to(v, id) && v.desired == crate::model::Desired::Running)
+                .map(|v| v.name.as_str())
+                .collect();
+            if !running.is_empty() {
+                return Response::Refused(Refusal::LocalDisksRunning { node: name, vms: running.join(", ") });
+            }
+        }
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return Response::Refused(Refusal::UnknownNode { id });
+        };
+        node.resume_as = None;
         if state == NodeState::Draining {
             // Again while draining: whatever is still placed on it moves too.
             node.state = state;
@@ -181,8 +195,13 @@ impl ClusterState {
     /// (the leader places each elsewhere once the node has stopped it). A
     /// VM being deleted stays: its host finishes the delete.
     fn begin_drain(&mut self, id: NodeId, name: &str) -> usize {
-        let on_node: Vec<VmId> =
-            self.placed_on(id).into_iter().filter(|v| self.vms.get(v).is_some_and(|v| v.deleting.is_none())).collect();
+        // A stopped VM whose disks are local to the node stays on it: it
+        // can run nowhere else.
+        let on_node: Vec<VmId> = self
+            .placed_on(id)
+            .into_iter()
+            .filter(|v| self.vms.get(v).is_some_and(|v| v.deleting.is_none() && !self.pinned_to(v, id)))
+            .collect();
         for vm_id in &on_node {
             self.unplace(*vm_id, format!("moving off {name} (drain)"));
             if let Some(vm) = self.vms.get_mut(vm_id) {

@@ -104,6 +104,16 @@ pub enum Refusal {
         what: String,
         storage: String,
     },
+    /// A drain of a host that runs VMs whose disks are local to it.
+    LocalDisksRunning {
+        node: String,
+        vms: String,
+    },
+    /// Starting a VM whose host (holding its local disks) is in maintenance.
+    HostInMaintenance {
+        vm: String,
+        node: String,
+    },
     /// A disk or snapshot change that cannot be made as asked.
     StorageChange {
         vm: String,
@@ -164,6 +174,14 @@ impl std::fmt::Display for Refusal {
             Refusal::HaNeedsSharedStorage { what, storage } => write!(
                 f,
                 "an HA VM must be able to restart on another host, but its {what} is on {storage:?}, storage that only one host can reach; put it on a shared domain (`kvmesh storage list`)"
+            ),
+            Refusal::LocalDisksRunning { node, vms } => write!(
+                f,
+                "node {node:?} runs {vms} with disks on its local storage, which cannot move; stop them first (they stay on {node}, stopped, until it is activated), then drain"
+            ),
+            Refusal::HostInMaintenance { vm, node } => write!(
+                f,
+                "VM {vm:?} keeps its disks on {node}, which is draining or in maintenance; `kvmesh node activate {node}` first"
             ),
             Refusal::StorageChange { vm, reason } if vm.is_empty() => write!(f, "{reason}"),
             Refusal::StorageChange { vm, reason } => write!(f, "VM {vm:?}: {reason}"),

@@ -232,3 +232,22 @@ fn an_image_in_use_is_not_deleted() {
     let r = s.apply(&Command::DeleteImage { name: "base".into(), at_ms: 6 });
     assert_eq!(r, Response::Refused(Refusal::ImageInUse { name: "base".into(), by: "clone".into() }));
 }
+
+#[test]
+fn a_drain_refuses_running_vms_with_local_disks_and_keeps_stopped_ones_on_their_host() {
+    let mut s = two_hosts();
+    s.apply(&Command::RecordVolume { vm: 10, index: 0, node: 1, epoch: 1, at_ms: 5 });
+    let drain = Command::SetNodeState { id: 1, state: NodeState::Draining, at_ms: 6 };
+    let r = s.apply(&drain);
+    assert!(matches!(&r, Response::Refused(Refusal::LocalDisksRunning { vms, .. }) if vms == "web"), "{r:?}");
+    assert_eq!(s.nodes[&1].state, NodeState::Up, "a refused drain changes nothing");
+    s.apply(&Command::SetDesired { name: "web".into(), desired: Desired::Stopped, force: false, at_ms: 6 });
+    assert_eq!(s.apply(&drain), Response::Done);
+    let web = s.vm_by_name("web").unwrap();
+    assert_eq!(web.placement.map(|p| p.node), Some(1), "it stays with its disk");
+    assert_eq!(web.moving_from, None);
+    let start = Command::SetDesired { name: "web".into(), desired: Desired::Running, force: false, at_ms: 7 };
+    assert!(matches!(s.apply(&start), Response::Refused(Refusal::HostInMaintenance { .. })));
+    s.apply(&Command::SetNodeState { id: 1, state: NodeState::Up, at_ms: 8 });
+    assert!(matches!(s.apply(&start), Response::Vm(_)));
+}

@@ -60,6 +60,11 @@ impl ClusterState {
     }
 
     pub(super) fn set_desired(&mut self, name: &str, desired: Desired, force: bool, at_ms: u64) -> Response {
+        if desired == Desired::Running {
+            if let Err(r) = self.host_takes_starts(name) {
+                return Response::Refused(r);
+            }
+        }
         let vm = match self.live_vm(name) {
             Ok(vm) => vm,
             Err(r) => return Response::Refused(r),
@@ -80,6 +85,9 @@ impl ClusterState {
     }
 
     pub(super) fn restart_vm(&mut self, name: &str, at_ms: u64) -> Response {
+        if let Err(r) = self.host_takes_starts(name) {
+            return Response::Refused(r);
+        }
         let vm = match self.live_vm(name) {
             Ok(vm) => vm,
             Err(r) => return Response::Refused(r),
@@ -226,6 +234,19 @@ impl ClusterState {
         let kind = if matches!(state, VmState::Failed | VmState::Crashed) { "vm-error" } else { "vm" };
         self.push_event(at_ms, kind, message);
         Response::Done
+    }
+
+    /// A VM still placed on a draining or maintenance host (only one whose
+    /// disks are local to it stays there) does not start until the host is
+    /// activated.
+    fn host_takes_starts(&self, name: &str) -> Result<(), Refusal> {
+        let host = self.vm_by_name(name).and_then(|v| v.placement).and_then(|p| self.nodes.get(&p.node));
+        match host {
+            Some(h) if matches!(h.state, NodeState::Draining | NodeState::Maintenance) => {
+                Err(Refusal::HostInMaintenance { vm: name.to_string(), node: h.name.clone() })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The VM a by-name command acts on: it must exist and not be on its
