@@ -54,9 +54,9 @@ pub struct NodeCtx {
     /// heartbeat reports them as running, so the leader never takes a
     /// "not running" for proof while a start is in flight.
     pub starting: Mutex<std::collections::BTreeMap<u64, u64>>,
-    /// How each storage domain looks from this host (`storage::probe`),
-    /// sent with every heartbeat.
-    pub storage_status: Mutex<Vec<kvmesh_proto::HostStorageStatus>>,
+    /// How each storage domain looks from this host, and when the probe
+    /// last finished (`storage::probe`); sent with every heartbeat.
+    pub storage_status: Mutex<(Option<std::time::Instant>, Vec<kvmesh_proto::HostStorageStatus>)>,
     /// This host's hypervisor (libvirt).
     pub hypervisor: std::sync::Arc<dyn crate::hypervisor::Hypervisor>,
     channels: Mutex<HashMap<String, Channel>>,
@@ -96,7 +96,7 @@ impl NodeCtx {
             recheck: Default::default(),
             refusals,
             starting: Mutex::new(Default::default()),
-            storage_status: Mutex::new(Vec::new()),
+            storage_status: Mutex::new((None, Vec::new())),
             hypervisor,
             channels: Mutex::new(HashMap::new()),
             proposer: Proposer::start(id, raft.clone()),

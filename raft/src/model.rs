@@ -203,6 +203,10 @@ pub struct Vm {
     pub description: String,
     /// Snapshots of all its disks, oldest first.
     pub snapshots: Vec<Snapshot>,
+    /// The index its next disk gets: indexes (and so volume names) are
+    /// never reused, so a removed disk's volume, deleted late by a host
+    /// behind on the trash, is never a new disk's.
+    pub next_disk: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +217,7 @@ pub struct Deleting {
 impl Vm {
     /// A new VM record, to run on `node` at epoch 1.
     pub fn placed(id: VmId, name: &str, spec: VmSpec, node: NodeId, created_at_ms: u64) -> Vm {
+        let spec_disks = spec.disks.iter().map(|d| d.index + 1).max().unwrap_or(0);
         Vm {
             id,
             name: name.to_string(),
@@ -231,6 +236,7 @@ impl Vm {
             moving_from: None,
             description: String::new(),
             snapshots: Vec::new(),
+            next_disk: spec_disks,
         }
     }
 }

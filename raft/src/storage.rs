@@ -122,6 +122,9 @@ pub struct Image {
     pub created_at_ms: u64,
 }
 
+/// The most disks a VM has: `vda` to `vdz`.
+pub const MAX_DISKS: u32 = 26;
+
 /// A recorded volume: it exists, and no host creates it again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Volume {

@@ -103,6 +103,21 @@ pub fn running_on(h: &str) -> Vec<String> {
     }
 }
 
+/// `virsh ARGS` against host `h`'s libvirtd, from inside its namespace; its
+/// output (empty on failure).
+pub fn virsh_on(h: &str, args: &[&str]) -> String {
+    let a = addr(h);
+    let ip = &a[..a.len() - 5];
+    Command::new("ip")
+        .args(["netns", "exec", &format!("kvmtb-{h}"), "virsh", "-c", &format!("qemu+tcp://{ip}/system")])
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
 /// Each running domain -> the hosts running it, over `hosts`.
 pub fn placement_by_virsh(hosts: &[&str]) -> BTreeMap<String, Vec<String>> {
     let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();

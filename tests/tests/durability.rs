@@ -69,6 +69,7 @@ fn replicated(mut nodes: serde_json::Value) -> serde_json::Value {
             o.remove("running_vms");
             o.remove("running_vcpus");
             o.remove("running_memory_mib");
+            o.remove("storage");
         }
     }
     nodes

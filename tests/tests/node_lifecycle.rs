@@ -147,6 +147,9 @@ fn restarts_drains_and_removals_never_run_a_guest_twice() -> Result<()> {
     wait_for("h3 rejoined", Duration::from_secs(60), || {
         (node_state("h1", "h3").as_deref() == Some("up")).then_some(())
     })?;
+    // Its guests' kernel lives on the shared domain: usable there once the
+    // new identity has proven it shared.
+    kvmesh_tests::wait_storage_active(&addr("h1"), "shared", 3)?;
 
     // 2. A host removed while dead comes back from its old data dir (as
     //    Restart=always would do): it starts nothing and exits.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
 use kvmesh_tests::testbed::{
-    addr, double_run, placement_by_virsh, running_on, shared_dir, shared_guest, testbed, up3, DIR, HOSTS,
+    addr, double_run, placement_by_virsh, running_on, shared_dir, shared_guest, testbed, up3, virsh_on, DIR, HOSTS,
 };
 use kvmesh_tests::{run_cli, wait_for};
 use serde_json::Value;
@@ -130,8 +130,10 @@ fn vm_data_follows_its_vm_through_every_move_on_real_guests() -> Result<()> {
     //    with the same data. A plain guest on shared storage moves with a
     //    drain, data and all.
     let ha = guest_on("h3", "ha", &["--ha", "--disk", "64M@shared"])?;
+    guest_on("h3", "rec", &["--disk", "64M@shared"])?;
     let moved = guest_on("h2", "moved", &["--disk", "64M@shared"])?;
     let ha_marker = marker("h1", "ha", 1)?;
+    let rec_marker = marker("h1", "rec", 1)?;
     let moved_marker = marker("h1", "moved", 1)?;
     let (ha_domain, moved_domain) =
         (ha["domain"].as_str().unwrap().to_string(), moved["domain"].as_str().unwrap().to_string());
@@ -145,6 +147,12 @@ fn vm_data_follows_its_vm_through_every_move_on_real_guests() -> Result<()> {
     })?;
     assert_eq!(marker("h1", "ha", 2)?, ha_marker, "the HA restart lost the guest's data");
     eprintln!("HA restart with its data after {:?}", killed.elapsed());
+    // The non-HA one waits for its host, until an operator recovers it.
+    wait_for("rec to wait for its dead host", Duration::from_secs(30), || {
+        (vm("rec").ok()?["state"] == "host-down").then_some(())
+    })?;
+    cli(&["vm", "recover", "rec"])?;
+    assert_eq!(marker("h1", "rec", 2)?, rec_marker, "vm recover lost the guest's data");
     testbed(&["start-host", "h3"])?;
     cli(&["node", "drain", "h2"])?;
     wait_for("moved to leave h2", Duration::from_secs(60), || {
@@ -171,20 +179,29 @@ fn vm_data_follows_its_vm_through_every_move_on_real_guests() -> Result<()> {
         assert!(n["reason"].as_str().unwrap().contains("local storage of h1"), "{explained}");
     }
 
-    // Disks change on a stopped VM: one grows, a new one is made at the next
-    // start, a removed one's volume goes.
-    stop("pinned")?;
-    cli(&["vm", "disk", "resize", "pinned", "0", "128M"])?;
+    // Disks change live: a new one is attached to the running guest and
+    // one grows under it (checked with virsh on its host). Removing one
+    // needs the VM stopped; grown while stopped, the next start has it.
+    let pinned_domain = pinned["domain"].as_str().unwrap().to_string();
     cli(&["vm", "disk", "add", "pinned", "--size", "32M", "--storage", "shared"])?;
-    cli(&["vm", "start", "pinned", "--wait"])?;
+    cli(&["vm", "disk", "resize", "pinned", "0", "128M"])?;
+    wait_for("the running guest to get its new and grown disks", Duration::from_secs(30), || {
+        let attached = virsh_on("h1", &["domblklist", &pinned_domain]).contains("vdb");
+        let grown = virsh_on("h1", &["domblkinfo", &pinned_domain, "vda"]).contains(&(128u64 << 20).to_string());
+        (attached && grown).then_some(())
+    })?;
     let v = vm("pinned")?;
-    let vol0 = format!("{DIR}/h1/kvmesh/images/{}", v["disks"][0]["volume"].as_str().unwrap());
-    assert_eq!(qemu_img_info(Path::new(&vol0))?["virtual-size"], 128u64 << 20, "disk 0 did not grow");
     let extra = Path::new(&shared_dir()).join(v["disks"][1]["volume"].as_str().unwrap());
     assert!(extra.exists(), "the added disk has no volume");
+    assert!(refused("h1", &["vm", "disk", "remove", "pinned", "1"]).contains("stopped"));
     stop("pinned")?;
+    cli(&["vm", "disk", "resize", "pinned", "0", "160M"])?;
     cli(&["vm", "disk", "remove", "pinned", "1"])?;
+    cli(&["vm", "start", "pinned", "--wait"])?;
+    let vol0 = format!("{DIR}/h1/kvmesh/images/{}", v["disks"][0]["volume"].as_str().unwrap());
+    assert_eq!(qemu_img_info(Path::new(&vol0))?["virtual-size"], 160u64 << 20, "disk 0 did not grow offline");
     wait_for("the removed disk's volume to go", Duration::from_secs(60), || (!extra.exists()).then_some(()))?;
+    assert!(!virsh_on("h1", &["domblklist", &pinned_domain]).contains("vdb"), "the removed disk is still attached");
 
     // 3. Five VMs cloned from one image share its file as their backing
     //    file and keep their own data.

@@ -101,6 +101,17 @@ fn a_missing_image_file_fails_the_vm_with_the_reason_and_no_retry_storm() -> Res
             r.stderr
         );
     }
+    // A domain that no host has (its directory is missing everywhere)
+    // takes no disk, and says why; a file is not a directory.
+    c.cli_ok(0, &["storage", "add", "ghost", "--kind", "shared-dir", "--path", "/nonexistent/kvmesh-ghost"])?;
+    wait_for("ghost reported missing", T, || {
+        let d = c.cli_ok(0, &["storage", "get", "ghost"]).ok()?;
+        (d["hosts"][0]["state"] == "missing").then_some(())
+    })?;
+    let r = c.cli(0, &["vm", "create", "haunted", "--disk", "1G@ghost"]);
+    assert!(!r.success && r.stderr.contains("storage ghost is missing"), "{}", r.stderr);
+    let r = c.cli(0, &["storage", "add", "file", "--kind", "local", "--path", &raw.to_string_lossy()]);
+    assert!(!r.success && r.stderr.contains("is not a directory"), "{}", r.stderr);
     // The operator deletes the failed VM.
     c.cli_ok(0, &["vm", "delete", "bad"])?;
     wait_for("bad gone", T, || c.vm_names(0).ok()?.is_empty().then_some(()))?;

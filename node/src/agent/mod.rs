@@ -57,6 +57,7 @@ fn wants(state: &ClusterState, node: u64) -> Vec<Want> {
                 deleting: vm.deleting.map(|d| d.keep_disks),
                 reported,
                 ha: vm.spec.ha,
+                disks: vm.spec.disks.iter().map(|d| (d.index, d.size_bytes)).collect(),
             })
         })
         .collect()
@@ -138,9 +139,7 @@ async fn reconcile(
     }
     let actions = plan::plan(&wants, &domains, &last_epochs, memory, now_ms(), timing, standing);
     let count = actions.len();
-    if standing == Standing::Current {
-        volumes::empty_trash(ctx).await;
-    }
+
     for action in actions {
         debug!(?action, "agent action");
         match action {
@@ -158,7 +157,11 @@ async fn reconcile(
                 // was stopped takes effect.
                 let Some(starting) = StartGuard::begin(ctx, lease, vm_id) else { continue };
                 let Some(gen) = ctx.read(|d| d.state.vms.get(&vm_id).map(|v| v.desired_gen)) else { continue };
-                let result = match volumes::prepare(ctx, vm_id).await {
+                let result = match volumes::prepare(ctx, vm_id, false).await {
+                    Ok(_) if !starting.still_current(lease) => {
+                        debug!(vm = %vm_id_hex(vm_id), "not starting: the state or the lease moved on while its volumes were prepared");
+                        Ok(())
+                    }
                     Ok(prepared) => match ctx.read(|d| domain_spec(&d.state, vm_id, ctx, prepared)) {
                         Some(spec) => {
                             info!(vm = %spec.vm_name, domain = %spec.domain, "defining and starting domain");
@@ -192,6 +195,32 @@ async fn reconcile(
                     fail(ctx, memory, vm_id, gen, e).await;
                 }
             }
+            Action::SyncDisks { vm_id } => {
+                let domain = domain_name(vm_id);
+                let result = match volumes::prepare(ctx, vm_id, true).await {
+                    Ok(prepared) => {
+                        let disks = prepared.disks;
+                        blocking(&ctx.hypervisor, move |hv| hv.sync_disks(&domain, &disks)).await
+                    }
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(done) if !done.is_empty() => {
+                        info!(vm = %vm_id_hex(vm_id), changes = ?done, "gave the running guest its disks")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        // The guest runs on; the error shows on the VM.
+                        warn!(vm = %vm_id_hex(vm_id), error = %e, "live disk change failed");
+                        let epoch = ctx.read(|d| d.state.vms.get(&vm_id).and_then(|v| v.placement).map(|p| p.epoch));
+                        if let Some(epoch) = epoch {
+                            let error =
+                                Some(format!("disk change not applied live: {e}; it applies at the next start"));
+                            let _ = report(ctx, vm_id, epoch, VmState::Running, error).await;
+                        }
+                    }
+                }
+            }
             Action::Shutdown { domain } => {
                 info!(%domain, "asking the guest to power off (ACPI)");
                 if let Err(e) = blocking(&ctx.hypervisor, move |hv| hv.shutdown(&domain)).await {
@@ -204,9 +233,9 @@ async fn reconcile(
                     warn!(error = %e, "destroy failed");
                 }
             }
-            Action::Remove { domain, vm_id, keep_disks } => {
+            Action::Remove { domain, vm_id: _, keep_disks } => {
                 info!(%domain, keep_disks, "removing domain that is no longer placed here");
-                if let Err(e) = blocking(&ctx.hypervisor, move |hv| hv.remove(&domain, vm_id, keep_disks)).await {
+                if let Err(e) = blocking(&ctx.hypervisor, move |hv| hv.remove(&domain, keep_disks)).await {
                     warn!(error = %e, "remove failed");
                 }
             }
@@ -230,20 +259,37 @@ struct StartGuard<'a> {
 impl<'a> StartGuard<'a> {
     fn begin(ctx: &'a NodeCtx, lease: &Lease, vm_id: u64) -> Option<Self> {
         let mut starting = ctx.starting.lock().unwrap_or_else(|p| p.into_inner());
-        let epoch = ctx.read(|d| {
+        let Some(epoch) = Self::may_start(ctx, lease, vm_id) else {
+            debug!(vm = %vm_id_hex(vm_id), "not starting: the state moved on since this pass was planned");
+            return None;
+        };
+        starting.insert(vm_id, epoch);
+        Some(StartGuard { ctx, vm_id })
+    }
+
+    /// The epoch it may start at: the lease is current and the VM should
+    /// run here.
+    fn may_start(ctx: &NodeCtx, lease: &Lease, vm_id: u64) -> Option<u64> {
+        ctx.read(|d| {
             if lease.standing(d.last_applied.map(|l| l.index)) != Standing::Current {
                 return None;
             }
             let vm = d.state.vms.get(&vm_id)?;
             let here = vm.placement.filter(|p| p.node == ctx.id)?;
             (vm.desired == kvmesh_raft::model::Desired::Running && vm.deleting.is_none()).then_some(here.epoch)
-        });
-        let Some(epoch) = epoch else {
-            debug!(vm = %vm_id_hex(vm_id), "not starting: the state moved on since this pass was planned");
-            return None;
-        };
-        starting.insert(vm_id, epoch);
-        Some(StartGuard { ctx, vm_id })
+        })
+    }
+
+    /// Checked again right before the guest starts: preparing its volumes
+    /// (a create, a Raft round trip, a slow mount) may outlast the lease or
+    /// see the VM moved meanwhile, and a second QEMU must not open volumes
+    /// another host now uses.
+    fn still_current(&self, lease: &Lease) -> bool {
+        let starting = self.ctx.starting.lock().unwrap_or_else(|p| p.into_inner());
+        let epoch = starting.get(&self.vm_id).copied();
+        let now = Self::may_start(self.ctx, lease, self.vm_id);
+        drop(starting);
+        epoch.is_some() && epoch == now
     }
 }
 
@@ -281,7 +327,7 @@ fn domain_spec(state: &ClusterState, vm_id: u64, ctx: &NodeCtx, prepared: Prepar
         domain_type: ctx.config.virt_type.clone(),
         vcpus: vm.spec.vcpus,
         memory_mib: vm.spec.memory_mib,
-        disks: prepared.disks,
+        disks: prepared.disks.into_iter().map(|(index, path, _)| (index, path)).collect(),
         kernel: prepared.kernel,
         initrd: prepared.initrd,
         cmdline: vm.spec.cmdline.clone(),

@@ -28,6 +28,8 @@ pub struct Want {
     pub reported: Option<(VmState, Option<String>)>,
     /// HA guests run only while the host's lease is valid.
     pub ha: bool,
+    /// (index, size) of each disk: a change while it runs is made live.
+    pub disks: Vec<(u32, u64)>,
 }
 
 /// What the agent remembers about a VM between passes.
@@ -44,6 +46,9 @@ pub struct Memory {
     running_since_ms: Option<u64>,
     /// The last report sent and not yet seen in the replicated state.
     pub last_sent: Option<(u64, VmState, Option<String>)>,
+    /// The disks the running guest was last given (at its start, or by a
+    /// live change); `None` after the agent restarts, which checks once.
+    disks_synced: Option<Vec<(u32, u64)>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +81,11 @@ pub enum Action {
         epoch: u64,
         state: VmState,
         error: Option<String>,
+    },
+    /// Give a running guest the disks its spec has now: attach new ones,
+    /// grow larger ones.
+    SyncDisks {
+        vm_id: u64,
     },
 }
 
@@ -165,7 +175,12 @@ pub fn plan(
         });
         if mem.desired_gen != want.desired_gen {
             // An operator asked again: forget failures and crash backoff.
-            *mem = Memory { desired_gen: want.desired_gen, restart_done: mem.restart_done, ..Memory::default() };
+            *mem = Memory {
+                desired_gen: want.desired_gen,
+                restart_done: mem.restart_done,
+                disks_synced: mem.disks_synced.take(),
+                ..Memory::default()
+            };
         }
         if let Some(keep_disks) = want.deleting {
             if have.is_some() || !keep_disks {
@@ -200,6 +215,7 @@ fn plan_running(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: 
     }
     let Some(have) = have else {
         mem.restart_done = want.restart_gen;
+        mem.disks_synced = Some(want.disks.clone());
         out.push(Action::Create { vm_id: want.vm_id });
         return;
     };
@@ -214,12 +230,18 @@ fn plan_running(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: 
             if now.saturating_sub(since) >= t.stable_after_ms {
                 mem.crash_restarts = 0;
             }
+            if mem.disks_synced.as_ref() != Some(&want.disks) {
+                mem.disks_synced = Some(want.disks.clone());
+                out.push(Action::SyncDisks { vm_id: want.vm_id });
+            }
             report(out, want, mem, VmState::Running, None);
         }
         RunState::Paused | RunState::Changing => {}
         RunState::Off(reason) => {
             mem.running_since_ms = None;
             mem.restart_done = want.restart_gen;
+            // Every start defines the domain with the disks of the spec.
+            mem.disks_synced = Some(want.disks.clone());
             let was_running = matches!(want.reported, Some((VmState::Running, _)) | Some((VmState::Crashed, _)));
             if !was_running {
                 // Defined but never started, or started again after a stop.

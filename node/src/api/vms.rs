@@ -373,6 +373,10 @@ impl pb::vms_server::Vms for VmsService {
     async fn snapshot(&self, request: Request<pb::SnapshotRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
         let req = request.into_inner();
         crate::config::validate_object_name("snapshot", &req.snapshot).map_err(Error::InvalidArgument)?;
+        // qemu-img takes an all-digit name for a snapshot's ID first.
+        if !req.snapshot.chars().any(|c| c.is_ascii_lowercase()) {
+            return Err(Error::InvalidArgument(format!("snapshot name {:?} needs a letter", req.snapshot)).into());
+        }
         let (op, kind) = match pb::SnapshotAction::try_from(req.action) {
             Ok(pb::SnapshotAction::Create) => (SnapshotOp::Create, pb::DiskOpKind::DiskOpSnapshotCreate),
             Ok(pb::SnapshotAction::Revert) => (SnapshotOp::Revert, pb::DiskOpKind::DiskOpSnapshotRevert),

@@ -358,7 +358,7 @@ pub enum VmCmd {
         #[arg(long)]
         keep_disks: bool,
     },
-    /// A VM's disks: list, add, grow, remove (on a stopped VM).
+    /// A VM's disks: list, add and grow (live), remove (on a stopped VM).
     #[command(subcommand)]
     Disk(DiskCmd),
     /// Snapshots of all of a VM's disks (taken and reverted while it is stopped).
@@ -376,7 +376,7 @@ pub enum VmCmd {
 pub enum DiskCmd {
     /// A VM's disks with their storage and volumes.
     List { name: String },
-    /// Add a blank disk to a stopped VM.
+    /// Add a blank disk (a running guest gets it live).
     Add {
         name: String,
         /// Its size, e.g. 10G.
@@ -386,7 +386,7 @@ pub enum DiskCmd {
         #[arg(long)]
         storage: Option<String>,
     },
-    /// Grow a disk of a stopped VM (disks never shrink).
+    /// Grow a disk, live if the VM runs (disks never shrink).
     Resize {
         name: String,
         index: u32,

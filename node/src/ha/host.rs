@@ -243,8 +243,8 @@ pub async fn leave(ctx: &Arc<NodeCtx>) {
     };
     for d in domains {
         warn!(domain = %d.name, "removed from the cluster: destroying and undefining (disks kept)");
-        let (name, vm_id) = (d.name.clone(), d.vm_id);
-        if let Err(e) = blocking(&ctx.hypervisor, move |hv| hv.remove(&name, vm_id, true)).await {
+        let name = d.name.clone();
+        if let Err(e) = blocking(&ctx.hypervisor, move |hv| hv.remove(&name, true)).await {
             warn!(domain = %d.name, error = %e, "could not remove the domain");
         }
     }
@@ -274,7 +274,7 @@ async fn send(ctx: &Arc<NodeCtx>, leader: &LeaderView, timeout: Duration) -> Res
             reported.push(pb::RunningDomain { vm_id, epoch, running: true });
         }
     }
-    let storage = ctx.storage_status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let storage = crate::storage::probe::current(ctx);
     let req = pb::HeartbeatRequest { node_id: ctx.id, applied_index, cluster_id, domains: reported, storage };
     match ctx.leader() {
         Some((id, _)) if id == ctx.id => leader.receive(ctx, req).await,

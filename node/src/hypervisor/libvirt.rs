@@ -169,26 +169,6 @@ impl Libvirt {
         }
     }
 
-    fn volume_prefix(vm_id: u64) -> String {
-        format!("{vm_id:016x}-")
-    }
-
-    /// Deletes the VM's volumes in this node's own pool (leftovers that
-    /// were never recorded included).
-    fn delete_local_volumes(&self, vm_id: u64) -> Result<()> {
-        let pool = self.pool(&self.node_pool())?;
-        let _ = pool.refresh(0);
-        let prefix = Self::volume_prefix(vm_id);
-        for name in pool.list_volumes().map_err(|e| lv_err("list volumes", e))? {
-            if name.starts_with(&prefix) {
-                if let Ok(vol) = pool.lookup_storage_vol_by_name(&name) {
-                    vol.delete(0).map_err(|e| lv_err("delete volume", e))?;
-                }
-            }
-        }
-        Ok(())
-    }
-
     fn lookup(&self, domain: &str) -> Result<VirtDomain> {
         self.conn.lookup_domain_by_name(domain).map_err(|e| lv_err(&format!("domain {domain}"), e))
     }
@@ -273,15 +253,16 @@ impl Hypervisor for Libvirt {
         Ok(())
     }
 
-    fn remove(&self, domain: &str, vm_id: u64, keep_disks: bool) -> Result<()> {
+    fn remove(&self, domain: &str, keep_console: bool) -> Result<()> {
         if let Ok(dom) = self.conn.lookup_domain_by_name(domain) {
             if dom.is_active().unwrap_or(false) {
                 dom.destroy().map_err(|e| lv_err(&format!("destroy {domain}"), e))?;
             }
             dom.undefine().map_err(|e| lv_err(&format!("undefine {domain}"), e))?;
         }
-        if !keep_disks {
-            self.delete_local_volumes(vm_id)?;
+        // Volumes go only through the cluster's trash, which knows whether
+        // the operator kept them (`--keep-disks`); the console log is ours.
+        if !keep_console {
             let _ = std::fs::remove_file(self.console_path(domain));
         }
         Ok(())
@@ -303,6 +284,36 @@ impl Hypervisor for Libvirt {
         StorageVol::create_xml(&pool, &xml::volume_xml(name, size_bytes, backing), 0)
             .map_err(|e| lv_err(&format!("create volume {name} in storage {}", spec.domain), e))?;
         Ok(())
+    }
+
+    fn sync_disks(&self, domain: &str, disks: &[(u32, String, u64)]) -> Result<Vec<String>> {
+        const AFFECT_LIVE_AND_CONFIG: u32 = 1 | 2; // VIR_DOMAIN_AFFECT_LIVE | VIR_DOMAIN_AFFECT_CONFIG
+        const RESIZE_BYTES: u32 = 1; // VIR_DOMAIN_BLOCK_RESIZE_BYTES
+        let dom = self.lookup(domain)?;
+        let live = dom.xml_desc(0).map_err(|e| lv_err(&format!("describe {domain}"), e))?;
+        let mut done = Vec::new();
+        for (index, path, size) in disks {
+            let target = xml::disk_target(*index);
+            if !live.contains(&format!("dev='{target}'")) {
+                if self.is_test_driver() {
+                    continue; // it runs no guest: the next definition carries the disk
+                }
+                dom.attach_device_flags(&xml::disk_xml(*index, path), AFFECT_LIVE_AND_CONFIG)
+                    .map_err(|e| lv_err(&format!("attach {target} to {domain}"), e))?;
+                done.push(format!("attached {target}"));
+                continue;
+            }
+            if self.is_test_driver() {
+                continue;
+            }
+            let info = dom.block_info(&target, 0).map_err(|e| lv_err(&format!("size of {target}"), e))?;
+            if info.capacity < *size {
+                dom.block_resize(&target, *size, RESIZE_BYTES)
+                    .map_err(|e| lv_err(&format!("grow {target} of {domain}"), e))?;
+                done.push(format!("grew {target} to {size} bytes"));
+            }
+        }
+        Ok(done)
     }
 
     fn stores_files(&self) -> bool {

@@ -77,10 +77,10 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn shutdown(&self, domain: &str) -> Result<()>;
     /// Powers the guest off at once.
     fn destroy(&self, domain: &str) -> Result<()>;
-    /// Destroys and undefines the domain and, unless `keep_disks`, deletes
-    /// the console log and the VM's volumes in this host's local pools
-    /// (shared volumes go through the cluster's trash).
-    fn remove(&self, domain: &str, vm_id: u64, keep_disks: bool) -> Result<()>;
+    /// Destroys and undefines the domain and, unless `keep_console`, deletes
+    /// its console log. Volumes are never deleted here: only through the
+    /// cluster's trash, which knows whether the operator kept them.
+    fn remove(&self, domain: &str, keep_console: bool) -> Result<()>;
     /// Makes the storage domain's pool exist and run here; where it is and
     /// how full.
     fn activate_pool(&self, pool: &PoolSpec) -> Result<PoolState>;
@@ -91,6 +91,10 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// The path of an existing volume, grown to `min_bytes` if smaller. A
     /// missing volume is an error: recorded volumes are never made again.
     fn open_volume(&self, pool: &PoolSpec, name: &str, min_bytes: u64) -> Result<String>;
+    /// Brings a running domain's disks up to `disks` (index, path, size):
+    /// attaches the missing ones and grows the smaller ones, live. What it
+    /// did, for the log.
+    fn sync_disks(&self, domain: &str, disks: &[(u32, String, u64)]) -> Result<Vec<String>>;
     /// Whether volumes are real files (false for libvirt's test driver,
     /// which keeps them in memory).
     fn stores_files(&self) -> bool;

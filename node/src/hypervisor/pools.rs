@@ -27,7 +27,8 @@ pub enum PoolKind {
     Dir {
         path: PathBuf,
     },
-    /// NFS, mounted by libvirt at `mount`.
+    /// NFS, mounted by libvirt at `mount`: the same path on every host, as
+    /// a thin clone names its base by absolute path.
     Netfs {
         server: String,
         export: String,
@@ -67,7 +68,7 @@ impl PoolSpec {
                 PoolKind::Netfs {
                     server: server.clone(),
                     export: export.clone(),
-                    mount: data_dir.join("mnt").join(&domain.name),
+                    mount: PathBuf::from(NFS_MOUNT_ROOT).join(&domain.name),
                 },
             ),
         };
@@ -100,6 +101,9 @@ impl PoolSpec {
     }
 }
 
+/// Where each host mounts an `nfs` domain (like Proxmox's `/mnt/pve`).
+pub const NFS_MOUNT_ROOT: &str = "/mnt/kvmesh";
+
 /// The pool of a node's own `<data-dir>/images`.
 pub fn node_pool_name(node_id: u64) -> String {
     format!("kvmesh-{node_id:016x}")
@@ -131,13 +135,13 @@ mod tests {
     }
 
     #[test]
-    fn an_nfs_domain_is_a_netfs_pool_mounted_under_the_data_dir() {
+    fn an_nfs_domain_is_a_netfs_pool_mounted_at_the_same_path_on_every_host() {
         let nfs = StorageKind::Nfs { server: "filer.lan".into(), export: "/export/vms".into() };
         let spec = PoolSpec::of(&domain(nfs), 7, std::path::Path::new("/var/lib/kvmesh"));
-        assert_eq!(spec.path(), std::path::Path::new("/var/lib/kvmesh/mnt/d<1>"));
+        assert_eq!(spec.path(), std::path::Path::new("/mnt/kvmesh/d<1>"));
         assert_eq!(
             spec.xml(),
-            "<pool type='netfs'><name>kvmesh-00000000000000ab</name><source><host name='filer.lan'/><dir path='/export/vms'/><format type='nfs'/></source><target><path>/var/lib/kvmesh/mnt/d&lt;1&gt;</path></target></pool>"
+            "<pool type='netfs'><name>kvmesh-00000000000000ab</name><source><host name='filer.lan'/><dir path='/export/vms'/><format type='nfs'/></source><target><path>/mnt/kvmesh/d&lt;1&gt;</path></target></pool>"
         );
     }
 }

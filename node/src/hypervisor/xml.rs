@@ -22,8 +22,8 @@ pub struct DomainSpec {
     pub domain_type: String,
     pub vcpus: u32,
     pub memory_mib: u64,
-    /// Disk image paths, in boot order (qcow2).
-    pub disks: Vec<String>,
+    /// Disks as (index, qcow2 volume path); index 0 is `vda`, the boot disk.
+    pub disks: Vec<(u32, String)>,
     pub kernel: Option<String>,
     pub initrd: Option<String>,
     pub cmdline: Option<String>,
@@ -127,13 +127,8 @@ pub fn domain_xml(s: &DomainSpec) -> String {
         "  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n  <on_crash>destroy</on_crash>\n",
     );
     x.push_str("  <devices>\n");
-    for (i, disk) in s.disks.iter().enumerate() {
-        let dev = format!("vd{}", (b'a' + i as u8) as char);
-        let _ = writeln!(
-            x,
-            "    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='{dev}' bus='virtio'/></disk>",
-            escape(disk)
-        );
+    for (index, path) in &s.disks {
+        let _ = writeln!(x, "    {}", disk_xml(*index, path));
     }
     if let Some(net) = &s.network {
         let _ = writeln!(
@@ -154,6 +149,23 @@ pub fn domain_xml(s: &DomainSpec) -> String {
     }
     x.push_str("  </devices>\n</domain>\n");
     x
+}
+
+use kvmesh_raft::storage::MAX_DISKS;
+
+/// The guest device of disk `index`: a disk keeps its name (`vdb`) for its
+/// whole life, also when a disk before it is removed.
+pub fn disk_target(index: u32) -> String {
+    format!("vd{}", (b'a' + index.min(MAX_DISKS - 1) as u8) as char)
+}
+
+/// One disk device, also what a live attach sends.
+pub fn disk_xml(index: u32, path: &str) -> String {
+    format!(
+        "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='{}' bus='virtio'/></disk>",
+        escape(path),
+        disk_target(index)
+    )
 }
 
 /// A qcow2 volume; with `backing`, a thin clone of that image.
@@ -184,7 +196,7 @@ mod tests {
             domain_type: "qemu".into(),
             vcpus: 2,
             memory_mib: 256,
-            disks: vec!["/d/a b.qcow2".into()],
+            disks: vec![(0, "/d/a b.qcow2".into()), (2, "/d/c.qcow2".into())],
             kernel: Some("/boot/vmlinuz".into()),
             initrd: Some("/boot/initrd".into()),
             cmdline: Some("console=ttyS0 x=\"1\"".into()),
@@ -200,7 +212,8 @@ mod tests {
         let x = domain_xml(&spec());
         assert!(x.contains("<title>web&lt;1&gt;&amp;&apos;x&apos;</title>"), "{x}");
         assert!(x.contains("<cmdline>console=ttyS0 x=&quot;1&quot;</cmdline>"));
-        assert!(x.contains("<source file='/d/a b.qcow2'/>"));
+        assert!(x.contains("<source file='/d/a b.qcow2'/><target dev='vda'"));
+        assert!(x.contains("<source file='/d/c.qcow2'/><target dev='vdc'"), "a disk keeps its name: {x}");
         assert!(x.contains("<domain type='qemu'>"));
         assert!(x.contains("<serial type='file'><source path='/d/console.log'/>"));
         assert!(!x.contains("<boot dev='hd'/>"), "direct kernel boot has no disk boot");

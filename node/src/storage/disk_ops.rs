@@ -42,6 +42,22 @@ fn qemu_img(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Whether the qcow2 file at `path` has an internal snapshot tagged `name`.
+fn has_snapshot(path: &str, name: &str) -> Result<bool> {
+    let out = Process::new("qemu-img")
+        .args(["snapshot", "-l", path])
+        .output()
+        .map_err(|e| Error::Hypervisor(format!("cannot run qemu-img ({e}); install qemu-utils on this host")))?;
+    if !out.status.success() {
+        return Err(Error::FailedPrecondition(format!(
+            "qemu-img snapshot -l {path}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    // Rows after the header: ID, TAG, sizes, dates.
+    Ok(String::from_utf8_lossy(&out.stdout).lines().skip(2).any(|l| l.split_whitespace().nth(1) == Some(name)))
+}
+
 fn sha256_of(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::Hypervisor(format!("read {}: {e}", path.display())))?;
     let mut hasher = Sha256::new();
@@ -117,10 +133,26 @@ pub async fn run_local(ctx: &Arc<NodeCtx>, req: pb::DiskOpRequest) -> Result<pb:
                 }
                 Ok(pb::DiskOpReply::default())
             }
-            pb::DiskOpKind::DiskOpSnapshotRevert | pb::DiskOpKind::DiskOpSnapshotDelete => {
-                let flag = if op == pb::DiskOpKind::DiskOpSnapshotRevert { "-a" } else { "-d" };
+            pb::DiskOpKind::DiskOpSnapshotRevert => {
+                // Every disk has it, or none is touched.
                 for (_, path) in &paths {
-                    qemu_img(&["snapshot", flag, &name, path])?;
+                    if !has_snapshot(path, &name)? {
+                        return Err(Error::FailedPrecondition(format!(
+                            "{path} has no snapshot {name}; nothing reverted"
+                        )));
+                    }
+                }
+                for (_, path) in &paths {
+                    qemu_img(&["snapshot", "-a", &name, path])?;
+                }
+                Ok(pb::DiskOpReply::default())
+            }
+            pb::DiskOpKind::DiskOpSnapshotDelete => {
+                // A disk without it (an earlier delete stopped half-way) is done.
+                for (_, path) in &paths {
+                    if has_snapshot(path, &name)? {
+                        qemu_img(&["snapshot", "-d", &name, path])?;
+                    }
                 }
                 Ok(pb::DiskOpReply::default())
             }

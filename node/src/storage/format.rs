@@ -89,6 +89,25 @@ fn qcow2(h: &[u8]) -> Result<Inspected, String> {
     if be32(h, 32) != 0 {
         return Err("qcow2 image is encrypted; import an unencrypted image".into());
     }
+    // Version 3 flags features a reader must understand. An external data
+    // file (bit 2) names a host path QEMU would open for the guest: refused
+    // like a backing file. Dirty (0) and corrupt (1) images need a repair
+    // first; compression type (3) and extended L2 (4) are safe.
+    if version == 3 {
+        if h.len() < 80 {
+            return Err("qcow2 v3 header is cut short".into());
+        }
+        let incompatible = be64(h, 72);
+        if incompatible & 0b100 != 0 {
+            return Err("qcow2 image uses an external data file; convert it to a self-contained image first (`qemu-img convert -O qcow2 IN OUT`)".into());
+        }
+        if incompatible & 0b11 != 0 {
+            return Err("qcow2 image is marked dirty or corrupt; repair it first (`qemu-img check -r all FILE`)".into());
+        }
+        if incompatible & !0b11111 != 0 {
+            return Err(format!("qcow2 image uses unknown incompatible features ({incompatible:#x})"));
+        }
+    }
     // A backing file would point at a path on the machine it came from.
     if be64(h, 8) != 0 {
         return Err("qcow2 image has a backing file; flatten it first (`qemu-img convert -O qcow2 IN OUT`)".into());
@@ -126,6 +145,13 @@ mod tests {
         backed[8..16].copy_from_slice(&512u64.to_be_bytes());
         assert!(inspect(ImageKind::Disk, &backed, 1000).unwrap_err().contains("backing file"));
         assert!(inspect(ImageKind::Disk, b"", 0).is_err());
+        let mut data_file = qcow2_header(3, 16, 1 << 30);
+        data_file[72..80].copy_from_slice(&4u64.to_be_bytes());
+        assert!(inspect(ImageKind::Disk, &data_file, 1000).unwrap_err().contains("external data file"));
+        data_file[72..80].copy_from_slice(&1u64.to_be_bytes());
+        assert!(inspect(ImageKind::Disk, &data_file, 1000).unwrap_err().contains("dirty"));
+        data_file[72..80].copy_from_slice(&(1u64 << 3).to_be_bytes());
+        assert!(inspect(ImageKind::Disk, &data_file, 1000).is_ok(), "zstd compression is fine");
     }
 
     #[test]

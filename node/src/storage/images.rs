@@ -136,8 +136,18 @@ pub async fn import(ctx: &Arc<NodeCtx>, mut stream: Streaming<pb::ImportChunk>) 
         host,
         created_at_ms: now_ms(),
     };
-    if let Response::Refused(r) = ctx.propose(Command::AddImage { image: image.clone(), at_ms: now_ms() }).await? {
-        return Err(r.into());
+    match ctx.propose(Command::AddImage { image: image.clone(), at_ms: now_ms() }).await {
+        Ok(Response::Refused(r)) => return Err(r.into()),
+        Ok(_) => {}
+        Err(e @ Error::OutcomeUnknown(_)) => {
+            // It may be recorded: the file stays with it.
+            partial.keep = true;
+            return Err(Error::OutcomeUnknown(format!(
+                "{e}; see `kvmesh image get {}` (if it is not there, import again)",
+                image.name
+            )));
+        }
+        Err(e) => return Err(e),
     }
     partial.keep = true;
     info!(image = %image.name, storage = %image.storage, bytes = received, "image imported");

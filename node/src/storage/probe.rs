@@ -7,7 +7,9 @@
 //! sees none of the other hosts that have the domain is `not-shared` there
 //! (a local disk where an NFS mount was meant to be) and gets no VM that
 //! needs the domain. A domain only one host has cannot be checked and
-//! counts as shared.
+//! counts as shared. (With two hosts, one broken mount makes both
+//! `not-shared`: neither can tell which side is wrong.) The same loop
+//! empties the trash of the domains active here.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -111,6 +113,9 @@ pub async fn run(ctx: Arc<NodeCtx>) {
     loop {
         let seen = config(&ctx);
         refresh(&ctx).await;
+        // Here rather than in the agent's passes: a hung mount stalls only
+        // this loop, never the starts and stops of the host's guests.
+        super::volumes::empty_trash(&ctx).await;
         let next = tokio::time::sleep(PROBE_EVERY);
         tokio::pin!(next);
         loop {
@@ -161,7 +166,8 @@ pub async fn refresh(ctx: &Arc<NodeCtx>) {
                     for s in statuses.iter().filter(|s| s.state != ACTIVE) {
                         debug!(storage = %s.domain, state = %s.state, message = %s.message, "storage not usable here");
                     }
-                    *ctx.storage_status.lock().unwrap_or_else(|p| p.into_inner()) = statuses;
+                    *ctx.storage_status.lock().unwrap_or_else(|p| p.into_inner()) =
+                        (Some(std::time::Instant::now()), statuses);
                 }
                 Err(e) => warn!(error = %e, "storage probe failed"),
             }
@@ -169,9 +175,31 @@ pub async fn refresh(ctx: &Arc<NodeCtx>) {
     }
 }
 
+/// A probe older than this is stuck (a hung mount): what it last said no
+/// longer counts.
+const STALE_AFTER: Duration = Duration::from_secs(10);
+
+/// The statuses to report now: the last probe's, or, if the probe has not
+/// finished for [`STALE_AFTER`], every domain as an error.
+pub fn current(ctx: &NodeCtx) -> Vec<pb::HostStorageStatus> {
+    let (at, statuses) = ctx.storage_status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let age = at.map(|t| t.elapsed());
+    match age {
+        Some(age) if age > STALE_AFTER => statuses
+            .into_iter()
+            .map(|s| pb::HostStorageStatus {
+                state: ERROR.into(),
+                message: format!("the storage probe has not finished for {}s (a hung mount?)", age.as_secs()),
+                ..s
+            })
+            .collect(),
+        _ => statuses,
+    }
+}
+
 /// Whether this host last found the domain active.
 pub fn active_here(ctx: &NodeCtx, domain: &str) -> bool {
-    ctx.storage_status.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|s| s.domain == domain && s.state == ACTIVE)
+    current(ctx).iter().any(|s| s.domain == domain && s.state == ACTIVE)
 }
 
 #[cfg(test)]

@@ -39,8 +39,8 @@ struct DiskPlan {
 /// What a domain definition takes from storage.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Prepared {
-    /// Volume paths in disk order (`vda` first).
-    pub disks: Vec<String>,
+    /// (index, volume path, size) in disk order (`vda` first).
+    pub disks: Vec<(u32, String, u64)>,
     pub kernel: Option<String>,
     pub initrd: Option<String>,
 }
@@ -100,7 +100,9 @@ fn plan(
 }
 
 /// Creates and records the VM's missing volumes, then opens them all.
-pub async fn prepare(ctx: &Arc<NodeCtx>, vm_id: u64) -> Result<Prepared> {
+/// Offline (before a start) a volume smaller than its disk is grown here;
+/// `live`, a running guest holds them, and the hypervisor grows them.
+pub async fn prepare(ctx: &Arc<NodeCtx>, vm_id: u64, live: bool) -> Result<Prepared> {
     let (epoch, disks, kernel, initrd) = plan(ctx, vm_id)?;
     for pool in disks.iter().map(|d| &d.pool).chain(kernel.iter().map(|k| &k.0)).chain(initrd.iter().map(|i| &i.0)) {
         if !probe::active_here(ctx, &pool.domain) {
@@ -158,7 +160,8 @@ pub async fn prepare(ctx: &Arc<NodeCtx>, vm_id: u64) -> Result<Prepared> {
     blocking(&ctx.hypervisor, move |hv| {
         let mut out = Prepared::default();
         for d in &disks {
-            out.disks.push(hv.open_volume(&d.pool, &d.volume, d.size_bytes)?);
+            let grow_to = if live { 0 } else { d.size_bytes };
+            out.disks.push((d.index, hv.open_volume(&d.pool, &d.volume, grow_to)?, d.size_bytes));
         }
         out.kernel = kernel.map(|(pool, file)| hv.open_volume(&pool, &file, 0)).transpose()?;
         out.initrd = initrd.map(|(pool, file)| hv.open_volume(&pool, &file, 0)).transpose()?;

@@ -60,6 +60,12 @@ impl ClusterState {
         }
         self.nodes.remove(&id);
         self.dirty.insert(Key::Node(id));
+        // Volumes only it could delete leave with it.
+        let before = self.meta.trash.len();
+        self.meta.trash.retain(|t| t.host != Some(id));
+        if self.meta.trash.len() != before {
+            self.dirty.insert(Key::Meta);
+        }
         // Nothing will retry a removed node's writes.
         for request in self.requests.forget_origin(id) {
             self.dirty.insert(Key::Request(request));

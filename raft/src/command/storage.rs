@@ -9,7 +9,7 @@
 
 use super::{Refusal, Response};
 use crate::model::{ClusterState, Key, VmSpec, VmState};
-use crate::storage::{Disk, Image, ImageKind, Snapshot, SnapshotOp, StorageDomain, Trashed, Volume};
+use crate::storage::{Disk, Image, ImageKind, Snapshot, SnapshotOp, StorageDomain, Trashed, Volume, MAX_DISKS};
 use crate::types::NodeId;
 
 impl ClusterState {
@@ -48,6 +48,12 @@ impl ClusterState {
             let by = format!("{disks} disk(s) and {images} image(s)");
             return Response::Refused(Refusal::StorageInUse { name: name.to_string(), by });
         }
+        let trashed = self.meta.trash.iter().filter(|t| t.storage == name).count();
+        if trashed > 0 {
+            let by =
+                format!("{trashed} deleted volume(s) its hosts have not removed yet (a host that has it is down?)");
+            return Response::Refused(Refusal::StorageInUse { name: name.to_string(), by });
+        }
         self.storage.remove(&id);
         self.dirty.insert(Key::Storage(id));
         self.push_event(at_ms, "storage", format!("storage {name} removed"));
@@ -55,6 +61,10 @@ impl ClusterState {
     }
 
     pub(super) fn add_image(&mut self, image: &Image, at_ms: u64) -> Response {
+        // A retried record (its first answer was lost) finds itself.
+        if self.images.get(&image.id).is_some_and(|i| i.name == image.name) {
+            return Response::Done;
+        }
         if self.image_by_name(&image.name).is_some() {
             return Response::Refused(Refusal::ImageNameTaken { name: image.name.clone() });
         }
@@ -194,24 +204,30 @@ impl ClusterState {
         let Some(vm_id) = self.vm_by_name(name).map(|v| v.id) else {
             return Response::Refused(Refusal::UnknownVm { name: name.to_string() });
         };
+        let next = self.vms.get(&vm_id).map_or(0, |v| v.next_disk);
         let mut disk = disk.clone();
-        disk.index = spec.disks.iter().map(|d| d.index + 1).max().unwrap_or(0);
-        // A removed disk's volume may still wait in the trash under its
-        // index: a new disk takes a name nothing will delete.
-        while self.meta.trash.iter().any(|t| t.volume == disk.volume_name(vm_id)) {
-            disk.index += 1;
-        }
+        disk.index = spec.disks.iter().map(|d| d.index + 1).max().unwrap_or(0).max(next);
         disk.volume = None;
         let mut next = spec.clone();
         next.disks.push(disk.clone());
         if let Err(r) = self.check_storage(&next) {
             return Response::Refused(r);
         }
-        let vm = match self.stopped_vm(name, "adding a disk") {
+        if disk.index >= MAX_DISKS {
+            let reason = format!("a VM has at most {MAX_DISKS} disks (vda to vdz)");
+            return Response::Refused(Refusal::StorageChange { vm: name.to_string(), reason });
+        }
+        // A running guest gets it live (its host attaches it).
+        let vm = match self.live_vm(name) {
             Ok(vm) => vm,
             Err(r) => return Response::Refused(r),
         };
+        if !vm.snapshots.is_empty() {
+            let reason = "it has snapshots, which cover all its disks; delete them first".to_string();
+            return Response::Refused(Refusal::StorageChange { vm: name.to_string(), reason });
+        }
         vm.spec.disks.push(disk.clone());
+        vm.next_disk = disk.index + 1;
         let (id, vm) = (vm.id, Box::new(vm.clone()));
         self.dirty.insert(Key::Vm(id));
         self.push_event(at_ms, "vm", format!("vm {name}: disk {} added on {}", disk.index, disk.storage));
@@ -219,7 +235,8 @@ impl ClusterState {
     }
 
     pub(super) fn resize_disk(&mut self, name: &str, index: u32, size_bytes: u64, at_ms: u64) -> Response {
-        let vm = match self.stopped_vm(name, "resizing a disk") {
+        // A running guest's disk grows live (its host resizes the block device).
+        let vm = match self.live_vm(name) {
             Ok(vm) => vm,
             Err(r) => return Response::Refused(r),
         };
@@ -255,9 +272,10 @@ impl ClusterState {
             return Response::Refused(Refusal::StorageChange { vm: name.to_string(), reason });
         }
         let disk = vm.spec.disks.remove(pos);
-        let (id, vm_id, vm) = (vm.id, vm.id, Box::new(vm.clone()));
+        let placed_on = vm.placement.map(|p| p.node);
+        let (id, vm) = (vm.id, Box::new(vm.clone()));
         self.dirty.insert(Key::Vm(id));
-        self.trash_disk(vm_id, &disk);
+        self.trash_disk(id, &disk, placed_on);
         self.push_event(at_ms, "vm", format!("vm {name}: disk {index} removed"));
         Response::Vm(vm)
     }
@@ -307,8 +325,15 @@ impl ClusterState {
     /// Queues the volume of a disk that is gone. A volume never recorded
     /// may still exist (created, then the VM moved on before the record):
     /// any host with the domain deletes it.
-    pub(super) fn trash_disk(&mut self, vm: u64, disk: &Disk) {
-        let host = disk.volume.and_then(|v| v.host);
+    pub(super) fn trash_disk(&mut self, vm: u64, disk: &Disk, placed_on: Option<NodeId>) {
+        let local = self.storage_by_name(&disk.storage).is_some_and(|d| !d.kind.is_shared());
+        let host = match disk.volume {
+            Some(v) => v.host,
+            // Never recorded: if anywhere, on the local storage of the host
+            // it was placed on.
+            None if local => placed_on,
+            None => None,
+        };
         self.trash(Trashed { storage: disk.storage.clone(), volume: disk.volume_name(vm), host });
     }
 

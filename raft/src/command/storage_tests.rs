@@ -17,6 +17,23 @@ fn shared() -> StorageKind {
     StorageKind::SharedDir { path: "/mnt/shared".into() }
 }
 
+/// A 1 GiB qcow2 disk image on the shared domain.
+fn disk_image(id: u64, name: &str) -> Image {
+    Image {
+        id,
+        name: name.into(),
+        storage: "shared".into(),
+        kind: ImageKind::Disk,
+        format: "qcow2".into(),
+        virtual_bytes: 1 << 30,
+        file_bytes: 1000,
+        sha256: String::new(),
+        volume: format!("image-{id}.qcow2"),
+        host: None,
+        created_at_ms: 4,
+    }
+}
+
 fn disk(index: u32, storage: &str) -> Disk {
     Disk { index, size_bytes: 1 << 30, storage: storage.into(), image: None, volume: None }
 }
@@ -75,20 +92,7 @@ fn a_vm_names_only_storage_and_images_that_exist_as_their_kind() {
         s.apply(&Command::CreateVm { vm: Box::new(bad.clone()), at_ms: 4 }),
         Response::Refused(Refusal::UnknownImage { name: "vmlinuz".into() })
     );
-    let image = Image {
-        id: 77,
-        name: "vmlinuz".into(),
-        storage: "shared".into(),
-        kind: ImageKind::Disk,
-        format: "raw".into(),
-        virtual_bytes: 10,
-        file_bytes: 10,
-        sha256: String::new(),
-        volume: "image-77.raw".into(),
-        host: None,
-        created_at_ms: 4,
-    };
-    assert_eq!(s.apply(&Command::AddImage { image, at_ms: 4 }), Response::Done);
+    assert_eq!(s.apply(&Command::AddImage { image: disk_image(77, "vmlinuz"), at_ms: 4 }), Response::Done);
     assert!(matches!(
         s.apply(&Command::CreateVm { vm: Box::new(bad), at_ms: 4 }),
         Response::Refused(Refusal::ImageWrongKind { .. })
@@ -175,20 +179,24 @@ fn a_deleted_vms_volumes_go_to_the_trash_until_a_host_deletes_them() {
 }
 
 #[test]
-fn disks_change_only_on_a_stopped_vm_only_grow_and_never_reuse_a_trashed_name() {
+fn disks_grow_live_are_removed_only_stopped_and_never_reuse_a_trashed_name() {
     let mut s = two_hosts();
     let add =
         |size| Command::AddDisk { name: "web".into(), disk: Disk { size_bytes: size, ..disk(0, "shared") }, at_ms: 5 };
-    assert!(matches!(s.apply(&add(1 << 30)), Response::Refused(Refusal::StorageChange { .. })), "running");
-    s.apply(&Command::SetDesired { name: "web".into(), desired: Desired::Stopped, force: false, at_ms: 5 });
+    // Added to the running VM: its host attaches it live.
     let Response::Vm(vm) = s.apply(&add(1 << 30)) else { panic!("add refused") };
     assert_eq!(vm.spec.disks.last().unwrap().index, 2);
     let shrink = Command::ResizeDisk { name: "web".into(), index: 2, size_bytes: 1 << 20, at_ms: 6 };
     assert!(r_text(&s.apply(&shrink)).contains("only grow"));
     let grow = Command::ResizeDisk { name: "web".into(), index: 2, size_bytes: 2 << 30, at_ms: 6 };
-    assert!(matches!(s.apply(&grow), Response::Vm(_)));
-    assert!(matches!(s.apply(&Command::RemoveDisk { name: "web".into(), index: 2, at_ms: 7 }), Response::Vm(_)));
-    // Disk 2's volume waits in the trash: the next disk is 3, not 2 again.
+    assert!(matches!(s.apply(&grow), Response::Vm(_)), "grown live");
+    let remove = Command::RemoveDisk { name: "web".into(), index: 2, at_ms: 7 };
+    assert!(r_text(&s.apply(&remove)).contains("stopped"), "no hot-unplug");
+    s.apply(&Command::SetDesired { name: "web".into(), desired: Desired::Stopped, force: false, at_ms: 7 });
+    assert!(matches!(s.apply(&remove), Response::Vm(_)));
+    // Disk 2's volume may still wait in the trash (or a host behind on it):
+    // the next disk is 3, not 2 again, also once the trash is empty.
+    s.apply(&Command::VolumesDeleted { volumes: s.meta.trash.clone() });
     let Response::Vm(vm) = s.apply(&add(1 << 30)) else { panic!("add refused") };
     assert_eq!(vm.spec.disks.last().unwrap().index, 3);
 }
@@ -210,20 +218,7 @@ fn snapshots_are_named_once_and_reverted_only_if_they_exist() {
 #[test]
 fn an_image_in_use_is_not_deleted() {
     let mut s = two_hosts();
-    let image = Image {
-        id: 78,
-        name: "base".into(),
-        storage: "shared".into(),
-        kind: ImageKind::Disk,
-        format: "qcow2".into(),
-        virtual_bytes: 1 << 30,
-        file_bytes: 1000,
-        sha256: String::new(),
-        volume: "image-78.qcow2".into(),
-        host: None,
-        created_at_ms: 4,
-    };
-    s.apply(&Command::AddImage { image, at_ms: 4 });
+    s.apply(&Command::AddImage { image: disk_image(78, "base"), at_ms: 4 });
     let mut clone = vm(13, "clone", Some(2), 256);
     clone.spec.disks = vec![Disk { image: Some("base".into()), ..disk(0, "") }];
     s.complete_disks(&mut clone.spec).unwrap();

@@ -37,6 +37,7 @@ pub(super) fn vm(id: u64, name: &str, node: Option<u64>, mem: u64) -> Vm {
         moving_from: None,
         description: String::new(),
         snapshots: Vec::new(),
+        next_disk: 0,
     }
 }
 

@@ -282,8 +282,9 @@ impl ClusterState {
             self.vm_names.remove(&vm.name);
             self.dirty.insert(Key::Vm(id));
             if !keep_disks {
+                let placed_on = vm.placement.map(|p| p.node);
                 for disk in &vm.spec.disks {
-                    self.trash_disk(vm.id, disk);
+                    self.trash_disk(vm.id, disk, placed_on);
                 }
             }
         }

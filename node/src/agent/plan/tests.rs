@@ -14,6 +14,7 @@ fn want(desired: Desired) -> Want {
         deleting: None,
         reported: None,
         ha: false,
+        disks: vec![(0, 1 << 30)],
     }
 }
 
@@ -110,7 +111,8 @@ fn restart_power_cycles_once_per_request() {
     let mut w = want(Desired::Running);
     w.reported = Some((VmState::Running, None));
     let on = [dom(RunState::Running)];
-    assert_eq!(run(&w, &on, &mut mem, 0), vec![]);
+    // First sight of a running guest: its disks are checked once.
+    assert_eq!(run(&w, &on, &mut mem, 0), vec![Action::SyncDisks { vm_id: 7 }]);
     w.restart_gen = 1;
     w.desired_gen = 1;
     assert_eq!(run(&w, &on, &mut mem, 1), vec![Action::Restart { vm_id: 7 }]);
@@ -123,7 +125,7 @@ fn restarts_requested_before_the_agent_started_are_not_replayed() {
     let mut w = want(Desired::Running);
     w.restart_gen = 4;
     w.reported = Some((VmState::Running, None));
-    assert_eq!(run(&w, &[dom(RunState::Running)], &mut mem, 0), vec![]);
+    assert_eq!(run(&w, &[dom(RunState::Running)], &mut mem, 0), vec![Action::SyncDisks { vm_id: 7 }]);
 }
 
 #[test]
@@ -264,4 +266,22 @@ fn a_guest_between_states_is_left_alone_and_its_final_reason_is_reported() {
         }),
         "{after:?}"
     );
+}
+
+#[test]
+fn a_disk_added_or_grown_while_the_guest_runs_is_given_to_it_live_once() {
+    let mut w = want(Desired::Running);
+    let mut mem = HashMap::new();
+    assert_eq!(run(&w, &[], &mut mem, 0), vec![Action::Create { vm_id: 7 }]);
+    w.reported = Some((VmState::Running, None));
+    let running = [dom(RunState::Running)];
+    assert!(!run(&w, &running, &mut mem, 10).contains(&Action::SyncDisks { vm_id: 7 }), "created with its disks");
+    w.disks.push((1, 1 << 20));
+    assert!(run(&w, &running, &mut mem, 20).contains(&Action::SyncDisks { vm_id: 7 }));
+    assert!(!run(&w, &running, &mut mem, 30).contains(&Action::SyncDisks { vm_id: 7 }), "once per change");
+    w.disks[0].1 = 2 << 30;
+    assert!(run(&w, &running, &mut mem, 40).contains(&Action::SyncDisks { vm_id: 7 }));
+    // A restarted agent checks a running guest once.
+    let mut fresh = HashMap::new();
+    assert!(run(&w, &running, &mut fresh, 50).contains(&Action::SyncDisks { vm_id: 7 }));
 }
