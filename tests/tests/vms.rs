@@ -51,6 +51,10 @@ fn vms_are_placed_across_hosts_and_their_states_are_reported() -> Result<()> {
     {
         assert!(events.stdout.contains(needle), "{needle} missing in:\n{}", events.stdout);
     }
+    // web1's volume leaves through the trash, emptied by its host.
+    wait_for("web1's volume deleted", T, || {
+        (c.cli_ok(0, &["storage", "get", "local"]).ok()?["pending_deletions"] == 0).then_some(())
+    })?;
     // Steady state writes nothing: the commit index holds still.
     let before = c.status(0)?["commit_index"].as_u64().unwrap();
     std::thread::sleep(Duration::from_secs(5));

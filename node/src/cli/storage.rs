@@ -54,7 +54,7 @@ fn host_json(h: &pb::HostStorageStatus) -> Value {
 fn domain_json(d: &pb::StorageDomainInfo) -> Value {
     json!({
         "name": d.name, "id": d.id, "kind": d.kind, "location": d.location, "shared": d.shared,
-        "nodes": d.nodes, "disks": d.disks, "images": d.images,
+        "nodes": d.nodes, "disks": d.disks, "images": d.images, "pending_deletions": d.pending_deletions,
         "hosts": d.hosts.iter().map(host_json).collect::<Vec<_>>(),
     })
 }
@@ -98,7 +98,12 @@ fn print_domains(output: Output, domains: &[pb::StorageDomainInfo], detail: bool
         );
         println!("location: {}", d.location);
         println!("nodes:    {}", if d.nodes.is_empty() { "all".into() } else { d.nodes.join(", ") });
-        println!("holds:    {} disks, {} images", d.disks, d.images);
+        let pending = if d.pending_deletions > 0 {
+            format!(" ({} deleted volumes waiting for a host to remove them)", d.pending_deletions)
+        } else {
+            String::new()
+        };
+        println!("holds:    {} disks, {} images{pending}", d.disks, d.images);
         let rows = d
             .hosts
             .iter()

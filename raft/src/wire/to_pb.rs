@@ -90,6 +90,7 @@ pub fn storage(state: &ClusterState, d: &StorageDomain) -> pb::StorageDomainInfo
         disks: state.vms.values().flat_map(|v| &v.spec.disks).filter(|x| x.storage == d.name).count() as u32,
         images: state.images.values().filter(|i| i.storage == d.name).count() as u32,
         id: format!("{:016x}", d.id),
+        pending_deletions: state.meta.trash.iter().filter(|t| t.storage == d.name).count() as u32,
     }
 }
 
