@@ -41,8 +41,8 @@ trap cleanup EXIT
 secs() { python3 -c "import time; print(time.monotonic())"; }
 
 "$K" serve --name bench-storage --listen "127.0.0.1:$PORT" --data-dir "$WORK/node" \
-  --libvirt-uri qemu:///system --virt-type qemu >"$WORK/node.log" 2>&1 &
-for _ in $(seq 50); do "$K" $E cluster status >/dev/null 2>&1 && break; "$K" $E cluster init >/dev/null 2>&1 || sleep 0.2; done
+  --libvirt-uri qemu:///system --virt-type qemu --cpus 64 --memory-mib 65536 >"$WORK/node.log" 2>&1 &
+for _ in $(seq 50); do "$K" $E cluster init >/dev/null 2>&1 && break; sleep 0.2; done
 mkdir -p "$WORK/store"
 "$K" $E storage add bench --kind local --path "$WORK/store" >/dev/null
 for _ in $(seq 50); do "$K" $E -o json storage get bench | grep -q '"state":"active"' && break; sleep 0.2; done
