@@ -205,7 +205,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     let value: f64 = num.parse().map_err(|_| bad())?;
     let bytes = value * mult as f64;
-    if !(bytes >= 1.0) || bytes > u64::MAX as f64 / 2.0 {
+    if !(1.0..=u64::MAX as f64 / 2.0).contains(&bytes) {
         return Err(bad());
     }
     Ok(bytes as u64)

@@ -217,8 +217,6 @@ pub enum NodeCmd {
     },
 }
 
-// Parsed once per process; boxing the big variant would only add noise.
-#[allow(clippy::large_enum_variant)]
 /// `vm create`: the VM's spec and how to run the command.
 #[derive(Args, Debug)]
 pub struct CreateArgs {
@@ -296,6 +294,8 @@ pub struct WaitArgs {
     pub timeout: u64,
 }
 
+// Parsed once per process; boxing the big variant would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum VmCmd {
     /// Create a VM; the leader places it.

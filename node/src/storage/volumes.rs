@@ -60,11 +60,19 @@ fn image_file(
     Ok((PoolSpec::of(domain, node, data_dir), image.volume.clone()))
 }
 
+/// An image file: the pool it is in and its name there.
+type ImageFile = (PoolSpec, String);
+
+/// What a start needs from storage, read from the local replica.
+struct VmPlan {
+    epoch: u64,
+    disks: Vec<DiskPlan>,
+    kernel: Option<ImageFile>,
+    initrd: Option<ImageFile>,
+}
+
 /// The plan for a VM's disks and boot files, from the local replica.
-fn plan(
-    ctx: &NodeCtx,
-    vm_id: u64,
-) -> Result<(u64, Vec<DiskPlan>, Option<(PoolSpec, String)>, Option<(PoolSpec, String)>)> {
+fn plan(ctx: &NodeCtx, vm_id: u64) -> Result<VmPlan> {
     let data_dir = ctx.config.data_dir.clone();
     ctx.read(|d| {
         let vm = d.state.vms.get(&vm_id).ok_or_else(|| Error::NotFound(format!("VM {vm_id:016x} is gone")))?;
@@ -95,7 +103,7 @@ fn plan(
         }
         let boot =
             |name: &Option<String>| name.as_deref().map(|n| image_file(&d.state, n, ctx.id, &data_dir)).transpose();
-        Ok((epoch, disks, boot(&vm.spec.kernel)?, boot(&vm.spec.initrd)?))
+        Ok(VmPlan { epoch, disks, kernel: boot(&vm.spec.kernel)?, initrd: boot(&vm.spec.initrd)? })
     })
 }
 
@@ -103,7 +111,7 @@ fn plan(
 /// Offline (before a start) a volume smaller than its disk is grown here;
 /// `live`, a running guest holds them, and the hypervisor grows them.
 pub async fn prepare(ctx: &Arc<NodeCtx>, vm_id: u64, live: bool) -> Result<Prepared> {
-    let (epoch, disks, kernel, initrd) = plan(ctx, vm_id)?;
+    let VmPlan { epoch, disks, kernel, initrd } = plan(ctx, vm_id)?;
     for pool in disks.iter().map(|d| &d.pool).chain(kernel.iter().map(|k| &k.0)).chain(initrd.iter().map(|i| &i.0)) {
         if !probe::active_here(ctx, &pool.domain) {
             return Err(Error::FailedPrecondition(format!(
