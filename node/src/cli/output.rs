@@ -331,7 +331,7 @@ pub fn print_events(output: Output, events: &[pb::Event]) {
 }
 
 /// Unix milliseconds as UTC `YYYY-MM-DD hh:mm:ss`.
-fn format_ms(ms: u64) -> String {
+pub fn format_ms(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);

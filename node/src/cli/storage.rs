@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 use tonic::transport::Channel;
 
 use super::client::{req, status_err};
-use super::output::{human_bytes, print_disks, print_vm, table};
+use super::output::{format_ms, human_bytes, print_disks, print_vm, table};
 use super::{DiskCmd, ImageCmd, Output, SnapshotCmd, StorageCmd};
 
 const CHUNK: usize = 1 << 20;
@@ -285,8 +285,8 @@ pub async fn snapshot(vms: &mut VmsClient<Channel>, output: Output, command: Sna
                     )
                 ),
                 Output::Table => {
-                    let rows = vm.snapshots.iter().map(|s| vec![s.name.clone(), s.created_at_ms.to_string()]).collect();
-                    table(&["NAME", "CREATED(ms)"], rows);
+                    let rows = vm.snapshots.iter().map(|s| vec![s.name.clone(), format_ms(s.created_at_ms)]).collect();
+                    table(&["NAME", "CREATED"], rows);
                 }
             }
             return Ok(());

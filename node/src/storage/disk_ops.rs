@@ -65,9 +65,15 @@ fn sha256_of(path: &Path) -> Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
+/// One disk operation at a time on this host: two snapshots of the same
+/// VM at once would race on its files (and qemu-img's image lock would
+/// answer one of them with a raw error).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Runs `req` on this host, which must hold the VM, stopped.
 #[instrument(skip_all, fields(node = %ctx.name, vm = %req.vm))]
 pub async fn run_local(ctx: &Arc<NodeCtx>, req: pb::DiskOpRequest) -> Result<pb::DiskOpReply> {
+    let _one = ONE_AT_A_TIME.lock().await;
     let op = pb::DiskOpKind::try_from(req.op).unwrap_or(pb::DiskOpKind::DiskOpUnspecified);
     let data_dir = ctx.config.data_dir.clone();
     let (vm_id, disks) = ctx.read(|d| {
@@ -122,6 +128,15 @@ pub async fn run_local(ctx: &Arc<NodeCtx>, req: pb::DiskOpRequest) -> Result<pb:
         }
         match op {
             pb::DiskOpKind::DiskOpSnapshotCreate => {
+                // The record has no snapshot of this name (checked before
+                // this ran), so one on a disk is the leftover of a create
+                // whose record never committed: qemu-img would add a second
+                // of the same name, and a revert could pick the old one.
+                for (_, path) in &paths {
+                    while has_snapshot(path, &name)? {
+                        qemu_img(&["snapshot", "-d", &name, path])?;
+                    }
+                }
                 for (i, (_, path)) in paths.iter().enumerate() {
                     if let Err(e) = qemu_img(&["snapshot", "-c", &name, path]) {
                         // All disks or none.
@@ -148,9 +163,10 @@ pub async fn run_local(ctx: &Arc<NodeCtx>, req: pb::DiskOpRequest) -> Result<pb:
                 Ok(pb::DiskOpReply::default())
             }
             pb::DiskOpKind::DiskOpSnapshotDelete => {
-                // A disk without it (an earlier delete stopped half-way) is done.
+                // A disk without it (an earlier delete stopped half-way) is
+                // done; every copy of the name goes.
                 for (_, path) in &paths {
-                    if has_snapshot(path, &name)? {
+                    while has_snapshot(path, &name)? {
                         qemu_img(&["snapshot", "-d", &name, path])?;
                     }
                 }
@@ -207,6 +223,7 @@ pub async fn run(ctx: &Arc<NodeCtx>, req: pb::DiskOpRequest) -> Result<(pb::Disk
     if owner.0 == ctx.id {
         return Ok((run_local(ctx, req).await?, owner.0));
     }
+    let req_vm = req.vm.clone();
     let mut client = pb::host_client::HostClient::new(ctx.channel(&owner.1)?);
     let mut r = tonic::Request::new(req);
     // A template copies a whole disk.
@@ -216,6 +233,14 @@ pub async fn run(ctx: &Arc<NodeCtx>, req: pb::DiskOpRequest) -> Result<(pb::Disk
         Err(s) if s.code() == tonic::Code::Unavailable => {
             warn!(host = %owner.2, "the VM's host does not answer");
             Err(Error::Unavailable(format!("host {} that holds this VM does not answer: {}", owner.2, s.message())))
+        }
+        Err(s) if matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown) => {
+            Err(Error::OutcomeUnknown(format!(
+                "host {} did not finish answering ({}); the operation may or may not have happened on its disks: check `kvmesh vm snapshot list {}` and try again",
+                owner.2,
+                s.message(),
+                req_vm
+            )))
         }
         Err(s) => Err(Error::FailedPrecondition(s.message().to_string())),
     }

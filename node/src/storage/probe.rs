@@ -55,6 +55,25 @@ fn markers(dir: &Path, domain_id: u64, me: NodeId, my_name: &str) -> std::io::Re
     Ok(seen)
 }
 
+/// An import or template still being written touches its file all the
+/// time; one untouched for this long was cut off (its host died).
+const PARTIAL_ABANDONED_AFTER: Duration = Duration::from_secs(600);
+
+/// Deletes abandoned `.import-*.part` and `.template-*.part` files.
+fn sweep_partials(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let partial = (name.starts_with(".import-") || name.starts_with(".template-")) && name.ends_with(".part");
+        let idle = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+        if partial && idle.is_some_and(|idle| idle > PARTIAL_ABANDONED_AFTER) {
+            if std::fs::remove_file(entry.path()).is_ok() {
+                debug!(file = %entry.path().display(), "deleted an abandoned partial import");
+            }
+        }
+    }
+}
+
 /// One domain's status on this host.
 fn probe_one(
     hv: &dyn Hypervisor,
@@ -82,6 +101,7 @@ fn probe_one(
         Ok(state) => state,
         Err(e) => return status(ERROR, e.to_string(), 0, 0),
     };
+    sweep_partials(&state.path);
     if pool.shared {
         match markers(&state.path, domain.id, me.0, me.1) {
             Ok(seen) if proven_shared(me.0, others, &seen) => {}
@@ -220,6 +240,22 @@ mod tests {
         // The only host with the domain cannot check, and counts as shared.
         assert!(proven_shared(1, &set(&[1]), &set(&[1])));
         assert!(proven_shared(1, &set(&[]), &set(&[])));
+    }
+
+    #[test]
+    fn only_abandoned_partial_files_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join(".import-00ab.part");
+        let fresh = dir.path().join(".import-00cd.part");
+        let image = dir.path().join("image-00ef.qcow2");
+        for f in [&old, &fresh, &image] {
+            std::fs::write(f, b"x").unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options().write(true).open(&old).unwrap().set_modified(long_ago).unwrap();
+        std::fs::File::options().write(true).open(&image).unwrap().set_modified(long_ago).unwrap();
+        sweep_partials(dir.path());
+        assert!(!old.exists() && fresh.exists() && image.exists());
     }
 
     #[test]

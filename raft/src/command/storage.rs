@@ -338,6 +338,11 @@ impl ClusterState {
     }
 
     fn trash(&mut self, t: Trashed) {
+        // A volume on a host that left the cluster went with it: nobody
+        // could ever delete it, and it would block `storage remove`.
+        if t.host.is_some_and(|h| !self.nodes.contains_key(&h)) {
+            return;
+        }
         if !self.meta.trash.contains(&t) {
             self.meta.trash.push(t);
             self.dirty.insert(Key::Meta);

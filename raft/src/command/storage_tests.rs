@@ -246,3 +246,16 @@ fn a_drain_refuses_running_vms_with_local_disks_and_keeps_stopped_ones_on_their_
     s.apply(&Command::SetNodeState { id: 1, state: NodeState::Up, at_ms: 8 });
     assert!(matches!(s.apply(&start), Response::Vm(_)));
 }
+
+#[test]
+fn a_volume_on_a_host_that_left_is_not_trashed_forever() {
+    let mut s = two_hosts();
+    s.apply(&Command::RecordVolume { vm: 10, index: 0, node: 1, epoch: 1, at_ms: 5 });
+    s.apply(&Command::RemoveNode { id: 1, force: true, at_ms: 6 });
+    s.apply(&Command::DeleteVm { name: "web".into(), keep_disks: false, at_ms: 7 });
+    assert!(s.vm_by_name("web").is_none());
+    // Its local volume left with host 1; the shared one waits for any host.
+    assert_eq!(s.meta.trash.iter().map(|t| t.storage.as_str()).collect::<Vec<_>>(), vec!["shared"]);
+    s.apply(&Command::VolumesDeleted { volumes: s.meta.trash.clone() });
+    assert_eq!(s.apply(&Command::RemoveStorage { name: "shared".into(), at_ms: 8 }), Response::Done);
+}
