@@ -66,10 +66,9 @@ fn sweep_partials(dir: &Path) {
         let name = entry.file_name().to_string_lossy().into_owned();
         let partial = (name.starts_with(".import-") || name.starts_with(".template-")) && name.ends_with(".part");
         let idle = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
-        if partial && idle.is_some_and(|idle| idle > PARTIAL_ABANDONED_AFTER) {
-            if std::fs::remove_file(entry.path()).is_ok() {
-                debug!(file = %entry.path().display(), "deleted an abandoned partial import");
-            }
+        let abandoned = partial && idle.is_some_and(|idle| idle > PARTIAL_ABANDONED_AFTER);
+        if abandoned && std::fs::remove_file(entry.path()).is_ok() {
+            debug!(file = %entry.path().display(), "deleted an abandoned partial import");
         }
     }
 }
