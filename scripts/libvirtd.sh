@@ -13,6 +13,13 @@ SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 pkgs=(libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils libvirt-clients iproute2)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+# Installing Debian's qemu-system-x86 removes a newer qemu-utils that came
+# with the machine image (a version conflict), so qemu-img goes with it:
+# whenever anything is installed, or qemu-img is gone, install Debian's
+# qemu-utils in the same transaction.
+if [ ${#missing[@]} -gt 0 ] || ! command -v qemu-img >/dev/null; then
+  [[ " ${missing[*]} " == *" qemu-utils "* ]] || missing+=(qemu-utils)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "libvirtd: installing ${missing[*]}"
   $SUDO apt-get update -qq
