@@ -12,6 +12,10 @@
 #   scripts/testbed.sh heal H
 #   scripts/testbed.sh addr H         print H's kvmesh address
 #   scripts/testbed.sh virsh H ARGS   run virsh against H's libvirtd
+#   scripts/testbed.sh pid H WHAT     pid of H's daemon, guard or libvirtd
+#   scripts/testbed.sh signal H WHAT SIG  send SIG (KILL, STOP, CONT) to H's daemon, guard or libvirtd
+#   scripts/testbed.sh start-daemon H start only H's kvmesh daemon again (libvirtd and guests untouched)
+#   scripts/testbed.sh start-libvirtd H  start H's libvirtd again after it was killed
 #
 # Needs root, iproute2 and scripts/libvirtd.sh's packages. Environment:
 # KVMESH_BIN (default target/debug/kvmesh), KVMESH_TESTBED_DIR (default
@@ -44,10 +48,6 @@ host_uuid = "$(cat /proc/sys/kernel/random/uuid)"
 CONF
     cp "$ROOT/scripts/qemu-test.conf" "$dir/etc/qemu.conf"
   fi
-  local args=(serve --name "$h" --listen "$ip:$PORT" --data-dir "$dir/kvmesh" --libvirt-uri qemu:///system --virt-type qemu)
-  [ -n "$join" ] && [ ! -f "$dir/kvmesh/kvmesh-node.json" ] && args+=(--join "$join")
-  # shellcheck disable=SC2086
-  args+=(${KVMESH_TESTBED_NODE_ARGS:-})
   ip netns exec "$ns" unshare --mount --propagation private sh -c "
     mount --bind '$dir/run' /run/libvirt
     mount --bind '$dir/lib' /var/lib/libvirt
@@ -57,14 +57,64 @@ CONF
     virtlogd -d --pid-file '$dir/virtlogd.pid'
     libvirtd -d --listen --pid-file '$dir/libvirtd.pid'
     for i in \$(seq 100); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.2; done
-    exec '$BIN' ${args[*]@Q} >>'$dir/kvmesh.log' 2>&1
+    exec $(serve_cmd "$h" "$join")
   " &
+  wait_port "$h"
+}
+
+# The daemon's command line for host H (joining JOIN on its first start).
+serve_cmd() {
+  local h=$1 join=${2:-} dir=$BASE/$1
+  local args=(serve --name "$h" --listen "$(ip_of "$h"):$PORT" --data-dir "$dir/kvmesh" --libvirt-uri qemu:///system --virt-type qemu)
+  [ -n "$join" ] && [ ! -f "$dir/kvmesh/kvmesh-node.json" ] && args+=(--join "$join")
+  # shellcheck disable=SC2086
+  args+=(${KVMESH_TESTBED_NODE_ARGS:-})
+  echo "'$BIN' ${args[*]@Q} >>'$dir/kvmesh.log' 2>&1"
+}
+
+wait_port() {
+  local h=$1 ip; ip=$(ip_of "$1")
   for _ in $(seq 150); do
     (exec 3<>"/dev/tcp/$ip/$PORT") 2>/dev/null && return 0
     sleep 0.2
   done
-  echo "host $h did not start; see $dir/kvmesh.log and $dir/log/libvirtd.log" >&2
+  echo "host $h did not start; see $BASE/$h/kvmesh.log and $BASE/$h/log/libvirtd.log" >&2
   return 1
+}
+
+# The pid of H's daemon, guard or libvirtd (empty if none runs).
+pid_of() {
+  local h=$1 what=$2 pid cmd
+  for pid in $(ip netns pids "$(ns_of "$h")" 2>/dev/null); do
+    cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+    case "$what" in
+      daemon) [[ "$cmd" == *" serve --name $h "* ]] && { echo "$pid"; return; } ;;
+      guard) [[ "$cmd" == *" guard --data-dir $BASE/$h/kvmesh "* ]] && { echo "$pid"; return; } ;;
+      libvirtd) [[ "$cmd" == libvirtd* ]] && { echo "$pid"; return; } ;;
+      *) echo "pid: daemon, guard or libvirtd, not $what" >&2; return 2 ;;
+    esac
+  done
+}
+
+# Runs a command inside H's namespaces (its network and its libvirt mounts).
+in_host() {
+  local h=$1 anchor; shift
+  anchor=$(cat "$BASE/$h/virtlogd.pid")
+  exec nsenter -t "$anchor" -m -n "$@"
+}
+
+start_daemon() {
+  local h=$1
+  [ -z "$(pid_of "$h" daemon)" ] || { echo "$h's daemon already runs" >&2; return 1; }
+  # Its own stdio: a caller reading this script's output must not wait on
+  # the daemon.
+  (in_host "$h" sh -c "exec $(serve_cmd "$h")") </dev/null >/dev/null 2>&1 &
+  wait_port "$h"
+}
+
+start_libvirtd() {
+  local h=$1 dir=$BASE/$1
+  (in_host "$h" sh -c "libvirtd -d --listen --pid-file '$dir/libvirtd.pid'; for i in \$(seq 100); do virsh -c qemu:///system version >/dev/null 2>&1 && exit 0; sleep 0.2; done; exit 1")
 }
 
 up() {
@@ -121,5 +171,12 @@ case "${1:-}" in
   heal) ip link set "veth-$2" up ;;
   addr) echo "$(ip_of "$2"):$PORT" ;;
   virsh) h=$2; shift 2; virsh -c "qemu+tcp://$(ip_of "$h")/system" "$@" ;;
-  *) sed -n '2,22p' "$0"; exit 2 ;;
+  pid) pid_of "$2" "$3" ;;
+  signal)
+    pid=$(pid_of "$2" "$3")
+    [ -n "$pid" ] || { echo "no $3 runs on $2" >&2; exit 1; }
+    kill -"$4" "$pid" ;;
+  start-daemon) start_daemon "$2" ;;
+  start-libvirtd) start_libvirtd "$2" ;;
+  *) sed -n '2,26p' "$0"; exit 2 ;;
 esac

@@ -86,11 +86,13 @@ pub struct ServeConfig {
     /// destroys its HA domains (self-fencing). Default 5000 ms.
     pub fence_after_ms: u64,
     /// The leader declares a host down, and restarts its HA VMs elsewhere,
-    /// after this long without a heartbeat. Must exceed fence_after_ms plus
-    /// two heartbeats. Default 8000 ms.
+    /// after this long without a heartbeat. At least fence_after_ms plus the
+    /// fencing budget (2000 ms) plus one heartbeat. Default 8000 ms.
     pub down_after_ms: u64,
     /// A voter down this long is replaced by a healthy learner. Default 60000 ms.
     pub voter_replace_after_ms: u64,
+    /// Do not start the fence guard (unsafe; see `kvmesh serve --help`).
+    pub unsafe_no_guard: bool,
     pub raft: RaftConfig,
 }
 
@@ -114,6 +116,7 @@ impl Default for ServeConfig {
             fence_after_ms: 5_000,
             down_after_ms: 8_000,
             voter_replace_after_ms: 60_000,
+            unsafe_no_guard: false,
             raft: RaftConfig::default(),
         }
     }
@@ -176,11 +179,17 @@ impl ServeConfig {
         if self.heartbeat_ms == 0 {
             problems.push("heartbeat_ms: must be at least 1".into());
         }
-        // The safety argument: a host fences itself before the leader may
-        // declare it down, with a margin of two heartbeats.
-        if self.down_after_ms <= self.fence_after_ms + 2 * self.heartbeat_ms {
+        // The safety argument: a host has finished fencing before the leader
+        // may declare it down. Fencing starts when the lease runs out
+        // (fence_after after the send time of the last acknowledged
+        // heartbeat; the leader counts down_after from a receive time, which
+        // is later) and takes at most the fencing budget, all guests at once;
+        // one heartbeat more covers the fencing checks' own tick and clock-rate
+        // differences between hosts.
+        let budget = crate::guard::FENCE_BUDGET.as_millis() as u64;
+        if self.down_after_ms < self.fence_after_ms + budget + self.heartbeat_ms {
             problems.push(format!(
-                "down_after_ms: {} must exceed fence_after_ms ({}) + 2 x heartbeat_ms ({}), or a host could be declared down before it has fenced itself",
+                "down_after_ms: {} must be at least fence_after_ms ({}) + the fencing budget ({budget}) + heartbeat_ms ({}), or a host could be declared down before it has fenced itself",
                 self.down_after_ms, self.fence_after_ms, self.heartbeat_ms
             ));
         }
@@ -314,10 +323,10 @@ mod tests {
 
     #[test]
     fn fencing_must_come_before_down() {
-        let c = ServeConfig { name: "a".into(), down_after_ms: 6_000, ..ServeConfig::default() };
-        let Err(Error::Config(msg)) = c.validate() else { panic!("6 s <= 5 s + 2 x 1 s must be refused") };
-        assert!(msg.contains("down_after_ms"), "{msg}");
-        let c = ServeConfig { down_after_ms: 7_001, ..c };
+        let c = ServeConfig { name: "a".into(), down_after_ms: 7_999, ..ServeConfig::default() };
+        let Err(Error::Config(msg)) = c.validate() else { panic!("7.999 s < 5 s + 2 s budget + 1 s must be refused") };
+        assert!(msg.contains("down_after_ms") && msg.contains("fencing budget"), "{msg}");
+        let c = ServeConfig { down_after_ms: 8_000, ..c };
         c.validate().unwrap();
     }
 

@@ -59,6 +59,13 @@ pub struct NodeCtx {
     pub storage_status: Mutex<(Option<std::time::Instant>, Vec<kvmesh_proto::HostStorageStatus>)>,
     /// This host's hypervisor (libvirt).
     pub hypervisor: std::sync::Arc<dyn crate::hypervisor::Hypervisor>,
+    /// The newest list of this node's domains, for heartbeats and fencing
+    /// that must not wait on libvirt.
+    pub listing: std::sync::Arc<crate::ha::health::Listing>,
+    /// Whether the data dir's disk answers.
+    pub disk_probe: std::sync::Arc<crate::ha::health::DiskProbe>,
+    /// The fence guard, which outlives this process.
+    pub guard: std::sync::Arc<crate::guard::GuardLink>,
     channels: Mutex<HashMap<String, Channel>>,
     /// Batches concurrent writes into one log entry (group commit).
     proposer: Proposer,
@@ -80,6 +87,8 @@ impl NodeCtx {
         refusals: std::sync::Arc<MembershipRefusals>,
     ) -> Self {
         let raft_state = state.clone();
+        let guard = crate::guard::GuardLink::start(&config);
+        let disk_probe = crate::ha::health::DiskProbe::start(config.data_dir.clone());
         NodeCtx {
             id,
             name: config.name.clone(),
@@ -98,6 +107,9 @@ impl NodeCtx {
             starting: Mutex::new(Default::default()),
             storage_status: Mutex::new((None, Vec::new())),
             hypervisor,
+            listing: Default::default(),
+            disk_probe,
+            guard,
             channels: Mutex::new(HashMap::new()),
             proposer: Proposer::start(id, raft.clone()),
             next_request: AtomicU64::new(first_request_seq(id, &raft_state)),

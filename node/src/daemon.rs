@@ -118,6 +118,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     tokio::spawn(health_loop(ctx.clone()));
     tokio::spawn(crate::agent::run(ctx.clone(), lease.clone()));
     tokio::spawn(crate::storage::probe::run(ctx.clone()));
+    tokio::spawn(crate::ha::fence_loop(ctx.clone(), lease.clone()));
     tokio::spawn(crate::ha::heartbeat_loop(ctx.clone(), lease, leader.clone()));
     tokio::spawn(crate::ha::controller::run(ctx.clone(), leader));
     tokio::spawn(snapshot_by_size(ctx.clone(), log_size));

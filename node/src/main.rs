@@ -13,6 +13,7 @@ mod ctx;
 mod daemon;
 mod data_dir;
 mod error;
+mod guard;
 mod ha;
 mod host;
 mod hypervisor;
@@ -23,6 +24,16 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
+    // The guard is plain threads: no runtime, as little as can fail.
+    if let cli::Command::Guard(guard) = args.command {
+        return match guard::process::run(guard) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     // Client commands die quietly on a closed pipe (`kvmesh vm list | head`),
     // like other CLIs. Never the daemon: a peer closing a socket must give
     // it EPIPE, not kill it.

@@ -127,6 +127,10 @@ pub enum VmState {
     Crashed,
     Failed,
     Deleted,
+    /// Its start was refused because a disk lease (QEMU's image lock, or
+    /// libvirt's lock manager) is held, most likely by a copy on a host that
+    /// has not fenced yet: not a failure, retried until the lease frees.
+    WaitingForLease,
 }
 
 impl VmState {
@@ -137,6 +141,7 @@ impl VmState {
             VmState::Crashed => "crashed",
             VmState::Failed => "failed",
             VmState::Deleted => "deleted",
+            VmState::WaitingForLease => "waiting-for-lease",
         }
     }
 
@@ -147,6 +152,7 @@ impl VmState {
             "crashed" => VmState::Crashed,
             "failed" => VmState::Failed,
             "deleted" => VmState::Deleted,
+            "waiting-for-lease" => VmState::WaitingForLease,
             _ => return None,
         })
     }

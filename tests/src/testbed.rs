@@ -10,10 +10,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
-use crate::{kvmesh_bin, run_cli};
+use crate::{kvmesh_bin, run_cli, wait_for};
 
 pub const HOSTS: [&str; 3] = ["h1", "h2", "h3"];
 
@@ -83,13 +85,16 @@ pub fn shared_guest() -> Result<(String, String)> {
     Ok(("guest-kernel".into(), "guest-initrd".into()))
 }
 
-/// Running kvmesh domains on host `h`, asked from inside its own namespace
-/// (so it works while the host is partitioned).
+/// Running kvmesh domains on host `h`: `virsh list` from inside its own
+/// namespace (so it works while the host is partitioned). When libvirtd
+/// does not answer within 5 s (stopped or killed in a test), the QEMU
+/// processes in the host's namespace say it instead: guests outlive
+/// libvirtd, and a sample must never miss one.
 pub fn running_on(h: &str) -> Vec<String> {
     let a = addr(h);
     let ip = &a[..a.len() - 5];
-    let out = Command::new("ip")
-        .args(["netns", "exec", &format!("kvmtb-{h}"), "virsh", "-c", &format!("qemu+tcp://{ip}/system")])
+    let out = Command::new("timeout")
+        .args(["5", "ip", "netns", "exec", &format!("kvmtb-{h}"), "virsh", "-c", &format!("qemu+tcp://{ip}/system")])
         .args(["list", "--name"])
         .output();
     match out {
@@ -99,8 +104,28 @@ pub fn running_on(h: &str) -> Vec<String> {
             .filter(|l| l.starts_with("kvmesh-"))
             .map(str::to_string)
             .collect(),
-        _ => Vec::new(),
+        _ => qemu_processes_on(h),
     }
+}
+
+/// The kvmesh domains whose QEMU process runs in host `h`'s namespace.
+pub fn qemu_processes_on(h: &str) -> Vec<String> {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", &format!("kvmtb-{h}")]).output() else {
+        return Vec::new();
+    };
+    let mut found: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .filter_map(|cmd| {
+            cmd.split(|b| *b == 0)
+                .filter_map(|arg| std::str::from_utf8(arg).ok())
+                .find_map(|arg| arg.strip_prefix("guest=").map(|g| g.split(',').next().unwrap_or(g).to_string()))
+        })
+        .filter(|name| name.starts_with("kvmesh-"))
+        .collect();
+    found.sort();
+    found.dedup();
+    found
 }
 
 /// `virsh ARGS` against host `h`'s libvirtd, from inside its namespace; its
@@ -143,6 +168,95 @@ pub fn log(h: &str) -> String {
     std::fs::read_to_string(format!("{DIR}/{h}/kvmesh.log")).unwrap_or_default()
 }
 
+/// Samples every host (every 0.2 s) until `done` says so (or `timeout`), failing on any
+/// sample with a guest on two hosts.
+pub fn watch(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if let Some(d) = double_run(&HOSTS) {
+            bail!("while waiting for {what}: a guest ran twice: {d}");
+        }
+        if done() {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}; virsh says {:?}", placement_by_virsh(&HOSTS));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Samples every host for `period`, failing on any double run.
+pub fn sample_for(what: &str, period: Duration) -> Result<()> {
+    let start = Instant::now();
+    watch(what, period + Duration::from_secs(5), || start.elapsed() >= period)
+}
+
+pub fn cli(via: &str, args: &[&str]) -> Result<Value> {
+    let r = run_cli(&addr(via), args);
+    ensure!(r.success, "kvmesh {} via {via}: {}", args.join(" "), r.stderr);
+    r.json()
+}
+
+pub fn vm(via: &str, name: &str) -> Option<Value> {
+    vms(&addr(via))?.into_iter().find(|v| v["name"] == name)
+}
+
+pub fn domain(via: &str, name: &str) -> String {
+    vm(via, name).and_then(|v| v["domain"].as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// Creates a guest on `host` and waits for it to run there: it requires a
+/// label of its own that only `host` has at first; the other hosts get it
+/// afterwards, so it may restart or move anywhere (a pin would forbid that).
+pub fn guest_on(host: &str, name: &str, ha: bool) -> Result<String> {
+    guest_with(host, name, ha, &[])
+}
+
+/// [`guest_on`] with more `vm create` arguments (disks, say).
+pub fn guest_with(host: &str, name: &str, ha: bool, extra: &[&str]) -> Result<String> {
+    // The kernel and initrd images on the shared domain (imported once).
+    let (kernel, initrd) = ("guest-kernel", "guest-initrd");
+    let label = format!("for-{name}=yes");
+    cli("h1", &["node", "set", host, "--label", &label])?;
+    let mut args = vec!["vm", "create", name, "--memory", "128", "--node-label", &label];
+    args.extend(["--kernel", kernel, "--initrd", initrd, "--cmdline", "console=ttyS0", "--wait"]);
+    if ha {
+        args.push("--ha");
+    }
+    args.extend(extra);
+    let created = cli("h1", &args)?;
+    for other in HOSTS.iter().filter(|h| **h != host) {
+        // A host just removed is no longer there to label.
+        let _ = run_cli(&addr("h1"), &["node", "set", other, "--label", &label]);
+    }
+    ensure!(created["node"] == host, "{name} landed on {} instead of {host}", created["node"]);
+    let d = created["domain"].as_str().unwrap_or_default().to_string();
+    wait_for("the guest under virsh", Duration::from_secs(30), || running_on(host).contains(&d).then_some(()))?;
+    Ok(d)
+}
+
+/// Sends `sig` (KILL, STOP, CONT) to host `h`'s daemon, guard or libvirtd.
+pub fn signal(h: &str, what: &str, sig: &str) -> Result<()> {
+    testbed(&["signal", h, what, sig]).map(|_| ())
+}
+
+/// The pid of host `h`'s daemon, guard or libvirtd, if one runs.
+pub fn pid(h: &str, what: &str) -> Option<u32> {
+    testbed(&["pid", h, what]).ok()?.parse().ok()
+}
+
+/// Host `h`'s guard log.
+pub fn guard_log(h: &str) -> String {
+    std::fs::read_to_string(format!("{DIR}/{h}/kvmesh/guard.log")).unwrap_or_default()
+}
+
+/// The QEMU process of `domain` on host `h` (from libvirt's pid file): the
+/// same pid means the same guest, never rebooted.
+pub fn qemu_pid(h: &str, domain: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("{DIR}/{h}/run/qemu/{domain}.pid")).ok()?.trim().parse().ok()
+}
+
 /// Brings up a fresh three-host testbed and waits for its three voters and
 /// a leader; dropping the returned guard tears it down.
 pub fn up3() -> Result<Teardown> {
@@ -160,6 +274,16 @@ pub fn up3() -> Result<Teardown> {
 pub struct Teardown;
 impl Drop for Teardown {
     fn drop(&mut self) {
+        // The hosts' logs outlive the testbed, for a failure to be read.
+        let keep = format!("{DIR}-logs");
+        let _ = std::fs::remove_dir_all(&keep);
+        for h in HOSTS {
+            let _ = std::fs::create_dir_all(format!("{keep}/{h}"));
+            for f in ["kvmesh.log", "kvmesh/guard.log"] {
+                let name = f.replace('/', "-");
+                let _ = std::fs::copy(format!("{DIR}/{h}/{f}"), format!("{keep}/{h}/{name}"));
+            }
+        }
         let _ = testbed(&["down"]);
     }
 }

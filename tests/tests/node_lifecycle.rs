@@ -6,76 +6,14 @@
 //! Throughout, `virsh list` of every host is sampled every 0.2 s: no guest
 //! may ever run on two hosts. One test, since only one testbed can exist.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
 use kvmesh_tests::testbed::{
-    addr, double_run, log, placement_by_virsh, running_on, shared_guest, testbed, up3, vms, HOSTS,
+    addr, cli, domain, guest_on, log, placement_by_virsh, running_on, sample_for, shared_guest, testbed, up3, vm,
+    watch, HOSTS,
 };
 use kvmesh_tests::{run_cli, wait_for};
-use serde_json::Value;
-
-/// Samples every host until `done` says so (or `timeout`), failing on any
-/// sample with a guest on two hosts.
-fn watch(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
-    let start = Instant::now();
-    loop {
-        if let Some(d) = double_run(&HOSTS) {
-            bail!("while waiting for {what}: a guest ran twice: {d}");
-        }
-        if done() {
-            return Ok(());
-        }
-        if start.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what}; virsh says {:?}", placement_by_virsh(&HOSTS));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Samples every host for `period`, failing on any double run.
-fn sample_for(what: &str, period: Duration) -> Result<()> {
-    let start = Instant::now();
-    watch(what, period + Duration::from_secs(5), || start.elapsed() >= period)
-}
-
-fn cli(via: &str, args: &[&str]) -> Result<Value> {
-    let r = run_cli(&addr(via), args);
-    ensure!(r.success, "kvmesh {} via {via}: {}", args.join(" "), r.stderr);
-    r.json()
-}
-
-fn vm(via: &str, name: &str) -> Option<Value> {
-    vms(&addr(via))?.into_iter().find(|v| v["name"] == name)
-}
-
-fn domain(via: &str, name: &str) -> String {
-    vm(via, name).and_then(|v| v["domain"].as_str().map(str::to_string)).unwrap_or_default()
-}
-
-/// Creates a guest on `host` and waits for it to run there: it requires a
-/// label of its own that only `host` has at first; the other hosts get it
-/// afterwards, so it may restart or move anywhere (a pin would forbid that).
-fn guest_on(host: &str, name: &str, ha: bool) -> Result<String> {
-    // The kernel and initrd images on the shared domain (imported once).
-    let (kernel, initrd) = ("guest-kernel", "guest-initrd");
-    let label = format!("for-{name}=yes");
-    cli("h1", &["node", "set", host, "--label", &label])?;
-    let mut args = vec!["vm", "create", name, "--memory", "128", "--node-label", &label];
-    args.extend(["--kernel", kernel, "--initrd", initrd, "--cmdline", "console=ttyS0", "--wait"]);
-    if ha {
-        args.push("--ha");
-    }
-    let created = cli("h1", &args)?;
-    for other in HOSTS.iter().filter(|h| **h != host) {
-        // A host just removed is no longer there to label.
-        let _ = run_cli(&addr("h1"), &["node", "set", other, "--label", &label]);
-    }
-    ensure!(created["node"] == host, "{name} landed on {} instead of {host}", created["node"]);
-    let d = created["domain"].as_str().unwrap_or_default().to_string();
-    wait_for("the guest under virsh", Duration::from_secs(30), || running_on(host).contains(&d).then_some(()))?;
-    Ok(d)
-}
 
 fn node_state(via: &str, host: &str) -> Option<String> {
     let nodes = run_cli(&addr(via), &["node", "list"]).json().ok()?;

@@ -157,7 +157,8 @@ async fn reconcile(
                 // was stopped takes effect.
                 let Some(starting) = StartGuard::begin(ctx, lease, vm_id) else { continue };
                 let Some(gen) = ctx.read(|d| d.state.vms.get(&vm_id).map(|v| v.desired_gen)) else { continue };
-                let result = match volumes::prepare(ctx, vm_id, false).await {
+                guard_knows(ctx, lease, vm_id).await;
+                let result = match prepare_to_start(ctx, vm_id).await {
                     Ok(_) if !starting.still_current(lease) => {
                         debug!(vm = %vm_id_hex(vm_id), "not starting: the state or the lease moved on while its volumes were prepared");
                         Ok(())
@@ -183,6 +184,7 @@ async fn reconcile(
             Action::Restart { vm_id } => {
                 let Some(starting) = StartGuard::begin(ctx, lease, vm_id) else { continue };
                 let Some(gen) = ctx.read(|d| d.state.vms.get(&vm_id).map(|v| v.desired_gen)) else { continue };
+                guard_knows(ctx, lease, vm_id).await;
                 let domain = domain_name(vm_id);
                 info!(%domain, "power-cycling domain");
                 let result = blocking(&ctx.hypervisor, move |hv| {
@@ -244,6 +246,31 @@ async fn reconcile(
     Ok(count)
 }
 
+/// A VM's volumes, ready for a start: prepared, and with every disk's lease
+/// free (a held one is `waiting-for-lease`, see [`fail`]).
+async fn prepare_to_start(ctx: &Arc<NodeCtx>, vm_id: u64) -> Result<Prepared> {
+    let prepared = volumes::prepare(ctx, vm_id, false).await?;
+    volumes::leases_free(ctx, &prepared).await?;
+    Ok(prepared)
+}
+
+/// Makes sure the fence guard knows an HA VM before its domain runs, so
+/// that no HA guest is ever left unguarded if the daemon dies right after
+/// starting it. Bounded: without an answer the start goes ahead, fenced by
+/// the daemon alone (the host's fencing level says so).
+async fn guard_knows(ctx: &NodeCtx, lease: &Lease, vm_id: u64) {
+    if !ctx.read(|d| d.state.vms.get(&vm_id).is_some_and(|v| v.spec.ha)) {
+        return;
+    }
+    // A start comes after an acknowledged heartbeat, so there is a list.
+    let Some(pet) = crate::ha::host::pet_for(ctx, lease) else { return };
+    let guard = ctx.guard.clone();
+    let told = tokio::task::spawn_blocking(move || guard.sync(pet, Duration::from_secs(1))).await.unwrap_or(false);
+    if !told {
+        warn!(vm = %vm_id_hex(vm_id), "the fence guard did not confirm it guards this HA VM; starting it fenced by the daemon alone");
+    }
+}
+
 /// A start in flight, registered in [`NodeCtx::starting`] while it lasts.
 /// A pass is planned on the state of its start; by the time an action runs
 /// (after a slow report, say), the VM may have been moved away (a drain
@@ -299,16 +326,39 @@ impl Drop for StartGuard<'_> {
     }
 }
 
-/// Records a failure: reported once, not retried until the operator acts.
+/// How often a start refused by a held disk lease is tried again.
+const LEASE_RETRY_MS: u64 = 2_000;
+
+/// Records a failed start: reported once, not retried until the operator
+/// acts; or, when a disk lease is held elsewhere, `waiting-for-lease`,
+/// retried every [`LEASE_RETRY_MS`] until the holder is gone.
 async fn fail(ctx: &Arc<NodeCtx>, memory: &mut HashMap<u64, Memory>, vm_id: u64, gen: u64, e: Error) {
-    warn!(vm = %vm_id_hex(vm_id), error = %e, "VM failed");
+    let message = e.to_string();
+    let waiting = crate::hypervisor::lease_held(&message);
+    if waiting {
+        info!(vm = %vm_id_hex(vm_id), error = %message, "a disk lease is held elsewhere: waiting for it");
+    } else {
+        warn!(vm = %vm_id_hex(vm_id), error = %message, "VM failed");
+    }
     if let Some(m) = memory.get_mut(&vm_id) {
-        m.failed_gen = Some(gen);
+        if waiting {
+            m.lease_retry_at_ms = Some(now_ms() + LEASE_RETRY_MS);
+        } else {
+            m.failed_gen = Some(gen);
+        }
     }
     let Some(epoch) = ctx.read(|d| d.state.vms.get(&vm_id).and_then(|v| v.placement).map(|p| p.epoch)) else {
         return;
     };
-    if let Err(e) = report(ctx, vm_id, epoch, VmState::Failed, Some(e.to_string())).await {
+    let (state, error) = if waiting {
+        (
+            VmState::WaitingForLease,
+            format!("a disk is locked by another process (the copy of a host not fenced yet?): {message}"),
+        )
+    } else {
+        (VmState::Failed, message)
+    };
+    if let Err(e) = report(ctx, vm_id, epoch, state, Some(error)).await {
         warn!(error = %e, "could not report the failure");
     }
 }

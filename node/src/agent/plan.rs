@@ -44,6 +44,8 @@ pub struct Memory {
     next_start_at_ms: u64,
     stop_requested_at_ms: Option<u64>,
     running_since_ms: Option<u64>,
+    /// A start refused by a held disk lease is tried again at this time.
+    pub lease_retry_at_ms: Option<u64>,
     /// The last report sent and not yet seen in the replicated state.
     pub last_sent: Option<(u64, VmState, Option<String>)>,
     /// The disks the running guest was last given (at its start, or by a
@@ -210,7 +212,7 @@ pub fn plan(
 
 fn plan_running(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: &mut Memory, now: u64, t: &Timing) {
     mem.stop_requested_at_ms = None;
-    if mem.failed_gen == Some(want.desired_gen) {
+    if mem.failed_gen == Some(want.desired_gen) || mem.lease_retry_at_ms.is_some_and(|at| now < at) {
         return;
     }
     let Some(have) = have else {
@@ -243,6 +245,7 @@ fn plan_running(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: 
             // Every start defines the domain with the disks of the spec.
             mem.disks_synced = Some(want.disks.clone());
             let was_running = matches!(want.reported, Some((VmState::Running, _)) | Some((VmState::Crashed, _)));
+            mem.lease_retry_at_ms = None;
             if !was_running {
                 // Defined but never started, or started again after a stop.
                 out.push(Action::Start { vm_id: want.vm_id });

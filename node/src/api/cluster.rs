@@ -264,6 +264,12 @@ impl pb::cluster_server::Cluster for ClusterService {
             let nodes = d.state.scheduler_view(&Default::default(), None);
             to_pb::capacity(&kvmesh_scheduler::ha_reservation(&nodes, &d.state.ha_requests(), settings), settings)
         });
+        let mut report = report;
+        if let Some(obs) = self.leader.observed(&self.ctx).await {
+            for h in &mut report.hosts {
+                h.fencing = obs.fencing.get(&h.node).cloned().unwrap_or_default();
+            }
+        }
         Ok(Response::new(report))
     }
 
@@ -288,6 +294,8 @@ impl ClusterService {
                 n.running_vcpus = obs.running_vcpus.get(&n.name).copied();
                 n.running_memory_mib = obs.running_memory_mib.get(&n.name).copied();
                 n.storage = obs.storage.iter().filter(|s| s.node == n.name).cloned().collect();
+                n.fencing = obs.fencing.get(&n.name).cloned();
+                n.problem = obs.problem.get(&n.name).cloned();
             }
         }
         r
@@ -375,6 +383,8 @@ fn list_nodes(ctx: &NodeCtx) -> pb::ListNodesResponse {
                     running_vms: None,
                     running_vcpus: None,
                     running_memory_mib: None,
+                    fencing: None,
+                    problem: None,
                     storage: Vec::new(),
                 }
             })

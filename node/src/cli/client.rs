@@ -50,7 +50,7 @@ pub(super) fn status_err(s: tonic::Status) -> anyhow::Error {
 pub async fn run(endpoint: &str, output: Output, command: Command) -> Result<()> {
     let channel = connect(endpoint).await?;
     match command {
-        Command::Serve(_) => unreachable!("serve is handled by the caller"),
+        Command::Serve(_) | Command::Guard(_) => unreachable!("serve and guard are handled by the caller"),
         Command::Cluster(c) => cluster::run(channel, output, c).await,
         Command::Node(c) => nodes::run(channel, output, c).await,
         Command::Vm(c) => vm::run(channel, output, c).await,

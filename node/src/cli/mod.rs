@@ -36,6 +36,10 @@ pub enum Output {
 pub enum Command {
     /// Run the node daemon on this host.
     Serve(ServeArgs),
+    /// The fence guard: started by `serve`, not by hand. Kills this host's
+    /// HA guests when the daemon's lease runs out, even if the daemon is dead.
+    #[command(hide = true)]
+    Guard(crate::guard::process::GuardArgs),
     /// Cluster membership and status.
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -98,6 +102,11 @@ pub struct ServeArgs {
     /// A node label, key=value (repeatable); adds to the config file's.
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Do not start the fence guard. Unsafe: a dead or stopped daemon then
+    /// fences nothing, and its HA guests run twice once restarted elsewhere.
+    /// For demonstrating that the guard is needed.
+    #[arg(long, hide = true)]
+    pub unsafe_no_guard: bool,
 }
 
 impl ServeArgs {
@@ -135,6 +144,7 @@ impl ServeArgs {
             c.virt_type = v;
         }
         c.labels.extend(self.labels);
+        c.unsafe_no_guard |= self.unsafe_no_guard;
         Ok(c)
     }
 }
@@ -494,21 +504,31 @@ pub fn parse_disk(s: &str) -> Result<(u64, String), String> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
-            init_tracing();
+            let _flush = init_tracing();
             let config = args.into_config()?;
             crate::daemon::run(config).await?;
             Ok(())
         }
+        // main runs the guard without a runtime; never reached.
         command => client::run(&cli.endpoint, cli.output, command).await,
     }
 }
 
-fn init_tracing() {
+/// The daemon's log goes to stderr through a lossy queue and a writer
+/// thread: a log file on a frozen or full disk then drops lines instead of
+/// stopping every thread that logs (the heartbeat, fencing). The guard
+/// flushes what is queued when the daemon exits.
+fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("KVMESH_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,openraft=error,sled=warn,h2=warn,tower=warn,hyper=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
+    let (writer, flush) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(10_000)
+        .finish(std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).with_writer(writer).init();
+    flush
 }
 
 #[cfg(test)]

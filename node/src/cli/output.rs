@@ -17,6 +17,7 @@ pub fn vm_state(state: i32) -> &'static str {
         pb::VmState::Failed => "failed",
         pb::VmState::Deleting => "deleting",
         pb::VmState::HostDown => "host-down",
+        pb::VmState::WaitingForLease => "waiting-for-lease",
     }
 }
 
@@ -119,6 +120,7 @@ fn node_json(n: &pb::NodeInfo) -> Value {
         "allocated_vcpus": n.allocated_vcpus, "allocated_memory_mib": n.allocated_memory_mib,
         "labels": n.labels, "heartbeat_age_ms": n.heartbeat_age_ms, "running_vms": n.running_vms,
         "running_vcpus": n.running_vcpus, "running_memory_mib": n.running_memory_mib,
+        "fencing": n.fencing, "problem": n.problem,
         "storage": n.storage.iter().map(|s| json!({"domain": s.domain, "state": s.state, "message": s.message, "free_bytes": s.free_bytes, "total_bytes": s.total_bytes})).collect::<Vec<_>>(),
     })
 }
@@ -167,14 +169,32 @@ pub fn print_nodes(output: Output, nodes: &[pb::NodeInfo]) {
                         n.heartbeat_age_ms
                             .map(|a| format!("{:.1}s ago", a as f64 / 1000.0))
                             .unwrap_or_else(|| "-".into()),
+                        n.fencing.clone().filter(|f| !f.is_empty()).unwrap_or_else(|| "-".into()),
                         storage_summary(&n.storage),
                     ]
                 })
                 .collect();
             table(
-                &["NAME", "ADDRESS", "STATE", "ROLE", "VCPUS", "MEMORY(MiB)", "VMS", "RUNNING", "HEARTBEAT", "STORAGE"],
+                &[
+                    "NAME",
+                    "ADDRESS",
+                    "STATE",
+                    "ROLE",
+                    "VCPUS",
+                    "MEMORY(MiB)",
+                    "VMS",
+                    "RUNNING",
+                    "HEARTBEAT",
+                    "FENCING",
+                    "STORAGE",
+                ],
                 rows,
             );
+            for n in nodes {
+                if let Some(problem) = n.problem.as_ref().filter(|p| !p.is_empty()) {
+                    println!("{}: {problem}; it takes no new VMs", n.name);
+                }
+            }
         }
     }
 }
@@ -416,7 +436,7 @@ pub fn print_capacity(output: Output, r: &pb::CapacityReport) {
                     json!({
                         "node": h.node, "ha_vms": h.ha_vms, "ha_vcpus": h.ha_vcpus, "ha_memory_mib": h.ha_memory_mib,
                         "unplaceable": h.unplaceable, "short_vcpus": h.short_vcpus,
-                        "short_memory_mib": h.short_memory_mib,
+                        "short_memory_mib": h.short_memory_mib, "fencing": h.fencing,
                     })
                 })
                 .collect();
@@ -451,11 +471,15 @@ pub fn print_capacity(output: Output, r: &pb::CapacityReport) {
                         h.ha_vms.to_string(),
                         h.ha_vcpus.to_string(),
                         h.ha_memory_mib.to_string(),
+                        if h.fencing.is_empty() { "-".into() } else { h.fencing.clone() },
                         short,
                     ]
                 })
                 .collect();
-            table(&["IF LOST", "HA VMS", "HA VCPUS", "HA MEMORY(MiB)", "SHORT BY"], rows);
+            table(&["IF LOST", "HA VMS", "HA VCPUS", "HA MEMORY(MiB)", "FENCING", "SHORT BY"], rows);
+            if r.hosts.iter().any(|h| h.ha_vms > 0 && h.fencing == "guard-only") {
+                println!("guard-only hosts: if their daemon and guard both die, only disk leases keep a restarted HA VM from running twice; enable a watchdog (softdog) for full protection");
+            }
         }
     }
 }

@@ -235,7 +235,17 @@ mod tests {
         hb.for_term(2, t0);
         // Just elected: nobody heard from yet, so nobody is live.
         assert_eq!(unresponsive(&s, &hb, t0 + Duration::from_millis(10), limit), [1, 2].into());
-        hb.seen.insert(1, Seen { at: t0 + Duration::from_millis(500), domains: vec![], applied: 0, storage: vec![] });
+        hb.seen.insert(
+            1,
+            Seen {
+                at: t0 + Duration::from_millis(500),
+                domains: vec![],
+                applied: 0,
+                storage: vec![],
+                fencing: String::new(),
+                problem: String::new(),
+            },
+        );
         assert_eq!(unresponsive(&s, &hb, t0 + Duration::from_secs(1), limit), [2].into());
         // Heard from, then silent for longer than the limit.
         assert_eq!(unresponsive(&s, &hb, t0 + Duration::from_millis(3501), limit), [1, 2].into());
@@ -290,7 +300,10 @@ mod tests {
 
     fn heard(hb: &mut Heartbeats, node: NodeId, at: Instant, running: &[VmId], applied: u64) {
         let domains = running.iter().map(|v| (*v, 1, true)).collect();
-        hb.seen.insert(node, Seen { at, domains, applied, storage: vec![] });
+        hb.seen.insert(
+            node,
+            Seen { at, domains, applied, storage: vec![], fencing: String::new(), problem: String::new() },
+        );
     }
 
     #[test]

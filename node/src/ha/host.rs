@@ -20,6 +20,9 @@ use tracing::{error, info, warn};
 use super::leader::LeaderView;
 use crate::agent::plan::Standing;
 use crate::ctx::{forward, NodeCtx};
+use crate::guard::kill::{fence_all, qemu_pid_dir};
+use crate::guard::rule::Pet;
+use crate::guard::{boottime_ns, FENCE_BUDGET};
 use crate::hypervisor::{blocking, Domain};
 
 /// This host's lease: when the latest acknowledged heartbeat was sent, and
@@ -37,6 +40,9 @@ pub struct Lease {
     /// (as CLOCK_BOOTTIME, which every process of this boot shares and no
     /// clock setting moves), so a restarted daemon inherits its lease.
     file: Option<std::path::PathBuf>,
+    /// Set while the file is being written, so a slow disk gets one write
+    /// at a time and never holds up a heartbeat.
+    writing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -45,14 +51,6 @@ struct Grant {
     /// `None` for a lease inherited from the previous process: the read
     /// index is unknown, so the node is behind until a heartbeat answers.
     read_index: Option<u64>,
-}
-
-/// CLOCK_BOOTTIME now, in nanoseconds.
-fn boottime_ns() -> Option<u64> {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid pointer to a timespec the call fills in.
-    let ok = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } == 0;
-    ok.then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 impl Lease {
@@ -71,7 +69,13 @@ impl Lease {
         if inherited.is_some() {
             info!("inherited a valid lease from the previous process: no fencing until it runs out");
         }
-        Lease { granted: Mutex::new(inherited), fence_after, caught_up: Default::default(), file }
+        Lease {
+            granted: Mutex::new(inherited),
+            fence_after,
+            caught_up: Default::default(),
+            file,
+            writing: Default::default(),
+        }
     }
 
     fn grant(&self) -> Option<Grant> {
@@ -85,6 +89,17 @@ impl Lease {
 
     pub fn expired(&self) -> bool {
         self.expired_at(Instant::now())
+    }
+
+    /// When the lease runs out, as CLOCK_BOOTTIME nanoseconds (what the
+    /// guard compares against); `None` without a lease.
+    pub fn deadline_ns(&self) -> Option<u64> {
+        if cfg!(feature = "unsafe-no-fencing") {
+            return Some(u64::MAX);
+        }
+        let sent = self.grant()?.sent;
+        let sent_ns = boottime_ns()?.saturating_sub(sent.elapsed().as_nanos() as u64);
+        Some(sent_ns + self.fence_after.as_nanos() as u64)
     }
 
     /// The agent's [`Standing`]: fenced without a valid lease; current once
@@ -118,11 +133,19 @@ impl Lease {
         let sent = granted.map_or(sent, |g| g.sent.max(sent));
         *granted = Some(Grant { sent, read_index: Some(read_index) });
         drop(granted);
-        // Best effort, not synced: a lost write only means fencing after a
-        // restart, as without the file.
+        // Best effort, not synced, and off this task: a lost write only means
+        // fencing after a restart, as without the file, and a frozen disk
+        // must not stop the heartbeat.
         if let (Some(file), Some(now)) = (&self.file, boottime_ns()) {
-            let sent_ns = now.saturating_sub(sent.elapsed().as_nanos() as u64);
-            let _ = std::fs::write(file, sent_ns.to_string());
+            use std::sync::atomic::Ordering::SeqCst;
+            if self.writing.compare_exchange(false, true, SeqCst, SeqCst).is_ok() {
+                let sent_ns = now.saturating_sub(sent.elapsed().as_nanos() as u64);
+                let (file, writing) = (file.clone(), self.writing.clone());
+                std::thread::spawn(move || {
+                    let _ = std::fs::write(file, sent_ns.to_string());
+                    writing.store(false, SeqCst);
+                });
+            }
         }
     }
 }
@@ -145,49 +168,106 @@ pub fn fence_targets(state: &ClusterState, domains: &[Domain]) -> Vec<String> {
         .collect()
 }
 
-/// Destroys this host's running HA domains (self-fencing). Also what a
-/// node does before it stops on a storage failure: once it is gone, the
-/// leader restarts its HA VMs elsewhere.
+/// What the guard must kill when the lease runs out: the HA VMs placed
+/// here (before they even start, so none is ever unguarded) and every
+/// running domain [`fence_targets`] names.
+pub fn guard_targets(state: &ClusterState, me: u64, domains: &[Domain]) -> BTreeSet<String> {
+    let placed_ha = state.vms.values().filter(|v| v.spec.ha && v.placement.is_some_and(|p| p.node == me));
+    placed_ha.map(|v| domain_name(v.id)).chain(fence_targets(state, domains)).collect()
+}
+
+/// The guard's pet: the lease deadline and what to kill after it. `None`
+/// until this process has listed its domains once: until then it cannot
+/// name every running one, and the guard keeps what it was last told.
+pub fn pet_for(ctx: &NodeCtx, lease: &Lease) -> Option<Pet> {
+    let domains = ctx.listing.last()?.domains;
+    Some(Pet { deadline_ns: lease.deadline_ns(), targets: ctx.read(|d| guard_targets(&d.state, ctx.id, &domains)) })
+}
+
+/// Destroys this host's running HA domains (self-fencing), all at once and
+/// within the fencing budget: QEMU is killed by pid where libvirt keeps pid
+/// files, so a libvirtd that does not answer cannot hold fencing up. Also
+/// what a node does before it stops on a storage failure: once it is gone,
+/// the leader restarts its HA VMs elsewhere.
 pub async fn fence(ctx: &Arc<NodeCtx>) {
-    let Ok(domains) = blocking(&ctx.hypervisor, |hv| hv.list()).await else { return };
-    // All at once: one destroy can take seconds under load, and every HA
-    // guest must be gone before the leader's down_after runs out.
-    let destroys = ctx.read(|d| fence_targets(&d.state, &domains)).into_iter().map(|name| {
-        warn!(domain = %name, "fencing: no heartbeat acknowledged within fence_after; destroying HA domain");
-        let hv = ctx.hypervisor.clone();
-        tokio::spawn(async move {
-            if let Err(e) = blocking(&hv, move |hv| hv.destroy(&name)).await {
-                warn!(error = %e, "fencing destroy failed");
-            }
-        })
-    });
-    for done in destroys.collect::<Vec<_>>() {
-        let _ = done.await;
+    // The newest list (kept by the heartbeat, one libvirt call at a time),
+    // and every HA VM placed here, listed yet or not.
+    let listed = ctx.listing.last().map(|l| l.domains).unwrap_or_default();
+    let targets: Vec<String> = ctx.read(|d| guard_targets(&d.state, ctx.id, &listed)).into_iter().collect();
+    if targets.is_empty() {
+        return;
+    }
+    warn!(domains = ?targets, "fencing: no heartbeat acknowledged within fence_after; destroying HA domains");
+    let (hv, pid_dir) = (ctx.hypervisor.clone(), qemu_pid_dir(&ctx.config.libvirt_uri));
+    let destroy = move |name: &str| hv.destroy(name).map(|()| true).map_err(|e| e.to_string());
+    // A plain thread, not the blocking pool, which hung libvirt calls may
+    // have filled.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || tx.send(fence_all(&targets, pid_dir.as_deref(), FENCE_BUDGET, destroy)));
+    match rx.await {
+        Ok(r) if r.failed.is_empty() && r.killed.is_empty() => {}
+        Ok(r) if r.failed.is_empty() => info!(killed = ?r.killed, took_ms = r.took.as_millis() as u64, "fenced"),
+        Ok(r) => {
+            error!(killed = ?r.killed, failed = ?r.failed, took_ms = r.took.as_millis() as u64, "fencing incomplete")
+        }
+        Err(_) => error!("fencing thread failed"),
     }
 }
 
-/// Heartbeats the leader forever; fences first whenever the lease ran out.
+/// Whether this node belongs to the cluster (latched by the caller): in the
+/// state, or a Raft member.
+fn registered(ctx: &NodeCtx) -> bool {
+    ctx.read(|d| d.state.nodes.contains_key(&ctx.id))
+        || ctx.metrics().membership_config.membership().get_node(&ctx.id).is_some()
+}
+
+/// Keeps the guard petted and fences the moment the lease runs out. Its
+/// own task on a short tick, so fencing never waits for a heartbeat (which
+/// may hang on a dead leader for its whole timeout) and a heartbeat never
+/// waits for fencing.
+pub async fn fence_loop(ctx: Arc<NodeCtx>, lease: Arc<Lease>) {
+    let mut registered_once = false;
+    let mut fenced_at: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Latched, and a Raft member counts too: once removed from the state
+        // (`RemoveNode` applies before the membership change, which may fail or
+        // not reach it, and the daemon may restart in between), the node must
+        // go on fencing and asking the leader, whose refusal is how it learns
+        // it is out.
+        registered_once = registered_once || registered(&ctx);
+        if !registered_once {
+            continue;
+        }
+        if let Some(pet) = pet_for(&ctx, &lease) {
+            ctx.guard.pet(pet);
+        }
+        if !lease.expired() || cfg!(feature = "unsafe-no-fencing") {
+            if fenced_at.take().is_some() {
+                info!("heartbeat acknowledged again: lease restored");
+            }
+            continue;
+        }
+        if fenced_at.is_none() {
+            warn!("lease expired or not yet granted: fencing HA domains until a heartbeat is acknowledged");
+        }
+        // Again every second while the lease stays out: nothing may have
+        // started since, but a kill may have failed.
+        if fenced_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            fenced_at = Some(Instant::now());
+            fence(&ctx).await;
+        }
+    }
+}
+
+/// Heartbeats the leader forever. Never waits on libvirt or the disk: it
+/// sends the newest domain list it has, and says what does not answer.
 pub async fn heartbeat_loop(ctx: Arc<NodeCtx>, lease: Arc<Lease>, leader: Arc<LeaderView>) {
     let every = Duration::from_millis(ctx.config.heartbeat_ms);
-    let mut was_fenced = false;
-    // Latched, and a Raft member counts too: once removed from the state
-    // (`RemoveNode` applies before the membership change, which may fail or
-    // not reach it, and the daemon may restart in between), the node must
-    // go on fencing and asking the leader, whose refusal is how it learns
-    // it is out.
-    let mut registered = false;
+    let mut registered_once = false;
     loop {
-        registered = registered
-            || ctx.read(|d| d.state.nodes.contains_key(&ctx.id))
-            || ctx.metrics().membership_config.membership().get_node(&ctx.id).is_some();
-        if registered {
-            if lease.expired() && !cfg!(feature = "unsafe-no-fencing") {
-                if !was_fenced {
-                    warn!("lease expired or not yet granted: fencing HA domains until a heartbeat is acknowledged");
-                }
-                was_fenced = true;
-                fence(&ctx).await;
-            }
+        registered_once = registered_once || registered(&ctx);
+        if registered_once {
             let sent = Instant::now();
             match send(&ctx, &leader, every).await {
                 // The leader, with its quorum confirmed, does not count this
@@ -201,13 +281,11 @@ pub async fn heartbeat_loop(ctx: Arc<NodeCtx>, lease: Arc<Lease>, leader: Arc<Le
                     for vm in ack.stale {
                         let name = domain_name(vm);
                         warn!(domain = %name, "leader reports this domain stale (placed elsewhere now); destroying");
-                        let _ = blocking(&ctx.hypervisor, move |hv| hv.destroy(&name)).await;
+                        // Not awaited: a hung libvirt must not stop the heartbeat.
+                        let hv = ctx.hypervisor.clone();
+                        tokio::spawn(async move { blocking(&hv, move |hv| hv.destroy(&name)).await });
                     }
                     lease.acknowledged(sent, ack.read_index);
-                    if was_fenced {
-                        info!("heartbeat acknowledged again: lease restored");
-                        was_fenced = false;
-                    }
                 }
                 Err(e) => tracing::debug!(error = %e, "heartbeat not acknowledged"),
             }
@@ -251,16 +329,26 @@ pub async fn leave(ctx: &Arc<NodeCtx>) {
 }
 
 async fn send(ctx: &Arc<NodeCtx>, leader: &LeaderView, timeout: Duration) -> Result<pb::HeartbeatAck, Status> {
-    // Read before listing, with the starts in flight (see the agent's
-    // `StartGuard`): whatever the list lacks, the host had applied this far
-    // when it looked, and will not start it from an older plan.
-    let (applied_index, cluster_id, starting) = {
-        let starting = ctx.starting.lock().unwrap_or_else(|p| p.into_inner());
-        let (applied, cluster) =
-            ctx.read(|d| (d.last_applied.map_or(0, |l| l.index), d.state.cluster_id().unwrap_or_default().to_string()));
-        (applied, cluster, starting.clone())
+    // The applied index is read before listing, with the starts in flight
+    // (see the agent's `StartGuard`): whatever the list lacks, the host had
+    // applied this far when it looked, and will not start it from an older
+    // plan. A list libvirt has not answered within half a heartbeat is
+    // replaced by the last one, with the index read for *it*.
+    let before = {
+        let ctx = ctx.clone();
+        move || {
+            let starting = ctx.starting.lock().unwrap_or_else(|p| p.into_inner());
+            let applied = ctx.read(|d| d.last_applied.map_or(0, |l| l.index));
+            (applied, starting.clone())
+        }
     };
-    let domains = blocking(&ctx.hypervisor, |hv| hv.list()).await.map_err(Status::from)?;
+    let (listed, hypervisor_problem) = ctx.listing.fresh(&ctx.hypervisor, timeout / 2, before).await;
+    let Some(listed) = listed else {
+        // Nothing was ever listed: there is nothing true to say yet.
+        return Err(Status::unavailable(hypervisor_problem.unwrap_or_else(|| "no domain list yet".into())));
+    };
+    let cluster_id = ctx.read(|d| d.state.cluster_id().unwrap_or_default().to_string());
+    let (domains, starting) = (&listed.domains, &listed.starting);
     let mut reported: Vec<pb::RunningDomain> = domains
         .iter()
         .map(|d| pb::RunningDomain {
@@ -269,13 +357,22 @@ async fn send(ctx: &Arc<NodeCtx>, leader: &LeaderView, timeout: Duration) -> Res
             running: d.state.is_live() || starting.contains_key(&d.vm_id),
         })
         .collect();
-    for (vm_id, epoch) in starting {
+    for (&vm_id, &epoch) in starting {
         if !domains.iter().any(|d| d.vm_id == vm_id) {
             reported.push(pb::RunningDomain { vm_id, epoch, running: true });
         }
     }
     let storage = crate::storage::probe::current(ctx);
-    let req = pb::HeartbeatRequest { node_id: ctx.id, applied_index, cluster_id, domains: reported, storage };
+    let problem = [hypervisor_problem, ctx.disk_probe.problem()].into_iter().flatten().collect::<Vec<_>>().join("; ");
+    let req = pb::HeartbeatRequest {
+        node_id: ctx.id,
+        applied_index: listed.applied_index,
+        cluster_id,
+        domains: reported,
+        storage,
+        fencing: ctx.guard.level().as_str().to_string(),
+        problem,
+    };
     match ctx.leader() {
         Some((id, _)) if id == ctx.id => leader.receive(ctx, req).await,
         Some((_, address)) => {
@@ -342,9 +439,13 @@ mod tests {
         assert!(!lease.expired());
         lease.acknowledged(Instant::now(), 7);
         assert_eq!(lease.standing(Some(7)), Standing::Current);
-        // The file follows the acks.
-        let stored: u64 = std::fs::read_to_string(&file).unwrap().parse().unwrap();
-        assert!(stored > now - 1_000_000_000);
+        // The file follows the acks (written off the caller's thread).
+        let newer = || std::fs::read_to_string(&file).ok()?.parse::<u64>().ok().filter(|s| *s > now - 1_000_000_000);
+        let until = Instant::now() + Duration::from_secs(5);
+        while newer().is_none() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(newer().is_some(), "the lease file follows the acks");
         // Too old, from an earlier boot, or damaged: no lease.
         for text in [(now - 6_000_000_000).to_string(), (now + 1_000_000_000_000).to_string(), "x".into()] {
             std::fs::write(&file, text).unwrap();

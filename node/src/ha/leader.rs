@@ -28,6 +28,9 @@ pub struct Seen {
     pub applied: u64,
     /// Its storage domains as it sees them.
     pub storage: Vec<pb::HostStorageStatus>,
+    /// How it is fenced, and what it reports wrong ("" when healthy).
+    pub fencing: String,
+    pub problem: String,
 }
 
 /// The heartbeat table of one term; a new leader starts empty.
@@ -95,7 +98,12 @@ impl Liveness {
     /// each host's storage domains as it last reported them (a host
     /// silent for three heartbeats reports nothing usable).
     pub fn host_facts(&self, state: &ClusterState) -> HostFacts {
-        let unresponsive = self.unresponsive(state);
+        let mut unresponsive = self.unresponsive(state);
+        // A host whose libvirt or data disk does not answer still heartbeats
+        // (so its guests are not restarted elsewhere) but takes nothing new.
+        if self.leads {
+            unresponsive.extend(self.heard.seen.iter().filter(|(_, s)| !s.problem.is_empty()).map(|(id, _)| *id));
+        }
         let storage = self
             .heard
             .seen
@@ -165,7 +173,15 @@ impl LeaderView {
                 .seen
                 .iter()
                 .map(|(id, s)| {
-                    (*id, Seen { at: s.at, domains: Vec::new(), applied: s.applied, storage: s.storage.clone() })
+                    let seen = Seen {
+                        at: s.at,
+                        domains: Vec::new(),
+                        applied: s.applied,
+                        storage: s.storage.clone(),
+                        fencing: s.fencing.clone(),
+                        problem: s.problem.clone(),
+                    };
+                    (*id, seen)
                 })
                 .collect(),
         };
@@ -206,7 +222,15 @@ impl LeaderView {
             let now = Instant::now();
             let mut hb = self.table();
             hb.for_term(m.current_term, now);
-            hb.seen.insert(req.node_id, Seen { at: now, domains, applied: req.applied_index, storage: req.storage });
+            let seen = Seen {
+                at: now,
+                domains,
+                applied: req.applied_index,
+                storage: req.storage,
+                fencing: req.fencing,
+                problem: req.problem,
+            };
+            hb.seen.insert(req.node_id, seen);
         }
         Ok(pb::HeartbeatAck { leader_id: ctx.id, term: m.current_term, stale, read_index })
     }
@@ -251,6 +275,13 @@ impl LeaderView {
                     .values()
                     .filter(|s| now.saturating_duration_since(s.at) <= self.down_after)
                     .flat_map(|s| s.storage.iter().cloned())
+                    .collect(),
+                fencing: hb.seen.iter().map(|(id, s)| (name(id), s.fencing.clone())).collect(),
+                problem: hb
+                    .seen
+                    .iter()
+                    .filter(|(_, s)| !s.problem.is_empty())
+                    .map(|(id, s)| (name(id), s.problem.clone()))
                     .collect(),
             }
         })

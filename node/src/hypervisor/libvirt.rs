@@ -25,7 +25,8 @@ use crate::error::{Error, Result};
 const METADATA_ELEMENT: i32 = 2; // VIR_DOMAIN_METADATA_ELEMENT
 
 pub struct Libvirt {
-    conn: Connect,
+    /// Replaced when libvirtd went away and answers again (see [`Libvirt::conn`]).
+    conn: std::sync::Mutex<Connect>,
     uri: String,
     node_id: u64,
     images_dir: PathBuf,
@@ -61,7 +62,7 @@ impl Libvirt {
         }
         let images_dir = images_dir.canonicalize().unwrap_or(images_dir);
         let consoles_dir = consoles_dir.canonicalize().unwrap_or(consoles_dir);
-        let hv = Libvirt { conn, uri: uri.to_string(), node_id, images_dir, consoles_dir };
+        let hv = Libvirt { conn: std::sync::Mutex::new(conn), uri: uri.to_string(), node_id, images_dir, consoles_dir };
         hv.reclaim_domains_of_this_dir();
         hv.pool(&hv.node_pool())?;
         Ok(hv)
@@ -73,7 +74,7 @@ impl Libvirt {
     /// stopped. Nobody else manages them any more, and the cluster may be
     /// restarting them elsewhere, so they must not run on.
     fn reclaim_domains_of_this_dir(&self) {
-        let Ok(domains) = self.conn.list_all_domains(0) else { return };
+        let Ok(domains) = self.conn().list_all_domains(0) else { return };
         // Files inside our directories: the path and a separator.
         let (images, consoles) =
             (format!("{}/", self.images_dir.display()), format!("{}/", self.consoles_dir.display()));
@@ -97,6 +98,30 @@ impl Libvirt {
         }
     }
 
+    /// The connection, opened again if libvirtd closed it (a restart of
+    /// libvirtd): guests outlive libvirtd, and so must the node's hold on
+    /// them. A libvirtd that is only stopped keeps the socket open and is
+    /// not reopened; callers bound how long they wait on it.
+    fn conn(&self) -> Connect {
+        let current = self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if current.is_alive().unwrap_or(false) {
+            return current;
+        }
+        // Opened outside the lock: a libvirtd that accepts but does not
+        // answer must not stall every other call.
+        match Connect::open(Some(&self.uri)) {
+            Ok(fresh) => {
+                info!(uri = %self.uri, "reconnected to libvirt");
+                *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+                fresh
+            }
+            Err(e) => {
+                tracing::debug!(error = %e.message(), "libvirt still unreachable");
+                current
+            }
+        }
+    }
+
     /// The libvirt domain type for a VM on this connection.
     pub fn is_test_driver(&self) -> bool {
         self.uri.starts_with("test:")
@@ -111,7 +136,7 @@ impl Libvirt {
     /// libvirt allows one pool per directory, so the old one would block
     /// ours. Only the pool object goes; the files in it stay.
     fn reclaim_pools_of(&self, path: &Path, keep: &str) {
-        let Ok(pools) = self.conn.list_all_storage_pools(0) else { return };
+        let Ok(pools) = self.conn().list_all_storage_pools(0) else { return };
         let target = format!("<path>{}</path>", xml::escape(&path.to_string_lossy()));
         for pool in pools {
             let Ok(name) = pool.name() else { continue };
@@ -132,12 +157,12 @@ impl Libvirt {
 
     /// The running pool of a storage domain, defined on first use.
     fn pool(&self, spec: &PoolSpec) -> Result<StoragePool> {
-        let pool = match self.conn.lookup_storage_pool_by_name(&spec.pool_name) {
+        let pool = match self.conn().lookup_storage_pool_by_name(&spec.pool_name) {
             Ok(p) => p,
             Err(_) => {
                 self.reclaim_pools_of(spec.path(), &spec.pool_name);
                 let p = self
-                    .conn
+                    .conn()
                     .define_storage_pool_xml(&spec.xml(), 0)
                     .map_err(|e| lv_err(&format!("define the pool of storage {}", spec.domain), e))?;
                 let _ = p.build(0);
@@ -170,7 +195,7 @@ impl Libvirt {
     }
 
     fn lookup(&self, domain: &str) -> Result<VirtDomain> {
-        self.conn.lookup_domain_by_name(domain).map_err(|e| lv_err(&format!("domain {domain}"), e))
+        self.conn().lookup_domain_by_name(domain).map_err(|e| lv_err(&format!("domain {domain}"), e))
     }
 
     fn tag(&self, dom: &VirtDomain) -> Option<xml::Tag> {
@@ -201,13 +226,13 @@ fn run_state(dom: &VirtDomain) -> RunState {
 
 impl Hypervisor for Libvirt {
     fn capacity(&self) -> Result<HostCapacity> {
-        let info = self.conn.node_info().map_err(|e| lv_err("node info", e))?;
+        let info = self.conn().node_info().map_err(|e| lv_err("node info", e))?;
         Ok(HostCapacity { cpus: info.cpus, memory_mib: info.memory / 1024 })
     }
 
     fn list(&self) -> Result<Vec<Domain>> {
         let mut out = Vec::new();
-        for dom in self.conn.list_all_domains(0).map_err(|e| lv_err("list domains", e))? {
+        for dom in self.conn().list_all_domains(0).map_err(|e| lv_err("list domains", e))? {
             let Ok(name) = dom.name() else { continue };
             if !name.starts_with("kvmesh-") {
                 continue;
@@ -223,7 +248,7 @@ impl Hypervisor for Libvirt {
 
     fn define(&self, spec: &DomainSpec) -> Result<()> {
         let mut spec = spec.clone();
-        if let Ok(existing) = self.conn.lookup_domain_by_name(&spec.domain) {
+        if let Ok(existing) = self.conn().lookup_domain_by_name(&spec.domain) {
             spec.uuid = existing.uuid_string().ok();
         }
         if self.is_test_driver() {
@@ -233,7 +258,7 @@ impl Hypervisor for Libvirt {
         } else {
             spec.console_log = Some(self.console_path(&spec.domain).to_string_lossy().into_owned());
         }
-        self.conn.define_domain_xml(&xml::domain_xml(&spec)).map_err(|e| lv_err("define domain", e))?;
+        self.conn().define_domain_xml(&xml::domain_xml(&spec)).map_err(|e| lv_err("define domain", e))?;
         Ok(())
     }
 
@@ -248,13 +273,19 @@ impl Hypervisor for Libvirt {
     fn destroy(&self, domain: &str) -> Result<()> {
         let dom = self.lookup(domain)?;
         if dom.is_active().unwrap_or(false) {
-            dom.destroy().map_err(|e| lv_err(&format!("destroy {domain}"), e))?;
+            // It may stop between the check and the destroy (the fence
+            // guard killed its QEMU): gone is what was asked for.
+            if let Err(e) = dom.destroy() {
+                if dom.is_active().unwrap_or(true) {
+                    return Err(lv_err(&format!("destroy {domain}"), e));
+                }
+            }
         }
         Ok(())
     }
 
     fn remove(&self, domain: &str, keep_console: bool) -> Result<()> {
-        if let Ok(dom) = self.conn.lookup_domain_by_name(domain) {
+        if let Ok(dom) = self.conn().lookup_domain_by_name(domain) {
             if dom.is_active().unwrap_or(false) {
                 dom.destroy().map_err(|e| lv_err(&format!("destroy {domain}"), e))?;
             }

@@ -106,6 +106,16 @@ pub trait Hypervisor: Send + Sync + 'static {
 
 pub use pools::{Backing, PoolSpec, PoolState};
 
+/// Whether a libvirt/QEMU error says a disk's lease is held by another
+/// process: QEMU's own image locking ("Failed to get "write" lock … Is
+/// another process using the image?"), or libvirt's lock manager
+/// (virtlockd: "Failed to acquire lock", "Lockspace resource … is locked").
+pub fn lease_held(message: &str) -> bool {
+    ["Failed to get \"write\" lock", "another process using the image", "Failed to acquire lock", "Lockspace resource"]
+        .iter()
+        .any(|m| message.contains(m))
+}
+
 /// Runs a hypervisor call on the blocking pool.
 pub async fn blocking<T, F>(hv: &Arc<dyn Hypervisor>, f: F) -> Result<T>
 where
@@ -116,4 +126,17 @@ where
     tokio::task::spawn_blocking(move || f(hv.as_ref()))
         .await
         .map_err(|e| Error::Hypervisor(format!("hypervisor task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn held_leases_are_told_from_other_start_errors() {
+        // QEMU 7.2's image locking, as libvirt passes it on.
+        let qemu = "internal error: qemu unexpectedly closed the monitor: 2026-12-03T12:00:00 qemu-system-x86_64: -blockdev {...}: Failed to get \"write\" lock\nIs another process using the image [/srv/x.qcow2]?";
+        assert!(super::lease_held(qemu));
+        assert!(super::lease_held("Lockspace resource '/srv/x.qcow2' is locked"));
+        assert!(!super::lease_held("cannot open /dev/sdb: resource busy"));
+        assert!(!super::lease_held("Cannot access storage file '/srv/x.qcow2': No such file or directory"));
+    }
 }

@@ -27,7 +27,7 @@ use crate::ctx::NodeCtx;
 use crate::error::{Error, Result};
 use crate::hypervisor::{blocking, PoolSpec};
 
-fn qemu_img(args: &[&str]) -> Result<()> {
+pub(crate) fn qemu_img(args: &[&str]) -> Result<()> {
     let out = Process::new("qemu-img")
         .args(args)
         .output()

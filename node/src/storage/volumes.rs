@@ -45,6 +45,27 @@ pub struct Prepared {
     pub initrd: Option<String>,
 }
 
+/// Fails (with QEMU's "Is another process using the image" message) when
+/// another QEMU holds one of the VM's disks open: `qemu-img info` takes
+/// the shared locks QEMU takes, so it is refused exactly while the disk's
+/// lease is held. Checked before libvirt is asked to start, so a start that
+/// cannot get its disks never shows up as a running domain, not even for
+/// the moment QEMU needs to fail.
+pub async fn leases_free(ctx: &NodeCtx, prepared: &Prepared) -> Result<()> {
+    if !ctx.hypervisor.stores_files() {
+        return Ok(());
+    }
+    let paths: Vec<String> = prepared.disks.iter().map(|(_, path, _)| path.clone()).collect();
+    let check = tokio::task::spawn_blocking(move || {
+        paths.iter().try_for_each(|p| super::disk_ops::qemu_img(&["info", "--output=json", p]))
+    });
+    match tokio::time::timeout(std::time::Duration::from_secs(10), check).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(Error::Hypervisor(format!("disk lease check failed: {e}"))),
+        Err(_) => Err(Error::Hypervisor("checking the disks' leases took over 10 s (a hung mount?)".into())),
+    }
+}
+
 /// The pool and file of an image.
 fn image_file(
     state: &ClusterState,

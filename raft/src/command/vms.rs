@@ -229,6 +229,7 @@ impl ClusterState {
         let message = match (state, &error) {
             (VmState::Failed, Some(e)) => format!("vm {name} failed on {host}: {e}"),
             (VmState::Crashed, Some(e)) => format!("vm {name} crashed on {host}; {e}"),
+            (VmState::WaitingForLease, Some(e)) => format!("vm {name} waits for a disk lease on {host}: {e}"),
             (s, _) => format!("vm {name} is {} on {host}", s.as_str()),
         };
         let kind = if matches!(state, VmState::Failed | VmState::Crashed) { "vm-error" } else { "vm" };

@@ -132,6 +132,7 @@ pub fn vm_state(state: &ClusterState, vm: &Vm) -> pb::VmState {
             VmState::Crashed => pb::VmState::Crashed,
             VmState::Failed => pb::VmState::Failed,
             VmState::Deleted => pb::VmState::Deleting,
+            VmState::WaitingForLease => pb::VmState::WaitingForLease,
         },
         _ => pb::VmState::Pending,
     }
@@ -191,6 +192,8 @@ pub fn capacity(r: &scheduler::Reservation, s: &PlacementSettings) -> pb::Capaci
                 unplaceable: h.unplaceable.clone(),
                 short_vcpus: h.short_vcpus,
                 short_memory_mib: h.short_memory_mib,
+                // Heartbeat facts: the API adds them.
+                fencing: String::new(),
             })
             .collect(),
     }

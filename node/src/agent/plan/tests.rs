@@ -285,3 +285,18 @@ fn a_disk_added_or_grown_while_the_guest_runs_is_given_to_it_live_once() {
     let mut fresh = HashMap::new();
     assert!(run(&w, &running, &mut fresh, 50).contains(&Action::SyncDisks { vm_id: 7 }));
 }
+
+#[test]
+fn a_start_refused_by_a_held_lease_waits_and_is_retried_not_failed() {
+    let mut mem = HashMap::new();
+    let mut w = want(Desired::Running);
+    assert_eq!(run(&w, &[], &mut mem, 0), vec![Action::Create { vm_id: 7 }]);
+    // The shell found the disk's lease held: it reported waiting-for-lease
+    // and set when to try again.
+    mem.get_mut(&7).unwrap().lease_retry_at_ms = Some(2_000);
+    w.reported = Some((VmState::WaitingForLease, Some("Failed to get \"write\" lock".into())));
+    let defined = [dom(RunState::Off(OffReason::Shutdown))];
+    assert_eq!(run(&w, &defined, &mut mem, 1_999), vec![]);
+    assert_eq!(run(&w, &defined, &mut mem, 2_000), vec![Action::Start { vm_id: 7 }]);
+    assert_eq!(mem[&7].failed_gen, None, "a held lease is not a failure");
+}
