@@ -16,10 +16,13 @@
 #   scripts/testbed.sh signal H WHAT SIG  send SIG (KILL, STOP, CONT) to H's daemon, guard or libvirtd
 #   scripts/testbed.sh start-daemon H start only H's kvmesh daemon again (libvirtd and guests untouched)
 #   scripts/testbed.sh start-libvirtd H  start H's libvirtd again after it was killed
+#   scripts/testbed.sh freeze H | thaw H  fsfreeze H's data dir (needs KVMESH_TESTBED_LOOP)
 #
 # Needs root, iproute2 and scripts/libvirtd.sh's packages. Environment:
 # KVMESH_BIN (default target/debug/kvmesh), KVMESH_TESTBED_DIR (default
-# /tmp/kvmesh-testbed), KVMESH_TESTBED_NODE_ARGS (extra `kvmesh serve` flags).
+# /tmp/kvmesh-testbed), KVMESH_TESTBED_NODE_ARGS (extra `kvmesh serve` flags),
+# KVMESH_TESTBED_LOOP (hosts, e.g. "h3", whose kvmesh data dir is a loop-mounted
+# ext4 of its own, so that `freeze H` / `thaw H` (fsfreeze) hit only that host).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -35,7 +38,11 @@ ns_of() { echo "kvmtb-$1"; }
 start_host() {
   local h=$1 ns dir ip join=${2:-}
   ns=$(ns_of "$h"); dir=$BASE/$h; ip=$(ip_of "$h")
-  mkdir -p "$dir"/{run,lib/qemu,lib/images,etc,log,cache}
+  mkdir -p "$dir"/{run,lib/qemu,lib/images,etc,log,cache,kvmesh}
+  if [[ " ${KVMESH_TESTBED_LOOP:-} " == *" $h "* ]] && ! mountpoint -q "$dir/kvmesh"; then
+    [ -f "$dir/data.img" ] || { truncate -s 1G "$dir/data.img"; mkfs.ext4 -q "$dir/data.img"; }
+    mount -o loop "$dir/data.img" "$dir/kvmesh"
+  fi
   if [ ! -f "$dir/etc/libvirtd.conf" ]; then
     cp -a /etc/libvirt/. "$dir/etc/"
     cat >"$dir/etc/libvirtd.conf" <<CONF
@@ -152,12 +159,19 @@ kill_host() {
 }
 
 down() {
+  # A frozen data dir would keep its processes from dying.
+  for m in "$BASE"/h*/kvmesh; do
+    mountpoint -q "$m" 2>/dev/null && fsfreeze -u "$m" 2>/dev/null || true
+  done
   for ns in $(ip netns list | awk '{print $1}' | grep '^kvmtb-' || true); do
     kill_host "${ns#kvmtb-}"
     ip netns del "$ns" 2>/dev/null || true
   done
   for l in $(ip -o link show | awk -F': ' '{print $2}' | grep '^veth-h' | cut -d@ -f1 || true); do ip link del "$l" 2>/dev/null || true; done
   ip link del "$BR" 2>/dev/null || true
+  for m in "$BASE"/h*/kvmesh; do
+    mountpoint -q "$m" 2>/dev/null && umount -l "$m" 2>/dev/null || true
+  done
   rm -rf "$BASE"
   echo "testbed: down"
 }
@@ -178,5 +192,7 @@ case "${1:-}" in
     kill -"$4" "$pid" ;;
   start-daemon) start_daemon "$2" ;;
   start-libvirtd) start_libvirtd "$2" ;;
-  *) sed -n '2,26p' "$0"; exit 2 ;;
+  freeze) fsfreeze -f "$BASE/$2/kvmesh" ;;
+  thaw) fsfreeze -u "$BASE/$2/kvmesh" ;;
+  *) sed -n '2,25p' "$0"; exit 2 ;;
 esac

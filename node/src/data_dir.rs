@@ -58,7 +58,8 @@ impl DataDir {
             let foreign = std::fs::read_dir(path)
                 .map_err(|e| err(format!("cannot list it: {e}")))?
                 .filter_map(|e| e.ok())
-                .any(|e| e.file_name() != "raft");
+                // A dedicated filesystem mounted here comes with lost+found.
+                .any(|e| e.file_name() != "raft" && e.file_name() != "lost+found");
             if foreign || path.join("raft").exists() {
                 return Err(err(format!(
                     "it is not empty and has no {IDENTITY}, so it is not a kvmesh data dir; use an empty or new directory"
@@ -153,6 +154,10 @@ mod tests {
         std::fs::write(foreign.join("photo.jpg"), b"x").unwrap();
         let e = DataDir::open(&foreign, "n1").err().unwrap().to_string();
         assert!(e.contains("not a kvmesh data dir"), "{e}");
+        // A filesystem of its own mounted as the data dir: only lost+found.
+        let mounted = tmp.path().join("mounted");
+        std::fs::create_dir_all(mounted.join("lost+found")).unwrap();
+        DataDir::open(&mounted, "n1").unwrap();
         // A damaged identity.
         std::fs::write(dir.join(IDENTITY), b"{nope").unwrap();
         assert!(DataDir::open(&dir, "n1").err().unwrap().to_string().contains("damaged"));

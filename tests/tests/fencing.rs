@@ -1,7 +1,8 @@
 //! Fencing that holds when the daemon itself dies or hangs, on the testbed
 //! with real QEMU/TCG guests: only the daemon killed, only the daemon
-//! stopped, the daemon restarted (an upgrade), libvirtd stopped and
-//! killed, and a partition of a host with eight HA guests.
+//! stopped, the daemon and the guard killed, the daemon restarted (an
+//! upgrade), libvirtd stopped and killed, the data dir's filesystem frozen,
+//! and a partition of a host with eight HA guests.
 //!
 //! Throughout, `virsh list` of every host is sampled every 0.2 s (through
 //! `watch`): no guest may ever run on two hosts. One test, since only one
@@ -35,14 +36,20 @@ fn node_field(host: &str, field: &str) -> Option<String> {
 
 #[test]
 fn the_guard_and_the_watchdog_layers_never_let_a_guest_run_twice() -> Result<()> {
+    // h3's data dir on a filesystem of its own, so it can be frozen alone.
+    std::env::set_var("KVMESH_TESTBED_LOOP", "h3");
     let _testbed = up3()?;
     shared_guest()?;
     // Room for eight more guests on one host (1 vCPU each, TCG).
     cli("h1", &["cluster", "policy", "set", "spread", "--cpu-overcommit", "16"])?;
 
     // Every host reports its fencing level: the guard runs, no watchdog here.
+    // (Run with KVMESH_TESTBED_NODE_ARGS=--unsafe-no-guard to see the
+    // daemon-kill case below fail with a double run.)
+    let no_guard = std::env::var("KVMESH_TESTBED_NODE_ARGS").is_ok_and(|a| a.contains("--unsafe-no-guard"));
+    let level = if no_guard { "daemon-only" } else { "guard-only" };
     wait_for("every host's fencing level", Duration::from_secs(20), || {
-        HOSTS.iter().all(|h| node_field(h, "fencing").as_deref() == Some("guard-only")).then_some(())
+        HOSTS.iter().all(|h| node_field(h, "fencing").as_deref() == Some(level)).then_some(())
     })?;
 
     // 1. A daemon restart (kill -9, start again at once, as an upgrade does)
@@ -147,7 +154,24 @@ fn the_guard_and_the_watchdog_layers_never_let_a_guest_run_twice() -> Result<()>
     wait_for("h3's problem cleared", Duration::from_secs(30), || node_field("h3", "problem").is_none().then_some(()))?;
     watch("ha-lv running once", Duration::from_secs(30), || hosts_of(&ha_lv).len() == 1)?;
 
-    // 7. A partition of a host with eight HA guests: every one is fenced
+    // 7. h3's data dir frozen (fsfreeze) for 25 s: the daemon either keeps
+    //    heartbeating and says so, or falls silent and is fenced by the guard
+    //    (which needs no disk); either way nothing runs twice.
+    let ha_fz = guest_on("h3", "ha-fz", true)?;
+    testbed(&["freeze", "h3"])?;
+    let (frozen_at, mut problem) = (Instant::now(), None);
+    let sampled = watch("25 s with h3's data dir frozen", Duration::from_secs(30), || {
+        problem = problem.take().or_else(|| node_field("h3", "problem"));
+        frozen_at.elapsed() >= Duration::from_secs(25)
+    });
+    let state = node_field("h3", "state");
+    testbed(&["thaw", "h3"])?;
+    sampled?;
+    println!("with its data dir frozen, h3 reported {problem:?}, was {state:?}; ha-fz ran on {:?}", hosts_of(&ha_fz));
+    wait_for("h3 up after the thaw", Duration::from_secs(60), || (node_field("h3", "state")? == "up").then_some(()))?;
+    watch("ha-fz running once", Duration::from_secs(40), || hosts_of(&ha_fz).len() == 1)?;
+
+    // 8. A partition of a host with eight HA guests: every one is fenced
     //    before any restarts elsewhere (the sampling would catch it).
     let mut many = Vec::new();
     for i in 0..8 {
@@ -172,7 +196,7 @@ fn the_guard_and_the_watchdog_layers_never_let_a_guest_run_twice() -> Result<()>
     ensure!(!line.is_empty() || log("h2").contains("fenced"), "h2 did not fence: {guard}");
     println!("fencing on the partitioned host: {line}");
     sample_for("after the heal", Duration::from_secs(5))?;
-    for name in ["ha", "ha-bare", "ha-stop", "ha-disk", "ha-lv", "plain"] {
+    for name in ["ha", "ha-bare", "ha-stop", "ha-disk", "ha-lv", "ha-fz", "plain"] {
         ensure!(hosts_of(&domain("h1", name)).len() == 1, "{name} does not run exactly once");
     }
     Ok(())

@@ -193,7 +193,14 @@ pub async fn fence(ctx: &Arc<NodeCtx>) {
     // The newest list (kept by the heartbeat, one libvirt call at a time),
     // and every HA VM placed here, listed yet or not.
     let listed = ctx.listing.last().map(|l| l.domains).unwrap_or_default();
-    let targets: Vec<String> = ctx.read(|d| guard_targets(&d.state, ctx.id, &listed)).into_iter().collect();
+    // What runs, and the HA VMs placed here that the list does not show yet
+    // (started since); not the ones it shows stopped, or every pass while the
+    // lease is out would "kill" them again.
+    let targets: Vec<String> = ctx
+        .read(|d| guard_targets(&d.state, ctx.id, &listed))
+        .into_iter()
+        .filter(|name| listed.iter().all(|l| &l.name != name || l.state.is_live()))
+        .collect();
     if targets.is_empty() {
         return;
     }
