@@ -70,6 +70,8 @@ fn replicated(mut nodes: serde_json::Value) -> serde_json::Value {
             o.remove("running_vcpus");
             o.remove("running_memory_mib");
             o.remove("storage");
+            o.remove("fencing");
+            o.remove("problem");
         }
     }
     nodes
