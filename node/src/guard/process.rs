@@ -209,25 +209,20 @@ fn serve(stream: &UnixStream, id: u64, shared: &Mutex<Shared>, log: &Log, level:
     }
 }
 
-/// The libvirt fallback for a target without a QEMU pid file.
+/// The libvirt fallback for a target without a QEMU pid file: whether a
+/// running domain was destroyed.
 fn destroy(uri: &str, name: &str) -> Result<bool, String> {
     let conn = virt::connect::Connect::open(Some(uri)).map_err(|e| format!("libvirt: {e}"))?;
-    let outcome = match conn.lookup_domain_by_name(name) {
-        Err(_) => Ok(false),
-        Ok(dom) => match dom.is_active() {
-            Ok(false) => Ok(false),
-            // "Not running" between the check and the destroy is no failure.
-            _ => match dom.destroy() {
-                Ok(()) => Ok(true),
-                Err(e) if !dom.is_active().unwrap_or(true) => {
-                    let _ = e;
-                    Ok(false)
-                }
-                Err(e) => Err(format!("libvirt destroy: {e}")),
-            },
-        },
-    };
-    outcome
+    let Ok(dom) = conn.lookup_domain_by_name(name) else { return Ok(false) };
+    if !dom.is_active().unwrap_or(true) {
+        return Ok(false);
+    }
+    match dom.destroy() {
+        Ok(()) => Ok(true),
+        // Stopped between the check and the destroy: gone, as asked.
+        Err(_) if !dom.is_active().unwrap_or(true) => Ok(false),
+        Err(e) => Err(format!("libvirt destroy: {e}")),
+    }
 }
 
 /// A log that never blocks its caller: lines go through a bounded queue to
