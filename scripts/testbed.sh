@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Simulated hosts on one machine, each a network namespace plus a private
-# mount namespace with its own libvirtd (real QEMU/TCG guests) and its own
-# kvmesh node. Hosts are joined by a bridge; they reach each other (and the
-# machine reaches them) only on the testbed's own subnet.
+# mount namespace with its own libvirtd (real QEMU/TCG guests, disk leases
+# by virtlockd) and its own kvmesh node. Hosts are joined by a bridge; they
+# reach each other (and the machine reaches them) only on the testbed's own
+# subnet.
 #
 #   scripts/testbed.sh up N           start N hosts (h1..hN), bootstrap h1, join the rest
 #   scripts/testbed.sh down           stop everything and remove the namespaces and files
@@ -12,7 +13,7 @@
 #   scripts/testbed.sh heal H
 #   scripts/testbed.sh addr H         print H's kvmesh address
 #   scripts/testbed.sh virsh H ARGS   run virsh against H's libvirtd
-#   scripts/testbed.sh pid H WHAT     pid of H's daemon, guard or libvirtd
+#   scripts/testbed.sh pid H WHAT     pid of H's daemon, guard, libvirtd or virtlockd
 #   scripts/testbed.sh signal H WHAT SIG  send SIG (KILL, STOP, CONT) to H's daemon, guard or libvirtd
 #   scripts/testbed.sh start-daemon H start only H's kvmesh daemon again (libvirtd and guests untouched)
 #   scripts/testbed.sh start-libvirtd H  start H's libvirtd again after it was killed
@@ -54,6 +55,12 @@ auth_tcp = "none"
 host_uuid = "$(cat /proc/sys/kernel/random/uuid)"
 CONF
     cp "$ROOT/scripts/qemu-test.conf" "$dir/etc/qemu.conf"
+    # Disk leases through libvirt's lock manager, as on a production host
+    # (README, "Disk leases"): virtlockd locks each disk file itself, so a
+    # disk on the shared folder is locked for every host and a local disk
+    # only for its own.
+    echo 'lock_manager = "lockd"' >>"$dir/etc/qemu.conf"
+    printf 'auto_disk_leases = 1\nrequire_lease_for_disks = 1\n' >"$dir/etc/qemu-lockd.conf"
   fi
   ip netns exec "$ns" unshare --mount --propagation private sh -c "
     mount --bind '$dir/run' /run/libvirt
@@ -62,6 +69,7 @@ CONF
     mount --bind '$dir/log' /var/log/libvirt
     mount --bind '$dir/cache' /var/cache/libvirt 2>/dev/null || true
     virtlogd -d --pid-file '$dir/virtlogd.pid'
+    virtlockd -d --pid-file '$dir/virtlockd.pid'
     libvirtd -d --listen --pid-file '$dir/libvirtd.pid'
     for i in \$(seq 100); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.2; done
     exec $(serve_cmd "$h" "$join")
@@ -98,7 +106,8 @@ pid_of() {
       daemon) [[ "$cmd" == *" serve --name $h "* ]] && { echo "$pid"; return; } ;;
       guard) [[ "$cmd" == *" guard --data-dir $BASE/$h/kvmesh "* ]] && { echo "$pid"; return; } ;;
       libvirtd) [[ "$cmd" == libvirtd* ]] && { echo "$pid"; return; } ;;
-      *) echo "pid: daemon, guard or libvirtd, not $what" >&2; return 2 ;;
+      virtlockd) [[ "$cmd" == virtlockd* ]] && { echo "$pid"; return; } ;;
+      *) echo "pid: daemon, guard, libvirtd or virtlockd, not $what" >&2; return 2 ;;
     esac
   done
 }
@@ -194,5 +203,5 @@ case "${1:-}" in
   start-libvirtd) start_libvirtd "$2" ;;
   freeze) fsfreeze -f "$BASE/$2/kvmesh" ;;
   thaw) fsfreeze -u "$BASE/$2/kvmesh" ;;
-  *) sed -n '2,25p' "$0"; exit 2 ;;
+  *) sed -n '2,27p' "$0"; exit 2 ;;
 esac

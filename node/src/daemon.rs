@@ -79,6 +79,18 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let join = config.join.clone();
     let ctx = Arc::new(NodeCtx::new(id, config, cpus, memory_mib, raft.clone(), state, data_dir, hypervisor, refusals));
     info!(node = %ctx.name, id, address = %ctx.address, cpus, memory_mib, libvirt = %ctx.config.libvirt_uri, "kvmesh node starting");
+    if ctx.config.libvirt_uri == "qemu:///system" {
+        // The local libvirtd's settings: say whether disk leases have
+        // libvirt's lock manager behind them (README, "Disk leases").
+        let conf = std::fs::read_to_string("/etc/libvirt/qemu.conf").unwrap_or_default();
+        match hypervisor::lock_manager(&conf) {
+            Some(manager) => info!(%manager, "disk leases: QEMU's image locks and libvirt's lock manager"),
+            None => warn!(
+                "disk leases: QEMU's image locks only; libvirt's lock manager is off in /etc/libvirt/qemu.conf \
+                 (set lock_manager = \"lockd\" on every host: README, \"Disk leases\")"
+            ),
+        }
+    }
 
     let leader = Arc::new(LeaderView::new(ctx.clone()));
     let lease_file = ctx.config.data_dir.join("lease");

@@ -27,6 +27,9 @@ use crate::types::NodeId;
 pub struct HostFacts {
     /// `up` hosts not heard from lately: nothing new is placed there.
     pub unresponsive: BTreeSet<NodeId>,
+    /// `up` hosts that heartbeat but report their libvirt or data disk not
+    /// answering: nothing new is placed there either.
+    pub impaired: BTreeSet<NodeId>,
     /// Each host's storage domains as it last reported them; `None`: not
     /// known (every configured domain counts as active).
     pub storage: Option<BTreeMap<NodeId, BTreeMap<String, StorageState>>>,
@@ -34,7 +37,7 @@ pub struct HostFacts {
 
 impl HostFacts {
     pub fn unresponsive(unresponsive: BTreeSet<NodeId>) -> Self {
-        HostFacts { unresponsive, storage: None }
+        HostFacts { unresponsive, impaired: BTreeSet::new(), storage: None }
     }
 }
 
@@ -236,6 +239,8 @@ impl ClusterState {
                 v.state = node_state(n.state);
                 if v.state == scheduler::NodeState::Up && facts.unresponsive.contains(&n.id) {
                     v.state = scheduler::NodeState::Unresponsive;
+                } else if v.state == scheduler::NodeState::Up && facts.impaired.contains(&n.id) {
+                    v.state = scheduler::NodeState::Impaired;
                 }
                 v.labels = n.labels.clone();
                 let reported = facts.storage.as_ref().map(|all| all.get(&n.id));

@@ -108,6 +108,9 @@ pub enum NodeState {
     /// Up in the replicated state, but the leader has not heard from it for
     /// several heartbeats: place nothing new there.
     Unresponsive,
+    /// Heartbeating, but its hypervisor or data disk does not answer: its
+    /// guests stay where they are, nothing new goes there.
+    Impaired,
 }
 
 impl NodeState {
@@ -118,6 +121,7 @@ impl NodeState {
             NodeState::Draining => "draining",
             NodeState::Maintenance => "maintenance",
             NodeState::Unresponsive => "unresponsive (no recent heartbeat)",
+            NodeState::Impaired => "impaired (its libvirt or data disk does not answer; see `node list`)",
         }
     }
 }

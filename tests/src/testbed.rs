@@ -241,7 +241,7 @@ pub fn signal(h: &str, what: &str, sig: &str) -> Result<()> {
     testbed(&["signal", h, what, sig]).map(|_| ())
 }
 
-/// The pid of host `h`'s daemon, guard or libvirtd, if one runs.
+/// The pid of host `h`'s daemon, guard, libvirtd or virtlockd, if one runs.
 pub fn pid(h: &str, what: &str) -> Option<u32> {
     testbed(&["pid", h, what]).ok()?.parse().ok()
 }
@@ -255,6 +255,43 @@ pub fn guard_log(h: &str) -> String {
 /// same pid means the same guest, never rebooted.
 pub fn qemu_pid(h: &str, domain: &str) -> Option<u32> {
     std::fs::read_to_string(format!("{DIR}/{h}/run/qemu/{domain}.pid")).ok()?.trim().parse().ok()
+}
+
+/// Whether host `h`'s virtlockd holds a lock on `file` (from `/proc/locks`,
+/// which every host shares here): libvirt's lock manager took the disk's
+/// lease, seen from outside kvmesh.
+pub fn virtlockd_holds(h: &str, file: &str) -> bool {
+    let (Some(pid), Ok(meta)) = (pid(h, "virtlockd"), std::fs::metadata(file)) else { return false };
+    let inode = format!(":{}", std::os::unix::fs::MetadataExt::ino(&meta));
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    locks.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 5 && f[4] == pid.to_string() && f[5].ends_with(&inode)
+    })
+}
+
+/// A process that holds the lease virtlockd would take on `file` (a POSIX
+/// write lock on its first byte) until killed: what the virtlockd of a host
+/// whose QEMU image locks do not reach this one holds.
+pub fn hold_lockd_lease(file: &str) -> Result<std::process::Child> {
+    use std::io::BufRead;
+    let hold = "import fcntl, sys, time\n\
+        f = open(sys.argv[1], 'r+')\n\
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0, 0)\n\
+        print('held', flush=True)\n\
+        time.sleep(600)\n";
+    let mut child = Command::new("python3")
+        .args(["-c", hold, file])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("start python3")?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("holder's stdout")?).read_line(&mut line)?;
+    if line.trim() != "held" {
+        let _ = child.kill();
+        bail!("could not lock {file}");
+    }
+    Ok(child)
 }
 
 /// Brings up a fresh three-host testbed and waits for its three voters and

@@ -1,8 +1,9 @@
 //! Fencing that holds when the daemon itself dies or hangs, on the testbed
 //! with real QEMU/TCG guests: only the daemon killed, only the daemon
-//! stopped, the daemon and the guard killed, the daemon restarted (an
-//! upgrade), libvirtd stopped and killed, the data dir's filesystem frozen,
-//! and a partition of a host with eight HA guests.
+//! stopped, the daemon and the guard killed (the disk lease holds), a lease
+//! only libvirt's lock manager sees, the daemon restarted (an upgrade),
+//! libvirtd stopped and killed, the data dir's filesystem frozen, and a
+//! partition of a host with eight HA guests.
 //!
 //! Throughout, `virsh list` of every host is sampled every 0.2 s (through
 //! `watch`): no guest may ever run on two hosts. One test, since only one
@@ -12,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use kvmesh_tests::testbed::{
-    addr, cli, domain, guard_log, guest_on, guest_with, log, placement_by_virsh, qemu_pid, running_on, sample_for,
-    shared_guest, signal, testbed, up3, vm, watch, HOSTS,
+    addr, cli, domain, guard_log, guest_on, guest_with, hold_lockd_lease, log, placement_by_virsh, qemu_pid,
+    running_on, sample_for, shared_dir, shared_guest, signal, testbed, up3, virtlockd_holds, vm, watch, HOSTS,
 };
 use kvmesh_tests::{run_cli, wait_for};
 
@@ -111,11 +112,19 @@ fn the_guard_and_the_watchdog_layers_never_let_a_guest_run_twice() -> Result<()>
     //    with a shared disk waits for it elsewhere and never runs twice. The
     //    daemon returns without a lease, fences, and the lease frees.
     let ha_disk = guest_with("h3", "ha-disk", true, &["--disk", "64M@shared"])?;
+    // Once the leader has heard h3 run it, it can name h3 as the holder.
+    wait_for("h3's heartbeat listing ha-disk", Duration::from_secs(10), || {
+        vm("h1", "ha-disk").is_some_and(|v| v["observed"] == serde_json::json!(["h3"])).then_some(())
+    })?;
     signal("h3", "guard", "KILL")?;
     signal("h3", "daemon", "KILL")?;
+    let disk_file = format!("{}/{}-disk0.qcow2", shared_dir(), ha_disk.trim_start_matches("kvmesh-"));
+    ensure!(virtlockd_holds("h3", &disk_file), "h3's virtlockd holds no lease on {disk_file}");
     watch("ha-disk waiting for its lease on a survivor", Duration::from_secs(40), || {
         vm("h1", "ha-disk").is_some_and(|v| v["state"] == "waiting-for-lease")
     })?;
+    let holder = vm("h1", "ha-disk").map(|v| v["lease_holder"].clone());
+    ensure!(holder.as_ref().is_some_and(|h| h == "h3"), "the lease's holder shown: {holder:?}");
     sample_for("the lease held", Duration::from_secs(5))?;
     ensure!(hosts_of(&ha_disk) == ["h3"], "ha-disk runs on {:?}", hosts_of(&ha_disk));
     testbed(&["start-daemon", "h3"])?;
@@ -123,6 +132,33 @@ fn the_guard_and_the_watchdog_layers_never_let_a_guest_run_twice() -> Result<()>
         runs_once_on(&ha_disk, &["h1", "h2"])
     })?;
     wait_for("h3 up again", Duration::from_secs(40), || (node_field("h3", "state")? == "up").then_some(()))?;
+    let on = hosts_of(&ha_disk).remove(0);
+    ensure!(virtlockd_holds(&on, &disk_file), "{on}'s virtlockd holds no lease on {disk_file}");
+
+    // 4b. libvirt's lock manager on its own: a lease that only virtlockd
+    //     sees (held by a host whose QEMU image locks do not reach this one,
+    //     as on NFS without them) makes a start wait too, and it goes on
+    //     once the lease frees.
+    cli("h1", &["vm", "stop", "ha-disk", "--force"])?;
+    watch("ha-disk stopped", Duration::from_secs(30), || hosts_of(&ha_disk).is_empty())?;
+    wait_for("ha-disk reported stopped", Duration::from_secs(20), || {
+        vm("h1", "ha-disk").is_some_and(|v| v["state"] == "stopped").then_some(())
+    })?;
+    let mut elsewhere = hold_lockd_lease(&disk_file)?;
+    cli("h1", &["vm", "start", "ha-disk"])?;
+    let refused = watch("ha-disk waiting for virtlockd's lease", Duration::from_secs(30), || {
+        vm("h1", "ha-disk").is_some_and(|v| {
+            v["state"] == "waiting-for-lease"
+                && v["last_error"].as_str().is_some_and(|e| e.contains("Lockspace resource"))
+        })
+    });
+    let sampled = refused.and_then(|()| sample_for("virtlockd's lease held elsewhere", Duration::from_secs(5)));
+    let ran = hosts_of(&ha_disk);
+    let _ = elsewhere.kill();
+    let _ = elsewhere.wait();
+    sampled?;
+    ensure!(ran.is_empty(), "ha-disk ran on {ran:?} while its lease was held");
+    watch("ha-disk running once the lease freed", Duration::from_secs(30), || hosts_of(&ha_disk).len() == 1)?;
 
     // 5. libvirtd stopped for 25 s: the daemon heartbeats on with its last
     //    list and says libvirt does not answer; nothing restarts elsewhere.

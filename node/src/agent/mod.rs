@@ -347,14 +347,25 @@ async fn fail(ctx: &Arc<NodeCtx>, memory: &mut HashMap<u64, Memory>, vm_id: u64,
             m.failed_gen = Some(gen);
         }
     }
-    let Some(epoch) = ctx.read(|d| d.state.vms.get(&vm_id).and_then(|v| v.placement).map(|p| p.epoch)) else {
+    let Some((epoch, waiting_since)) = ctx.read(|d| {
+        let vm = d.state.vms.get(&vm_id)?;
+        let epoch = vm.placement?.epoch;
+        let waiting_since = vm
+            .reported
+            .as_ref()
+            .filter(|r| r.node == ctx.id && r.epoch == epoch && r.state == VmState::WaitingForLease)
+            .map(|r| r.last_error.clone());
+        Some((epoch, waiting_since))
+    }) else {
         return;
     };
     let (state, error) = if waiting {
-        (
-            VmState::WaitingForLease,
-            format!("a disk is locked by another process (the copy of a host not fenced yet?): {message}"),
-        )
+        let error = format!("a disk is locked by another process (the copy of a host not fenced yet?): {message}");
+        // A retry refused the same way is no news: nothing to write.
+        if waiting_since == Some(Some(error.clone())) {
+            return;
+        }
+        (VmState::WaitingForLease, error)
     } else {
         (VmState::Failed, message)
     };

@@ -502,6 +502,7 @@ impl VmsService {
     /// running (the leader's view), so anyone can check nothing runs twice.
     async fn with_observed(&self, mut vm: pb::Vm) -> pb::Vm {
         if let Some(obs) = self.leader.observed(&self.ctx).await {
+            vm.lease_holder = obs.lease_holder.get(&vm.id).cloned();
             vm.observed = obs.vms.into_iter().find(|o| o.vm_id == vm.id).map(|o| o.nodes).unwrap_or_default();
         }
         vm
@@ -513,6 +514,7 @@ impl VmsService {
                 obs.vms.into_iter().map(|o| (o.vm_id, o.nodes)).collect();
             for vm in &mut r.vms {
                 vm.observed = map.get(&vm.id).cloned().unwrap_or_default();
+                vm.lease_holder = obs.lease_holder.get(&vm.id).cloned();
             }
         }
         r

@@ -268,7 +268,7 @@ pub fn vm_json(vm: &pb::Vm) -> Value {
         "priority": vm.priority, "pin": vm.pin, "required_labels": vm.required_labels,
         "preferred_labels": vm.preferred_labels, "anti_affinity": vm.anti_affinity,
         "soft_anti_affinity": vm.soft_anti_affinity, "affinity": vm.affinity,
-        "pending": vm.pending, "observed": vm.observed, "description": vm.description,
+        "pending": vm.pending, "observed": vm.observed, "lease_holder": vm.lease_holder, "description": vm.description,
     })
 }
 
@@ -317,6 +317,9 @@ pub fn print_vm(output: Output, vm: &pb::Vm) {
             }
             if !vm.observed.is_empty() {
                 println!("observed: running on {}", vm.observed.join(", "));
+            }
+            if let Some(h) = &vm.lease_holder {
+                println!("lease:    probably held by the copy on {h} (its last heartbeat listed the VM running)");
             }
             println!("domain:   {}", vm.domain);
             println!("node:     {}", vm.node.as_deref().unwrap_or("-"));

@@ -4,12 +4,14 @@
 //! Every target gets its own thread, so eight guests take as long as one.
 //! Where libvirt keeps QEMU's pid files (`/run/libvirt/qemu` for
 //! `qemu:///system`), the QEMU process is sent SIGKILL directly: that needs
-//! no answer from libvirtd, which may be the thing that hangs. The pid is
-//! checked against `/proc/PID/cmdline` first, so a reused pid is never
-//! killed. Without a pid file, the caller's `destroy` (a libvirt call) is
-//! used. Whatever has not finished within the budget is reported, never
-//! waited for.
+//! no answer from libvirtd, which may be the thing that hangs. The process
+//! is held by a pidfd and checked against `/proc/PID/cmdline` before it is
+//! signalled through that pidfd, so a reused pid is never killed; a domain
+//! without a pid file there does not run. Where there are no pid files, the
+//! caller's `destroy` (a libvirt call) is used. Whatever has not finished
+//! within the budget is reported, never waited for.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -33,13 +35,18 @@ pub fn qemu_pid_dir(uri: &str) -> Option<PathBuf> {
     (uri == "qemu:///system").then(|| PathBuf::from("/run/libvirt/qemu"))
 }
 
-/// The QEMU process of `domain`, if its pid file names a live process
-/// that really is that domain's QEMU.
-pub fn qemu_pid(pid_dir: &Path, domain: &str) -> Option<i32> {
+/// The QEMU process of `domain` with a pidfd for it. The pidfd is taken
+/// before the command line is checked, so the process checked is the one
+/// signalled even if its pid were reused in between.
+fn qemu_process(pid_dir: &Path, domain: &str) -> Option<(i32, OwnedFd)> {
     let text = std::fs::read_to_string(pid_dir.join(format!("{domain}.pid"))).ok()?;
     let pid: i32 = text.trim().parse().ok().filter(|p| *p > 1)?;
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a non-negative return is a new fd that nothing else owns.
+    let pidfd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    runs_domain(&cmdline, domain).then_some(pid)
+    runs_domain(&cmdline, domain).then_some((pid, pidfd))
 }
 
 /// Whether a NUL-separated command line is QEMU's for `domain`: libvirt
@@ -103,24 +110,37 @@ fn kill_one<D: Fn(&str) -> Result<bool, String>>(
     pid_dir: Option<&Path>,
     destroy: &D,
 ) -> Result<bool, String> {
-    let Some(pid) = pid_dir.and_then(|dir| qemu_pid(dir, name)) else {
-        return destroy(name);
+    // Where libvirt keeps pid files, one exists for as long as the QEMU
+    // process does (libvirtd dead or not): without one, or without its
+    // process, the guest does not run, and libvirt, which may be what
+    // hangs, is not asked.
+    let Some(dir) = pid_dir else { return destroy(name) };
+    let Some((pid, pidfd)) = qemu_process(dir, name) else { return Ok(false) };
+    // SAFETY: pidfd_send_signal(2) on the pidfd of the process checked to be
+    // this domain's QEMU, without siginfo.
+    let sent = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0)
     };
-    // SAFETY: kill(2) with a pid checked to be this domain's QEMU.
-    if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+    if sent != 0 {
         let e = std::io::Error::last_os_error();
         return if e.raw_os_error() == Some(libc::ESRCH) { Ok(false) } else { Err(format!("kill {pid}: {e}")) };
     }
     // SIGKILL is not instant: wait (briefly) until the process is gone, so
-    // "fenced" means the guest no longer runs.
+    // "fenced" means the guest no longer runs. The pidfd turns readable
+    // when the process exits.
+    let mut poll = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     let until = Instant::now() + Duration::from_secs(2);
-    while gone_or_zombie(pid).is_none() {
+    loop {
+        let left = until.saturating_duration_since(Instant::now()).as_millis() as libc::c_int;
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut poll, 1, left) };
+        if ready > 0 || gone_or_zombie(pid).is_some() {
+            return Ok(true);
+        }
         if Instant::now() >= until {
             return Err(format!("QEMU {pid} still runs 2 s after SIGKILL"));
         }
-        std::thread::sleep(Duration::from_millis(5));
     }
-    Ok(true)
 }
 
 /// `Some` once the process is a zombie or gone: it no longer runs code.
@@ -159,30 +179,34 @@ mod tests {
             .unwrap();
         std::fs::write(dir.path().join("kvmesh-0a.pid"), child.id().to_string()).unwrap();
         let pid = child.id();
-        let recognised = || qemu_pid(dir.path(), "kvmesh-0a").is_some();
+        let recognised = || qemu_process(dir.path(), "kvmesh-0a").is_some();
         // The command line is the new program's once exec has happened.
         let until = Instant::now() + Duration::from_secs(2);
         while !recognised() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(recognised(), "the stand-in is recognised: {:?}", std::fs::read(format!("/proc/{pid}/cmdline")));
-        let targets: Vec<String> = ["kvmesh-0a", "kvmesh-0b", "kvmesh-0c"].map(String::from).to_vec();
-        let report = fence_all(&targets, Some(dir.path()), Duration::from_millis(500), |name| match name {
-            // No pid file: the fallback. One "hangs" past the budget.
-            "kvmesh-0b" => Ok(true),
+        // With a pid dir, the pid files decide: libvirt is never asked.
+        let targets: Vec<String> = ["kvmesh-0a", "kvmesh-0b"].map(String::from).to_vec();
+        let report = fence_all(&targets, Some(dir.path()), Duration::from_millis(500), |name| {
+            Err(format!("libvirt asked about {name}"))
+        });
+        assert_eq!(report.killed, vec!["kvmesh-0a".to_string()], "{report:?}");
+        assert_eq!(report.absent, vec!["kvmesh-0b".to_string()], "no pid file: not running; {report:?}");
+        // Without one, libvirt's destroy; one that hangs past the budget
+        // does not hold the others.
+        let targets: Vec<String> = ["kvmesh-0b", "kvmesh-0c"].map(String::from).to_vec();
+        let report = fence_all(&targets, None, Duration::from_millis(500), |name| match name {
             "kvmesh-0c" => {
                 std::thread::sleep(Duration::from_secs(3));
                 Ok(true)
             }
-            // Reached only if the pid check refused the stand-in.
-            _ => Ok(false),
+            _ => Ok(true),
         });
         assert!(report.took < Duration::from_secs(1), "{report:?}");
         assert_eq!(report.failed.len(), 1, "{report:?}");
         assert_eq!(report.failed[0].0, "kvmesh-0c");
-        let mut killed = report.killed.clone();
-        killed.sort();
-        assert_eq!(killed, vec!["kvmesh-0a".to_string(), "kvmesh-0b".to_string()]);
+        assert_eq!(report.killed, vec!["kvmesh-0b".to_string()]);
         let status = child.wait().unwrap();
         assert!(!status.success(), "the stand-in was killed");
     }

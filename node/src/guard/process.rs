@@ -57,6 +57,9 @@ struct Shared {
     closing: bool,
     /// Whether any target is protected, for the watchdog thread.
     protecting: bool,
+    /// The watchdog is armed and cannot be stopped (`nowayout`): the guard
+    /// must live on to feed it.
+    watchdog_held: bool,
     /// When the last daemon connection closed (boottime ns).
     gone_since: Option<u64>,
 }
@@ -73,6 +76,10 @@ pub fn run(args: GuardArgs) -> Result<(), String> {
     }
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket).map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+    // Only the daemon's own user may pet: a pet from anyone else could hold
+    // off fencing for ever.
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| format!("cannot restrict {}: {e}", socket.display()))?;
     let log = Log::open(&args.data_dir.join("guard.log"));
     let level = if args.watchdog.exists() { FencingLevel::Watchdog } else { FencingLevel::GuardOnly };
     log.line(format!("guard started (pid {}, fencing level {})", std::process::id(), level.as_str()));
@@ -122,7 +129,7 @@ pub fn run(args: GuardArgs) -> Result<(), String> {
             // Decided under the lock, so a daemon that connects meanwhile is
             // either seen here or refused (and starts a new guard).
             let mut s = lock(&shared);
-            if s.connections > 0 || s.gone_since.is_none() {
+            if s.connections > 0 || s.gone_since.is_none() || s.watchdog_held {
                 continue;
             }
             s.closing = true;
@@ -141,16 +148,30 @@ fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 }
 
 /// Arms the watchdog while targets are protected, pets it twice a timeout,
-/// and magic-closes it when there is nothing left to protect.
+/// and magic-closes it when there is nothing left to protect (a `nowayout`
+/// one is fed instead, and keeps the guard alive).
 fn keep_watchdog(mut watchdog: Watchdog, shared: Arc<Mutex<Shared>>, log: Log) {
     loop {
         std::thread::sleep(Duration::from_millis(500));
-        let protecting = lock(&shared).protecting;
-        match watchdog_step(watchdog.present(), watchdog.armed(), protecting) {
-            WatchdogStep::Arm => log.line(watchdog.arm().map_or_else(|e| e, |()| "watchdog armed".into())),
-            WatchdogStep::Pet => watchdog.keepalive(),
-            WatchdogStep::Disarm => log.line(watchdog.disarm().map_or_else(|e| e, |()| "watchdog disarmed".into())),
-            WatchdogStep::Idle => {}
+        let nowayout = watchdog.nowayout();
+        // Decided and done under the lock, so the main loop never exits
+        // between an arm and `watchdog_held`, and never sees a guard about
+        // to exit arm it.
+        let mut s = lock(&shared);
+        let protecting = s.protecting && !s.closing;
+        let line = match watchdog_step(watchdog.present(), watchdog.armed(), protecting, nowayout) {
+            WatchdogStep::Arm => Some(watchdog.arm().map_or_else(|e| e, |()| "watchdog armed".into())),
+            WatchdogStep::Pet => {
+                watchdog.keepalive();
+                None
+            }
+            WatchdogStep::Disarm => Some(watchdog.disarm().map_or_else(|e| e, |()| "watchdog disarmed".into())),
+            WatchdogStep::Idle => None,
+        };
+        s.watchdog_held = nowayout && watchdog.armed();
+        drop(s);
+        if let Some(line) = line {
+            log.line(line);
         }
     }
 }

@@ -109,12 +109,16 @@ pub enum WatchdogStep {
 /// host without HA guests has nothing a reset would protect, and is not
 /// reset for a guard that dies. Once armed it is petted on every pass,
 /// also after the daemon died: the guard is alive and fences itself, and
-/// the watchdog is for the guard's own death.
-pub fn watchdog_step(device: bool, armed: bool, protecting: bool) -> WatchdogStep {
+/// the watchdog is for the guard's own death. A driver with `nowayout`
+/// cannot be stopped (a magic close would only stop the keepalives, and the
+/// host would reset): once armed, it is petted for as long as the guard
+/// lives, and the guard does not exit.
+pub fn watchdog_step(device: bool, armed: bool, protecting: bool, nowayout: bool) -> WatchdogStep {
     match (device, armed, protecting) {
         (false, _, _) => WatchdogStep::Idle,
         (true, false, true) => WatchdogStep::Arm,
         (true, true, true) => WatchdogStep::Pet,
+        (true, true, false) if nowayout => WatchdogStep::Pet,
         (true, true, false) => WatchdogStep::Disarm,
         (true, false, false) => WatchdogStep::Idle,
     }
@@ -161,11 +165,15 @@ mod tests {
     #[test]
     fn the_watchdog_is_armed_while_ha_domains_are_protected() {
         use WatchdogStep::*;
-        assert_eq!(watchdog_step(false, false, true), Idle, "no device");
-        assert_eq!(watchdog_step(true, false, true), Arm);
-        assert_eq!(watchdog_step(true, true, true), Pet);
-        assert_eq!(watchdog_step(true, true, false), Disarm);
-        assert_eq!(watchdog_step(true, false, false), Idle);
+        assert_eq!(watchdog_step(false, false, true, false), Idle, "no device");
+        assert_eq!(watchdog_step(true, false, true, false), Arm);
+        assert_eq!(watchdog_step(true, true, true, false), Pet);
+        assert_eq!(watchdog_step(true, true, false, false), Disarm);
+        assert_eq!(watchdog_step(true, false, false, false), Idle);
+        // A watchdog that cannot be stopped is kept fed instead.
+        assert_eq!(watchdog_step(true, true, false, true), Pet, "nowayout: never disarmed");
+        assert_eq!(watchdog_step(true, false, false, true), Idle, "nowayout: not armed without HA guests");
+        assert_eq!(watchdog_step(true, false, true, true), Arm);
     }
 
     #[test]

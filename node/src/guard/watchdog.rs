@@ -3,7 +3,8 @@
 //! Opening the device starts it; from then on the host resets unless
 //! something writes to it within its timeout. Writing the magic character
 //! `V` before closing stops it ("magic close"), which is how the guard
-//! disarms it when no HA guest is left to protect. When [`rule::watchdog_step`]
+//! disarms it when no HA guest is left to protect, unless the driver was
+//! loaded with `nowayout`. When [`rule::watchdog_step`]
 //! says when; this file only does it.
 //!
 //! [`rule::watchdog_step`]: super::rule::watchdog_step
@@ -32,6 +33,18 @@ impl Watchdog {
 
     pub fn armed(&self) -> bool {
         self.file.is_some()
+    }
+
+    /// Whether the driver refuses to stop (`nowayout`), from sysfs:
+    /// `/dev/watchdog` is the first registered device, `watchdog0`. A path
+    /// without a sysfs entry (a file in tests) can be stopped.
+    pub fn nowayout(&self) -> bool {
+        let name = match self.path.file_name().and_then(|n| n.to_str()) {
+            Some("watchdog") => "watchdog0",
+            Some(n) if n.starts_with("watchdog") && self.path.starts_with("/dev") => n,
+            _ => return false,
+        };
+        std::fs::read_to_string(format!("/sys/class/watchdog/{name}/nowayout")).is_ok_and(|v| v.trim() == "1")
     }
 
     pub fn arm(&mut self) -> Result<(), String> {
@@ -74,13 +87,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let device = dir.path().join("watchdog");
         let mut absent = Watchdog::new(dir.path().join("none"), 5);
-        assert_eq!(watchdog_step(absent.present(), absent.armed(), true), WatchdogStep::Idle);
+        assert_eq!(watchdog_step(absent.present(), absent.armed(), true, false), WatchdogStep::Idle);
         assert!(absent.arm().is_err());
 
         std::fs::write(&device, b"").unwrap();
         let mut w = Watchdog::new(device.clone(), 5);
         for protecting in [false, true, true, true, false, false] {
-            match watchdog_step(w.present(), w.armed(), protecting) {
+            assert!(!w.nowayout(), "a plain file has no sysfs entry");
+            match watchdog_step(w.present(), w.armed(), protecting, w.nowayout()) {
                 WatchdogStep::Arm => w.arm().unwrap(),
                 WatchdogStep::Pet => w.keepalive(),
                 WatchdogStep::Disarm => w.disarm().unwrap(),

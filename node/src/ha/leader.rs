@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kvmesh_proto as pb;
 use kvmesh_proto::NOT_A_MEMBER;
-use kvmesh_raft::model::{vm_id_hex, ClusterState, VmId};
+use kvmesh_raft::model::{vm_id_hex, ClusterState, VmId, VmState};
 use kvmesh_raft::view::HostFacts;
 use kvmesh_raft::NodeId;
 use kvmesh_scheduler::StorageState;
@@ -73,6 +73,29 @@ impl Heartbeats {
         }
         out
     }
+
+    /// For each VM waiting for a disk lease, the host that likely holds it:
+    /// one other than its placement whose latest heartbeat this term, of
+    /// any age, listed it running (the most recent such). A host that died
+    /// or whose daemon died says so no more, but its copy may still run.
+    pub fn lease_holders(&self, state: &ClusterState) -> BTreeMap<VmId, NodeId> {
+        let waiting = state.vms.values().filter(|v| {
+            v.reported.as_ref().is_some_and(|r| r.state == VmState::WaitingForLease) && v.placement.is_some()
+        });
+        waiting
+            .filter_map(|v| {
+                let placed_on = v.placement.map(|p| p.node);
+                let holder = self
+                    .seen
+                    .iter()
+                    .filter(|(node, seen)| {
+                        Some(**node) != placed_on && seen.domains.iter().any(|(vm, _, running)| *vm == v.id && *running)
+                    })
+                    .max_by_key(|(_, seen)| seen.at)?;
+                Some((v.id, *holder.0))
+            })
+            .collect()
+    }
 }
 
 /// A copy of what the leader has heard, taken at one instant.
@@ -94,21 +117,23 @@ impl Liveness {
         decide::unresponsive(state, &self.heard, self.now, self.heartbeat * 3)
     }
 
-    /// What the scheduler needs from heartbeats: the unresponsive hosts, and
-    /// each host's storage domains as it last reported them (a host
-    /// silent for three heartbeats reports nothing usable).
+    /// What the scheduler needs from heartbeats: the unresponsive and the
+    /// impaired hosts, and each host's storage domains as it last reported
+    /// them (a host silent for three heartbeats reports nothing usable).
     pub fn host_facts(&self, state: &ClusterState) -> HostFacts {
-        let mut unresponsive = self.unresponsive(state);
+        let unresponsive = self.unresponsive(state);
         // A host whose libvirt or data disk does not answer still heartbeats
         // (so its guests are not restarted elsewhere) but takes nothing new.
-        if self.leads {
-            unresponsive.extend(self.heard.seen.iter().filter(|(_, s)| !s.problem.is_empty()).map(|(id, _)| *id));
-        }
+        let impaired: BTreeSet<NodeId> = if self.leads {
+            self.heard.seen.iter().filter(|(_, s)| !s.problem.is_empty()).map(|(id, _)| *id).collect()
+        } else {
+            BTreeSet::new()
+        };
         let storage = self
             .heard
             .seen
             .iter()
-            .filter(|(id, _)| !unresponsive.contains(id))
+            .filter(|(id, _)| !unresponsive.contains(id) && !impaired.contains(id))
             .map(|(id, seen)| {
                 let domains = seen
                     .storage
@@ -127,7 +152,7 @@ impl Liveness {
                 (*id, domains)
             })
             .collect();
-        HostFacts { unresponsive, storage: Some(storage) }
+        HostFacts { unresponsive, impaired, storage: Some(storage) }
     }
 
     /// Whether this leader is too new to have heard from every live host.
@@ -282,6 +307,11 @@ impl LeaderView {
                     .iter()
                     .filter(|(_, s)| !s.problem.is_empty())
                     .map(|(id, s)| (name(id), s.problem.clone()))
+                    .collect(),
+                lease_holder: hb
+                    .lease_holders(&d.state)
+                    .into_iter()
+                    .map(|(vm, node)| (vm_id_hex(vm), name(&node)))
                     .collect(),
             }
         })

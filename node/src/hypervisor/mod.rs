@@ -116,6 +116,18 @@ pub fn lease_held(message: &str) -> bool {
         .any(|m| message.contains(m))
 }
 
+/// The lock manager a `qemu.conf` turns on (`lock_manager = "lockd"`), if
+/// any: the last setting that is not commented out.
+pub fn lock_manager(qemu_conf: &str) -> Option<String> {
+    qemu_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("lock_manager"))
+        .filter_map(|rest| rest.trim_start().strip_prefix('='))
+        .map(|value| value.trim().trim_matches('"').to_string())
+        .next_back()
+        .filter(|m| !m.is_empty() && m != "nop")
+}
+
 /// Runs a hypervisor call on the blocking pool.
 pub async fn blocking<T, F>(hv: &Arc<dyn Hypervisor>, f: F) -> Result<T>
 where
@@ -138,5 +150,13 @@ mod tests {
         assert!(super::lease_held("Lockspace resource '/srv/x.qcow2' is locked"));
         assert!(!super::lease_held("cannot open /dev/sdb: resource busy"));
         assert!(!super::lease_held("Cannot access storage file '/srv/x.qcow2': No such file or directory"));
+    }
+
+    #[test]
+    fn the_lock_manager_is_read_from_qemu_conf() {
+        assert_eq!(super::lock_manager("user = \"root\"\n#lock_manager = \"lockd\"\n"), None);
+        assert_eq!(super::lock_manager("lock_manager = \"lockd\"\n").as_deref(), Some("lockd"));
+        assert_eq!(super::lock_manager("  lock_manager=\"sanlock\"").as_deref(), Some("sanlock"));
+        assert_eq!(super::lock_manager("lock_manager = \"lockd\"\nlock_manager = \"nop\""), None);
     }
 }

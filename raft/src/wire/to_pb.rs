@@ -33,6 +33,8 @@ pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
             .iter()
             .map(|s| pb::SnapshotInfo { name: s.name.clone(), created_at_ms: s.created_at_ms })
             .collect(),
+        // Only the leader knows, from heartbeats: filled in by the API.
+        lease_holder: None,
         network: vm.spec.network.clone(),
         bridge: vm.spec.bridge.clone(),
         domain: domain_name(vm.id),
