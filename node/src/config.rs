@@ -93,6 +93,11 @@ pub struct ServeConfig {
     pub voter_replace_after_ms: u64,
     /// Do not start the fence guard (unsafe; see `kvmesh serve --help`).
     pub unsafe_no_guard: bool,
+    /// How this host's libvirtd reaches another host's for a live
+    /// migration; `{host}` is the target's address. Default
+    /// `qemu+tcp://{host}/system`; `qemu+tls://{host}/system` with libvirt's
+    /// TLS set up, or `qemu+ssh://root@{host}/system`.
+    pub migration_uri: String,
     pub raft: RaftConfig,
 }
 
@@ -117,6 +122,7 @@ impl Default for ServeConfig {
             down_after_ms: 8_000,
             voter_replace_after_ms: 60_000,
             unsafe_no_guard: false,
+            migration_uri: "qemu+tcp://{host}/system".into(),
             raft: RaftConfig::default(),
         }
     }

@@ -54,6 +54,8 @@ pub struct NodeCtx {
     /// heartbeat reports them as running, so the leader never takes a
     /// "not running" for proof while a start is in flight.
     pub starting: Mutex<std::collections::BTreeMap<u64, u64>>,
+    /// Outgoing live migrations in flight here: VM id -> migration epoch.
+    pub migrating: Mutex<std::collections::BTreeMap<u64, u64>>,
     /// How each storage domain looks from this host, and when the probe
     /// last finished (`storage::probe`); sent with every heartbeat.
     pub storage_status: Mutex<(Option<std::time::Instant>, Vec<kvmesh_proto::HostStorageStatus>)>,
@@ -105,6 +107,7 @@ impl NodeCtx {
             recheck: Default::default(),
             refusals,
             starting: Mutex::new(Default::default()),
+            migrating: Mutex::new(Default::default()),
             storage_status: Mutex::new((None, Vec::new())),
             hypervisor,
             listing: Default::default(),

@@ -69,6 +69,7 @@ impl From<Refusal> for Error {
             | Refusal::StorageInUse { .. }
             | Refusal::ImageInUse { .. }
             | Refusal::StorageChange { .. }
+            | Refusal::Migration { .. }
             | Refusal::LocalDisksRunning { .. }
             | Refusal::HostInMaintenance { .. } => Error::FailedPrecondition(msg),
             Refusal::ImageWrongKind { .. } | Refusal::HaNeedsSharedStorage { .. } => Error::InvalidArgument(msg),

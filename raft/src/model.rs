@@ -213,6 +213,22 @@ pub struct Vm {
     /// never reused, so a removed disk's volume, deleted late by a host
     /// behind on the trash, is never a new disk's.
     pub next_disk: u32,
+    /// A live migration in flight, at most one.
+    pub migration: Option<Migration>,
+}
+
+/// A live migration in flight. The VM keeps running on `source` at its
+/// placement's epoch; `target` holds, or is receiving, a paused copy at
+/// `epoch`, reserved from `last_epoch` when the migration began. Only a
+/// committed `FinishMigration` places the VM on the target at that epoch
+/// (and only then does the target resume it); an abort leaves the
+/// placement as it was, and the target's copy is then stale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migration {
+    pub source: NodeId,
+    pub target: NodeId,
+    pub epoch: u64,
+    pub started_at_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,6 +259,7 @@ impl Vm {
             description: String::new(),
             snapshots: Vec::new(),
             next_disk: spec_disks,
+            migration: None,
         }
     }
 }

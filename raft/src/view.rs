@@ -263,6 +263,10 @@ impl ClusterState {
             if let Some(view) = views.get_mut(&p.node) {
                 view.reserve(&vm_request(vm));
             }
+            // A migration holds room on its target until it ends.
+            if let Some(view) = vm.migration.and_then(|m| views.get_mut(&m.target)) {
+                view.reserve(&vm_request(vm));
+            }
         }
         views
     }

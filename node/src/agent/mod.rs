@@ -8,7 +8,10 @@
 //! die behind kvmesh's back are noticed. Entries about other hosts' VMs cost
 //! one scan of the local replica, not a round of libvirt calls.
 
+mod migrate;
 pub mod plan;
+
+pub use migrate::prepare_incoming;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -58,6 +61,7 @@ fn wants(state: &ClusterState, node: u64) -> Vec<Want> {
                 reported,
                 ha: vm.spec.ha,
                 disks: vm.spec.disks.iter().map(|d| (d.index, d.size_bytes)).collect(),
+                migrating_out: vm.migration.filter(|m| m.source == node).map(|m| m.epoch),
             })
         })
         .collect()
@@ -125,9 +129,9 @@ async fn reconcile(
     memory: &mut HashMap<u64, Memory>,
     timing: &Timing,
 ) -> Result<usize> {
-    let (wants, last_epochs, applied) = ctx.read(|d| {
+    let (wants, last_epochs, incoming, applied) = ctx.read(|d| {
         let (w, l) = wants_for(&d.state, ctx.id);
-        (w, l, d.last_applied.map(|l| l.index))
+        (w, l, migrate::incoming(&d.state, ctx.id), d.last_applied.map(|l| l.index))
     });
     let domains = blocking(&ctx.hypervisor, |hv| hv.list()).await?;
     // Checked first on every pass, so a host resuming from a pause does not
@@ -137,7 +141,7 @@ async fn reconcile(
     if standing != Standing::Current {
         debug!(?standing, "not acting on the local replica yet");
     }
-    let actions = plan::plan(&wants, &domains, &last_epochs, memory, now_ms(), timing, standing);
+    let actions = plan::plan(&wants, &domains, &last_epochs, &incoming, memory, now_ms(), timing, standing);
     let count = actions.len();
 
     for action in actions {
@@ -233,6 +237,13 @@ async fn reconcile(
                 info!(%domain, "destroying domain");
                 if let Err(e) = blocking(&ctx.hypervisor, move |hv| hv.destroy(&domain)).await {
                     warn!(error = %e, "destroy failed");
+                }
+            }
+            Action::MigrateOut { vm_id, epoch } => migrate::start(ctx, vm_id, epoch),
+            Action::Resume { domain } => {
+                info!(%domain, "resuming the guest a live migration brought here");
+                if let Err(e) = blocking(&ctx.hypervisor, move |hv| hv.resume(&domain)).await {
+                    warn!(error = %e, "resume failed; retrying on the next pass");
                 }
             }
             Action::Remove { domain, vm_id: _, keep_disks } => {

@@ -30,6 +30,8 @@ pub struct Want {
     pub ha: bool,
     /// (index, size) of each disk: a change while it runs is made live.
     pub disks: Vec<(u32, u64)>,
+    /// The epoch of a live migration away from this host, while it runs.
+    pub migrating_out: Option<u64>,
 }
 
 /// What the agent remembers about a VM between passes.
@@ -89,6 +91,16 @@ pub enum Action {
     SyncDisks {
         vm_id: u64,
     },
+    /// Send the running guest to a migration's target (the shell runs it
+    /// once per migration, in the background).
+    MigrateOut {
+        vm_id: u64,
+        epoch: u64,
+    },
+    /// Let a paused guest run: a migrated one, once its move is recorded.
+    Resume {
+        domain: String,
+    },
 }
 
 /// Where this host stands with the cluster; it bounds what a pass may do.
@@ -139,10 +151,14 @@ fn report(out: &mut Vec<Action>, want: &Want, mem: &mut Memory, state: VmState, 
 /// state with the highest epoch it was placed at, to tell a VM that moved
 /// away (keep its disks) from one that is gone (delete them), and a copy
 /// that was provably superseded from one the state may not know of yet.
+/// `incoming` holds the live migrations this host is the target of (VM id
+/// -> migration epoch): their paused copies are not stale.
+#[allow(clippy::too_many_arguments)]
 pub fn plan(
     wants: &[Want],
     domains: &[Domain],
     last_epochs: &BTreeMap<u64, u64>,
+    incoming: &BTreeMap<u64, u64>,
     memory: &mut HashMap<u64, Memory>,
     now_ms: u64,
     timing: &Timing,
@@ -154,7 +170,8 @@ pub fn plan(
     // Domains of ours that no current placement covers: destroy them. A stale
     // epoch means the VM was placed again, so this copy must not run.
     for d in domains {
-        let current = wanted.get(&d.vm_id).is_some_and(|w| w.epoch == d.epoch);
+        let current =
+            wanted.get(&d.vm_id).is_some_and(|w| w.epoch == d.epoch) || incoming.get(&d.vm_id) == Some(&d.epoch);
         let superseded = last_epochs.get(&d.vm_id).is_some_and(|last| *last > d.epoch);
         // Behind, "not placed here" may only mean "placed here by an entry
         // not applied yet"; a later epoch is proof even in an old state.
@@ -202,6 +219,17 @@ pub fn plan(
         if standing != Standing::Current {
             continue;
         }
+        if let Some(epoch) = want.migrating_out {
+            // The guest is on its way out: nothing else is done to it (a
+            // domain gone from here is the migration's doing, not a crash).
+            // The shell sends it once; without a send in flight (a daemon
+            // restarted mid-migration), the send finds nothing to send and
+            // aborts, and the VM is started again here.
+            if !have.is_some_and(|h| matches!(h.state, RunState::Paused | RunState::Changing)) {
+                out.push(Action::MigrateOut { vm_id: want.vm_id, epoch });
+            }
+            continue;
+        }
         match want.desired {
             Desired::Running => plan_running(&mut out, want, have, mem, now_ms, timing),
             Desired::Stopped => plan_stopped(&mut out, want, have, mem, now_ms, timing),
@@ -238,6 +266,10 @@ fn plan_running(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: 
             }
             report(out, want, mem, VmState::Running, None);
         }
+        // Paused at an epoch nothing was reported at yet: a live migration
+        // brought it here paused, and its move is now recorded. It runs on.
+        // (A guest paused later, by an I/O error say, is left as it is.)
+        RunState::Paused if want.reported.is_none() => out.push(Action::Resume { domain: want.domain.clone() }),
         RunState::Paused | RunState::Changing => {}
         RunState::Off(reason) => {
             mem.running_since_ms = None;

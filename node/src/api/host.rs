@@ -37,6 +37,13 @@ impl pb::host_server::Host for HostService {
         Ok(Response::new(crate::storage::disk_ops::run_local(&self.ctx, request.into_inner()).await?))
     }
 
+    async fn prepare_incoming(
+        &self,
+        request: Request<pb::PrepareIncomingRequest>,
+    ) -> Result<Response<pb::PrepareIncomingReply>, Status> {
+        Ok(Response::new(crate::agent::prepare_incoming(&self.ctx, request.into_inner()).await?))
+    }
+
     async fn read_console(&self, request: Request<pb::ConsoleRequest>) -> Result<Response<pb::ConsoleReply>, Status> {
         let req = request.into_inner();
         let reply = crate::agent::local_console(&self.ctx, &req.name, req.bytes).await?;

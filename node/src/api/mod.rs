@@ -4,5 +4,6 @@
 pub mod cluster;
 pub mod host;
 pub mod membership;
+pub mod migrate;
 pub mod storage;
 pub mod vms;

@@ -63,7 +63,7 @@ fn completed(state: &ClusterState, spec: &VmSpec) -> Result<VmSpec> {
 /// A leader elected moments ago has not heard from every host yet; until
 /// it has (or three heartbeats have passed) it places nothing, rather than
 /// count a live host as dead or a dead one as live.
-fn await_liveness(state: &ClusterState, live: &Liveness) -> Result<()> {
+pub(super) fn await_liveness(state: &ClusterState, live: &Liveness) -> Result<()> {
     if live.is_new() && !live.unresponsive(state).is_empty() {
         return Err(Error::Unavailable(
             "the leader was elected moments ago and has not heard from every host yet".into(),
@@ -307,6 +307,15 @@ impl pb::vms_server::Vms for VmsService {
         let forwarded = is_forwarded(&request);
         let e = self.ctx.leader_call(forwarded, Explain(request.into_inner(), self.leader.clone())).await?;
         Ok(Response::new(e))
+    }
+
+    async fn migrate(
+        &self,
+        request: Request<pb::MigrateVmRequest>,
+    ) -> std::result::Result<Response<pb::MigrateVmReply>, Status> {
+        let forwarded = is_forwarded(&request);
+        let call = super::migrate::Migrate(request.into_inner(), self.leader.clone());
+        Ok(Response::new(self.ctx.leader_call(forwarded, call).await?))
     }
 
     async fn recover(&self, request: Request<pb::VmActionRequest>) -> std::result::Result<Response<pb::Vm>, Status> {

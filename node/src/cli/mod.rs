@@ -333,6 +333,24 @@ pub enum VmCmd {
     Explain { name: String },
     /// Restart a VM whose host is down on another host, on purpose.
     Recover { name: String },
+    /// Move a running VM to another host without stopping it (live
+    /// migration; its disks must be on shared storage).
+    Migrate {
+        name: String,
+        /// The host to move it to (default: the scheduler's pick).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only show which host it would go to, and why.
+        #[arg(long)]
+        dry_run: bool,
+        /// Return once it runs on the target; exit non-zero if the
+        /// migration is aborted.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
     /// Change a VM's description or restart priority (the guest is not touched).
     Set {
         name: String,

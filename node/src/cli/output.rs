@@ -269,6 +269,8 @@ pub fn vm_json(vm: &pb::Vm) -> Value {
         "preferred_labels": vm.preferred_labels, "anti_affinity": vm.anti_affinity,
         "soft_anti_affinity": vm.soft_anti_affinity, "affinity": vm.affinity,
         "pending": vm.pending, "observed": vm.observed, "lease_holder": vm.lease_holder, "description": vm.description,
+        "migrating_to": vm.migrating_to,
+        "migration_started_ms": (vm.migration_started_ms > 0).then_some(vm.migration_started_ms),
     })
 }
 
@@ -285,7 +287,10 @@ pub fn print_vms(output: Output, vms: &[pb::Vm]) {
                         v.memory_mib.to_string(),
                         if v.ha { "yes" } else { "no" }.into(),
                         desired(v.desired).to_string(),
-                        vm_state(v.state).to_string(),
+                        match &v.migrating_to {
+                            Some(to) => format!("{} (moving to {to})", vm_state(v.state)),
+                            None => vm_state(v.state).to_string(),
+                        },
                         v.node.clone().unwrap_or_else(|| "-".into()),
                     ]
                 })
@@ -317,6 +322,9 @@ pub fn print_vm(output: Output, vm: &pb::Vm) {
             }
             if !vm.observed.is_empty() {
                 println!("observed: running on {}", vm.observed.join(", "));
+            }
+            if let Some(to) = &vm.migrating_to {
+                println!("moving:   live to {to}, since {}", format_ms(vm.migration_started_ms));
             }
             if let Some(h) = &vm.lease_holder {
                 println!("lease:    probably held by the copy on {h} (its last heartbeat listed the VM running)");

@@ -16,7 +16,7 @@ use super::output::{print_explanation, print_vm, print_vms, vm_json, vm_state};
 use super::{CreateArgs, Output, VmCmd, WaitArgs};
 
 pub async fn run(channel: Channel, output: Output, command: VmCmd) -> Result<()> {
-    let mut vms = VmsClient::new(channel);
+    let mut vms = VmsClient::new(channel.clone());
     match command {
         VmCmd::Create(args) => self::create(&mut vms, output, args).await?,
         VmCmd::List { consistent } => {
@@ -42,6 +42,10 @@ pub async fn run(channel: Channel, output: Output, command: VmCmd) -> Result<()>
         VmCmd::Recover { name } => {
             let vm = vms.recover(req(pb::VmActionRequest { name, force: false })).await.map_err(status_err)?;
             print_vm(output, &vm.into_inner());
+        }
+        VmCmd::Migrate { name, to, dry_run, wait, timeout } => {
+            let how = Migration { name, to, dry_run, wait, timeout: Duration::from_secs(timeout) };
+            migrate(&mut vms, channel, output, how).await?
         }
         VmCmd::Set { name, description, priority } => {
             let r = pb::UpdateVmRequest { name, description, priority };
@@ -177,4 +181,73 @@ async fn console(vms: &mut VmsClient<Channel>, output: Output, name: String, byt
         }
     }
     Ok(())
+}
+
+/// What `vm migrate` was asked.
+struct Migration {
+    name: String,
+    to: Option<String>,
+    dry_run: bool,
+    wait: bool,
+    timeout: Duration,
+}
+
+/// `vm migrate`: begins a live migration (or explains where it would go);
+/// with `--wait`, returns once the VM runs on the target, or fails with the
+/// reason the migration was aborted.
+async fn migrate(vms: &mut VmsClient<Channel>, channel: Channel, output: Output, m: Migration) -> Result<()> {
+    let request = pb::MigrateVmRequest { name: m.name.clone(), to: m.to.clone(), dry_run: m.dry_run };
+    let reply = vms.migrate(req(request)).await.map_err(status_err)?.into_inner();
+    if m.dry_run {
+        match (&reply.explanation, &m.to) {
+            (Some(e), _) => print_explanation(output, e),
+            (None, to) => match output {
+                Output::Json => println!("{}", json!({"vm": m.name, "to": to})),
+                Output::Table => println!("{} would move live to {}", m.name, to.as_deref().unwrap_or("-")),
+            },
+        }
+        return Ok(());
+    }
+    let mut vm = reply.vm.ok_or_else(|| anyhow!("the leader answered without the VM"))?;
+    let (from, target) = (vm.node.clone().unwrap_or_default(), vm.migrating_to.clone().unwrap_or_default());
+    if !m.wait {
+        match output {
+            Output::Json => println!("{}", vm_json(&vm)),
+            Output::Table => println!("migrating {} live from {from} to {target}", vm.name),
+        }
+        return Ok(());
+    }
+    let started = tokio::time::Instant::now();
+    loop {
+        if vm.migrating_to.is_none() {
+            if vm.node.as_deref() != Some(target.as_str()) {
+                let why = abort_reason(channel, &m.name).await.unwrap_or_else(|| "see `kvmesh events`".into());
+                return Err(anyhow!("the migration of {} to {target} was aborted; it runs on {from}: {why}", m.name));
+            }
+            if vm_state(vm.state) == "running" {
+                break;
+            }
+        }
+        if started.elapsed() >= m.timeout {
+            return Err(anyhow!("VM {} is still migrating to {target} after {}s", m.name, m.timeout.as_secs()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let get = pb::GetVmRequest { name: m.name.clone(), consistent: false };
+        vm = vms.get(req(get)).await.map_err(status_err)?.into_inner();
+    }
+    match output {
+        Output::Json => println!("{}", vm_json(&vm)),
+        Output::Table => {
+            println!("{} moved live from {from} to {target} in {:.1} s", vm.name, started.elapsed().as_secs_f64())
+        }
+    }
+    Ok(())
+}
+
+/// Why the latest migration of `name` was aborted, from the event log.
+async fn abort_reason(channel: Channel, name: &str) -> Option<String> {
+    let mut cluster = pb::cluster_client::ClusterClient::new(channel);
+    let events = cluster.list_events(req(pb::ListEventsRequest { after: 0 })).await.ok()?.into_inner().events;
+    let prefix = format!("vm {name}: migration ");
+    events.iter().rev().find(|e| e.message.starts_with(&prefix)).map(|e| e.message.clone())
 }

@@ -172,8 +172,11 @@ pub fn stale(state: &ClusterState, node: NodeId, domains: &[(VmId, u64, bool)]) 
     domains
         .iter()
         .filter(|(vm, epoch, running)| {
-            *running
-                && !state.vms.get(vm).and_then(|v| v.placement).is_some_and(|p| p.node == node && p.epoch == *epoch)
+            let vm = state.vms.get(vm);
+            let placed = vm.and_then(|v| v.placement).is_some_and(|p| p.node == node && p.epoch == *epoch);
+            // A live migration's paused copy on its target is not stale.
+            let incoming = vm.and_then(|v| v.migration).is_some_and(|m| m.target == node && m.epoch == *epoch);
+            *running && !placed && !incoming
         })
         .map(|(vm, _, _)| *vm)
         .collect()

@@ -19,7 +19,7 @@ use kvmesh_raft::storage::DEFAULT_STORAGE;
 
 use super::pools::{node_pool_name, PoolKind};
 use super::xml::{self, DomainSpec};
-use super::{Backing, Domain, HostCapacity, Hypervisor, OffReason, PoolSpec, PoolState, RunState};
+use super::{Backing, Domain, HostCapacity, Hypervisor, MigrationTarget, OffReason, PoolSpec, PoolState, RunState};
 use crate::error::{Error, Result};
 
 const METADATA_ELEMENT: i32 = 2; // VIR_DOMAIN_METADATA_ELEMENT
@@ -244,6 +244,48 @@ impl Hypervisor for Libvirt {
             out.push(Domain { name, vm_id: tag.vm_id, epoch: tag.epoch, state: run_state(&dom) });
         }
         Ok(out)
+    }
+
+    fn migrate(&self, domain: &str, to: &MigrationTarget) -> Result<()> {
+        if self.is_test_driver() {
+            return Err(Error::FailedPrecondition(
+                "live migration needs a real hypervisor (qemu:///system); the embedded test driver cannot migrate"
+                    .into(),
+            ));
+        }
+        let dom = self.lookup(domain)?;
+        let xml = dom
+            .xml_desc(virt::sys::VIR_DOMAIN_XML_MIGRATABLE)
+            .map_err(|e| lv_err(&format!("read {domain}'s definition"), e))?;
+        let dest = xml::retarget(&xml, self.node_id, to, &self.consoles_dir.to_string_lossy())
+            .ok_or_else(|| Error::Hypervisor(format!("{domain}'s definition carries no kvmesh tag")))?;
+        let params = virt::domain::MigrateParameters {
+            dest_xml: Some(dest.clone()),
+            persist_xml: Some(dest),
+            uri: to.data_uri.clone(),
+            ..Default::default()
+        };
+        // UNSAFE: libvirt judges "shared storage" by the filesystem's type
+        // (NFS, GFS2, ...). kvmesh migrates only VMs whose disks are all on
+        // domains it has proven shared (every host sees the same files) and
+        // opens them with cache='none', which is what libvirt's check is for.
+        let flags = virt::sys::VIR_MIGRATE_LIVE
+            | virt::sys::VIR_MIGRATE_UNSAFE
+            | virt::sys::VIR_MIGRATE_PEER2PEER
+            | virt::sys::VIR_MIGRATE_PERSIST_DEST
+            | virt::sys::VIR_MIGRATE_UNDEFINE_SOURCE
+            | virt::sys::VIR_MIGRATE_PAUSED
+            | virt::sys::VIR_MIGRATE_AUTO_CONVERGE;
+        dom.migrate_to_uri3(Some(&to.libvirt_uri), params, flags)
+            .map_err(|e| lv_err(&format!("migrate {domain} to {}", to.libvirt_uri), e))
+    }
+
+    fn resume(&self, domain: &str) -> Result<()> {
+        self.lookup(domain)?.resume().map_err(|e| lv_err(&format!("resume {domain}"), e))
+    }
+
+    fn consoles_dir(&self) -> String {
+        self.consoles_dir.to_string_lossy().into_owned()
     }
 
     fn define(&self, spec: &DomainSpec) -> Result<()> {

@@ -102,6 +102,28 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn delete_volume(&self, pool: &PoolSpec, name: &str) -> Result<bool>;
     /// The last `max_bytes` of the serial console log.
     fn console(&self, domain: &str, max_bytes: u64) -> Result<Vec<u8>>;
+    /// Migrates a running domain live to another host's libvirt (peer to
+    /// peer), where it is defined as `to` says and left **paused**: the
+    /// target resumes it only once the cluster has recorded the move. The
+    /// domain is undefined here on success; on failure it runs on here.
+    fn migrate(&self, domain: &str, to: &MigrationTarget) -> Result<()>;
+    /// Lets a paused domain run.
+    fn resume(&self, domain: &str) -> Result<()>;
+    /// Where this host keeps guests' console logs.
+    fn consoles_dir(&self) -> String;
+}
+
+/// Where a live migration goes, and what the incoming domain's definition
+/// changes from the source's: its kvmesh tag and its console log's folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrationTarget {
+    /// The target's libvirt, as the source's libvirtd reaches it.
+    pub libvirt_uri: String,
+    /// Where the memory stream goes (`tcp://HOST`), if not the default.
+    pub data_uri: Option<String>,
+    pub node_id: u64,
+    pub epoch: u64,
+    pub consoles_dir: String,
 }
 
 pub use pools::{Backing, PoolSpec, PoolState};

@@ -88,6 +88,35 @@ pub fn parse_metadata(xml: &str) -> Option<Tag> {
     })
 }
 
+/// A running domain's definition (libvirt's migratable form) as the target
+/// of a live migration must define it: tagged with the target's node id
+/// and the migration's epoch, its console log in the target's folder. The
+/// rest (devices, addresses, uuid) stays exactly as it is: libvirt refuses
+/// a destination definition that changes the guest's hardware.
+pub fn retarget(xml: &str, node_id: u64, to: &super::MigrationTarget, consoles_dir: &str) -> Option<String> {
+    let metadata = xml.find("<metadata>")?;
+    let tag = parse_metadata(&xml[metadata..])?;
+    if tag.node_id != node_id {
+        return None;
+    }
+    let (head, tail) = xml.split_at(metadata);
+    let tail = replace_field(tail, "node", &to.node_id.to_string())?;
+    let tail = replace_field(&tail, "epoch", &to.epoch.to_string())?;
+    let out = format!("{head}{tail}");
+    Some(out.replace(
+        &format!("{}/", consoles_dir.trim_end_matches('/')),
+        &format!("{}/", to.consoles_dir.trim_end_matches('/')),
+    ))
+}
+
+/// `xml` with the text of its first `PREFIX:name` element replaced.
+fn replace_field(xml: &str, name: &str, value: &str) -> Option<String> {
+    let open = xml.find(&format!(":{name}>"))?;
+    let start = open + xml[open..].find('>')? + 1;
+    let end = start + xml[start..].find('<')?;
+    Some(format!("{}{}{}", &xml[..start], value, &xml[end..]))
+}
+
 /// The domain definition.
 pub fn domain_xml(s: &DomainSpec) -> String {
     let tag = Tag { vm_id: s.vm_id, node_id: s.node_id, epoch: s.epoch };
@@ -159,10 +188,13 @@ pub fn disk_target(index: u32) -> String {
     format!("vd{}", (b'a' + index.min(MAX_DISKS - 1) as u8) as char)
 }
 
-/// One disk device, also what a live attach sends.
+/// One disk device, also what a live attach sends. `cache='none'` (what
+/// oVirt and Proxmox use): no host page cache, so a host that takes the
+/// guest over, live or after a failure, reads what was written, never a
+/// stale cached copy.
 pub fn disk_xml(index: u32, path: &str) -> String {
     format!(
-        "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='{}' bus='virtio'/></disk>",
+        "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/><source file='{}'/><target dev='{}' bus='virtio'/></disk>",
         escape(path),
         disk_target(index)
     )
@@ -228,6 +260,29 @@ mod tests {
         let back = "<kvmesh:vm xmlns:kvmesh=\"https://kvmesh.dev/xmlns/domain/1\">\n  <kvmesh:id>00000000000000ff</kvmesh:id>\n  <kvmesh:name>w</kvmesh:name>\n  <kvmesh:node>42</kvmesh:node>\n  <kvmesh:epoch>3</kvmesh:epoch>\n</kvmesh:vm>";
         assert_eq!(parse_metadata(back), Some(Tag { vm_id: 255, node_id: 42, epoch: 3 }));
         assert_eq!(parse_metadata("<other/>"), None);
+    }
+
+    #[test]
+    fn a_migration_retags_the_domain_and_moves_its_console_only() {
+        let live = "<domain type='qemu'>\n  <name>kvmesh-00ff</name>\n  <uuid>u-1</uuid>\n  <metadata>\n    <kvmesh:vm xmlns:kvmesh=\"https://kvmesh.dev/xmlns/domain/1\">\n      <kvmesh:id>00000000000000ff</kvmesh:id>\n      <kvmesh:name>w</kvmesh:name>\n      <kvmesh:node>42</kvmesh:node>\n      <kvmesh:epoch>3</kvmesh:epoch>\n    </kvmesh:vm>\n  </metadata>\n  <devices>\n    <disk><source file='/shared/00ff-disk0.qcow2'/><address type='pci' slot='0x04'/></disk>\n    <serial type='file'><source path='/a/consoles/kvmesh-00ff.log'/></serial>\n    <console type='file'><source path='/a/consoles/kvmesh-00ff.log'/></console>\n  </devices>\n</domain>";
+        let to = crate::hypervisor::MigrationTarget {
+            libvirt_uri: "qemu+tcp://b/system".into(),
+            data_uri: None,
+            node_id: 7,
+            epoch: 4,
+            consoles_dir: "/b/consoles".into(),
+        };
+        let dest = retarget(live, 42, &to, "/a/consoles").unwrap();
+        let start = dest.find("<metadata>").unwrap();
+        assert_eq!(parse_metadata(&dest[start..]), Some(Tag { vm_id: 255, node_id: 7, epoch: 4 }));
+        assert_eq!(dest.matches("/b/consoles/kvmesh-00ff.log").count(), 2);
+        assert!(!dest.contains("/a/consoles"));
+        assert!(
+            dest.contains("<uuid>u-1</uuid>")
+                && dest.contains("slot='0x04'")
+                && dest.contains("/shared/00ff-disk0.qcow2")
+        );
+        assert_eq!(retarget(live, 41, &to, "/a/consoles"), None, "another node's domain");
     }
 
     #[test]

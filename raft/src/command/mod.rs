@@ -9,9 +9,10 @@
 //!
 //! The handlers are split by subject: [`vms`](self::vms) for VMs,
 //! [`nodes`](self::nodes) for hosts, [`cluster`](self::cluster) for cluster
-//! settings.
+//! settings, [`migrations`](self::migrations) for live migrations.
 
 mod cluster;
+mod migrations;
 mod nodes;
 mod refusal;
 mod storage;
@@ -206,6 +207,27 @@ pub enum Command {
     VolumesDeleted {
         volumes: Vec<Trashed>,
     },
+    /// `vm migrate`: a live migration of a running VM to `target` (chosen
+    /// by the leader's scheduler or by the operator) begins.
+    BeginMigration {
+        name: String,
+        target: NodeId,
+        at_ms: u64,
+    },
+    /// The source's libvirt completed the migration: the VM is placed on
+    /// the target at the migration's epoch.
+    FinishMigration {
+        vm: VmId,
+        epoch: u64,
+        at_ms: u64,
+    },
+    /// The migration failed or was overtaken: the VM stays where it was.
+    AbortMigration {
+        vm: VmId,
+        epoch: u64,
+        reason: String,
+        at_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,6 +263,7 @@ impl Command {
             | Command::DeleteImage { .. }
             | Command::AddDisk { .. }
             | Command::RemoveDisk { .. }
+            | Command::BeginMigration { .. }
             | Command::Snapshot { .. } => true,
             Command::Batch(cmds) => cmds.iter().any(Command::needs_request_id),
             Command::Request { .. }
@@ -256,6 +279,8 @@ impl Command {
             | Command::RecordVolume { .. }
             | Command::ResizeDisk { .. }
             | Command::VolumesDeleted { .. }
+            | Command::FinishMigration { .. }
+            | Command::AbortMigration { .. }
             | Command::ReportVm { .. } => false,
         }
     }
@@ -305,6 +330,9 @@ impl ClusterState {
             Command::RemoveDisk { name, index, at_ms } => self.remove_disk(name, *index, *at_ms),
             Command::Snapshot { name, snapshot, op, at_ms } => self.snapshot(name, snapshot, *op, *at_ms),
             Command::VolumesDeleted { volumes } => self.volumes_deleted(volumes),
+            Command::BeginMigration { name, target, at_ms } => self.begin_migration(name, *target, *at_ms),
+            Command::FinishMigration { vm, epoch, at_ms } => self.finish_migration(*vm, *epoch, *at_ms),
+            Command::AbortMigration { vm, epoch, reason, at_ms } => self.abort_migration(*vm, *epoch, reason, *at_ms),
         }
     }
 
@@ -341,6 +369,8 @@ impl ClusterState {
     }
 }
 
+#[cfg(test)]
+mod migration_tests;
 #[cfg(test)]
 mod prop_tests;
 #[cfg(test)]

@@ -51,6 +51,7 @@ impl ClusterState {
         // nothing else may start them yet. The leader releases the HA ones
         // once the host has been silent for down_after (it has fenced by
         // then); the others wait for `vm recover`. Deletions are done.
+        self.abort_migrations_of(id, at_ms);
         let mut gone = 0;
         for vm_id in &placed {
             if let Some(deleting) = self.vms.get(vm_id).and_then(|v| v.deleting) {
@@ -97,6 +98,7 @@ impl ClusterState {
             None => format!("{id} (removed)"),
         };
         self.dirty.insert(Key::Node(id));
+        self.abort_migrations_of(id, at_ms);
         let (mut restarted, mut stay, mut gone) = (0, 0, 0);
         for vm_id in orphans {
             let Some(vm) = self.vms.get(&vm_id) else { continue };

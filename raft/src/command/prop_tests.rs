@@ -70,7 +70,7 @@ fn command(rng: &mut StdRng, state: &ClusterState, wild: bool) -> Command {
     let node_id = rng.gen_range(0..=NODES + 1); // 0 and NODES+1 are unknown
     let vm_id = rng.gen_range(0..VMS + 2);
     let at_ms = rng.gen_range(0..1_000_000);
-    match rng.gen_range(0..22) {
+    match rng.gen_range(0..25) {
         0..=1 => {
             let id = rng.gen_range(1..=NODES);
             Command::AddNode { node: node(rng, id, wild), at_ms }
@@ -148,6 +148,9 @@ fn command(rng: &mut StdRng, state: &ClusterState, wild: bool) -> Command {
             id: RequestId { origin: rng.gen_range(1..=2), seq: rng.gen_range(0..6) },
             cmd: Box::new(command(rng, state, wild)),
         },
+        21 => Command::BeginMigration { name: vm_name(rng), target: node_id, at_ms },
+        22 => Command::FinishMigration { vm: vm_id, epoch: rng.gen_range(0..4), at_ms },
+        23 => Command::AbortMigration { vm: vm_id, epoch: rng.gen_range(0..4), reason: "r".into(), at_ms },
         _ => Command::Batch((0..rng.gen_range(0..4)).map(|_| command(rng, state, wild)).collect()),
     }
 }
@@ -166,6 +169,15 @@ fn check_invariants(s: &mut ClusterState, capacity: bool, step: usize) {
             // The node may be gone: a host removed with --force keeps its
             // VMs placed on it, since they may still run there.
             assert!(vm.last_epoch >= p.epoch, "{}", ctx("epoch went backwards"));
+        }
+        // A migration runs from the VM's host to another, at an epoch above
+        // its placement's and reserved for it alone.
+        if let Some(m) = vm.migration {
+            let p = vm.placement.expect("a migrating VM is placed");
+            assert_eq!(p.node, m.source, "{}", ctx("migration from elsewhere"));
+            assert_ne!(m.target, m.source, "{}", ctx("migration to its own host"));
+            assert!(m.epoch > p.epoch && m.epoch == vm.last_epoch, "{}", ctx("migration epoch"));
+            assert!(s.nodes.contains_key(&m.target), "{}", ctx("migration to a removed host"));
         }
     }
     // Hard anti-affinity: never two members of one group on a host.

@@ -119,6 +119,12 @@ pub enum Refusal {
         vm: String,
         reason: String,
     },
+    /// A migration that cannot begin, or an operation that must wait for
+    /// one in flight.
+    Migration {
+        vm: String,
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for Refusal {
@@ -185,6 +191,7 @@ impl std::fmt::Display for Refusal {
             ),
             Refusal::StorageChange { vm, reason } if vm.is_empty() => write!(f, "{reason}"),
             Refusal::StorageChange { vm, reason } => write!(f, "VM {vm:?}: {reason}"),
+            Refusal::Migration { vm, reason } => write!(f, "VM {vm:?}: {reason}"),
             Refusal::RequestExpired => write!(
                 f,
                 "this retried write is too old to tell whether it was applied; check the object's state and send it again if needed"

@@ -38,6 +38,7 @@ pub(super) fn vm(id: u64, name: &str, node: Option<u64>, mem: u64) -> Vm {
         description: String::new(),
         snapshots: Vec::new(),
         next_disk: 0,
+        migration: None,
     }
 }
 

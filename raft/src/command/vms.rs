@@ -44,6 +44,9 @@ impl ClusterState {
         let Some(id) = self.vm_names.get(name).copied() else {
             return Response::Refused(Refusal::UnknownVm { name: name.to_string() });
         };
+        if let Err(r) = self.not_migrating(name, "delete it") {
+            return Response::Refused(r);
+        }
         let held = self.vms.get(&id).and_then(|v| v.placement).is_some_and(|p| self.nodes.contains_key(&p.node));
         if !held {
             self.remove_vm(id, keep_disks);
@@ -60,6 +63,9 @@ impl ClusterState {
     }
 
     pub(super) fn set_desired(&mut self, name: &str, desired: Desired, force: bool, at_ms: u64) -> Response {
+        if let Err(r) = self.not_migrating(name, "start or stop it") {
+            return Response::Refused(r);
+        }
         if desired == Desired::Running {
             if let Err(r) = self.host_takes_starts(name) {
                 return Response::Refused(r);
@@ -85,6 +91,9 @@ impl ClusterState {
     }
 
     pub(super) fn restart_vm(&mut self, name: &str, at_ms: u64) -> Response {
+        if let Err(r) = self.not_migrating(name, "restart it") {
+            return Response::Refused(r);
+        }
         if let Err(r) = self.host_takes_starts(name) {
             return Response::Refused(r);
         }
@@ -273,6 +282,9 @@ impl ClusterState {
             }
             vm.pending = Some(reason);
             vm.reported = None;
+            // Off its host, it is not going anywhere live either: the
+            // target's copy is stale from now on.
+            vm.migration = None;
             self.dirty.insert(Key::Vm(id));
         }
     }

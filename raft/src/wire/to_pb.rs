@@ -35,6 +35,8 @@ pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
             .collect(),
         // Only the leader knows, from heartbeats: filled in by the API.
         lease_holder: None,
+        migrating_to: vm.migration.and_then(|m| state.nodes.get(&m.target)).map(|n| n.name.clone()),
+        migration_started_ms: vm.migration.map(|m| m.started_at_ms).unwrap_or(0),
         network: vm.spec.network.clone(),
         bridge: vm.spec.bridge.clone(),
         domain: domain_name(vm.id),

@@ -15,6 +15,7 @@ fn want(desired: Desired) -> Want {
         reported: None,
         ha: false,
         disks: vec![(0, 1 << 30)],
+        migrating_out: None,
     }
 }
 
@@ -28,7 +29,7 @@ fn epochs() -> BTreeMap<u64, u64> {
 }
 
 fn run(w: &Want, d: &[Domain], mem: &mut HashMap<u64, Memory>, now: u64) -> Vec<Action> {
-    plan(std::slice::from_ref(w), d, &epochs(), mem, now, &Timing::default(), Standing::Current)
+    plan(std::slice::from_ref(w), d, &epochs(), &BTreeMap::new(), mem, now, &Timing::default(), Standing::Current)
 }
 
 #[test]
@@ -134,7 +135,8 @@ fn stale_and_foreign_domains_are_removed_and_disks_kept_only_for_known_vms() {
     let w = want(Desired::Running);
     let stale = Domain { name: "kvmesh-7".into(), vm_id: 7, epoch: 0, state: RunState::Running };
     let gone = Domain { name: "kvmesh-9".into(), vm_id: 9, epoch: 1, state: RunState::Running };
-    let actions = plan(&[w], &[stale, gone], &epochs(), &mut mem, 0, &Timing::default(), Standing::Current);
+    let actions =
+        plan(&[w], &[stale, gone], &epochs(), &BTreeMap::new(), &mut mem, 0, &Timing::default(), Standing::Current);
     assert_eq!(
         actions,
         vec![
@@ -167,7 +169,7 @@ fn a_fenced_host_destroys_its_ha_guests_and_starts_none() {
     w.reported = Some((VmState::Running, None));
     let on = [dom(RunState::Running)];
     let fenced = |w: &Want, d: &[Domain], mem: &mut HashMap<u64, Memory>| {
-        plan(std::slice::from_ref(w), d, &epochs(), mem, 0, &Timing::default(), Standing::Fenced)
+        plan(std::slice::from_ref(w), d, &epochs(), &BTreeMap::new(), mem, 0, &Timing::default(), Standing::Fenced)
     };
     assert_eq!(fenced(&w, &on, &mut mem), vec![Action::Destroy { domain: "kvmesh-7".into() }]);
     assert_eq!(fenced(&w, &[], &mut mem), vec![]);
@@ -198,6 +200,7 @@ fn behind_or_fenced_nothing_starts_and_only_superseded_domains_go() {
                             std::slice::from_ref(&w),
                             &domains,
                             &epochs(),
+                            &BTreeMap::new(),
                             &mut HashMap::new(),
                             0,
                             &Timing::default(),
@@ -225,10 +228,10 @@ fn behind_a_domain_is_removed_only_when_its_vm_was_placed_again_since() {
     let current_epoch = Domain { name: "kvmesh-8".into(), vm_id: 8, epoch: 4, state: RunState::Running };
     let last: BTreeMap<u64, u64> = [(7, 3), (8, 4)].into();
     let domains = [superseded, unknown, current_epoch];
-    let behind = plan(&[], &domains, &last, &mut mem, 0, &Timing::default(), Standing::Behind);
+    let behind = plan(&[], &domains, &last, &BTreeMap::new(), &mut mem, 0, &Timing::default(), Standing::Behind);
     assert_eq!(behind, vec![Action::Remove { domain: "kvmesh-7".into(), vm_id: 7, keep_disks: true }]);
     // Caught up, the same state is trusted: all three go.
-    let current = plan(&[], &domains, &last, &mut mem, 0, &Timing::default(), Standing::Current);
+    let current = plan(&[], &domains, &last, &BTreeMap::new(), &mut mem, 0, &Timing::default(), Standing::Current);
     assert_eq!(current.len(), 3, "{current:?}");
 }
 
@@ -299,4 +302,53 @@ fn a_start_refused_by_a_held_lease_waits_and_is_retried_not_failed() {
     assert_eq!(run(&w, &defined, &mut mem, 1_999), vec![]);
     assert_eq!(run(&w, &defined, &mut mem, 2_000), vec![Action::Start { vm_id: 7 }]);
     assert_eq!(mem[&7].failed_gen, None, "a held lease is not a failure");
+}
+
+#[test]
+fn a_migrating_guest_is_sent_once_running_and_never_recreated_when_gone() {
+    let mut mem = HashMap::new();
+    let mut w = want(Desired::Running);
+    w.reported = Some((VmState::Running, None));
+    w.migrating_out = Some(2);
+    let running = [dom(RunState::Running)];
+    assert_eq!(run(&w, &running, &mut mem, 0), vec![Action::MigrateOut { vm_id: 7, epoch: 2 }]);
+    // libvirt paused it for the last round, then took it away: neither is a
+    // crash, and nothing is started in its place; the shell, which sends
+    // once, settles the record.
+    assert_eq!(run(&w, &[dom(RunState::Paused)], &mut mem, 10), vec![]);
+    assert_eq!(run(&w, &[], &mut mem, 20), vec![Action::MigrateOut { vm_id: 7, epoch: 2 }]);
+}
+
+#[test]
+fn the_target_keeps_its_incoming_copy_and_resumes_it_once_placed_there() {
+    let mut mem = HashMap::new();
+    // Epoch 2 is the migration's: VM 7 still runs elsewhere at epoch 1.
+    let incoming = Domain { epoch: 2, ..dom(RunState::Paused) };
+    let last: BTreeMap<u64, u64> = [(7, 2)].into();
+    let migrating: BTreeMap<u64, u64> = [(7, 2)].into();
+    let t = Timing::default();
+    let kept = plan(&[], std::slice::from_ref(&incoming), &last, &migrating, &mut mem, 0, &t, Standing::Current);
+    assert_eq!(kept, vec![], "the incoming copy is not stale");
+    // Aborted: the copy is stale now (its disks are kept).
+    let aborted =
+        plan(&[], std::slice::from_ref(&incoming), &last, &BTreeMap::new(), &mut mem, 0, &t, Standing::Current);
+    assert_eq!(aborted, vec![Action::Remove { domain: "kvmesh-7".into(), vm_id: 7, keep_disks: true }]);
+    // Finished: placed here at epoch 2, nothing reported yet: resume it.
+    let w = Want { epoch: 2, ..want(Desired::Running) };
+    let placed = plan(
+        std::slice::from_ref(&w),
+        std::slice::from_ref(&incoming),
+        &last,
+        &BTreeMap::new(),
+        &mut mem,
+        0,
+        &t,
+        Standing::Current,
+    );
+    assert_eq!(placed, vec![Action::Resume { domain: "kvmesh-7".into() }]);
+    // A guest paused after it ran (an I/O error) is left alone.
+    let ran = Want { reported: Some((VmState::Running, None)), ..w };
+    let later =
+        plan(std::slice::from_ref(&ran), &[incoming], &last, &BTreeMap::new(), &mut mem, 0, &t, Standing::Current);
+    assert_eq!(later, vec![]);
 }

@@ -1,0 +1,159 @@
+//! The migration rules of `apply`: what may begin, the epoch and capacity a
+//! migration reserves, finish and abort deciding every race, and hosts
+//! that go down ending the migrations they take part in.
+
+use super::tests::{initialized, node, vm};
+use super::*;
+use crate::model::Placement;
+use crate::storage::StorageKind;
+
+/// Three hosts (a, b, c), a shared domain, and `web` running on a with a
+/// shared disk.
+fn cluster() -> ClusterState {
+    let mut s = initialized();
+    for (id, name) in [(2, "b"), (3, "c")] {
+        let addr = format!("127.0.0.1:{id}");
+        assert_eq!(s.apply(&Command::AddNode { node: node(id, name, &addr), at_ms: 1 }), Response::Done);
+    }
+    let shared = StorageDomain {
+        id: 0,
+        name: "shared".into(),
+        kind: StorageKind::SharedDir { path: "/mnt/shared".into() },
+        nodes: Default::default(),
+        created_at_ms: 0,
+    };
+    assert_eq!(s.apply(&Command::AddStorage { domain: shared, at_ms: 2 }), Response::Done);
+    let mut web = vm(10, "web", Some(1), 512);
+    web.spec.disks = vec![Disk { index: 0, size_bytes: 1 << 30, storage: "shared".into(), image: None, volume: None }];
+    assert!(matches!(s.apply(&Command::CreateVm { vm: Box::new(web), at_ms: 3 }), Response::Vm(_)));
+    running(&mut s, 10, 1, 1);
+    s
+}
+
+fn running(s: &mut ClusterState, vm: VmId, node: NodeId, epoch: u64) {
+    let report = Command::ReportVm { vm, node, epoch, state: VmState::Running, error: None, at_ms: 4 };
+    assert_eq!(s.apply(&report), Response::Done);
+}
+
+fn begin(s: &mut ClusterState, name: &str, target: NodeId) -> Response {
+    s.apply(&Command::BeginMigration { name: name.into(), target, at_ms: 10 })
+}
+
+fn refusal(r: Response) -> String {
+    match r {
+        Response::Refused(r) => r.to_string(),
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+#[test]
+fn a_migration_reserves_an_epoch_and_the_targets_room_until_it_finishes() {
+    let mut s = cluster();
+    assert!(matches!(begin(&mut s, "web", 2), Response::Vm(_)));
+    let web = &s.vms[&10];
+    assert_eq!(web.placement, Some(Placement { node: 1, epoch: 1 }), "it runs on the source until the finish");
+    assert_eq!(web.migration.map(|m| (m.source, m.target, m.epoch)), Some((1, 2, 2)));
+    assert_eq!(web.last_epoch, 2);
+    let views = s.scheduler_view(&Default::default(), None);
+    let b = views.iter().find(|v| v.id == 2).unwrap();
+    assert_eq!(b.allocated_memory_mib, 512, "the target's room is held");
+    // The stale finish of another epoch changes nothing; the right one moves it.
+    let wrong = Command::FinishMigration { vm: 10, epoch: 1, at_ms: 11 };
+    assert_eq!(s.apply(&wrong), Response::Refused(Refusal::StaleReport));
+    assert_eq!(s.apply(&Command::FinishMigration { vm: 10, epoch: 2, at_ms: 12 }), Response::Done);
+    let web = &s.vms[&10];
+    assert_eq!(web.placement, Some(Placement { node: 2, epoch: 2 }));
+    assert_eq!(web.migration, None);
+    assert_eq!(web.reported, None, "pending until the target reports it running");
+    // An abort after the finish changes nothing.
+    let late = Command::AbortMigration { vm: 10, epoch: 2, reason: "x".into(), at_ms: 13 };
+    assert_eq!(s.apply(&late), Response::Done);
+    assert_eq!(s.vms[&10].placement, Some(Placement { node: 2, epoch: 2 }));
+}
+
+#[test]
+fn an_abort_leaves_the_vm_where_it_was_and_a_finish_after_it_is_refused() {
+    let mut s = cluster();
+    assert!(matches!(begin(&mut s, "web", 2), Response::Vm(_)));
+    let abort = Command::AbortMigration { vm: 10, epoch: 2, reason: "the link broke".into(), at_ms: 11 };
+    assert_eq!(s.apply(&abort), Response::Done);
+    assert_eq!(s.vms[&10].placement, Some(Placement { node: 1, epoch: 1 }));
+    assert_eq!(s.vms[&10].migration, None);
+    assert!(s.events.iter().any(|e| e.message.contains("aborted") && e.message.contains("the link broke")));
+    let finish = Command::FinishMigration { vm: 10, epoch: 2, at_ms: 12 };
+    assert_eq!(s.apply(&finish), Response::Refused(Refusal::StaleReport));
+    // The next migration gets a new epoch: the aborted copy stays stale.
+    assert!(matches!(begin(&mut s, "web", 3), Response::Vm(_)));
+    assert_eq!(s.vms[&10].migration.map(|m| m.epoch), Some(3));
+}
+
+#[test]
+fn bad_migrations_are_refused_with_the_reason() {
+    let mut s = cluster();
+    assert!(refusal(begin(&mut s, "web", 1)).contains("already runs on a"));
+    assert!(refusal(begin(&mut s, "nosuch", 2)).contains("no VM named"));
+    assert!(matches!(begin(&mut s, "web", 9), Response::Refused(Refusal::UnknownNode { id: 9 })));
+    let drain = Command::SetNodeState { id: 3, state: NodeState::Draining, at_ms: 5 };
+    assert!(matches!(s.apply(&drain), Response::Done | Response::Vm(_)));
+    assert!(refusal(begin(&mut s, "web", 3)).contains("c is draining"));
+    // Not running (never reported, or stopped): nothing to move live.
+    let mut idle = vm(11, "idle", Some(1), 256);
+    idle.spec.disks.clear();
+    assert!(matches!(s.apply(&Command::CreateVm { vm: Box::new(idle), at_ms: 5 }), Response::Vm(_)));
+    assert!(refusal(begin(&mut s, "idle", 2)).contains("not running"));
+    // A local disk does not move live.
+    let mut local = vm(12, "local", Some(1), 256);
+    local.spec.disks = vec![Disk { index: 0, size_bytes: 1 << 30, storage: "local".into(), image: None, volume: None }];
+    assert!(matches!(s.apply(&Command::CreateVm { vm: Box::new(local), at_ms: 5 }), Response::Vm(_)));
+    running(&mut s, 12, 1, 1);
+    assert!(refusal(begin(&mut s, "local", 2)).contains("storage local to a"));
+    // One at a time per VM; a stop or delete waits for it.
+    assert!(matches!(begin(&mut s, "web", 2), Response::Vm(_)));
+    assert!(refusal(begin(&mut s, "web", 2)).contains("already in flight"));
+    let stop = Command::SetDesired { name: "web".into(), desired: Desired::Stopped, force: true, at_ms: 6 };
+    assert!(refusal(s.apply(&stop)).contains("migrating to b"));
+    let delete = Command::DeleteVm { name: "web".into(), keep_disks: false, at_ms: 6 };
+    assert!(refusal(s.apply(&delete)).contains("migrating to b"));
+}
+
+#[test]
+fn a_target_without_room_is_refused() {
+    let mut s = cluster();
+    let mut filler = vm(13, "filler", Some(2), 4000);
+    filler.spec.disks.clear();
+    assert!(matches!(s.apply(&Command::CreateVm { vm: Box::new(filler), at_ms: 7 }), Response::Vm(_)));
+    assert!(refusal(begin(&mut s, "web", 2)).contains("can no longer take"));
+    assert_eq!(s.vms[&10].migration, None);
+}
+
+#[test]
+fn at_most_two_leave_a_host_and_four_run_at_once() {
+    let mut s = cluster();
+    for i in 0..6u64 {
+        let mut v = vm(20 + i, &format!("v{i}"), Some(1), 128);
+        v.spec.disks.clear();
+        assert!(matches!(s.apply(&Command::CreateVm { vm: Box::new(v), at_ms: 5 }), Response::Vm(_)));
+        running(&mut s, 20 + i, 1, 1);
+    }
+    assert!(matches!(begin(&mut s, "v0", 2), Response::Vm(_)));
+    assert!(matches!(begin(&mut s, "v1", 2), Response::Vm(_)));
+    assert!(refusal(begin(&mut s, "v2", 2)).contains("already leaving a"));
+}
+
+#[test]
+fn a_host_going_down_aborts_the_migrations_it_takes_part_in() {
+    let mut s = cluster();
+    assert!(matches!(begin(&mut s, "web", 2), Response::Vm(_)));
+    // The target dies: the VM runs on at the source.
+    assert_eq!(s.apply(&Command::NodeDown { id: 2, at_ms: 20 }), Response::Done);
+    assert_eq!(s.vms[&10].migration, None);
+    assert_eq!(s.vms[&10].placement, Some(Placement { node: 1, epoch: 1 }));
+    // The source dies mid-migration: aborted, and the HA rules take over.
+    assert!(matches!(begin(&mut s, "web", 3), Response::Vm(_)));
+    s.vms.get_mut(&10).unwrap().spec.ha = true;
+    assert_eq!(s.apply(&Command::NodeDown { id: 1, at_ms: 21 }), Response::Done);
+    let web = &s.vms[&10];
+    assert_eq!(web.migration, None);
+    assert_eq!(web.placement, None, "unplaced, to be restarted at a new epoch");
+    assert!(web.last_epoch >= 3, "never again an epoch the target's copy had");
+}

@@ -1,0 +1,164 @@
+//! Live migrations in the replicated state: begin, finish, abort.
+//!
+//! The record on the VM ([`Migration`]) is the one truth about a migration
+//! in flight. `begin` checks everything that can be checked before any
+//! byte moves (a running VM, a target that is up and fits it, storage the
+//! target reaches, no other migration of the VM, the concurrency limits)
+//! and reserves the target's epoch and capacity. The VM stays placed on the
+//! source until `finish` commits; only then may the target resume its
+//! copy. `abort` leaves the placement as it was. A host that goes down
+//! aborts every migration it takes part in (see `node_down`), so a
+//! migration never outlives either end.
+
+use super::{Refusal, Response};
+use crate::model::{ClusterState, Desired, Key, Migration, NodeState, VmId, VmState};
+use crate::types::NodeId;
+
+/// At most this many migrations leave one host at a time.
+pub const MAX_OUTGOING_PER_HOST: usize = 2;
+/// At most this many migrations run in the whole cluster at a time.
+pub const MAX_IN_CLUSTER: usize = 4;
+
+impl ClusterState {
+    pub(super) fn begin_migration(&mut self, name: &str, target: NodeId, at_ms: u64) -> Response {
+        match self.migration_for(name, target) {
+            Ok((id, source)) => {
+                let target_name = self.node_name(target);
+                let source_name = self.node_name(source);
+                let Some(vm) = self.vms.get_mut(&id) else { return Response::Refused(Refusal::UnknownVmId { id }) };
+                vm.last_epoch += 1;
+                vm.migration = Some(Migration { source, target, epoch: vm.last_epoch, started_at_ms: at_ms });
+                let vm = vm.clone();
+                self.dirty.insert(Key::Vm(id));
+                self.push_event(
+                    at_ms,
+                    "migration",
+                    format!("vm {name}: live migration from {source_name} to {target_name} started"),
+                );
+                Response::Vm(Box::new(vm))
+            }
+            Err(refusal) => Response::Refused(refusal),
+        }
+    }
+
+    /// The VM's id and source host, if it may start migrating to `target`.
+    fn migration_for(&self, name: &str, target: NodeId) -> Result<(VmId, NodeId), Refusal> {
+        let refuse = |reason: String| Refusal::Migration { vm: name.to_string(), reason };
+        let id = self.vm_names.get(name).copied().ok_or_else(|| Refusal::UnknownVm { name: name.to_string() })?;
+        let vm = self.vms.get(&id).ok_or(Refusal::UnknownVmId { id })?;
+        if vm.deleting.is_some() {
+            return Err(Refusal::VmBeingDeleted { name: name.to_string() });
+        }
+        if let Some(m) = vm.migration {
+            return Err(refuse(format!(
+                "a migration to {} is already in flight; wait for it (`kvmesh vm get {name}`)",
+                self.node_name(m.target)
+            )));
+        }
+        let Some(placement) = vm.placement else {
+            return Err(refuse("it is not placed on any host; start it first".into()));
+        };
+        let running = vm.reported.as_ref().is_some_and(|r| r.state == VmState::Running && r.epoch == placement.epoch);
+        if vm.desired != Desired::Running || !running {
+            return Err(refuse("it is not running, and live migration moves a running guest; start it first".into()));
+        }
+        let source = placement.node;
+        if target == source {
+            return Err(refuse(format!("it already runs on {}", self.node_name(target))));
+        }
+        let node = self.nodes.get(&target).ok_or(Refusal::UnknownNode { id: target })?;
+        if node.state != NodeState::Up {
+            return Err(refuse(format!("{} is {}, not up; pick another host", node.name, node.state.as_str())));
+        }
+        if let Some(disk) =
+            vm.spec.disks.iter().find(|d| self.storage_by_name(&d.storage).is_some_and(|s| !s.kind.is_shared()))
+        {
+            return Err(refuse(format!(
+                "disk {} is on {:?}, storage local to {}; only VMs whose disks are on shared storage move live",
+                disk.index,
+                disk.storage,
+                self.node_name(source)
+            )));
+        }
+        let migrating: Vec<Migration> = self.vms.values().filter_map(|v| v.migration).collect();
+        if migrating.len() >= MAX_IN_CLUSTER {
+            return Err(refuse(format!(
+                "{MAX_IN_CLUSTER} migrations are already in flight in the cluster; retry when one ends"
+            )));
+        }
+        if migrating.iter().filter(|m| m.source == source).count() >= MAX_OUTGOING_PER_HOST {
+            return Err(refuse(format!(
+                "{MAX_OUTGOING_PER_HOST} migrations are already leaving {}; retry when one ends",
+                self.node_name(source)
+            )));
+        }
+        self.check_placement(target, &self.request_for(vm)).map_err(|r| refuse(r.to_string()))?;
+        Ok((id, source))
+    }
+
+    pub(super) fn finish_migration(&mut self, id: VmId, epoch: u64, at_ms: u64) -> Response {
+        let Some(vm) = self.vms.get_mut(&id) else { return Response::Refused(Refusal::UnknownVmId { id }) };
+        let Some(m) = vm.migration.filter(|m| m.epoch == epoch) else {
+            // Aborted meanwhile (a host went down): the record decides.
+            return Response::Refused(Refusal::StaleReport);
+        };
+        vm.migration = None;
+        vm.placement = Some(crate::model::Placement { node: m.target, epoch });
+        vm.reported = None;
+        let name = vm.name.clone();
+        self.dirty.insert(Key::Vm(id));
+        let took = at_ms.saturating_sub(m.started_at_ms);
+        let (from, to) = (self.node_name(m.source), self.node_name(m.target));
+        self.push_event(at_ms, "migration", format!("vm {name} migrated live from {from} to {to} in {took} ms"));
+        Response::Done
+    }
+
+    pub(super) fn abort_migration(&mut self, id: VmId, epoch: u64, reason: &str, at_ms: u64) -> Response {
+        let Some(vm) = self.vms.get_mut(&id) else { return Response::Refused(Refusal::UnknownVmId { id }) };
+        let Some(m) = vm.migration.filter(|m| m.epoch == epoch) else { return Response::Done };
+        vm.migration = None;
+        let name = vm.name.clone();
+        self.dirty.insert(Key::Vm(id));
+        let took = at_ms.saturating_sub(m.started_at_ms);
+        let (from, to) = (self.node_name(m.source), self.node_name(m.target));
+        self.push_event(
+            at_ms,
+            "vm-error",
+            format!("vm {name}: migration from {from} to {to} aborted after {took} ms: {reason}"),
+        );
+        Response::Done
+    }
+
+    /// Aborts every migration `node` takes part in: it went down, so it can
+    /// neither send nor receive (what its copy did is settled by epochs).
+    pub(super) fn abort_migrations_of(&mut self, node: NodeId, at_ms: u64) {
+        let name = self.node_name(node);
+        let involved: Vec<(VmId, u64)> = self
+            .vms
+            .values()
+            .filter_map(|v| v.migration.filter(|m| m.source == node || m.target == node).map(|m| (v.id, m.epoch)))
+            .collect();
+        for (id, epoch) in involved {
+            self.abort_migration(id, epoch, &format!("host {name} went down"), at_ms);
+        }
+    }
+
+    /// Refuses a change to a VM that is migrating.
+    pub(super) fn not_migrating(&self, name: &str, what: &str) -> Result<(), Refusal> {
+        let vm = self.vm_names.get(name).and_then(|id| self.vms.get(id));
+        match vm.and_then(|v| v.migration) {
+            Some(m) => Err(Refusal::Migration {
+                vm: name.to_string(),
+                reason: format!(
+                    "it is migrating to {}; {what} once the migration has finished (`kvmesh vm get {name}`)",
+                    self.node_name(m.target)
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn node_name(&self, id: NodeId) -> String {
+        self.nodes.get(&id).map(|n| n.name.clone()).unwrap_or_else(|| id.to_string())
+    }
+}

@@ -1,0 +1,130 @@
+//! Live migration on the testbed, with a real QEMU/TCG guest whose disk is
+//! on the shared domain: bad requests are refused with the VM untouched, a
+//! dry run explains the pick, and the guest moves (to a named host, then to
+//! the scheduler's pick) without a reboot: its serial counter and uptime
+//! go on, its disk marker and boot count stay. Throughout, `virsh list
+//! --state-running` of every host is sampled every 0.2 s: the guest never
+//! runs on two hosts (the target's copy stays paused until the move is
+//! recorded).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Result};
+use kvmesh_tests::testbed::{addr, cli, guest_with, shared_guest, up3, virsh_on, HOSTS};
+use kvmesh_tests::{run_cli, wait_for};
+
+/// The hosts where `domain` is running (not paused), by virsh.
+fn running_hosts(domain: &str) -> Vec<&'static str> {
+    HOSTS
+        .iter()
+        .copied()
+        .filter(|h| virsh_on(h, &["list", "--state-running", "--name"]).lines().any(|l| l.trim() == domain))
+        .collect()
+}
+
+/// What the guest last printed: its counter, its uptime, and its disk line.
+#[derive(Debug, Clone, PartialEq)]
+struct Guest {
+    count: u64,
+    uptime: f64,
+    disk: String,
+}
+
+fn guest_state(name: &str) -> Option<Guest> {
+    let r = run_cli(&addr("h3"), &["vm", "console", name, "-o", "json"]);
+    let data = r.json().ok()?["data"].as_str()?.to_string();
+    let up = data.lines().rev().find_map(|l| l.trim().strip_prefix("KVMESH-TEST-GUEST-UP "))?.to_string();
+    let mut words = up.split_whitespace();
+    let count = words.next()?.parse().ok()?;
+    let uptime = words.next()?.parse().ok()?;
+    let disk = data.lines().rev().find(|l| l.starts_with("KVMESH-DISK "))?.trim().to_string();
+    Some(Guest { count, uptime, disk })
+}
+
+/// Runs `vm migrate ARGS --wait` while sampling every host; the CLI's
+/// result and how long the move took.
+fn migrate_sampled(domain: &str, args: &[&str]) -> Result<(kvmesh_tests::CliResult, Duration)> {
+    let mut full = vec!["vm".to_string(), "migrate".to_string()];
+    full.extend(args.iter().map(|a| a.to_string()));
+    full.push("--wait".into());
+    let started = Instant::now();
+    let cli = std::thread::spawn(move || {
+        let args: Vec<&str> = full.iter().map(String::as_str).collect();
+        run_cli(&addr("h1"), &args)
+    });
+    while !cli.is_finished() {
+        let on = running_hosts(domain);
+        if on.len() > 1 {
+            bail!("{domain} ran on {on:?} at once during the migration");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let result = cli.join().map_err(|_| anyhow::anyhow!("the CLI thread panicked"))?;
+    Ok((result, started.elapsed()))
+}
+
+/// Waits until the guest prints again on its new host and checks it went
+/// on from `before`: a higher counter, a longer uptime, the same disk.
+fn went_on_from(name: &str, before: &Guest) -> Result<Guest> {
+    let after = wait_for("the guest printing on its new host", Duration::from_secs(30), || {
+        guest_state(name).filter(|g| g.count > before.count)
+    })?;
+    ensure!(
+        after.uptime > before.uptime,
+        "the guest rebooted: uptime {} before, {} after",
+        before.uptime,
+        after.uptime
+    );
+    ensure!(after.disk == before.disk, "the disk line changed (a reboot?): {:?} -> {:?}", before.disk, after.disk);
+    Ok(after)
+}
+
+#[test]
+fn a_running_guest_moves_live_without_a_reboot_and_never_runs_twice() -> Result<()> {
+    let _testbed = up3()?;
+    shared_guest()?;
+    let domain = guest_with("h1", "mig", true, &["--disk", "64M@shared"])?;
+    // Up long enough that a reboot would show in its uptime and counter.
+    let before =
+        wait_for("the guest counting", Duration::from_secs(60), || guest_state("mig").filter(|g| g.count >= 3))?;
+
+    // Bad requests: refused, and the guest runs on where it was.
+    for (args, says) in [
+        (vec!["vm", "migrate", "mig", "--to", "h1"], "already runs on h1"),
+        (vec!["vm", "migrate", "mig", "--to", "h9"], "no node named \"h9\""),
+        (vec!["vm", "migrate", "nosuch"], "no VM named"),
+    ] {
+        let r = run_cli(&addr("h2"), &args);
+        ensure!(!r.success && r.stderr.contains(says), "{args:?}: {} / {}", r.stdout, r.stderr);
+    }
+    ensure!(running_hosts(&domain) == ["h1"], "mig moved: {:?}", running_hosts(&domain));
+
+    // A dry run names a host other than its own.
+    let dry = cli("h1", &["vm", "migrate", "mig", "--dry-run"])?;
+    let chosen = dry["chosen"].as_str().unwrap_or_default().to_string();
+    ensure!(["h2", "h3"].contains(&chosen.as_str()), "dry run chose {chosen:?}: {dry}");
+
+    // To a named host.
+    let (r, took) = migrate_sampled(&domain, &["mig", "--to", "h2"])?;
+    ensure!(r.success, "migrate: {} {}", r.stdout, r.stderr);
+    ensure!(running_hosts(&domain) == ["h2"], "mig runs on {:?}", running_hosts(&domain));
+    let vm = cli("h3", &["vm", "get", "mig"])?;
+    ensure!(vm["node"] == "h2" && vm["migrating_to"].is_null(), "after the move: {vm}");
+    let moved = went_on_from("mig", &before)?;
+    println!("moved live to h2 in {took:?}: {before:?} -> {moved:?}");
+
+    // Again, to the scheduler's pick.
+    let (r, took) = migrate_sampled(&domain, &["mig"])?;
+    ensure!(r.success, "migrate: {} {}", r.stdout, r.stderr);
+    let on = running_hosts(&domain);
+    ensure!(on.len() == 1 && on[0] != "h2", "mig runs on {on:?}");
+    let again = went_on_from("mig", &moved)?;
+    println!("moved live to {} in {took:?}: {again:?}", on[0]);
+
+    // A stopped VM does not move live.
+    cli("h1", &["vm", "stop", "mig", "--force"])?;
+    wait_for("mig stopped", Duration::from_secs(30), || running_hosts(&domain).is_empty().then_some(()))?;
+    let r = run_cli(&addr("h1"), &["vm", "migrate", "mig"]);
+    ensure!(!r.success && r.stderr.contains("not running"), "{} {}", r.stdout, r.stderr);
+    Ok(())
+}
