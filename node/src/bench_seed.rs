@@ -63,6 +63,7 @@ fn synthetic_node(i: usize) -> Node {
         joined_at_ms: now_ms(),
         labels: [("kvmesh.synthetic".to_string(), "true".to_string())].into(),
         resume_as: None,
+        cold_drain: false,
     }
 }
 

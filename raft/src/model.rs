@@ -71,6 +71,9 @@ pub struct Node {
     /// While down: the state to return to when it heartbeats again, if not
     /// `up` (a drain or maintenance survives an outage or a partition).
     pub resume_as: Option<NodeState>,
+    /// Its drain stops and starts every VM (`node drain --cold`) instead of
+    /// migrating the running ones live.
+    pub cold_drain: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

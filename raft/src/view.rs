@@ -114,6 +114,15 @@ impl ClusterState {
         self.views(|_| true, facts, except).into_values().collect()
     }
 
+    /// Every other host's evaluation as the target of a live migration of
+    /// `vm` (best first; the one picked is `chosen`).
+    pub fn migration_targets(&self, facts: &HostFacts, vm: &crate::model::Vm) -> Vec<scheduler::Evaluation> {
+        let source = vm.placement.map(|p| p.node);
+        let mut nodes = self.scheduler_view(facts, Some(vm.id));
+        nodes.retain(|n| Some(n.id) != source);
+        scheduler::explain(&nodes, &self.request_for(vm), &self.meta.settings.placement)
+    }
+
     /// Whether `vm`'s volumes (or images) live on `node`'s local storage,
     /// so it can run nowhere else.
     pub fn pinned_to(&self, vm: &Vm, node: NodeId) -> bool {

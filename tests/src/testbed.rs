@@ -85,8 +85,9 @@ pub fn shared_guest() -> Result<(String, String)> {
     Ok(("guest-kernel".into(), "guest-initrd".into()))
 }
 
-/// Running kvmesh domains on host `h`: `virsh list` from inside its own
-/// namespace (so it works while the host is partitioned). When libvirtd
+/// Running kvmesh domains on host `h`: `virsh list --state-running` from
+/// inside its own namespace (so it works while the host is partitioned); a
+/// live migration's paused copy on its target does not run. When libvirtd
 /// does not answer within 5 s (stopped or killed in a test), the QEMU
 /// processes in the host's namespace say it instead: guests outlive
 /// libvirtd, and a sample must never miss one.
@@ -95,7 +96,7 @@ pub fn running_on(h: &str) -> Vec<String> {
     let ip = &a[..a.len() - 5];
     let out = Command::new("timeout")
         .args(["5", "ip", "netns", "exec", &format!("kvmtb-{h}"), "virsh", "-c", &format!("qemu+tcp://{ip}/system")])
-        .args(["list", "--name"])
+        .args(["list", "--state-running", "--name"])
         .output();
     match out {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)

@@ -1,8 +1,8 @@
-//! Live migration on the testbed, with a real QEMU/TCG guest whose disk is
+//! Live migration on the testbed, with real QEMU/TCG guests whose disks are
 //! on the shared domain: bad requests are refused with the VM untouched, a
-//! dry run explains the pick, and the guest moves (to a named host, then to
-//! the scheduler's pick) without a reboot: its serial counter and uptime
-//! go on, its disk marker and boot count stay. Throughout, `virsh list
+//! dry run explains the pick, a guest moves (to a named host, then to the
+//! scheduler's pick) and a drain moves four, without a reboot: their serial
+//! counters and uptimes go on, their disk markers and boot counts stay. Throughout, `virsh list
 //! --state-running` of every host is sampled every 0.2 s: the guest never
 //! runs on two hosts (the target's copy stays paused until the move is
 //! recorded).
@@ -120,6 +120,46 @@ fn a_running_guest_moves_live_without_a_reboot_and_never_runs_twice() -> Result<
     ensure!(on.len() == 1 && on[0] != "h2", "mig runs on {on:?}");
     let again = went_on_from("mig", &moved)?;
     println!("moved live to {} in {took:?}: {again:?}", on[0]);
+
+    // A drain of the host it is on now, with three more guests there: all
+    // four move live, none reboots, and the host ends in maintenance.
+    let host = on[0];
+    let mut guests = vec![("mig".to_string(), domain.clone())];
+    for i in 0..3 {
+        let name = format!("d{i}");
+        let d = guest_with(host, &name, true, &["--disk", "64M@shared"])?;
+        guests.push((name, d));
+    }
+    let mut before = Vec::new();
+    for (name, _) in &guests {
+        before.push(wait_for("each guest counting", Duration::from_secs(60), || {
+            guest_state(name).filter(|g| g.count >= 2)
+        })?);
+    }
+    cli("h1", &["node", "drain", host])?;
+    let drained_at = Instant::now();
+    loop {
+        for (name, d) in &guests {
+            let on = running_hosts(d);
+            ensure!(on.len() <= 1, "{name} ran on {on:?} at once during the drain");
+        }
+        let nodes = cli("h1", &["node", "list"])?;
+        let state = nodes.as_array().and_then(|n| n.iter().find(|n| n["name"] == host)).map(|n| n["state"].clone());
+        if state.as_ref().is_some_and(|s| s == "maintenance") {
+            break;
+        }
+        ensure!(drained_at.elapsed() < Duration::from_secs(120), "{host} still not in maintenance: {state:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("drained {host} (4 guests, live) in {:?}", drained_at.elapsed());
+    for ((name, d), before) in guests.iter().zip(&before) {
+        let on = running_hosts(d);
+        ensure!(on.len() == 1 && on[0] != host, "{name} runs on {on:?} after the drain of {host}");
+        went_on_from(name, before)?;
+    }
+    let events = run_cli(&addr("h1"), &["events"]).stdout;
+    ensure!(events.contains("4 to migrate live"), "the drain did not plan live moves: {events}");
+    cli("h1", &["node", "activate", host])?;
 
     // A stopped VM does not move live.
     cli("h1", &["vm", "stop", "mig", "--force"])?;

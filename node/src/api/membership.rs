@@ -85,6 +85,7 @@ pub fn self_record(ctx: &NodeCtx) -> Node {
         joined_at_ms: now_ms(),
         labels: ctx.config.labels.clone(),
         resume_as: None,
+        cold_drain: false,
     }
 }
 
@@ -126,6 +127,7 @@ pub async fn join(ctx: &NodeCtx, req: pb::JoinRequest) -> Result<pb::JoinRespons
         joined_at_ms: now_ms(),
         labels: req.labels.clone().into_iter().collect(),
         resume_as: None,
+        cold_drain: false,
     };
     if let Response::Refused(r) = ctx.propose_as_leader(Command::AddNode { node, at_ms: now_ms() }).await? {
         return Err(r.into());

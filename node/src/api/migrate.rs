@@ -8,7 +8,6 @@ use kvmesh_proto as pb;
 use kvmesh_proto::vms_client::VmsClient;
 use kvmesh_raft::command::{Command, Response as CmdResponse};
 use kvmesh_raft::wire::to_pb;
-use kvmesh_scheduler as scheduler;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 use tracing::{info, instrument};
@@ -51,13 +50,9 @@ async fn migrate_on_leader(
             return Ok((Some(node.id), None));
         }
         // Where it would go now, its own host left out.
-        let source = vm.placement.map(|p| p.node);
-        let settings = &d.state.meta.settings.placement;
-        let mut nodes = d.state.scheduler_view(&live.host_facts(&d.state), Some(vm.id));
-        nodes.retain(|n| Some(n.id) != source);
-        let evals = scheduler::explain(&nodes, &d.state.request_for(vm), settings);
+        let evals = d.state.migration_targets(&live.host_facts(&d.state), vm);
         let chosen = evals.iter().find(|e| e.chosen).map(|e| e.node_id);
-        Ok((chosen, Some(to_pb::explanation(&vm.name, settings, &evals))))
+        Ok((chosen, Some(to_pb::explanation(&vm.name, &d.state.meta.settings.placement, &evals))))
     })?;
     if req.dry_run {
         return Ok(pb::MigrateVmReply { vm: None, explanation });

@@ -198,8 +198,15 @@ pub enum NodeCmd {
         #[arg(long)]
         consistent: bool,
     },
-    /// Move every VM off a node (stop, then start elsewhere), then put it in maintenance.
-    Drain { name: String },
+    /// Move every VM off a node, then put it in maintenance: running VMs
+    /// whose disks are shared migrate live, the others stop and start
+    /// elsewhere.
+    Drain {
+        name: String,
+        /// Stop and start every VM instead of migrating the running ones live.
+        #[arg(long)]
+        cold: bool,
+    },
     /// Bring a node back from maintenance (or stop a drain).
     Activate { name: String },
     /// Show one host.

@@ -18,12 +18,12 @@ pub async fn run(channel: Channel, output: Output, command: NodeCmd) -> Result<(
             let r = cluster.list_nodes(req(pb::ListNodesRequest { consistent })).await.map_err(status_err)?;
             print_nodes(output, &r.into_inner().nodes);
         }
-        NodeCmd::Drain { name } => {
-            let r = cluster.drain(req(pb::NodeActionRequest { name: name.clone() })).await.map_err(status_err)?;
+        NodeCmd::Drain { name, cold } => {
+            let r = cluster.drain(req(pb::NodeActionRequest { name: name.clone(), cold })).await.map_err(status_err)?;
             match output {
                 Output::Json => println!("{}", json!({"node": name, "state": node_state(r.into_inner().state)})),
                 Output::Table => println!(
-                    "draining {name}: its VMs move to other nodes; `kvmesh node list` shows when it is in maintenance, `kvmesh vm list` what is still pending"
+                    "draining {name}: its VMs move to other nodes (running ones live unless --cold; `kvmesh events` says which and why); `kvmesh node list` shows when it is in maintenance, `kvmesh vm list` what is still pending"
                 ),
             }
         }
@@ -40,7 +40,10 @@ pub async fn run(channel: Channel, output: Output, command: NodeCmd) -> Result<(
             print_node(output, &n.into_inner());
         }
         NodeCmd::Activate { name } => {
-            let r = cluster.activate(req(pb::NodeActionRequest { name: name.clone() })).await.map_err(status_err)?;
+            let r = cluster
+                .activate(req(pb::NodeActionRequest { name: name.clone(), cold: false }))
+                .await
+                .map_err(status_err)?;
             match output {
                 Output::Json => println!("{}", json!({"node": name, "state": node_state(r.into_inner().state)})),
                 Output::Table => println!("{name} is {}", node_state(r.into_inner().state)),

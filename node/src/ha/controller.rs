@@ -1,5 +1,6 @@
 //! The leader's HA loop: turns heartbeats into node state changes, places
-//! VMs that lost their host, finishes drains, and replaces dead voters.
+//! VMs that lost their host, finishes drains (migrating live what can move
+//! live: `drain`), and replaces dead voters.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -24,6 +25,8 @@ pub async fn run(ctx: Arc<NodeCtx>, leader: Arc<LeaderView>) {
     // index when it first saw that move). Leader memory, dropped whenever
     // this node does not lead: a new term starts from its own index.
     let mut moving_since: HashMap<VmId, (u64, u64)> = HashMap::new();
+    // What was logged about draining VMs that wait to move live.
+    let mut told: HashMap<VmId, String> = HashMap::new();
     loop {
         tokio::time::sleep(TICK).await;
         let m = ctx.metrics();
@@ -45,6 +48,9 @@ pub async fn run(ctx: Arc<NodeCtx>, leader: Arc<LeaderView>) {
         }
         if let Err(e) = tick(&ctx, &leader, &mut down_since, &mut moving_since).await {
             warn!(error = %e, "HA controller pass failed; retrying");
+        }
+        if let Err(e) = super::drain::migrate_draining(&ctx, &leader, &mut told).await {
+            warn!(error = %e, "live drain pass failed; retrying");
         }
     }
 }

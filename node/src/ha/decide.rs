@@ -200,6 +200,7 @@ mod tests {
             joined_at_ms: 0,
             labels: Default::default(),
             resume_as: None,
+            cold_drain: false,
         };
         s.apply(&Command::Init { cluster_id: "c".into(), settings: Settings::default(), node: node(1), at_ms: 0 });
         s.apply(&Command::AddNode { node: node(2), at_ms: 0 });

@@ -422,6 +422,7 @@ mod tests {
             joined_at_ms: 0,
             labels: Default::default(),
             resume_as: None,
+            cold_drain: false,
         };
         s.apply(&Command::Init { cluster_id: "c".into(), settings: Settings::default(), node, at_ms: 0 });
         for (id, ha) in [(10, true), (11, false)] {

@@ -24,6 +24,7 @@
 
 pub mod controller;
 pub mod decide;
+pub mod drain;
 pub mod health;
 pub mod host;
 pub mod leader;

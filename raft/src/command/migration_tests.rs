@@ -157,3 +157,42 @@ fn a_host_going_down_aborts_the_migrations_it_takes_part_in() {
     assert_eq!(web.placement, None, "unplaced, to be restarted at a new epoch");
     assert!(web.last_epoch >= 3, "never again an epoch the target's copy had");
 }
+
+#[test]
+fn a_drain_leaves_what_moves_live_running_and_stops_the_rest() {
+    let mut s = cluster();
+    // `idle` was never reported running: it cannot move live.
+    let mut idle = vm(11, "idle", Some(1), 256);
+    idle.spec.disks.clear();
+    assert!(matches!(s.apply(&Command::CreateVm { vm: Box::new(idle), at_ms: 5 }), Response::Vm(_)));
+    assert_eq!(s.apply(&Command::Drain { id: 1, cold: false, at_ms: 6 }), Response::Done);
+    let (web, idle) = (&s.vms[&10], &s.vms[&11]);
+    assert_eq!((web.placement.map(|p| p.node), web.moving_from), (Some(1), Some(1)), "web stays to move live");
+    assert_eq!((idle.placement, idle.moving_from), (None, Some(1)), "idle is stopped and started elsewhere");
+    let event = &s.events.back().unwrap().message;
+    assert!(event.contains("1 to migrate live") && event.contains("idle (it is not running"), "{event}");
+    // The live move finishes: the drain has nothing left of web.
+    assert!(matches!(begin(&mut s, "web", 2), Response::Vm(_)));
+    assert_eq!(s.apply(&Command::FinishMigration { vm: 10, epoch: 2, at_ms: 7 }), Response::Done);
+    assert_eq!(s.vms[&10].moving_from, None);
+}
+
+#[test]
+fn a_failed_live_move_off_a_draining_host_falls_back_to_stop_and_start() {
+    let mut s = cluster();
+    assert_eq!(s.apply(&Command::Drain { id: 1, cold: false, at_ms: 6 }), Response::Done);
+    assert!(matches!(begin(&mut s, "web", 2), Response::Vm(_)));
+    let abort = Command::AbortMigration { vm: 10, epoch: 2, reason: "broken link".into(), at_ms: 7 };
+    assert_eq!(s.apply(&abort), Response::Done);
+    let web = &s.vms[&10];
+    assert_eq!((web.placement, web.moving_from), (None, Some(1)));
+    assert!(web.pending.as_deref().is_some_and(|p| p.contains("live migration failed")));
+}
+
+#[test]
+fn a_cold_drain_stops_and_starts_everything() {
+    let mut s = cluster();
+    assert_eq!(s.apply(&Command::Drain { id: 1, cold: true, at_ms: 6 }), Response::Done);
+    assert_eq!((s.vms[&10].placement, s.vms[&10].moving_from), (None, Some(1)));
+    assert!(s.nodes[&1].cold_drain);
+}

@@ -11,7 +11,7 @@
 //! migration never outlives either end.
 
 use super::{Refusal, Response};
-use crate::model::{ClusterState, Desired, Key, Migration, NodeState, VmId, VmState};
+use crate::model::{ClusterState, Desired, Key, Migration, NodeState, Vm, VmId, VmState};
 use crate::types::NodeId;
 
 /// At most this many migrations leave one host at a time.
@@ -55,30 +55,14 @@ impl ClusterState {
                 self.node_name(m.target)
             )));
         }
-        let Some(placement) = vm.placement else {
-            return Err(refuse("it is not placed on any host; start it first".into()));
-        };
-        let running = vm.reported.as_ref().is_some_and(|r| r.state == VmState::Running && r.epoch == placement.epoch);
-        if vm.desired != Desired::Running || !running {
-            return Err(refuse("it is not running, and live migration moves a running guest; start it first".into()));
-        }
-        let source = placement.node;
+        self.moves_live(vm).map_err(refuse)?;
+        let source = vm.placement.map(|p| p.node).ok_or_else(|| refuse("it is not placed".into()))?;
         if target == source {
             return Err(refuse(format!("it already runs on {}", self.node_name(target))));
         }
         let node = self.nodes.get(&target).ok_or(Refusal::UnknownNode { id: target })?;
         if node.state != NodeState::Up {
             return Err(refuse(format!("{} is {}, not up; pick another host", node.name, node.state.as_str())));
-        }
-        if let Some(disk) =
-            vm.spec.disks.iter().find(|d| self.storage_by_name(&d.storage).is_some_and(|s| !s.kind.is_shared()))
-        {
-            return Err(refuse(format!(
-                "disk {} is on {:?}, storage local to {}; only VMs whose disks are on shared storage move live",
-                disk.index,
-                disk.storage,
-                self.node_name(source)
-            )));
         }
         let migrating: Vec<Migration> = self.vms.values().filter_map(|v| v.migration).collect();
         if migrating.len() >= MAX_IN_CLUSTER {
@@ -96,6 +80,30 @@ impl ClusterState {
         Ok((id, source))
     }
 
+    /// Whether `vm` can move live at all (whatever the target): it runs,
+    /// and every disk and image is on shared storage. Why not, if not.
+    pub fn moves_live(&self, vm: &Vm) -> Result<(), String> {
+        let Some(placement) = vm.placement else {
+            return Err("it is not placed on any host; start it first".into());
+        };
+        let running = vm.reported.as_ref().is_some_and(|r| r.state == VmState::Running && r.epoch == placement.epoch);
+        if vm.desired != Desired::Running || !running {
+            return Err("it is not running, and live migration moves a running guest; start it first".into());
+        }
+        let source = self.node_name(placement.node);
+        let local = |storage: &str| self.storage_by_name(storage).is_some_and(|s| !s.kind.is_shared());
+        if let Some(disk) = vm.spec.disks.iter().find(|d| local(&d.storage)) {
+            return Err(format!(
+                "disk {} is on {:?}, storage local to {source}; only VMs whose disks are on shared storage move live",
+                disk.index, disk.storage
+            ));
+        }
+        if self.request_for(vm).volumes_on.is_some() {
+            return Err(format!("its boot files are on storage local to {source}"));
+        }
+        Ok(())
+    }
+
     pub(super) fn finish_migration(&mut self, id: VmId, epoch: u64, at_ms: u64) -> Response {
         let Some(vm) = self.vms.get_mut(&id) else { return Response::Refused(Refusal::UnknownVmId { id }) };
         let Some(m) = vm.migration.filter(|m| m.epoch == epoch) else {
@@ -105,6 +113,10 @@ impl ClusterState {
         vm.migration = None;
         vm.placement = Some(crate::model::Placement { node: m.target, epoch });
         vm.reported = None;
+        // Off a draining host: this move is done.
+        if vm.moving_from == Some(m.source) {
+            vm.moving_from = None;
+        }
         let name = vm.name.clone();
         self.dirty.insert(Key::Vm(id));
         let took = at_ms.saturating_sub(m.started_at_ms);
@@ -126,6 +138,12 @@ impl ClusterState {
             "vm-error",
             format!("vm {name}: migration from {from} to {to} aborted after {took} ms: {reason}"),
         );
+        // Moving off a draining host that is still there: stop it and start
+        // it elsewhere instead (a host that went down is handled as down).
+        let draining = self.nodes.get(&m.source).is_some_and(|n| n.state == NodeState::Draining);
+        if draining && self.vms.get(&id).is_some_and(|v| v.moving_from == Some(m.source)) {
+            self.unplace(id, format!("moving off {from} (drain): live migration failed; stopped to start elsewhere"));
+        }
         Response::Done
     }
 

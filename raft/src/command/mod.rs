@@ -12,7 +12,7 @@
 //! settings, [`migrations`](self::migrations) for live migrations.
 
 mod cluster;
-mod migrations;
+pub mod migrations;
 mod nodes;
 mod refusal;
 mod storage;
@@ -207,6 +207,14 @@ pub enum Command {
     VolumesDeleted {
         volumes: Vec<Trashed>,
     },
+    /// `node drain [--cold]`: running VMs that can move live migrate (the
+    /// leader starts each), the rest stop and start elsewhere; `cold` stops
+    /// and starts them all.
+    Drain {
+        id: NodeId,
+        cold: bool,
+        at_ms: u64,
+    },
     /// `vm migrate`: a live migration of a running VM to `target` (chosen
     /// by the leader's scheduler or by the operator) begins.
     BeginMigration {
@@ -264,6 +272,7 @@ impl Command {
             | Command::AddDisk { .. }
             | Command::RemoveDisk { .. }
             | Command::BeginMigration { .. }
+            | Command::Drain { .. }
             | Command::Snapshot { .. } => true,
             Command::Batch(cmds) => cmds.iter().any(Command::needs_request_id),
             Command::Request { .. }
@@ -330,6 +339,7 @@ impl ClusterState {
             Command::RemoveDisk { name, index, at_ms } => self.remove_disk(name, *index, *at_ms),
             Command::Snapshot { name, snapshot, op, at_ms } => self.snapshot(name, snapshot, *op, *at_ms),
             Command::VolumesDeleted { volumes } => self.volumes_deleted(volumes),
+            Command::Drain { id, cold, at_ms } => self.drain(*id, *cold, *at_ms),
             Command::BeginMigration { name, target, at_ms } => self.begin_migration(name, *target, *at_ms),
             Command::FinishMigration { vm, epoch, at_ms } => self.finish_migration(*vm, *epoch, *at_ms),
             Command::AbortMigration { vm, epoch, reason, at_ms } => self.abort_migration(*vm, *epoch, reason, *at_ms),

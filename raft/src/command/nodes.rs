@@ -139,8 +139,8 @@ impl ClusterState {
         if state == NodeState::Draining {
             // Also a drain asked for while it was down: what stayed placed
             // on it (non-HA VMs) moves now.
-            let moved = self.begin_drain(id, &name);
-            self.push_event(at_ms, "node", format!("node {name} is draining: {moved} VM(s) to move"));
+            let (moved, how) = self.begin_drain(id, &name);
+            self.push_event(at_ms, "node", format!("node {name} is draining: {moved} VM(s) to move{how}"));
         }
         Response::Done
     }
@@ -184,9 +184,9 @@ impl ClusterState {
             // Again while draining: whatever is still placed on it moves too.
             node.state = state;
             self.dirty.insert(Key::Node(id));
-            let moved = self.begin_drain(id, &name);
+            let (moved, how) = self.begin_drain(id, &name);
             if before != state || moved > 0 {
-                self.push_event(at_ms, "node", format!("node {name} is draining: {moved} VM(s) to move"));
+                self.push_event(at_ms, "node", format!("node {name} is draining: {moved} VM(s) to move{how}"));
             }
             return Response::Done;
         }
@@ -199,10 +199,24 @@ impl ClusterState {
         Response::Done
     }
 
-    /// Unplaces every VM placed on a draining node, marked as moving off it
-    /// (the leader places each elsewhere once the node has stopped it). A
-    /// VM being deleted stays: its host finishes the delete.
-    fn begin_drain(&mut self, id: NodeId, name: &str) -> usize {
+    /// `node drain`: records how (live or cold), then drains.
+    pub(super) fn drain(&mut self, id: NodeId, cold: bool, at_ms: u64) -> Response {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return Response::Refused(Refusal::UnknownNode { id });
+        };
+        if node.cold_drain != cold {
+            node.cold_drain = cold;
+            self.dirty.insert(Key::Node(id));
+        }
+        self.set_node_state(id, NodeState::Draining, at_ms)
+    }
+
+    /// Marks every VM placed on a draining node as moving off it. One that
+    /// runs and can move live stays placed (the leader migrates it; see
+    /// `migrations`); the others are unplaced, and the leader places each
+    /// elsewhere once the node has stopped it. A VM being deleted stays:
+    /// its host finishes the delete. Returns how many move, and how.
+    fn begin_drain(&mut self, id: NodeId, name: &str) -> (usize, String) {
         // A stopped VM whose disks are local to the node stays on it: it
         // can run nowhere else.
         let on_node: Vec<VmId> = self
@@ -210,13 +224,37 @@ impl ClusterState {
             .into_iter()
             .filter(|v| self.vms.get(v).is_some_and(|v| v.deleting.is_none() && !self.pinned_to(v, id)))
             .collect();
+        let cold = self.nodes.get(&id).is_some_and(|n| n.cold_drain);
+        let (mut live, mut stopped) = (0, Vec::new());
         for vm_id in &on_node {
-            self.unplace(*vm_id, format!("moving off {name} (drain)"));
+            let Some(vm) = self.vms.get(vm_id) else { continue };
+            let why_not = if cold {
+                Err("--cold".to_string())
+            } else if vm.migration.is_some() {
+                Ok(())
+            } else {
+                self.moves_live(vm)
+            };
+            match why_not {
+                Ok(()) => live += 1,
+                Err(why) => {
+                    let running = vm.desired == crate::model::Desired::Running;
+                    if running {
+                        stopped.push(format!("{} ({why})", vm.name));
+                    }
+                    self.unplace(*vm_id, format!("moving off {name} (drain)"));
+                }
+            }
             if let Some(vm) = self.vms.get_mut(vm_id) {
                 vm.moving_from = Some(id);
             }
         }
-        on_node.len()
+        let how = match (live, stopped.is_empty()) {
+            (0, true) => String::new(),
+            (_, true) => format!("; {live} to migrate live"),
+            (_, false) => format!("; {live} to migrate live; stopped and started elsewhere: {}", stopped.join(", ")),
+        };
+        (on_node.len(), how)
     }
 
     pub(super) fn update_node(&mut self, id: NodeId, change: NodeChange<'_>, at_ms: u64) -> Response {

@@ -35,6 +35,7 @@ fn node(rng: &mut StdRng, id: u64, wild: bool) -> Node {
         joined_at_ms: 0,
         labels,
         resume_as: None,
+        cold_drain: false,
     }
 }
 
@@ -70,7 +71,7 @@ fn command(rng: &mut StdRng, state: &ClusterState, wild: bool) -> Command {
     let node_id = rng.gen_range(0..=NODES + 1); // 0 and NODES+1 are unknown
     let vm_id = rng.gen_range(0..VMS + 2);
     let at_ms = rng.gen_range(0..1_000_000);
-    match rng.gen_range(0..25) {
+    match rng.gen_range(0..26) {
         0..=1 => {
             let id = rng.gen_range(1..=NODES);
             Command::AddNode { node: node(rng, id, wild), at_ms }
@@ -151,6 +152,7 @@ fn command(rng: &mut StdRng, state: &ClusterState, wild: bool) -> Command {
         21 => Command::BeginMigration { name: vm_name(rng), target: node_id, at_ms },
         22 => Command::FinishMigration { vm: vm_id, epoch: rng.gen_range(0..4), at_ms },
         23 => Command::AbortMigration { vm: vm_id, epoch: rng.gen_range(0..4), reason: "r".into(), at_ms },
+        24 => Command::Drain { id: node_id, cold: rng.gen_bool(0.5), at_ms },
         _ => Command::Batch((0..rng.gen_range(0..4)).map(|_| command(rng, state, wild)).collect()),
     }
 }

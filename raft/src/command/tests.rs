@@ -15,6 +15,7 @@ pub(super) fn node(id: u64, name: &str, addr: &str) -> Node {
         joined_at_ms: 0,
         labels: Default::default(),
         resume_as: None,
+        cold_drain: false,
     }
 }
 
