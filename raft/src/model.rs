@@ -232,6 +232,8 @@ pub struct Migration {
     pub target: NodeId,
     pub epoch: u64,
     pub started_at_ms: u64,
+    /// The most the memory stream may use, in MiB/s (0: no limit).
+    pub bandwidth_mib: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -189,6 +189,13 @@ fn the_guard_and_the_watchdog_layers_never_let_a_guest_run_twice() -> Result<()>
     testbed(&["start-libvirtd", "h3"])?;
     wait_for("h3's problem cleared", Duration::from_secs(30), || node_field("h3", "problem").is_none().then_some(()))?;
     watch("ha-lv running once", Duration::from_secs(30), || hosts_of(&ha_lv).len() == 1)?;
+    // Reconciled means its storage is usable again too (probed anew on the
+    // reconnect).
+    wait_for("h3's storage active again", Duration::from_secs(15), || {
+        let s = run_cli(&addr("h1"), &["storage", "get", "shared"]).json().ok()?;
+        let h3 = s["hosts"].as_array()?.iter().find(|h| h["node"] == "h3")?.clone();
+        (h3["state"] == "active").then_some(())
+    })?;
 
     // 7. h3's data dir frozen (fsfreeze) for 25 s: the daemon either keeps
     //    heartbeating and says so, or falls silent and is fenced by the guard

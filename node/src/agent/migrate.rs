@@ -101,6 +101,7 @@ async fn send(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64) -> Result<()> {
         node_id: ready.node_id,
         epoch,
         consoles_dir: ready.consoles_dir,
+        bandwidth_mib: m.bandwidth_mib,
     };
     let domain = domain_name(vm_id);
     info!(%domain, to = %target.libvirt_uri, epoch, "migrating live");

@@ -64,7 +64,9 @@ async fn migrate_on_leader(
             .unwrap_or_default();
         return Err(Error::FailedPrecondition(format!("no other host can take VM {}:{why}", req.name)));
     };
-    match ctx.propose_as_leader(Command::BeginMigration { name: req.name.clone(), target, at_ms: now_ms() }).await? {
+    let cmd =
+        Command::BeginMigration { name: req.name.clone(), target, bandwidth_mib: req.bandwidth_mib, at_ms: now_ms() };
+    match ctx.propose_as_leader(cmd).await? {
         CmdResponse::Vm(vm) => {
             info!(target, "live migration begun");
             Ok(pb::MigrateVmReply { vm: Some(ctx.read(|d| to_pb::vm(&d.state, &vm))), explanation })

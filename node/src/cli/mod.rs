@@ -357,6 +357,9 @@ pub enum VmCmd {
         /// With --wait: give up after this many seconds.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+        /// The most the migration may use, in MiB/s (default: no limit).
+        #[arg(long, value_name = "MIB_PER_S", default_value_t = 0)]
+        bandwidth: u64,
     },
     /// Change a VM's description or restart priority (the guest is not touched).
     Set {

@@ -43,8 +43,8 @@ pub async fn run(channel: Channel, output: Output, command: VmCmd) -> Result<()>
             let vm = vms.recover(req(pb::VmActionRequest { name, force: false })).await.map_err(status_err)?;
             print_vm(output, &vm.into_inner());
         }
-        VmCmd::Migrate { name, to, dry_run, wait, timeout } => {
-            let how = Migration { name, to, dry_run, wait, timeout: Duration::from_secs(timeout) };
+        VmCmd::Migrate { name, to, dry_run, wait, timeout, bandwidth } => {
+            let how = Migration { name, to, dry_run, wait, timeout: Duration::from_secs(timeout), bandwidth };
             migrate(&mut vms, channel, output, how).await?
         }
         VmCmd::Set { name, description, priority } => {
@@ -190,13 +190,15 @@ struct Migration {
     dry_run: bool,
     wait: bool,
     timeout: Duration,
+    bandwidth: u64,
 }
 
 /// `vm migrate`: begins a live migration (or explains where it would go);
 /// with `--wait`, returns once the VM runs on the target, or fails with the
 /// reason the migration was aborted.
 async fn migrate(vms: &mut VmsClient<Channel>, channel: Channel, output: Output, m: Migration) -> Result<()> {
-    let request = pb::MigrateVmRequest { name: m.name.clone(), to: m.to.clone(), dry_run: m.dry_run };
+    let request =
+        pb::MigrateVmRequest { name: m.name.clone(), to: m.to.clone(), dry_run: m.dry_run, bandwidth_mib: m.bandwidth };
     let reply = vms.migrate(req(request)).await.map_err(status_err)?.into_inner();
     if m.dry_run {
         match (&reply.explanation, &m.to) {

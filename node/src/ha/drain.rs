@@ -95,7 +95,7 @@ pub async fn migrate_draining(
         }
     }
     for (name, target) in plan.begin {
-        let cmd = Command::BeginMigration { name: name.clone(), target, at_ms: now_ms() };
+        let cmd = Command::BeginMigration { name: name.clone(), target, bandwidth_mib: 0, at_ms: now_ms() };
         match ctx.propose_as_leader(cmd).await? {
             Response::Refused(r) => info!(vm = %name, reason = %r, "drain: migration not begun; trying again"),
             _ => info!(vm = %name, target, "drain: migrating live"),
@@ -151,7 +151,7 @@ mod tests {
         assert_eq!(first.begin.len(), MAX_OUTGOING_PER_HOST, "{first:?}");
         assert!(first.begin.iter().all(|(_, t)| *t != 1), "never to the draining host");
         for (name, target) in &first.begin {
-            s.apply(&Command::BeginMigration { name: name.clone(), target: *target, at_ms: 2 });
+            s.apply(&Command::BeginMigration { name: name.clone(), target: *target, bandwidth_mib: 0, at_ms: 2 });
         }
         assert_eq!(step(&s, &HostFacts::default()).begin, vec![], "the limit holds while two are in flight");
         // One finishes: the next one starts.

@@ -27,6 +27,7 @@ const METADATA_ELEMENT: i32 = 2; // VIR_DOMAIN_METADATA_ELEMENT
 pub struct Libvirt {
     /// Replaced when libvirtd went away and answers again (see [`Libvirt::conn`]).
     conn: std::sync::Mutex<Connect>,
+    reconnects: std::sync::atomic::AtomicU64,
     uri: String,
     node_id: u64,
     images_dir: PathBuf,
@@ -62,7 +63,14 @@ impl Libvirt {
         }
         let images_dir = images_dir.canonicalize().unwrap_or(images_dir);
         let consoles_dir = consoles_dir.canonicalize().unwrap_or(consoles_dir);
-        let hv = Libvirt { conn: std::sync::Mutex::new(conn), uri: uri.to_string(), node_id, images_dir, consoles_dir };
+        let hv = Libvirt {
+            conn: std::sync::Mutex::new(conn),
+            reconnects: Default::default(),
+            uri: uri.to_string(),
+            node_id,
+            images_dir,
+            consoles_dir,
+        };
         hv.reclaim_domains_of_this_dir();
         hv.pool(&hv.node_pool())?;
         Ok(hv)
@@ -113,6 +121,7 @@ impl Libvirt {
             Ok(fresh) => {
                 info!(uri = %self.uri, "reconnected to libvirt");
                 *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+                self.reconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 fresh
             }
             Err(e) => {
@@ -263,6 +272,7 @@ impl Hypervisor for Libvirt {
             dest_xml: Some(dest.clone()),
             persist_xml: Some(dest),
             uri: to.data_uri.clone(),
+            bandwidth: (to.bandwidth_mib > 0).then_some(to.bandwidth_mib),
             ..Default::default()
         };
         // UNSAFE: libvirt judges "shared storage" by the filesystem's type
@@ -286,6 +296,10 @@ impl Hypervisor for Libvirt {
 
     fn consoles_dir(&self) -> String {
         self.consoles_dir.to_string_lossy().into_owned()
+    }
+
+    fn reconnects(&self) -> u64 {
+        self.reconnects.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn define(&self, spec: &DomainSpec) -> Result<()> {

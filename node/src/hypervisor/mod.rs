@@ -111,6 +111,12 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn resume(&self, domain: &str) -> Result<()>;
     /// Where this host keeps guests' console logs.
     fn consoles_dir(&self) -> String;
+    /// How many times the connection was opened again after libvirtd went
+    /// away: what was learned through the old one (storage) is worth
+    /// checking again at once.
+    fn reconnects(&self) -> u64 {
+        0
+    }
 }
 
 /// Where a live migration goes, and what the incoming domain's definition
@@ -124,6 +130,8 @@ pub struct MigrationTarget {
     pub node_id: u64,
     pub epoch: u64,
     pub consoles_dir: String,
+    /// MiB/s, 0 for no limit.
+    pub bandwidth_mib: u64,
 }
 
 pub use pools::{Backing, PoolSpec, PoolState};

@@ -271,6 +271,7 @@ mod tests {
             node_id: 7,
             epoch: 4,
             consoles_dir: "/b/consoles".into(),
+            bandwidth_mib: 0,
         };
         let dest = retarget(live, 42, &to, "/a/consoles").unwrap();
         let start = dest.find("<metadata>").unwrap();

@@ -119,7 +119,8 @@ fn probe_one(
 
 /// Keeps `ctx.storage_status` up to date; runs for the node's life. It
 /// looks every [`PROBE_EVERY`], and at once when the domains or the hosts
-/// change (a domain just added is reported in the next heartbeat).
+/// change (a domain just added is reported in the next heartbeat) or the
+/// libvirt connection was opened again.
 pub async fn run(ctx: Arc<NodeCtx>) {
     let mut metrics = ctx.raft.metrics();
     let config = |ctx: &NodeCtx| {
@@ -131,6 +132,7 @@ pub async fn run(ctx: Arc<NodeCtx>) {
     };
     loop {
         let seen = config(&ctx);
+        let connection = ctx.hypervisor.reconnects();
         refresh(&ctx).await;
         // Here rather than in the agent's passes: a hung mount stalls only
         // this loop, never the starts and stops of the host's guests.
@@ -148,6 +150,13 @@ pub async fn run(ctx: Arc<NodeCtx>) {
                     }
                 }
                 _ = &mut next => break,
+                // libvirtd came back: its storage is usable again now, not
+                // at the next round.
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if ctx.hypervisor.reconnects() != connection {
+                        break;
+                    }
+                }
             }
         }
     }

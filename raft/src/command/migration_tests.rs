@@ -36,7 +36,7 @@ fn running(s: &mut ClusterState, vm: VmId, node: NodeId, epoch: u64) {
 }
 
 fn begin(s: &mut ClusterState, name: &str, target: NodeId) -> Response {
-    s.apply(&Command::BeginMigration { name: name.into(), target, at_ms: 10 })
+    s.apply(&Command::BeginMigration { name: name.into(), target, bandwidth_mib: 0, at_ms: 10 })
 }
 
 fn refusal(r: Response) -> String {

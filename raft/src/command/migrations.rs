@@ -20,14 +20,15 @@ pub const MAX_OUTGOING_PER_HOST: usize = 2;
 pub const MAX_IN_CLUSTER: usize = 4;
 
 impl ClusterState {
-    pub(super) fn begin_migration(&mut self, name: &str, target: NodeId, at_ms: u64) -> Response {
+    pub(super) fn begin_migration(&mut self, name: &str, target: NodeId, bandwidth_mib: u64, at_ms: u64) -> Response {
         match self.migration_for(name, target) {
             Ok((id, source)) => {
                 let target_name = self.node_name(target);
                 let source_name = self.node_name(source);
                 let Some(vm) = self.vms.get_mut(&id) else { return Response::Refused(Refusal::UnknownVmId { id }) };
                 vm.last_epoch += 1;
-                vm.migration = Some(Migration { source, target, epoch: vm.last_epoch, started_at_ms: at_ms });
+                vm.migration =
+                    Some(Migration { source, target, epoch: vm.last_epoch, started_at_ms: at_ms, bandwidth_mib });
                 let vm = vm.clone();
                 self.dirty.insert(Key::Vm(id));
                 self.push_event(

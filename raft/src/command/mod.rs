@@ -220,6 +220,8 @@ pub enum Command {
     BeginMigration {
         name: String,
         target: NodeId,
+        /// MiB/s, 0 for no limit.
+        bandwidth_mib: u64,
         at_ms: u64,
     },
     /// The source's libvirt completed the migration: the VM is placed on
@@ -340,7 +342,9 @@ impl ClusterState {
             Command::Snapshot { name, snapshot, op, at_ms } => self.snapshot(name, snapshot, *op, *at_ms),
             Command::VolumesDeleted { volumes } => self.volumes_deleted(volumes),
             Command::Drain { id, cold, at_ms } => self.drain(*id, *cold, *at_ms),
-            Command::BeginMigration { name, target, at_ms } => self.begin_migration(name, *target, *at_ms),
+            Command::BeginMigration { name, target, bandwidth_mib, at_ms } => {
+                self.begin_migration(name, *target, *bandwidth_mib, *at_ms)
+            }
             Command::FinishMigration { vm, epoch, at_ms } => self.finish_migration(*vm, *epoch, *at_ms),
             Command::AbortMigration { vm, epoch, reason, at_ms } => self.abort_migration(*vm, *epoch, reason, *at_ms),
         }

@@ -149,7 +149,7 @@ fn command(rng: &mut StdRng, state: &ClusterState, wild: bool) -> Command {
             id: RequestId { origin: rng.gen_range(1..=2), seq: rng.gen_range(0..6) },
             cmd: Box::new(command(rng, state, wild)),
         },
-        21 => Command::BeginMigration { name: vm_name(rng), target: node_id, at_ms },
+        21 => Command::BeginMigration { name: vm_name(rng), target: node_id, bandwidth_mib: 0, at_ms },
         22 => Command::FinishMigration { vm: vm_id, epoch: rng.gen_range(0..4), at_ms },
         23 => Command::AbortMigration { vm: vm_id, epoch: rng.gen_range(0..4), reason: "r".into(), at_ms },
         24 => Command::Drain { id: node_id, cold: rng.gen_bool(0.5), at_ms },

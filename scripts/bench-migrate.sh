@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Live migration with real guests on the testbed (scripts/testbed.sh): an
+# idle 256 MiB busybox guest under TCG, its disk on the shared domain, moved
+# back and forth between h1 and h2 ROUNDS times by `kvmesh vm migrate --wait`.
+# Baseline in the same run: a plain libvirt domain of the same definition
+# (same kernel, initrd, memory; its own copy of the disk), moved back and
+# forth by hand with `virsh migrate --live --p2p` and the flags kvmesh uses.
+# Prints p50/p99 of the total time (as the caller sees it) and of the guest's
+# downtime (libvirt's job statistics on the target; for kvmesh plus the time
+# the target holds the guest paused until the move is committed), and
+# kvmesh/virsh.
+#
+#   scripts/bench-migrate.sh [ROUNDS]     (default 10; needs root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-10}
+cargo build -q -p kvmesh
+scripts/libvirtd.sh >/dev/null
+eval "$(scripts/make-test-guest.sh target/test-guest)"
+export KVMESH_TESTBED_DIR=/tmp/kvmesh-testbed-bench
+export KVMESH_BIN=$PWD/target/debug/kvmesh
+TB=scripts/testbed.sh
+trap 'bash $TB down >/dev/null 2>&1 || true' EXIT
+bash $TB down >/dev/null 2>&1 || true
+bash $TB up 3 >/dev/null
+E=$(bash $TB addr h1)
+K() { "$KVMESH_BIN" --endpoint "$E" "$@"; }
+for _ in $(seq 100); do
+  [ "$(K -o json cluster status | grep -o '"role":"voter"' | wc -l)" -eq 3 ] && break; sleep 0.2
+done
+SHARED=$KVMESH_TESTBED_DIR/shared
+mkdir -p "$SHARED"
+K storage add shared --kind shared-dir --path "$SHARED" >/dev/null
+for _ in $(seq 100); do
+  [ "$(K -o json storage get shared | grep -o '"state":"active"' | wc -l)" -ge 3 ] && break; sleep 0.3
+done
+K image import guest-kernel "$kernel" --storage shared --kind kernel >/dev/null
+K image import guest-initrd "$initrd" --storage shared --kind initrd >/dev/null
+K vm create bm --memory 256 --disk 64M@shared --kernel guest-kernel --initrd guest-initrd --cmdline console=ttyS0 \
+  --node h1 --wait >/dev/null
+ID=$(K -o json vm get bm | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+DOM=kvmesh-$ID
+sleep 5
+ip_of() { echo "10.254.77.$((10 + ${1#h}))"; }
+V() { local h=$1; shift; virsh -c "qemu+tcp://$(ip_of "$h")/system" "$@"; }
+downtime() { V "$1" domjobinfo "$2" --completed 2>/dev/null | awk '/Total downtime/ {print $3}'; }
+# kvmesh keeps the guest paused on the target until the move is committed:
+# the time from the source's libvirt returning to the target's resume, from
+# the two daemons' logs (one clock), adds to libvirt's downtime.
+held_ms() { # from to
+  python3 - "$KVMESH_TESTBED_DIR/$1/kvmesh.log" "$KVMESH_TESTBED_DIR/$2/kvmesh.log" <<'PY'
+import sys, datetime
+def last(path, text):
+    t = None
+    for line in open(path, errors="replace"):
+        if text in line:
+            t = datetime.datetime.fromisoformat(line.split()[0].rstrip("Z")[:26])
+    return t
+done = last(sys.argv[1], "live migration completed")
+resumed = last(sys.argv[2], "resuming the guest a live migration brought here")
+print(int((resumed - done).total_seconds() * 1000) if done and resumed else "")
+PY
+}
+
+# The plain domain: kvmesh's definition without its tag, under another name,
+# over a copy of the disk.
+cp "$SHARED/$ID-disk0.qcow2" "$SHARED/plain-disk0.qcow2"
+V h1 dumpxml "$DOM" | python3 -c '
+import re,sys
+x=sys.stdin.read()
+x=re.sub(r"<name>[^<]*</name>","<name>plain-bm</name>",x,count=1)
+x=re.sub(r"\s*<uuid>[^<]*</uuid>","",x,count=1)
+x=re.sub(r"\s*<metadata>.*?</metadata>","",x,count=1,flags=re.S)
+x=re.sub(r"'"$ID"'-disk0.qcow2","plain-disk0.qcow2",x)
+x=re.sub(r"kvmesh-'"$ID"'.log","plain-bm.log",x)
+print(x)' >"$KVMESH_TESTBED_DIR/plain.xml"
+V h1 define "$KVMESH_TESTBED_DIR/plain.xml" >/dev/null
+V h1 start plain-bm >/dev/null
+sleep 5
+
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+declare -a k_total k_down k_held v_total v_down
+for r in $(seq 1 "$ROUNDS"); do
+  to=h2; [ $((r % 2)) -eq 0 ] && to=h1
+  from=h1; [ "$to" = h1 ] && from=h2
+  t0=$(now_ms); K vm migrate bm --to "$to" --wait >/dev/null; t1=$(now_ms)
+  held=$(held_ms "$from" "$to"); libvirt_down=$(downtime "$to" "$DOM")
+  k_total+=($((t1 - t0))); k_down+=("$((${libvirt_down:-0} + ${held:-0}))"); k_held+=("${held:-0}")
+  t0=$(now_ms)
+  V "$from" migrate --live --p2p --persistent --undefinesource --unsafe --auto-converge plain-bm \
+    "qemu+tcp://$(ip_of "$to")/system" --migrateuri "tcp://$(ip_of "$to")" >/dev/null
+  t1=$(now_ms)
+  v_total+=($((t1 - t0))); v_down+=("$(downtime "$to" plain-bm)")
+  sleep 1
+done
+pct() { # p50|p99 of the numbers given
+  python3 -c 'import sys,math; v=sorted(float(x) for x in sys.argv[2:] if x); q=float(sys.argv[1])
+print(int(v[min(len(v)-1, math.ceil(q*len(v))-1)]) if v else "n/a")' "$@"
+}
+echo "live migration of an idle 256 MiB TCG guest, $ROUNDS rounds each (ms):"
+printf '  kvmesh vm migrate --wait: total p50 %s p99 %s; downtime p50 %s p99 %s\n' \
+  "$(pct 0.5 "${k_total[@]}")" "$(pct 0.99 "${k_total[@]}")" "$(pct 0.5 "${k_down[@]}")" "$(pct 0.99 "${k_down[@]}")"
+printf '    of which paused on the target until the move was committed: p50 %s p99 %s\n' \
+  "$(pct 0.5 "${k_held[@]}")" "$(pct 0.99 "${k_held[@]}")"
+printf '  virsh migrate --live:     total p50 %s p99 %s; downtime p50 %s p99 %s\n' \
+  "$(pct 0.5 "${v_total[@]}")" "$(pct 0.99 "${v_total[@]}")" "$(pct 0.5 "${v_down[@]}")" "$(pct 0.99 "${v_down[@]}")"
+python3 -c 'import sys; a=sorted(map(int,sys.argv[1].split())); b=sorted(map(int,sys.argv[2].split()))
+print("  kvmesh/virsh total time: p50 %.2fx" % (a[len(a)//2]/b[len(b)//2]))' "${k_total[*]}" "${v_total[*]}"

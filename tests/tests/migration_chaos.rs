@@ -1,0 +1,185 @@
+//! Faults in the middle of a live migration, on the testbed with real
+//! QEMU/TCG guests (disks on the shared domain). Migrations are slowed down
+//! (`--bandwidth 4`: 4 MiB/s, some 25 s for the test guest) so that each
+//! fault lands while the memory is still being copied: the source host
+//! killed, the target host killed, the target host cut off, the source's
+//! daemon stopped for 20 s, and the leader's daemon killed.
+//!
+//! Throughout, `virsh list --state-running` of every host is sampled every
+//! 0.2 s: no guest may ever run on two hosts. At the end of each case the
+//! VM runs exactly once, and where its source survived, it never rebooted.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Result};
+use kvmesh_tests::testbed::{addr, cli, guest_with, shared_guest, signal, testbed, up3, virsh_on, HOSTS};
+use kvmesh_tests::{run_cli, wait_for};
+
+/// The hosts where `domain` is running (not paused), by virsh.
+fn running_hosts(domain: &str) -> Vec<&'static str> {
+    let runs = |h: &&str| virsh_on(h, &["list", "--state-running", "--name"]).lines().any(|l| l.trim() == domain);
+    HOSTS.iter().copied().filter(runs).collect()
+}
+
+/// Samples every 0.2 s until `done` (or `timeout`), failing on any sample
+/// with `domains` running on two hosts.
+fn sample(what: &str, domains: &[&str], timeout: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        for d in domains {
+            let on = running_hosts(d);
+            if on.len() > 1 {
+                bail!("while waiting for {what}: {d} ran on {on:?} at once");
+            }
+        }
+        if done() {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            let at: Vec<_> = domains.iter().map(|d| (d, running_hosts(d))).collect();
+            bail!("timed out after {timeout:?} waiting for {what}; running: {at:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A host whose daemon answers (daemons are killed and stopped here).
+fn via() -> &'static str {
+    let answers = |h: &&str| run_cli(&addr(h), &["cluster", "status"]).success;
+    HOSTS.iter().copied().find(answers).unwrap_or("h1")
+}
+
+/// The guest's serial counter and its disk line, from its console.
+fn guest_count(name: &str) -> Option<(u64, String)> {
+    let r = run_cli(&addr(via()), &["vm", "console", name, "-o", "json"]);
+    let data = r.json().ok()?["data"].as_str()?.to_string();
+    let up = data.lines().rev().find_map(|l| l.trim().strip_prefix("KVMESH-TEST-GUEST-UP "))?.to_string();
+    let disk = data.lines().rev().find(|l| l.starts_with("KVMESH-DISK "))?.trim().to_string();
+    Some((up.split_whitespace().next()?.parse().ok()?, disk))
+}
+
+fn node_state(host: &str) -> Option<String> {
+    let nodes = run_cli(&addr(via()), &["node", "list"]).json().ok()?;
+    let n = nodes.as_array()?.iter().find(|n| n["name"] == host)?.clone();
+    n["state"].as_str().map(str::to_string)
+}
+
+fn vm_field(name: &str, field: &str) -> Option<serde_json::Value> {
+    let v = run_cli(&addr(via()), &["vm", "get", name]).json().ok()?;
+    Some(v[field].clone())
+}
+
+/// A guest with a disk on the shared domain, on `host`, counting.
+fn guest(host: &str, name: &str, ha: bool) -> Result<(String, (u64, String))> {
+    let d = guest_with(host, name, ha, &["--disk", "64M@shared"])?;
+    let seen = wait_for("the guest counting", Duration::from_secs(60), || guest_count(name).filter(|g| g.0 >= 1))?;
+    Ok((d, seen))
+}
+
+/// Begins a slow live migration and waits until the target holds the
+/// incoming (paused) domain: the memory is being copied.
+fn begin_slow(name: &str, domain: &str, to: &str) -> Result<()> {
+    cli(via(), &["vm", "migrate", name, "--to", to, "--bandwidth", "4"])?;
+    wait_for("the target receiving the guest", Duration::from_secs(20), || {
+        virsh_on(to, &["list", "--all", "--name"]).lines().any(|l| l.trim() == domain).then_some(())
+    })?;
+    Ok(())
+}
+
+fn wait_up(host: &str) -> Result<()> {
+    wait_for(&format!("{host} up"), Duration::from_secs(90), || (node_state(host)? == "up").then_some(()))
+}
+
+fn leader() -> Option<String> {
+    let s = run_cli(&addr(via()), &["cluster", "status"]).json().ok()?;
+    s["leader"]["name"].as_str().map(str::to_string)
+}
+
+#[test]
+fn faults_during_a_live_migration_never_run_a_guest_twice_or_lose_it() -> Result<()> {
+    let _testbed = up3()?;
+    shared_guest()?;
+    cli("h1", &["cluster", "policy", "set", "spread", "--cpu-overcommit", "16"])?;
+
+    // 1. The source host dies mid-migration: the HA VM runs again once,
+    //    on a survivor; the target's paused copy never runs beside it.
+    let (ca, _) = guest("h3", "ca", true)?;
+    begin_slow("ca", &ca, "h2")?;
+    testbed(&["kill-host", "h3"])?;
+    sample("ca running once on a survivor", &[&ca], Duration::from_secs(60), || {
+        let on = running_hosts(&ca);
+        on.len() == 1 && on[0] != "h3"
+    })?;
+    ensure!(vm_field("ca", "migrating_to").is_some_and(|m| m.is_null()), "the migration was not aborted");
+    testbed(&["start-host", "h3"])?;
+    wait_up("h3")?;
+
+    // 2. The target host dies mid-migration: the guest runs on at the
+    //    source, never rebooted.
+    let (cb, before) = guest("h2", "cb", true)?;
+    begin_slow("cb", &cb, "h3")?;
+    testbed(&["kill-host", "h3"])?;
+    sample("the migration of cb aborted", &[&cb], Duration::from_secs(60), || {
+        vm_field("cb", "migrating_to").is_some_and(|m| m.is_null())
+    })?;
+    sample("cb counting on at the source", &[&cb], Duration::from_secs(30), || {
+        running_hosts(&cb) == ["h2"] && guest_count("cb").is_some_and(|g| g.0 > before.0 + 1)
+    })?;
+    ensure!(guest_count("cb").is_some_and(|g| g.1 == before.1), "cb rebooted: {:?}", guest_count("cb"));
+    testbed(&["start-host", "h3"])?;
+    wait_up("h3")?;
+
+    // 3. The target host is cut off mid-migration: the same.
+    let (ce, before) = guest("h2", "ce", true)?;
+    begin_slow("ce", &ce, "h3")?;
+    testbed(&["partition", "h3"])?;
+    let cut_off = sample("the migration of ce aborted", &[&ce], Duration::from_secs(60), || {
+        vm_field("ce", "migrating_to").is_some_and(|m| m.is_null())
+    });
+    let counted = cut_off.and_then(|()| {
+        sample("ce counting on at the source", &[&ce], Duration::from_secs(30), || {
+            running_hosts(&ce) == ["h2"] && guest_count("ce").is_some_and(|g| g.0 > before.0 + 1)
+        })
+    });
+    testbed(&["heal", "h3"])?;
+    counted?;
+    ensure!(guest_count("ce").is_some_and(|g| g.1 == before.1), "ce rebooted: {:?}", guest_count("ce"));
+    wait_up("h3")?;
+
+    // 4. The source's daemon stopped for 20 s mid-migration: whatever
+    //    happens to the migration, the HA VM ends up running once.
+    let (cd, _) = guest("h3", "cd", true)?;
+    begin_slow("cd", &cd, "h1")?;
+    signal("h3", "daemon", "STOP")?;
+    let stopped = sample("20 s with h3's daemon stopped", &[&cd], Duration::from_secs(25), {
+        let at = Instant::now();
+        move || at.elapsed() >= Duration::from_secs(20)
+    });
+    signal("h3", "daemon", "CONT")?;
+    stopped?;
+    sample("cd running once, its migration settled", &[&cd], Duration::from_secs(60), || {
+        running_hosts(&cd).len() == 1 && vm_field("cd", "migrating_to").is_some_and(|m| m.is_null())
+    })?;
+    wait_up("h3")?;
+
+    // 5. The leader's daemon killed mid-migration between the two other
+    //    hosts: the migration completes, a new leader records it, and the
+    //    guest runs on the target, never rebooted.
+    let lead = leader().unwrap_or_else(|| "h1".into());
+    let others: Vec<&str> = HOSTS.iter().copied().filter(|h| *h != lead).collect();
+    let (cc, before) = guest(others[0], "cc", false)?;
+    begin_slow("cc", &cc, others[1])?;
+    signal(&lead, "daemon", "KILL")?;
+    sample("cc running on its target", &[&cc], Duration::from_secs(120), || {
+        running_hosts(&cc) == [others[1]] && vm_field("cc", "node").is_some_and(|n| n == others[1])
+    })?;
+    wait_for("cc counting on", Duration::from_secs(30), || {
+        guest_count("cc").filter(|g| g.0 > before.0 && g.1 == before.1)
+    })?;
+    testbed(&["start-daemon", &lead])?;
+    wait_up(&lead)?;
+    for d in [&ca, &cb, &ce, &cd, &cc] {
+        ensure!(running_hosts(d).len() == 1, "{d} does not run exactly once: {:?}", running_hosts(d));
+    }
+    Ok(())
+}
