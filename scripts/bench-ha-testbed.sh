@@ -12,29 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-10}
-cargo build -q -p kvmesh
-scripts/libvirtd.sh >/dev/null
-eval "$(scripts/make-test-guest.sh target/test-guest)"
-export KVMESH_TESTBED_DIR=/tmp/kvmesh-testbed-bench
-export KVMESH_BIN=$PWD/target/debug/kvmesh
-TB=scripts/testbed.sh
-trap 'bash $TB down >/dev/null 2>&1 || true' EXIT
-bash $TB down >/dev/null 2>&1 || true
-bash $TB up 3 >/dev/null
-E=$(bash $TB addr h1)
-K() { "$KVMESH_BIN" --endpoint "$1" "${@:2}"; }
-for _ in $(seq 100); do
-  [ "$(K "$E" -o json cluster status | grep -o '"role":"voter"' | wc -l)" -eq 3 ] && break; sleep 0.2
-done
-# The guest's kernel and initrd on a domain every host shares, so the
-# guests can restart anywhere.
-mkdir -p "$KVMESH_TESTBED_DIR/shared"
-K "$E" storage add shared --kind shared-dir --path "$KVMESH_TESTBED_DIR/shared" >/dev/null
-for _ in $(seq 100); do
-  [ "$(K "$E" -o json storage get shared | grep -o '"state":"active"' | wc -l)" -ge 3 ] && break; sleep 0.3
-done
-K "$E" image import guest-kernel "$kernel" --storage shared --kind kernel >/dev/null
-K "$E" image import guest-initrd "$initrd" --storage shared --kind initrd >/dev/null
+# shellcheck source=scripts/bench-testbed-setup.sh
+. scripts/bench-testbed-setup.sh
 for i in 0 1 2; do
   K "$E" vm create "g$i" --memory 128 --ha --kernel guest-kernel --initrd guest-initrd --cmdline console=ttyS0 \
     --soft-anti-affinity bench --wait >/dev/null

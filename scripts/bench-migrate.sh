@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Live migration with real guests on the testbed (scripts/testbed.sh): an
 # idle 256 MiB busybox guest under TCG, its disk on the shared domain, moved
-# back and forth between h1 and h2 ROUNDS times by `kvmesh vm migrate --wait`.
+# back and forth between two hosts ROUNDS times by `kvmesh vm migrate --wait`.
 # Baseline in the same run: a plain libvirt domain of the same definition
 # (same kernel, initrd, memory; its own copy of the disk), moved back and
 # forth by hand with `virsh migrate --live --p2p` and the flags kvmesh uses.
-# Prints p50/p99 of the total time (as the caller sees it) and of the guest's
+# (The two hosts: the one the VM lands on and another.) Prints p50/p99 of the total time (as the caller sees it) and of the guest's
 # downtime (libvirt's job statistics on the target; for kvmesh plus the time
 # the target holds the guest paused until the move is committed), and
 # kvmesh/virsh.
@@ -14,31 +14,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-10}
-cargo build -q -p kvmesh
-scripts/libvirtd.sh >/dev/null
-eval "$(scripts/make-test-guest.sh target/test-guest)"
-export KVMESH_TESTBED_DIR=/tmp/kvmesh-testbed-bench
-export KVMESH_BIN=$PWD/target/debug/kvmesh
-TB=scripts/testbed.sh
-trap 'bash $TB down >/dev/null 2>&1 || true' EXIT
-bash $TB down >/dev/null 2>&1 || true
-bash $TB up 3 >/dev/null
-E=$(bash $TB addr h1)
-K() { "$KVMESH_BIN" --endpoint "$E" "$@"; }
-for _ in $(seq 100); do
-  [ "$(K -o json cluster status | grep -o '"role":"voter"' | wc -l)" -eq 3 ] && break; sleep 0.2
-done
-SHARED=$KVMESH_TESTBED_DIR/shared
-mkdir -p "$SHARED"
-K storage add shared --kind shared-dir --path "$SHARED" >/dev/null
-for _ in $(seq 100); do
-  [ "$(K -o json storage get shared | grep -o '"state":"active"' | wc -l)" -ge 3 ] && break; sleep 0.3
-done
-K image import guest-kernel "$kernel" --storage shared --kind kernel >/dev/null
-K image import guest-initrd "$initrd" --storage shared --kind initrd >/dev/null
-K vm create bm --memory 256 --disk 64M@shared --kernel guest-kernel --initrd guest-initrd --cmdline console=ttyS0 \
-  --node h1 --wait >/dev/null
-ID=$(K -o json vm get bm | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+# shellcheck source=scripts/bench-testbed-setup.sh
+. scripts/bench-testbed-setup.sh
+K "$E" vm create bm --memory 256 --disk 64M@shared --kernel guest-kernel --initrd guest-initrd --cmdline console=ttyS0 \
+  --wait >/dev/null
+ID=$(K "$E" -o json vm get bm | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+# Back and forth between the host it landed on (A) and another (B).
+A=$(K "$E" -o json vm get bm | python3 -c 'import json,sys; print(json.load(sys.stdin)["node"])')
+B=h1; [ "$A" = h1 ] && B=h2
 DOM=kvmesh-$ID
 sleep 5
 ip_of() { echo "10.254.77.$((10 + ${1#h}))"; }
@@ -65,7 +48,7 @@ PY
 # The plain domain: kvmesh's definition without its tag, under another name,
 # over a copy of the disk.
 cp "$SHARED/$ID-disk0.qcow2" "$SHARED/plain-disk0.qcow2"
-V h1 dumpxml "$DOM" | python3 -c '
+V "$A" dumpxml "$DOM" | python3 -c '
 import re,sys
 x=sys.stdin.read()
 x=re.sub(r"<name>[^<]*</name>","<name>plain-bm</name>",x,count=1)
@@ -74,16 +57,15 @@ x=re.sub(r"\s*<metadata>.*?</metadata>","",x,count=1,flags=re.S)
 x=re.sub(r"'"$ID"'-disk0.qcow2","plain-disk0.qcow2",x)
 x=re.sub(r"kvmesh-'"$ID"'.log","plain-bm.log",x)
 print(x)' >"$KVMESH_TESTBED_DIR/plain.xml"
-V h1 define "$KVMESH_TESTBED_DIR/plain.xml" >/dev/null
-V h1 start plain-bm >/dev/null
+V "$A" define "$KVMESH_TESTBED_DIR/plain.xml" >/dev/null
+V "$A" start plain-bm >/dev/null
 sleep 5
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 declare -a k_total k_down k_held v_total v_down
 for r in $(seq 1 "$ROUNDS"); do
-  to=h2; [ $((r % 2)) -eq 0 ] && to=h1
-  from=h1; [ "$to" = h1 ] && from=h2
-  t0=$(now_ms); K vm migrate bm --to "$to" --wait >/dev/null; t1=$(now_ms)
+  to=$B from=$A; [ $((r % 2)) -eq 0 ] && to=$A from=$B
+  t0=$(now_ms); K "$E" vm migrate bm --to "$to" --wait >/dev/null; t1=$(now_ms)
   held=$(held_ms "$from" "$to"); libvirt_down=$(downtime "$to" "$DOM")
   k_total+=($((t1 - t0))); k_down+=("$((${libvirt_down:-0} + ${held:-0}))"); k_held+=("${held:-0}")
   t0=$(now_ms)

@@ -22,6 +22,7 @@
 //!            best (score, then seeded tie-break) ──▶ Decision
 //! ```
 
+pub mod balance;
 pub mod capacity;
 mod error;
 pub mod filter;
@@ -30,6 +31,7 @@ pub mod place;
 pub mod plan;
 pub mod score;
 
+pub use balance::{plan_balance, Move, Placed};
 pub use capacity::{ha_reservation, HostReservation, Reservation};
 pub use error::{Error, Result};
 pub use filter::{check, fits, ClusterFacts, Rejection};

@@ -83,6 +83,11 @@ fn begin_slow(name: &str, domain: &str, to: &str) -> Result<()> {
     wait_for("the target receiving the guest", Duration::from_secs(20), || {
         virsh_on(to, &["list", "--all", "--name"]).lines().any(|l| l.trim() == domain).then_some(())
     })?;
+    // `vm get` shows how far it is, from the source's libvirt.
+    wait_for("the migration's progress", Duration::from_secs(10), || {
+        let p = vm_field(name, "migration_progress")?;
+        (p["data_total"].as_u64()? > 0 && p["data_remaining"].as_u64()? > 0).then_some(())
+    })?;
     Ok(())
 }
 

@@ -55,6 +55,16 @@ pub async fn prepare_incoming(ctx: &Arc<NodeCtx>, req: pb::PrepareIncomingReques
     Ok(pb::PrepareIncomingReply { node_id: ctx.id, consoles_dir: ctx.hypervisor.consoles_dir() })
 }
 
+/// How far this host's migration of VM `name` is (`None`: no job runs).
+pub async fn local_progress(ctx: &Arc<NodeCtx>, name: &str) -> Result<pb::MigrationProgress> {
+    let id = ctx
+        .read(|d| d.state.vm_by_name(name).map(|v| v.id))
+        .ok_or_else(|| Error::NotFound(format!("no VM named {name:?}")))?;
+    let domain = domain_name(id);
+    let progress = blocking(&ctx.hypervisor, move |hv| hv.migration_progress(&domain)).await?;
+    progress.ok_or_else(|| Error::FailedPrecondition(format!("no migration of {name} runs on {}", ctx.name)))
+}
+
 /// Starts sending a VM to its migration's target, unless that migration is
 /// already in flight from this process.
 pub fn start(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64) {

@@ -11,7 +11,7 @@
 mod migrate;
 pub mod plan;
 
-pub use migrate::prepare_incoming;
+pub use migrate::{local_progress, prepare_incoming};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -264,6 +264,12 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(to_pb::policy(&placement)))
     }
 
+    async fn balance(&self, request: Request<pb::BalanceRequest>) -> Result<Response<pb::BalanceReply>, Status> {
+        let forwarded = is_forwarded(&request);
+        let call = super::migrate::Balance(request.into_inner(), self.leader.clone());
+        Ok(Response::new(self.ctx.leader_call(forwarded, call).await?))
+    }
+
     async fn capacity(&self, _request: Request<pb::CapacityRequest>) -> Result<Response<pb::CapacityReport>, Status> {
         let report = self.ctx.read(|d| {
             let settings = &d.state.meta.settings.placement;

@@ -44,6 +44,13 @@ impl pb::host_server::Host for HostService {
         Ok(Response::new(crate::agent::prepare_incoming(&self.ctx, request.into_inner()).await?))
     }
 
+    async fn get_migration_progress(
+        &self,
+        request: Request<pb::GetVmRequest>,
+    ) -> Result<Response<pb::MigrationProgress>, Status> {
+        Ok(Response::new(crate::agent::local_progress(&self.ctx, &request.into_inner().name).await?))
+    }
+
     async fn read_console(&self, request: Request<pb::ConsoleRequest>) -> Result<Response<pb::ConsoleReply>, Status> {
         let req = request.into_inner();
         let reply = crate::agent::local_console(&self.ctx, &req.name, req.bytes).await?;

@@ -510,11 +510,32 @@ impl VmsService {
     /// Fills `observed`: the hosts whose latest heartbeat reports the VM
     /// running (the leader's view), so anyone can check nothing runs twice.
     async fn with_observed(&self, mut vm: pb::Vm) -> pb::Vm {
+        if vm.migrating_to.is_some() {
+            vm.migration_progress = self.migration_progress(&vm.name).await;
+        }
         if let Some(obs) = self.leader.observed(&self.ctx).await {
             vm.lease_holder = obs.lease_holder.get(&vm.id).cloned();
             vm.observed = obs.vms.into_iter().find(|o| o.vm_id == vm.id).map(|o| o.nodes).unwrap_or_default();
         }
         vm
+    }
+
+    /// How far a VM's live migration is, from its source host (briefly: a
+    /// source that does not answer leaves it out).
+    async fn migration_progress(&self, name: &str) -> Option<pb::MigrationProgress> {
+        let ctx = &self.ctx;
+        let source = ctx.read(|d| {
+            let vm = d.state.vm_by_name(name)?;
+            let node = vm.migration.and_then(|m| d.state.nodes.get(&m.source))?;
+            Some((node.id, node.address.clone()))
+        })?;
+        if source.0 == ctx.id {
+            return crate::agent::local_progress(ctx, name).await.ok();
+        }
+        let mut client = pb::host_client::HostClient::new(ctx.channel(&source.1).ok()?);
+        let mut r = Request::new(pb::GetVmRequest { name: name.to_string(), consistent: false });
+        r.set_timeout(std::time::Duration::from_secs(1));
+        client.get_migration_progress(r).await.ok().map(|r| r.into_inner())
     }
 
     async fn with_observed_list(&self, mut r: pb::ListVmsResponse) -> pb::ListVmsResponse {

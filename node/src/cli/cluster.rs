@@ -46,6 +46,36 @@ pub async fn run(channel: Channel, output: Output, command: ClusterCmd) -> Resul
             let p = cluster.set_policy(req(set)).await.map_err(status_err)?.into_inner();
             print_policy(output, &p);
         }
+        ClusterCmd::Balance { dry_run, threshold, max } => {
+            let r = pb::BalanceRequest { dry_run, threshold_pct: threshold, max_moves: max };
+            let moves = cluster.balance(req(r)).await.map_err(status_err)?.into_inner().moves;
+            match output {
+                Output::Json => {
+                    let all: Vec<_> = moves
+                        .iter()
+                        .map(|m| {
+                            json!({"vm": m.vm, "from": m.from, "to": m.to, "why": m.why, "begun": m.begun,
+                                   "refused": (!m.refused.is_empty()).then_some(&m.refused)})
+                        })
+                        .collect();
+                    println!("{}", json!(all));
+                }
+                Output::Table if moves.is_empty() => println!("the hosts are balanced: nothing to move"),
+                Output::Table => {
+                    for m in &moves {
+                        let what = match (dry_run, m.begun) {
+                            (true, _) => "would move",
+                            (false, true) => "moving",
+                            (false, false) => "not moving",
+                        };
+                        println!("{what} {} live from {} to {}: {}", m.vm, m.from, m.to, m.why);
+                        if !m.refused.is_empty() {
+                            println!("  {}", m.refused);
+                        }
+                    }
+                }
+            }
+        }
         ClusterCmd::Capacity => {
             let r = cluster.capacity(req(pb::CapacityRequest {})).await.map_err(status_err)?.into_inner();
             print_capacity(output, &r);

@@ -164,6 +164,18 @@ pub enum ClusterCmd {
     Policy(PolicyCmd),
     /// HA reservation: could every host's HA VMs restart on the others (N+1)?
     Capacity,
+    /// Even out the hosts' loads with live migrations (each move explained).
+    Balance {
+        /// Only show the moves.
+        #[arg(long)]
+        dry_run: bool,
+        /// How many points of load (0-100) hosts may be apart [default: 10].
+        #[arg(long, value_name = "PCT", default_value_t = 0)]
+        threshold: u32,
+        /// At most this many moves [default: 4].
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        max: u32,
+    },
     /// Remove a node from the cluster.
     Remove {
         name: String,

@@ -256,6 +256,17 @@ pub fn print_disks(output: Output, disks: &[pb::DiskInfo]) {
     }
 }
 
+/// A live migration's progress in one line: copied, left, rate.
+pub fn progress_line(p: &pb::MigrationProgress) -> String {
+    format!(
+        "{} of {} copied, {} left, {}/s",
+        human_bytes(p.data_processed),
+        human_bytes(p.data_total),
+        human_bytes(p.data_remaining),
+        human_bytes(p.bytes_per_s)
+    )
+}
+
 pub fn vm_json(vm: &pb::Vm) -> Value {
     json!({
         "id": vm.id, "name": vm.name, "vcpus": vm.vcpus, "memory_mib": vm.memory_mib, "ha": vm.ha,
@@ -271,6 +282,10 @@ pub fn vm_json(vm: &pb::Vm) -> Value {
         "pending": vm.pending, "observed": vm.observed, "lease_holder": vm.lease_holder, "description": vm.description,
         "migrating_to": vm.migrating_to,
         "migration_started_ms": (vm.migration_started_ms > 0).then_some(vm.migration_started_ms),
+        "migration_progress": vm.migration_progress.as_ref().map(|p| json!({
+            "data_total": p.data_total, "data_processed": p.data_processed,
+            "data_remaining": p.data_remaining, "bytes_per_s": p.bytes_per_s,
+        })),
     })
 }
 
@@ -325,6 +340,9 @@ pub fn print_vm(output: Output, vm: &pb::Vm) {
             }
             if let Some(to) = &vm.migrating_to {
                 println!("moving:   live to {to}, since {}", format_ms(vm.migration_started_ms));
+                if let Some(p) = &vm.migration_progress {
+                    println!("          {}", progress_line(p));
+                }
             }
             if let Some(h) = &vm.lease_holder {
                 println!("lease:    probably held by the copy on {h} (its last heartbeat listed the VM running)");

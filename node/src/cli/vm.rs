@@ -211,6 +211,14 @@ async fn migrate(vms: &mut VmsClient<Channel>, channel: Channel, output: Output,
         return Ok(());
     }
     let mut vm = reply.vm.ok_or_else(|| anyhow!("the leader answered without the VM"))?;
+    if vm.migrating_to.is_none() {
+        // A stopped VM: its record moved at once.
+        match output {
+            Output::Json => println!("{}", vm_json(&vm)),
+            Output::Table => println!("moved {} (stopped) to {}", vm.name, vm.node.as_deref().unwrap_or("-")),
+        }
+        return Ok(());
+    }
     let (from, target) = (vm.node.clone().unwrap_or_default(), vm.migrating_to.clone().unwrap_or_default());
     if !m.wait {
         match output {
@@ -219,8 +227,13 @@ async fn migrate(vms: &mut VmsClient<Channel>, channel: Channel, output: Output,
         }
         return Ok(());
     }
+    use std::io::IsTerminal;
+    let show = output == Output::Table && std::io::stderr().is_terminal();
     let started = tokio::time::Instant::now();
     loop {
+        if let (true, Some(p)) = (show, &vm.migration_progress) {
+            eprint!("\r{}: {}   ", vm.name, super::output::progress_line(p));
+        }
         if vm.migrating_to.is_none() {
             if vm.node.as_deref() != Some(target.as_str()) {
                 let why = abort_reason(channel, &m.name).await.unwrap_or_else(|| "see `kvmesh events`".into());
@@ -233,7 +246,7 @@ async fn migrate(vms: &mut VmsClient<Channel>, channel: Channel, output: Output,
         if started.elapsed() >= m.timeout {
             return Err(anyhow!("VM {} is still migrating to {target} after {}s", m.name, m.timeout.as_secs()));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let get = pb::GetVmRequest { name: m.name.clone(), consistent: false };
         vm = vms.get(req(get)).await.map_err(status_err)?.into_inner();
     }

@@ -302,6 +302,20 @@ impl Hypervisor for Libvirt {
         self.reconnects.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    fn migration_progress(&self, domain: &str) -> Result<Option<kvmesh_proto::MigrationProgress>> {
+        let stats = self.lookup(domain)?.job_stats(0).map_err(|e| lv_err(&format!("job of {domain}"), e))?;
+        // VIR_DOMAIN_JOB_NONE: nothing runs.
+        if stats.r#type == 0 {
+            return Ok(None);
+        }
+        Ok(Some(kvmesh_proto::MigrationProgress {
+            data_total: stats.data_total.unwrap_or(0),
+            data_processed: stats.data_processed.unwrap_or(0),
+            data_remaining: stats.data_remaining.unwrap_or(0),
+            bytes_per_s: stats.mem_bps.unwrap_or(0),
+        }))
+    }
+
     fn define(&self, spec: &DomainSpec) -> Result<()> {
         let mut spec = spec.clone();
         if let Ok(existing) = self.conn().lookup_domain_by_name(&spec.domain) {

@@ -117,6 +117,10 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn reconnects(&self) -> u64 {
         0
     }
+    /// How far the domain's running migration job is, if one runs.
+    fn migration_progress(&self, _domain: &str) -> Result<Option<kvmesh_proto::MigrationProgress>> {
+        Ok(None)
+    }
 }
 
 /// Where a live migration goes, and what the incoming domain's definition

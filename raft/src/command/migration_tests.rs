@@ -96,7 +96,7 @@ fn bad_migrations_are_refused_with_the_reason() {
     let drain = Command::SetNodeState { id: 3, state: NodeState::Draining, at_ms: 5 };
     assert!(matches!(s.apply(&drain), Response::Done | Response::Vm(_)));
     assert!(refusal(begin(&mut s, "web", 3)).contains("c is draining"));
-    // Not running (never reported, or stopped): nothing to move live.
+    // Not running (never reported): nothing to move live.
     let mut idle = vm(11, "idle", Some(1), 256);
     idle.spec.disks.clear();
     assert!(matches!(s.apply(&Command::CreateVm { vm: Box::new(idle), at_ms: 5 }), Response::Vm(_)));
@@ -195,4 +195,20 @@ fn a_cold_drain_stops_and_starts_everything() {
     assert_eq!(s.apply(&Command::Drain { id: 1, cold: true, at_ms: 6 }), Response::Done);
     assert_eq!((s.vms[&10].placement, s.vms[&10].moving_from), (None, Some(1)));
     assert!(s.nodes[&1].cold_drain);
+}
+
+#[test]
+fn a_stopped_vm_moves_cold_at_once_and_a_stopping_one_waits() {
+    let mut s = cluster();
+    let stop = Command::SetDesired { name: "web".into(), desired: Desired::Stopped, force: false, at_ms: 5 };
+    assert!(matches!(s.apply(&stop), Response::Vm(_)));
+    // Still running on its host: it is stopping.
+    assert!(refusal(begin(&mut s, "web", 2)).contains("it is stopping"));
+    let stopped = Command::ReportVm { vm: 10, node: 1, epoch: 1, state: VmState::Stopped, error: None, at_ms: 6 };
+    assert_eq!(s.apply(&stopped), Response::Done);
+    assert!(refusal(begin(&mut s, "web", 1)).contains("already on a"));
+    assert!(matches!(begin(&mut s, "web", 2), Response::Vm(_)));
+    let web = &s.vms[&10];
+    assert_eq!(web.placement, Some(Placement { node: 2, epoch: 2 }));
+    assert_eq!((web.migration, web.desired), (None, Desired::Stopped));
 }

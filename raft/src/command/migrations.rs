@@ -1,5 +1,7 @@
 //! Live migrations in the replicated state: begin, finish, abort.
 //!
+//! A stopped VM moves at once, cold: its record goes to the target.
+//!
 //! The record on the VM ([`Migration`]) is the one truth about a migration
 //! in flight. `begin` checks everything that can be checked before any
 //! byte moves (a running VM, a target that is up and fits it, storage the
@@ -21,6 +23,9 @@ pub const MAX_IN_CLUSTER: usize = 4;
 
 impl ClusterState {
     pub(super) fn begin_migration(&mut self, name: &str, target: NodeId, bandwidth_mib: u64, at_ms: u64) -> Response {
+        if let Some(moved) = self.cold_move(name, target, at_ms) {
+            return moved;
+        }
         match self.migration_for(name, target) {
             Ok((id, source)) => {
                 let target_name = self.node_name(target);
@@ -40,6 +45,51 @@ impl ClusterState {
             }
             Err(refusal) => Response::Refused(refusal),
         }
+    }
+
+    /// A stopped VM moves at once: its record goes to `target` at a new
+    /// epoch (the old host then removes its domain, keeping the disks).
+    /// `None` when the VM is not a stopped one (a live migration, then).
+    fn cold_move(&mut self, name: &str, target: NodeId, at_ms: u64) -> Option<Response> {
+        let refuse = |reason: String| Some(Response::Refused(Refusal::Migration { vm: name.to_string(), reason }));
+        let id = self.vm_names.get(name).copied()?;
+        let vm = self.vms.get(&id)?;
+        let p = vm.placement?;
+        if vm.desired != Desired::Stopped || vm.deleting.is_some() || vm.migration.is_some() {
+            return None;
+        }
+        let stopped = vm.reported.as_ref().is_some_and(|r| r.state != VmState::Running && r.epoch == p.epoch);
+        if !stopped {
+            return refuse("it is stopping; move it once it has stopped (`kvmesh vm get`)".into());
+        }
+        if target == p.node {
+            return refuse(format!("it is already on {}", self.node_name(target)));
+        }
+        let node = self.nodes.get(&target)?;
+        if node.state != NodeState::Up {
+            return refuse(format!("{} is {}, not up; pick another host", node.name, node.state.as_str()));
+        }
+        let local = |storage: &str| self.storage_by_name(storage).is_some_and(|s| !s.kind.is_shared());
+        if let Some(disk) = vm.spec.disks.iter().find(|d| local(&d.storage)) {
+            return refuse(format!(
+                "disk {} is on {:?}, storage local to {}; copying local disks to another host is not built yet",
+                disk.index,
+                disk.storage,
+                self.node_name(p.node)
+            ));
+        }
+        if let Err(r) = self.check_placement(target, &self.request_for(vm)) {
+            return refuse(r.to_string());
+        }
+        let (from, to) = (self.node_name(p.node), node.name.clone());
+        let vm = self.vms.get_mut(&id)?;
+        vm.last_epoch += 1;
+        vm.placement = Some(crate::model::Placement { node: target, epoch: vm.last_epoch });
+        vm.reported = None;
+        let vm = vm.clone();
+        self.dirty.insert(Key::Vm(id));
+        self.push_event(at_ms, "migration", format!("vm {name} (stopped) moved from {from} to {to}"));
+        Some(Response::Vm(Box::new(vm)))
     }
 
     /// The VM's id and source host, if it may start migrating to `target`.

@@ -37,6 +37,8 @@ pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
         lease_holder: None,
         migrating_to: vm.migration.and_then(|m| state.nodes.get(&m.target)).map(|n| n.name.clone()),
         migration_started_ms: vm.migration.map(|m| m.started_at_ms).unwrap_or(0),
+        // Only the source host knows: filled in by `vm get`.
+        migration_progress: None,
         network: vm.spec.network.clone(),
         bridge: vm.spec.bridge.clone(),
         domain: domain_name(vm.id),
