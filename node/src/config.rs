@@ -98,6 +98,9 @@ pub struct ServeConfig {
     /// `qemu+tcp://{host}/system`; `qemu+tls://{host}/system` with libvirt's
     /// TLS set up, or `qemu+ssh://root@{host}/system`.
     pub migration_uri: String,
+    /// With `cluster policy set … --balance on`, the leader evens the hosts
+    /// out this often. Default 60000 ms.
+    pub balance_every_ms: u64,
     pub raft: RaftConfig,
 }
 
@@ -123,6 +126,7 @@ impl Default for ServeConfig {
             voter_replace_after_ms: 60_000,
             unsafe_no_guard: false,
             migration_uri: "qemu+tcp://{host}/system".into(),
+            balance_every_ms: 60_000,
             raft: RaftConfig::default(),
         }
     }

@@ -52,11 +52,14 @@ pub struct Settings {
     pub cpu_overcommit_milli: u32,
     /// Memory placed per MiB of RAM, in thousandths. Default 1000 (no overcommit).
     pub memory_overcommit_milli: u32,
+    /// The leader evens the hosts out on its own, now and then (what
+    /// `cluster balance` does when asked). Off by default.
+    pub balance: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { policy: Policy::Spread, cpu_overcommit_milli: 4000, memory_overcommit_milli: 1000 }
+        Settings { policy: Policy::Spread, cpu_overcommit_milli: 4000, memory_overcommit_milli: 1000, balance: false }
     }
 }
 
@@ -78,6 +81,7 @@ impl Settings {
             policy,
             cpu_overcommit_milli: milli("cpu", cpu)?,
             memory_overcommit_milli: milli("memory", memory)?,
+            balance: false,
         })
     }
 

@@ -192,7 +192,12 @@ fn property_sequential_placement_never_overcommits_or_breaks_anti_affinity() {
     for round in 0..300 {
         let mut nodes = random_cluster(&mut rng);
         let policy = [Policy::Spread, Policy::Pack, Policy::Balanced][round % 3];
-        let s = Settings { policy, cpu_overcommit_milli: 1000 + rng.below(4000) as u32, memory_overcommit_milli: 1000 };
+        let s = Settings {
+            policy,
+            cpu_overcommit_milli: 1000 + rng.below(4000) as u32,
+            memory_overcommit_milli: 1000,
+            balance: false,
+        };
         let mut placed: BTreeMap<u64, Vec<VmRequest>> = BTreeMap::new();
         for id in 0..40 {
             let v = random_vm(&mut rng, id);

@@ -83,6 +83,10 @@ fn went_on_from(name: &str, before: &Guest) -> Result<Guest> {
 
 #[test]
 fn a_running_guest_moves_live_without_a_reboot_and_never_runs_twice() -> Result<()> {
+    // The automatic balance at the end runs every 5 s instead of every minute.
+    let config = format!("{}/kvmesh-balance.toml", std::env::temp_dir().display());
+    std::fs::write(&config, "balance_every_ms = 5000\n")?;
+    std::env::set_var("KVMESH_TESTBED_NODE_ARGS", format!("--config {config}"));
     let _testbed = up3()?;
     shared_guest()?;
     let domain = guest_with("h1", "mig", true, &["--disk", "64M@shared"])?;
@@ -202,6 +206,31 @@ fn a_running_guest_moves_live_without_a_reboot_and_never_runs_twice() -> Result<
         ensure!(now.uptime > before.uptime && now.disk == before.disk, "{name} rebooted: {before:?} -> {now:?}");
     }
     println!("balanced: {per_host:?} guests on {HOSTS:?}");
+
+    // The automatic balance (every 5 s here): a guest moved by hand onto
+    // the busiest host is moved off it again by the leader.
+    cli("h1", &["cluster", "policy", "set", "spread", "--balance", "on"])?;
+    let busiest = HOSTS[per_host.iter().enumerate().max_by_key(|(_, n)| **n).map(|(i, _)| i).unwrap_or(0)];
+    let (name, d) = guests.iter().find(|(_, d)| running_hosts(d) != [busiest]).cloned().unwrap_or_default();
+    let r = run_cli(&addr("h1"), &["vm", "migrate", &name, "--to", busiest, "--wait"]);
+    ensure!(r.success, "migrate {name} to {busiest}: {}", r.stderr);
+    let unbalanced_at = Instant::now();
+    let counts = || -> Vec<usize> {
+        HOSTS.iter().map(|h| guests.iter().filter(|(_, d)| running_hosts(d) == [*h]).count()).collect()
+    };
+    loop {
+        ensure!(running_hosts(&d).len() <= 1, "{name} ran twice while balancing");
+        let c = counts();
+        let settled =
+            cli("h1", &["vm", "list"])?.as_array().is_some_and(|v| v.iter().all(|v| v["migrating_to"].is_null()));
+        if settled && c.iter().max().unwrap_or(&0) - c.iter().min().unwrap_or(&0) <= 1 {
+            println!("the automatic balance evened {busiest} out in {:?}: {c:?}", unbalanced_at.elapsed());
+            break;
+        }
+        ensure!(unbalanced_at.elapsed() < Duration::from_secs(40), "no automatic balance: {c:?} on {HOSTS:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cli("h1", &["cluster", "policy", "set", "spread", "--balance", "off"])?;
 
     // A stopped VM moves cold, at once, and starts on its new host with
     // its data.

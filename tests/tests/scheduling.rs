@@ -41,6 +41,13 @@ fn policy_changes_take_effect_and_explain_shows_every_node() -> Result<()> {
     assert_eq!(p["policy"], "spread");
     assert_eq!(p["cpu_overcommit"], 4.0);
     assert_eq!(p["memory_overcommit"], 1.0);
+    assert_eq!(p["balance"], false, "the automatic balance is off by default");
+    // It is a setting of its own: kept when only the policy changes.
+    assert_eq!(c.cli_ok(0, &["cluster", "policy", "set", "spread", "--balance", "on"])?["balance"], true);
+    assert_eq!(c.cli_ok(2, &["cluster", "policy", "set", "spread"])?["balance"], true);
+    assert_eq!(c.cli_ok(1, &["cluster", "policy", "set", "spread", "--balance", "off"])?["balance"], false);
+    let bad = c.cli(0, &["cluster", "policy", "set", "spread", "--balance", "maybe"]);
+    assert!(!bad.success && bad.stderr.contains("possible values: on, off"), "{}", bad.stderr);
 
     let p = c.cli_ok(1, &["cluster", "policy", "set", "pack", "--cpu-overcommit", "2"])?;
     assert_eq!((p["policy"].as_str(), p["cpu_overcommit"].as_f64()), (Some("pack"), Some(2.0)));

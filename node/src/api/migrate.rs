@@ -86,7 +86,7 @@ pub struct Balance(pub pb::BalanceRequest, pub Arc<LeaderView>);
 impl LeaderCall for Balance {
     type Reply = pb::BalanceReply;
     async fn on_leader(&self, ctx: &NodeCtx) -> Result<pb::BalanceReply> {
-        balance_on_leader(ctx, &self.1, &self.0).await
+        balance(ctx, &self.1, &self.0).await
     }
     async fn forward(self, ch: Channel, r: Request<Self>) -> std::result::Result<pb::BalanceReply, Status> {
         ClusterClient::new(ch).balance(r.map(|c| c.0)).await.map(|r| r.into_inner())
@@ -97,8 +97,10 @@ impl LeaderCall for Balance {
 const BALANCE_THRESHOLD_PCT: u32 = 10;
 const BALANCE_MAX_MOVES: u32 = 4;
 
+/// Plans the even-distribution moves and, unless `dry_run`, begins them.
+/// Runs on the leader (`cluster balance`, and the automatic balance).
 #[instrument(skip_all, fields(node = %ctx.name))]
-async fn balance_on_leader(ctx: &NodeCtx, leader: &LeaderView, req: &pb::BalanceRequest) -> Result<pb::BalanceReply> {
+pub async fn balance(ctx: &NodeCtx, leader: &LeaderView, req: &pb::BalanceRequest) -> Result<pb::BalanceReply> {
     let live = leader.liveness();
     let threshold = if req.threshold_pct == 0 { BALANCE_THRESHOLD_PCT } else { req.threshold_pct.min(100) };
     let max_moves = if req.max_moves == 0 { BALANCE_MAX_MOVES } else { req.max_moves };

@@ -41,8 +41,9 @@ pub async fn run(channel: Channel, output: Output, command: ClusterCmd) -> Resul
             let p = cluster.get_policy(req(pb::GetPolicyRequest {})).await.map_err(status_err)?.into_inner();
             print_policy(output, &p);
         }
-        ClusterCmd::Policy(PolicyCmd::Set { policy, cpu_overcommit, memory_overcommit }) => {
-            let set = pb::SetPolicyRequest { policy, cpu_overcommit, memory_overcommit };
+        ClusterCmd::Policy(PolicyCmd::Set { policy, cpu_overcommit, memory_overcommit, balance }) => {
+            let balance = balance.map(|b| b == "on");
+            let set = pb::SetPolicyRequest { policy, cpu_overcommit, memory_overcommit, balance };
             let p = cluster.set_policy(req(set)).await.map_err(status_err)?.into_inner();
             print_policy(output, &p);
         }

@@ -199,6 +199,10 @@ pub enum PolicyCmd {
         /// Memory per MiB of RAM (default 1.0).
         #[arg(long)]
         memory_overcommit: Option<f64>,
+        /// Let the leader even the hosts out with live migrations every
+        /// minute, as `cluster balance` does (default off).
+        #[arg(long, value_parser = ["on", "off"])]
+        balance: Option<String>,
     },
 }
 

@@ -446,11 +446,15 @@ pub fn print_policy(output: Output, p: &pb::PlacementPolicy) {
     match output {
         Output::Json => println!(
             "{}",
-            json!({"policy": p.policy, "cpu_overcommit": p.cpu_overcommit, "memory_overcommit": p.memory_overcommit})
+            json!({"policy": p.policy, "cpu_overcommit": p.cpu_overcommit, "memory_overcommit": p.memory_overcommit,
+                   "balance": p.balance})
         ),
         Output::Table => println!(
-            "policy {} (cpu overcommit {}, memory overcommit {})",
-            p.policy, p.cpu_overcommit, p.memory_overcommit
+            "policy {} (cpu overcommit {}, memory overcommit {}; automatic balance {})",
+            p.policy,
+            p.cpu_overcommit,
+            p.memory_overcommit,
+            if p.balance { "on" } else { "off" }
         ),
     }
 }

@@ -27,6 +27,7 @@ pub async fn run(ctx: Arc<NodeCtx>, leader: Arc<LeaderView>) {
     let mut moving_since: HashMap<VmId, (u64, u64)> = HashMap::new();
     // What was logged about draining VMs that wait to move live.
     let mut told: HashMap<VmId, String> = HashMap::new();
+    let mut balanced_at = Instant::now();
     loop {
         tokio::time::sleep(TICK).await;
         let m = ctx.metrics();
@@ -51,6 +52,18 @@ pub async fn run(ctx: Arc<NodeCtx>, leader: Arc<LeaderView>) {
         }
         if let Err(e) = super::drain::migrate_draining(&ctx, &leader, &mut told).await {
             warn!(error = %e, "live drain pass failed; retrying");
+        }
+        let every = Duration::from_millis(ctx.config.balance_every_ms);
+        if ctx.read(|d| d.state.meta.settings.placement.balance) && balanced_at.elapsed() >= every {
+            balanced_at = Instant::now();
+            match crate::api::migrate::balance(&ctx, &leader, &Default::default()).await {
+                Ok(r) => {
+                    for m in r.moves.iter().filter(|m| m.begun) {
+                        info!(vm = %m.vm, from = %m.from, to = %m.to, why = %m.why, "automatic balance: moving live");
+                    }
+                }
+                Err(e) => warn!(error = %e, "automatic balance failed; trying again later"),
+            }
         }
     }
 }

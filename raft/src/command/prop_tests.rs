@@ -123,6 +123,7 @@ fn command(rng: &mut StdRng, state: &ClusterState, wild: bool) -> Command {
                 policy: [Policy::Spread, Policy::Pack, Policy::Balanced][rng.gen_range(0..3)],
                 cpu_overcommit_milli: rng.gen_range(0..10_000),
                 memory_overcommit_milli: rng.gen_range(0..3000),
+                balance: rng.gen_bool(0.5),
             },
             at_ms,
         },

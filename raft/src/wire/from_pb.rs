@@ -89,14 +89,16 @@ pub fn vm_spec(req: &pb::CreateVmRequest) -> Result<VmSpec> {
     Ok(spec)
 }
 
-/// New placement settings: the request's policy, and its ratios where
-/// given (else the current ones).
+/// New placement settings: the request's policy, and its ratios and
+/// balance setting where given (else the current ones).
 pub fn placement(req: &pb::SetPolicyRequest, current: &PlacementSettings) -> Result<PlacementSettings> {
     let policy: Policy = req.policy.parse().map_err(|e: kvmesh_scheduler::Error| invalid(e.to_string()))?;
-    PlacementSettings::with_ratios(
+    let mut settings = PlacementSettings::with_ratios(
         policy,
         req.cpu_overcommit.unwrap_or(current.cpu_overcommit()),
         req.memory_overcommit.unwrap_or(current.memory_overcommit()),
     )
-    .map_err(|e| invalid(e.to_string()))
+    .map_err(|e| invalid(e.to_string()))?;
+    settings.balance = req.balance.unwrap_or(current.balance);
+    Ok(settings)
 }

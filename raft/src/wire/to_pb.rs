@@ -149,6 +149,7 @@ pub fn policy(p: &PlacementSettings) -> pb::PlacementPolicy {
         policy: p.policy.as_str().into(),
         cpu_overcommit: p.cpu_overcommit(),
         memory_overcommit: p.memory_overcommit(),
+        balance: p.balance,
     }
 }
 
