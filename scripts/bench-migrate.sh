@@ -1,29 +1,47 @@
 #!/usr/bin/env bash
-# Live migration with real guests on the testbed (scripts/testbed.sh): an
-# idle 256 MiB busybox guest under TCG, its disk on the shared domain, moved
-# back and forth between two hosts ROUNDS times by `kvmesh vm migrate --wait`.
+# Live migration with real guests on the testbed (scripts/testbed.sh): a
+# 256 MiB busybox guest under TCG, idle or (--dirty MIB) rewriting MIB of its
+# memory without pause, its disk on the shared domain, moved back and forth
+# between two hosts ROUNDS times by `kvmesh vm migrate --wait`.
 # Baseline in the same run: a plain libvirt domain of the same definition
 # (same kernel, initrd, memory; its own copy of the disk), moved back and
 # forth by hand with `virsh migrate --live --p2p` and the flags kvmesh uses.
 # (The two hosts: the one the VM lands on and another.) Prints p50/p99 of the total time (as the caller sees it) and of the guest's
 # downtime (libvirt's job statistics on the target; for kvmesh plus the time
 # the target holds the guest paused until the move is committed), and
-# kvmesh/virsh.
+# kvmesh/virsh. The guest's own view of its downtime: it prints a line every
+# 10 ms (`kvmesh.tick`), and scripts/console-gaps.py reports the longest gap
+# between two lines arriving in its console logs during each move.
 #
-#   scripts/bench-migrate.sh [ROUNDS]     (default 10; needs root)
+#   scripts/bench-migrate.sh [ROUNDS] [--dirty MIB]     (default 10; needs root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-10}
+DIRTY=""; [ "${2:-}" = --dirty ] && DIRTY=${3:?--dirty needs MiB}
+CMDLINE="console=ttyS0 kvmesh.tick${DIRTY:+ kvmesh.dirty=$DIRTY}"
 # shellcheck source=scripts/bench-testbed-setup.sh
 . scripts/bench-testbed-setup.sh
-K "$E" vm create bm --memory 256 --disk 64M@shared --kernel guest-kernel --initrd guest-initrd --cmdline console=ttyS0 \
+K "$E" vm create bm --memory 256 --disk 64M@shared --kernel guest-kernel --initrd guest-initrd --cmdline "$CMDLINE" \
   --wait >/dev/null
 ID=$(K "$E" -o json vm get bm | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 # Back and forth between the host it landed on (A) and another (B).
 A=$(K "$E" -o json vm get bm | python3 -c 'import json,sys; print(json.load(sys.stdin)["node"])')
 B=h1; [ "$A" = h1 ] && B=h2
 DOM=kvmesh-$ID
-sleep 5
+sleep 8
+# The longest gap in the guest's 10 ms ticks while CMD runs, read from the
+# console logs LOGS... (both hosts'): gap LOG... -- CMD...
+gap() {
+  local logs=()
+  while [ "$1" != -- ]; do logs+=("$1"); shift; done; shift
+  python3 scripts/console-gaps.py "${logs[@]}" >"$KVMESH_TESTBED_DIR/gap" & local watcher=$!
+  sleep 0.3
+  local t0; t0=$(now_ms); "$@" >/dev/null; echo $(($(now_ms) - t0)) >"$KVMESH_TESTBED_DIR/took"
+  sleep 0.3
+  kill -TERM "$watcher"; wait "$watcher" || true
+  cat "$KVMESH_TESTBED_DIR/gap"
+}
+consoles() { echo "$KVMESH_TESTBED_DIR/$A/kvmesh/consoles/$1.log" "$KVMESH_TESTBED_DIR/$B/kvmesh/consoles/$1.log"; }
 ip_of() { echo "10.254.77.$((10 + ${1#h}))"; }
 V() { local h=$1; shift; virsh -c "qemu+tcp://$(ip_of "$h")/system" "$@"; }
 downtime() { V "$1" domjobinfo "$2" --completed 2>/dev/null | awk '/Total downtime/ {print $3}'; }
@@ -62,29 +80,33 @@ V "$A" start plain-bm >/dev/null
 sleep 5
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-declare -a k_total k_down k_held v_total v_down
+declare -a k_total k_down k_held k_gap v_total v_down v_gap idle_gap
+# shellcheck disable=SC2046
 for r in $(seq 1 "$ROUNDS"); do
   to=$B from=$A; [ $((r % 2)) -eq 0 ] && to=$A from=$B
-  t0=$(now_ms); K "$E" vm migrate bm --to "$to" --wait >/dev/null; t1=$(now_ms)
+  # What the guest's ticks look like when nothing moves it, as long.
+  idle_gap+=("$(gap $(consoles "$DOM") -- sleep 2)")
+  k_gap+=("$(gap $(consoles "$DOM") -- K "$E" vm migrate bm --to "$to" --wait)")
   held=$(held_ms "$from" "$to"); libvirt_down=$(downtime "$to" "$DOM")
-  k_total+=($((t1 - t0))); k_down+=("$((${libvirt_down:-0} + ${held:-0}))"); k_held+=("${held:-0}")
-  t0=$(now_ms)
-  V "$from" migrate --live --p2p --persistent --undefinesource --unsafe --auto-converge plain-bm \
-    "qemu+tcp://$(ip_of "$to")/system" --migrateuri "tcp://$(ip_of "$to")" >/dev/null
-  t1=$(now_ms)
-  v_total+=($((t1 - t0))); v_down+=("$(downtime "$to" plain-bm)")
+  k_total+=("$(cat "$KVMESH_TESTBED_DIR/took")"); k_down+=("$((${libvirt_down:-0} + ${held:-0}))"); k_held+=("${held:-0}")
+  v_gap+=("$(gap $(consoles plain-bm) -- V "$from" migrate --live --p2p --persistent --undefinesource --unsafe \
+    --auto-converge plain-bm "qemu+tcp://$(ip_of "$to")/system" --migrateuri "tcp://$(ip_of "$to")")")
+  v_total+=("$(cat "$KVMESH_TESTBED_DIR/took")"); v_down+=("$(downtime "$to" plain-bm)")
   sleep 1
 done
 pct() { # p50|p99 of the numbers given
   python3 -c 'import sys,math; v=sorted(float(x) for x in sys.argv[2:] if x); q=float(sys.argv[1])
 print(int(v[min(len(v)-1, math.ceil(q*len(v))-1)]) if v else "n/a")' "$@"
 }
-echo "live migration of an idle 256 MiB TCG guest, $ROUNDS rounds each (ms):"
+echo "live migration of a 256 MiB TCG guest, ${DIRTY:+dirtying $DIRTY MiB, }${DIRTY:-idle, }$ROUNDS rounds each (ms):"
 printf '  kvmesh vm migrate --wait: total p50 %s p99 %s; downtime p50 %s p99 %s\n' \
   "$(pct 0.5 "${k_total[@]}")" "$(pct 0.99 "${k_total[@]}")" "$(pct 0.5 "${k_down[@]}")" "$(pct 0.99 "${k_down[@]}")"
 printf '    of which paused on the target until the move was committed: p50 %s p99 %s\n' \
   "$(pct 0.5 "${k_held[@]}")" "$(pct 0.99 "${k_held[@]}")"
 printf '  virsh migrate --live:     total p50 %s p99 %s; downtime p50 %s p99 %s\n' \
   "$(pct 0.5 "${v_total[@]}")" "$(pct 0.99 "${v_total[@]}")" "$(pct 0.5 "${v_down[@]}")" "$(pct 0.99 "${v_down[@]}")"
+printf '  longest gap in the guest'"'"'s 10 ms ticks: kvmesh p50 %s p99 %s; virsh p50 %s p99 %s; unmoved p50 %s p99 %s\n' \
+  "$(pct 0.5 "${k_gap[@]}")" "$(pct 0.99 "${k_gap[@]}")" "$(pct 0.5 "${v_gap[@]}")" "$(pct 0.99 "${v_gap[@]}")" \
+  "$(pct 0.5 "${idle_gap[@]}")" "$(pct 0.99 "${idle_gap[@]}")"
 python3 -c 'import sys; a=sorted(map(int,sys.argv[1].split())); b=sorted(map(int,sys.argv[2].split()))
 print("  kvmesh/virsh total time: p50 %.2fx" % (a[len(a)//2]/b[len(b)//2]))' "${k_total[*]}" "${v_total[*]}"

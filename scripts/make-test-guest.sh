@@ -8,6 +8,8 @@
 # counts itself in the second; the console then shows
 #   KVMESH-DISK KVMESH-MARKER-<uuid> boots=<n>
 # so a test can tell whether a disk kept its data (and a revert undid a boot).
+# Two modes for benchmarks (kernel command line): kvmesh.dirty=MIB keeps
+# dirtying memory, kvmesh.tick prints a line every 10 ms.
 # Each write is fsynced: that sends the disk a FLUSH, without which a killed
 # QEMU may lose it (qcow2 metadata waits in QEMU's cache, as data waits in a
 # real disk's write cache), and no hypervisor promises unflushed writes.
@@ -76,6 +78,22 @@ if [ -b /dev/vda ]; then
   $B sync
   disk="KVMESH-DISK $marker boots=$boots"
 fi
+# Benchmark modes, from the kernel command line. kvmesh.dirty=MIB keeps
+# rewriting MIB of memory with random data (a file on a tmpfs; random, so a
+# migration cannot send its pages as zero pages). kvmesh.tick prints a line
+# every 10 ms: whoever reads the console sees the guest stop.
+for arg in $($B cat /proc/cmdline); do
+  case "$arg" in
+    kvmesh.dirty=*)
+      mib=${arg#kvmesh.dirty=}
+      $B mkdir -p /dirty && $B mount -t tmpfs -o size=$((2 * mib + 8))m tmpfs /dirty
+      $B dd if=/dev/urandom of=/dirty/src bs=1M count="$mib" 2>/dev/null
+      (while true; do $B dd if=/dirty/src of=/dirty/dst bs=1M conv=notrunc 2>/dev/null; done) &
+      echo "KVMESH-DIRTY $mib" ;;
+    kvmesh.tick)
+      (t=0; while true; do echo "KVMESH-TICK $t"; t=$((t+1)); $B usleep 10000; done) & ;;
+  esac
+done
 n=0
 while true; do
   echo "KVMESH-TEST-GUEST-UP $n $($B cat /proc/uptime)"

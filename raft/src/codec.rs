@@ -8,13 +8,15 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Current format of stored values. 4: storage domains, images, VM disks
+/// Current format of stored values. 6: a live migration may copy local
+/// disks, its finish carries the downtime. 5: live migrations, cold drains.
+/// 4: storage domains, images, VM disks
 /// with recorded volumes, snapshots. 3: nodes remember the state to return
 /// to after an outage, `UpdateNode`, and snapshot metadata under the
 /// checksum. 2: the state gained the answers to recent writes and the count
 /// of VMs created. Older formats are not migrated (pre-release): they are
 /// refused with what to do.
-pub const FORMAT: u8 = 5;
+pub const FORMAT: u8 = 6;
 
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()

@@ -234,6 +234,10 @@ pub struct Migration {
     pub started_at_ms: u64,
     /// The most the memory stream may use, in MiB/s (0: no limit).
     pub bandwidth_mib: u64,
+    /// The disks on local storage are copied to the target's local storage
+    /// as the guest runs (QEMU's block mirror over NBD); the finish moves
+    /// their volume records to the target, the abort trashes its copies.
+    pub copy_storage: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

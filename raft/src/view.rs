@@ -115,12 +115,18 @@ impl ClusterState {
     }
 
     /// Every other host's evaluation as the target of a live migration of
-    /// `vm` (best first; the one picked is `chosen`).
-    pub fn migration_targets(&self, facts: &HostFacts, vm: &crate::model::Vm) -> Vec<scheduler::Evaluation> {
+    /// `vm` (best first; the one picked is `chosen`), copying its local
+    /// disks or not.
+    pub fn migration_targets(
+        &self,
+        facts: &HostFacts,
+        vm: &crate::model::Vm,
+        copy_storage: bool,
+    ) -> Vec<scheduler::Evaluation> {
         let source = vm.placement.map(|p| p.node);
         let mut nodes = self.scheduler_view(facts, Some(vm.id));
         nodes.retain(|n| Some(n.id) != source);
-        scheduler::explain(&nodes, &self.request_for(vm), &self.meta.settings.placement)
+        scheduler::explain(&nodes, &self.live_request(vm, copy_storage), &self.meta.settings.placement)
     }
 
     /// Whether `vm`'s volumes (or images) live on `node`'s local storage,

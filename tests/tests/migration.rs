@@ -1,13 +1,14 @@
 //! Live migration on the testbed, with real QEMU/TCG guests whose disks are
 //! on the shared domain: bad requests are refused with the VM untouched, a
 //! dry run explains the pick, a guest moves (to a named host, then to the
-//! scheduler's pick), a drain moves four and `cluster balance` spreads them
-//! again, without a reboot: their serial counters and uptimes go on, their
+//! scheduler's pick), a drain moves four, and `cluster balance` spreads
+//! six packed onto one host, without a reboot: their serial counters and uptimes go on, their
 //! disk markers and boot counts stay. A stopped VM moves cold and starts on
 //! its new host with its data. Throughout, `virsh list
 //! --state-running` of every host is sampled every 0.2 s: the guest never
 //! runs on two hosts (the target's copy stays paused until the move is
-//! recorded).
+//! recorded). A guest with a local disk moves with `--copy-storage`, there
+//! and back, and then stopped (cold, the target pulling its file).
 
 use std::time::{Duration, Instant};
 
@@ -167,16 +168,29 @@ fn a_running_guest_moves_live_without_a_reboot_and_never_runs_twice() -> Result<
     ensure!(events.contains("4 to migrate live"), "the drain did not plan live moves: {events}");
     cli("h1", &["node", "activate", host])?;
 
-    // Even distribution: the drained host is empty now; `cluster balance`
-    // moves guests onto it live until no move would bring the hosts closer,
-    // none rebooted.
+    // Even distribution: six guests packed onto the drained host (the four
+    // moved back live, two more made there); `cluster balance` spreads them
+    // live until no move would bring the hosts closer, none rebooted.
+    cli("h1", &["cluster", "policy", "set", "spread", "--cpu-overcommit", "4"])?;
+    for (name, d) in &guests {
+        if running_hosts(d) != [host] {
+            let r = run_cli(&addr("h1"), &["vm", "migrate", name, "--to", host, "--wait"]);
+            ensure!(r.success, "packing {name} onto {host}: {}", r.stderr);
+        }
+    }
+    for i in 0..2 {
+        let name = format!("e{i}");
+        let d = guest_with(host, &name, true, &["--disk", "64M@shared"])?;
+        guests.push((name, d));
+    }
+    ensure!(guests.iter().all(|(_, d)| running_hosts(d) == [host]), "not all six on {host}");
     let mut before = Vec::new();
     for (name, _) in &guests {
         before.push(wait_for("each guest counting", Duration::from_secs(30), || guest_state(name))?);
     }
     let dry = cli("h1", &["cluster", "balance", "--dry-run"])?;
-    ensure!(dry.as_array().is_some_and(|m| !m.is_empty() && m.iter().all(|m| m["to"] == host)), "dry run: {dry}");
-    for _ in 0..4 {
+    ensure!(dry.as_array().is_some_and(|m| !m.is_empty() && m.iter().all(|m| m["from"] == host)), "dry run: {dry}");
+    for _ in 0..8 {
         let moves = cli("h1", &["cluster", "balance"])?;
         if moves.as_array().is_none_or(|m| m.is_empty()) {
             break;
@@ -249,5 +263,74 @@ fn a_running_guest_moves_live_without_a_reboot_and_never_runs_twice() -> Result<
     ensure!(running_hosts(&domain) == [to], "mig runs on {:?}, not {to}", running_hosts(&domain));
     let booted = wait_for("mig booted on its new host", Duration::from_secs(60), || guest_state("mig"))?;
     ensure!(booted.disk.split(" boots=").next() == again.disk.split(" boots=").next(), "the disk changed: {booted:?}");
+    let events = run_cli(&addr("h1"), &["events"]).stdout;
+    ensure!(events.contains("migrated live") && events.contains("downtime"), "no downtime in the events: {events}");
+    copies_local_disks()
+}
+
+/// A guest whose disk is on local storage moves with `--copy-storage`: its
+/// disk is mirrored to the target's local storage as it runs, the record
+/// then names the target, and the source's file goes. It moves back at
+/// once (the target's old file is deleted first). No reboot, same data.
+fn copies_local_disks() -> Result<()> {
+    let domain = guest_with("h1", "loc", false, &["--disk", "64M@local"])?;
+    let before = wait_for("loc counting", Duration::from_secs(60), || guest_state("loc").filter(|g| g.count >= 2))?;
+    let r = run_cli(&addr("h2"), &["vm", "migrate", "loc", "--to", "h2"]);
+    ensure!(!r.success && r.stderr.contains("--copy-storage"), "without --copy-storage: {} / {}", r.stdout, r.stderr);
+    let file = |host: &str| {
+        let vm = cli("h1", &["vm", "get", "loc"]).unwrap_or_default();
+        let volume = vm["disks"][0]["volume"].as_str().unwrap_or_default().to_string();
+        std::path::PathBuf::from(format!("{}/{host}/kvmesh/images/{volume}", kvmesh_tests::testbed::DIR))
+    };
+    ensure!(file("h1").is_file(), "no volume at {}", file("h1").display());
+    let mut last = before;
+    for (from, to) in [("h1", "h2"), ("h2", "h1")] {
+        let (r, took) = migrate_sampled(&domain, &["loc", "--to", to, "--copy-storage"])?;
+        ensure!(r.success, "migrate --copy-storage to {to}: {} {}", r.stdout, r.stderr);
+        ensure!(running_hosts(&domain) == [to], "loc runs on {:?}", running_hosts(&domain));
+        let vm = cli("h3", &["vm", "get", "loc"])?;
+        ensure!(vm["node"] == to && vm["disks"][0]["host"] == to, "the disk record after the move: {vm}");
+        let now = went_on_from("loc", &last)?;
+        println!("moved live with its local disk {from} -> {to} in {took:?}: {last:?} -> {now:?}");
+        wait_for("the source's copy deleted", Duration::from_secs(30), || (!file(from).is_file()).then_some(()))?;
+        ensure!(file(to).is_file(), "no volume at {}", file(to).display());
+        last = now;
+    }
+    let events = run_cli(&addr("h1"), &["events"]).stdout;
+    ensure!(events.contains("with its local disks"), "no copy in the events: {events}");
+    // The data went with it: a fresh boot on h1 reads the marker the first
+    // boot (on h1, two copies ago) wrote, and counts a second boot.
+    let marker = last.disk.split_whitespace().nth(1).unwrap_or_default().to_string();
+    let copy = std::fs::read(file("h1"))?;
+    ensure!(copy.windows(marker.len()).any(|w| w == marker.as_bytes()), "{marker} is not in h1's copy");
+    cli("h1", &["vm", "stop", "loc", "--force"])?;
+    wait_for("loc stopped", Duration::from_secs(30), || {
+        cli("h1", &["vm", "get", "loc"]).ok().filter(|v| v["state"] == "stopped").map(|_| ())
+    })?;
+    cli("h1", &["vm", "start", "loc", "--wait"])?;
+    let rebooted = wait_for("loc booted again", Duration::from_secs(60), || {
+        guest_state("loc").filter(|g| g.uptime < last.uptime)
+    })?;
+    ensure!(rebooted.disk == format!("KVMESH-DISK {marker} boots=2"), "after the copies: {rebooted:?}");
+
+    // Stopped, it moves cold with its disk (the target pulls the file),
+    // and boots on its new host from the same data.
+    cli("h1", &["vm", "stop", "loc", "--force"])?;
+    wait_for("loc stopped", Duration::from_secs(30), || {
+        cli("h1", &["vm", "get", "loc"]).ok().filter(|v| v["state"] == "stopped").map(|_| ())
+    })?;
+    let r = run_cli(&addr("h1"), &["vm", "migrate", "loc", "--to", "h3"]);
+    ensure!(!r.success && r.stderr.contains("--copy-storage"), "a cold move without --copy-storage: {}", r.stderr);
+    let r = run_cli(&addr("h1"), &["vm", "migrate", "loc", "--to", "h3", "--copy-storage", "--wait"]);
+    ensure!(r.success, "cold move with its disk: {} {}", r.stdout, r.stderr);
+    let vm = cli("h1", &["vm", "get", "loc"])?;
+    ensure!(vm["node"] == "h3" && vm["disks"][0]["host"] == "h3" && vm["desired"] == "stopped", "after: {vm}");
+    wait_for("h1's copy deleted", Duration::from_secs(30), || (!file("h1").is_file()).then_some(()))?;
+    cli("h1", &["vm", "start", "loc", "--wait"])?;
+    ensure!(running_hosts(&domain) == ["h3"], "loc runs on {:?}", running_hosts(&domain));
+    let booted = wait_for("loc booted on h3", Duration::from_secs(60), || {
+        guest_state("loc").filter(|g| g.disk.ends_with("boots=3"))
+    })?;
+    ensure!(booted.disk == format!("KVMESH-DISK {marker} boots=3"), "after the cold move: {booted:?}");
     Ok(())
 }

@@ -9,6 +9,13 @@
 //! (the planner's `Resume`), and keeps its paused copy until then (the
 //! planner's `incoming`). The record decides every race: a finish after an
 //! abort is refused, an abort after a finish changes nothing.
+//!
+//! With `copy_storage`, the target first makes fresh volumes for the disks
+//! on local storage, and libvirt mirrors them as the guest runs. A source
+//! daemon that restarts mid-migration asks its libvirt before anything
+//! else: a job still running is waited for, and a domain gone from here
+//! (libvirt completed and undefined it) is finished only if the target
+//! holds the complete paused copy at the migration's epoch.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,7 +28,8 @@ use tracing::{info, warn};
 
 use crate::ctx::{now_ms, NodeCtx};
 use crate::error::{Error, Result};
-use crate::hypervisor::{blocking, MigrationTarget};
+use crate::hypervisor::{blocking, CopiedDisk, MigrationTarget, Outgoing};
+use crate::storage::volumes;
 
 /// The live migrations `node` is the target of: VM id -> migration epoch.
 pub fn incoming(state: &ClusterState, node: u64) -> BTreeMap<u64, u64> {
@@ -29,30 +37,65 @@ pub fn incoming(state: &ClusterState, node: u64) -> BTreeMap<u64, u64> {
 }
 
 /// The target's answer to its source: ready once this host has applied the
-/// migration's begin (so its agent keeps the incoming copy).
+/// migration's begin (so its agent keeps the incoming copy), with the
+/// volumes it made for the disks the migration copies. With `check_only`,
+/// only whether it holds the complete incoming copy.
 pub async fn prepare_incoming(ctx: &Arc<NodeCtx>, req: pb::PrepareIncomingRequest) -> Result<pb::PrepareIncomingReply> {
     let vm_id = parse_vm_id(&req.vm_id).ok_or_else(|| Error::InvalidArgument(format!("bad VM id {:?}", req.vm_id)))?;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut reply =
+        pb::PrepareIncomingReply { node_id: ctx.id, consoles_dir: ctx.hypervisor.consoles_dir(), ..Default::default() };
+    if req.check_only {
+        let (domain, epoch) = (domain_name(vm_id), req.epoch);
+        let held = blocking(&ctx.hypervisor, move |hv| hv.incoming_complete(&domain, epoch)).await?;
+        reply.complete = held.is_some();
+        reply.downtime_ms = held.unwrap_or(0);
+        return Ok(reply);
+    }
+    let applied = |ctx: &NodeCtx| {
+        ctx.read(|d| d.state.vms.get(&vm_id).and_then(|v| v.migration))
+            .filter(|m| m.target == ctx.id && m.epoch == req.epoch)
+    };
+    let migration = wait_until(Duration::from_secs(5), || applied(ctx)).await.ok_or_else(|| {
+        Error::FailedPrecondition(format!(
+            "{} has not applied the migration of VM {} at epoch {} (or it was aborted)",
+            ctx.name, req.vm_id, req.epoch
+        ))
+    })?;
+    if migration.copy_storage {
+        trash_cleared(ctx, vm_id).await?;
+        reply.copies = volumes::make_copies(ctx, vm_id).await?.into_iter().collect();
+    }
+    Ok(reply)
+}
+
+/// Waits until no volume of the VM is in this host's trash (from an earlier
+/// stay here, or an aborted copy): its file must be gone before a copy is
+/// made under the same name, or the trash would delete the copy.
+pub(super) async fn trash_cleared(ctx: &Arc<NodeCtx>, vm_id: u64) -> Result<()> {
+    let prefix = format!("{vm_id:016x}-disk");
+    let trashed =
+        || ctx.read(|d| d.state.meta.trash.iter().any(|t| t.host == Some(ctx.id) && t.volume.starts_with(&prefix)));
+    match wait_until(Duration::from_secs(15), || (!trashed()).then_some(())).await {
+        Some(()) => Ok(()),
+        None => Err(Error::FailedPrecondition(format!(
+            "an old copy of the VM's disks on {} is still waiting to be deleted; retry in a moment",
+            ctx.name
+        ))),
+    }
+}
+
+/// Polls `f` every 50 ms until it gives a value or `within` passed.
+async fn wait_until<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
     loop {
-        let known = ctx.read(|d| {
-            d.state
-                .vms
-                .get(&vm_id)
-                .and_then(|v| v.migration)
-                .is_some_and(|m| m.target == ctx.id && m.epoch == req.epoch)
-        });
-        if known {
-            break;
+        if let Some(v) = f() {
+            return Some(v);
         }
         if Instant::now() >= deadline {
-            return Err(Error::FailedPrecondition(format!(
-                "{} has not applied the migration of VM {} at epoch {} (or it was aborted)",
-                ctx.name, req.vm_id, req.epoch
-            )));
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(pb::PrepareIncomingReply { node_id: ctx.id, consoles_dir: ctx.hypervisor.consoles_dir() })
 }
 
 /// How far this host's migration of VM `name` is (`None`: no job runs).
@@ -80,9 +123,12 @@ pub fn start(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64) {
         let started = Instant::now();
         let outcome = send(&ctx, vm_id, epoch).await;
         match &outcome {
-            Ok(()) => {
-                info!(vm = %vm_id_hex(vm_id), took_ms = started.elapsed().as_millis() as u64, "live migration completed")
-            }
+            Ok(downtime_ms) => info!(
+                vm = %vm_id_hex(vm_id),
+                took_ms = started.elapsed().as_millis() as u64,
+                ?downtime_ms,
+                "live migration completed"
+            ),
             Err(e) => warn!(vm = %vm_id_hex(vm_id), error = %e, "live migration failed; the guest stays here"),
         }
         settle(&ctx, vm_id, epoch, outcome).await;
@@ -90,32 +136,100 @@ pub fn start(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64) {
     });
 }
 
-/// The migration itself: the target's readiness, then libvirt's job.
-async fn send(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64) -> Result<()> {
+/// The migration itself: what libvirt here already did (after a restart of
+/// this daemon), the target's readiness, then libvirt's job. The guest's
+/// downtime, when the target could tell it.
+async fn send(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64) -> Result<Option<u64>> {
     let m = current(ctx, vm_id, epoch).ok_or_else(|| Error::FailedPrecondition("the migration was aborted".into()))?;
     let address = ctx
         .read(|d| d.state.nodes.get(&m.target).map(|n| n.address.clone()))
         .ok_or_else(|| Error::FailedPrecondition("the target host is gone".into()))?;
-    let mut client = pb::host_client::HostClient::new(ctx.channel(&address)?);
-    let mut request = tonic::Request::new(pb::PrepareIncomingRequest { vm_id: vm_id_hex(vm_id), epoch });
-    request.set_timeout(Duration::from_secs(10));
-    let ready = client
-        .prepare_incoming(request)
-        .await
-        .map_err(|s| Error::Unavailable(format!("the target at {address} is not ready: {}", s.message())))?
-        .into_inner();
-    let host = address.rsplit_once(':').map_or(address.as_str(), |(h, _)| h).trim_matches(['[', ']']).to_string();
-    let target = MigrationTarget {
+    let mut target = Target { client: pb::host_client::HostClient::new(ctx.channel(&address)?), address, vm_id, epoch };
+    let domain = domain_name(vm_id);
+    let mut waiting = false;
+    loop {
+        let d = domain.clone();
+        match blocking(&ctx.hypervisor, move |hv| hv.outgoing(&d)).await? {
+            Outgoing::Idle => break,
+            // Begun by this daemon before it restarted: libvirt drives it on.
+            Outgoing::Sending => {
+                if !std::mem::replace(&mut waiting, true) {
+                    info!(%domain, "a migration begun before this daemon restarted still runs; waiting for it");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            // libvirt completed it (and undefined the domain here) before
+            // this daemon learned of it: the target's copy decides.
+            Outgoing::Gone => {
+                let held = target.ask(true).await?;
+                return match held.complete {
+                    true => Ok(Some(held.downtime_ms)),
+                    false => Err(Error::FailedPrecondition(
+                        "the VM's domain is gone from its source and the target holds no complete copy".into(),
+                    )),
+                };
+            }
+        }
+    }
+    let ready = target.ask(false).await?;
+    let host = target.host();
+    let copy_disks = match m.copy_storage {
+        true => volumes::local_paths(ctx, vm_id)
+            .await?
+            .into_iter()
+            .map(|(dev, from)| {
+                let to =
+                    ready.copies.get(&dev).cloned().ok_or_else(|| {
+                        Error::FailedPrecondition(format!("the target made no volume for disk {dev}"))
+                    })?;
+                Ok(CopiedDisk { dev, from, to })
+            })
+            .collect::<Result<Vec<_>>>()?,
+        false => Vec::new(),
+    };
+    let to = MigrationTarget {
         libvirt_uri: ctx.config.migration_uri.replace("{host}", &host),
         data_uri: Some(format!("tcp://{host}")),
         node_id: ready.node_id,
         epoch,
         consoles_dir: ready.consoles_dir,
         bandwidth_mib: m.bandwidth_mib,
+        copy_disks,
     };
-    let domain = domain_name(vm_id);
-    info!(%domain, to = %target.libvirt_uri, epoch, "migrating live");
-    blocking(&ctx.hypervisor, move |hv| hv.migrate(&domain, &target)).await
+    info!(%domain, to = %to.libvirt_uri, epoch, disks = to.copy_disks.len(), "migrating live");
+    blocking(&ctx.hypervisor, move |hv| hv.migrate(&domain, &to)).await?;
+    // The downtime is in the target's job statistics; the move is done
+    // whether or not it can be read.
+    Ok(target.ask(true).await.ok().filter(|h| h.complete).map(|h| h.downtime_ms))
+}
+
+/// The target host, as the source asks it.
+struct Target {
+    client: pb::host_client::HostClient<tonic::transport::Channel>,
+    address: String,
+    vm_id: u64,
+    epoch: u64,
+}
+
+impl Target {
+    /// Prepares the target (or, `check_only`, asks what it holds).
+    async fn ask(&mut self, check_only: bool) -> Result<pb::PrepareIncomingReply> {
+        let req = pb::PrepareIncomingRequest { vm_id: vm_id_hex(self.vm_id), epoch: self.epoch, check_only };
+        let mut request = tonic::Request::new(req);
+        // Making copies of large disks takes a while; a check does not.
+        request.set_timeout(Duration::from_secs(if check_only { 10 } else { 60 }));
+        let reply = self.client.prepare_incoming(request).await;
+        let address = &self.address;
+        reply
+            .map(|r| r.into_inner())
+            .map_err(|s| Error::Unavailable(format!("the target at {address} is not ready: {}", s.message())))
+    }
+
+    /// The host part of its address, as libvirt's URIs take it.
+    fn host(&self) -> String {
+        let a = self.address.as_str();
+        a.rsplit_once(':').map_or(a, |(h, _)| h).trim_matches(['[', ']']).to_string()
+    }
 }
 
 /// The migration of `vm_id` at `epoch`, while the local replica still holds it.
@@ -125,9 +239,9 @@ fn current(ctx: &NodeCtx, vm_id: u64, epoch: u64) -> Option<Migration> {
 
 /// Records the outcome, retrying until the cluster has it (or the record
 /// is gone: a host went down and the leader aborted it).
-async fn settle(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64, outcome: Result<()>) {
+pub(super) async fn settle(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64, outcome: Result<Option<u64>>) {
     let cmd = match outcome {
-        Ok(()) => Command::FinishMigration { vm: vm_id, epoch, at_ms: now_ms() },
+        Ok(downtime_ms) => Command::FinishMigration { vm: vm_id, epoch, downtime_ms, at_ms: now_ms() },
         Err(e) => Command::AbortMigration { vm: vm_id, epoch, reason: e.to_string(), at_ms: now_ms() },
     };
     let mut backoff = Duration::from_millis(100);

@@ -8,9 +8,11 @@
 //! die behind kvmesh's back are noticed. Entries about other hosts' VMs cost
 //! one scan of the local replica, not a round of libvirt calls.
 
+mod cold_copy;
 mod migrate;
 pub mod plan;
 
+pub use cold_copy::read_volume;
 pub use migrate::{local_progress, prepare_incoming};
 
 use std::collections::{BTreeMap, HashMap};
@@ -61,7 +63,11 @@ fn wants(state: &ClusterState, node: u64) -> Vec<Want> {
                 reported,
                 ha: vm.spec.ha,
                 disks: vm.spec.disks.iter().map(|d| (d.index, d.size_bytes)).collect(),
-                migrating_out: vm.migration.filter(|m| m.source == node).map(|m| m.epoch),
+                // A stopped VM's move (a cold copy) is the target's to pull.
+                migrating_out: vm
+                    .migration
+                    .filter(|m| m.source == node && vm.desired == kvmesh_raft::model::Desired::Running)
+                    .map(|m| m.epoch),
             })
         })
         .collect()
@@ -129,10 +135,14 @@ async fn reconcile(
     memory: &mut HashMap<u64, Memory>,
     timing: &Timing,
 ) -> Result<usize> {
-    let (wants, last_epochs, incoming, applied) = ctx.read(|d| {
+    let (wants, last_epochs, incoming, cold_copies, applied) = ctx.read(|d| {
         let (w, l) = wants_for(&d.state, ctx.id);
-        (w, l, migrate::incoming(&d.state, ctx.id), d.last_applied.map(|l| l.index))
+        let cold = cold_copy::incoming(&d.state, ctx.id);
+        (w, l, migrate::incoming(&d.state, ctx.id), cold, d.last_applied.map(|l| l.index))
     });
+    for (vm_id, epoch) in cold_copies {
+        cold_copy::start(ctx, vm_id, epoch);
+    }
     let domains = blocking(&ctx.hypervisor, |hv| hv.list()).await?;
     // Checked first on every pass, so a host resuming from a pause does not
     // run an HA guest on an expired lease, and a restarted one acts on

@@ -223,8 +223,9 @@ pub fn plan(
             // The guest is on its way out: nothing else is done to it (a
             // domain gone from here is the migration's doing, not a crash).
             // The shell sends it once; without a send in flight (a daemon
-            // restarted mid-migration), the send finds nothing to send and
-            // aborts, and the VM is started again here.
+            // restarted mid-migration), the send first asks libvirt: it
+            // waits for a job still running, finishes if the domain is gone
+            // and the target holds the complete copy, aborts otherwise.
             if !have.is_some_and(|h| matches!(h.state, RunState::Paused | RunState::Changing)) {
                 out.push(Action::MigrateOut { vm_id: want.vm_id, epoch });
             }

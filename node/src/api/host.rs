@@ -51,6 +51,10 @@ impl pb::host_server::Host for HostService {
         Ok(Response::new(crate::agent::local_progress(&self.ctx, &request.into_inner().name).await?))
     }
 
+    async fn read_volume(&self, request: Request<pb::ReadVolumeRequest>) -> Result<Response<pb::VolumeChunk>, Status> {
+        Ok(Response::new(crate::agent::read_volume(&self.ctx, request.into_inner()).await?))
+    }
+
     async fn read_console(&self, request: Request<pb::ConsoleRequest>) -> Result<Response<pb::ConsoleReply>, Status> {
         let req = request.into_inner();
         let reply = crate::agent::local_console(&self.ctx, &req.name, req.bytes).await?;

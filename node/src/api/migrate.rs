@@ -54,7 +54,7 @@ async fn migrate_on_leader(
             return Ok((Some(node.id), None));
         }
         // Where it would go now, its own host left out.
-        let evals = d.state.migration_targets(&live.host_facts(&d.state), vm);
+        let evals = d.state.migration_targets(&live.host_facts(&d.state), vm, req.copy_storage);
         let chosen = evals.iter().find(|e| e.chosen).map(|e| e.node_id);
         Ok((chosen, Some(to_pb::explanation(&vm.name, &d.state.meta.settings.placement, &evals))))
     })?;
@@ -68,8 +68,13 @@ async fn migrate_on_leader(
             .unwrap_or_default();
         return Err(Error::FailedPrecondition(format!("no other host can take VM {}:{why}", req.name)));
     };
-    let cmd =
-        Command::BeginMigration { name: req.name.clone(), target, bandwidth_mib: req.bandwidth_mib, at_ms: now_ms() };
+    let cmd = Command::BeginMigration {
+        name: req.name.clone(),
+        target,
+        bandwidth_mib: req.bandwidth_mib,
+        copy_storage: req.copy_storage,
+        at_ms: now_ms(),
+    };
     match ctx.propose_as_leader(cmd).await? {
         CmdResponse::Vm(vm) => {
             info!(target, "live migration begun");
@@ -111,7 +116,7 @@ pub async fn balance(ctx: &NodeCtx, leader: &LeaderView, req: &pb::BalanceReques
             .state
             .vms
             .values()
-            .filter(|v| v.migration.is_none() && d.state.moves_live(v).is_ok())
+            .filter(|v| v.migration.is_none() && d.state.moves_live(v, false).is_ok())
             .filter_map(|v| Some(scheduler::Placed { vm: d.state.request_for(v), node: v.placement?.node }))
             .collect();
         let settings = &d.state.meta.settings.placement;
@@ -135,7 +140,8 @@ pub async fn balance(ctx: &NodeCtx, leader: &LeaderView, req: &pb::BalanceReques
     let mut moves = Vec::new();
     for (vm, target, mut shown) in planned {
         if !req.dry_run {
-            let cmd = Command::BeginMigration { name: vm, target, bandwidth_mib: 0, at_ms: now_ms() };
+            let cmd =
+                Command::BeginMigration { name: vm, target, bandwidth_mib: 0, copy_storage: false, at_ms: now_ms() };
             match ctx.propose_as_leader(cmd).await? {
                 CmdResponse::Refused(r) => shown.refused = r.to_string(),
                 _ => shown.begun = true,

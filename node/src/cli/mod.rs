@@ -357,7 +357,7 @@ pub enum VmCmd {
     /// Restart a VM whose host is down on another host, on purpose.
     Recover { name: String },
     /// Move a running VM to another host without stopping it (live
-    /// migration; its disks must be on shared storage).
+    /// migration), or a stopped one's record (cold).
     Migrate {
         name: String,
         /// The host to move it to (default: the scheduler's pick).
@@ -376,6 +376,11 @@ pub enum VmCmd {
         /// The most the migration may use, in MiB/s (default: no limit).
         #[arg(long, value_name = "MIB_PER_S", default_value_t = 0)]
         bandwidth: u64,
+        /// Copy the disks on local storage to the target's as the guest
+        /// runs (without it, only VMs whose disks are on shared storage
+        /// move).
+        #[arg(long)]
+        copy_storage: bool,
     },
     /// Change a VM's description or restart priority (the guest is not touched).
     Set {

@@ -282,6 +282,7 @@ pub fn vm_json(vm: &pb::Vm) -> Value {
         "pending": vm.pending, "observed": vm.observed, "lease_holder": vm.lease_holder, "description": vm.description,
         "migrating_to": vm.migrating_to,
         "migration_started_ms": (vm.migration_started_ms > 0).then_some(vm.migration_started_ms),
+        "migration_copies_disks": vm.migration_copies_disks,
         "migration_progress": vm.migration_progress.as_ref().map(|p| json!({
             "data_total": p.data_total, "data_processed": p.data_processed,
             "data_remaining": p.data_remaining, "bytes_per_s": p.bytes_per_s,
@@ -339,7 +340,12 @@ pub fn print_vm(output: Output, vm: &pb::Vm) {
                 println!("observed: running on {}", vm.observed.join(", "));
             }
             if let Some(to) = &vm.migrating_to {
-                println!("moving:   live to {to}, since {}", format_ms(vm.migration_started_ms));
+                let how = match (vm.desired == pb::DesiredState::Stopped as i32, vm.migration_copies_disks) {
+                    (true, _) => "its local disks being copied",
+                    (false, true) => "live, with its local disks,",
+                    (false, false) => "live",
+                };
+                println!("moving:   {how} to {to}, since {}", format_ms(vm.migration_started_ms));
                 if let Some(p) = &vm.migration_progress {
                     println!("          {}", progress_line(p));
                 }

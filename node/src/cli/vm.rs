@@ -43,8 +43,9 @@ pub async fn run(channel: Channel, output: Output, command: VmCmd) -> Result<()>
             let vm = vms.recover(req(pb::VmActionRequest { name, force: false })).await.map_err(status_err)?;
             print_vm(output, &vm.into_inner());
         }
-        VmCmd::Migrate { name, to, dry_run, wait, timeout, bandwidth } => {
-            let how = Migration { name, to, dry_run, wait, timeout: Duration::from_secs(timeout), bandwidth };
+        VmCmd::Migrate { name, to, dry_run, wait, timeout, bandwidth, copy_storage } => {
+            let timeout = Duration::from_secs(timeout);
+            let how = Migration { name, to, dry_run, wait, timeout, bandwidth, copy_storage };
             migrate(&mut vms, channel, output, how).await?
         }
         VmCmd::Set { name, description, priority } => {
@@ -191,14 +192,20 @@ struct Migration {
     wait: bool,
     timeout: Duration,
     bandwidth: u64,
+    copy_storage: bool,
 }
 
 /// `vm migrate`: begins a live migration (or explains where it would go);
 /// with `--wait`, returns once the VM runs on the target, or fails with the
 /// reason the migration was aborted.
 async fn migrate(vms: &mut VmsClient<Channel>, channel: Channel, output: Output, m: Migration) -> Result<()> {
-    let request =
-        pb::MigrateVmRequest { name: m.name.clone(), to: m.to.clone(), dry_run: m.dry_run, bandwidth_mib: m.bandwidth };
+    let request = pb::MigrateVmRequest {
+        name: m.name.clone(),
+        to: m.to.clone(),
+        dry_run: m.dry_run,
+        bandwidth_mib: m.bandwidth,
+        copy_storage: m.copy_storage,
+    };
     let reply = vms.migrate(req(request)).await.map_err(status_err)?.into_inner();
     if m.dry_run {
         match (&reply.explanation, &m.to) {
@@ -220,10 +227,13 @@ async fn migrate(vms: &mut VmsClient<Channel>, channel: Channel, output: Output,
         return Ok(());
     }
     let (from, target) = (vm.node.clone().unwrap_or_default(), vm.migrating_to.clone().unwrap_or_default());
+    // A stopped VM whose local disks are being copied (a cold move).
+    let cold = vm.desired == pb::DesiredState::Stopped as i32;
+    let how = if cold { "(stopped) with its local disks" } else { "live" };
     if !m.wait {
         match output {
             Output::Json => println!("{}", vm_json(&vm)),
-            Output::Table => println!("migrating {} live from {from} to {target}", vm.name),
+            Output::Table => println!("moving {} {how} from {from} to {target}", vm.name),
         }
         return Ok(());
     }
@@ -237,9 +247,10 @@ async fn migrate(vms: &mut VmsClient<Channel>, channel: Channel, output: Output,
         if vm.migrating_to.is_none() {
             if vm.node.as_deref() != Some(target.as_str()) {
                 let why = abort_reason(channel, &m.name).await.unwrap_or_else(|| "see `kvmesh events`".into());
-                return Err(anyhow!("the migration of {} to {target} was aborted; it runs on {from}: {why}", m.name));
+                let is = if cold { "is stopped" } else { "runs" };
+                return Err(anyhow!("the migration of {} to {target} was aborted; it {is} on {from}: {why}", m.name));
             }
-            if vm_state(vm.state) == "running" {
+            if cold || vm_state(vm.state) == "running" {
                 break;
             }
         }
@@ -253,7 +264,7 @@ async fn migrate(vms: &mut VmsClient<Channel>, channel: Channel, output: Output,
     match output {
         Output::Json => println!("{}", vm_json(&vm)),
         Output::Table => {
-            println!("{} moved live from {from} to {target} in {:.1} s", vm.name, started.elapsed().as_secs_f64())
+            println!("{} moved {how} from {from} to {target} in {:.1} s", vm.name, started.elapsed().as_secs_f64())
         }
     }
     Ok(())

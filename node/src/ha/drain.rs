@@ -48,7 +48,7 @@ pub fn step(state: &ClusterState, facts: &HostFacts) -> DrainStep {
         if !draining || vm.moving_from != Some(p.node) || vm.migration.is_some() || vm.deleting.is_some() {
             continue;
         }
-        if state.moves_live(vm).is_err() {
+        if state.moves_live(vm, false).is_err() {
             out.redrain.insert(p.node);
             continue;
         }
@@ -56,7 +56,7 @@ pub fn step(state: &ClusterState, facts: &HostFacts) -> DrainStep {
         if cluster_room == 0 || *from_here >= MAX_OUTGOING_PER_HOST {
             continue;
         }
-        let evals = state.migration_targets(facts, vm);
+        let evals = state.migration_targets(facts, vm, false);
         match evals.iter().find(|e| e.chosen) {
             Some(chosen) => {
                 out.begin.push((vm.name.clone(), chosen.node_id));
@@ -95,7 +95,13 @@ pub async fn migrate_draining(
         }
     }
     for (name, target) in plan.begin {
-        let cmd = Command::BeginMigration { name: name.clone(), target, bandwidth_mib: 0, at_ms: now_ms() };
+        let cmd = Command::BeginMigration {
+            name: name.clone(),
+            target,
+            bandwidth_mib: 0,
+            copy_storage: false,
+            at_ms: now_ms(),
+        };
         match ctx.propose_as_leader(cmd).await? {
             Response::Refused(r) => info!(vm = %name, reason = %r, "drain: migration not begun; trying again"),
             _ => info!(vm = %name, target, "drain: migrating live"),
@@ -151,12 +157,18 @@ mod tests {
         assert_eq!(first.begin.len(), MAX_OUTGOING_PER_HOST, "{first:?}");
         assert!(first.begin.iter().all(|(_, t)| *t != 1), "never to the draining host");
         for (name, target) in &first.begin {
-            s.apply(&Command::BeginMigration { name: name.clone(), target: *target, bandwidth_mib: 0, at_ms: 2 });
+            s.apply(&Command::BeginMigration {
+                name: name.clone(),
+                target: *target,
+                bandwidth_mib: 0,
+                copy_storage: false,
+                at_ms: 2,
+            });
         }
         assert_eq!(step(&s, &HostFacts::default()).begin, vec![], "the limit holds while two are in flight");
         // One finishes: the next one starts.
         let (vm, m) = s.vms.values().find_map(|v| v.migration.map(|m| (v.id, m))).unwrap();
-        s.apply(&Command::FinishMigration { vm, epoch: m.epoch, at_ms: 3 });
+        s.apply(&Command::FinishMigration { vm, epoch: m.epoch, downtime_ms: None, at_ms: 3 });
         assert_eq!(step(&s, &HostFacts::default()).begin.len(), 1);
         // One stopped meanwhile: the drain takes it back, to stop and start it.
         let other =

@@ -213,6 +213,37 @@ impl Libvirt {
     }
 }
 
+/// libvirt's job statistics of `dom` (`flags`: 0 for the job running now,
+/// or `VIR_DOMAIN_JOB_STATS_COMPLETED`). Not virt 0.5's
+/// `Domain::job_stats`: it makes a `Vec` of libvirt's array even when
+/// libvirt returns none (no job: a null pointer), which is undefined
+/// behaviour (a debug build aborts the process). Here the parameters are
+/// copied (their strings too, by `JobStats::from`) and libvirt's array is
+/// freed by libvirt.
+fn job_stats(dom: &VirtDomain, flags: u32) -> std::result::Result<virt::domain::JobStats, virt::error::Error> {
+    use virt::sys;
+    let (mut kind, mut count): (std::os::raw::c_int, std::os::raw::c_int) = (0, 0);
+    let mut params: sys::virTypedParameterPtr = std::ptr::null_mut();
+    // SAFETY: the domain pointer is valid while `dom` lives; libvirt fills
+    // the three out-parameters and allocates `params` (or leaves it null).
+    let rc = unsafe { sys::virDomainGetJobStats(dom.as_ptr(), &mut kind, &mut params, &mut count, flags) };
+    if rc < 0 {
+        return Err(virt::error::Error::last_error());
+    }
+    let copied = match params.is_null() || count <= 0 {
+        true => Vec::new(),
+        // SAFETY: libvirt returned `count` initialised parameters at `params`.
+        false => unsafe { std::slice::from_raw_parts(params, count as usize) }.to_vec(),
+    };
+    let stats = virt::domain::JobStats::from((kind, copied));
+    if !params.is_null() {
+        // SAFETY: `params` came from libvirt with `count` entries, and
+        // nothing refers to it any more (`JobStats` owns copies).
+        unsafe { sys::virTypedParamsFree(params, count) };
+    }
+    Ok(stats)
+}
+
 fn run_state(dom: &VirtDomain) -> RunState {
     use virt::domain::{DomainShutoffReason, DomainState, DomainStateReason};
     use virt::enumutil::Enum;
@@ -273,6 +304,7 @@ impl Hypervisor for Libvirt {
             persist_xml: Some(dest),
             uri: to.data_uri.clone(),
             bandwidth: (to.bandwidth_mib > 0).then_some(to.bandwidth_mib),
+            migrate_disks: to.copy_disks.iter().map(|d| d.dev.clone()).collect(),
             ..Default::default()
         };
         // UNSAFE: libvirt judges "shared storage" by the filesystem's type
@@ -286,6 +318,13 @@ impl Hypervisor for Libvirt {
             | virt::sys::VIR_MIGRATE_UNDEFINE_SOURCE
             | virt::sys::VIR_MIGRATE_PAUSED
             | virt::sys::VIR_MIGRATE_AUTO_CONVERGE;
+        // Local disks: the target made volumes over the same base image (or
+        // none), so only each disk's own layer is mirrored (the `migrate_disks`
+        // named above; the disks on shared storage are not copied).
+        let flags = match to.copy_disks.is_empty() {
+            true => flags,
+            false => flags | virt::sys::VIR_MIGRATE_NON_SHARED_INC,
+        };
         dom.migrate_to_uri3(Some(&to.libvirt_uri), params, flags)
             .map_err(|e| lv_err(&format!("migrate {domain} to {}", to.libvirt_uri), e))
     }
@@ -303,7 +342,7 @@ impl Hypervisor for Libvirt {
     }
 
     fn migration_progress(&self, domain: &str) -> Result<Option<kvmesh_proto::MigrationProgress>> {
-        let stats = self.lookup(domain)?.job_stats(0).map_err(|e| lv_err(&format!("job of {domain}"), e))?;
+        let stats = job_stats(&self.lookup(domain)?, 0).map_err(|e| lv_err(&format!("job of {domain}"), e))?;
         // VIR_DOMAIN_JOB_NONE: nothing runs.
         if stats.r#type == 0 {
             return Ok(None);
@@ -314,6 +353,34 @@ impl Hypervisor for Libvirt {
             data_remaining: stats.data_remaining.unwrap_or(0),
             bytes_per_s: stats.mem_bps.unwrap_or(0),
         }))
+    }
+
+    fn outgoing(&self, domain: &str) -> Result<super::Outgoing> {
+        let dom = match self.conn().lookup_domain_by_name(domain) {
+            Ok(dom) => dom,
+            Err(e) if e.code() == virt::error::ErrorNumber::NoDomain.into() => return Ok(super::Outgoing::Gone),
+            Err(e) => return Err(lv_err(&format!("domain {domain}"), e)),
+        };
+        // The job may end, and the domain go, between the two calls.
+        let stats = match job_stats(&dom, 0) {
+            Ok(stats) => stats,
+            Err(e) if e.code() == virt::error::ErrorNumber::NoDomain.into() => return Ok(super::Outgoing::Gone),
+            Err(e) => return Err(lv_err(&format!("job of {domain}"), e)),
+        };
+        Ok(if stats.r#type == 0 { super::Outgoing::Idle } else { super::Outgoing::Sending })
+    }
+
+    fn incoming_complete(&self, domain: &str, epoch: u64) -> Result<Option<u64>> {
+        let Ok(dom) = self.conn().lookup_domain_by_name(domain) else { return Ok(None) };
+        // While it comes in, the domain is transient; libvirt defines it for
+        // good (PERSIST_DEST) only once the migration completed.
+        let persistent = dom.is_persistent().unwrap_or(false);
+        let tagged = self.tag(&dom).is_some_and(|t| t.node_id == self.node_id && t.epoch == epoch);
+        if !(persistent && tagged && run_state(&dom) == RunState::Paused) {
+            return Ok(None);
+        }
+        let stats = job_stats(&dom, virt::sys::VIR_DOMAIN_JOB_STATS_COMPLETED).ok();
+        Ok(Some(stats.and_then(|s| s.downtime).unwrap_or(0)))
     }
 
     fn define(&self, spec: &DomainSpec) -> Result<()> {

@@ -121,6 +121,39 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn migration_progress(&self, _domain: &str) -> Result<Option<kvmesh_proto::MigrationProgress>> {
         Ok(None)
     }
+    /// What the source of a migration holds of the domain: after a
+    /// restart, this tells a migration libvirt completed (or still runs)
+    /// from one it never began.
+    fn outgoing(&self, _domain: &str) -> Result<Outgoing> {
+        Ok(Outgoing::Idle)
+    }
+    /// Whether this host holds a complete incoming copy of the domain at
+    /// `epoch`: libvirt finished receiving it (defined for good, paused).
+    /// `Some(downtime in ms, 0 if libvirt did not say)`, or `None`.
+    fn incoming_complete(&self, _domain: &str, _epoch: u64) -> Result<Option<u64>> {
+        Ok(None)
+    }
+}
+
+/// The source's side of a migration, as libvirt sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outgoing {
+    /// The domain is here and no job runs: nothing is being sent.
+    Idle,
+    /// A migration job runs.
+    Sending,
+    /// The domain is gone from here (libvirt completed a migration, and
+    /// undefined it), or was never here.
+    Gone,
+}
+
+/// A disk a live migration copies (QEMU's block mirror over NBD): its
+/// guest device and its file here and on the target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopiedDisk {
+    pub dev: String,
+    pub from: String,
+    pub to: String,
 }
 
 /// Where a live migration goes, and what the incoming domain's definition
@@ -136,6 +169,9 @@ pub struct MigrationTarget {
     pub consoles_dir: String,
     /// MiB/s, 0 for no limit.
     pub bandwidth_mib: u64,
+    /// The disks on local storage, copied as the guest runs; the target
+    /// has made their volumes, with the same base image (if any).
+    pub copy_disks: Vec<CopiedDisk>,
 }
 
 pub use pools::{Backing, PoolSpec, PoolState};

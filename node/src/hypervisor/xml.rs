@@ -102,11 +102,19 @@ pub fn retarget(xml: &str, node_id: u64, to: &super::MigrationTarget, consoles_d
     let (head, tail) = xml.split_at(metadata);
     let tail = replace_field(tail, "node", &to.node_id.to_string())?;
     let tail = replace_field(&tail, "epoch", &to.epoch.to_string())?;
-    let out = format!("{head}{tail}");
-    Some(out.replace(
+    let mut out = format!("{head}{tail}").replace(
         &format!("{}/", consoles_dir.trim_end_matches('/')),
         &format!("{}/", to.consoles_dir.trim_end_matches('/')),
-    ))
+    );
+    // Copied disks open the target's own volumes.
+    for disk in &to.copy_disks {
+        let from = format!("file='{}'", escape(&disk.from));
+        if !out.contains(&from) {
+            return None;
+        }
+        out = out.replace(&from, &format!("file='{}'", escape(&disk.to)));
+    }
+    Some(out)
 }
 
 /// `xml` with the text of its first `PREFIX:name` element replaced.
@@ -272,6 +280,7 @@ mod tests {
             epoch: 4,
             consoles_dir: "/b/consoles".into(),
             bandwidth_mib: 0,
+            copy_disks: Vec::new(),
         };
         let dest = retarget(live, 42, &to, "/a/consoles").unwrap();
         let start = dest.find("<metadata>").unwrap();
@@ -284,6 +293,19 @@ mod tests {
                 && dest.contains("/shared/00ff-disk0.qcow2")
         );
         assert_eq!(retarget(live, 41, &to, "/a/consoles"), None, "another node's domain");
+
+        // A copied disk opens the target's volume; a disk it does not have
+        // is a mistake, not something to skip.
+        let copy = |from: &str| crate::hypervisor::CopiedDisk {
+            dev: "vda".into(),
+            from: from.into(),
+            to: "/b/images/00ff-disk0.qcow2".into(),
+        };
+        let to = crate::hypervisor::MigrationTarget { copy_disks: vec![copy("/shared/00ff-disk0.qcow2")], ..to };
+        let dest = retarget(live, 42, &to, "/a/consoles").unwrap();
+        assert!(dest.contains("<source file='/b/images/00ff-disk0.qcow2'/>") && !dest.contains("/shared/"));
+        let to = crate::hypervisor::MigrationTarget { copy_disks: vec![copy("/elsewhere.qcow2")], ..to };
+        assert_eq!(retarget(live, 42, &to, "/a/consoles"), None);
     }
 
     #[test]

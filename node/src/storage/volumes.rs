@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use super::probe;
 use crate::ctx::{now_ms, NodeCtx};
 use crate::error::{Error, Result};
+use crate::hypervisor::xml::disk_target;
 use crate::hypervisor::{blocking, Backing, PoolSpec};
 
 /// One disk as the host prepares it.
@@ -34,6 +35,8 @@ struct DiskPlan {
     /// The image it is a clone of.
     image: Option<String>,
     recorded: bool,
+    /// On a domain local to each host (copied when the VM migrates).
+    local: bool,
 }
 
 /// What a domain definition takes from storage.
@@ -120,6 +123,7 @@ fn plan(ctx: &NodeCtx, vm_id: u64) -> Result<VmPlan> {
                 backing,
                 image: disk.image.clone(),
                 recorded: disk.volume.is_some(),
+                local: !domain.kind.is_shared(),
             });
         }
         let boot =
@@ -194,6 +198,74 @@ pub async fn prepare(ctx: &Arc<NodeCtx>, vm_id: u64, live: bool) -> Result<Prepa
         }
         out.kernel = kernel.map(|(pool, file)| hv.open_volume(&pool, &file, 0)).transpose()?;
         out.initrd = initrd.map(|(pool, file)| hv.open_volume(&pool, &file, 0)).transpose()?;
+        Ok(out)
+    })
+    .await
+}
+
+/// The files of the VM's disks on local storage here, the source of a
+/// live migration that copies them: (guest device, path).
+pub async fn local_paths(ctx: &Arc<NodeCtx>, vm_id: u64) -> Result<Vec<(String, String)>> {
+    let local: Vec<DiskPlan> = plan(ctx, vm_id)?.disks.into_iter().filter(|d| d.local).collect();
+    blocking(&ctx.hypervisor, move |hv| {
+        local.iter().map(|d| Ok((disk_target(d.index), hv.open_volume(&d.pool, &d.volume, 0)?))).collect()
+    })
+    .await
+}
+
+/// A live migration's target: fresh volumes for the VM's disks on local
+/// storage, over the same base images, for the source to copy into:
+/// (guest device, path). A file of the same name found here is stale (the
+/// record says the volume is the source's, and no incoming copy of this
+/// migration exists yet), so it is replaced.
+pub async fn make_copies(ctx: &Arc<NodeCtx>, vm_id: u64) -> Result<Vec<(String, String)>> {
+    let local: Vec<DiskPlan> = plan(ctx, vm_id)?.disks.into_iter().filter(|d| d.local).collect();
+    for d in &local {
+        if !probe::active_here(ctx, &d.pool.domain) {
+            return Err(Error::FailedPrecondition(format!(
+                "storage {} is not active on {} (see `kvmesh storage get {}`)",
+                d.pool.domain, ctx.name, d.pool.domain
+            )));
+        }
+    }
+    blocking(&ctx.hypervisor, move |hv| {
+        let mut out = Vec::new();
+        for d in &local {
+            if hv.delete_volume(&d.pool, &d.volume)? {
+                warn!(volume = %d.volume, "replaced a stale copy of a migrating VM's volume");
+            }
+            hv.create_volume(&d.pool, &d.volume, d.size_bytes, d.backing.as_ref())?;
+            out.push((disk_target(d.index), hv.open_volume(&d.pool, &d.volume, 0)?));
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// A cold move's target: where each of the VM's volumes on local storage
+/// goes on this host, (disk index, path), with any stale file of that name
+/// removed (the record says the volume is the source's).
+pub async fn fresh_copies(ctx: &Arc<NodeCtx>, vm_id: u64) -> Result<Vec<(u32, std::path::PathBuf)>> {
+    if !ctx.hypervisor.stores_files() {
+        return Err(Error::FailedPrecondition(
+            "copying disks between hosts needs storage in files; the embedded test hypervisor keeps volumes in memory"
+                .into(),
+        ));
+    }
+    let local: Vec<DiskPlan> = plan(ctx, vm_id)?.disks.into_iter().filter(|d| d.local).collect();
+    for d in &local {
+        if !probe::active_here(ctx, &d.pool.domain) {
+            return Err(Error::FailedPrecondition(format!("storage {} is not active on {}", d.pool.domain, ctx.name)));
+        }
+    }
+    blocking(&ctx.hypervisor, move |hv| {
+        let mut out = Vec::new();
+        for d in &local {
+            if hv.delete_volume(&d.pool, &d.volume)? {
+                warn!(volume = %d.volume, "replaced a stale copy of a moving VM's volume");
+            }
+            out.push((d.index, d.pool.path().join(&d.volume)));
+        }
         Ok(out)
     })
     .await

@@ -222,6 +222,8 @@ pub enum Command {
         target: NodeId,
         /// MiB/s, 0 for no limit.
         bandwidth_mib: u64,
+        /// Copy the disks on local storage to the target as the guest runs.
+        copy_storage: bool,
         at_ms: u64,
     },
     /// The source's libvirt completed the migration: the VM is placed on
@@ -229,6 +231,9 @@ pub enum Command {
     FinishMigration {
         vm: VmId,
         epoch: u64,
+        /// How long the guest was paused for the switch-over, from the
+        /// target's libvirt job statistics (when the source could ask).
+        downtime_ms: Option<u64>,
         at_ms: u64,
     },
     /// The migration failed or was overtaken: the VM stays where it was.
@@ -342,10 +347,12 @@ impl ClusterState {
             Command::Snapshot { name, snapshot, op, at_ms } => self.snapshot(name, snapshot, *op, *at_ms),
             Command::VolumesDeleted { volumes } => self.volumes_deleted(volumes),
             Command::Drain { id, cold, at_ms } => self.drain(*id, *cold, *at_ms),
-            Command::BeginMigration { name, target, bandwidth_mib, at_ms } => {
-                self.begin_migration(name, *target, *bandwidth_mib, *at_ms)
+            Command::BeginMigration { name, target, bandwidth_mib, copy_storage, at_ms } => {
+                self.begin_migration(name, *target, *bandwidth_mib, *copy_storage, *at_ms)
             }
-            Command::FinishMigration { vm, epoch, at_ms } => self.finish_migration(*vm, *epoch, *at_ms),
+            Command::FinishMigration { vm, epoch, downtime_ms, at_ms } => {
+                self.finish_migration(*vm, *epoch, *downtime_ms, *at_ms)
+            }
             Command::AbortMigration { vm, epoch, reason, at_ms } => self.abort_migration(*vm, *epoch, reason, *at_ms),
         }
     }

@@ -233,7 +233,7 @@ impl ClusterState {
             } else if vm.migration.is_some() {
                 Ok(())
             } else {
-                self.moves_live(vm)
+                self.moves_live(vm, false)
             };
             match why_not {
                 Ok(()) => live += 1,

@@ -204,6 +204,9 @@ impl ClusterState {
         let Some(vm_id) = self.vm_by_name(name).map(|v| v.id) else {
             return Response::Refused(Refusal::UnknownVm { name: name.to_string() });
         };
+        if let Err(r) = self.not_migrating(name, "add the disk") {
+            return Response::Refused(r);
+        }
         let next = self.vms.get(&vm_id).map_or(0, |v| v.next_disk);
         let mut disk = disk.clone();
         disk.index = spec.disks.iter().map(|d| d.index + 1).max().unwrap_or(0).max(next);
@@ -236,6 +239,9 @@ impl ClusterState {
 
     pub(super) fn resize_disk(&mut self, name: &str, index: u32, size_bytes: u64, at_ms: u64) -> Response {
         // A running guest's disk grows live (its host resizes the block device).
+        if let Err(r) = self.not_migrating(name, "resize the disk") {
+            return Response::Refused(r);
+        }
         let vm = match self.live_vm(name) {
             Ok(vm) => vm,
             Err(r) => return Response::Refused(r),
@@ -337,7 +343,7 @@ impl ClusterState {
         self.trash(Trashed { storage: disk.storage.clone(), volume: disk.volume_name(vm), host });
     }
 
-    fn trash(&mut self, t: Trashed) {
+    pub(super) fn trash(&mut self, t: Trashed) {
         // A volume on a host that left the cluster went with it: nobody
         // could ever delete it, and it would block `storage remove`.
         if t.host.is_some_and(|h| !self.nodes.contains_key(&h)) {

@@ -36,6 +36,7 @@ pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
         // Only the leader knows, from heartbeats: filled in by the API.
         lease_holder: None,
         migrating_to: vm.migration.and_then(|m| state.nodes.get(&m.target)).map(|n| n.name.clone()),
+        migration_copies_disks: vm.migration.is_some_and(|m| m.copy_storage),
         migration_started_ms: vm.migration.map(|m| m.started_at_ms).unwrap_or(0),
         // Only the source host knows: filled in by `vm get`.
         migration_progress: None,

@@ -1,0 +1,164 @@
+//! Cold moves that copy local disks: a stopped VM whose disks are on a
+//! host's local storage moves to another host with them.
+//!
+//! The leader records the move as a migration (`copy_storage`, the VM
+//! stopped); start, stop and delete wait for it. The target pulls each
+//! local volume from the source in pieces (`ReadVolume`, served only for
+//! the host the record names as target, and only while the domain is not
+//! running), writes it beside its final name and renames it once complete,
+//! then records the finish: the VM is placed on the target and its volume
+//! records name it; the source's files go to the trash. Any failure aborts:
+//! the VM stays where it was, the target's partial copies are trashed. The
+//! files are copied as they are (qcow2 with its base image, if any, which is
+//! on shared storage, at the same path on every host).
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvmesh_proto as pb;
+use kvmesh_raft::model::{domain_name, parse_vm_id, vm_id_hex, ClusterState, Desired, Migration};
+use tracing::{info, warn};
+
+use crate::ctx::NodeCtx;
+use crate::error::{Error, Result};
+use crate::hypervisor::blocking;
+use crate::storage::volumes;
+
+/// The most one `ReadVolume` answer carries (below tonic's 4 MiB message limit).
+const CHUNK: u64 = 2 << 20;
+
+/// The cold copies `node` is the target of: (VM id, migration epoch).
+pub fn incoming(state: &ClusterState, node: u64) -> Vec<(u64, u64)> {
+    state
+        .vms
+        .values()
+        .filter(|v| v.desired == Desired::Stopped)
+        .filter_map(|v| v.migration.filter(|m| m.target == node && m.copy_storage).map(|m| (v.id, m.epoch)))
+        .collect()
+}
+
+/// The record of a cold copy of `vm_id` at `epoch`, if it still runs.
+fn current(ctx: &NodeCtx, vm_id: u64, epoch: u64) -> Option<Migration> {
+    ctx.read(|d| {
+        let vm = d.state.vms.get(&vm_id).filter(|v| v.desired == Desired::Stopped)?;
+        vm.migration.filter(|m| m.epoch == epoch && m.copy_storage)
+    })
+}
+
+/// The source's side: a piece of a local volume, for the record's target.
+pub async fn read_volume(ctx: &Arc<NodeCtx>, req: pb::ReadVolumeRequest) -> Result<pb::VolumeChunk> {
+    let vm_id = parse_vm_id(&req.vm_id).ok_or_else(|| Error::InvalidArgument(format!("bad VM id {:?}", req.vm_id)))?;
+    current(ctx, vm_id, req.epoch).filter(|m| m.source == ctx.id).ok_or_else(|| {
+        Error::FailedPrecondition(format!(
+            "no cold move of VM {} at epoch {} leaves {}",
+            req.vm_id, req.epoch, ctx.name
+        ))
+    })?;
+    // Never a disk a running guest writes to (a start waits for the move).
+    let domain = domain_name(vm_id);
+    let live =
+        blocking(&ctx.hypervisor, move |hv| Ok(hv.list()?.iter().any(|d| d.name == domain && d.state.is_live())))
+            .await?;
+    if live {
+        return Err(Error::FailedPrecondition(format!(
+            "VM {} runs on {}; its disks are not copied",
+            req.vm_id, ctx.name
+        )));
+    }
+    let dev = crate::hypervisor::xml::disk_target(req.index);
+    let path = volumes::local_paths(ctx, vm_id)
+        .await?
+        .into_iter()
+        .find(|(d, _)| *d == dev)
+        .map(|(_, p)| p)
+        .ok_or_else(|| Error::NotFound(format!("VM {} has no disk {} on local storage", req.vm_id, req.index)))?;
+    let offset = req.offset;
+    tokio::task::spawn_blocking(move || -> Result<pb::VolumeChunk> {
+        let file = std::fs::File::open(&path).map_err(|e| Error::Hypervisor(format!("open {path}: {e}")))?;
+        let file_bytes = file.metadata().map_err(|e| Error::Hypervisor(format!("stat {path}: {e}")))?.len();
+        let want = CHUNK.min(file_bytes.saturating_sub(offset)) as usize;
+        let mut data = vec![0u8; want];
+        file.read_exact_at(&mut data, offset).map_err(|e| Error::Hypervisor(format!("read {path}: {e}")))?;
+        Ok(pb::VolumeChunk { data, file_bytes })
+    })
+    .await
+    .map_err(|e| Error::Hypervisor(format!("read task failed: {e}")))?
+}
+
+/// Starts pulling a cold copy's volumes to this host, unless that copy is
+/// already running in this process.
+pub fn start(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64) {
+    {
+        let mut migrating = ctx.migrating.lock().unwrap_or_else(|p| p.into_inner());
+        if migrating.get(&vm_id) == Some(&epoch) {
+            return;
+        }
+        migrating.insert(vm_id, epoch);
+    }
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let outcome = pull(&ctx, vm_id, epoch).await;
+        match &outcome {
+            Ok(bytes) => {
+                info!(vm = %vm_id_hex(vm_id), bytes, took_ms = started.elapsed().as_millis() as u64, "copied a stopped VM's local disks here")
+            }
+            Err(e) => {
+                warn!(vm = %vm_id_hex(vm_id), error = %e, "copying a stopped VM's local disks failed; it stays where it was")
+            }
+        }
+        super::migrate::settle(&ctx, vm_id, epoch, outcome.map(|_| None)).await;
+        ctx.migrating.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm_id);
+    });
+}
+
+/// Copies every local volume of the VM from its source; the bytes copied.
+async fn pull(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64) -> Result<u64> {
+    let m = current(ctx, vm_id, epoch).ok_or_else(|| Error::FailedPrecondition("the move was aborted".into()))?;
+    let address = ctx
+        .read(|d| d.state.nodes.get(&m.source).map(|n| n.address.clone()))
+        .ok_or_else(|| Error::FailedPrecondition("the source host is gone".into()))?;
+    let mut client = pb::host_client::HostClient::new(ctx.channel(&address)?);
+    super::migrate::trash_cleared(ctx, vm_id).await?;
+    let mut copied = 0;
+    for (index, path) in volumes::fresh_copies(ctx, vm_id).await? {
+        let partial = PathBuf::from(format!("{}.part", path.display()));
+        let mut out = std::fs::File::create(&partial)
+            .map_err(|e| Error::Hypervisor(format!("create {}: {e}", partial.display())))?;
+        let mut offset = 0;
+        loop {
+            if current(ctx, vm_id, epoch).is_none() {
+                let _ = std::fs::remove_file(&partial);
+                return Err(Error::FailedPrecondition("the move was aborted".into()));
+            }
+            let req = pb::ReadVolumeRequest { vm_id: vm_id_hex(vm_id), epoch, index, offset };
+            let mut request = tonic::Request::new(req);
+            request.set_timeout(Duration::from_secs(30));
+            let chunk = client
+                .read_volume(request)
+                .await
+                .map_err(|s| Error::Unavailable(format!("reading disk {index} from {address}: {}", s.message())))?
+                .into_inner();
+            if chunk.data.is_empty() {
+                if offset != chunk.file_bytes {
+                    return Err(Error::Hypervisor(format!(
+                        "disk {index} ended at {offset} of {} bytes (changed while copied?)",
+                        chunk.file_bytes
+                    )));
+                }
+                break;
+            }
+            out.write_all(&chunk.data).map_err(|e| Error::Hypervisor(format!("write {}: {e}", partial.display())))?;
+            offset += chunk.data.len() as u64;
+        }
+        out.sync_all().map_err(|e| Error::Hypervisor(format!("sync {}: {e}", partial.display())))?;
+        std::fs::rename(&partial, &path)
+            .map_err(|e| Error::Hypervisor(format!("rename to {}: {e}", path.display())))?;
+        info!(disk = index, bytes = offset, path = %path.display(), "copied a local disk");
+        copied += offset;
+    }
+    Ok(copied)
+}
