@@ -50,6 +50,8 @@ while not stop:
         offsets[p] = size
         *lines, partial[p] = data.split(b"\n")
         arrivals.extend(now for line in lines if b"KVMESH-TICK" in line)
+        if os.environ.get("GAPS_TRACE") and any(b"KVMESH-TICK" in line for line in lines):
+            print("%.3f %s %d" % (time.time(), p, sum(b"KVMESH-TICK" in line for line in lines)), file=sys.stderr)
     time.sleep(0.002)
 
 arrivals.sort()

@@ -2,17 +2,22 @@
 //! host's local storage moves to another host with them.
 //!
 //! The leader records the move as a migration (`copy_storage`, the VM
-//! stopped); start, stop and delete wait for it. The target pulls each
-//! local volume from the source in pieces (`ReadVolume`, served only for
-//! the host the record names as target, and only while the domain is not
-//! running), writes it beside its final name and renames it once complete,
-//! then records the finish: the VM is placed on the target and its volume
-//! records name it; the source's files go to the trash. Any failure aborts:
-//! the VM stays where it was, the target's partial copies are trashed. The
-//! files are copied as they are (qcow2 with its base image, if any, which is
-//! on shared storage, at the same path on every host).
+//! stopped); start, stop, delete, snapshots and disk changes wait for it.
+//! The target pulls each local volume from the source in pieces
+//! (`ReadVolume`, served only while the record names the move and the
+//! domain is not running; callers are not authenticated before issue 15's
+//! TLS), checks the file kept its identity from the first piece to the
+//! last, writes it beside its final name and renames it over that name
+//! once complete, then records the finish: the VM is placed on the target
+//! and its volume records name it; the source's files go to the trash. Any
+//! failure aborts: the VM stays where it was, the target's copies are
+//! trashed. The files are copied as they are (qcow2 with its base image, if
+//! any, on shared storage at the same path on every host).
+//!
+//! A pull starts only on a replica that has caught up (`Standing::Current`)
+//! and is remembered until the replica shows the move's outcome, so a
+//! finished copy is never pulled again over the file the VM now uses.
 
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -68,21 +73,22 @@ pub async fn read_volume(ctx: &Arc<NodeCtx>, req: pb::ReadVolumeRequest) -> Resu
             req.vm_id, ctx.name
         )));
     }
-    let dev = crate::hypervisor::xml::disk_target(req.index);
-    let path = volumes::local_paths(ctx, vm_id)
-        .await?
+    let path = volumes::local_files(ctx, vm_id)?
         .into_iter()
-        .find(|(d, _)| *d == dev)
-        .map(|(_, p)| p)
+        .find(|(index, _)| *index == req.index)
+        .map(|(_, p)| p.to_string_lossy().into_owned())
         .ok_or_else(|| Error::NotFound(format!("VM {} has no disk {} on local storage", req.vm_id, req.index)))?;
     let offset = req.offset;
     tokio::task::spawn_blocking(move || -> Result<pb::VolumeChunk> {
+        use std::os::unix::fs::MetadataExt;
         let file = std::fs::File::open(&path).map_err(|e| Error::Hypervisor(format!("open {path}: {e}")))?;
-        let file_bytes = file.metadata().map_err(|e| Error::Hypervisor(format!("stat {path}: {e}")))?.len();
+        let meta = file.metadata().map_err(|e| Error::Hypervisor(format!("stat {path}: {e}")))?;
+        let file_bytes = meta.len();
+        let identity = format!("{}:{}.{}:{}", meta.ino(), meta.ctime(), meta.ctime_nsec(), file_bytes);
         let want = CHUNK.min(file_bytes.saturating_sub(offset)) as usize;
         let mut data = vec![0u8; want];
         file.read_exact_at(&mut data, offset).map_err(|e| Error::Hypervisor(format!("read {path}: {e}")))?;
-        Ok(pb::VolumeChunk { data, file_bytes })
+        Ok(pb::VolumeChunk { data, file_bytes, identity })
     })
     .await
     .map_err(|e| Error::Hypervisor(format!("read task failed: {e}")))?
@@ -111,6 +117,11 @@ pub fn start(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64) {
             }
         }
         super::migrate::settle(&ctx, vm_id, epoch, outcome.map(|_| None)).await;
+        // Remembered until this replica shows the outcome: pulling again
+        // after a finish would replace the file the VM now uses.
+        while current(&ctx, vm_id, epoch).is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         ctx.migrating.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm_id);
     });
 }
@@ -122,43 +133,87 @@ async fn pull(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64) -> Result<u64> {
         .read(|d| d.state.nodes.get(&m.source).map(|n| n.address.clone()))
         .ok_or_else(|| Error::FailedPrecondition("the source host is gone".into()))?;
     let mut client = pb::host_client::HostClient::new(ctx.channel(&address)?);
-    super::migrate::trash_cleared(ctx, vm_id).await?;
     let mut copied = 0;
-    for (index, path) in volumes::fresh_copies(ctx, vm_id).await? {
+    for (index, path) in volumes::copy_paths(ctx, vm_id).await? {
         let partial = PathBuf::from(format!("{}.part", path.display()));
-        let mut out = std::fs::File::create(&partial)
-            .map_err(|e| Error::Hypervisor(format!("create {}: {e}", partial.display())))?;
-        let mut offset = 0;
-        loop {
-            if current(ctx, vm_id, epoch).is_none() {
+        let result = pull_one(ctx, &mut client, &address, (vm_id, epoch, index), &partial).await;
+        let bytes = match result {
+            Ok(bytes) => bytes,
+            Err(e) => {
                 let _ = std::fs::remove_file(&partial);
-                return Err(Error::FailedPrecondition("the move was aborted".into()));
+                return Err(e);
             }
-            let req = pb::ReadVolumeRequest { vm_id: vm_id_hex(vm_id), epoch, index, offset };
-            let mut request = tonic::Request::new(req);
-            request.set_timeout(Duration::from_secs(30));
-            let chunk = client
-                .read_volume(request)
-                .await
-                .map_err(|s| Error::Unavailable(format!("reading disk {index} from {address}: {}", s.message())))?
-                .into_inner();
-            if chunk.data.is_empty() {
-                if offset != chunk.file_bytes {
-                    return Err(Error::Hypervisor(format!(
-                        "disk {index} ended at {offset} of {} bytes (changed while copied?)",
-                        chunk.file_bytes
-                    )));
-                }
-                break;
-            }
-            out.write_all(&chunk.data).map_err(|e| Error::Hypervisor(format!("write {}: {e}", partial.display())))?;
-            offset += chunk.data.len() as u64;
+        };
+        let (from, to, shown) = (partial.clone(), path.clone(), path.display().to_string());
+        let rename = || async move {
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                std::fs::rename(&from, &to)?;
+                // The rename itself survives a crash only once the directory is.
+                std::fs::File::open(to.parent().unwrap_or(std::path::Path::new("/")))?.sync_all()
+            })
+            .await
+            .map_err(|e| Error::Hypervisor(format!("rename task failed: {e}")))?
+            .map_err(|e| Error::Hypervisor(format!("rename to {shown}: {e}")))
+        };
+        if let Err(e) = super::migrate::when_trash_cleared(ctx, vm_id, rename).await {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
         }
-        out.sync_all().map_err(|e| Error::Hypervisor(format!("sync {}: {e}", partial.display())))?;
-        std::fs::rename(&partial, &path)
-            .map_err(|e| Error::Hypervisor(format!("rename to {}: {e}", path.display())))?;
-        info!(disk = index, bytes = offset, path = %path.display(), "copied a local disk");
-        copied += offset;
+        info!(disk = index, bytes, path = %path.display(), "copied a local disk");
+        copied += bytes;
     }
     Ok(copied)
+}
+
+/// Pulls one volume into `partial`, synced; its length.
+async fn pull_one(
+    ctx: &Arc<NodeCtx>,
+    client: &mut pb::host_client::HostClient<tonic::transport::Channel>,
+    address: &str,
+    (vm_id, epoch, index): (u64, u64, u32),
+    partial: &std::path::Path,
+) -> Result<u64> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(partial)
+        .map_err(|e| Error::Hypervisor(format!("create {}: {e}", partial.display())))?;
+    let file = Arc::new(file);
+    let (mut offset, mut identity) = (0u64, None::<String>);
+    loop {
+        if current(ctx, vm_id, epoch).is_none() {
+            return Err(Error::FailedPrecondition("the move was aborted".into()));
+        }
+        let mut request = tonic::Request::new(pb::ReadVolumeRequest { vm_id: vm_id_hex(vm_id), epoch, index, offset });
+        request.set_timeout(Duration::from_secs(30));
+        let chunk = client
+            .read_volume(request)
+            .await
+            .map_err(|s| Error::Unavailable(format!("reading disk {index} from {address}: {}", s.message())))?
+            .into_inner();
+        if identity.get_or_insert_with(|| chunk.identity.clone()) != &chunk.identity {
+            return Err(Error::FailedPrecondition(format!("disk {index} changed on the source while it was copied")));
+        }
+        if chunk.data.is_empty() {
+            if offset != chunk.file_bytes {
+                return Err(Error::Hypervisor(format!("disk {index} ended at {offset} of {} bytes", chunk.file_bytes)));
+            }
+            break;
+        }
+        let (f, at, len) = (file.clone(), offset, chunk.data.len() as u64);
+        tokio::task::spawn_blocking(move || f.write_all_at(&chunk.data, at))
+            .await
+            .map_err(|e| Error::Hypervisor(format!("write task failed: {e}")))?
+            .map_err(|e| Error::Hypervisor(format!("write {}: {e}", partial.display())))?;
+        offset += len;
+    }
+    let f = file.clone();
+    tokio::task::spawn_blocking(move || f.sync_all())
+        .await
+        .map_err(|e| Error::Hypervisor(format!("sync task failed: {e}")))?
+        .map_err(|e| Error::Hypervisor(format!("sync {}: {e}", partial.display())))?;
+    Ok(offset)
 }

@@ -61,26 +61,60 @@ pub async fn prepare_incoming(ctx: &Arc<NodeCtx>, req: pb::PrepareIncomingReques
             ctx.name, req.vm_id, req.epoch
         ))
     })?;
+    // A copy of the VM still here (this host sent it away a moment ago, and
+    // libvirt is still tearing that copy down, or a copy of this migration
+    // from a source that restarted and asks again) holds the domain's name
+    // and, with copied disks, the volumes: wait for it to go.
+    let domain = domain_name(vm_id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let d = domain.clone();
+        let here = blocking(&ctx.hypervisor, move |hv| Ok(hv.list()?.iter().any(|x| x.name == d && x.state.is_live())))
+            .await?;
+        if !here {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::FailedPrecondition(format!("{} still holds a running copy of the VM", ctx.name)));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     if migration.copy_storage {
-        trash_cleared(ctx, vm_id).await?;
-        reply.copies = volumes::make_copies(ctx, vm_id).await?.into_iter().collect();
+        let copies = when_trash_cleared(ctx, vm_id, || volumes::make_copies(ctx, vm_id)).await?;
+        reply.copies = copies.into_iter().collect();
     }
     Ok(reply)
 }
 
-/// Waits until no volume of the VM is in this host's trash (from an earlier
-/// stay here, or an aborted copy): its file must be gone before a copy is
-/// made under the same name, or the trash would delete the copy.
-pub(super) async fn trash_cleared(ctx: &Arc<NodeCtx>, vm_id: u64) -> Result<()> {
+/// Runs `make` (which makes files under the VM's volume names) once no
+/// volume of the VM is in this host's trash (from an earlier stay here, or
+/// an aborted copy), holding the trash's lock: the stale file must be gone
+/// first, or the trash would delete the copy.
+pub(super) async fn when_trash_cleared<T, F>(ctx: &Arc<NodeCtx>, vm_id: u64, make: impl FnOnce() -> F) -> Result<T>
+where
+    F: std::future::Future<Output = Result<T>>,
+{
     let prefix = format!("{vm_id:016x}-disk");
     let trashed =
         || ctx.read(|d| d.state.meta.trash.iter().any(|t| t.host == Some(ctx.id) && t.volume.starts_with(&prefix)));
-    match wait_until(Duration::from_secs(15), || (!trashed()).then_some(())).await {
-        Some(()) => Ok(()),
-        None => Err(Error::FailedPrecondition(format!(
-            "an old copy of the VM's disks on {} is still waiting to be deleted; retry in a moment",
-            ctx.name
-        ))),
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if !trashed() {
+            let _trash = volumes::TRASH.lock().await;
+            // Looked at again under the lock: the trash may have been read
+            // before its entry went.
+            if !trashed() {
+                return make().await;
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::FailedPrecondition(format!(
+                "an old copy of the VM's disks on {} is still waiting to be deleted (is its storage active there?); \
+                 retry in a moment",
+                ctx.name
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -156,6 +190,12 @@ async fn send(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64) -> Result<Option<u64>>
                 if !std::mem::replace(&mut waiting, true) {
                     info!(%domain, "a migration begun before this daemon restarted still runs; waiting for it");
                 }
+                if current(ctx, vm_id, epoch).is_none() {
+                    // Aborted meanwhile: the target would throw the copy away.
+                    let d = domain.clone();
+                    blocking(&ctx.hypervisor, move |hv| hv.cancel_migration(&d)).await?;
+                    return Err(Error::FailedPrecondition("the migration was aborted".into()));
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             // libvirt completed it (and undefined the domain here) before
@@ -163,7 +203,7 @@ async fn send(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64) -> Result<Option<u64>>
             Outgoing::Gone => {
                 let held = target.ask(true).await?;
                 return match held.complete {
-                    true => Ok(Some(held.downtime_ms)),
+                    true => Ok(Some(held.downtime_ms).filter(|d| *d > 0)),
                     false => Err(Error::FailedPrecondition(
                         "the VM's domain is gone from its source and the target holds no complete copy".into(),
                     )),
@@ -197,10 +237,47 @@ async fn send(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64) -> Result<Option<u64>>
         copy_disks,
     };
     info!(%domain, to = %to.libvirt_uri, epoch, disks = to.copy_disks.len(), "migrating live");
-    blocking(&ctx.hypervisor, move |hv| hv.migrate(&domain, &to)).await?;
+    let hv = ctx.hypervisor.clone();
+    let name = domain.clone();
+    let mut job = tokio::task::spawn_blocking(move || hv.migrate(&name, &to));
+    // The guest is paused from the switch-over until the target resumes it,
+    // and libvirt's call returns only after the source's clean-up, which
+    // holds the source's libvirtd for a second or more under TCG. Once the
+    // target holds the complete copy (defined for good, paused, its incoming
+    // job ended), libvirt's Finish has succeeded there, and from then on
+    // libvirt only ever kills the source's copy (its Confirm, or its
+    // recovery after a restart, which never resumes a source whose Finish
+    // succeeded); the stale copy is also this host's agent's to remove. So
+    // the move is recorded then, not seconds later.
+    let mut poll = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            done = &mut job => {
+                let failed = match done {
+                    Ok(Ok(())) => break,
+                    Ok(Err(e)) => e,
+                    Err(e) => Error::Hypervisor(format!("migration task failed: {e}")),
+                };
+                // An error after the target's Finish succeeded (its Confirm
+                // here failed) leaves the complete copy there: that decides.
+                return match target.ask(true).await {
+                    Ok(held) if held.complete => Ok(Some(held.downtime_ms).filter(|d| *d > 0)),
+                    _ => Err(failed),
+                };
+            }
+            _ = poll.tick() => {
+                if let Ok(held) = target.ask(true).await {
+                    if held.complete {
+                        info!(%domain, "the target holds the complete copy; libvirt's call ends on its own");
+                        return Ok(Some(held.downtime_ms).filter(|d| *d > 0));
+                    }
+                }
+            }
+        }
+    }
     // The downtime is in the target's job statistics; the move is done
     // whether or not it can be read.
-    Ok(target.ask(true).await.ok().filter(|h| h.complete).map(|h| h.downtime_ms))
+    Ok(target.ask(true).await.ok().filter(|h| h.complete && h.downtime_ms > 0).map(|h| h.downtime_ms))
 }
 
 /// The target host, as the source asks it.

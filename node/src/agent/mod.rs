@@ -140,9 +140,7 @@ async fn reconcile(
         let cold = cold_copy::incoming(&d.state, ctx.id);
         (w, l, migrate::incoming(&d.state, ctx.id), cold, d.last_applied.map(|l| l.index))
     });
-    for (vm_id, epoch) in cold_copies {
-        cold_copy::start(ctx, vm_id, epoch);
-    }
+
     let domains = blocking(&ctx.hypervisor, |hv| hv.list()).await?;
     // Checked first on every pass, so a host resuming from a pause does not
     // run an HA guest on an expired lease, and a restarted one acts on
@@ -150,6 +148,13 @@ async fn reconcile(
     let standing = lease.standing(applied);
     if standing != Standing::Current {
         debug!(?standing, "not acting on the local replica yet");
+    }
+    // A cold copy is pulled only on a replica that has caught up: one
+    // behind could still show a move that has finished.
+    if standing == Standing::Current {
+        for (vm_id, epoch) in cold_copies {
+            cold_copy::start(ctx, vm_id, epoch);
+        }
     }
     let actions = plan::plan(&wants, &domains, &last_epochs, &incoming, memory, now_ms(), timing, standing);
     let count = actions.len();

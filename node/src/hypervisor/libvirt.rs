@@ -230,18 +230,25 @@ fn job_stats(dom: &VirtDomain, flags: u32) -> std::result::Result<virt::domain::
     if rc < 0 {
         return Err(virt::error::Error::last_error());
     }
-    let copied = match params.is_null() || count <= 0 {
+    /// Frees libvirt's array however the parsing below ends (it panics on
+    /// a parameter of an unexpected type).
+    struct Params(sys::virTypedParameterPtr, std::os::raw::c_int);
+    impl Drop for Params {
+        fn drop(&mut self) {
+            if !self.0.is_null() {
+                // SAFETY: the array came from libvirt with this many entries,
+                // and nothing refers to it any more (`JobStats` owns copies).
+                unsafe { sys::virTypedParamsFree(self.0, self.1) };
+            }
+        }
+    }
+    let params = Params(params, count);
+    let copied = match params.0.is_null() || count <= 0 {
         true => Vec::new(),
         // SAFETY: libvirt returned `count` initialised parameters at `params`.
-        false => unsafe { std::slice::from_raw_parts(params, count as usize) }.to_vec(),
+        false => unsafe { std::slice::from_raw_parts(params.0, count as usize) }.to_vec(),
     };
-    let stats = virt::domain::JobStats::from((kind, copied));
-    if !params.is_null() {
-        // SAFETY: `params` came from libvirt with `count` entries, and
-        // nothing refers to it any more (`JobStats` owns copies).
-        unsafe { sys::virTypedParamsFree(params, count) };
-    }
-    Ok(stats)
+    Ok(virt::domain::JobStats::from((kind, copied)))
 }
 
 fn run_state(dom: &VirtDomain) -> RunState {
@@ -297,8 +304,11 @@ impl Hypervisor for Libvirt {
         let xml = dom
             .xml_desc(virt::sys::VIR_DOMAIN_XML_MIGRATABLE)
             .map_err(|e| lv_err(&format!("read {domain}'s definition"), e))?;
-        let dest = xml::retarget(&xml, self.node_id, to, &self.consoles_dir.to_string_lossy())
-            .ok_or_else(|| Error::Hypervisor(format!("{domain}'s definition carries no kvmesh tag")))?;
+        let dest = xml::retarget(&xml, self.node_id, to, &self.consoles_dir.to_string_lossy()).ok_or_else(|| {
+            Error::Hypervisor(format!(
+                "{domain}'s definition carries no kvmesh tag of this host, or not the disk files the migration copies"
+            ))
+        })?;
         let params = virt::domain::MigrateParameters {
             dest_xml: Some(dest.clone()),
             persist_xml: Some(dest),
@@ -308,9 +318,10 @@ impl Hypervisor for Libvirt {
             ..Default::default()
         };
         // UNSAFE: libvirt judges "shared storage" by the filesystem's type
-        // (NFS, GFS2, ...). kvmesh migrates only VMs whose disks are all on
-        // domains it has proven shared (every host sees the same files) and
-        // opens them with cache='none', which is what libvirt's check is for.
+        // (NFS, GFS2, ...). kvmesh migrates only VMs whose disks are on
+        // domains it has proven shared (every host sees the same files), or
+        // copied (`copy_disks`), and opens them with cache='none', which is
+        // what libvirt's check is for.
         let flags = virt::sys::VIR_MIGRATE_LIVE
             | virt::sys::VIR_MIGRATE_UNSAFE
             | virt::sys::VIR_MIGRATE_PEER2PEER
@@ -361,6 +372,12 @@ impl Hypervisor for Libvirt {
             Err(e) if e.code() == virt::error::ErrorNumber::NoDomain.into() => return Ok(super::Outgoing::Gone),
             Err(e) => return Err(lv_err(&format!("domain {domain}"), e)),
         };
+        // Shut off but still defined: libvirt completed the migration and is
+        // about to undefine it, or the guest stopped; either way it does not
+        // run here, and the target's copy decides.
+        if !dom.is_active().unwrap_or(true) {
+            return Ok(super::Outgoing::Gone);
+        }
         // The job may end, and the domain go, between the two calls.
         let stats = match job_stats(&dom, 0) {
             Ok(stats) => stats,
@@ -379,8 +396,26 @@ impl Hypervisor for Libvirt {
         if !(persistent && tagged && run_state(&dom) == RunState::Paused) {
             return Ok(None);
         }
-        let stats = job_stats(&dom, virt::sys::VIR_DOMAIN_JOB_STATS_COMPLETED).ok();
+        // And no incoming job still runs (a definition left from before
+        // would be persistent and paused while memory still comes in).
+        let job = job_stats(&dom, 0).map_err(|e| lv_err(&format!("job of {domain}"), e))?;
+        if job.r#type != 0 {
+            return Ok(None);
+        }
+        // KEEP_COMPLETED: reading them must not take them from `domjobinfo --completed`.
+        let flags = virt::sys::VIR_DOMAIN_JOB_STATS_COMPLETED | virt::sys::VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED;
+        let stats = job_stats(&dom, flags).ok();
         Ok(Some(stats.and_then(|s| s.downtime).unwrap_or(0)))
+    }
+
+    fn cancel_migration(&self, domain: &str) -> Result<()> {
+        let dom = self.lookup(domain)?;
+        // SAFETY: the domain pointer is valid while `dom` lives (virt 0.5
+        // has no wrapper for this call).
+        if unsafe { virt::sys::virDomainAbortJob(dom.as_ptr()) } < 0 {
+            return Err(lv_err(&format!("cancel the migration of {domain}"), virt::error::Error::last_error()));
+        }
+        Ok(())
     }
 
     fn define(&self, spec: &DomainSpec) -> Result<()> {

@@ -133,6 +133,10 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn incoming_complete(&self, _domain: &str, _epoch: u64) -> Result<Option<u64>> {
         Ok(None)
     }
+    /// Cancels the domain's outgoing migration job.
+    fn cancel_migration(&self, _domain: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The source's side of a migration, as libvirt sees it.
@@ -142,8 +146,8 @@ pub enum Outgoing {
     Idle,
     /// A migration job runs.
     Sending,
-    /// The domain is gone from here (libvirt completed a migration, and
-    /// undefined it), or was never here.
+    /// The domain does not run here: gone (libvirt completed a migration
+    /// and undefined it, or it was never here), or shut off.
     Gone,
 }
 

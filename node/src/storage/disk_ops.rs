@@ -87,6 +87,12 @@ pub async fn run_local(ctx: &Arc<NodeCtx>, req: pb::DiskOpRequest) -> Result<pb:
                 req.vm, req.vm
             )));
         }
+        if vm.migration.is_some() {
+            return Err(Error::FailedPrecondition(format!(
+                "VM {} is moving to another host; retry once the move has finished (`kvmesh vm get {}`)",
+                req.vm, req.vm
+            )));
+        }
         let mut disks = Vec::new();
         for disk in &vm.spec.disks {
             if disk.volume.is_none() {

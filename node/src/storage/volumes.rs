@@ -213,6 +213,13 @@ pub async fn local_paths(ctx: &Arc<NodeCtx>, vm_id: u64) -> Result<Vec<(String, 
     .await
 }
 
+/// The files of the VM's disks on local storage here, from the replica
+/// alone (no libvirt call): (disk index, path).
+pub fn local_files(ctx: &NodeCtx, vm_id: u64) -> Result<Vec<(u32, std::path::PathBuf)>> {
+    let local = plan(ctx, vm_id)?.disks.into_iter().filter(|d| d.local);
+    Ok(local.map(|d| (d.index, d.pool.path().join(&d.volume))).collect())
+}
+
 /// A live migration's target: fresh volumes for the VM's disks on local
 /// storage, over the same base images, for the source to copy into:
 /// (guest device, path). A file of the same name found here is stale (the
@@ -243,9 +250,10 @@ pub async fn make_copies(ctx: &Arc<NodeCtx>, vm_id: u64) -> Result<Vec<(String, 
 }
 
 /// A cold move's target: where each of the VM's volumes on local storage
-/// goes on this host, (disk index, path), with any stale file of that name
-/// removed (the record says the volume is the source's).
-pub async fn fresh_copies(ctx: &Arc<NodeCtx>, vm_id: u64) -> Result<Vec<(u32, std::path::PathBuf)>> {
+/// goes on this host, (disk index, path). A stale file of that name (the
+/// record says the volume is the source's) is replaced by the rename of a
+/// complete copy, never deleted first.
+pub async fn copy_paths(ctx: &Arc<NodeCtx>, vm_id: u64) -> Result<Vec<(u32, std::path::PathBuf)>> {
     if !ctx.hypervisor.stores_files() {
         return Err(Error::FailedPrecondition(
             "copying disks between hosts needs storage in files; the embedded test hypervisor keeps volumes in memory"
@@ -258,21 +266,17 @@ pub async fn fresh_copies(ctx: &Arc<NodeCtx>, vm_id: u64) -> Result<Vec<(u32, st
             return Err(Error::FailedPrecondition(format!("storage {} is not active on {}", d.pool.domain, ctx.name)));
         }
     }
-    blocking(&ctx.hypervisor, move |hv| {
-        let mut out = Vec::new();
-        for d in &local {
-            if hv.delete_volume(&d.pool, &d.volume)? {
-                warn!(volume = %d.volume, "replaced a stale copy of a moving VM's volume");
-            }
-            out.push((d.index, d.pool.path().join(&d.volume)));
-        }
-        Ok(out)
-    })
-    .await
+    Ok(local.iter().map(|d| (d.index, d.pool.path().join(&d.volume))).collect())
 }
+
+/// Held while the trash is emptied, and while a migration's copy appears
+/// under a volume's name: the trash deletes by name what it read a moment
+/// before, so a copy made in between would go with the stale file.
+pub static TRASH: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Deletes the trashed volumes this host can reach and records that.
 pub async fn empty_trash(ctx: &Arc<NodeCtx>) {
+    let _trash = TRASH.lock().await;
     let data_dir = ctx.config.data_dir.clone();
     let work: Vec<(Trashed, PoolSpec)> = ctx.read(|d| {
         d.state

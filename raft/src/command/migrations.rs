@@ -90,7 +90,9 @@ impl ClusterState {
         if target == p.node {
             return refuse(format!("it is already on {}", self.node_name(target)));
         }
-        let node = self.nodes.get(&target)?;
+        let Some(node) = self.nodes.get(&target) else {
+            return Some(Response::Refused(Refusal::UnknownNode { id: target }));
+        };
         if node.state != NodeState::Up {
             return refuse(format!("{} is {}, not up; pick another host", node.name, node.state.as_str()));
         }
@@ -295,7 +297,7 @@ impl ClusterState {
         let Some(vm) = self.vms.get(&id) else { return };
         let copies: Vec<Trashed> = self
             .local_disks(vm)
-            .filter(|d| d.volume.is_some_and(|v| v.host != Some(target)))
+            .filter(|d| d.volume.is_none_or(|v| v.host != Some(target)))
             .map(|d| Trashed { storage: d.storage.clone(), volume: d.volume_name(id), host: Some(target) })
             .collect();
         for t in copies {

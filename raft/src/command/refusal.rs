@@ -183,7 +183,7 @@ impl std::fmt::Display for Refusal {
             ),
             Refusal::LocalDisksRunning { node, vms } => write!(
                 f,
-                "node {node:?} runs {vms} with disks on its local storage, which cannot move; stop them first (they stay on {node}, stopped, until it is activated), then drain"
+                "node {node:?} runs {vms} with disks on its local storage, which a drain does not copy; move them first with `kvmesh vm migrate NAME --copy-storage`, or stop them (they stay on {node}, stopped, until it is activated), then drain"
             ),
             Refusal::HostInMaintenance { vm, node } => write!(
                 f,

@@ -185,6 +185,8 @@ impl ClusterState {
 
     /// The stopped VM a disk or snapshot change acts on.
     fn stopped_vm(&mut self, name: &str, what: &str) -> Result<&mut crate::model::Vm, Refusal> {
+        // A stopped VM's local disks may be being copied (a cold move).
+        self.not_migrating(name, &format!("retry {what}"))?;
         let vm = self.live_vm(name)?;
         let running = vm.desired == crate::model::Desired::Running
             || vm.reported.as_ref().is_some_and(|r| r.state == VmState::Running);
