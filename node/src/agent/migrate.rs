@@ -28,6 +28,7 @@ use tracing::{info, warn};
 
 use crate::ctx::{now_ms, NodeCtx};
 use crate::error::{Error, Result};
+use crate::guard::kill::QemuProcess;
 use crate::hypervisor::{blocking, CopiedDisk, MigrationTarget, Outgoing};
 use crate::storage::volumes;
 
@@ -145,6 +146,11 @@ pub async fn local_progress(ctx: &Arc<NodeCtx>, name: &str) -> Result<pb::Migrat
 /// Starts sending a VM to its migration's target, unless that migration is
 /// already in flight from this process.
 pub fn start(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64) {
+    // A pass planned before the migration ended (its libvirt calls can take
+    // seconds while libvirtd cleans up) must not send again.
+    if current(ctx, vm_id, epoch).is_none() {
+        return;
+    }
     {
         let mut migrating = ctx.migrating.lock().unwrap_or_else(|p| p.into_inner());
         if migrating.get(&vm_id) == Some(&epoch) {
@@ -209,6 +215,22 @@ async fn send(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64) -> Result<Option<u64>>
                     )),
                 };
             }
+            // Stopped for the switch-over with no job left (libvirtd
+            // restarted before it learned how the target's Finish went; it
+            // leaves that to its caller): the target's copy decides, and if
+            // there is none, the guest goes on here.
+            Outgoing::Paused => {
+                let held = target.ask(true).await?;
+                if held.complete {
+                    return Ok(Some(held.downtime_ms).filter(|d| *d > 0));
+                }
+                let d = domain.clone();
+                blocking(&ctx.hypervisor, move |hv| hv.resume(&d)).await?;
+                return Err(Error::FailedPrecondition(
+                    "libvirt lost track of the migration and the target holds no complete copy; the guest goes on here"
+                        .into(),
+                ));
+            }
         }
     }
     let ready = target.ask(false).await?;
@@ -237,18 +259,19 @@ async fn send(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64) -> Result<Option<u64>>
         copy_disks,
     };
     info!(%domain, to = %to.libvirt_uri, epoch, disks = to.copy_disks.len(), "migrating live");
+    // The source's QEMU, held before the job begins: whether it still runs
+    // is then known without asking libvirtd, which is busy with the domain.
+    let pid_dir = crate::guard::kill::qemu_pid_dir(&ctx.config.libvirt_uri);
+    let source = pid_dir.as_deref().and_then(|dir| QemuProcess::of(dir, &domain));
     let hv = ctx.hypervisor.clone();
     let name = domain.clone();
     let mut job = tokio::task::spawn_blocking(move || hv.migrate(&name, &to));
-    // The guest is paused from the switch-over until the target resumes it,
-    // and libvirt's call returns only after the source's clean-up, which
-    // holds the source's libvirtd for a second or more under TCG. Once the
-    // target holds the complete copy (defined for good, paused, its incoming
-    // job ended), libvirt's Finish has succeeded there, and from then on
-    // libvirt only ever kills the source's copy (its Confirm, or its
-    // recovery after a restart, which never resumes a source whose Finish
-    // succeeded); the stale copy is also this host's agent's to remove. So
-    // the move is recorded then, not seconds later.
+    // libvirt's call returns only after the source's clean-up, a second or
+    // more under TCG, with the guest paused all along (the target resumes
+    // it only once the finish is recorded). The move is done, and recorded
+    // at once, when both hold: the target has the complete copy (its
+    // Finish succeeded), and the source's QEMU has exited, which libvirt
+    // does only on success (a lost Finish reply resumes the source).
     let mut poll = tokio::time::interval(Duration::from_millis(50));
     loop {
         tokio::select! {
@@ -258,17 +281,26 @@ async fn send(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64) -> Result<Option<u64>>
                     Ok(Err(e)) => e,
                     Err(e) => Error::Hypervisor(format!("migration task failed: {e}")),
                 };
-                // An error after the target's Finish succeeded (its Confirm
-                // here failed) leaves the complete copy there: that decides.
-                return match target.ask(true).await {
-                    Ok(held) if held.complete => Ok(Some(held.downtime_ms).filter(|d| *d > 0)),
+                // Failed, as libvirt's caller sees it. Finished only if the
+                // source's copy is dead and the target has the whole guest.
+                let d = domain.clone();
+                let dead = match &source {
+                    Some(qemu) => qemu.exited(),
+                    None => matches!(blocking(&ctx.hypervisor, move |hv| hv.outgoing(&d)).await, Ok(Outgoing::Gone)),
+                };
+                return match (dead, target.ask(true).await) {
+                    (true, Ok(held)) if held.complete => Ok(Some(held.downtime_ms).filter(|d| *d > 0)),
                     _ => Err(failed),
                 };
             }
             _ = poll.tick() => {
+                if !source.as_ref().is_some_and(QemuProcess::exited) {
+                    continue;
+                }
                 if let Ok(held) = target.ask(true).await {
                     if held.complete {
-                        info!(%domain, "the target holds the complete copy; libvirt's call ends on its own");
+                        info!(%domain, "the source's QEMU has exited and the target holds the complete copy");
+                        // libvirt's call ends on its own.
                         return Ok(Some(held.downtime_ms).filter(|d| *d > 0));
                     }
                 }

@@ -143,6 +143,28 @@ fn kill_one<D: Fn(&str) -> Result<bool, String>>(
     }
 }
 
+/// A domain's QEMU process, held by a pidfd: whether it still runs is
+/// known without asking libvirtd (which may be busy with the domain).
+pub struct QemuProcess {
+    pid: i32,
+    pidfd: OwnedFd,
+}
+
+impl QemuProcess {
+    /// The QEMU process of `domain`, where libvirt keeps pid files.
+    pub fn of(pid_dir: &Path, domain: &str) -> Option<Self> {
+        qemu_process(pid_dir, domain).map(|(pid, pidfd)| QemuProcess { pid, pidfd })
+    }
+
+    /// Whether it has exited (or is a zombie): it runs no guest code.
+    pub fn exited(&self) -> bool {
+        let mut poll = libc::pollfd { fd: self.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, no wait.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        ready > 0 || gone_or_zombie(self.pid).is_some()
+    }
+}
+
 /// `Some` once the process is a zombie or gone: it no longer runs code.
 fn gone_or_zombie(pid: i32) -> Option<()> {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -384,28 +384,36 @@ impl Hypervisor for Libvirt {
             Err(e) if e.code() == virt::error::ErrorNumber::NoDomain.into() => return Ok(super::Outgoing::Gone),
             Err(e) => return Err(lv_err(&format!("job of {domain}"), e)),
         };
-        Ok(if stats.r#type == 0 { super::Outgoing::Idle } else { super::Outgoing::Sending })
+        Ok(match (stats.r#type, run_state(&dom)) {
+            (0, RunState::Paused) => super::Outgoing::Paused,
+            (0, _) => super::Outgoing::Idle,
+            _ => super::Outgoing::Sending,
+        })
     }
 
     fn incoming_complete(&self, domain: &str, epoch: u64) -> Result<Option<u64>> {
         let Ok(dom) = self.conn().lookup_domain_by_name(domain) else { return Ok(None) };
+        // The job first: while the incoming job (Finish included) runs,
+        // libvirt refuses job statistics here, and its end is what settles
+        // Finish's outcome; the state is read after it.
+        let Ok(job) = job_stats(&dom, 0) else { return Ok(None) };
+        if job.r#type != 0 {
+            return Ok(None);
+        }
         // While it comes in, the domain is transient; libvirt defines it for
-        // good (PERSIST_DEST) only once the migration completed.
+        // good (PERSIST_DEST) during a Finish, and keeps the completed job's
+        // statistics only for one that succeeded.
         let persistent = dom.is_persistent().unwrap_or(false);
         let tagged = self.tag(&dom).is_some_and(|t| t.node_id == self.node_id && t.epoch == epoch);
         if !(persistent && tagged && run_state(&dom) == RunState::Paused) {
             return Ok(None);
         }
-        // And no incoming job still runs (a definition left from before
-        // would be persistent and paused while memory still comes in).
-        let job = job_stats(&dom, 0).map_err(|e| lv_err(&format!("job of {domain}"), e))?;
-        if job.r#type != 0 {
-            return Ok(None);
-        }
         // KEEP_COMPLETED: reading them must not take them from `domjobinfo --completed`.
         let flags = virt::sys::VIR_DOMAIN_JOB_STATS_COMPLETED | virt::sys::VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED;
-        let stats = job_stats(&dom, flags).ok();
-        Ok(Some(stats.and_then(|s| s.downtime).unwrap_or(0)))
+        match job_stats(&dom, flags) {
+            Ok(done) if done.r#type != 0 => Ok(Some(done.downtime.unwrap_or(0))),
+            _ => Ok(None),
+        }
     }
 
     fn cancel_migration(&self, domain: &str) -> Result<()> {

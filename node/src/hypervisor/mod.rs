@@ -146,6 +146,9 @@ pub enum Outgoing {
     Idle,
     /// A migration job runs.
     Sending,
+    /// Paused with no job: stopped for a switch-over whose outcome libvirt
+    /// no longer knows (libvirtd restarted after sending).
+    Paused,
     /// The domain does not run here: gone (libvirt completed a migration
     /// and undefined it, or it was never here), or shut off.
     Gone,
