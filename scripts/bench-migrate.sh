@@ -98,7 +98,8 @@ pct() { # p50|p99 of the numbers given
   python3 -c 'import sys,math; v=sorted(float(x) for x in sys.argv[2:] if x); q=float(sys.argv[1])
 print(int(v[min(len(v)-1, math.ceil(q*len(v))-1)]) if v else "n/a")' "$@"
 }
-echo "live migration of a 256 MiB TCG guest, ${DIRTY:+dirtying $DIRTY MiB, }${DIRTY:-idle, }$ROUNDS rounds each (ms):"
+KIND="idle"; [ -n "$DIRTY" ] && KIND="rewriting $DIRTY MiB of its memory"
+echo "live migration of a 256 MiB TCG guest, $KIND, $ROUNDS rounds each (ms):"
 printf '  kvmesh vm migrate --wait: total p50 %s p99 %s; downtime p50 %s p99 %s\n' \
   "$(pct 0.5 "${k_total[@]}")" "$(pct 0.99 "${k_total[@]}")" "$(pct 0.5 "${k_down[@]}")" "$(pct 0.99 "${k_down[@]}")"
 printf '    of which paused on the target until the move was committed: p50 %s p99 %s\n' \
