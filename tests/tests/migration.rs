@@ -35,7 +35,9 @@ struct Guest {
 
 fn guest_state(name: &str) -> Option<Guest> {
     let r = run_cli(&addr("h3"), &["vm", "console", name, "-o", "json"]);
-    let data = r.json().ok()?["data"].as_str()?.to_string();
+    let mut data = r.json().ok()?["data"].as_str()?.to_string();
+    // Only whole lines: the guest may be in the middle of printing one.
+    data.truncate(data.rfind('\n')? + 1);
     let up = data.lines().rev().find_map(|l| l.trim().strip_prefix("KVMESH-TEST-GUEST-UP "))?.to_string();
     let mut words = up.split_whitespace();
     let count = words.next()?.parse().ok()?;
@@ -186,7 +188,9 @@ fn a_running_guest_moves_live_without_a_reboot_and_never_runs_twice() -> Result<
     ensure!(guests.iter().all(|(_, d)| running_hosts(d) == [host]), "not all six on {host}");
     let mut before = Vec::new();
     for (name, _) in &guests {
-        before.push(wait_for("each guest counting", Duration::from_secs(30), || guest_state(name))?);
+        before.push(wait_for("each guest counting", Duration::from_secs(30), || {
+            guest_state(name).filter(|g| g.count >= 1)
+        })?);
     }
     let dry = cli("h1", &["cluster", "balance", "--dry-run"])?;
     ensure!(dry.as_array().is_some_and(|m| !m.is_empty() && m.iter().all(|m| m["from"] == host)), "dry run: {dry}");

@@ -52,7 +52,9 @@ fn via() -> &'static str {
 /// The guest's serial counter and its disk line, from its console.
 fn guest_count(name: &str) -> Option<(u64, String)> {
     let r = run_cli(&addr(via()), &["vm", "console", name, "-o", "json"]);
-    let data = r.json().ok()?["data"].as_str()?.to_string();
+    let mut data = r.json().ok()?["data"].as_str()?.to_string();
+    // Only whole lines: the guest may be in the middle of printing one.
+    data.truncate(data.rfind('\n')? + 1);
     let up = data.lines().rev().find_map(|l| l.trim().strip_prefix("KVMESH-TEST-GUEST-UP "))?.to_string();
     let disk = data.lines().rev().find(|l| l.starts_with("KVMESH-DISK "))?.trim().to_string();
     Some((up.split_whitespace().next()?.parse().ok()?, disk))
@@ -90,10 +92,11 @@ fn begin_slow(name: &str, domain: &str, to: &str) -> Result<()> {
     wait_for("the target receiving the guest", Duration::from_secs(20), || {
         virsh_on(to, &["list", "--all", "--name"]).lines().any(|l| l.trim() == domain).then_some(())
     })?;
-    // `vm get` shows how far it is, from the source's libvirt.
+    // `vm get` shows how far it is and what it copies, from the source's libvirt.
     wait_for("the migration's progress", Duration::from_secs(10), || {
         let p = vm_field(name, "migration_progress")?;
-        (p["data_total"].as_u64()? > 0 && p["data_remaining"].as_u64()? > 0).then_some(())
+        let copying = p["phase"].as_str()?.starts_with("copying memory");
+        (copying && p["data_total"].as_u64()? > 0 && p["data_remaining"].as_u64()? > 0).then_some(())
     })?;
     Ok(())
 }

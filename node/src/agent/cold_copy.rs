@@ -97,12 +97,8 @@ pub async fn read_volume(ctx: &Arc<NodeCtx>, req: pb::ReadVolumeRequest) -> Resu
 /// Starts pulling a cold copy's volumes to this host, unless that copy is
 /// already running in this process.
 pub fn start(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64) {
-    {
-        let mut migrating = ctx.migrating.lock().unwrap_or_else(|p| p.into_inner());
-        if migrating.get(&vm_id) == Some(&epoch) {
-            return;
-        }
-        migrating.insert(vm_id, epoch);
+    if !super::migrate::claim(ctx, vm_id, epoch) {
+        return;
     }
     let ctx = ctx.clone();
     tokio::spawn(async move {

@@ -63,20 +63,24 @@ pub async fn prepare_incoming(ctx: &Arc<NodeCtx>, req: pb::PrepareIncomingReques
         ))
     })?;
     // A copy of the VM still here (this host sent it away a moment ago, and
-    // libvirt is still tearing that copy down, or a copy of this migration
-    // from a source that restarted and asks again) holds the domain's name
-    // and, with copied disks, the volumes: wait for it to go.
+    // libvirt is still tearing that copy down under its migration job, or a
+    // copy of this migration from a source that restarted and asks again)
+    // holds the domain's name and, with copied disks, the volumes: wait for
+    // it to go (libvirt undefines a sent copy; this host's agent removes any
+    // other, since the VM is placed elsewhere).
     let domain = domain_name(vm_id);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let d = domain.clone();
-        let here = blocking(&ctx.hypervisor, move |hv| Ok(hv.list()?.iter().any(|x| x.name == d && x.state.is_live())))
-            .await?;
+        let here = blocking(&ctx.hypervisor, move |hv| Ok(hv.list()?.iter().any(|x| x.name == d))).await?;
         if !here {
             break;
         }
         if Instant::now() >= deadline {
-            return Err(Error::FailedPrecondition(format!("{} still holds a running copy of the VM", ctx.name)));
+            return Err(Error::FailedPrecondition(format!(
+                "{} still holds a copy of the VM after 30 s (see its log)",
+                ctx.name
+            )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -143,20 +147,20 @@ pub async fn local_progress(ctx: &Arc<NodeCtx>, name: &str) -> Result<pb::Migrat
     progress.ok_or_else(|| Error::FailedPrecondition(format!("no migration of {name} runs on {}", ctx.name)))
 }
 
+/// Marks the move of `vm_id` at `epoch` as handled by this process: false
+/// if it already is (a send or a pull runs, or waits for its outcome).
+pub(super) fn claim(ctx: &NodeCtx, vm_id: u64, epoch: u64) -> bool {
+    let mut migrating = ctx.migrating.lock().unwrap_or_else(|p| p.into_inner());
+    migrating.insert(vm_id, epoch) != Some(epoch)
+}
+
 /// Starts sending a VM to its migration's target, unless that migration is
 /// already in flight from this process.
 pub fn start(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64) {
     // A pass planned before the migration ended (its libvirt calls can take
     // seconds while libvirtd cleans up) must not send again.
-    if current(ctx, vm_id, epoch).is_none() {
+    if current(ctx, vm_id, epoch).is_none() || !claim(ctx, vm_id, epoch) {
         return;
-    }
-    {
-        let mut migrating = ctx.migrating.lock().unwrap_or_else(|p| p.into_inner());
-        if migrating.get(&vm_id) == Some(&epoch) {
-            return;
-        }
-        migrating.insert(vm_id, epoch);
     }
     let ctx = ctx.clone();
     tokio::spawn(async move {

@@ -258,13 +258,22 @@ pub fn print_disks(output: Output, disks: &[pb::DiskInfo]) {
 
 /// A live migration's progress in one line: copied, left, rate.
 pub fn progress_line(p: &pb::MigrationProgress) -> String {
+    let phase = if p.phase.is_empty() { "copying" } else { p.phase.as_str() };
     format!(
-        "{} of {} copied, {} left, {}/s",
+        "{phase}: {} of {} copied, {} left, {}/s",
         human_bytes(p.data_processed),
         human_bytes(p.data_total),
         human_bytes(p.data_remaining),
         human_bytes(p.bytes_per_s)
     )
+}
+
+fn progress_json(p: &pb::MigrationProgress) -> Value {
+    json!({
+        "data_total": p.data_total, "data_processed": p.data_processed,
+        "data_remaining": p.data_remaining, "bytes_per_s": p.bytes_per_s, "phase": p.phase,
+        "disk_total": p.disk_total, "disk_remaining": p.disk_remaining,
+    })
 }
 
 pub fn vm_json(vm: &pb::Vm) -> Value {
@@ -283,10 +292,7 @@ pub fn vm_json(vm: &pb::Vm) -> Value {
         "migrating_to": vm.migrating_to,
         "migration_started_ms": (vm.migration_started_ms > 0).then_some(vm.migration_started_ms),
         "migration_copies_disks": vm.migration_copies_disks,
-        "migration_progress": vm.migration_progress.as_ref().map(|p| json!({
-            "data_total": p.data_total, "data_processed": p.data_processed,
-            "data_remaining": p.data_remaining, "bytes_per_s": p.bytes_per_s,
-        })),
+        "migration_progress": vm.migration_progress.as_ref().map(progress_json),
     })
 }
 
@@ -346,8 +352,11 @@ pub fn print_vm(output: Output, vm: &pb::Vm) {
                     (false, false) => "live",
                 };
                 println!("moving:   {how} to {to}, since {}", format_ms(vm.migration_started_ms));
-                if let Some(p) = &vm.migration_progress {
-                    println!("          {}", progress_line(p));
+                match &vm.migration_progress {
+                    Some(p) => println!("          {}", progress_line(p)),
+                    // Before libvirt's job (the target getting ready), or a
+                    // cold copy (no job): no figures.
+                    None => println!("          (no figures from the source's libvirt yet)"),
                 }
             }
             if let Some(h) = &vm.lease_holder {

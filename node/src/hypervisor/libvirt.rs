@@ -358,11 +358,15 @@ impl Hypervisor for Libvirt {
         if stats.r#type == 0 {
             return Ok(None);
         }
+        let (disk_total, disk_remaining) = (stats.disk_total.unwrap_or(0), stats.disk_remaining.unwrap_or(0));
         Ok(Some(kvmesh_proto::MigrationProgress {
             data_total: stats.data_total.unwrap_or(0),
             data_processed: stats.data_processed.unwrap_or(0),
             data_remaining: stats.data_remaining.unwrap_or(0),
             bytes_per_s: stats.mem_bps.unwrap_or(0),
+            phase: super::migration_phase(disk_total, disk_remaining, stats.mem_iteration.unwrap_or(0)),
+            disk_total,
+            disk_remaining,
         }))
     }
 

@@ -205,6 +205,17 @@ pub fn lock_manager(qemu_conf: &str) -> Option<String> {
         .filter(|m| !m.is_empty() && m != "nop")
 }
 
+/// What a running migration job is doing, from libvirt's statistics: the
+/// disks it copies come first (QEMU mirrors them before the memory), then
+/// the memory, then again the pages the guest changed meanwhile.
+pub fn migration_phase(disk_total: u64, disk_remaining: u64, memory_pass: u64) -> String {
+    match (disk_total > 0 && disk_remaining > 0, memory_pass) {
+        (true, _) => "copying disks".into(),
+        (false, 0 | 1) => "copying memory".into(),
+        (false, n) => format!("copying memory the guest changed (pass {n})"),
+    }
+}
+
 /// Runs a hypervisor call on the blocking pool.
 pub async fn blocking<T, F>(hv: &Arc<dyn Hypervisor>, f: F) -> Result<T>
 where
@@ -227,6 +238,14 @@ mod tests {
         assert!(super::lease_held("Lockspace resource '/srv/x.qcow2' is locked"));
         assert!(!super::lease_held("cannot open /dev/sdb: resource busy"));
         assert!(!super::lease_held("Cannot access storage file '/srv/x.qcow2': No such file or directory"));
+    }
+
+    #[test]
+    fn a_migration_says_what_it_is_copying() {
+        assert_eq!(super::migration_phase(64 << 20, 10 << 20, 0), "copying disks");
+        assert_eq!(super::migration_phase(64 << 20, 0, 1), "copying memory");
+        assert_eq!(super::migration_phase(0, 0, 0), "copying memory");
+        assert_eq!(super::migration_phase(0, 0, 3), "copying memory the guest changed (pass 3)");
     }
 
     #[test]
