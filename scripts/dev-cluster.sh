@@ -40,6 +40,9 @@ start_node() {
   done
   echo "node n$i did not start; see $DIR/n$i.log" >&2
   tail -5 "$DIR/n$i.log" >&2
+  if grep -q "written by an older kvmesh" "$DIR/n$i.log"; then
+    echo "this dev cluster's data was written by an older build: \`scripts/dev-cluster.sh clean\` starts it over" >&2
+  fi
   exit 1
 }
 
