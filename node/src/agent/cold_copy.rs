@@ -151,7 +151,7 @@ async fn pull(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64) -> Result<u64> {
             .map_err(|e| Error::Hypervisor(format!("rename task failed: {e}")))?
             .map_err(|e| Error::Hypervisor(format!("rename to {shown}: {e}")))
         };
-        if let Err(e) = super::migrate::when_trash_cleared(ctx, vm_id, rename).await {
+        if let Err(e) = volumes::when_trash_cleared(ctx, vm_id, rename).await {
             let _ = std::fs::remove_file(&partial);
             return Err(e);
         }

@@ -85,42 +85,10 @@ pub async fn prepare_incoming(ctx: &Arc<NodeCtx>, req: pb::PrepareIncomingReques
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if migration.copy_storage {
-        let copies = when_trash_cleared(ctx, vm_id, || volumes::make_copies(ctx, vm_id)).await?;
+        let copies = volumes::when_trash_cleared(ctx, vm_id, || volumes::make_copies(ctx, vm_id)).await?;
         reply.copies = copies.into_iter().collect();
     }
     Ok(reply)
-}
-
-/// Runs `make` (which makes files under the VM's volume names) once no
-/// volume of the VM is in this host's trash (from an earlier stay here, or
-/// an aborted copy), holding the trash's lock: the stale file must be gone
-/// first, or the trash would delete the copy.
-pub(super) async fn when_trash_cleared<T, F>(ctx: &Arc<NodeCtx>, vm_id: u64, make: impl FnOnce() -> F) -> Result<T>
-where
-    F: std::future::Future<Output = Result<T>>,
-{
-    let prefix = format!("{vm_id:016x}-disk");
-    let trashed =
-        || ctx.read(|d| d.state.meta.trash.iter().any(|t| t.host == Some(ctx.id) && t.volume.starts_with(&prefix)));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if !trashed() {
-            let _trash = volumes::TRASH.lock().await;
-            // Looked at again under the lock: the trash may have been read
-            // before its entry went.
-            if !trashed() {
-                return make().await;
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(Error::FailedPrecondition(format!(
-                "an old copy of the VM's disks on {} is still waiting to be deleted (is its storage active there?); \
-                 retry in a moment",
-                ctx.name
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Polls `f` every 50 ms until it gives a value or `within` passed.

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use kvmesh_raft::command::{Command, Response};
 use kvmesh_raft::model::ClusterState;
@@ -273,6 +274,38 @@ pub async fn copy_paths(ctx: &Arc<NodeCtx>, vm_id: u64) -> Result<Vec<(u32, std:
 /// under a volume's name: the trash deletes by name what it read a moment
 /// before, so a copy made in between would go with the stale file.
 pub static TRASH: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs `make` (which makes files under the VM's volume names) once no
+/// volume of the VM is in this host's trash (from an earlier stay here, or
+/// an aborted copy), holding the trash's lock: the stale file must be gone
+/// first, or the trash would delete the copy.
+pub async fn when_trash_cleared<T, F>(ctx: &Arc<NodeCtx>, vm_id: u64, make: impl FnOnce() -> F) -> Result<T>
+where
+    F: std::future::Future<Output = Result<T>>,
+{
+    let prefix = format!("{vm_id:016x}-disk");
+    let trashed =
+        || ctx.read(|d| d.state.meta.trash.iter().any(|t| t.host == Some(ctx.id) && t.volume.starts_with(&prefix)));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if !trashed() {
+            let _trash = TRASH.lock().await;
+            // Looked at again under the lock: the trash may have been read
+            // before its entry went.
+            if !trashed() {
+                return make().await;
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::FailedPrecondition(format!(
+                "an old copy of the VM's disks on {} is still waiting to be deleted (is its storage active there?); \
+                 retry in a moment",
+                ctx.name
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// Deletes the trashed volumes this host can reach and records that.
 pub async fn empty_trash(ctx: &Arc<NodeCtx>) {
