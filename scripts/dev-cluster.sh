@@ -11,13 +11,17 @@
 #   scripts/dev-cluster.sh clean    stop and delete all data
 #
 # Node i listens on 127.0.0.1:(7100+i-1); node 1 is on the CLI's default
-# endpoint, so plain `kvmesh …` commands talk to it. Data dirs and logs live
-# under .dev-cluster/ (override with KVMESH_DEV_DIR).
+# endpoint. Data dirs and logs live under .dev-cluster/ (override with
+# KVMESH_DEV_DIR). The cluster runs as in production: TLS between everyone,
+# nodes joined with one-time join tokens, and the CLI authenticated with the
+# admin token that `cluster init` wrote, with the cluster CA, to
+# .dev-cluster/client.toml (export KVMESH_CLIENT_CONFIG=… to use it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 DIR=${KVMESH_DEV_DIR:-$ROOT/.dev-cluster}
 BIN=$ROOT/target/debug/kvmesh
+export KVMESH_CLIENT_CONFIG=$DIR/client.toml
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 
 port() { echo $((7100 + $1 - 1)); }
@@ -30,7 +34,10 @@ start_node() {
   running "$i" && return 0
   local args=(serve --name "n$i" --listen "127.0.0.1:$(port "$i")" --data-dir "$DIR/n$i" --libvirt-uri "$LIBVIRT_URI")
   [ "$LIBVIRT_URI" != "test:///default" ] && args+=(--virt-type "${VIRT_TYPE:-qemu}")
-  [ -n "$join" ] && [ ! -f "$DIR/n$i/kvmesh-node.json" ] && args+=(--join "$join")
+  if [ -n "$join" ] && [ ! -f "$DIR/n$i/kvmesh-node.json" ]; then
+    # Invited with a one-time join token, as on real hosts.
+    args+=(--join "$join" --join-token "$(kv cluster token create --name "n$i" 2>/dev/null)")
+  fi
   nohup "$BIN" "${args[@]}" >>"$DIR/n$i.log" 2>&1 &
   echo $! >"$DIR/n$i.pid"
   for _ in $(seq 100); do
@@ -71,7 +78,8 @@ up() {
   echo
   echo "data dirs and logs: $DIR/n<i> and $DIR/n<i>.log"
   echo "hypervisor: $LIBVIRT_URI"
-  echo "try: $BIN vm create web1 --vcpus 1 --memory 256 --wait && $BIN vm list"
+  echo "client config (cluster CA, admin token): $KVMESH_CLIENT_CONFIG"
+  echo "try: export KVMESH_CLIENT_CONFIG=$KVMESH_CLIENT_CONFIG; $BIN vm create web1 --vcpus 1 --memory 256 --wait && $BIN vm list"
 }
 
 demo() {

@@ -23,7 +23,15 @@ fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "libvirtd: installing ${missing[*]}"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Some machine images ship a backported qemu-utils newer than the
+  # distribution's qemu-system-x86, and apt refuses the pair ("held broken
+  # packages"). Pin qemu-utils to qemu-system-x86's version, downgrading if
+  # need be, so both come from one QEMU release.
+  qemu_version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+  for i in "${!missing[@]}"; do
+    [ "${missing[$i]}" = qemu-utils ] && [ -n "$qemu_version" ] && missing[$i]="qemu-utils=$qemu_version"
+  done
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends --allow-downgrades "${missing[@]}" >/dev/null
 fi
 
 if virsh -c qemu:///system version >/dev/null 2>&1; then

@@ -29,6 +29,9 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 BIN=${KVMESH_BIN:-$ROOT/target/debug/kvmesh}
 BASE=${KVMESH_TESTBED_DIR:-/tmp/kvmesh-testbed}
+# `cluster init` writes the cluster CA and the admin token here; every CLI
+# call of this script (and of whoever sets the same variable) uses it.
+export KVMESH_CLIENT_CONFIG=${KVMESH_CLIENT_CONFIG:-$BASE/client.toml}
 BR=kvmtb0
 NET=10.254.77
 PORT=7100
@@ -81,7 +84,15 @@ CONF
 serve_cmd() {
   local h=$1 join=${2:-} dir=$BASE/$1
   local args=(serve --name "$h" --listen "$(ip_of "$h"):$PORT" --data-dir "$dir/kvmesh" --libvirt-uri qemu:///system --virt-type qemu)
-  [ -n "$join" ] && [ ! -f "$dir/kvmesh/kvmesh-node.json" ] && args+=(--join "$join")
+  if [ -n "$join" ] && [ ! -f "$dir/kvmesh/kvmesh-node.json" ]; then
+    # A new host is invited with a one-time join token, as an operator would.
+    local token
+    token=$("$BIN" --endpoint "$join" cluster token create --name "$h" 2>/dev/null) || {
+      echo "cannot make a join token for $h through $join" >&2
+      return 1
+    }
+    args+=(--join "$join" --join-token "$token")
+  fi
   # shellcheck disable=SC2086
   args+=(${KVMESH_TESTBED_NODE_ARGS:-})
   echo "'$BIN' ${args[*]@Q} >>'$dir/kvmesh.log' 2>&1"

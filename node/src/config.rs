@@ -101,6 +101,15 @@ pub struct ServeConfig {
     /// With `cluster policy set … --balance on`, the leader evens the hosts
     /// out this often. Default 60000 ms.
     pub balance_every_ms: u64,
+    /// A join token (`kvmesh cluster token create` on a member): how a new
+    /// node gets its certificate. Used at first start only.
+    pub join_token: Option<String>,
+    /// Plaintext and no authentication, for development on one machine:
+    /// refused unless `listen` and `advertise` are loopback addresses.
+    pub insecure: bool,
+    /// How long node certificates live; each is renewed at half its life.
+    /// Default 90 days (7776000 s); at least 30 s.
+    pub cert_lifetime_s: u64,
     pub raft: RaftConfig,
 }
 
@@ -127,6 +136,9 @@ impl Default for ServeConfig {
             unsafe_no_guard: false,
             migration_uri: "qemu+tcp://{host}/system".into(),
             balance_every_ms: 60_000,
+            join_token: None,
+            insecure: false,
+            cert_lifetime_s: 90 * 24 * 3600,
             raft: RaftConfig::default(),
         }
     }
@@ -162,6 +174,27 @@ impl ServeConfig {
             && self.listen.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_unspecified())
         {
             problems.push(format!("advertise: required when listen ({}) is a wildcard address", self.listen));
+        }
+        if let Some(t) = &self.join_token {
+            if let Err(e) = t.parse::<crate::auth::tokens::JoinToken>() {
+                problems.push(format!("join_token: {e}"));
+            }
+        }
+        if self.insecure {
+            let loopback = |a: &str| {
+                a.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback())
+                    || a.rsplit_once(':').is_some_and(|(h, _)| h == "localhost")
+            };
+            if !loopback(&self.listen) || !loopback(self.advertise()) {
+                problems.push(format!(
+                    "insecure: plaintext without authentication is for one machine only; listen ({}) and advertise ({}) must be loopback addresses. Drop --insecure to use TLS",
+                    self.listen,
+                    self.advertise()
+                ));
+            }
+        }
+        if self.cert_lifetime_s < 30 {
+            problems.push(format!("cert_lifetime_s: {} is too short (minimum 30)", self.cert_lifetime_s));
         }
         if let Some(j) = &self.join {
             if !is_host_port(j) {

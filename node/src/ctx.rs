@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use kvmesh_proto::FORWARDED_HEADER;
 use kvmesh_raft::command::{Command, Response};
-use kvmesh_raft::network::{lazy_channel, MembershipRefusals};
+use kvmesh_raft::network::{Dial, MembershipRefusals};
 use kvmesh_raft::store::{SharedState, SmData};
 use kvmesh_raft::types::{Raft, RaftMetrics};
 use kvmesh_raft::NodeId;
@@ -69,6 +69,10 @@ pub struct NodeCtx {
     /// The fence guard, which outlives this process.
     pub guard: std::sync::Arc<crate::guard::GuardLink>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// How this node reaches others (TLS with its certificate).
+    pub dial: Dial,
+    /// This node's certificate (`None` under `--insecure`).
+    pub tls: Option<std::sync::Arc<crate::tls::NodeTls>>,
     /// Batches concurrent writes into one log entry (group commit).
     proposer: Proposer,
     /// The sequence number of this node's next write (see [`RequestId`]).
@@ -87,6 +91,8 @@ impl NodeCtx {
         data_dir: DataDir,
         hypervisor: std::sync::Arc<dyn crate::hypervisor::Hypervisor>,
         refusals: std::sync::Arc<MembershipRefusals>,
+        dial: Dial,
+        tls: Option<std::sync::Arc<crate::tls::NodeTls>>,
     ) -> Self {
         let raft_state = state.clone();
         let guard = crate::guard::GuardLink::start(&config);
@@ -114,7 +120,9 @@ impl NodeCtx {
             disk_probe,
             guard,
             channels: Mutex::new(HashMap::new()),
-            proposer: Proposer::start(id, raft.clone()),
+            proposer: Proposer::start(id, raft.clone(), dial.clone()),
+            dial,
+            tls,
             next_request: AtomicU64::new(first_request_seq(id, &raft_state)),
         }
     }
@@ -135,7 +143,7 @@ impl NodeCtx {
         if let Some(c) = channels.get(address) {
             return Ok(c.clone());
         }
-        let c = lazy_channel(address, Duration::from_secs(1))
+        let c = (self.dial)(address, Duration::from_secs(1))
             .map_err(|e| Error::Unavailable(format!("bad peer address {address}: {e}")))?;
         channels.insert(address.to_string(), c.clone());
         Ok(c)
@@ -163,6 +171,11 @@ impl NodeCtx {
     }
 
     async fn propose_with(&self, cmd: Command, route: Route) -> Result<Response> {
+        // The event log records who asked (README, "Security").
+        let cmd = match crate::auth::audit_by() {
+            Some(by) => Command::Audited { by, cmd: Box::new(cmd) },
+            None => cmd,
+        };
         // Retried under one request id when applying twice would differ
         // from once; the rest are idempotent and retried as they are.
         let cmd = if cmd.needs_request_id() {
@@ -332,6 +345,11 @@ pub fn forward<T>(message: T, timeout: Duration) -> Request<T> {
     let mut r = Request::new(message);
     r.set_timeout(timeout);
     r.metadata_mut().insert(FORWARDED_HEADER, "1".parse().expect("static header"));
+    // The caller travels with the request; the receiving node believes it
+    // because this node's certificate vouches for it.
+    if let Some(value) = crate::auth::forwarded_principal().and_then(|p| p.parse().ok()) {
+        r.metadata_mut().insert(crate::auth::PRINCIPAL_HEADER, value);
+    }
     r
 }
 

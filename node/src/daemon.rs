@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvmesh_proto as pb;
-use kvmesh_raft::network::{MembershipRefusals, Network, RaftService};
+use kvmesh_raft::network::{plain_dial, Dial, MembershipRefusals, Network, RaftService};
 use kvmesh_raft::types::Raft;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic::Code;
 use tracing::{error, info, instrument, warn};
 
@@ -20,7 +19,10 @@ use crate::ctx::NodeCtx;
 use crate::data_dir::DataDir;
 use crate::error::{Error, Result};
 use crate::ha::{LeaderView, Lease};
+use crate::auth::tokens::JoinToken;
 use crate::hypervisor::{self, libvirt::Libvirt, Hypervisor};
+use crate::tls::dial::Dialer;
+use crate::tls::NodeTls;
 
 /// How long `serve --join` keeps trying before it gives up.
 const JOIN_DEADLINE: Duration = Duration::from_secs(180);
@@ -65,19 +67,42 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     );
     let host = hypervisor::blocking(&hypervisor, |hv| hv.capacity()).await?;
 
+    crate::tls::listen::raise_nofile_limit();
+    let (tls, unrecorded) = prepare_tls(&config, &state).await?;
+    let dial: Dial = match &tls {
+        Some(tls) => {
+            let dialer = Dialer::Tls(tls.client_config()?);
+            Arc::new(move |address: &str, timeout| dialer.channel(address, timeout).map_err(|e| e.to_string()))
+        }
+        None => plain_dial(),
+    };
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|source| Error::Listen { address: config.listen.clone(), source })?;
     let refusals = Arc::new(MembershipRefusals::default());
-    let network = Network::new(refusals.clone(), state.clone());
+    let network = Network::new(refusals.clone(), state.clone(), dial.clone());
     let raft = Raft::new(id, raft_config, network, log_store, state_machine)
         .await
         .map_err(|e| Error::Raft(format!("cannot start raft: {e}")))?;
 
     let cpus = config.cpus.unwrap_or(host.cpus);
     let memory_mib = config.memory_mib.unwrap_or(host.memory_mib);
-    let join = config.join.clone();
-    let ctx = Arc::new(NodeCtx::new(id, config, cpus, memory_mib, raft.clone(), state, data_dir, hypervisor, refusals));
+    // The member to join: --join, or the first one the join token names.
+    let token_member = config.join_token.as_ref().and_then(|t| t.parse::<JoinToken>().ok()).and_then(|t| t.members.first().cloned());
+    let join = config.join.clone().or(token_member);
+    let ctx = Arc::new(NodeCtx::new(
+        id,
+        config,
+        cpus,
+        memory_mib,
+        raft.clone(),
+        state,
+        data_dir,
+        hypervisor,
+        refusals,
+        dial,
+        tls.clone(),
+    ));
     info!(node = %ctx.name, id, address = %ctx.address, cpus, memory_mib, libvirt = %ctx.config.libvirt_uri, "kvmesh node starting");
     if ctx.config.libvirt_uri == "qemu:///system" {
         // The local libvirtd's settings: say whether disk leases have
@@ -95,7 +120,11 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let leader = Arc::new(LeaderView::new(ctx.clone()));
     let lease_file = ctx.config.data_dir.join("lease");
     let lease = Arc::new(Lease::new(Duration::from_millis(ctx.config.fence_after_ms), Some(lease_file)));
-    let server = tokio::spawn(serve_grpc(ctx.clone(), leader.clone(), listener));
+    let acceptor = match &tls {
+        Some(tls) => Some(tokio_rustls::TlsAcceptor::from(tls.server_config()?)),
+        None => None,
+    };
+    let server = tokio::spawn(serve_grpc(ctx.clone(), leader.clone(), listener, acceptor));
     let initialized = raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))?;
     let joined = ctx.data_dir.lock().unwrap_or_else(|p| p.into_inner()).identity.cluster_id.is_some();
     let member = ctx.metrics().membership_config.membership().get_node(&ctx.id).is_some();
@@ -134,6 +163,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     tokio::spawn(crate::ha::heartbeat_loop(ctx.clone(), lease, leader.clone()));
     tokio::spawn(crate::ha::controller::run(ctx.clone(), leader));
     tokio::spawn(snapshot_by_size(ctx.clone(), log_size));
+    tokio::spawn(crate::tls::renew::run(ctx.clone(), unrecorded));
     if initialized {
         // A first start's join carries the flags already.
         tokio::spawn(propose_own_flags(ctx.clone()));
@@ -365,10 +395,59 @@ async fn snapshot_by_size(ctx: Arc<NodeCtx>, log: kvmesh_raft::store::LogStore) 
     }
 }
 
+/// This node's certificate, ready before anything listens or dials: loaded
+/// from the data dir (renewed first if it is due or expired), obtained with
+/// the join token, or made with a CA of its own for a node that will found
+/// a cluster. `None` under `--insecure`. Also returns a renewal the cluster
+/// has yet to record.
+async fn prepare_tls(
+    config: &ServeConfig,
+    state: &kvmesh_raft::store::SharedState,
+) -> Result<(Option<Arc<NodeTls>>, Option<(String, kvmesh_raft::security::IssuedCert)>)> {
+    if config.insecure {
+        warn!("--insecure: plaintext and no authentication; for development on this machine only");
+        return Ok((None, None));
+    }
+    let tls = NodeTls::open(&config.data_dir)?;
+    let lifetime = Duration::from_secs(config.cert_lifetime_s);
+    let member = state.read().map(|d| d.state.cluster_id().is_some()).unwrap_or(false);
+    // A node that is not a member yet enrolls again with a token when it
+    // holds only its own CA (it was started first without one) or a
+    // certificate for another name (a refused join retried under a new one).
+    let named = tls.certified_key().and_then(|k| crate::tls::ca::info(&k.cert[0]).ok()).and_then(|i| i.subject);
+    let other_name = named != Some(crate::tls::ca::Subject::Node(config.name.clone()));
+    let re_enroll = !member && config.join_token.is_some() && (tls.own_ca_key().is_some() || other_name);
+    if !tls.has_identity() || re_enroll {
+        match &config.join_token {
+            Some(token) => {
+                let token: JoinToken = token.parse().map_err(Error::Config)?;
+                info!(members = ?token.members, "enrolling with the join token");
+                crate::tls::enroll::enroll(&tls, &token, &config.name, config.join.as_deref()).await?;
+                // Its own CA, if it had one, is no longer of use.
+                let _ = std::fs::remove_file(config.data_dir.join("tls").join("ca.key"));
+            }
+            None if config.join.is_some() => {
+                return Err(Error::Config(format!(
+                    "joining a cluster needs a join token: on a member run `kvmesh cluster token create --name {}`, then start this node with --join-token TOKEN",
+                    config.name
+                )))
+            }
+            None => {
+                tls.bootstrap(&config.name, lifetime)?;
+                info!("made this node's certificate and a CA for the cluster it will found (`kvmesh cluster init`)");
+            }
+        }
+        return Ok((Some(tls), None));
+    }
+    let unrecorded = crate::tls::renew::renew_if_due(&tls, state, &config.name, lifetime)?;
+    Ok((Some(tls), unrecorded))
+}
+
 async fn serve_grpc(
     ctx: Arc<NodeCtx>,
     leader: Arc<LeaderView>,
     listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
 ) -> std::result::Result<(), tonic::transport::Error> {
     // Both reflection versions: grpcurl speaks v1, many grpcio tools v1alpha.
     let reflection_builder = || {
@@ -380,8 +459,9 @@ async fn serve_grpc(
     let reflection_alpha = reflection_builder().build_v1alpha().expect("descriptor sets are compiled in");
     let (reporter, health) = tonic_health::server::health_reporter();
     *HEALTH.lock().unwrap_or_else(|p| p.into_inner()) = Some(reporter);
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = crate::tls::listen::incoming(listener, acceptor);
     tonic::transport::Server::builder()
+        .layer(crate::auth::gate::GateLayer::new(ctx.state.clone(), ctx.raft.metrics()))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -400,6 +480,7 @@ async fn serve_grpc(
             leader.clone(),
         )))
         .add_service(pb::images_server::ImagesServer::new(crate::api::storage::ImagesService::new(ctx.clone())))
+        .add_service(pb::security_server::SecurityServer::new(crate::api::security::SecurityService::new(ctx.clone())))
         .add_service(pb::host_server::HostServer::new(HostService::new(ctx, leader)))
         .serve_with_incoming(incoming)
         .await

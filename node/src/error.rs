@@ -52,6 +52,14 @@ pub enum Error {
     #[error("timed out: {0}")]
     Timeout(String),
 
+    /// A certificate or TLS set-up problem.
+    #[error("TLS: {0}")]
+    Tls(String),
+
+    /// A credential that does not allow what was asked.
+    #[error("{0}")]
+    PermissionDenied(String),
+
     #[error("{0}")]
     Hypervisor(String),
 }
@@ -90,6 +98,7 @@ impl From<Refusal> for Error {
             | Refusal::RequestExpired => Error::FailedPrecondition(msg),
             // The leader draws again; reaching a client means it kept losing.
             Refusal::VmIdTaken { .. } => Error::Unavailable(msg),
+            Refusal::Denied { .. } => Error::PermissionDenied(msg),
         }
     }
 }
@@ -106,7 +115,8 @@ impl From<Error> for Status {
             Error::Unavailable(_) => Code::Unavailable,
             Error::Timeout(_) => Code::DeadlineExceeded,
             Error::DataDir { .. } | Error::Store(_) | Error::Listen { .. } | Error::Raft(_) => Code::Internal,
-            Error::Hypervisor(_) => Code::Internal,
+            Error::Hypervisor(_) | Error::Tls(_) => Code::Internal,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Removed(_) => Code::FailedPrecondition,
             Error::OutcomeUnknown(_) => Code::Unknown,
         };

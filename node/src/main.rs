@@ -5,6 +5,7 @@
 
 mod agent;
 mod api;
+mod auth;
 #[cfg(feature = "bench-seed")]
 mod bench_seed;
 mod cli;
@@ -18,6 +19,7 @@ mod ha;
 mod host;
 mod hypervisor;
 mod storage;
+mod tls;
 mod voters;
 
 use clap::Parser;

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 /// checksum. 2: the state gained the answers to recent writes and the count
 /// of VMs created. Older formats are not migrated (pre-release): they are
 /// refused with what to do.
-pub const FORMAT: u8 = 6;
+pub const FORMAT: u8 = 7;
 
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()

@@ -20,6 +20,7 @@ pub mod network;
 mod placed;
 pub mod proposer;
 pub mod requests;
+pub mod security;
 pub mod storage;
 pub mod store;
 pub mod types;

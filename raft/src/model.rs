@@ -279,6 +279,9 @@ pub struct Event {
     pub at_ms: u64,
     pub kind: String,
     pub message: String,
+    /// Who asked for the write that caused it (`alice (admin) from
+    /// 10.0.0.5:41234`), or empty for the cluster's own doing.
+    pub by: String,
 }
 
 /// A key of the persisted state; the store writes or deletes each touched key.
@@ -306,6 +309,8 @@ pub struct Meta {
     /// Volumes to delete (their VM, disk or image is gone); few, and
     /// emptied as hosts delete them.
     pub trash: Vec<Trashed>,
+    /// The CA, tokens and certificates ([`crate::security`]).
+    pub security: crate::security::Security,
 }
 
 /// The whole replicated state.
@@ -325,6 +330,10 @@ pub struct ClusterState {
     /// Keys changed since the store last persisted.
     #[serde(skip)]
     pub(crate) dirty: BTreeSet<Key>,
+    /// While an [`crate::Command::Audited`] write applies: its principal,
+    /// recorded in the events it causes.
+    #[serde(skip)]
+    pub(crate) audit_by: Option<String>,
     /// Derived, for readers between applied batches (the agents, `node
     /// list`): where each VM is placed, and a counter per node bumped when
     /// one of its VMs changes. Refreshed by [`ClusterState::take_dirty`], so
@@ -453,7 +462,8 @@ impl ClusterState {
     pub(crate) fn push_event(&mut self, at_ms: u64, kind: &str, message: String) {
         let seq = self.meta.next_event_seq + 1;
         self.meta.next_event_seq = seq;
-        self.events.push_back(Event { seq, at_ms, kind: kind.to_string(), message });
+        let by = self.audit_by.clone().unwrap_or_default();
+        self.events.push_back(Event { seq, at_ms, kind: kind.to_string(), message, by });
         self.dirty.insert(Key::Event(seq));
         self.dirty.insert(Key::Meta);
         while self.events.len() > EVENT_CAPACITY {

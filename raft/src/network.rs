@@ -31,6 +31,15 @@ use crate::store::SharedState;
 use crate::types::{MemberNode, NodeId, Raft, TypeConfig};
 
 /// Builds a lazily connecting channel to a peer's gRPC address.
+/// Makes a lazily connecting channel to a peer's address. The node supplies
+/// it: TLS with its own certificate, or plaintext under `--insecure`.
+pub type Dial = Arc<dyn Fn(&str, Duration) -> Result<Channel, String> + Send + Sync>;
+
+/// Plaintext channels (`serve --insecure`, and tests of this crate).
+pub fn plain_dial() -> Dial {
+    Arc::new(|address, timeout| lazy_channel(address, timeout).map_err(|e| e.to_string()))
+}
+
 pub fn lazy_channel(address: &str, connect_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{address}"))?
         .connect_timeout(connect_timeout)
@@ -44,13 +53,14 @@ pub fn lazy_channel(address: &str, connect_timeout: Duration) -> Result<Channel,
 pub struct Network {
     refusals: Arc<MembershipRefusals>,
     state: SharedState,
+    dial: Dial,
 }
 
 impl Network {
     /// Peers' refusals of this node's votes are recorded in `refusals`;
     /// `state` gives the cluster id every request carries.
-    pub fn new(refusals: Arc<MembershipRefusals>, state: SharedState) -> Self {
-        Network { refusals, state }
+    pub fn new(refusals: Arc<MembershipRefusals>, state: SharedState, dial: Dial) -> Self {
+        Network { refusals, state, dial }
     }
 }
 
@@ -93,7 +103,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> Self::Network {
-        let channel = lazy_channel(&node.address, Duration::from_millis(500));
+        let channel = (self.dial)(&node.address, Duration::from_millis(500));
         PeerClient {
             target,
             address: node.address.clone(),

@@ -27,7 +27,7 @@ use tracing::{debug, Instrument};
 
 use crate::codec;
 use crate::command::{Command, Response};
-use crate::network::lazy_channel;
+use crate::network::Dial;
 use crate::types::{MemberNode, NodeId, Raft};
 
 /// Proposals from this node in flight at once. One: everything that
@@ -84,9 +84,9 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    pub fn start(id: NodeId, raft: Raft) -> Self {
+    pub fn start(id: NodeId, raft: Raft, dial: Dial) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let submitter = Submitter { id, raft, channels: Default::default() };
+        let submitter = Submitter { id, raft, channels: Default::default(), dial };
         tokio::spawn(run(submitter, rx).instrument(tracing::info_span!("proposer")));
         Proposer { tx }
     }
@@ -151,6 +151,7 @@ struct Submitter {
     id: NodeId,
     raft: Raft,
     channels: Mutex<HashMap<String, Channel>>,
+    dial: Dial,
 }
 
 impl Submitter {
@@ -182,7 +183,7 @@ impl Submitter {
             match channels.get(address) {
                 Some(c) => c.clone(),
                 None => {
-                    let c = lazy_channel(address, Duration::from_secs(1))
+                    let c = (self.dial)(address, Duration::from_secs(1))
                         .map_err(|e| WriteFailure::Fatal(format!("bad leader address {address}: {e}")))?;
                     channels.insert(address.to_string(), c.clone());
                     c

@@ -33,6 +33,25 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
+/// Which client config (cluster CA and admin token, written by `cluster
+/// init`) serves which node address: every CLI call of the harness uses the
+/// config of the cluster its endpoint belongs to, so tests that run several
+/// clusters side by side each talk to their own with TLS and a token.
+static CLIENT_CONFIGS: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
+/// Records that `address` belongs to the cluster whose client config is `config`.
+pub fn register_client_config(address: &str, config: &Path) {
+    let mut all = CLIENT_CONFIGS.lock().unwrap_or_else(|p| p.into_inner());
+    all.retain(|(a, _)| a != address);
+    all.push((address.to_string(), config.to_path_buf()));
+}
+
+/// The client config of the cluster `address` belongs to.
+pub fn client_config_for(address: &str) -> Option<PathBuf> {
+    let all = CLIENT_CONFIGS.lock().unwrap_or_else(|p| p.into_inner());
+    all.iter().rev().find(|(a, _)| a == address).map(|(_, p)| p.clone())
+}
+
 thread_local! {
     /// Set when a harness call fails, so the cluster keeps its files even
     /// when the test returns the error instead of panicking.
@@ -84,6 +103,8 @@ pub struct NodeProc {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub extra_args: Vec<String>,
+    /// The client config (CA, admin token) of the cluster it belongs to.
+    pub client_config: PathBuf,
     /// Member to join; used on the first start only, as an operator would.
     join: Option<String>,
     child: Option<Child>,
@@ -156,7 +177,15 @@ impl Cluster {
         let log = self.dir.path().join(format!("{name}-{slot}.log"));
         let extra_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let join = join.map(str::to_string);
-        let mut node = NodeProc { name: name.into(), address, data_dir, log, extra_args, join, child: None };
+        // A joining node belongs to its target's cluster; a first node
+        // founds one of its own, with its own client config.
+        let config = match &join {
+            Some(target) => client_config_for(target),
+            None => None,
+        };
+        let config = config.unwrap_or_else(|| self.dir.path().join(format!("client-{name}-{slot}.toml")));
+        let mut node =
+            NodeProc { name: name.into(), address, data_dir, log, extra_args, client_config: config, join, child: None };
         self.start(&mut node)?;
         node.join = None;
         self.nodes.push(node);
@@ -164,6 +193,8 @@ impl Cluster {
     }
 
     fn start(&self, node: &mut NodeProc) -> Result<()> {
+        // Also after a test moved it to another address.
+        register_client_config(&node.address, &node.client_config);
         let config = node.data_dir.with_extension("toml");
         std::fs::write(&config, &self.config_toml)?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
@@ -176,6 +207,21 @@ impl Cluster {
         if !has("--memory-mib") {
             sizes.extend(["--memory-mib", "16384"]);
         }
+        // A joining node needs a join token, made by a member as an
+        // operator would (`cluster token create`).
+        let mut join_args = Vec::new();
+        if let Some(target) = &node.join {
+            join_args.extend(["--join".to_string(), target.clone()]);
+            if !node.extra_args.iter().any(|a| a == "--join-token") {
+                let made = run_cli(target, &["cluster", "token", "create", "--name", &node.name]).json();
+                match made.as_ref().ok().and_then(|v| v["token"].as_str()) {
+                    Some(token) => join_args.extend(["--join-token".to_string(), token.to_string()]),
+                    // The member may be down on purpose: start the node
+                    // without a token and let it say what it lacks.
+                    None => eprintln!("no join token from {target} for {}: {:?}", node.name, made.err()),
+                }
+            }
+        }
         let child = Command::new(kvmesh_bin())
             .args(["serve", "--name", &node.name, "--listen", &node.address])
             .args(&sizes)
@@ -185,7 +231,7 @@ impl Cluster {
             .arg("--config")
             .arg(&config)
             .args(&node.extra_args)
-            .args(node.join.iter().flat_map(|j| ["--join", j.as_str()]))
+            .args(&join_args)
             .env("KVMESH_LOG", "info,openraft=warn")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone()?)
@@ -414,7 +460,11 @@ pub fn run_cli(endpoint: &str, args: &[&str]) -> CliResult {
 
 /// Runs `kvmesh --endpoint ADDR -o FORMAT ARGS…` with a 60 s bound.
 pub fn run_cli_as(endpoint: &str, format: &str, args: &[&str]) -> CliResult {
-    let child = Command::new(kvmesh_bin())
+    let mut command = Command::new(kvmesh_bin());
+    if let Some(config) = client_config_for(endpoint) {
+        command.env("KVMESH_CLIENT_CONFIG", config);
+    }
+    let child = command
         .args(["--endpoint", endpoint, "-o", format])
         .args(args)
         .stdout(Stdio::piped())
@@ -444,4 +494,57 @@ pub fn run_cli_as(endpoint: &str, format: &str, args: &[&str]) -> CliResult {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// A gRPC channel with the API token on every request.
+pub type TokenChannel = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// Puts `authorization: Bearer <token>` on each request.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        r.metadata_mut().insert("authorization", self.0.clone());
+        Ok(r)
+    }
+}
+
+/// The CA certificate and token of the client config serving `address`.
+fn client_credentials(address: &str) -> Result<(String, String)> {
+    let path = client_config_for(address).ok_or_else(|| anyhow!("no client config is registered for {address}"))?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let config: toml::Table = text.parse().with_context(|| format!("parse {}", path.display()))?;
+    let field = |k: &str| config.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    Ok((
+        field("ca_cert").ok_or_else(|| anyhow!("no ca_cert in {}", path.display()))?,
+        field("token").ok_or_else(|| anyhow!("no token in {}", path.display()))?,
+    ))
+}
+
+async fn tls_channel(address: &str, ca: &str, identity: Option<tonic::transport::Identity>) -> Result<tonic::transport::Channel> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("kvmesh-node");
+    if let Some(identity) = identity {
+        tls = tls.identity(identity);
+    }
+    Ok(Channel::from_shared(format!("https://{address}"))?.tls_config(tls)?.connect().await?)
+}
+
+/// A TLS channel to the node at `address` as the cluster's admin (the
+/// token `cluster init` wrote), like any gRPC client of the API.
+pub async fn api_channel(address: &str) -> Result<TokenChannel> {
+    let (ca, token) = client_credentials(address)?;
+    let channel = tls_channel(address, &ca, None).await?;
+    let bearer = Bearer(format!("Bearer {token}").parse()?);
+    Ok(tonic::service::interceptor::InterceptedService::new(channel, bearer))
+}
+
+/// A TLS channel to the node at `address` that presents the certificate of
+/// the node whose data dir is `as_node`: for tests that play a node.
+pub async fn node_channel(address: &str, as_node: &Path) -> Result<tonic::transport::Channel> {
+    let tls = as_node.join("tls");
+    let read = |f: &str| std::fs::read_to_string(tls.join(f)).with_context(|| format!("read {f} of {}", as_node.display()));
+    let identity = tonic::transport::Identity::from_pem(read("node.crt")?, read("node.key")?);
+    tls_channel(address, &read("ca.crt")?, Some(identity)).await
 }

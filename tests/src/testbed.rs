@@ -301,6 +301,10 @@ pub fn up3() -> Result<Teardown> {
     let _ = testbed(&["down"]);
     let teardown = Teardown;
     testbed(&["up", "3"])?;
+    // The CLI reaches the hosts with the CA and token `cluster init` wrote.
+    for h in HOSTS {
+        crate::register_client_config(&addr(h), std::path::Path::new(&format!("{DIR}/client.toml")));
+    }
     crate::wait_for("3 voters", std::time::Duration::from_secs(60), || {
         let s = run_cli(&addr("h1"), &["cluster", "status"]).json().ok()?;
         (s["members"].as_array()?.len() == 3 && !s["leader"].is_null()).then_some(())

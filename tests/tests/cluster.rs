@@ -76,6 +76,9 @@ fn bad_requests_get_clear_errors_and_change_nothing() -> Result<()> {
     let again = c.cli(0, &["cluster", "init"]);
     assert!(!again.success && again.stderr.contains("already part of cluster"), "{}", again.stderr);
 
+    // With the cluster's credentials, to a port where nothing listens.
+    let config = kvmesh_tests::client_config_for(&c.addr(0)).expect("registered");
+    kvmesh_tests::register_client_config("127.0.0.1:1", &config);
     let unreachable = run_cli("127.0.0.1:1", &["cluster", "status"]);
     assert!(!unreachable.success && unreachable.stderr.contains("cannot reach kvmesh"), "{}", unreachable.stderr);
     assert_eq!(unreachable.stderr.trim().lines().count(), 1, "one line: {}", unreachable.stderr);

@@ -90,13 +90,16 @@ fn a_forged_removed_notice_stops_nothing() -> Result<()> {
     let id = c.node_id(victim)?;
     let cluster_id = c.status(victim)?["cluster_id"].as_str().unwrap_or_default().to_string();
     let rt = tokio::runtime::Runtime::new()?;
+    // Sent with another member's certificate: only nodes reach Raft at all.
+    let other = c.nodes[(victim + 1) % 3].data_dir.clone();
     let send = |cluster: &str| -> std::result::Result<(), tonic::Status> {
-        let address = format!("http://{}", c.addr(victim));
+        let address = c.addr(victim);
         let notice = kvmesh_proto::RemovedNotice { node_id: id, cluster_id: cluster.to_string() };
         rt.block_on(async {
-            let mut client = kvmesh_proto::raft_client::RaftClient::connect(address)
+            let channel = kvmesh_tests::node_channel(&address, &other)
                 .await
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let mut client = kvmesh_proto::raft_client::RaftClient::new(channel);
             client.removed(notice).await.map(|_| ())
         })
     };

@@ -9,7 +9,7 @@ use kvmesh_proto as pb;
 use kvmesh_proto::cluster_client::ClusterClient;
 use kvmesh_proto::vms_client::VmsClient;
 use kvmesh_tests::Cluster;
-use tonic::transport::Channel;
+use kvmesh_tests::TokenChannel;
 
 #[test]
 fn vm_set_changes_description_and_priority_from_any_node() -> Result<()> {
@@ -47,11 +47,11 @@ fn vm_set_changes_description_and_priority_from_any_node() -> Result<()> {
     Ok(())
 }
 
-async fn connect(address: &str) -> Result<Channel> {
-    Ok(Channel::from_shared(format!("http://{address}"))?.connect().await?)
+async fn connect(address: &str) -> Result<TokenChannel> {
+    kvmesh_tests::api_channel(address).await
 }
 
-async fn commit_index(ch: &Channel) -> Result<u64> {
+async fn commit_index(ch: &TokenChannel) -> Result<u64> {
     Ok(ClusterClient::new(ch.clone()).status(pb::StatusRequest {}).await?.into_inner().commit_index)
 }
 

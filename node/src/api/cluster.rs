@@ -174,6 +174,17 @@ impl pb::cluster_server::Cluster for ClusterService {
 
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         let forwarded = is_forwarded(&request);
+        // A node joins under the name its certificate carries, never another.
+        if let (false, Some(crate::auth::Principal::Node(cert_name))) =
+            (forwarded, crate::auth::caller().map(|c| c.principal))
+        {
+            if cert_name != request.get_ref().name {
+                return Err(Status::permission_denied(format!(
+                    "node {cert_name} may not join as {:?}: a node joins under the name in its certificate",
+                    request.get_ref().name
+                )));
+            }
+        }
         Ok(Response::new(self.ctx.leader_call(forwarded, Join(request.into_inner())).await?))
     }
 
@@ -243,7 +254,23 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::UpdateAddressRequest>,
     ) -> Result<Response<pb::UpdateAddressReply>, Status> {
         let forwarded = is_forwarded(&request);
+        // Only a node itself moves its address.
+        if let (false, Some(crate::auth::Principal::Node(cert_name))) =
+            (forwarded, crate::auth::caller().map(|c| c.principal))
+        {
+            let id = request.get_ref().node_id;
+            let owner = self.ctx.read(|d| d.state.nodes.get(&id).map(|n| n.name.clone()));
+            if owner.as_deref() != Some(cert_name.as_str()) {
+                return Err(Status::permission_denied(format!(
+                    "node {cert_name} may not change the address of node id {id}"
+                )));
+            }
+        }
         Ok(Response::new(self.ctx.leader_call(forwarded, UpdateAddress(request.into_inner())).await?))
+    }
+
+    async fn enroll(&self, request: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollReply>, Status> {
+        Ok(Response::new(super::security::enroll(&self.ctx, request.into_inner()).await?))
     }
 
     async fn get_policy(

@@ -67,7 +67,8 @@ pub async fn init(ctx: &NodeCtx, max_voters: u32) -> Result<pb::InitResponse> {
         _ => info!(%cluster_id, max_voters, "cluster initialized"),
     }
     ctx.data_dir.lock().unwrap_or_else(|p| p.into_inner()).set_cluster_id(&cluster_id)?;
-    Ok(pb::InitResponse { cluster_id, node_id: ctx.id, node_name: ctx.name.clone() })
+    let (ca_cert_pem, admin_token) = super::security::found(ctx).await?;
+    Ok(pb::InitResponse { cluster_id, node_id: ctx.id, node_name: ctx.name.clone(), ca_cert_pem, admin_token })
 }
 
 fn new_cluster_id() -> String {

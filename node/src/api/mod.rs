@@ -5,5 +5,6 @@ pub mod cluster;
 pub mod host;
 pub mod membership;
 pub mod migrate;
+pub mod security;
 pub mod storage;
 pub mod vms;

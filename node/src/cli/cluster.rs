@@ -8,24 +8,20 @@ use anyhow::Result;
 use kvmesh_proto as pb;
 use pb::cluster_client::ClusterClient;
 use serde_json::json;
-use tonic::transport::Channel;
+use super::client::Ch;
 
 use super::client::{req, status_err};
+use super::config::{ClientConfig, Settings};
+use crate::tls::verify::CaFromChain;
 use super::output::{print_capacity, print_events, print_policy, print_status};
 use super::{ClusterCmd, Output, PolicyCmd};
 
-pub async fn run(channel: Channel, output: Output, command: ClusterCmd) -> Result<()> {
+pub async fn run(channel: Ch, output: Output, command: ClusterCmd) -> Result<()> {
+    let cluster_channel = channel.clone();
     let mut cluster = ClusterClient::new(channel);
     match command {
-        ClusterCmd::Init { max_voters } => {
-            let r = cluster.init(req(pb::InitRequest { max_voters })).await.map_err(status_err)?.into_inner();
-            match output {
-                Output::Json => {
-                    println!("{}", json!({"cluster_id": r.cluster_id, "node_id": r.node_id, "node_name": r.node_name}))
-                }
-                Output::Table => println!("initialized cluster {} on node {}", r.cluster_id, r.node_name),
-            }
-        }
+        ClusterCmd::Init { .. } => unreachable!("init is run by `init`"),
+        ClusterCmd::Token(c) => return super::security::join_tokens(cluster_channel, output, c).await,
         ClusterCmd::Status => {
             let s = cluster.status(req(pb::StatusRequest {})).await.map_err(status_err)?.into_inner();
             print_status(output, &s);
@@ -87,7 +83,42 @@ pub async fn run(channel: Channel, output: Output, command: ClusterCmd) -> Resul
 
 /// `kvmesh events`: prints the event log; with `follow`, polls for new events
 /// every 500 ms until interrupted.
-pub async fn events(channel: Channel, output: Output, follow: bool) -> Result<()> {
+/// `cluster init`: founds the cluster on the node at the endpoint, trusting
+/// the CA it presents (its first use), and writes the client config with
+/// that CA and the first admin token.
+pub async fn init(settings: &Settings, output: Output, max_voters: u32) -> Result<()> {
+    let seen = CaFromChain::first_use();
+    let channel = super::client::connect(settings, Some(seen.clone())).await?;
+    let r = ClusterClient::new(channel).init(req(pb::InitRequest { max_voters })).await.map_err(status_err)?.into_inner();
+    let mut saved = None;
+    if !settings.insecure {
+        super::security::same_ca(seen.seen.lock().unwrap_or_else(|p| p.into_inner()).clone(), &r.ca_cert_pem)?;
+        let config = ClientConfig {
+            endpoint: Some(settings.endpoint.clone()),
+            ca_cert: Some(r.ca_cert_pem.clone()),
+            token: Some(r.admin_token.clone()),
+        };
+        super::config::save(&settings.path, &config)?;
+        saved = Some(settings.path.display().to_string());
+    }
+    match output {
+        Output::Json => println!(
+            "{}",
+            json!({"cluster_id": r.cluster_id, "node_id": r.node_id, "node_name": r.node_name,
+                   "admin_token": r.admin_token, "client_config": saved})
+        ),
+        Output::Table => {
+            println!("initialized cluster {} on node {}", r.cluster_id, r.node_name);
+            if let Some(path) = saved {
+                println!("admin token (shown once): {}", r.admin_token);
+                println!("client config written to {path}: the endpoint, the cluster CA and this token; keep it private");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn events(channel: Ch, output: Output, follow: bool) -> Result<()> {
     let mut cluster = ClusterClient::new(channel);
     let mut after = 0;
     loop {

@@ -2,8 +2,10 @@
 
 mod client;
 mod cluster;
+mod config;
 mod nodes;
 mod output;
+mod security;
 mod storage;
 mod vm;
 
@@ -16,9 +18,22 @@ use crate::config::ServeConfig;
 #[derive(Parser, Debug)]
 #[command(name = "kvmesh", version, about = "Peer-to-peer manager for KVM virtual machines")]
 pub struct Cli {
-    /// Address of any cluster node.
-    #[arg(long, global = true, env = "KVMESH_ENDPOINT", default_value = "127.0.0.1:7100")]
-    pub endpoint: String,
+    /// Address of any cluster node [default: the client config's, else
+    /// 127.0.0.1:7100].
+    #[arg(long, global = true, env = "KVMESH_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// API token [default: the client config's].
+    #[arg(long, global = true, env = "KVMESH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The client config: endpoint, the cluster CA and a token, written by
+    /// `cluster init` [default: ~/.config/kvmesh/config.toml].
+    #[arg(long, global = true, env = "KVMESH_CLIENT_CONFIG")]
+    pub client_config: Option<PathBuf>,
+    /// Plaintext and no authentication, for development on one machine:
+    /// `serve --insecure` refuses non-loopback addresses, and clients need
+    /// it to talk to such a node.
+    #[arg(long, global = true)]
+    pub insecure: bool,
     /// Output format: tables for people, JSON for scripts.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -55,6 +70,9 @@ pub enum Command {
     /// Images: imported disk images, kernels, initrds and ISOs.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// API tokens: credentials for people and programs, with a role.
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// Show cluster events.
     Events {
         /// Keep printing new events as they happen.
@@ -107,6 +125,11 @@ pub struct ServeArgs {
     /// For demonstrating that the guard is needed.
     #[arg(long, hide = true)]
     pub unsafe_no_guard: bool,
+    /// A join token from `kvmesh cluster token create` on a member: how a
+    /// new node proves it was invited and gets its certificate. It names
+    /// the members to contact; --join picks one of your own.
+    #[arg(long, env = "KVMESH_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
 }
 
 impl ServeArgs {
@@ -145,8 +168,44 @@ impl ServeArgs {
         }
         c.labels.extend(self.labels);
         c.unsafe_no_guard |= self.unsafe_no_guard;
+        if let Some(v) = self.join_token {
+            c.join_token = Some(v);
+        }
         Ok(c)
     }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Make an API token; its secret is printed this once.
+    Create {
+        name: String,
+        /// viewer (reads), operator (also runs VMs, migrates, drains) or
+        /// admin (everything).
+        #[arg(long)]
+        role: String,
+    },
+    /// The tokens (names and roles; secrets are never shown again).
+    List,
+    /// Revoke a token: it stops working at once, on every node.
+    Revoke { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JoinTokenCmd {
+    /// Make a one-time join token for a new node (`serve --join-token`).
+    Create {
+        /// How long it stays valid: 90s, 30m, 1h, 2d [default: 1h].
+        #[arg(long, value_parser = security::parse_ttl)]
+        ttl: Option<u64>,
+        /// The only node name it may enroll.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Unused join tokens that have not expired.
+    List,
+    /// Revoke an unused join token by its id.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -176,6 +235,9 @@ pub enum ClusterCmd {
         #[arg(long, value_name = "N", default_value_t = 0)]
         max: u32,
     },
+    /// Join tokens: one-time invitations for new nodes.
+    #[command(subcommand)]
+    Token(JoinTokenCmd),
     /// Remove a node from the cluster.
     Remove {
         name: String,
@@ -554,12 +616,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let _flush = init_tracing();
-            let config = args.into_config()?;
+            let mut config = args.into_config()?;
+            config.insecure |= cli.insecure;
             crate::daemon::run(config).await?;
             Ok(())
         }
         // main runs the guard without a runtime; never reached.
-        command => client::run(&cli.endpoint, cli.output, command).await,
+        command => {
+            let settings = config::Settings::resolve(cli.endpoint, cli.token, cli.client_config, cli.insecure)?;
+            client::run(settings, cli.output, command).await
+        }
     }
 }
 

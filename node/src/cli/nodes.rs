@@ -5,13 +5,13 @@ use anyhow::Result;
 use kvmesh_proto as pb;
 use pb::cluster_client::ClusterClient;
 use serde_json::json;
-use tonic::transport::Channel;
+use super::client::Ch;
 
 use super::client::{req, status_err};
 use super::output::{node_state, print_node, print_nodes};
 use super::{NodeCmd, Output};
 
-pub async fn run(channel: Channel, output: Output, command: NodeCmd) -> Result<()> {
+pub async fn run(channel: Ch, output: Output, command: NodeCmd) -> Result<()> {
     let mut cluster = ClusterClient::new(channel);
     match command {
         NodeCmd::List { consistent } => {

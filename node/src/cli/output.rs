@@ -387,9 +387,14 @@ pub fn print_events(output: Output, events: &[pb::Event]) {
     for e in events {
         match output {
             Output::Json => {
-                println!("{}", json!({"seq": e.seq, "at_ms": e.at_ms, "kind": e.kind, "message": e.message}))
+                println!("{}", json!({"seq": e.seq, "at_ms": e.at_ms, "kind": e.kind, "message": e.message, "by": e.by}))
             }
-            Output::Table => println!("{:>6}  {}  {:<8} {}", e.seq, format_ms(e.at_ms), e.kind, e.message),
+            Output::Table if e.by.is_empty() => {
+                println!("{:>6}  {}  {:<8} {}", e.seq, format_ms(e.at_ms), e.kind, e.message)
+            }
+            Output::Table => {
+                println!("{:>6}  {}  {:<8} {} [by {}]", e.seq, format_ms(e.at_ms), e.kind, e.message, e.by)
+            }
         }
     }
 }

@@ -12,7 +12,7 @@ use pb::storage_client::StorageClient;
 use pb::vms_client::VmsClient;
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
-use tonic::transport::Channel;
+use super::client::Ch;
 
 use super::client::{req, status_err};
 use super::output::{format_ms, human_bytes, print_disks, print_vm, table};
@@ -20,7 +20,7 @@ use super::{DiskCmd, ImageCmd, Output, SnapshotCmd, StorageCmd};
 
 const CHUNK: usize = 1 << 20;
 
-pub async fn storage(channel: Channel, output: Output, command: StorageCmd) -> Result<()> {
+pub async fn storage(channel: Ch, output: Output, command: StorageCmd) -> Result<()> {
     let mut client = StorageClient::new(channel);
     match command {
         StorageCmd::Add { name, kind, path, server, export, nodes } => {
@@ -121,7 +121,7 @@ fn print_domains(output: Output, domains: &[pb::StorageDomainInfo], detail: bool
     }
 }
 
-pub async fn image(channel: Channel, output: Output, command: ImageCmd) -> Result<()> {
+pub async fn image(channel: Ch, output: Output, command: ImageCmd) -> Result<()> {
     let mut client = ImagesClient::new(channel);
     match command {
         ImageCmd::Import { name, file, storage, kind } => {
@@ -169,7 +169,7 @@ pub async fn image(channel: Channel, output: Output, command: ImageCmd) -> Resul
 
 /// Streams `file` to the node; the node answers once the image is recorded.
 async fn import(
-    client: &mut ImagesClient<Channel>,
+    client: &mut ImagesClient<Ch>,
     output: Output,
     name: String,
     file: &std::path::Path,
@@ -249,7 +249,7 @@ pub fn print_image(output: Output, i: &pb::ImageInfo) {
     }
 }
 
-pub async fn disk(vms: &mut VmsClient<Channel>, output: Output, command: DiskCmd) -> Result<()> {
+pub async fn disk(vms: &mut VmsClient<Ch>, output: Output, command: DiskCmd) -> Result<()> {
     let vm = match command {
         DiskCmd::List { name } => {
             let vm = vms.get(req(pb::GetVmRequest { name, consistent: false })).await.map_err(status_err)?;
@@ -269,7 +269,7 @@ pub async fn disk(vms: &mut VmsClient<Channel>, output: Output, command: DiskCmd
     Ok(())
 }
 
-pub async fn snapshot(vms: &mut VmsClient<Channel>, output: Output, command: SnapshotCmd) -> Result<()> {
+pub async fn snapshot(vms: &mut VmsClient<Ch>, output: Output, command: SnapshotCmd) -> Result<()> {
     let (name, snapshot, action) = match command {
         SnapshotCmd::List { name } => {
             let vm = vms.get(req(pb::GetVmRequest { name, consistent: false })).await.map_err(status_err)?;

@@ -9,13 +9,13 @@ use anyhow::{anyhow, Result};
 use kvmesh_proto as pb;
 use pb::vms_client::VmsClient;
 use serde_json::json;
-use tonic::transport::Channel;
+use super::client::Ch;
 
 use super::client::{req, status_err};
 use super::output::{print_explanation, print_vm, print_vms, vm_json, vm_state};
 use super::{CreateArgs, Output, VmCmd, WaitArgs};
 
-pub async fn run(channel: Channel, output: Output, command: VmCmd) -> Result<()> {
+pub async fn run(channel: Ch, output: Output, command: VmCmd) -> Result<()> {
     let mut vms = VmsClient::new(channel.clone());
     match command {
         VmCmd::Create(args) => self::create(&mut vms, output, args).await?,
@@ -77,7 +77,7 @@ pub async fn run(channel: Channel, output: Output, command: VmCmd) -> Result<()>
 
 /// `vm create`: with `--dry-run` prints where the VM would go instead;
 /// with `--wait` returns only once it runs (or fails, or times out).
-async fn create(vms: &mut VmsClient<Channel>, output: Output, args: CreateArgs) -> Result<()> {
+async fn create(vms: &mut VmsClient<Ch>, output: Output, args: CreateArgs) -> Result<()> {
     let (dry_run, wait, timeout) = (args.dry_run, args.wait, args.timeout);
     let create = create_request(args);
     if dry_run {
@@ -124,7 +124,7 @@ fn create_request(a: CreateArgs) -> pb::CreateVmRequest {
 }
 
 /// Prints the VM, after waiting for it to run when asked to.
-async fn finish(vms: &mut VmsClient<Channel>, output: Output, vm: pb::Vm, wait: WaitArgs) -> Result<()> {
+async fn finish(vms: &mut VmsClient<Ch>, output: Output, vm: pb::Vm, wait: WaitArgs) -> Result<()> {
     let vm = if wait.wait { wait_running(vms, output, vm, Duration::from_secs(wait.timeout)).await? } else { vm };
     print_vm(output, &vm);
     Ok(())
@@ -132,7 +132,7 @@ async fn finish(vms: &mut VmsClient<Channel>, output: Output, vm: pb::Vm, wait: 
 
 /// Polls until the VM runs or fails; progress goes to stderr on a terminal.
 async fn wait_running(
-    vms: &mut VmsClient<Channel>,
+    vms: &mut VmsClient<Ch>,
     output: Output,
     mut vm: pb::Vm,
     timeout: Duration,
@@ -170,7 +170,7 @@ async fn wait_running(
 }
 
 /// `vm console`: the raw bytes on a table, or the node and the text as JSON.
-async fn console(vms: &mut VmsClient<Channel>, output: Output, name: String, bytes: u64) -> Result<()> {
+async fn console(vms: &mut VmsClient<Ch>, output: Output, name: String, bytes: u64) -> Result<()> {
     let r = vms.console(req(pb::ConsoleRequest { name, bytes })).await.map_err(status_err)?.into_inner();
     match output {
         Output::Json => println!("{}", json!({"node": r.node, "data": String::from_utf8_lossy(&r.data)})),
@@ -198,7 +198,7 @@ struct Migration {
 /// `vm migrate`: begins a live migration (or explains where it would go);
 /// with `--wait`, returns once the VM runs on the target, or fails with the
 /// reason the migration was aborted.
-async fn migrate(vms: &mut VmsClient<Channel>, channel: Channel, output: Output, m: Migration) -> Result<()> {
+async fn migrate(vms: &mut VmsClient<Ch>, channel: Ch, output: Output, m: Migration) -> Result<()> {
     let request = pb::MigrateVmRequest {
         name: m.name.clone(),
         to: m.to.clone(),
@@ -271,7 +271,7 @@ async fn migrate(vms: &mut VmsClient<Channel>, channel: Channel, output: Output,
 }
 
 /// Why the latest migration of `name` was aborted, from the event log.
-async fn abort_reason(channel: Channel, name: &str) -> Option<String> {
+async fn abort_reason(channel: Ch, name: &str) -> Option<String> {
     let mut cluster = pb::cluster_client::ClusterClient::new(channel);
     let events = cluster.list_events(req(pb::ListEventsRequest { after: 0 })).await.ok()?.into_inner().events;
     let prefix = format!("vm {name}: migration ");

@@ -30,6 +30,17 @@ use crate::types::NodeId;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
+    /// A write asked for by a principal (a user's token, a node): applied
+    /// as `cmd`, with `by` recorded in the events it causes.
+    Audited {
+        by: String,
+        cmd: Box<Command>,
+    },
+    /// The CA, tokens and node certificates ([`crate::security`]).
+    Security {
+        cmd: crate::security::SecurityCmd,
+        at_ms: u64,
+    },
     /// The first entry of a cluster: its id, settings and founding node.
     Init {
         cluster_id: String,
@@ -282,6 +293,10 @@ impl Command {
             | Command::Drain { .. }
             | Command::Snapshot { .. } => true,
             Command::Batch(cmds) => cmds.iter().any(Command::needs_request_id),
+            Command::Audited { cmd, .. } => cmd.needs_request_id(),
+            // Token and certificate writes: a retry of a used-up join token
+            // must get its first answer, not a refusal.
+            Command::Security { .. } => true,
             Command::Request { .. }
             | Command::Init { .. }
             | Command::AddNode { .. }
@@ -308,6 +323,13 @@ impl ClusterState {
     pub fn apply(&mut self, cmd: &Command) -> Response {
         match cmd {
             Command::Batch(cmds) => Response::Batch(cmds.iter().map(|c| self.apply(c)).collect()),
+            Command::Audited { by, cmd } => {
+                let outer = self.audit_by.replace(by.clone());
+                let response = self.apply(cmd);
+                self.audit_by = outer;
+                response
+            }
+            Command::Security { cmd, at_ms } => self.apply_security(cmd, *at_ms),
             Command::Request { id, cmd } => self.apply_once(*id, cmd),
             Command::Init { cluster_id, settings, node, at_ms } => self.init(cluster_id, settings, node, *at_ms),
             Command::SetPlacement { placement, at_ms } => self.set_placement(placement, *at_ms),

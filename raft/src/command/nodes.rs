@@ -61,6 +61,8 @@ impl ClusterState {
         }
         self.nodes.remove(&id);
         self.dirty.insert(Key::Node(id));
+        // Its certificates stop working at once (README, "Security").
+        self.revoke_node_certs(&node.name, at_ms);
         // Volumes only it could delete leave with it.
         let before = self.meta.trash.len();
         self.meta.trash.retain(|t| t.host != Some(id));

@@ -125,11 +125,17 @@ pub enum Refusal {
         vm: String,
         reason: String,
     },
+    /// A token or certificate write that is not allowed (a used join
+    /// token, a duplicate token name).
+    Denied {
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Refusal::Denied { reason } => write!(f, "{reason}"),
             Refusal::AlreadyInitialized { cluster_id } => write!(f, "cluster {cluster_id} is already initialized"),
             Refusal::NodeNameTaken { name } => write!(f, "node name {name:?} is already taken by another node"),
             Refusal::NodeAddressTaken { address, by } => {

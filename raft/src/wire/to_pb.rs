@@ -102,7 +102,7 @@ pub fn storage(state: &ClusterState, d: &StorageDomain) -> pb::StorageDomainInfo
 }
 
 pub fn event(e: &Event) -> pb::Event {
-    pb::Event { seq: e.seq, at_ms: e.at_ms, kind: e.kind.clone(), message: e.message.clone() }
+    pb::Event { seq: e.seq, at_ms: e.at_ms, kind: e.kind.clone(), message: e.message.clone(), by: e.by.clone() }
 }
 
 pub fn node_state(s: NodeState) -> pb::NodeState {

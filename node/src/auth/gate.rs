@@ -1,0 +1,174 @@
+//! The gate every request passes where it arrives, before any handler or
+//! forwarding: it establishes the caller from the connection (a node or
+//! client certificate, checked against the revocation list) or from an API
+//! token, applies [`policy::decide`], and runs the handler with the caller
+//! in [`CALLER`].
+//!
+//! A forwarded caller (the principal header) is believed only over a node
+//! certificate; from anyone else the header is refused outright, so a
+//! client cannot borrow another identity.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use kvmesh_raft::store::SharedState;
+use kvmesh_proto::NOT_A_MEMBER;
+use tonic::body::Body;
+use tonic::Status;
+use tower::{Layer, Service};
+
+use super::{parse_forwarded, policy, tokens, Caller, Principal, Role, CALLER, PRINCIPAL_HEADER};
+use crate::tls::ca::Subject;
+use crate::tls::listen::PeerInfo;
+
+/// Raft's view, for the membership index a refusal of a removed node names.
+type Metrics = tokio::sync::watch::Receiver<kvmesh_raft::types::RaftMetrics>;
+
+#[derive(Clone)]
+pub struct GateLayer {
+    state: SharedState,
+    metrics: Metrics,
+}
+
+impl GateLayer {
+    pub fn new(state: SharedState, metrics: Metrics) -> Self {
+        GateLayer { state, metrics }
+    }
+}
+
+impl<S> Layer<S> for GateLayer {
+    type Service = Gate<S>;
+    fn layer(&self, inner: S) -> Gate<S> {
+        Gate { inner, state: self.state.clone(), metrics: self.metrics.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Gate<S> {
+    inner: S,
+    state: SharedState,
+    metrics: Metrics,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S> Service<http::Request<Body>> for Gate<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // The clone is not ready; the one that was polled ready serves.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let decided = identify(&self.state, &self.metrics, &request).and_then(|caller| {
+            policy::decide(request.uri().path(), &caller)?;
+            Ok(caller)
+        });
+        match decided {
+            Ok(caller) => Box::pin(CALLER.scope(caller, inner.call(request))),
+            Err(status) => {
+                tracing::debug!(path = %request.uri().path(), code = ?status.code(), "request refused at the gate");
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}
+
+/// Who sent `request`.
+fn identify<B>(state: &SharedState, metrics: &Metrics, request: &http::Request<B>) -> Result<Caller, Status> {
+    let peer = request.extensions().get::<PeerInfo>().cloned();
+    let source = peer.as_ref().and_then(|p| p.remote).map(|a| a.to_string()).unwrap_or_default();
+    let forwarded = request.headers().get(PRINCIPAL_HEADER).map(|v| v.to_str().unwrap_or(""));
+    let Some(peer) = peer.filter(|p| p.tls) else {
+        // `serve --insecure` (loopback only): everyone is an admin.
+        if let Some(caller) = forwarded.and_then(parse_forwarded) {
+            return Ok(caller);
+        }
+        return Ok(Caller { principal: Principal::User { name: "insecure".into(), role: Role::Admin }, source });
+    };
+    let data = state.read().unwrap_or_else(|p| p.into_inner());
+    let security = &data.state.meta.security;
+    if let Some(cert) = &peer.cert {
+        if security.is_revoked(&cert.fingerprint) {
+            return Err(not_a_member(metrics, "this certificate was revoked (its node was removed from the cluster)"));
+        }
+        match &cert.subject {
+            Some(Subject::Node(name)) => {
+                // A certificate of a node that is no longer (or not yet) a
+                // member: only a join is open to it. A node whose state is
+                // still empty (joining) cannot tell, and takes the leader's
+                // word until its state arrives.
+                let joining = matches!(request.uri().path(), "/kvmesh.v1.Cluster/Join");
+                let known = data.state.nodes.values().any(|n| n.name == *name);
+                if !known && !joining && data.state.cluster_id().is_some() {
+                    return Err(not_a_member(metrics, &format!("node {name} is not a member of this cluster")));
+                }
+                if let Some(value) = forwarded {
+                    return parse_forwarded(value)
+                        .ok_or_else(|| Status::invalid_argument(format!("malformed {PRINCIPAL_HEADER} header")));
+                }
+                return Ok(Caller { principal: Principal::Node(name.clone()), source });
+            }
+            Some(Subject::Client { name, role }) => {
+                refuse_forgery(forwarded)?;
+                let role = Role::parse(role)
+                    .ok_or_else(|| Status::unauthenticated(format!("client certificate {name}: unknown role {role}")))?;
+                return Ok(Caller { principal: Principal::User { name: name.clone(), role }, source });
+            }
+            None => {}
+        }
+    }
+    refuse_forgery(forwarded)?;
+    let Some(auth) = request.headers().get(http::header::AUTHORIZATION) else {
+        return Ok(Caller { principal: Principal::Anonymous, source });
+    };
+    let invalid = || {
+        Status::unauthenticated(
+            "the API token is not valid: unknown, revoked, or a wrong secret (`kvmesh token list` shows the valid ones)",
+        )
+    };
+    let token = auth.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(invalid)?;
+    let (name, secret) = tokens::parse_api_token(token.trim()).ok_or_else(invalid)?;
+    let record = security.api_tokens.get(name).ok_or_else(invalid)?;
+    if !tokens::same(&record.hash, &tokens::hash(secret)) {
+        return Err(invalid());
+    }
+    let role = Role::parse(&record.role).ok_or_else(invalid)?;
+    Ok(Caller { principal: Principal::User { name: name.to_string(), role }, source })
+}
+
+/// The refusal a removed node's certificate gets. It reads as the refusal
+/// the node's own Raft and heartbeat already understand ([`NOT_A_MEMBER`],
+/// with the committed membership it stems from), so a removed node that
+/// missed its removal learns it from this answer and stops.
+fn not_a_member(metrics: &Metrics, why: &str) -> Status {
+    let m = metrics.borrow();
+    let committed = match (m.membership_config.log_id(), m.last_applied) {
+        (Some(c), Some(a)) if c.index <= a.index => Some(c.index),
+        _ => None,
+    };
+    let at = committed.map(|i| format!(" at {i}")).unwrap_or_default();
+    Status::failed_precondition(format!(
+        "{NOT_A_MEMBER}{at}: {why}; a removed node rejoins with an empty data dir and a new join token"
+    ))
+}
+
+fn refuse_forgery(forwarded: Option<&str>) -> Result<(), Status> {
+    match forwarded {
+        Some(_) => Err(Status::permission_denied(format!(
+            "the {PRINCIPAL_HEADER} header is for requests forwarded between cluster nodes; a client may not set it"
+        ))),
+        None => Ok(()),
+    }
+}
