@@ -18,10 +18,12 @@ C=${2:-16}
 cargo build -q --release -p kvmesh
 BIN=$PWD/target/release/kvmesh
 DIR=$(mktemp -d)
+# TLS and an admin token, as shipped: init writes them here.
+export KVMESH_CLIENT_CONFIG=$DIR/client.toml
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$DIR"' EXIT
 P=${KVMESH_BENCH_PORT:-7300}
 for i in 0 1 2; do
-  join=(); [ $i -gt 0 ] && join=(--join 127.0.0.1:$P)
+  join=(); [ $i -gt 0 ] && join=(--join 127.0.0.1:$P --join-token "$("$BIN" --endpoint 127.0.0.1:$P cluster token create --name b$i 2>/dev/null)")
   "$BIN" serve --name b$i --listen 127.0.0.1:$((P + i)) --data-dir "$DIR/b$i" --libvirt-uri test:///default \
     --cpus 10000 --memory-mib 100000000 "${join[@]}" >"$DIR/b$i.log" 2>&1 &
   sleep 0.3

@@ -21,6 +21,7 @@ K=$PWD/target/release/kvmesh
 WORK=$(mktemp -d /var/tmp/kvmesh-bench-storage.XXXXXX)
 PORT=7391
 E="--endpoint 127.0.0.1:$PORT"
+export KVMESH_CLIENT_CONFIG=$WORK/client.toml
 cleanup() {
   pkill -f "kvmesh serve --name bench-storage" 2>/dev/null || true
   for d in $(virsh -c qemu:///system list --all --name | grep '^kvmesh-' || true); do

@@ -8,6 +8,8 @@ cargo build -q -p kvmesh
 scripts/libvirtd.sh >/dev/null
 eval "$(scripts/make-test-guest.sh target/test-guest)"
 export KVMESH_TESTBED_DIR=/tmp/kvmesh-testbed-bench
+# The CA and admin token `cluster init` writes (testbed.sh uses the same).
+export KVMESH_CLIENT_CONFIG=$KVMESH_TESTBED_DIR/client.toml
 export KVMESH_BIN=$PWD/target/debug/kvmesh
 TB=scripts/testbed.sh
 trap 'bash $TB down >/dev/null 2>&1 || true' EXIT

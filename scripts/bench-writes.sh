@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Replicated writes, kvmesh next to etcd, on this machine in one run.
 #
-#   scripts/bench-writes.sh                 side by side: 3-node kvmesh vs
-#                                           3-member etcd 3.4, 1/16/64/256
-#                                           clients, leader and follower
+#   scripts/bench-writes.sh                 side by side: 3-node kvmesh with
+#                                           TLS and tokens, the same with
+#                                           `serve --insecure`, and 3-member
+#                                           etcd 3.4 with TLS (clients and
+#                                           peers, certificates required);
+#                                           1/16/64/256 clients, leader and
+#                                           follower
 #   scripts/bench-writes.sh --scale [N,M]   how the cost grows with N host and
 #                                           M VM records (default 1000,10000)
 #

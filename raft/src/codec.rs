@@ -16,10 +16,49 @@ use crate::error::{Error, Result};
 /// checksum. 2: the state gained the answers to recent writes and the count
 /// of VMs created. Older formats are not migrated (pre-release): they are
 /// refused with what to do.
+/// 7: the cluster's CA, tokens and certificates; events record who asked.
 pub const FORMAT: u8 = 7;
 
-fn config() -> bincode::config::Configuration {
-    bincode::config::standard()
+/// No value kvmesh decodes is larger: a length prefix claiming more (a
+/// corrupt file, a hostile peer) is an error before anything is allocated.
+const LIMIT: usize = 1 << 30;
+
+/// How deep commands may nest (a request id around an audited write in a
+/// batch is 3): a payload nesting deeper is refused before decoding it
+/// could exhaust the stack.
+pub const MAX_NESTING: u32 = 8;
+
+fn config() -> bincode::config::Configuration<bincode::config::LittleEndian, bincode::config::Varint, bincode::config::Limit<LIMIT>> {
+    bincode::config::standard().with_limit::<LIMIT>()
+}
+
+thread_local! {
+    static NESTING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Deserializes a value that may hold commands (or responses) again,
+/// counting how deep the decoder is; refuses to go past [`MAX_NESTING`].
+/// Used with `#[serde(deserialize_with)]` on every recursive field.
+pub fn nested<'de, D, T>(deserializer: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            NESTING.with(|n| n.set(n.get().saturating_sub(1)));
+        }
+    }
+    let depth = NESTING.with(|n| {
+        n.set(n.get() + 1);
+        n.get()
+    });
+    let _leave = Leave;
+    if depth > MAX_NESTING {
+        return Err(serde::de::Error::custom(format!("commands nested deeper than {MAX_NESTING}")));
+    }
+    T::deserialize(deserializer)
 }
 
 /// Encodes `value` prefixed with the format byte.
@@ -74,12 +113,18 @@ pub fn to_wire<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>> {
     bincode::serde::encode_to_vec(value, config()).map_err(|e| Error::Encode { what, detail: e.to_string() })
 }
 
-/// Decodes an RPC payload written by [`to_wire`].
+/// Decodes an RPC payload written by [`to_wire`]; trailing bytes are an error.
 pub fn from_wire<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
-    bincode::serde::decode_from_slice(bytes, config())
-        .map(|(v, _)| v)
-        .map_err(|e| Error::Decode { what, detail: e.to_string() })
+    let (value, used) =
+        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| Error::Decode { what, detail: e.to_string() })?;
+    if used != bytes.len() {
+        return Err(Error::Decode { what, detail: format!("{} trailing bytes", bytes.len() - used) });
+    }
+    Ok(value)
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

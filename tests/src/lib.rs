@@ -39,6 +39,10 @@ pub fn free_port() -> u16 {
 /// clusters side by side each talk to their own with TLS and a token.
 static CLIENT_CONFIGS: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
 
+/// Node addresses that speak plaintext (`serve --insecure`): the CLI gets
+/// `--insecure` for them.
+static INSECURE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 /// Records that `address` belongs to the cluster whose client config is `config`.
 pub fn register_client_config(address: &str, config: &Path) {
     let mut all = CLIENT_CONFIGS.lock().unwrap_or_else(|p| p.into_inner());
@@ -154,6 +158,9 @@ pub struct Cluster {
     pub libvirt_uri: String,
     /// Extra environment for every node process.
     pub env: Vec<(String, String)>,
+    /// Nodes run `serve --insecure` (plaintext, no authentication): only
+    /// for the benchmark's TLS-versus-plaintext rows.
+    pub insecure: bool,
 }
 
 impl Cluster {
@@ -165,6 +172,7 @@ impl Cluster {
             config_toml: String::new(),
             libvirt_uri: "test:///default".into(),
             env: Vec::new(),
+            insecure: false,
         }
     }
 
@@ -210,9 +218,13 @@ impl Cluster {
         // A joining node needs a join token, made by a member as an
         // operator would (`cluster token create`).
         let mut join_args = Vec::new();
+        if self.insecure {
+            join_args.push("--insecure".to_string());
+            INSECURE.lock().unwrap_or_else(|p| p.into_inner()).push(node.address.clone());
+        }
         if let Some(target) = &node.join {
             join_args.extend(["--join".to_string(), target.clone()]);
-            if !node.extra_args.iter().any(|a| a == "--join-token") {
+            if !self.insecure && !node.extra_args.iter().any(|a| a == "--join-token") {
                 let made = run_cli(target, &["cluster", "token", "create", "--name", &node.name]).json();
                 match made.as_ref().ok().and_then(|v| v["token"].as_str()) {
                     Some(token) => join_args.extend(["--join-token".to_string(), token.to_string()]),
@@ -277,7 +289,17 @@ impl Cluster {
 
     /// A three-node cluster: node 0 bootstrapped, 1 and 2 joined.
     pub fn three() -> Result<Self> {
+        Self::three_of(Cluster::new())
+    }
+
+    /// [`Cluster::three`] with plaintext and no authentication.
+    pub fn three_insecure() -> Result<Self> {
         let mut c = Cluster::new();
+        c.insecure = true;
+        Self::three_of(c)
+    }
+
+    fn three_of(mut c: Cluster) -> Result<Self> {
         c.spawn("n1", None, &[])?;
         c.cli_ok(0, &["cluster", "init"])?;
         let first = c.nodes[0].address.clone();
@@ -464,6 +486,9 @@ pub fn run_cli_as(endpoint: &str, format: &str, args: &[&str]) -> CliResult {
     if let Some(config) = client_config_for(endpoint) {
         command.env("KVMESH_CLIENT_CONFIG", config);
     }
+    if INSECURE.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|a| a == endpoint) {
+        command.arg("--insecure");
+    }
     let child = command
         .args(["--endpoint", endpoint, "-o", format])
         .args(args)
@@ -547,4 +572,11 @@ pub async fn node_channel(address: &str, as_node: &Path) -> Result<tonic::transp
     let read = |f: &str| std::fs::read_to_string(tls.join(f)).with_context(|| format!("read {f} of {}", as_node.display()));
     let identity = tonic::transport::Identity::from_pem(read("node.crt")?, read("node.key")?);
     tls_channel(address, &read("ca.crt")?, Some(identity)).await
+}
+
+/// A plaintext channel to a `serve --insecure` node, typed like
+/// [`api_channel`]'s (the token it sends is ignored there).
+pub async fn plain_channel(address: &str) -> Result<TokenChannel> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))?.connect().await?;
+    Ok(tonic::service::interceptor::InterceptedService::new(channel, Bearer("Bearer none".parse()?)))
 }

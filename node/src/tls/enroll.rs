@@ -46,6 +46,11 @@ pub async fn enroll(tls: &NodeTls, token: &JoinToken, name: &str, via: Option<&s
                     info!(via = %target, "enrolled: this node has its certificate");
                     return Ok(());
                 }
+                // The member's CA is not the one the token pins: no retry
+                // makes it so.
+                Err(s) if root_message(&s).contains("fingerprint in the join token") => {
+                    return Err(Error::Tls(format!("{target}: {}", root_message(&s))));
+                }
                 Err(s) if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown) => {
                     last = format!("{target}: {}", root_message(&s));
                     warn!(via = %target, error = %last, "enrollment attempt failed; trying again");

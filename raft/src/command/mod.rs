@@ -34,6 +34,7 @@ pub enum Command {
     /// as `cmd`, with `by` recorded in the events it causes.
     Audited {
         by: String,
+        #[serde(deserialize_with = "crate::codec::nested")]
         cmd: Box<Command>,
     },
     /// The CA, tokens and node certificates ([`crate::security`]).
@@ -142,11 +143,12 @@ pub enum Command {
     },
     /// Writes that arrived together, in one log entry (group commit); each is
     /// applied as if it were an entry of its own, in order.
-    Batch(Vec<Command>),
+    Batch(#[serde(deserialize_with = "crate::codec::nested")] Vec<Command>),
     /// A write with the id its node proposed it under: applied once, and a
     /// retry with the same id gets the first answer (see [`crate::requests`]).
     Request {
         id: RequestId,
+        #[serde(deserialize_with = "crate::codec::nested")]
         cmd: Box<Command>,
     },
     /// `node set`, or a node restarted with other `--cpus`/`--memory-mib`/
@@ -264,7 +266,7 @@ pub enum Response {
     Vm(Box<Vm>),
     Refused(Refusal),
     /// One response per command of a [`Command::Batch`], in order.
-    Batch(Vec<Response>),
+    Batch(#[serde(deserialize_with = "crate::codec::nested")] Vec<Response>),
 }
 
 impl Command {

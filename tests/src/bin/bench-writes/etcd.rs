@@ -1,6 +1,8 @@
 //! A 3-member etcd cluster on loopback (Debian's etcd-server 3.4, default
-//! durability: every WAL write fsynced) and its `KV/Put` call, made with the
-//! same tonic stack as the kvmesh client.
+//! durability: every WAL write fsynced) with TLS as kvmesh has it: clients
+//! and peers on TLS, certificates required of both (a CA and certificates
+//! made with `openssl`); and its `KV/Put` call, made with the same tonic
+//! stack as the kvmesh client.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,22 +47,56 @@ pub struct Member {
 
 pub struct EtcdCluster {
     pub members: Vec<Member>,
+    /// The CA, and the certificate and key clients and members present.
+    tls: PathBuf,
     _dir: PathBuf,
+}
+
+/// A CA and one certificate (for `localhost` and 127.0.0.1) that members
+/// use as server, peer and client, and the benchmark's clients as client.
+fn make_certs(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let run = |args: &[&str]| -> Result<()> {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().context("run openssl")?;
+        if !out.status.success() {
+            bail!("openssl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=bench-etcd-ca", "-keyout", "ca.key", "-out", "ca.crt"];
+    ca.extend(ec);
+    run(&ca)?;
+    let mut csr = vec!["req", "-subj", "/CN=localhost", "-keyout", "node.key", "-out", "node.csr"];
+    csr.extend(ec);
+    run(&csr)?;
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )?;
+    run(&[
+        "x509", "-req", "-in", "node.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+        "-extfile", "ext.cnf", "-out", "node.crt",
+    ])
 }
 
 impl EtcdCluster {
     /// Starts three members with data under `dir` and waits for a leader.
     pub fn start(dir: &Path) -> Result<Self> {
         let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into());
+        let tls = dir.join("etcd-tls");
+        make_certs(&tls)?;
+        let file = |f: &str| tls.join(f).display().to_string();
+        let (ca, cert, key) = (file("ca.crt"), file("node.crt"), file("node.key"));
         let names = ["e1", "e2", "e3"];
         let peers: Vec<(String, u16, u16)> = names.iter().map(|n| (n.to_string(), free_port(), free_port())).collect();
-        let initial: Vec<String> = peers.iter().map(|(n, _, p)| format!("{n}=http://127.0.0.1:{p}")).collect();
+        let initial: Vec<String> = peers.iter().map(|(n, _, p)| format!("{n}=https://127.0.0.1:{p}")).collect();
         let mut members = Vec::new();
         for (name, client, peer) in &peers {
             let data = dir.join(format!("etcd-{name}"));
             let log = std::fs::File::create(dir.join(format!("etcd-{name}.log")))?;
-            let client_url = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
+            let client_url = format!("https://127.0.0.1:{client}");
+            let peer_url = format!("https://127.0.0.1:{peer}");
             let child = Command::new(&bin)
                 .args(["--name", name, "--data-dir"])
                 .arg(&data)
@@ -68,6 +104,9 @@ impl EtcdCluster {
                 .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
                 .args(["--initial-cluster", &initial.join(","), "--initial-cluster-state", "new"])
                 .args(["--initial-cluster-token", "kvmesh-bench", "--logger", "zap", "--log-level", "warn"])
+                .args(["--cert-file", &cert, "--key-file", &key, "--trusted-ca-file", &ca, "--client-cert-auth"])
+                .args(["--peer-cert-file", &cert, "--peer-key-file", &key, "--peer-trusted-ca-file", &ca])
+                .arg("--peer-client-cert-auth")
                 .stdout(log.try_clone()?)
                 .stderr(log)
                 .stdin(Stdio::null())
@@ -75,7 +114,7 @@ impl EtcdCluster {
                 .with_context(|| format!("start {bin} (install it: apt-get install etcd-server)"))?;
             members.push(Member { client_url, child });
         }
-        let cluster = EtcdCluster { members, _dir: dir.to_path_buf() };
+        let cluster = EtcdCluster { members, tls, _dir: dir.to_path_buf() };
         wait_for("an etcd leader", Duration::from_secs(30), || cluster.leader().ok())?;
         Ok(cluster)
     }
@@ -86,6 +125,9 @@ impl EtcdCluster {
         let out = Command::new(std::env::var("ETCDCTL_BIN").unwrap_or_else(|_| "etcdctl".into()))
             .env("ETCDCTL_API", "3")
             .args(["--endpoints", &endpoints.join(","), "endpoint", "status", "-w", "json"])
+            .arg(format!("--cacert={}", self.tls.join("ca.crt").display()))
+            .arg(format!("--cert={}", self.tls.join("node.crt").display()))
+            .arg(format!("--key={}", self.tls.join("node.key").display()))
             .output()
             .context("run etcdctl (install it: apt-get install etcd-client)")?;
         if !out.status.success() {
@@ -101,6 +143,22 @@ impl EtcdCluster {
             }
         }
         bail!("no etcd leader yet")
+    }
+
+    /// TLS connections to member `i`, presenting the client certificate.
+    pub async fn channels(&self, i: usize, clients: usize) -> Result<Vec<Channel>> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read = |f: &str| std::fs::read_to_string(self.tls.join(f));
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("ca.crt")?))
+            .identity(Identity::from_pem(read("node.crt")?, read("node.key")?))
+            .domain_name("localhost");
+        let mut out = Vec::new();
+        for _ in 0..clients.div_ceil(crate::CLIENTS_PER_CONNECTION) {
+            let url = self.members[i].client_url.clone();
+            out.push(Channel::from_shared(url.clone())?.tls_config(tls.clone())?.connect().await.with_context(|| format!("connect {url}"))?);
+        }
+        Ok(out)
     }
 }
 

@@ -1,12 +1,16 @@
 //! Replicated writes, kvmesh next to etcd, on one machine in one run.
 //!
-//! Starts a 3-node kvmesh cluster (release binary, fsync on) and a 3-member
-//! etcd 3.4 cluster on loopback, then drives both with the same closed-loop
-//! load generator ([`load`]) at each client count, against the leader and
-//! against a follower (which forwards). A kvmesh write is `vm set
-//! --description` with 256 bytes (a real API write through Raft); an etcd
-//! write is a `put` of a 256-byte value. Prints one markdown row per
-//! (target, clients) with the kvmesh/etcd ratios on the line.
+//! Starts two 3-node kvmesh clusters (release binary, fsync on), one as it
+//! ships (mutual TLS between nodes, TLS and an API token for clients) and
+//! one with `serve --insecure` (plaintext, no authentication), and a
+//! 3-member etcd 3.4 cluster with TLS for clients and peers and client
+//! certificates required, all on loopback; then drives the three with the
+//! same closed-loop load generator ([`load`]) at each client count, against
+//! the leader and against a follower (which forwards). A kvmesh write is `vm
+//! set --description` with 256 bytes (a real API write through Raft); an
+//! etcd write is a `put` of a 256-byte value. Prints one markdown row per
+//! (target, clients) with what TLS costs kvmesh and the kvmesh/etcd ratios,
+//! both with TLS, on the line.
 //!
 //! `--scale` measures instead how the cost grows with the replicated state
 //! ([`scale`]). Run through `scripts/bench-writes.sh`, which builds the
@@ -21,8 +25,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use kvmesh_proto as pb;
 use kvmesh_proto::vms_client::VmsClient;
-use kvmesh_tests::Cluster;
-use tonic::transport::Channel;
+use kvmesh_tests::{Cluster, TokenChannel};
 
 use load::{ms, payload, RunResult, Writer};
 
@@ -70,7 +73,7 @@ fn parse_args() -> Result<Args> {
 /// `vm set w<k> --description <256 bytes>` through one node.
 #[derive(Clone)]
 pub(crate) struct KvmeshUpdate {
-    pub(crate) channels: Vec<Channel>,
+    pub(crate) channels: Vec<TokenChannel>,
 }
 
 impl Writer for KvmeshUpdate {
@@ -86,8 +89,8 @@ impl Writer for KvmeshUpdate {
 }
 
 /// Creates the VMs the kvmesh clients update.
-pub(crate) async fn create_pool(address: &str) -> Result<()> {
-    let setup = channels(&format!("http://{address}"), 1).await?;
+pub(crate) async fn create_pool(address: &str, insecure: bool) -> Result<()> {
+    let setup = kvmesh_channels(address, 1, insecure).await?;
     let mut vms = VmsClient::new(setup[0].clone());
     for k in 0..VM_POOL {
         let create = pb::CreateVmRequest { name: format!("w{k}"), vcpus: 1, memory_mib: 1, ..Default::default() };
@@ -96,10 +99,14 @@ pub(crate) async fn create_pool(address: &str) -> Result<()> {
     Ok(())
 }
 
-pub(crate) async fn channels(url: &str, clients: usize) -> Result<Vec<Channel>> {
+/// Connections to a kvmesh node: TLS with the admin token, or plaintext.
+pub(crate) async fn kvmesh_channels(address: &str, clients: usize, insecure: bool) -> Result<Vec<TokenChannel>> {
     let mut out = Vec::new();
     for _ in 0..clients.div_ceil(CLIENTS_PER_CONNECTION) {
-        out.push(Channel::from_shared(url.to_string())?.connect().await.with_context(|| format!("connect {url}"))?);
+        out.push(match insecure {
+            true => kvmesh_tests::plain_channel(address).await?,
+            false => kvmesh_tests::api_channel(address).await?,
+        });
     }
     Ok(out)
 }
@@ -135,7 +142,11 @@ async fn side_by_side(args: &Args) -> Result<()> {
     let mut kv = Cluster::three()?;
     let leader = kv.leader()?;
     let follower = (leader + 1) % 3;
-    create_pool(&kv.addr(leader)).await?;
+    create_pool(&kv.addr(leader), false).await?;
+    let mut plain = Cluster::three_insecure()?;
+    let plain_leader = plain.leader()?;
+    let plain_follower = (plain_leader + 1) % 3;
+    create_pool(&plain.addr(plain_leader), true).await?;
     let etcd = etcd::EtcdCluster::start(kv.dir.path())?;
     let etcd_leader = etcd.leader()?;
     let etcd_follower = (etcd_leader + 1) % 3;
@@ -149,32 +160,35 @@ async fn side_by_side(args: &Args) -> Result<()> {
         args.warmup.as_secs_f64()
     );
     println!();
-    println!("| target | clients | kvmesh writes/s | etcd writes/s | writes/s kvmesh/etcd | kvmesh p50 / p99 / p999 ms | etcd p50 / p99 / p999 ms | p50 kvmesh/etcd | p99 kvmesh/etcd |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (target, kv_node, etcd_member) in [("leader", leader, etcd_leader), ("follower", follower, etcd_follower)] {
+    println!("| target | clients | kvmesh TLS writes/s | kvmesh plaintext writes/s | TLS/plaintext | etcd TLS writes/s | writes/s kvmesh/etcd (TLS) | kvmesh TLS p50 / p99 / p999 ms | etcd TLS p50 / p99 / p999 ms | p99 kvmesh/etcd (TLS) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let targets = [("leader", leader, plain_leader, etcd_leader), ("follower", follower, plain_follower, etcd_follower)];
+    for (target, kv_node, plain_node, etcd_member) in targets {
         for &c in &args.clients {
-            let kv_url = format!("http://{}", kv.addr(kv_node));
-            let k =
-                load::run(KvmeshUpdate { channels: channels(&kv_url, c).await? }, c, args.warmup, args.duration).await;
+            let channels_tls = kvmesh_channels(&kv.addr(kv_node), c, false).await?;
+            let k = load::run(KvmeshUpdate { channels: channels_tls }, c, args.warmup, args.duration).await;
             check("kvmesh", &k)?;
-            let etcd_url = etcd.members[etcd_member].client_url.clone();
-            let e = load::run(etcd::EtcdPut { channels: channels(&etcd_url, c).await? }, c, args.warmup, args.duration)
+            let channels_plain = kvmesh_channels(&plain.addr(plain_node), c, true).await?;
+            let p = load::run(KvmeshUpdate { channels: channels_plain }, c, args.warmup, args.duration).await;
+            check("kvmesh plaintext", &p)?;
+            let e = load::run(etcd::EtcdPut { channels: etcd.channels(etcd_member, c).await? }, c, args.warmup, args.duration)
                 .await;
             check("etcd", &e)?;
             println!(
-                "| {target} | {c} | {:.0} | {:.0} | {:.2} | {} | {} | {:.2} | {:.2} |",
+                "| {target} | {c} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {} | {} | {:.2} |",
                 k.per_sec(),
+                p.per_sec(),
+                k.per_sec() / p.per_sec(),
                 e.per_sec(),
                 k.per_sec() / e.per_sec(),
                 cell(&k),
                 cell(&e),
-                ms(k.pct(0.5)) / ms(e.pct(0.5)),
                 ms(k.pct(0.99)) / ms(e.pct(0.99)),
             );
         }
     }
     // Still the same leaders? A change mid-run would make the rows unfair.
-    if kv.leader()? != leader || etcd.leader()? != etcd_leader {
+    if kv.leader()? != leader || plain.leader()? != plain_leader || etcd.leader()? != etcd_leader {
         println!("\nnote: a leader changed during the run; rerun for clean figures");
     }
     Ok(())

@@ -18,7 +18,7 @@ use kvmesh_proto::cluster_client::ClusterClient;
 use kvmesh_tests::Cluster;
 
 use crate::load::{self, ms};
-use crate::{channels, check, create_pool, KvmeshUpdate};
+use crate::{check, create_pool, kvmesh_channels, KvmeshUpdate};
 
 /// Snapshots often enough that one is built at the seeded size.
 const RAFT_TOML: &str = "[raft]\nsnapshot_every = 500\n";
@@ -36,7 +36,7 @@ struct Figures {
 }
 
 async fn status(address: &str) -> Result<pb::ClusterStatus> {
-    let ch = channels(&format!("http://{address}"), 1).await?;
+    let ch = kvmesh_channels(address, 1, false).await?;
     Ok(ClusterClient::new(ch[0].clone()).status(pb::StatusRequest {}).await?.into_inner())
 }
 
@@ -89,7 +89,7 @@ fn last_snapshot(log: &str) -> Option<(u64, f64)> {
 /// (the leader marks the silent synthetic hosts down, one entry each).
 async fn wait_seeded(c: &Cluster, leader: usize, nodes: usize, vms: usize) -> Result<()> {
     let address = c.addr(leader);
-    let ch = channels(&format!("http://{address}"), 1).await?;
+    let ch = kvmesh_channels(&address, 1, false).await?;
     wait_async("the seeded records", Duration::from_secs(600), || {
         let ch = ch.clone();
         async move {
@@ -138,14 +138,14 @@ async fn measure(seed: Option<(usize, usize)>, duration: Duration) -> Result<Fig
         wait_seeded(&c, leader, n, v).await?;
         println!("  seeded {n} hosts and {v} VMs (and settled) in {:.1} s", started.elapsed().as_secs_f64());
     }
-    create_pool(&c.addr(leader)).await?;
+    create_pool(&c.addr(leader), false).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let mut f = Figures::default();
-    let url = format!("http://{}", c.addr(leader));
+    let address = c.addr(leader);
     for clients in [1usize, 64] {
         let r = load::run(
-            KvmeshUpdate { channels: channels(&url, clients).await? },
+            KvmeshUpdate { channels: kvmesh_channels(&address, clients, false).await? },
             clients,
             Duration::from_secs(1),
             duration,
