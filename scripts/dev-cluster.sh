@@ -36,10 +36,14 @@ start_node() {
   [ "$LIBVIRT_URI" != "test:///default" ] && args+=(--virt-type "${VIRT_TYPE:-qemu}")
   if [ -n "$join" ] && [ ! -f "$DIR/n$i/kvmesh-node.json" ]; then
     # Invited with a one-time join token, as on real hosts.
-    args+=(--join "$join" --join-token "$(kv cluster token create --name "n$i" 2>/dev/null)")
+    # (In the environment, not on the command line that `ps` shows.)
+    args+=(--join "$join")
+    export KVMESH_JOIN_TOKEN
+    KVMESH_JOIN_TOKEN=$(kv cluster token create --name "n$i" 2>/dev/null)
   fi
   nohup "$BIN" "${args[@]}" >>"$DIR/n$i.log" 2>&1 &
   echo $! >"$DIR/n$i.pid"
+  unset KVMESH_JOIN_TOKEN
   for _ in $(seq 100); do
     running "$i" || break
     (exec 3<>"/dev/tcp/127.0.0.1/$(port "$i")") 2>/dev/null && return 0

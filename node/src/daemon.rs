@@ -29,6 +29,11 @@ const JOIN_DEADLINE: Duration = Duration::from_secs(180);
 
 pub async fn run(config: ServeConfig) -> Result<()> {
     config.validate()?;
+    // Files the daemon makes (the Raft store holds the CA key) are its own.
+    // SAFETY: umask only sets this process's file-creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
     let raft_config = Arc::new(config.openraft()?);
     let data_dir = DataDir::open(&config.data_dir, &config.name)?;
     let id = data_dir.identity.node_id;
@@ -411,6 +416,14 @@ async fn prepare_tls(
     let tls = NodeTls::open(&config.data_dir)?;
     let lifetime = Duration::from_secs(config.cert_lifetime_s);
     let member = state.read().map(|d| d.state.cluster_id().is_some()).unwrap_or(false);
+    if !tls.has_identity() && member {
+        // Its tls/ was lost (restored without it, say): the replica holds
+        // the cluster CA, so it issues itself a certificate, recorded once
+        // the cluster answers.
+        warn!("this member has no certificate (tls/ is missing); issuing one from the cluster CA in its replica");
+        let issued = crate::tls::renew::issue(&tls, state, &config.name, lifetime)?;
+        return Ok((Some(tls), Some(issued)));
+    }
     // A node that is not a member yet enrolls again with a token when it
     // holds only its own CA (it was started first without one) or a
     // certificate for another name (a refused join retried under a new one).
@@ -439,7 +452,12 @@ async fn prepare_tls(
         }
         return Ok((Some(tls), None));
     }
-    let unrecorded = crate::tls::renew::renew_if_due(&tls, state, &config.name, lifetime)?;
+    // A certificate past half its life is renewed before anything dials;
+    // failing that, the renewal loop tries again once the replica can sign.
+    let unrecorded = crate::tls::renew::renew_if_due(&tls, state, &config.name, lifetime).unwrap_or_else(|e| {
+        warn!(error = %e, "cannot renew this node's certificate at start");
+        None
+    });
     Ok((Some(tls), unrecorded))
 }
 
@@ -461,7 +479,9 @@ async fn serve_grpc(
     *HEALTH.lock().unwrap_or_else(|p| p.into_inner()) = Some(reporter);
     let incoming = crate::tls::listen::incoming(listener, acceptor);
     tonic::transport::Server::builder()
-        .layer(crate::auth::gate::GateLayer::new(ctx.state.clone(), ctx.raft.metrics()))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(crate::auth::gate::GateLayer::new(ctx.state.clone(), ctx.raft.metrics(), ctx.config.insecure))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -581,8 +601,8 @@ async fn refused_by_newer_membership(ctx: &NodeCtx) {
 
 fn removed_message(ctx: &NodeCtx) -> String {
     format!(
-        "node {} is not a member of its cluster any more (it was removed); stopping. To rejoin, move its data dir aside and start it with an empty --data-dir and --join <member>",
-        ctx.name
+        "node {} is not a member of its cluster any more (it was removed); stopping. To rejoin, move its data dir aside, make a join token on a member (`kvmesh cluster token create --name {}`) and start it with an empty --data-dir and --join-token",
+        ctx.name, ctx.name
     )
 }
 

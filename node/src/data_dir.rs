@@ -32,6 +32,12 @@ impl DataDir {
     pub fn open(path: &Path, name: &str) -> Result<Self> {
         let err = |reason: String| Error::DataDir { path: path.to_path_buf(), reason };
         std::fs::create_dir_all(path).map_err(|e| err(format!("cannot create it: {e}")))?;
+        // The Raft store under it holds the cluster CA's key and the nodes'
+        // keys live in tls/: only the daemon's user may enter, also for a
+        // dir made by an older release or by hand.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| err(format!("cannot make it private (0700): {e}")))?;
         let id_path = path.join(IDENTITY);
         let identity = if id_path.exists() {
             let text = std::fs::read_to_string(&id_path).map_err(|e| err(format!("cannot read {IDENTITY}: {e}")))?;

@@ -84,6 +84,16 @@ pub enum SecurityCmd {
     IssueNodeCert { join_token: Option<(String, String)>, fingerprint: String, cert: IssuedCert },
     /// Revokes every certificate issued to node `name` (it was removed).
     RevokeNodeCerts { name: String },
+    /// Records a client certificate (`kvmesh cert create`); its `name` is
+    /// `client:<name>`, apart from node names, which cannot hold a colon.
+    IssueClientCert { fingerprint: String, cert: IssuedCert },
+    /// `kvmesh cert revoke NAME`: every certificate of that client.
+    RevokeClientCerts { name: String },
+}
+
+/// How a client certificate's holder is named among the issued certificates.
+pub fn client_cert_name(name: &str) -> String {
+    format!("client:{name}")
 }
 
 impl ClusterState {
@@ -102,6 +112,12 @@ impl ClusterState {
         // A member's name is enrolled again only with a token made for it
         // (a member whose certificate expired while it was off).
         let member_named = |name: &str| self.nodes.values().any(|n| n.name == name);
+        // A renewal is recorded only for a member: a removed node's
+        // certificates are revoked and stay so.
+        let not_member = match cmd {
+            SecurityCmd::IssueNodeCert { join_token: None, cert, .. } => !member_named(&cert.name),
+            _ => false,
+        };
         let taken = match cmd {
             SecurityCmd::IssueNodeCert { join_token: Some((id, _)), cert, .. } => {
                 let bound = self.meta.security.join_tokens.get(id).and_then(|t| t.name.as_deref());
@@ -147,6 +163,9 @@ impl ClusterState {
                 self.push_event(at_ms, "security", format!("join token {id} revoked"));
             }
             SecurityCmd::IssueNodeCert { join_token, fingerprint, cert } => {
+                if not_member {
+                    return denied(format!("node {} is not a member; its certificate is not recorded", cert.name));
+                }
                 if let Some((id, hash)) = join_token {
                     if let Err(reason) = check_join_token(sec, id, hash, &cert.name, at_ms) {
                         return denied(reason);
@@ -164,6 +183,18 @@ impl ClusterState {
                 self.push_event(at_ms, "security", format!("node {} {how}", cert.name));
             }
             SecurityCmd::RevokeNodeCerts { name } => self.revoke_node_certs(name, at_ms),
+            SecurityCmd::IssueClientCert { fingerprint, cert } => {
+                sec.issued.insert(fingerprint.clone(), cert.clone());
+                let name = cert.name.trim_start_matches("client:");
+                self.push_event(at_ms, "security", format!("client certificate issued to {name}"));
+            }
+            SecurityCmd::RevokeClientCerts { name } => {
+                let holder = client_cert_name(name);
+                if !sec.issued.values().any(|c| c.name == holder) {
+                    return denied(format!("no client certificate was issued to {name:?} (`kvmesh cert list`)"));
+                }
+                self.revoke_node_certs(&holder, at_ms);
+            }
         }
         Response::Done
     }
@@ -180,7 +211,11 @@ impl ClusterState {
         }
         if !theirs.is_empty() {
             self.dirty.insert(Key::Meta);
-            self.push_event(at_ms, "security", format!("{} certificate(s) of node {name} revoked", theirs.len()));
+            let whose = match name.strip_prefix("client:") {
+                Some(client) => format!("client {client}"),
+                None => format!("node {name}"),
+            };
+            self.push_event(at_ms, "security", format!("{} certificate(s) of {whose} revoked", theirs.len()));
         }
     }
 }
@@ -265,5 +300,45 @@ mod tests {
         let token = ApiToken { hash: "a".into(), role: "admin".into(), created_ms: 0 };
         s.apply(&Command::Security { cmd: SecurityCmd::CreateApiToken { name: "a".into(), token }, at_ms: 5000 });
         assert!(!s.meta.security.is_revoked("fp-n2-10"));
+    }
+
+    #[test]
+    fn renewals_are_recorded_for_members_only() {
+        let mut s = ClusterState::default();
+        let renew = |s: &mut ClusterState| {
+            let cert = IssuedCert { name: "n1".into(), not_after_ms: 1000 };
+            let cmd = SecurityCmd::IssueNodeCert { join_token: None, fingerprint: "fp".into(), cert };
+            s.apply(&Command::Security { cmd, at_ms: 1 })
+        };
+        assert!(matches!(renew(&mut s), Response::Refused(Refusal::Denied { .. })));
+        assert!(s.meta.security.issued.is_empty());
+        let node = crate::model::Node {
+            id: 1,
+            name: "n1".into(),
+            address: "a:1".into(),
+            cpus: 1,
+            memory_mib: 1,
+            state: crate::model::NodeState::Up,
+            joined_at_ms: 0,
+            labels: Default::default(),
+            resume_as: None,
+            cold_drain: false,
+        };
+        s.nodes.insert(1, node);
+        assert_eq!(renew(&mut s), Response::Done);
+        assert!(s.meta.security.issued.contains_key("fp"));
+    }
+
+    #[test]
+    fn client_certificates_are_revoked_by_name() {
+        let mut s = ClusterState::default();
+        let cert = IssuedCert { name: client_cert_name("ci"), not_after_ms: 1000 };
+        let cmd = SecurityCmd::IssueClientCert { fingerprint: "c1".into(), cert };
+        assert_eq!(s.apply(&Command::Security { cmd, at_ms: 1 }), Response::Done);
+        let unknown = SecurityCmd::RevokeClientCerts { name: "other".into() };
+        assert!(matches!(s.apply(&Command::Security { cmd: unknown, at_ms: 2 }), Response::Refused(_)));
+        let revoke = SecurityCmd::RevokeClientCerts { name: "ci".into() };
+        assert_eq!(s.apply(&Command::Security { cmd: revoke, at_ms: 2 }), Response::Done);
+        assert!(s.meta.security.is_revoked("c1"));
     }
 }

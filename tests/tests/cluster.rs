@@ -73,7 +73,11 @@ fn bad_requests_get_clear_errors_and_change_nothing() -> Result<()> {
     let missing = c.cli(2, &["vm", "delete", "nope"]);
     assert!(!missing.success && missing.stderr.contains("no VM named"), "{}", missing.stderr);
 
+    // The client config that holds this cluster's admin token is not
+    // overwritten by accident; forced, the node still refuses a second init.
     let again = c.cli(0, &["cluster", "init"]);
+    assert!(!again.success && again.stderr.contains("pass --force to overwrite"), "{}", again.stderr);
+    let again = c.cli(0, &["cluster", "init", "--force"]);
     assert!(!again.success && again.stderr.contains("already part of cluster"), "{}", again.stderr);
 
     // With the cluster's credentials, to a port where nothing listens.

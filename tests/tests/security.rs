@@ -81,6 +81,13 @@ fn every_call_needs_a_credential_with_the_right_role() -> Result<()> {
     let events = c.cli(leader, &["events"]).stdout;
     let line = events.lines().find(|l| l.contains("audited")).context("an event for audited")?;
     assert!(line.contains("o1 (operator) from 127.0.0.1:"), "{line}");
+    // A follower serving a user still gets the leader's view of the hosts
+    // (its own internal call, not the user's).
+    wait_for("heartbeats seen through a follower", Duration::from_secs(10), || {
+        let nodes = cli_as(&c, follower, &operator, &["node", "list"]).stdout;
+        let nodes: serde_json::Value = serde_json::from_str(&nodes).ok()?;
+        nodes.as_array()?.iter().all(|n| n["heartbeat_age_ms"].is_u64()).then_some(())
+    })?;
 
     // Raw gRPC: an admin token does not open internal services, and a
     // client may not claim a forwarded principal.
@@ -339,5 +346,34 @@ fn insecure_mode_is_for_loopback_only() -> Result<()> {
     c.cli_ok(0, &["--insecure", "vm", "create", "dev", "--memory", "64"])?;
     let r = c.cli(0, &["vm", "list"]);
     assert!(!r.success, "a TLS client talked to a plaintext node: {}", r.stdout);
+    Ok(())
+}
+
+/// A client certificate is a credential with a role, like a token: made
+/// from a key that stays with the client, refused at once once revoked.
+#[test]
+fn client_certificates_carry_a_role_and_can_be_revoked() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut c = Cluster::new();
+    c.spawn("n1", None, &[])?;
+    c.cli_ok(0, &["cluster", "init"])?;
+    let out = c.dir.path().join("ci.toml");
+    c.cli_ok(0, &["cert", "create", "ci", "--role", "viewer", "--out", &out.display().to_string()])?;
+    assert_eq!(std::fs::metadata(&out)?.permissions().mode() & 0o777, 0o600);
+    let text = std::fs::read_to_string(&out)?;
+    assert!(text.contains("PRIVATE KEY") && !text.contains("token"), "{text}");
+    let alias = c.addr(0).replace("127.0.0.1", "localhost");
+    register_client_config(&alias, &out);
+    let r = kvmesh_tests::run_cli(&alias, &["vm", "list"]);
+    assert!(r.success, "{}", r.stderr);
+    let r = kvmesh_tests::run_cli(&alias, &["vm", "create", "x", "--memory", "64"]);
+    assert!(!r.success && r.stderr.contains("needs the operator role; ci has the viewer role"), "{}", r.stderr);
+    let listed = c.cli_ok(0, &["cert", "list"])?;
+    assert_eq!(listed[0]["name"], "ci", "{listed}");
+    c.cli_ok(0, &["cert", "revoke", "ci"])?;
+    let r = kvmesh_tests::run_cli(&alias, &["vm", "list"]);
+    assert!(!r.success && r.stderr.contains("was revoked"), "{}", r.stderr);
+    assert!(c.cli_ok(0, &["cert", "list"])?.as_array().unwrap().is_empty());
+    assert!(c.vm_names(0)?.is_empty());
     Ok(())
 }

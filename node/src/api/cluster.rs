@@ -38,6 +38,21 @@ struct Remove(pb::RemoveRequest);
 struct ConsistentNodes(pb::ListNodesRequest);
 #[derive(Clone)]
 struct UpdateAddress(pb::UpdateAddressRequest);
+#[derive(Clone)]
+struct Enroll(pb::EnrollRequest);
+
+impl LeaderCall for Enroll {
+    type Reply = pb::EnrollReply;
+    async fn on_leader(&self, ctx: &NodeCtx) -> crate::error::Result<pb::EnrollReply> {
+        super::security::enroll(ctx, self.0.clone()).await
+    }
+    async fn forward(self, ch: Channel, r: Request<Self>) -> Result<pb::EnrollReply, Status> {
+        ClusterClient::new(ch).enroll(r.map(|c| c.0)).await.map(|r| r.into_inner())
+    }
+    fn attempt_timeout(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+}
 
 impl LeaderCall for UpdateAddress {
     type Reply = pb::UpdateAddressReply;
@@ -270,7 +285,8 @@ impl pb::cluster_server::Cluster for ClusterService {
     }
 
     async fn enroll(&self, request: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollReply>, Status> {
-        Ok(Response::new(super::security::enroll(&self.ctx, request.into_inner()).await?))
+        let forwarded = is_forwarded(&request);
+        Ok(Response::new(self.ctx.leader_call(forwarded, Enroll(request.into_inner())).await?))
     }
 
     async fn get_policy(

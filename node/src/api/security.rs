@@ -20,6 +20,10 @@ use crate::ctx::{now_ms, NodeCtx};
 use crate::error::{Error, Result};
 use crate::tls::ca::{self, Subject};
 
+/// Client certificates live 90 days unless asked otherwise, a year at most.
+const DEFAULT_CLIENT_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+const MAX_CLIENT_CERT_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// Join tokens live an hour unless asked otherwise, and a week at most.
 const DEFAULT_JOIN_TTL: Duration = Duration::from_secs(3600);
 const MAX_JOIN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -80,11 +84,28 @@ pub fn ms(t: std::time::SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Signs a new node's key when its join token checks out. Any member
-/// answers: the token is used up by the replicated write that records the
-/// certificate, so it enrolls one node however many members are asked.
+/// Signs a new node's key when its join token checks out. Runs on the
+/// leader, which holds every committed token: a token that is unknown or
+/// wrong there is refused before anything is signed or written, so
+/// anonymous callers cannot make the cluster write. The token is used up by
+/// the replicated write that records the certificate (checked again at
+/// apply), so it enrolls one node however many members are asked.
 pub async fn enroll(ctx: &NodeCtx, r: pb::EnrollRequest) -> Result<pb::EnrollReply> {
     crate::config::validate_node_name(&r.name).map_err(Error::InvalidArgument)?;
+    let hash = tokens::hash(&r.secret);
+    let known = ctx.read(|d| d.state.meta.security.join_tokens.get(&r.token_id).cloned());
+    match known {
+        None => {
+            return Err(Error::PermissionDenied(format!(
+                "join token {} is unknown, already used or revoked; create a new one with `kvmesh cluster token create --name {}`",
+                r.token_id, r.name
+            )))
+        }
+        Some(t) if !tokens::same(&t.hash, &hash) => {
+            return Err(Error::PermissionDenied(format!("join token {}: wrong secret", r.token_id)))
+        }
+        Some(_) => {}
+    }
     let Some(ca) = ctx.read(|d| d.state.meta.security.ca.clone()) else {
         return Err(Error::Unavailable(format!(
             "node {} does not hold the cluster's CA yet (not initialized, or still catching up); ask another member",
@@ -95,7 +116,7 @@ pub async fn enroll(ctx: &NodeCtx, r: pb::EnrollRequest) -> Result<pb::EnrollRep
     let cert_pem = ca::sign(&ca.cert_pem, &ca.key_pem, &r.csr_pem, &Subject::Node(r.name.clone()), lifetime)?;
     let info = ca::info(&ca::der_of(&cert_pem)?)?;
     let cert = IssuedCert { name: r.name.clone(), not_after_ms: ms(info.not_after) };
-    let join_token = Some((r.token_id.clone(), tokens::hash(&r.secret)));
+    let join_token = Some((r.token_id.clone(), hash));
     write(ctx, SecurityCmd::IssueNodeCert { join_token, fingerprint: info.fingerprint, cert }).await?;
     info!(node = %r.name, "enrolled a new node");
     Ok(pb::EnrollReply { cert_pem, ca_cert_pem: ca.cert_pem })
@@ -167,7 +188,10 @@ impl pb::security_server::Security for SecurityService {
             crate::config::validate_node_name(n).map_err(Error::InvalidArgument)?;
         }
         let Some(ca_pem) = self.ctx.read(|d| d.state.meta.security.ca.as_ref().map(|c| c.cert_pem.clone())) else {
-            return Err(Error::FailedPrecondition("this cluster has no CA (it runs with --insecure)".into()).into());
+            return Err(Error::FailedPrecondition(
+                "this cluster has no CA: its nodes run with --insecure (plaintext), where nodes join with --join alone".into(),
+            )
+            .into());
         };
         let ca_fingerprint = ca::fingerprint(&ca::der_of(&ca_pem)?);
         let id = ca::hex(&rand::random::<[u8; 6]>());
@@ -203,6 +227,66 @@ impl pb::security_server::Security for SecurityService {
                 .collect()
         });
         Ok(Response::new(pb::ListJoinTokensReply { tokens }))
+    }
+
+    async fn issue_client_cert(
+        &self,
+        request: Request<pb::IssueClientCertRequest>,
+    ) -> std::result::Result<Response<pb::IssueClientCertReply>, Status> {
+        let r = request.into_inner();
+        if !tokens::valid_name(&r.name) {
+            return Err(Error::InvalidArgument(format!("client name {:?}: use 1-63 letters, digits, '-' or '_'", r.name)).into());
+        }
+        if Role::parse(&r.role).is_none() {
+            return Err(Error::InvalidArgument(format!("role {:?}: use viewer, operator or admin", r.role)).into());
+        }
+        let ttl = if r.ttl_s == 0 { DEFAULT_CLIENT_CERT_TTL } else { Duration::from_secs(r.ttl_s) };
+        if ttl > MAX_CLIENT_CERT_TTL {
+            return Err(Error::InvalidArgument("--ttl: at most 366 days".into()).into());
+        }
+        let Some(ca) = self.ctx.read(|d| d.state.meta.security.ca.clone()) else {
+            return Err(Error::FailedPrecondition("this cluster has no CA (it runs with --insecure)".into()).into());
+        };
+        let subject = Subject::Client { name: r.name.clone(), role: r.role.clone() };
+        let cert_pem = ca::sign(&ca.cert_pem, &ca.key_pem, &r.csr_pem, &subject, ttl)?;
+        let info = ca::info(&ca::der_of(&cert_pem)?)?;
+        let expires_ms = ms(info.not_after);
+        let cert = IssuedCert { name: kvmesh_raft::security::client_cert_name(&r.name), not_after_ms: expires_ms };
+        write(&self.ctx, SecurityCmd::IssueClientCert { fingerprint: info.fingerprint, cert }).await?;
+        Ok(Response::new(pb::IssueClientCertReply { cert_pem, ca_cert_pem: ca.cert_pem, expires_ms }))
+    }
+
+    async fn list_client_certs(
+        &self,
+        _request: Request<pb::ListTokensRequest>,
+    ) -> std::result::Result<Response<pb::ListTokensReply>, Status> {
+        let tokens = self.ctx.read(|d| {
+            d.state
+                .meta
+                .security
+                .issued
+                .iter()
+                .filter_map(|(fingerprint, c)| {
+                    let name = c.name.strip_prefix("client:")?;
+                    Some(pb::TokenInfo {
+                        name: name.to_string(),
+                        expires_ms: c.not_after_ms,
+                        node_name: fingerprint.clone(),
+                        ..Default::default()
+                    })
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListTokensReply { tokens }))
+    }
+
+    async fn revoke_client_certs(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> std::result::Result<Response<pb::RevokeTokenReply>, Status> {
+        let name = request.into_inner().name;
+        write(&self.ctx, SecurityCmd::RevokeClientCerts { name }).await?;
+        Ok(Response::new(pb::RevokeTokenReply {}))
     }
 
     async fn revoke_join_token(

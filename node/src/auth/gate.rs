@@ -29,18 +29,21 @@ type Metrics = tokio::sync::watch::Receiver<kvmesh_raft::types::RaftMetrics>;
 pub struct GateLayer {
     state: SharedState,
     metrics: Metrics,
+    /// `serve --insecure`: the one case without TLS, decided by the
+    /// server's configuration, never by what a connection looks like.
+    insecure: bool,
 }
 
 impl GateLayer {
-    pub fn new(state: SharedState, metrics: Metrics) -> Self {
-        GateLayer { state, metrics }
+    pub fn new(state: SharedState, metrics: Metrics, insecure: bool) -> Self {
+        GateLayer { state, metrics, insecure }
     }
 }
 
 impl<S> Layer<S> for GateLayer {
     type Service = Gate<S>;
     fn layer(&self, inner: S) -> Gate<S> {
-        Gate { inner, state: self.state.clone(), metrics: self.metrics.clone() }
+        Gate { inner, state: self.state.clone(), metrics: self.metrics.clone(), insecure: self.insecure }
     }
 }
 
@@ -49,6 +52,7 @@ pub struct Gate<S> {
     inner: S,
     state: SharedState,
     metrics: Metrics,
+    insecure: bool,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -71,7 +75,7 @@ where
         // The clone is not ready; the one that was polled ready serves.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let decided = identify(&self.state, &self.metrics, &request).and_then(|caller| {
+        let decided = identify(&self.state, &self.metrics, self.insecure, &request).and_then(|caller| {
             policy::decide(request.uri().path(), &caller)?;
             Ok(caller)
         });
@@ -86,35 +90,45 @@ where
 }
 
 /// Who sent `request`.
-fn identify<B>(state: &SharedState, metrics: &Metrics, request: &http::Request<B>) -> Result<Caller, Status> {
+fn identify<B>(
+    state: &SharedState,
+    metrics: &Metrics,
+    insecure: bool,
+    request: &http::Request<B>,
+) -> Result<Caller, Status> {
     let peer = request.extensions().get::<PeerInfo>().cloned();
     let source = peer.as_ref().and_then(|p| p.remote).map(|a| a.to_string()).unwrap_or_default();
     let forwarded = request.headers().get(PRINCIPAL_HEADER).map(|v| v.to_str().unwrap_or(""));
-    let Some(peer) = peer.filter(|p| p.tls) else {
+    if insecure {
         // `serve --insecure` (loopback only): everyone is an admin.
         if let Some(caller) = forwarded.and_then(parse_forwarded) {
             return Ok(caller);
         }
         return Ok(Caller { principal: Principal::User { name: "insecure".into(), role: Role::Admin }, source });
+    }
+    let Some(peer) = peer.filter(|p| p.tls) else {
+        return Err(Status::internal("a connection without TLS reached a TLS server; refused"));
     };
     let data = state.read().unwrap_or_else(|p| p.into_inner());
     let security = &data.state.meta.security;
     if let Some(cert) = &peer.cert {
         if security.is_revoked(&cert.fingerprint) {
+            if let Some(Subject::Client { name, .. }) = &cert.subject {
+                return Err(Status::unauthenticated(format!(
+                    "client certificate {name} was revoked (`kvmesh cert revoke`); ask an admin for a new one"
+                )));
+            }
             return Err(not_a_member(metrics, "this certificate was revoked (its node was removed from the cluster)"));
         }
         match &cert.subject {
+            // Refused for what this replica knows for sure (a revocation
+            // is committed and never undone), never for what it may not
+            // know yet: a lagging replica has not heard of a new member.
             Some(Subject::Node(name)) => {
-                // A certificate of a node that is no longer (or not yet) a
-                // member: only a join is open to it. A node whose state is
-                // still empty (joining) cannot tell, and takes the leader's
-                // word until its state arrives.
-                let joining = matches!(request.uri().path(), "/kvmesh.v1.Cluster/Join");
-                let known = data.state.nodes.values().any(|n| n.name == *name);
-                if !known && !joining && data.state.cluster_id().is_some() {
-                    return Err(not_a_member(metrics, &format!("node {name} is not a member of this cluster")));
-                }
-                if let Some(value) = forwarded {
+                // A node's own internal calls made while it serves a user
+                // (asking the leader what hosts observe) are the node's.
+                let internal = policy::need(request.uri().path()) == policy::Need::Internal;
+                if let (Some(value), false) = (forwarded, internal) {
                     return parse_forwarded(value)
                         .ok_or_else(|| Status::invalid_argument(format!("malformed {PRINCIPAL_HEADER} header")));
                 }

@@ -45,7 +45,7 @@ pub(super) async fn connect(settings: &Settings, first_use: Option<Arc<CaFromCha
     let dialer = match (settings.insecure, first_use, &settings.ca_cert) {
         (true, _, _) => Dialer::Plain,
         (false, Some(verifier), _) => Dialer::Tls(verify::client_config(verifier)),
-        (false, None, Some(ca)) => Dialer::Tls(verify::ca_client_config(ca)?),
+        (false, None, Some(ca)) => Dialer::Tls(verify::ca_client_config(ca, settings.identity.as_ref())?),
         (false, None, None) => {
             return Err(anyhow!(
                 "no CA certificate for this cluster: the client config {} has none (or does not exist). `kvmesh cluster init` writes it for a new cluster; \
@@ -104,8 +104,8 @@ pub(super) fn status_err(s: tonic::Status) -> anyhow::Error {
 }
 
 pub async fn run(settings: Settings, output: Output, command: Command) -> Result<()> {
-    if let Command::Cluster(super::ClusterCmd::Init { max_voters }) = command {
-        return cluster::init(&settings, output, max_voters).await;
+    if let Command::Cluster(super::ClusterCmd::Init { max_voters, force }) = command {
+        return cluster::init(&settings, output, max_voters, force).await;
     }
     let channel = connect(&settings, None).await?;
     match command {
@@ -117,5 +117,6 @@ pub async fn run(settings: Settings, output: Output, command: Command) -> Result
         Command::Image(c) => storage::image(channel, output, c).await,
         Command::Events { follow } => cluster::events(channel, output, follow).await,
         Command::Token(c) => super::security::tokens(channel, output, c).await,
+        Command::Cert(c) => super::security::certs(channel, &settings, output, c).await,
     }
 }

@@ -86,7 +86,14 @@ pub async fn run(channel: Ch, output: Output, command: ClusterCmd) -> Result<()>
 /// `cluster init`: founds the cluster on the node at the endpoint, trusting
 /// the CA it presents (its first use), and writes the client config with
 /// that CA and the first admin token.
-pub async fn init(settings: &Settings, output: Output, max_voters: u32) -> Result<()> {
+pub async fn init(settings: &Settings, output: Output, max_voters: u32, force: bool) -> Result<()> {
+    // Checked before the cluster exists: its admin token is shown once.
+    if !settings.insecure && !force && settings.path.exists() {
+        return Err(anyhow::anyhow!(
+            "the client config {} exists (it may hold another cluster's admin token); move it away, name another with --client-config, or pass --force to overwrite it",
+            settings.path.display()
+        ));
+    }
     let seen = CaFromChain::first_use();
     let channel = super::client::connect(settings, Some(seen.clone())).await?;
     let r = ClusterClient::new(channel).init(req(pb::InitRequest { max_voters })).await.map_err(status_err)?.into_inner();
@@ -97,8 +104,15 @@ pub async fn init(settings: &Settings, output: Output, max_voters: u32) -> Resul
             endpoint: Some(settings.endpoint.clone()),
             ca_cert: Some(r.ca_cert_pem.clone()),
             token: Some(r.admin_token.clone()),
+            cert: None,
+            key: None,
         };
-        super::config::save(&settings.path, &config)?;
+        if let Err(e) = super::config::save(&settings.path, &config) {
+            // The token exists only in this answer: never lose it.
+            eprintln!("admin token (shown once): {}", r.admin_token);
+            eprintln!("cluster CA certificate:\n{}", r.ca_cert_pem);
+            return Err(e.context("the cluster is initialized, but its client config could not be written; keep the token and CA printed above"));
+        }
         saved = Some(settings.path.display().to_string());
     }
     match output {

@@ -18,6 +18,9 @@ pub struct ClientConfig {
     /// The cluster CA's certificate, PEM.
     pub ca_cert: Option<String>,
     pub token: Option<String>,
+    /// A client certificate and its key, PEM (`kvmesh cert create`).
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 /// What one CLI run uses.
@@ -26,6 +29,8 @@ pub struct Settings {
     pub endpoint: String,
     pub token: Option<String>,
     pub ca_cert: Option<String>,
+    /// A client certificate and key to present.
+    pub identity: Option<(String, String)>,
     pub insecure: bool,
     /// Where the config was read from (or would be written).
     pub path: PathBuf,
@@ -61,6 +66,7 @@ impl Settings {
             endpoint: endpoint.or(file.endpoint).unwrap_or_else(|| DEFAULT_ENDPOINT.into()),
             token: token.filter(|t| !t.is_empty()).or(file.token),
             ca_cert: file.ca_cert,
+            identity: file.cert.zip(file.key),
             insecure,
             path,
         })

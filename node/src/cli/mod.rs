@@ -73,6 +73,10 @@ pub enum Command {
     /// API tokens: credentials for people and programs, with a role.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Client certificates: credentials with a role, for clients that
+    /// prefer a certificate to a token.
+    #[command(subcommand)]
+    Cert(CertCmd),
     /// Show cluster events.
     Events {
         /// Keep printing new events as they happen.
@@ -192,6 +196,28 @@ pub enum TokenCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum CertCmd {
+    /// Make a key here, have the cluster sign it, and write a client config
+    /// that uses it (the key never leaves this machine).
+    Create {
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long)]
+        role: String,
+        /// How long it lives: 30d, 12h, … [default: 90d].
+        #[arg(long, value_parser = security::parse_ttl)]
+        ttl: Option<u64>,
+        /// The client config to write (0600): endpoint, CA, certificate and key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Client certificates issued and not revoked.
+    List,
+    /// Revoke every certificate of a client: refused at once, on every node.
+    Revoke { name: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum JoinTokenCmd {
     /// Make a one-time join token for a new node (`serve --join-token`).
     Create {
@@ -215,6 +241,10 @@ pub enum ClusterCmd {
         /// Voters the cluster keeps (3, 5 or 7); further nodes are learners.
         #[arg(long, default_value_t = 3)]
         max_voters: u32,
+        /// Overwrite an existing client config (it may hold another
+        /// cluster's only admin token).
+        #[arg(long)]
+        force: bool,
     },
     /// Leader, term, commit index and members.
     Status,

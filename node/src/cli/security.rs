@@ -8,7 +8,8 @@ use serde_json::json;
 
 use super::client::{req, status_err, Ch};
 use super::output::{format_ms, table};
-use super::{JoinTokenCmd, Output, TokenCmd};
+use super::config::{ClientConfig, Settings};
+use super::{CertCmd, JoinTokenCmd, Output, TokenCmd};
 
 /// `90s`, `30m`, `1h`, `2d` (or plain seconds) as seconds.
 pub fn parse_ttl(s: &str) -> std::result::Result<u64, String> {
@@ -118,6 +119,61 @@ pub async fn join_tokens(channel: Ch, output: Output, command: JoinTokenCmd) -> 
             match output {
                 Output::Json => println!("{}", json!({"revoked": id})),
                 Output::Table => println!("revoked join token {id}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn certs(channel: Ch, settings: &Settings, output: Output, command: CertCmd) -> Result<()> {
+    let mut client = SecurityClient::new(channel);
+    match command {
+        CertCmd::Create { name, role, ttl, out } => {
+            let (key, csr_pem) = crate::tls::ca::new_key_and_csr()?;
+            let request = pb::IssueClientCertRequest { name: name.clone(), role: role.clone(), csr_pem, ttl_s: ttl.unwrap_or(0) };
+            let r = client.issue_client_cert(req(request)).await.map_err(status_err)?.into_inner();
+            let config = ClientConfig {
+                endpoint: Some(settings.endpoint.clone()),
+                ca_cert: Some(r.ca_cert_pem),
+                token: None,
+                cert: Some(r.cert_pem),
+                key: Some(key),
+            };
+            super::config::save(&out, &config)?;
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    json!({"name": name, "role": role, "expires_ms": r.expires_ms, "client_config": out.display().to_string()})
+                ),
+                Output::Table => println!(
+                    "client certificate for {name} ({role}) until {}, with its key, written to {}: use it with --client-config",
+                    format_ms(r.expires_ms),
+                    out.display()
+                ),
+            }
+        }
+        CertCmd::List => {
+            let list = client.list_client_certs(req(pb::ListTokensRequest {})).await.map_err(status_err)?.into_inner();
+            match output {
+                Output::Json => {
+                    let all: Vec<_> = list
+                        .tokens
+                        .iter()
+                        .map(|t| json!({"name": t.name, "expires_ms": t.expires_ms, "fingerprint": t.node_name}))
+                        .collect();
+                    println!("{}", serde_json::Value::Array(all));
+                }
+                Output::Table => table(
+                    &["NAME", "EXPIRES", "FINGERPRINT"],
+                    list.tokens.iter().map(|t| vec![t.name.clone(), format_ms(t.expires_ms), t.node_name.clone()]).collect(),
+                ),
+            }
+        }
+        CertCmd::Revoke { name } => {
+            client.revoke_client_certs(req(pb::RevokeTokenRequest { name: name.clone() })).await.map_err(status_err)?;
+            match output {
+                Output::Json => println!("{}", json!({"revoked": name})),
+                Output::Table => println!("revoked the client certificates of {name}"),
             }
         }
     }

@@ -5,9 +5,10 @@
 //! descriptor for long, nor lock others out: each handshake has
 //! [`HANDSHAKE_TIMEOUT`], at most [`MAX_HANDSHAKES`] run at once, and one
 //! source address may have at most [`HANDSHAKES_PER_SOURCE`] of them in
-//! flight; connections beyond that are closed at once. Accept errors (out
-//! of file descriptors) pause accepting briefly instead of ending the
-//! server.
+//! flight; connections beyond that are closed at once. Finished connections
+//! are bounded per source too ([`CONNECTIONS_PER_SOURCE`]; the server's
+//! HTTP/2 keepalive closes dead ones). Accept errors (out of file
+//! descriptors) pause accepting briefly instead of ending the server.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -29,6 +30,7 @@ use super::ca::{self, CertInfo};
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_HANDSHAKES: usize = 512;
 pub const HANDSHAKES_PER_SOURCE: usize = 64;
+pub const CONNECTIONS_PER_SOURCE: usize = 1024;
 
 /// Who is on the other end of a connection: in every request's extensions.
 #[derive(Clone, Debug)]
@@ -49,6 +51,8 @@ enum Io {
 pub struct Conn {
     io: Io,
     info: PeerInfo,
+    /// Counts it against its source's established connections until dropped.
+    _slot: Option<InFlightGuard>,
 }
 
 impl Connected for Conn {
@@ -108,15 +112,19 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// Handshakes in flight per source address.
-#[derive(Default)]
-struct InFlight(Mutex<HashMap<IpAddr, usize>>);
+/// Connections (in handshake, or established) per source address, up to
+/// a limit.
+struct InFlight(Mutex<HashMap<IpAddr, usize>>, usize);
 
 impl InFlight {
+    fn new(limit: usize) -> Self {
+        InFlight(Mutex::new(HashMap::new()), limit)
+    }
+
     fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<InFlightGuard> {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(ip).or_default();
-        if *n >= HANDSHAKES_PER_SOURCE {
+        if *n >= self.1 {
             return None;
         }
         *n += 1;
@@ -147,7 +155,8 @@ pub fn incoming(
     let (tx, rx) = mpsc::channel(128);
     tokio::spawn(async move {
         let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-        let in_flight = Arc::new(InFlight::default());
+        let in_flight = Arc::new(InFlight::new(HANDSHAKES_PER_SOURCE));
+        let established = Arc::new(InFlight::new(CONNECTIONS_PER_SOURCE));
         loop {
             let (tcp, remote) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -159,10 +168,15 @@ pub fn incoming(
             };
             let _ = tcp.set_nodelay(true);
             let Some(acceptor) = acceptor.clone() else {
-                let conn = Conn { io: Io::Plain(tcp), info: PeerInfo { remote: Some(remote), cert: None, tls: false } };
+                let info = PeerInfo { remote: Some(remote), cert: None, tls: false };
+                let conn = Conn { io: Io::Plain(tcp), info, _slot: None };
                 if tx.send(Ok(conn)).await.is_err() {
                     return;
                 }
+                continue;
+            };
+            let Some(slot) = established.enter(remote.ip()) else {
+                debug!(%remote, "too many connections from this source; closing the new one");
                 continue;
             };
             let (Ok(permit), Some(guard)) = (handshakes.clone().try_acquire_owned(), in_flight.enter(remote.ip())) else {
@@ -184,7 +198,8 @@ pub fn incoming(
                     .peer_certificates()
                     .and_then(|chain| chain.first())
                     .and_then(|der| ca::info(der).ok());
-                let conn = Conn { io: Io::Tls(Box::new(tls)), info: PeerInfo { remote: Some(remote), cert, tls: true } };
+                let info = PeerInfo { remote: Some(remote), cert, tls: true };
+                let conn = Conn { io: Io::Tls(Box::new(tls)), info, _slot: Some(slot) };
                 let _ = tx.send(Ok(conn)).await;
             });
         }

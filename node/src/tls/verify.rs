@@ -102,18 +102,31 @@ pub fn client_config(verifier: Arc<dyn ServerCertVerifier>) -> Arc<rustls::Clien
     Arc::new(config)
 }
 
-/// A client configuration that trusts the cluster CA `ca_pem` (the CLI).
-pub fn ca_client_config(ca_pem: &str) -> crate::error::Result<Arc<rustls::ClientConfig>> {
+/// A client configuration that trusts the cluster CA `ca_pem` (the CLI),
+/// presenting `identity` (certificate and key, PEM) if given.
+pub fn ca_client_config(
+    ca_pem: &str,
+    identity: Option<&(String, String)>,
+) -> crate::error::Result<Arc<rustls::ClientConfig>> {
     use rustls::pki_types::pem::PemObject;
     let err = |e: String| crate::error::Error::Tls(format!("the client config's CA certificate: {e}"));
     let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|e| err(e.to_string()))?;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca).map_err(|e| err(e.to_string()))?;
-    let mut config = rustls::ClientConfig::builder_with_provider(super::provider())
+    let builder = rustls::ClientConfig::builder_with_provider(super::provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let bad = |what: &str, e: String| crate::error::Error::Tls(format!("the client config's {what}: {e}"));
+            let cert = CertificateDer::from_pem_slice(cert.as_bytes()).map_err(|e| bad("certificate", e.to_string()))?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())
+                .map_err(|e| bad("key", e.to_string()))?;
+            builder.with_client_auth_cert(vec![cert], key).map_err(|e| bad("certificate and key", e.to_string()))?
+        }
+    };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
