@@ -239,8 +239,14 @@ fn the_guard_and_the_watchdog_layers_never_let_a_guest_run_twice() -> Result<()>
     ensure!(!line.is_empty() || log("h2").contains("fenced"), "h2 did not fence: {guard}");
     println!("fencing on the partitioned host: {line}");
     sample_for("after the heal", Duration::from_secs(5))?;
-    for name in ["ha", "ha-bare", "ha-stop", "ha-disk", "ha-lv", "ha-fz", "plain"] {
-        ensure!(hosts_of(&domain("h1", name)).len() == 1, "{name} does not run exactly once");
-    }
+    // Every guest of the run is back, each exactly once, sampled all along
+    // for a double run. Not at one instant: ten TCG guests restarting on
+    // two cores can starve a host's heartbeat past fence_after, and the
+    // host then fences and restarts its HA guests (safely) once more.
+    let names = ["ha", "ha-bare", "ha-stop", "ha-disk", "ha-lv", "ha-fz", "plain"];
+    let domains: Vec<String> = names.iter().map(|n| domain("h1", n)).chain(many.iter().cloned()).collect();
+    watch("every guest running exactly once", Duration::from_secs(90), || {
+        domains.iter().all(|d| hosts_of(d).len() == 1)
+    })?;
     Ok(())
 }

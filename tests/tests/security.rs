@@ -339,12 +339,17 @@ fn insecure_mode_is_for_loopback_only() -> Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("must be loopback addresses"), "{stderr}");
 
-    // On loopback it runs, without TLS: only clients that say --insecure talk to it.
-    let mut c = Cluster::new();
-    c.spawn("n1", None, &["--insecure"])?;
-    c.cli_ok(0, &["--insecure", "cluster", "init"])?;
-    c.cli_ok(0, &["--insecure", "vm", "create", "dev", "--memory", "64"])?;
-    let r = c.cli(0, &["vm", "list"]);
+    // On loopback it runs, without TLS (nodes join with --join alone):
+    // only clients that say --insecure talk to it.
+    let c = Cluster::three_insecure()?;
+    let r = c.cli(1, &["vm", "create", "dev", "--memory", "64"]);
+    assert!(r.success, "{}", r.stderr);
+    let vms = c.vm_names(2)?;
+    assert_eq!(vms, vec!["dev".to_string()]);
+    let config = c.dir.path().join("none.toml");
+    let alias = c.addr(0).replace("127.0.0.1", "localhost");
+    register_client_config(&alias, &config);
+    let r = kvmesh_tests::run_cli(&alias, &["vm", "list"]);
     assert!(!r.success, "a TLS client talked to a plaintext node: {}", r.stdout);
     Ok(())
 }
