@@ -382,3 +382,45 @@ fn client_certificates_carry_a_role_and_can_be_revoked() -> Result<()> {
     assert!(c.vm_names(0)?.is_empty());
     Ok(())
 }
+
+/// A node certificate from another cluster's CA gets no further than the
+/// handshake, even from a client that trusts this cluster's CA; and a
+/// client holding another cluster's CA does not accept this cluster's nodes.
+#[test]
+fn another_clusters_certificates_are_refused_at_the_handshake() -> Result<()> {
+    let mut a = Cluster::new();
+    a.spawn("a1", None, &[])?;
+    a.cli_ok(0, &["cluster", "init"])?;
+    let mut b = Cluster::new();
+    b.spawn("b1", None, &[])?;
+    b.cli_ok(0, &["cluster", "init"])?;
+    let (a_tls, b_tls) = (a.nodes[0].data_dir.join("tls"), b.nodes[0].data_dir.join("tls"));
+    let rt = tokio::runtime::Runtime::new()?;
+    let result = rt.block_on(async {
+        use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+        let read = |p: std::path::PathBuf| std::fs::read_to_string(p);
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(a_tls.join("ca.crt"))?))
+            .identity(Identity::from_pem(read(b_tls.join("node.crt"))?, read(b_tls.join("node.key"))?))
+            .domain_name("kvmesh-node");
+        let channel = Channel::from_shared(format!("https://{}", a.addr(0)))?.tls_config(tls)?.connect().await;
+        match channel {
+            Err(e) => anyhow::Ok(format!("connect: {e:?}")),
+            Ok(channel) => {
+                let r = pb::raft_client::RaftClient::new(channel).vote(pb::RaftMessage { payload: vec![] }).await;
+                anyhow::ensure!(r.is_err(), "another cluster's node certificate reached Raft");
+                Ok(format!("call: {:?}", r.unwrap_err()))
+            }
+        }
+    })?;
+    println!("foreign node certificate: {result}");
+    // Refused by the TLS handshake itself (an alert), not by anything after it.
+    assert!(result.contains("alert") || result.starts_with("connect"), "{result}");
+    // A client config of cluster b against cluster a's node.
+    let b_config = client_config_for(&b.addr(0)).context("registered")?;
+    let alias = a.addr(0).replace("127.0.0.1", "localhost");
+    register_client_config(&alias, &b_config);
+    let r = kvmesh_tests::run_cli(&alias, &["cluster", "status"]);
+    assert!(!r.success && r.stderr.contains("does not check out against the CA"), "{}", r.stderr);
+    Ok(())
+}
