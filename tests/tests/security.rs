@@ -414,8 +414,9 @@ fn another_clusters_certificates_are_refused_at_the_handshake() -> Result<()> {
         }
     })?;
     println!("foreign node certificate: {result}");
-    // Refused by the TLS handshake itself (an alert), not by anything after it.
-    assert!(result.contains("alert") || result.starts_with("connect"), "{result}");
+    // Refused by the TLS handshake itself (an alert, or the connection
+    // closed after it), never answered by a service.
+    assert!(result.contains("Transport") || result.starts_with("connect"), "{result}");
     // A client config of cluster b against cluster a's node.
     let b_config = client_config_for(&b.addr(0)).context("registered")?;
     let alias = a.addr(0).replace("127.0.0.1", "localhost");
