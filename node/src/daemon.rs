@@ -14,12 +14,12 @@ use tracing::{error, info, instrument, warn};
 use crate::api::cluster::ClusterService;
 use crate::api::host::HostService;
 use crate::api::vms::VmsService;
+use crate::auth::tokens::JoinToken;
 use crate::config::ServeConfig;
 use crate::ctx::NodeCtx;
 use crate::data_dir::DataDir;
 use crate::error::{Error, Result};
 use crate::ha::{LeaderView, Lease};
-use crate::auth::tokens::JoinToken;
 use crate::hypervisor::{self, libvirt::Libvirt, Hypervisor};
 use crate::tls::dial::Dialer;
 use crate::tls::NodeTls;
@@ -93,7 +93,8 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let cpus = config.cpus.unwrap_or(host.cpus);
     let memory_mib = config.memory_mib.unwrap_or(host.memory_mib);
     // The member to join: --join, or the first one the join token names.
-    let token_member = config.join_token.as_ref().and_then(|t| t.parse::<JoinToken>().ok()).and_then(|t| t.members.first().cloned());
+    let token_member =
+        config.join_token.as_ref().and_then(|t| t.parse::<JoinToken>().ok()).and_then(|t| t.members.first().cloned());
     let join = config.join.clone().or(token_member);
     let ctx = Arc::new(NodeCtx::new(
         id,

@@ -28,7 +28,9 @@ const LIMIT: usize = 1 << 30;
 /// could exhaust the stack.
 pub const MAX_NESTING: u32 = 8;
 
-fn config() -> bincode::config::Configuration<bincode::config::LittleEndian, bincode::config::Varint, bincode::config::Limit<LIMIT>> {
+fn config(
+) -> bincode::config::Configuration<bincode::config::LittleEndian, bincode::config::Varint, bincode::config::Limit<LIMIT>>
+{
     bincode::config::standard().with_limit::<LIMIT>()
 }
 
@@ -115,8 +117,8 @@ pub fn to_wire<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>> {
 
 /// Decodes an RPC payload written by [`to_wire`]; trailing bytes are an error.
 pub fn from_wire<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
-    let (value, used) =
-        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| Error::Decode { what, detail: e.to_string() })?;
+    let (value, used) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| Error::Decode { what, detail: e.to_string() })?;
     if used != bytes.len() {
         return Err(Error::Decode { what, detail: format!("{} trailing bytes", bytes.len() - used) });
     }

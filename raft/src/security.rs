@@ -73,22 +73,45 @@ impl Security {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SecurityCmd {
     /// Once, at `cluster init`.
-    SetCa { ca: Ca },
-    CreateApiToken { name: String, token: ApiToken },
-    RevokeApiToken { name: String },
-    CreateJoinToken { id: String, token: JoinToken },
-    RevokeJoinToken { id: String },
+    SetCa {
+        ca: Ca,
+    },
+    CreateApiToken {
+        name: String,
+        token: ApiToken,
+    },
+    RevokeApiToken {
+        name: String,
+    },
+    CreateJoinToken {
+        id: String,
+        token: JoinToken,
+    },
+    RevokeJoinToken {
+        id: String,
+    },
     /// Records a certificate issued to node `name`; with `join_token` (id
     /// and the hash of the secret the node presented) the token is checked
     /// and used up in the same step, so two nodes cannot both enroll with it.
-    IssueNodeCert { join_token: Option<(String, String)>, fingerprint: String, cert: IssuedCert },
+    IssueNodeCert {
+        join_token: Option<(String, String)>,
+        fingerprint: String,
+        cert: IssuedCert,
+    },
     /// Revokes every certificate issued to node `name` (it was removed).
-    RevokeNodeCerts { name: String },
+    RevokeNodeCerts {
+        name: String,
+    },
     /// Records a client certificate (`kvmesh cert create`); its `name` is
     /// `client:<name>`, apart from node names, which cannot hold a colon.
-    IssueClientCert { fingerprint: String, cert: IssuedCert },
+    IssueClientCert {
+        fingerprint: String,
+        cert: IssuedCert,
+    },
     /// `kvmesh cert revoke NAME`: every certificate of that client.
-    RevokeClientCerts { name: String },
+    RevokeClientCerts {
+        name: String,
+    },
 }
 
 /// How a client certificate's holder is named among the issued certificates.

@@ -192,8 +192,16 @@ impl Cluster {
             None => None,
         };
         let config = config.unwrap_or_else(|| self.dir.path().join(format!("client-{name}-{slot}.toml")));
-        let mut node =
-            NodeProc { name: name.into(), address, data_dir, log, extra_args, client_config: config, join, child: None };
+        let mut node = NodeProc {
+            name: name.into(),
+            address,
+            data_dir,
+            log,
+            extra_args,
+            client_config: config,
+            join,
+            child: None,
+        };
         self.start(&mut node)?;
         node.join = None;
         self.nodes.push(node);
@@ -547,7 +555,11 @@ fn client_credentials(address: &str) -> Result<(String, String)> {
     ))
 }
 
-async fn tls_channel(address: &str, ca: &str, identity: Option<tonic::transport::Identity>) -> Result<tonic::transport::Channel> {
+async fn tls_channel(
+    address: &str,
+    ca: &str,
+    identity: Option<tonic::transport::Identity>,
+) -> Result<tonic::transport::Channel> {
     use tonic::transport::{Certificate, Channel, ClientTlsConfig};
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("kvmesh-node");
     if let Some(identity) = identity {
@@ -569,7 +581,8 @@ pub async fn api_channel(address: &str) -> Result<TokenChannel> {
 /// the node whose data dir is `as_node`: for tests that play a node.
 pub async fn node_channel(address: &str, as_node: &Path) -> Result<tonic::transport::Channel> {
     let tls = as_node.join("tls");
-    let read = |f: &str| std::fs::read_to_string(tls.join(f)).with_context(|| format!("read {f} of {}", as_node.display()));
+    let read =
+        |f: &str| std::fs::read_to_string(tls.join(f)).with_context(|| format!("read {f} of {}", as_node.display()));
     let identity = tonic::transport::Identity::from_pem(read("node.crt")?, read("node.key")?);
     tls_channel(address, &read("ca.crt")?, Some(identity)).await
 }

@@ -48,9 +48,7 @@ async fn write(ctx: &NodeCtx, cmd: SecurityCmd) -> Result<()> {
 /// Makes an API token; its whole text, shown once.
 pub async fn create_api_token(ctx: &NodeCtx, name: &str, role: &str) -> Result<String> {
     if !tokens::valid_name(name) {
-        return Err(Error::InvalidArgument(format!(
-            "token name {name:?}: use 1-63 letters, digits, '-' or '_'"
-        )));
+        return Err(Error::InvalidArgument(format!("token name {name:?}: use 1-63 letters, digits, '-' or '_'")));
     }
     if Role::parse(role).is_none() {
         return Err(Error::InvalidArgument(format!("role {role:?}: use viewer, operator or admin")));
@@ -181,7 +179,9 @@ impl pb::security_server::Security for SecurityService {
         let r = request.into_inner();
         let ttl = if r.ttl_s == 0 { DEFAULT_JOIN_TTL } else { Duration::from_secs(r.ttl_s) };
         if ttl > MAX_JOIN_TTL {
-            return Err(Error::InvalidArgument(format!("--ttl: at most {} hours", MAX_JOIN_TTL.as_secs() / 3600)).into());
+            return Err(
+                Error::InvalidArgument(format!("--ttl: at most {} hours", MAX_JOIN_TTL.as_secs() / 3600)).into()
+            );
         }
         let name = (!r.node_name.is_empty()).then_some(r.node_name);
         if let Some(n) = &name {
@@ -189,7 +189,8 @@ impl pb::security_server::Security for SecurityService {
         }
         let Some(ca_pem) = self.ctx.read(|d| d.state.meta.security.ca.as_ref().map(|c| c.cert_pem.clone())) else {
             return Err(Error::FailedPrecondition(
-                "this cluster has no CA: its nodes run with --insecure (plaintext), where nodes join with --join alone".into(),
+                "this cluster has no CA: its nodes run with --insecure (plaintext), where nodes join with --join alone"
+                    .into(),
             )
             .into());
         };
@@ -235,7 +236,11 @@ impl pb::security_server::Security for SecurityService {
     ) -> std::result::Result<Response<pb::IssueClientCertReply>, Status> {
         let r = request.into_inner();
         if !tokens::valid_name(&r.name) {
-            return Err(Error::InvalidArgument(format!("client name {:?}: use 1-63 letters, digits, '-' or '_'", r.name)).into());
+            return Err(Error::InvalidArgument(format!(
+                "client name {:?}: use 1-63 letters, digits, '-' or '_'",
+                r.name
+            ))
+            .into());
         }
         if Role::parse(&r.role).is_none() {
             return Err(Error::InvalidArgument(format!("role {:?}: use viewer, operator or admin", r.role)).into());

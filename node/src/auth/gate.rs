@@ -12,8 +12,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use kvmesh_raft::store::SharedState;
 use kvmesh_proto::NOT_A_MEMBER;
+use kvmesh_raft::store::SharedState;
 use tonic::body::Body;
 use tonic::Status;
 use tower::{Layer, Service};
@@ -140,8 +140,9 @@ fn identify<B>(
             }
             Some(Subject::Client { name, role }) => {
                 refuse_forgery(forwarded)?;
-                let role = Role::parse(role)
-                    .ok_or_else(|| Status::unauthenticated(format!("client certificate {name}: unknown role {role}")))?;
+                let role = Role::parse(role).ok_or_else(|| {
+                    Status::unauthenticated(format!("client certificate {name}: unknown role {role}"))
+                })?;
                 return Ok(Caller { principal: Principal::User { name: name.clone(), role }, source });
             }
             None => {}

@@ -32,7 +32,11 @@ const TABLE: &[(&str, &[&str], Need)] = &[
     ("kvmesh.v1.Host", &["*"], Need::Internal),
     ("kvmesh.v1.Cluster", &["Init", "Enroll"], Need::Bootstrap),
     ("kvmesh.v1.Cluster", &["Join", "UpdateAddress"], Need::Internal),
-    ("kvmesh.v1.Cluster", &["Status", "ListNodes", "ListEvents", "GetPolicy", "Capacity", "GetNode"], Need::Role(Role::Viewer)),
+    (
+        "kvmesh.v1.Cluster",
+        &["Status", "ListNodes", "ListEvents", "GetPolicy", "Capacity", "GetNode"],
+        Need::Role(Role::Viewer),
+    ),
     ("kvmesh.v1.Cluster", &["Drain", "Activate", "Balance"], Need::Role(Role::Operator)),
     ("kvmesh.v1.Cluster", &["Remove", "SetPolicy", "SetNode"], Need::Role(Role::Admin)),
     ("kvmesh.v1.Vms", &["List", "Get", "Explain"], Need::Role(Role::Viewer)),

@@ -58,7 +58,10 @@ pub(super) async fn connect(settings: &Settings, first_use: Option<Arc<CaFromCha
     let channel = dialer.connect(endpoint, Duration::from_secs(3)).await.map_err(|e| {
         let cause = root_cause(&e);
         let hint = if cause.contains("certificate") || cause.contains("CA") {
-            format!("the node's certificate does not check out against the CA in {}: is that the config of this cluster?", settings.path.display())
+            format!(
+                "the node's certificate does not check out against the CA in {}: is that the config of this cluster?",
+                settings.path.display()
+            )
         } else if cause.contains("InvalidContentType") || cause.contains("corrupt message") {
             "the node speaks plaintext: was it started with --insecure? Then pass --insecure too".to_string()
         } else {
@@ -67,11 +70,9 @@ pub(super) async fn connect(settings: &Settings, first_use: Option<Arc<CaFromCha
         anyhow!("cannot reach kvmesh at {endpoint} ({cause}). {hint}")
     })?;
     let token = match &settings.token {
-        Some(t) => Some(
-            format!("Bearer {}", t.trim())
-                .parse()
-                .map_err(|_| anyhow!("the API token has characters a header cannot carry; check --token or KVMESH_TOKEN"))?,
-        ),
+        Some(t) => Some(format!("Bearer {}", t.trim()).parse().map_err(|_| {
+            anyhow!("the API token has characters a header cannot carry; check --token or KVMESH_TOKEN")
+        })?),
         None => None,
     };
     Ok(InterceptedService::new(channel, Bearer(token)))

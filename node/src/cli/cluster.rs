@@ -4,17 +4,17 @@
 
 use std::time::Duration;
 
+use super::client::Ch;
 use anyhow::Result;
 use kvmesh_proto as pb;
 use pb::cluster_client::ClusterClient;
 use serde_json::json;
-use super::client::Ch;
 
 use super::client::{req, status_err};
 use super::config::{ClientConfig, Settings};
-use crate::tls::verify::CaFromChain;
 use super::output::{print_capacity, print_events, print_policy, print_status};
 use super::{ClusterCmd, Output, PolicyCmd};
+use crate::tls::verify::CaFromChain;
 
 pub async fn run(channel: Ch, output: Output, command: ClusterCmd) -> Result<()> {
     let cluster_channel = channel.clone();
@@ -96,7 +96,8 @@ pub async fn init(settings: &Settings, output: Output, max_voters: u32, force: b
     }
     let seen = CaFromChain::first_use();
     let channel = super::client::connect(settings, Some(seen.clone())).await?;
-    let r = ClusterClient::new(channel).init(req(pb::InitRequest { max_voters })).await.map_err(status_err)?.into_inner();
+    let r =
+        ClusterClient::new(channel).init(req(pb::InitRequest { max_voters })).await.map_err(status_err)?.into_inner();
     let mut saved = None;
     if !settings.insecure {
         super::security::same_ca(seen.seen.lock().unwrap_or_else(|p| p.into_inner()).clone(), &r.ca_cert_pem)?;
@@ -125,7 +126,9 @@ pub async fn init(settings: &Settings, output: Output, max_voters: u32, force: b
             println!("initialized cluster {} on node {}", r.cluster_id, r.node_name);
             if let Some(path) = saved {
                 println!("admin token (shown once): {}", r.admin_token);
-                println!("client config written to {path}: the endpoint, the cluster CA and this token; keep it private");
+                println!(
+                    "client config written to {path}: the endpoint, the cluster CA and this token; keep it private"
+                );
             }
         }
     }

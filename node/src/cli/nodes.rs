@@ -1,11 +1,11 @@
 //! `kvmesh node …`: listing and showing the cluster's hosts, changing their
 //! capacity and labels, draining one into maintenance and bringing it back.
 
+use super::client::Ch;
 use anyhow::Result;
 use kvmesh_proto as pb;
 use pb::cluster_client::ClusterClient;
 use serde_json::json;
-use super::client::Ch;
 
 use super::client::{req, status_err};
 use super::output::{node_state, print_node, print_nodes};

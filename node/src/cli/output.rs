@@ -387,7 +387,10 @@ pub fn print_events(output: Output, events: &[pb::Event]) {
     for e in events {
         match output {
             Output::Json => {
-                println!("{}", json!({"seq": e.seq, "at_ms": e.at_ms, "kind": e.kind, "message": e.message, "by": e.by}))
+                println!(
+                    "{}",
+                    json!({"seq": e.seq, "at_ms": e.at_ms, "kind": e.kind, "message": e.message, "by": e.by})
+                )
             }
             Output::Table if e.by.is_empty() => {
                 println!("{:>6}  {}  {:<8} {}", e.seq, format_ms(e.at_ms), e.kind, e.message)

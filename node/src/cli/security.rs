@@ -7,8 +7,8 @@ use pb::security_client::SecurityClient;
 use serde_json::json;
 
 use super::client::{req, status_err, Ch};
-use super::output::{format_ms, table};
 use super::config::{ClientConfig, Settings};
+use super::output::{format_ms, table};
 use super::{CertCmd, JoinTokenCmd, Output, TokenCmd};
 
 /// `90s`, `30m`, `1h`, `2d` (or plain seconds) as seconds.
@@ -130,7 +130,8 @@ pub async fn certs(channel: Ch, settings: &Settings, output: Output, command: Ce
     match command {
         CertCmd::Create { name, role, ttl, out } => {
             let (key, csr_pem) = crate::tls::ca::new_key_and_csr()?;
-            let request = pb::IssueClientCertRequest { name: name.clone(), role: role.clone(), csr_pem, ttl_s: ttl.unwrap_or(0) };
+            let request =
+                pb::IssueClientCertRequest { name: name.clone(), role: role.clone(), csr_pem, ttl_s: ttl.unwrap_or(0) };
             let r = client.issue_client_cert(req(request)).await.map_err(status_err)?.into_inner();
             let config = ClientConfig {
                 endpoint: Some(settings.endpoint.clone()),
@@ -165,7 +166,10 @@ pub async fn certs(channel: Ch, settings: &Settings, output: Output, command: Ce
                 }
                 Output::Table => table(
                     &["NAME", "EXPIRES", "FINGERPRINT"],
-                    list.tokens.iter().map(|t| vec![t.name.clone(), format_ms(t.expires_ms), t.node_name.clone()]).collect(),
+                    list.tokens
+                        .iter()
+                        .map(|t| vec![t.name.clone(), format_ms(t.expires_ms), t.node_name.clone()])
+                        .collect(),
                 ),
             }
         }

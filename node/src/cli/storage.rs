@@ -5,6 +5,7 @@
 use std::io::IsTerminal;
 use std::time::Instant;
 
+use super::client::Ch;
 use anyhow::{anyhow, Context, Result};
 use kvmesh_proto as pb;
 use pb::images_client::ImagesClient;
@@ -12,7 +13,6 @@ use pb::storage_client::StorageClient;
 use pb::vms_client::VmsClient;
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
-use super::client::Ch;
 
 use super::client::{req, status_err};
 use super::output::{format_ms, human_bytes, print_disks, print_vm, table};

@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
+use super::client::Ch;
 use anyhow::{anyhow, Result};
 use kvmesh_proto as pb;
 use pb::vms_client::VmsClient;
 use serde_json::json;
-use super::client::Ch;
 
 use super::client::{req, status_err};
 use super::output::{print_explanation, print_vm, print_vms, vm_json, vm_state};
@@ -131,12 +131,7 @@ async fn finish(vms: &mut VmsClient<Ch>, output: Output, vm: pb::Vm, wait: WaitA
 }
 
 /// Polls until the VM runs or fails; progress goes to stderr on a terminal.
-async fn wait_running(
-    vms: &mut VmsClient<Ch>,
-    output: Output,
-    mut vm: pb::Vm,
-    timeout: Duration,
-) -> Result<pb::Vm> {
+async fn wait_running(vms: &mut VmsClient<Ch>, output: Output, mut vm: pb::Vm, timeout: Duration) -> Result<pb::Vm> {
     use std::io::IsTerminal;
     let show = output == Output::Table && std::io::stderr().is_terminal();
     let deadline = tokio::time::Instant::now() + timeout;

@@ -74,7 +74,13 @@ pub fn new_key_and_csr() -> Result<(String, String)> {
 
 /// Signs `csr_pem`'s key as `subject`, valid for `lifetime`; returns the
 /// certificate PEM. Whatever names the request asks for are ignored.
-pub fn sign(ca_cert_pem: &str, ca_key_pem: &str, csr_pem: &str, subject: &Subject, lifetime: Duration) -> Result<String> {
+pub fn sign(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    csr_pem: &str,
+    subject: &Subject,
+    lifetime: Duration,
+) -> Result<String> {
     let ca_key = KeyPair::from_pem(ca_key_pem).map_err(tls_err("the CA key is unreadable"))?;
     let ca = CertificateParams::from_ca_cert_pem(ca_cert_pem)
         .map_err(tls_err("the CA certificate is unreadable"))?
@@ -128,8 +134,7 @@ pub fn der_of(pem: &str) -> Result<Vec<u8>> {
 /// Reads who a (verified) certificate names, its fingerprint and expiry.
 pub fn info(der: &[u8]) -> Result<CertInfo> {
     use x509_parser::prelude::*;
-    let (_, cert) =
-        X509Certificate::from_der(der).map_err(|e| Error::Tls(format!("unreadable certificate: {e}")))?;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| Error::Tls(format!("unreadable certificate: {e}")))?;
     let mut subject = None;
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {

@@ -62,22 +62,22 @@ fn connector(
 > + Clone
        + Send {
     tower::service_fn(move |uri: http::Uri| {
-            let config = config.clone();
-            async move {
-                let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-                let connect = async {
-                    let tcp = TcpStream::connect(&authority).await?;
-                    tcp.set_nodelay(true)?;
-                    let name = ServerName::try_from(SERVER_NAME).expect("a valid DNS name");
-                    TlsConnector::from(config).connect(name, tcp).await
-                };
-                let tls = tokio::time::timeout(connect_timeout, connect).await.map_err(|_| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no TLS connection to {authority} within {connect_timeout:?}"),
-                    )
-                })??;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
+        let config = config.clone();
+        async move {
+            let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+            let connect = async {
+                let tcp = TcpStream::connect(&authority).await?;
+                tcp.set_nodelay(true)?;
+                let name = ServerName::try_from(SERVER_NAME).expect("a valid DNS name");
+                TlsConnector::from(config).connect(name, tcp).await
+            };
+            let tls = tokio::time::timeout(connect_timeout, connect).await.map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no TLS connection to {authority} within {connect_timeout:?}"),
+                )
+            })??;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
     })
 }

@@ -179,7 +179,8 @@ pub fn incoming(
                 debug!(%remote, "too many connections from this source; closing the new one");
                 continue;
             };
-            let (Ok(permit), Some(guard)) = (handshakes.clone().try_acquire_owned(), in_flight.enter(remote.ip())) else {
+            let (Ok(permit), Some(guard)) = (handshakes.clone().try_acquire_owned(), in_flight.enter(remote.ip()))
+            else {
                 debug!(%remote, "too many TLS handshakes in flight; closing the connection");
                 continue;
             };

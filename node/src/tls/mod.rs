@@ -136,8 +136,8 @@ impl NodeTls {
             .map_err(|e| Error::Tls(format!("bad node certificate: {e}")))?;
         let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes())
             .map_err(|e| Error::Tls(format!("bad CA certificate: {e}")))?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-            .map_err(|e| Error::Tls(format!("bad node key: {e}")))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| Error::Tls(format!("bad node key: {e}")))?;
         let signing = self
             .provider
             .key_provider

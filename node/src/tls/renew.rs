@@ -69,7 +69,12 @@ pub fn issue(tls: &NodeTls, state: &SharedState, name: &str, lifetime: Duration)
 }
 
 /// At start: renews now if the certificate is at half its life or past it.
-pub fn renew_if_due(tls: &NodeTls, state: &SharedState, name: &str, lifetime: Duration) -> Result<Option<(String, IssuedCert)>> {
+pub fn renew_if_due(
+    tls: &NodeTls,
+    state: &SharedState,
+    name: &str,
+    lifetime: Duration,
+) -> Result<Option<(String, IssuedCert)>> {
     match tls.validity() {
         Some(validity) if due(validity, SystemTime::now()) => issue(tls, state, name, lifetime).map(Some),
         _ => Ok(None),
@@ -105,7 +110,9 @@ pub async fn run(ctx: Arc<NodeCtx>, mut unrecorded: Option<(String, IssuedCert)>
                     let near_end = SystemTime::now() >= from + to.duration_since(from).unwrap_or_default() * 3 / 4;
                     if recorded || near_end {
                         match tls.install(&fresh.ca, &fresh.key, &fresh.cert) {
-                            Ok(()) => info!(expires_in_s = lifetime.as_secs(), recorded, "renewed this node's certificate"),
+                            Ok(()) => {
+                                info!(expires_in_s = lifetime.as_secs(), recorded, "renewed this node's certificate")
+                            }
                             Err(e) => warn!(error = %e, "cannot put the renewed certificate in use"),
                         }
                         if !recorded {

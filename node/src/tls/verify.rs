@@ -28,7 +28,11 @@ pub struct CaFromChain {
 
 impl CaFromChain {
     pub fn pinned(fingerprint: &str) -> Arc<Self> {
-        Arc::new(CaFromChain { pinned: Some(fingerprint.to_lowercase()), provider: super::provider(), seen: Mutex::new(None) })
+        Arc::new(CaFromChain {
+            pinned: Some(fingerprint.to_lowercase()),
+            provider: super::provider(),
+            seen: Mutex::new(None),
+        })
     }
 
     pub fn first_use() -> Arc<Self> {
@@ -121,7 +125,8 @@ pub fn ca_client_config(
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
             let bad = |what: &str, e: String| crate::error::Error::Tls(format!("the client config's {what}: {e}"));
-            let cert = CertificateDer::from_pem_slice(cert.as_bytes()).map_err(|e| bad("certificate", e.to_string()))?;
+            let cert =
+                CertificateDer::from_pem_slice(cert.as_bytes()).map_err(|e| bad("certificate", e.to_string()))?;
             let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())
                 .map_err(|e| bad("key", e.to_string()))?;
             builder.with_client_auth_cert(vec![cert], key).map_err(|e| bad("certificate and key", e.to_string()))?

@@ -64,7 +64,8 @@ fn make_certs(dir: &Path) -> Result<()> {
         Ok(())
     };
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=bench-etcd-ca", "-keyout", "ca.key", "-out", "ca.crt"];
+    let mut ca =
+        vec!["req", "-x509", "-days", "2", "-subj", "/CN=bench-etcd-ca", "-keyout", "ca.key", "-out", "ca.crt"];
     ca.extend(ec);
     run(&ca)?;
     let mut csr = vec!["req", "-subj", "/CN=localhost", "-keyout", "node.key", "-out", "node.csr"];
@@ -75,8 +76,21 @@ fn make_certs(dir: &Path) -> Result<()> {
         "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
     )?;
     run(&[
-        "x509", "-req", "-in", "node.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-        "-extfile", "ext.cnf", "-out", "node.crt",
+        "x509",
+        "-req",
+        "-in",
+        "node.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "node.crt",
     ])
 }
 
@@ -156,7 +170,13 @@ impl EtcdCluster {
         let mut out = Vec::new();
         for _ in 0..clients.div_ceil(crate::CLIENTS_PER_CONNECTION) {
             let url = self.members[i].client_url.clone();
-            out.push(Channel::from_shared(url.clone())?.tls_config(tls.clone())?.connect().await.with_context(|| format!("connect {url}"))?);
+            out.push(
+                Channel::from_shared(url.clone())?
+                    .tls_config(tls.clone())?
+                    .connect()
+                    .await
+                    .with_context(|| format!("connect {url}"))?,
+            );
         }
         Ok(out)
     }

@@ -162,7 +162,8 @@ async fn side_by_side(args: &Args) -> Result<()> {
     println!();
     println!("| target | clients | kvmesh TLS writes/s | kvmesh plaintext writes/s | TLS/plaintext | etcd TLS writes/s | writes/s kvmesh/etcd (TLS) | kvmesh TLS p50 / p99 / p999 ms | etcd TLS p50 / p99 / p999 ms | p99 kvmesh/etcd (TLS) |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let targets = [("leader", leader, plain_leader, etcd_leader), ("follower", follower, plain_follower, etcd_follower)];
+    let targets =
+        [("leader", leader, plain_leader, etcd_leader), ("follower", follower, plain_follower, etcd_follower)];
     for (target, kv_node, plain_node, etcd_member) in targets {
         for &c in &args.clients {
             let channels_tls = kvmesh_channels(&kv.addr(kv_node), c, false).await?;
@@ -171,8 +172,13 @@ async fn side_by_side(args: &Args) -> Result<()> {
             let channels_plain = kvmesh_channels(&plain.addr(plain_node), c, true).await?;
             let p = load::run(KvmeshUpdate { channels: channels_plain }, c, args.warmup, args.duration).await;
             check("kvmesh plaintext", &p)?;
-            let e = load::run(etcd::EtcdPut { channels: etcd.channels(etcd_member, c).await? }, c, args.warmup, args.duration)
-                .await;
+            let e = load::run(
+                etcd::EtcdPut { channels: etcd.channels(etcd_member, c).await? },
+                c,
+                args.warmup,
+                args.duration,
+            )
+            .await;
             check("etcd", &e)?;
             println!(
                 "| {target} | {c} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {} | {} | {:.2} |",
