@@ -33,6 +33,17 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
+/// Whether something listens at `addr`. A loopback connect to a port in the
+/// ephemeral range can meet itself (TCP simultaneous open: the kernel picks
+/// the same port as the source), which looks like a listener that is not
+/// there; such a connection does not count.
+pub fn listening(addr: &str) -> bool {
+    match std::net::TcpStream::connect(addr) {
+        Ok(stream) => stream.local_addr().ok() != stream.peer_addr().ok(),
+        Err(_) => false,
+    }
+}
+
 /// Which client config (cluster CA and admin token, written by `cluster
 /// init`) serves which node address: every CLI call of the harness uses the
 /// config of the cluster its endpoint belongs to, so tests that run several
@@ -264,7 +275,7 @@ impl Cluster {
         let addr = node.address.clone();
         // Polled every 10 ms (a connect is cheap), so start-up can be timed.
         let start = Instant::now();
-        while node.is_running() && std::net::TcpStream::connect(&addr).is_err() {
+        while node.is_running() && !listening(&addr) {
             if start.elapsed() > Duration::from_secs(20) {
                 return Err(failed(anyhow!("timed out after 20 s waiting for {} to listen", node.name)));
             }

@@ -263,7 +263,7 @@ fn a_full_disk_stops_a_follower_with_a_non_zero_exit() -> Result<()> {
     let i = c.spawn("full", Some(&first), &[])?;
     c.wait_members(0, 3, 4)?;
     let full = c.addr(i);
-    fill(&c, &mut |_| std::net::TcpStream::connect(&full).is_err());
+    fill(&c, &mut |_| !kvmesh_tests::listening(&full));
     let code = c.nodes[i].wait_exit(Duration::from_secs(5))?;
     assert_ne!(code, Some(0), "a storage failure must exit non-zero");
     let log = c.log_text(i);
