@@ -80,6 +80,16 @@ pub struct NodeCtx {
 }
 
 impl NodeCtx {
+    /// A refusal as the caller reads it: an unknown VM's name answered with
+    /// the nearest known one ("did you mean").
+    pub fn refused(&self, refusal: kvmesh_raft::command::Refusal) -> Error {
+        use kvmesh_raft::command::Refusal;
+        match &refusal {
+            Refusal::UnknownVm { name } => Error::NotFound(self.read(|d| d.state.unknown_vm(name))),
+            _ => Error::from(refusal),
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: NodeId,

@@ -18,14 +18,13 @@ mod guard;
 mod ha;
 mod host;
 mod hypervisor;
+mod logging;
 mod storage;
 mod tls;
 mod voters;
 
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
-    let args = cli::Cli::parse();
+    let args = cli::parse();
     // The guard is plain threads: no runtime, as little as can fail.
     if let cli::Command::Guard(guard) = args.command {
         return match guard::process::run(guard) {
@@ -35,15 +34,6 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         };
-    }
-    // Client commands die quietly on a closed pipe (`kvmesh vm list | head`),
-    // like other CLIs. Never the daemon: a peer closing a socket must give
-    // it EPIPE, not kill it.
-    if !matches!(args.command, cli::Command::Serve(_)) {
-        // SAFETY: called before any thread exists.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let cli::Command::Serve(serve) = &args.command {
@@ -56,11 +46,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    // SIGPIPE stays ignored (Rust's default): a peer closing a socket is
+    // an error with a message; a closed stdout ends client commands with
+    // 141 where they print (`outln!`).
     match runtime.block_on(cli::run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(cli::exit_code(&e))
         }
     }
 }

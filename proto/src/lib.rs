@@ -21,8 +21,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kvme
 /// 2: states as enums, agents' reports through `Raft/Propose`, VM ids as
 /// integers in heartbeats. 3: heartbeats carry the applied index and the
 /// cluster id, `UpdateNode`, `OutcomeUnknown`. 4: storage domains, images,
-/// disks, snapshots.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// disks, snapshots. 7: `Command::Note` (events about membership changes).
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// gRPC metadata key carrying the sender's `PROTOCOL_VERSION` on Raft RPCs.
 pub const PROTOCOL_HEADER: &str = "kvmesh-protocol";
@@ -46,3 +46,8 @@ pub const FORWARDED_HEADER: &str = "kvmesh-forwarded";
 /// index of the peer's committed membership, `"<marker> at <index>: …"`, to
 /// be weighed against the node's own.
 pub const NOT_A_MEMBER: &str = "kvmesh-not-a-member";
+
+/// Starts the message of a `FAILED_PRECONDITION` from a node that belongs to
+/// no cluster yet (never initialized, or its join has not finished), so a
+/// client can tell it from every other refusal.
+pub const NOT_INITIALIZED: &str = "kvmesh-not-initialized";

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::filter::{check, ClusterFacts};
+use crate::filter::{admits, check, ClusterFacts};
 use crate::model::{NodeState, NodeView, Settings, VmRequest};
 
 /// A VM that may move: its request and the host it is on.
@@ -77,7 +77,7 @@ pub fn plan_balance(
         let mut best: Option<(f64, usize)> = None;
         for (i, p) in movable.iter().enumerate().filter(|(_, p)| p.node == nodes[hot].id) {
             let facts = ClusterFacts::of(&nodes, &p.vm);
-            if check(&nodes[cold], &p.vm, s, facts).is_err() {
+            if check(&nodes[cold], &p.vm, s, facts).and_then(|()| admits(&nodes[cold], &p.vm)).is_err() {
                 continue;
             }
             let (mut h, mut c) = (nodes[hot].clone(), nodes[cold].clone());

@@ -7,16 +7,49 @@ use crate::model::{NodeState, NodeView, Settings, StorageState, VmRequest};
 /// Why one node cannot take the VM.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Rejection {
-    NotUp { state: String },
-    NotPinned { pin: String },
-    MissingLabel { key: String, want: String, have: Option<String> },
-    InsufficientCpu { need: u64, free: u64 },
-    InsufficientMemory { need_mib: u64, free_mib: u64 },
-    AntiAffinity { group: String, members: u32 },
-    Affinity { group: String },
-    StorageMissing { domain: String },
-    StorageUnusable { domain: String, why: String },
-    LocalVolumes { host: String },
+    NotUp {
+        state: String,
+    },
+    NotPinned {
+        pin: String,
+    },
+    MissingLabel {
+        key: String,
+        want: String,
+        have: Option<String>,
+    },
+    InsufficientCpu {
+        need: u64,
+        free: u64,
+    },
+    InsufficientMemory {
+        need_mib: u64,
+        free_mib: u64,
+    },
+    AntiAffinity {
+        group: String,
+        members: u32,
+    },
+    Affinity {
+        group: String,
+    },
+    StorageMissing {
+        domain: String,
+    },
+    StorageUnusable {
+        domain: String,
+        why: String,
+    },
+    LocalVolumes {
+        host: String,
+    },
+    /// One guest with more vCPUs than the host has CPUs: its vCPUs would
+    /// contend with each other on every host, whatever the overcommit.
+    /// (Last: variants keep their wire index.)
+    MoreVcpusThanHost {
+        vcpus: u32,
+        cpus: u32,
+    },
 }
 
 impl std::fmt::Display for Rejection {
@@ -30,6 +63,9 @@ impl std::fmt::Display for Rejection {
             }
             Rejection::InsufficientCpu { need, free } => {
                 write!(f, "insufficient vCPUs (need {need}, free {free} after overcommit)")
+            }
+            Rejection::MoreVcpusThanHost { vcpus, cpus } => {
+                write!(f, "the VM has {vcpus} vCPUs, more than this host's {cpus} CPUs (a guest gets at most its host's CPU count)")
             }
             Rejection::InsufficientMemory { need_mib, free_mib } => {
                 write!(f, "insufficient memory (need {need_mib} MiB, free {free_mib} MiB)")
@@ -68,6 +104,16 @@ impl ClusterFacts {
 pub struct Capacity {
     pub vcpus: u64,
     pub memory_mib: u64,
+}
+
+/// The rules only new decisions take (placements, moves), never `apply`,
+/// which re-checks with [`check`] alone: a rule added here cannot make a
+/// replica that replays an old log entry refuse what others accepted.
+pub fn admits(node: &NodeView, vm: &VmRequest) -> Result<(), Rejection> {
+    if vm.vcpus > node.cpus {
+        return Err(Rejection::MoreVcpusThanHost { vcpus: vm.vcpus, cpus: node.cpus });
+    }
+    Ok(())
 }
 
 /// Runs every rule in order; the first that fails is the reason.

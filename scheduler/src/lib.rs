@@ -34,7 +34,7 @@ pub mod score;
 pub use balance::{plan_balance, Move, Placed};
 pub use capacity::{ha_reservation, HostReservation, Reservation};
 pub use error::{Error, Result};
-pub use filter::{check, fits, ClusterFacts, Rejection};
+pub use filter::{admits, check, fits, ClusterFacts, Rejection};
 pub use model::{NodeState, NodeView, Policy, Settings, StorageState, VmRequest, OVERCOMMIT_MILLI};
 pub use place::{explain, explain_rejections, place, Decision, Evaluation, NodeRejection, Outcome};
 pub use plan::{plan_evacuation, plan_restarts, Plan, Unplaced};

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::filter::{check, check_capacity, ClusterFacts, Rejection};
+use crate::filter::{admits, check, check_capacity, ClusterFacts, Rejection};
 use crate::model::{NodeView, Settings, VmRequest};
 use crate::score::{score, score_with, tie_break, Score};
 
@@ -53,7 +53,9 @@ pub fn place(nodes: &[NodeView], vm: &VmRequest, s: &Settings) -> Decision {
     let facts = ClusterFacts::of(nodes, vm);
     let mut best: Option<(usize, f64)> = None;
     for (i, node) in nodes.iter().enumerate() {
-        let Ok(cap) = check_capacity(node, vm, s, facts) else { continue };
+        let Ok(cap) = check_capacity(node, vm, s, facts).and_then(|cap| admits(node, vm).map(|()| cap)) else {
+            continue;
+        };
         let total = score_with(node, vm, s, cap).total();
         // The tie-break hash is only needed on an exact tie.
         let wins = match best {
@@ -71,7 +73,10 @@ pub fn place(nodes: &[NodeView], vm: &VmRequest, s: &Settings) -> Decision {
             rejections: nodes
                 .iter()
                 .filter_map(|n| {
-                    check(n, vm, s, facts).err().map(|reason| NodeRejection { node: n.name.clone(), reason })
+                    check(n, vm, s, facts)
+                        .and_then(|()| admits(n, vm))
+                        .err()
+                        .map(|reason| NodeRejection { node: n.name.clone(), reason })
                 })
                 .collect(),
         },
@@ -84,7 +89,7 @@ pub fn explain(nodes: &[NodeView], vm: &VmRequest, s: &Settings) -> Vec<Evaluati
     let mut evals: Vec<(Evaluation, (f64, u64))> = nodes
         .iter()
         .map(|n| {
-            let (outcome, key) = match check(n, vm, s, facts) {
+            let (outcome, key) = match check(n, vm, s, facts).and_then(|()| admits(n, vm)) {
                 Err(r) => (Outcome::Rejected(r), (f64::NEG_INFINITY, 0)),
                 Ok(()) => {
                     let sc = score(n, vm, s);

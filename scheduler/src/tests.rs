@@ -315,3 +315,18 @@ fn validation() {
     assert_eq!("pack".parse::<Policy>(), Ok(Policy::Pack));
     assert!("fast".parse::<Policy>().is_err());
 }
+
+#[test]
+fn a_vm_gets_at_most_its_hosts_cpu_count_in_new_decisions_only() {
+    let nodes = vec![node(1, "a", 4, 65536), node(2, "b", 16, 65536)];
+    let wide = vm(1, 8, 1024);
+    assert_eq!(chosen(&place(&nodes, &wide, &Settings::default())), Some("b"));
+    let Decision::Unplaceable { rejections } = place(&nodes[..1], &wide, &Settings::default()) else { panic!() };
+    assert_eq!(
+        explain_rejections(&rejections),
+        "a: the VM has 8 vCPUs, more than this host's 4 CPUs (a guest gets at most its host's CPU count)"
+    );
+    // `apply`'s re-check (`check`) does not take the rule: an old entry
+    // that placed such a VM replays the same everywhere.
+    assert!(check(&nodes[0], &wide, &Settings::default(), ClusterFacts::default()).is_ok());
+}

@@ -472,6 +472,8 @@ impl Drop for Cluster {
 
 pub struct CliResult {
     pub success: bool,
+    /// The exit code (`None`: killed by a signal, or timed out).
+    pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
@@ -528,6 +530,7 @@ pub fn run_cli_as(endpoint: &str, format: &str, args: &[&str]) -> CliResult {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
             return CliResult {
                 success: false,
+                code: None,
                 stdout: String::new(),
                 stderr: format!("kvmesh {} did not finish within 60 s", args.join(" ")),
             };
@@ -535,6 +538,7 @@ pub fn run_cli_as(endpoint: &str, format: &str, args: &[&str]) -> CliResult {
     };
     CliResult {
         success: out.status.success(),
+        code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }

@@ -89,7 +89,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() -> Result<()> {
 
     // Nothing changed.
     assert_eq!(c.vm_names(0)?, vec!["web".to_string()]);
-    c.cli_ok(2, &["vm", "delete", "web"])?;
+    c.cli_ok(2, &["vm", "delete", "web", "--yes"])?;
     wait_for("delete replicated", Duration::from_secs(10), || c.vm_names(0).ok()?.is_empty().then_some(()))?;
     Ok(())
 }
@@ -124,7 +124,7 @@ fn fourth_node_is_a_learner_and_removal_keeps_three_voters() -> Result<()> {
     let with_vm = c.cli_ok(0, &["vm", "get", "on-learner-check"])?["node"].as_str().unwrap().to_string();
     let r = c.cli(1, &["cluster", "remove", &with_vm]);
     assert!(!r.success && r.stderr.contains("--force"), "{}", r.stderr);
-    c.cli_ok(1, &["vm", "delete", "on-learner-check"])?;
+    c.cli_ok(1, &["vm", "delete", "on-learner-check", "--yes"])?;
     // A delete finishes when the host reports the domain gone.
     wait_for("the VM to be gone", Duration::from_secs(10), || c.vm_names(1).ok()?.is_empty().then_some(()))?;
 

@@ -252,6 +252,11 @@ fn a_dead_voter_is_replaced_by_a_learner() -> Result<()> {
         (promoted && demoted).then_some(s)
     })?;
     eprintln!("voters after replacement: {}", s["members"]);
+    // The event log says so, not only the leader's log.
+    let expected = format!("node {learner} became a voter in place of {victim_name}");
+    wait_for("the voter change in the events", Duration::from_secs(10), || {
+        c.cli(leader, &["events", "--node", &learner]).stdout.contains(&expected).then_some(())
+    })?;
     // Survives the next failure: kill another voter (not the leader).
     let second = (0..4).find(|i| *i != leader && *i != victim && c.nodes[*i].is_running()).unwrap();
     c.nodes[second].kill();

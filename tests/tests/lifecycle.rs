@@ -123,7 +123,7 @@ fn a_node_removed_while_down_comes_back_as_nothing_and_can_rejoin() -> Result<()
     prefer(&c, keeper, &gone_name, "ha1", &["--ha"])?;
     prefer(&c, keeper, &gone_name, "plain1", &[])?;
     c.nodes[gone].kill();
-    c.cli_ok(keeper, &["cluster", "remove", &gone_name, "--force"])?;
+    c.cli_ok(keeper, &["cluster", "remove", &gone_name, "--force", "--yes"])?;
     c.wait_members(keeper, 3, 3).ok();
     // The HA VM restarts elsewhere once the host was silent for down_after;
     // the other one waits for an operator.
@@ -170,7 +170,7 @@ fn removing_the_dead_one_of_two_voters_is_refused_with_the_reason() -> Result<()
     c.spawn("n2", Some(&first), &[])?;
     c.wait_members(0, 2, 2)?;
     c.nodes[1].kill();
-    let r = c.cli(0, &["cluster", "remove", "n2", "--force"]);
+    let r = c.cli(0, &["cluster", "remove", "n2", "--force", "--yes"]);
     assert!(!r.success && r.stderr.contains("majority of the current 2 voters"), "{}", r.stderr);
     Ok(())
 }
@@ -182,7 +182,7 @@ fn force_removing_a_live_node_has_it_remove_its_guests_and_exit() -> Result<()> 
     let gone_name = c.nodes[gone].name.clone();
     let leader = c.leader()?;
     prefer(&c, leader, &gone_name, "ha2", &["--ha"])?;
-    c.cli_ok(leader, &["cluster", "remove", &gone_name, "--force"])?;
+    c.cli_ok(leader, &["cluster", "remove", &gone_name, "--force", "--yes"])?;
     let code = c.nodes[gone].wait_exit(Duration::from_secs(20))?;
     assert_eq!(code, Some(1));
     let log = c.log_text(gone);

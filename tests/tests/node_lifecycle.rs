@@ -70,7 +70,7 @@ fn restarts_drains_and_removals_never_run_a_guest_twice() -> Result<()> {
     //    and exits; its HA guest runs elsewhere, never twice.
     let ha2 = guest_on("h3", "ha2", true)?;
     let mark = log("h3").len();
-    cli("h1", &["cluster", "remove", "h3", "--force"])?;
+    cli("h1", &["cluster", "remove", "h3", "--force", "--yes"])?;
     watch("h3's kvmesh to exit, its guest gone from it", Duration::from_secs(30), || {
         log_since("h3", mark).contains("error: node h3 is not a member") && !running_on("h3").contains(&ha2)
     })?;
@@ -94,7 +94,7 @@ fn restarts_drains_and_removals_never_run_a_guest_twice() -> Result<()> {
     let ha3 = guest_on("h3", "ha3", true)?;
     let plain3 = guest_on("h3", "plain3", false)?;
     testbed(&["kill-host", "h3"])?;
-    cli("h1", &["cluster", "remove", "h3", "--force"])?;
+    cli("h1", &["cluster", "remove", "h3", "--force", "--yes"])?;
     watch("the dead host's HA guest elsewhere", Duration::from_secs(40), || {
         running_on("h1").contains(&ha3) || running_on("h2").contains(&ha3)
     })?;

@@ -37,6 +37,8 @@ fn guest() -> Result<(String, String)> {
 fn qemu_cluster() -> Result<Cluster> {
     let mut c = Cluster::new();
     c.libvirt_uri = URI.into();
+    // The test guest ignores ACPI: stops power off after 3 s.
+    c.config_toml = "shutdown_timeout_ms = 3000\n".into();
     c.spawn("h1", None, &["--virt-type", "qemu"])?;
     c.cli_ok(0, &["cluster", "init"])?;
     let first = c.addr(0);
@@ -168,16 +170,22 @@ fn a_real_guest_boots_is_reachable_by_console_and_comes_back_when_killed() -> Re
         let events = c.cli(other, &["events"]).stdout;
         assert!(events.contains("destroyed outside kvmesh; restarting (restart 1)"), "{events}");
 
-        // Stop, start, delete: virsh agrees at each step.
-        c.cli_ok(other, &["vm", "stop", "g1", "--force"])?;
-        c.wait_vm_state(other, "g1", "stopped", Duration::from_secs(20))?;
+        // Stop, start, delete: virsh agrees at each step. The test guest
+        // ignores ACPI: the stop is `stopping` until the host's timeout,
+        // then a forced power-off that the events say; --wait returns then.
+        let stopping = c.cli_ok(other, &["vm", "stop", "g1"])?;
+        assert_eq!(stopping["state"], "stopping", "{stopping}");
+        let stopped = c.cli_ok(other, &["vm", "stop", "g1", "--wait", "--timeout", "60"])?;
+        assert_eq!(stopped["state"], "stopped");
         assert_eq!(virsh(&["domstate", &domain]).1.trim(), "shut off");
+        let events = c.cli(other, &["events", "--vm", "g1"]).stdout;
+        assert!(events.contains("forced power-off: the guest did not shut down within 3 s"), "{events}");
         c.cli_ok(other, &["vm", "start", "g1"])?;
         c.wait_vm_state(other, "g1", "running", Duration::from_secs(20))?;
         assert_eq!(virsh(&["domstate", &domain]).1.trim(), "running");
         let vol = format!("{}-disk0.qcow2", vm["id"].as_str().unwrap());
         assert!(virsh(&["vol-list", &pool(&c, host)]).1.contains(&vol));
-        c.cli_ok(other, &["vm", "delete", "g1"])?;
+        c.cli_ok(other, &["vm", "delete", "g1", "--yes"])?;
         wait_for("g1 gone", Duration::from_secs(20), || c.vm_names(other).ok()?.is_empty().then_some(()))?;
         assert!(!virsh(&["dominfo", &domain]).0, "domain still defined");
         // The volume goes through the cluster's trash, emptied by its host.
@@ -218,7 +226,7 @@ fn images_are_thin_clones_and_failures_keep_the_data() -> Result<()> {
         assert!(!r.success && r.stderr.contains("used by thin"), "{}", r.stderr);
         // --keep-disks: the domain goes, the volume stays.
         let domain = vm["domain"].as_str().unwrap().to_string();
-        c.cli_ok(0, &["vm", "delete", "thin", "--keep-disks"])?;
+        c.cli_ok(0, &["vm", "delete", "thin", "--keep-disks", "--yes"])?;
         wait_for("thin gone", Duration::from_secs(20), || c.vm_names(0).ok()?.is_empty().then_some(()))?;
         assert!(!virsh(&["dominfo", &domain]).0);
         assert!(virsh(&["vol-list", &shared_pool]).1.contains(&vol), "--keep-disks deleted the volume");
@@ -311,7 +319,7 @@ fn a_rejoin_from_an_emptied_dir_stops_the_old_identitys_guests() -> Result<()> {
         assert_eq!(virsh(&["domstate", &domain]).1.trim(), "running");
         let h2 = index_of(&c, "h2");
         c.nodes[h2].kill();
-        c.cli_ok(0, &["cluster", "remove", "h2", "--force"])?;
+        c.cli_ok(0, &["cluster", "remove", "h2", "--force", "--yes"])?;
         assert_eq!(virsh(&["domstate", &domain]).1.trim(), "running", "nothing stopped it yet");
         std::fs::remove_dir_all(&c.nodes[h2].data_dir)?;
         c.retry_join(h2, "h2", &first)?;

@@ -65,7 +65,10 @@ fn policy_changes_take_effect_and_explain_shows_every_node() -> Result<()> {
     assert_eq!(c.cli_ok(0, &["cluster", "policy", "show"])?["cpu_overcommit"], 2.0);
 
     // Dry run: every node's verdict, nothing created.
-    let e = c.cli_ok(1, &["vm", "create", "maybe", "--memory", "2048", "--node-label", "ssd=true", "--dry-run"])?;
+    // A dry run that fits nowhere exits 3 (a check that did not pass), with the verdicts on stdout.
+    let r = c.cli(1, &["vm", "create", "maybe", "--memory", "2G", "--node-label", "ssd=true", "--dry-run"]);
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    let e: Value = serde_json::from_str(&r.stdout)?;
     let nodes = e["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 3);
     assert!(e["chosen"].is_null());

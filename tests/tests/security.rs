@@ -48,7 +48,7 @@ fn every_call_needs_a_credential_with_the_right_role() -> Result<()> {
     let viewer = token(&c, "v1", "viewer")?;
     let operator = token(&c, "o1", "operator")?;
     assert!(cli_as(&c, 1, &viewer, &["vm", "list"]).success);
-    let r = cli_as(&c, 1, &viewer, &["vm", "delete", "web"]);
+    let r = cli_as(&c, 1, &viewer, &["vm", "delete", "web", "--yes"]);
     assert!(!r.success && r.stderr.contains("needs the operator role; v1 has the viewer role"), "{}", r.stderr);
     let r = cli_as(&c, 2, &viewer, &["token", "list"]);
     assert!(!r.success && r.stderr.contains("needs the admin role"), "{}", r.stderr);
@@ -200,7 +200,7 @@ fn a_removed_node_is_refused_with_its_old_certificate() -> Result<()> {
     let leader = c.leader()?;
     let gone = (leader + 1) % 3;
     let name = c.nodes[gone].name.clone();
-    c.cli_ok(leader, &["cluster", "remove", &name, "--force"])?;
+    c.cli_ok(leader, &["cluster", "remove", &name, "--force", "--yes"])?;
     c.nodes[gone].wait_exit(Duration::from_secs(30))?;
     let dir = c.nodes[gone].data_dir.clone();
     let rt = tokio::runtime::Runtime::new()?;

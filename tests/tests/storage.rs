@@ -317,11 +317,11 @@ fn vm_data_follows_its_vm_through_every_move_on_real_guests() -> Result<()> {
 
     // 6. Deleted VMs lose their volumes: on shared storage at once, on a
     //    local disk of a host that is down when it comes back.
-    cli(&["vm", "delete", "from-golden"])?;
+    cli(&["vm", "delete", "from-golden", "--yes"])?;
     let clone_volumes: Vec<String> =
         clones[1..].iter().map(|c| vm(c).unwrap()["disks"][0]["volume"].as_str().unwrap().to_string()).collect();
     for c in &clones[1..] {
-        cli(&["vm", "delete", c])?;
+        cli(&["vm", "delete", c, "--yes"])?;
     }
     wait_for("the clones' volumes deleted", Duration::from_secs(60), || {
         clone_volumes.iter().all(|v| !Path::new(&shared_dir()).join(v).exists()).then_some(())
@@ -330,7 +330,7 @@ fn vm_data_follows_its_vm_through_every_move_on_real_guests() -> Result<()> {
     let gone_volume = format!("{DIR}/h2/kvmesh/images/{}", vm("gone")?["disks"][0]["volume"].as_str().unwrap());
     ensure!(Path::new(&gone_volume).exists(), "no volume at {gone_volume}");
     testbed(&["kill-host", "h2"])?;
-    cli(&["vm", "delete", "gone"])?;
+    cli(&["vm", "delete", "gone", "--yes"])?;
     std::thread::sleep(Duration::from_secs(3));
     assert!(Path::new(&gone_volume).exists(), "deleted while its host was down?");
     testbed(&["start-host", "h2"])?;

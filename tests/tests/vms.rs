@@ -38,7 +38,7 @@ fn vms_are_placed_across_hosts_and_their_states_are_reported() -> Result<()> {
     c.cli_ok(other, &["vm", "restart", "web1"])?;
     c.cli_ok(other, &["vm", "stop", "web1", "--force"])?;
     c.wait_vm_state(other, "web1", "stopped", T)?;
-    c.cli_ok(other, &["vm", "delete", "web1"])?;
+    c.cli_ok(other, &["vm", "delete", "web1", "--yes"])?;
     wait_for("web1 gone everywhere", T, || {
         (0..3).all(|i| !c.vm_names(i).unwrap_or_default().contains(&"web1".to_string())).then_some(())
     })?;
@@ -117,7 +117,7 @@ fn a_missing_image_file_fails_the_vm_with_the_reason_and_no_retry_storm() -> Res
     let r = c.cli(0, &["storage", "add", "file", "--kind", "local", "--path", &raw.to_string_lossy()]);
     assert!(!r.success && r.stderr.contains("is not a directory"), "{}", r.stderr);
     // The operator deletes the failed VM.
-    c.cli_ok(0, &["vm", "delete", "bad"])?;
+    c.cli_ok(0, &["vm", "delete", "bad", "--yes"])?;
     wait_for("bad gone", T, || c.vm_names(0).ok()?.is_empty().then_some(()))?;
     Ok(())
 }

@@ -314,7 +314,16 @@ fn plan_stopped(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: 
                     mem.stop_requested_at_ms = Some(now);
                     out.push(Action::Shutdown { domain });
                 }
-                Some(at) if now.saturating_sub(at) >= t.shutdown_timeout_ms => out.push(Action::Destroy { domain }),
+                Some(at) if now.saturating_sub(at) >= t.shutdown_timeout_ms => {
+                    // Said once (reports are deduplicated), so the event log
+                    // shows that the guest was cut off, not shut down.
+                    let note = format!(
+                        "forced power-off: the guest did not shut down within {} s of the ACPI request",
+                        t.shutdown_timeout_ms.div_ceil(1000)
+                    );
+                    report(out, want, mem, VmState::Running, Some(note));
+                    out.push(Action::Destroy { domain });
+                }
                 Some(_) => {}
             }
         }

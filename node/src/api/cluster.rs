@@ -134,6 +134,8 @@ fn local_status(ctx: &NodeCtx, m: &RaftMetrics, data: &SmData) -> pb::ClusterSta
                 role: if membership.voter_ids().any(|v| v == *id) { "voter" } else { "learner" }.into(),
                 matched_index: matched,
                 lag: matched.map(|mi| last_log.saturating_sub(mi)),
+                reachable: None,
+                last_contact_ms: None,
             }
         })
         .collect();
@@ -182,6 +184,12 @@ impl pb::cluster_server::Cluster for ClusterService {
                     }
                     status.commit_index = status.commit_index.max(leader_view.commit_index);
                 }
+            }
+        }
+        if let Some(obs) = self.leader.observed(&self.ctx).await {
+            for member in &mut status.members {
+                member.last_contact_ms = obs.heartbeat_age_ms.get(&member.name).copied();
+                member.reachable = member.last_contact_ms.map(|age| age <= self.unreachable_after_ms());
             }
         }
         Ok(Response::new(status))
@@ -250,7 +258,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         };
         let r = self.with_live_usage(r).await;
         let node = r.nodes.into_iter().find(|n| n.name == req.name);
-        node.map(Response::new).ok_or_else(|| Status::not_found(no_such_node(&req.name)))
+        node.map(Response::new).ok_or_else(|| Status::not_found(no_such_node(&self.ctx, &req.name)))
     }
 
     async fn set_node(&self, request: Request<pb::SetNodeRequest>) -> Result<Response<pb::NodeInfo>, Status> {
@@ -261,7 +269,11 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         let node = list_nodes(&self.ctx).nodes.into_iter().find(|n| n.name == req.name);
         let node = self.with_live_usage(pb::ListNodesResponse { nodes: node.into_iter().collect() }).await;
-        node.nodes.into_iter().next().map(Response::new).ok_or_else(|| Status::not_found(no_such_node(&req.name)))
+        node.nodes
+            .into_iter()
+            .next()
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(no_such_node(&self.ctx, &req.name)))
     }
 
     async fn update_address(
@@ -348,15 +360,25 @@ impl ClusterService {
         if let Some(obs) = self.leader.observed(&self.ctx).await {
             for n in &mut r.nodes {
                 n.heartbeat_age_ms = obs.heartbeat_age_ms.get(&n.name).copied();
-                n.running_vms = obs.running_vms.get(&n.name).copied();
-                n.running_vcpus = obs.running_vcpus.get(&n.name).copied();
-                n.running_memory_mib = obs.running_memory_mib.get(&n.name).copied();
+                n.reachable = n.heartbeat_age_ms.map(|age| age <= self.unreachable_after_ms());
                 n.storage = obs.storage.iter().filter(|s| s.node == n.name).cloned().collect();
                 n.fencing = obs.fencing.get(&n.name).cloned();
                 n.problem = obs.problem.get(&n.name).cloned();
+                // A silent or down host's last report is history: its
+                // guests may already run elsewhere.
+                if n.reachable == Some(true) && n.state != pb::NodeState::Down as i32 {
+                    n.running_vms = obs.running_vms.get(&n.name).copied();
+                    n.running_vcpus = obs.running_vcpus.get(&n.name).copied();
+                    n.running_memory_mib = obs.running_memory_mib.get(&n.name).copied();
+                }
             }
         }
         r
+    }
+
+    /// A host is unreachable once three heartbeats in a row went unheard.
+    fn unreachable_after_ms(&self) -> u64 {
+        3 * self.ctx.config.heartbeat_ms
     }
 
     /// `node drain` and `node activate`, proposed from this node.
@@ -368,7 +390,7 @@ impl ClusterService {
         let req = request.into_inner();
         let node = self.ctx.read(|d| d.state.node_by_name(&req.name).map(|n| (n.id, n.state)));
         let Some((id, state)) = node else {
-            return Err(Status::not_found(format!("no node named {:?}; see `kvmesh node list`", req.name)));
+            return Err(Status::not_found(no_such_node(&self.ctx, &req.name)));
         };
         // A down node takes the request when it returns (see `apply`).
         if !(target == NodeState::Up && state == NodeState::Up) {
@@ -384,13 +406,14 @@ impl ClusterService {
     }
 }
 
-fn no_such_node(name: &str) -> String {
-    format!("no node named {name:?}; see `kvmesh node list`")
+fn no_such_node(ctx: &NodeCtx, name: &str) -> String {
+    ctx.read(|d| d.state.unknown_node(name))
 }
 
 /// `node set` as a command, with its arguments checked.
 fn update_node_command(state: &ClusterState, req: &pb::SetNodeRequest) -> Result<Command, Status> {
-    let id = state.node_by_name(&req.name).map(|n| n.id).ok_or_else(|| Status::not_found(no_such_node(&req.name)))?;
+    let id =
+        state.node_by_name(&req.name).map(|n| n.id).ok_or_else(|| Status::not_found(state.unknown_node(&req.name)))?;
     if req.cpus == Some(0) || req.memory_mib == Some(0) {
         return Err(Status::invalid_argument("--cpus and --memory-mib must be at least 1"));
     }
@@ -446,6 +469,7 @@ fn list_nodes(ctx: &NodeCtx) -> pb::ListNodesResponse {
                     fencing: None,
                     problem: None,
                     storage: Vec::new(),
+                    reachable: None,
                 }
             })
             .collect()

@@ -224,7 +224,7 @@ pub async fn remove(ctx: &NodeCtx, req: pb::RemoveRequest) -> Result<pb::RemoveR
     let in_state = ctx.read(|d| d.state.node_by_name(&req.name).map(|n| n.id));
     let in_raft = membership.nodes().find(|(_, n)| n.name == req.name).map(|(id, _)| *id);
     let Some(id) = in_state.or(in_raft) else {
-        return Err(Error::NotFound(format!("no node named {:?}; see `kvmesh node list`", req.name)));
+        return Err(Error::NotFound(ctx.read(|d| d.state.unknown_node(&req.name))));
     };
     let (voters, learners) = voters_and_learners(ctx);
     // Probed: the other voters, and learners in id order up to the first
@@ -324,11 +324,28 @@ async fn execute_removal(ctx: &NodeCtx, plan: &RemovalPlan) -> Result<()> {
 /// otherwise (a removal). Used by `cluster remove` and by the leader's
 /// dead-voter replacement.
 pub async fn replace_voter(ctx: &NodeCtx, promote: Option<NodeId>, voter: NodeId, keep_as_learner: bool) -> Result<()> {
+    // Names from Raft's membership: a removed node has left the state.
+    let membership = ctx.metrics().membership_config.membership().clone();
+    let name = |id: NodeId| membership.get_node(&id).map(|n| n.name.clone()).unwrap_or(id.to_string());
     if let Some(learner) = promote {
         info!(learner, "promoting a learner to keep the voter count");
         change(ctx, ChangeMembers::AddVoterIds([learner].into()), false).await?;
     }
-    change(ctx, ChangeMembers::RemoveVoters([voter].into()), keep_as_learner).await
+    change(ctx, ChangeMembers::RemoveVoters([voter].into()), keep_as_learner).await?;
+    // Raft's membership is not in the state machine: say it in the events.
+    let message = match (promote, keep_as_learner) {
+        (Some(p), true) => {
+            format!("node {} became a voter in place of {} (a learner until it is back)", name(p), name(voter))
+        }
+        (Some(p), false) => format!("node {} became a voter in place of {}", name(p), name(voter)),
+        (None, true) => format!("node {} is a learner now (no learner could take its voter seat)", name(voter)),
+        (None, false) => format!("node {} gave up its voter seat", name(voter)),
+    };
+    let note = Command::Note { kind: "node".into(), message, at_ms: now_ms() };
+    if let Err(e) = ctx.propose(note).await {
+        warn!(error = %e, "the voter change is done, but its event was not recorded");
+    }
+    Ok(())
 }
 
 /// Applies one membership change, retrying while another is in progress.

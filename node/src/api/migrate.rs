@@ -42,15 +42,9 @@ async fn migrate_on_leader(
     let live = leader.liveness();
     let (target, explanation) = ctx.read(|d| -> Result<_> {
         super::vms::await_liveness(&d.state, &live)?;
-        let vm = d
-            .state
-            .vm_by_name(&req.name)
-            .ok_or_else(|| Error::NotFound(format!("no VM named {:?}; see `kvmesh vm list`", req.name)))?;
+        let vm = d.state.vm_by_name(&req.name).ok_or_else(|| Error::NotFound(d.state.unknown_vm(&req.name)))?;
         if let Some(to) = &req.to {
-            let node = d
-                .state
-                .node_by_name(to)
-                .ok_or_else(|| Error::NotFound(format!("no node named {to:?}; see `kvmesh node list`")))?;
+            let node = d.state.node_by_name(to).ok_or_else(|| Error::NotFound(d.state.unknown_node(to)))?;
             return Ok((Some(node.id), None));
         }
         // Where it would go now, its own host left out.

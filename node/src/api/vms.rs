@@ -55,6 +55,10 @@ fn plan_new(state: &ClusterState, live: &Liveness, name: &str, spec: &VmSpec) ->
 /// The spec with what its image-backed disks take from their images, and
 /// its storage checked (domains and images exist, HA data is shared).
 fn completed(state: &ClusterState, spec: &VmSpec) -> Result<VmSpec> {
+    // A pin to a node that does not exist is a typo, not a placement.
+    if let Some(pin) = spec.pin.as_deref().filter(|p| state.node_by_name(p).is_none()) {
+        return Err(Error::NotFound(state.unknown_node(pin)));
+    }
     let mut spec = spec.clone();
     state.complete_disks(&mut spec)?;
     Ok(spec)
@@ -87,10 +91,17 @@ async fn create_on_leader(
                 if !req.request_id.is_empty() && existing.request_id == req.request_id {
                     return Ok(Err(to_pb::vm(&d.state, existing)));
                 }
+                if existing.deleting.is_some() {
+                    return Err(Error::AlreadyExists(format!(
+                        "a VM named {:?} is still being deleted (its host is removing it); `kvmesh vm delete {} --wait` waits until it is gone, then create it again",
+                        req.name, req.name
+                    )));
+                }
                 return Err(Error::from(Refusal::VmNameTaken { name: req.name.clone() }));
             }
             await_liveness(&d.state, &live)?;
             let spec = completed(&d.state, spec)?;
+            disks_fit_somewhere(&d.state, &live, &spec)?;
             let (id, evals) = plan_new(&d.state, &live, &req.name, &spec);
             Ok(Ok((id, evals, spec)))
         })?;
@@ -101,6 +112,14 @@ async fn create_on_leader(
         let Some(chosen) = evals.iter().find(|e| e.chosen) else {
             return Err(unplaceable(req, &evals));
         };
+        if req.strict && spec.ha {
+            if let Some(why) = ctx.read(|d| breaks_n_plus_1(&d.state, chosen.node_id, &req.name, id, &spec)) {
+                return Err(Error::NoCapacity(format!(
+                    "refused (--strict): with HA VM {} on {}, {why}; `kvmesh cluster capacity` shows the reserve",
+                    req.name, chosen.node
+                )));
+            }
+        }
         let vm = Vm { request_id: req.request_id.clone(), ..Vm::placed(id, &req.name, spec, chosen.node_id, now_ms()) };
         match ctx.propose_as_leader(Command::CreateVm { vm: Box::new(vm), at_ms: now_ms() }).await? {
             CmdResponse::Vm(vm) => {
@@ -115,6 +134,49 @@ async fn create_on_leader(
         }
     }
     Err(Error::Unavailable(format!("VM {} lost the placement race {PLACEMENT_ATTEMPTS} times; retry", req.name)))
+}
+
+/// A new VM's disks against the most room any host reports on their
+/// storage: disks bigger than that fit nowhere, however they are placed.
+fn disks_fit_somewhere(state: &ClusterState, live: &Liveness, spec: &VmSpec) -> Result<()> {
+    let mut need: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for disk in spec.disks.iter().filter(|d| d.volume.is_none()) {
+        *need.entry(disk.storage.as_str()).or_default() += disk.size_bytes;
+    }
+    for (domain, bytes) in need {
+        if let Some((free, host)) = live.most_free(state, domain).filter(|(free, _)| bytes > *free) {
+            return Err(Error::NoCapacity(format!(
+                "the VM's disks need {} GiB on storage {domain}, and no host has that much free there (the most is {} GiB, on {host})",
+                gib(bytes),
+                gib(free)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Bytes in GiB with one decimal, for messages.
+fn gib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / f64::from(1u32 << 30))
+}
+
+/// Whether placing a new HA VM on `node` leaves some host whose HA VMs
+/// could not all restart on the others (N+1), and which.
+fn breaks_n_plus_1(state: &ClusterState, node: u64, name: &str, id: u64, spec: &VmSpec) -> Option<String> {
+    let settings = &state.meta.settings.placement;
+    let request = state.vm_request_of(id, name, spec);
+    let mut nodes = state.scheduler_view(&Default::default(), None);
+    let host = nodes.iter_mut().find(|n| n.id == node)?;
+    host.allocated_vcpus += u64::from(spec.vcpus);
+    host.allocated_memory_mib += spec.memory_mib;
+    let mut ha = state.ha_requests();
+    ha.entry(node).or_default().push(request);
+    let reservation = scheduler::ha_reservation(&nodes, &ha, settings);
+    if reservation.n_plus_1 {
+        return None;
+    }
+    let worst = reservation.worst.unwrap_or_default();
+    Some(format!("losing {worst} would leave HA VMs with nowhere to restart (N+1 fails)"))
 }
 
 /// Why no node took the VM: one line per node.
@@ -147,13 +209,12 @@ fn explain(ctx: &NodeCtx, leader: &LeaderView, req: &pb::ExplainRequest) -> Resu
         let settings = &d.state.meta.settings.placement;
         let (name, evals) = match (&spec, &req.spec) {
             (Some(spec), Some(r)) => {
-                (r.name.clone(), plan_new(&d.state, &live, &r.name, &completed(&d.state, spec)?).1)
+                let spec = completed(&d.state, spec)?;
+                disks_fit_somewhere(&d.state, &live, &spec)?;
+                (r.name.clone(), plan_new(&d.state, &live, &r.name, &spec).1)
             }
             _ => {
-                let vm = d
-                    .state
-                    .vm_by_name(&req.name)
-                    .ok_or_else(|| Error::NotFound(format!("no VM named {:?}; see `kvmesh vm list`", req.name)))?;
+                let vm = d.state.vm_by_name(&req.name).ok_or_else(|| Error::NotFound(d.state.unknown_vm(&req.name)))?;
                 let nodes = d.state.scheduler_view(&live.host_facts(&d.state), Some(vm.id));
                 (vm.name.clone(), scheduler::explain(&nodes, &d.state.request_for(vm), settings))
             }
@@ -191,15 +252,15 @@ fn list(ctx: &NodeCtx) -> pb::ListVmsResponse {
 }
 
 fn get(ctx: &NodeCtx, name: &str) -> Result<pb::Vm> {
-    ctx.read(|d| d.state.vm_by_name(name).map(|v| to_pb::vm(&d.state, v)))
-        .ok_or_else(|| Error::NotFound(format!("no VM named {name:?}; see `kvmesh vm list`")))
+    ctx.read(|d| d.state.vm_by_name(name).map(|v| to_pb::vm(&d.state, v)).ok_or_else(|| d.state.unknown_vm(name)))
+        .map_err(Error::NotFound)
 }
 
 /// The VM a write answered with, as the API shows it.
 fn answered_vm(ctx: &NodeCtx, name: &str, response: CmdResponse) -> Result<pb::Vm> {
     match response {
         CmdResponse::Vm(vm) => Ok(ctx.read(|d| to_pb::vm(&d.state, &vm))),
-        CmdResponse::Refused(r) => Err(r.into()),
+        CmdResponse::Refused(r) => Err(ctx.refused(r)),
         CmdResponse::Done | CmdResponse::Batch(_) => get(ctx, name),
     }
 }
@@ -295,7 +356,7 @@ impl pb::vms_server::Vms for VmsService {
         let req = request.into_inner();
         let cmd = Command::DeleteVm { name: req.name.clone(), keep_disks: req.keep_disks, at_ms: now_ms() };
         match self.ctx.propose(cmd).await? {
-            CmdResponse::Refused(r) => Err(Error::from(r).into()),
+            CmdResponse::Refused(r) => Err(self.ctx.refused(r).into()),
             _ => Ok(Response::new(pb::DeleteVmResponse {})),
         }
     }
@@ -395,8 +456,7 @@ impl pb::vms_server::Vms for VmsService {
         // Checked against the record first, so nothing runs on the disks
         // for a name that is taken or unknown.
         self.ctx.read(|d| {
-            let vm =
-                d.state.vm_by_name(&req.name).ok_or_else(|| Error::NotFound(format!("no VM named {:?}", req.name)))?;
+            let vm = d.state.vm_by_name(&req.name).ok_or_else(|| Error::NotFound(d.state.unknown_vm(&req.name)))?;
             let exists = vm.snapshots.iter().any(|s| s.name == req.snapshot);
             match op {
                 SnapshotOp::Create if exists => Err(Error::AlreadyExists(format!(
@@ -426,8 +486,7 @@ impl pb::vms_server::Vms for VmsService {
             if d.state.image_by_name(&req.image).is_some() {
                 return Err(Error::AlreadyExists(format!("an image named {:?} already exists", req.image)));
             }
-            let vm =
-                d.state.vm_by_name(&req.name).ok_or_else(|| Error::NotFound(format!("no VM named {:?}", req.name)))?;
+            let vm = d.state.vm_by_name(&req.name).ok_or_else(|| Error::NotFound(d.state.unknown_vm(&req.name)))?;
             let boot = vm.spec.disks.iter().find(|d| d.index == 0).ok_or_else(|| {
                 Error::FailedPrecondition(format!("VM {} has no boot disk (disk 0) to make a template of", req.name))
             })?;

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use kvmesh_proto::NOT_A_MEMBER;
+use kvmesh_proto::{NOT_A_MEMBER, NOT_INITIALIZED};
 use kvmesh_raft::store::SharedState;
 use tonic::body::Body;
 use tonic::Status;
@@ -75,6 +75,9 @@ where
         // The clone is not ready; the one that was polled ready serves.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        if let Some(refusal) = uninitialized(&self.state, request.uri().path()) {
+            return Box::pin(async move { Ok(refusal.into_http()) });
+        }
         // `serve --insecure` has no credentials to check: nodes and users
         // alike may call everything (loopback only).
         let decided = identify(&self.state, &self.metrics, self.insecure, &request).and_then(|caller| {
@@ -91,6 +94,26 @@ where
             }
         }
     }
+}
+
+/// The refusal of a user's call on a node that belongs to no cluster yet:
+/// before any credential is checked (it has no tokens to check them
+/// against), saying how to make it one. `cluster init`, joins, health,
+/// status and Raft itself pass.
+fn uninitialized(state: &SharedState, path: &str) -> Option<Status> {
+    let user_call = matches!(policy::need(path), policy::Need::Role(_))
+        && path != "/kvmesh.v1.Cluster/Status"
+        && !path.starts_with("/grpc.");
+    let initialized = || state.read().unwrap_or_else(|p| p.into_inner()).state.cluster_id().is_some();
+    if !user_call || initialized() {
+        return None;
+    }
+    Some(Status::failed_precondition(format!(
+        "{NOT_INITIALIZED}: this node is not in a cluster yet. Run `kvmesh cluster init` against it to found a new \
+         cluster, or start it with `kvmesh serve --join MEMBER --join-token TOKEN` to join one (a member's \
+         `kvmesh cluster token create` makes the token); if it was started with --join, the join has not finished: \
+         its log says why"
+    )))
 }
 
 /// Who sent `request`.

@@ -38,13 +38,25 @@ impl Interceptor for Bearer {
     }
 }
 
-/// Connects to the node at the settings' endpoint. `first_use` is for
-/// `cluster init` alone: it trusts the CA the new node presents.
+/// How long a connection (TCP and the TLS handshake) may take, apart from
+/// the request deadline: a dead or silent endpoint is named in seconds.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The endpoint this run talks to, for naming it in errors later.
+static CONNECTED: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+fn connected() -> String {
+    CONNECTED.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Connects to the first endpoint of the settings that answers, in order.
+/// `first_use` is for `cluster init` alone: it trusts the CA the new node
+/// presents, and only the first endpoint is tried (init founds a cluster on
+/// exactly the node named).
 pub(super) async fn connect(settings: &Settings, first_use: Option<Arc<CaFromChain>>) -> Result<Ch> {
-    let endpoint = &settings.endpoint;
-    let dialer = match (settings.insecure, first_use, &settings.ca_cert) {
+    let dialer = match (settings.insecure, &first_use, &settings.ca_cert) {
         (true, _, _) => Dialer::Plain,
-        (false, Some(verifier), _) => Dialer::Tls(verify::client_config(verifier)),
+        (false, Some(verifier), _) => Dialer::Tls(verify::client_config(verifier.clone())),
         (false, None, Some(ca)) => Dialer::Tls(verify::ca_client_config(ca, settings.identity.as_ref())?),
         (false, None, None) => {
             return Err(anyhow!(
@@ -55,20 +67,20 @@ pub(super) async fn connect(settings: &Settings, first_use: Option<Arc<CaFromCha
             ))
         }
     };
-    let channel = dialer.connect(endpoint, Duration::from_secs(3)).await.map_err(|e| {
-        let cause = root_cause(&e);
-        let hint = if cause.contains("certificate") || cause.contains("CA") {
-            format!(
-                "the node's certificate does not check out against the CA in {}: is that the config of this cluster?",
-                settings.path.display()
-            )
-        } else if cause.contains("InvalidContentType") || cause.contains("corrupt message") {
-            "the node speaks plaintext: was it started with --insecure? Then pass --insecure too".to_string()
-        } else {
-            "Is `kvmesh serve` running there? Set --endpoint or KVMESH_ENDPOINT".to_string()
-        };
-        anyhow!("cannot reach kvmesh at {endpoint} ({cause}). {hint}")
-    })?;
+    let endpoints = if first_use.is_some() { &settings.endpoints[..1] } else { &settings.endpoints[..] };
+    let mut failures = Vec::new();
+    let mut channel = None;
+    for endpoint in endpoints {
+        match dialer.connect(endpoint, CONNECT_TIMEOUT).await {
+            Ok(c) => {
+                *CONNECTED.lock().unwrap_or_else(|p| p.into_inner()) = endpoint.clone();
+                channel = Some(c);
+                break;
+            }
+            Err(e) => failures.push((endpoint.clone(), root_cause(&e))),
+        }
+    }
+    let Some(channel) = channel else { return Err(unreachable(settings, &failures)) };
     let token = match &settings.token {
         Some(t) => Some(format!("Bearer {}", t.trim()).parse().map_err(|_| {
             anyhow!("the API token has characters a header cannot carry; check --token or KVMESH_TOKEN")
@@ -76,6 +88,28 @@ pub(super) async fn connect(settings: &Settings, first_use: Option<Arc<CaFromCha
         None => None,
     };
     Ok(InterceptedService::new(channel, Bearer(token)))
+}
+
+/// The error when no endpoint answered: each one with its cause, and a hint
+/// for the last cause.
+fn unreachable(settings: &Settings, failures: &[(String, String)]) -> anyhow::Error {
+    let cause = failures.last().map(|(_, c)| c.as_str()).unwrap_or_default();
+    let hint = if cause.contains("certificate") || cause.contains("CA") {
+        format!(
+            "the node's certificate does not check out against the CA in {}: is that the config of this cluster?",
+            settings.path.display()
+        )
+    } else if cause.contains("InvalidContentType") || cause.contains("corrupt message") {
+        "it answered without TLS: is it a kvmesh node? A node started with `serve --insecure` needs --insecure here too"
+            .to_string()
+    } else if failures.len() > 1 {
+        "Is `kvmesh serve` running on any of them? Set --endpoint or KVMESH_ENDPOINT".to_string()
+    } else {
+        "Is `kvmesh serve` running there? Set --endpoint or KVMESH_ENDPOINT (several, comma-separated, are tried in order)"
+            .to_string()
+    };
+    let each: Vec<String> = failures.iter().map(|(e, c)| format!("{e} ({c})")).collect();
+    anyhow!("cannot reach kvmesh at {}. {hint}", each.join(", "))
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -93,30 +127,61 @@ pub(super) fn req<T>(msg: T) -> Request<T> {
     r
 }
 
-/// A gRPC error as the user should read it: the server's message alone.
+/// A gRPC error as the user should read it: the server's message alone,
+/// or, for a connection that broke or a node that did not answer in time,
+/// which endpoint that was.
 pub(super) fn status_err(s: tonic::Status) -> anyhow::Error {
-    if s.code() == tonic::Code::Unavailable && s.message().contains("transport") {
+    let endpoint = connected();
+    let message = s.message();
+    if s.code() == tonic::Code::Cancelled && message.contains("Timeout expired") {
         return anyhow!(
-            "the connection to the node failed: {}. If it stopped, start it again; a node started without --insecure speaks only TLS",
-            s.message()
+            "kvmesh at {endpoint} did not answer within {} s; it may be overloaded or cut off from its cluster (`kvmesh cluster status` on another node says more)",
+            REQUEST_TIMEOUT.as_secs()
         );
     }
-    anyhow!("{}", s.message())
+    // Failures of the connection itself (tonic's, hyper's, h2's words), not
+    // the node's own refusals, which have codes and sentences of their own.
+    const TRANSPORT: [&str; 6] = ["transport", "h2 protocol", "connection", "connect error", "broken pipe", "tcp"];
+    // Nodes never answer CANCELLED: on the client it is a connection the
+    // other end dropped mid-call ("operation was canceled").
+    let broken = s.code() == tonic::Code::Cancelled
+        || matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal)
+            && TRANSPORT.iter().any(|w| message.to_ascii_lowercase().contains(w));
+    if broken {
+        return anyhow!(
+            "the connection to kvmesh at {endpoint} failed: {message}. If the node stopped, start it again or name another with --endpoint; \
+             is it a kvmesh node? (a node started without --insecure speaks only TLS)"
+        );
+    }
+    if s.code() == tonic::Code::FailedPrecondition && message.starts_with(kvmesh_proto::NOT_INITIALIZED) {
+        let why = message[kvmesh_proto::NOT_INITIALIZED.len()..].trim_start_matches(':').trim();
+        return anyhow!("kvmesh at {endpoint}: {why}");
+    }
+    // Nothing can take it (no node fits, N+1 with --strict): exit 3.
+    if s.code() == tonic::Code::ResourceExhausted {
+        return super::CheckFailed(message.to_string()).into();
+    }
+    anyhow!("{message}")
 }
 
-pub async fn run(settings: Settings, output: Output, command: Command) -> Result<()> {
+pub async fn run(settings: Settings, output: Output, wide: bool, command: Command) -> Result<()> {
     if let Command::Cluster(super::ClusterCmd::Init { max_voters, force }) = command {
         return cluster::init(&settings, output, max_voters, force).await;
+    }
+    // Following events may move between endpoints: it connects itself.
+    if let Command::Events { follow, vm, node, since, limit } = command {
+        let filter = super::events::Filter { vm, node, since_ms: since, limit };
+        return super::events::run(&settings, output, filter, follow).await;
     }
     let channel = connect(&settings, None).await?;
     match command {
         Command::Serve(_) | Command::Guard(_) => unreachable!("serve and guard are handled by the caller"),
         Command::Cluster(c) => cluster::run(channel, output, c).await,
-        Command::Node(c) => nodes::run(channel, output, c).await,
-        Command::Vm(c) => vm::run(channel, output, c).await,
+        Command::Node(c) => nodes::run(channel, output, wide, c).await,
+        Command::Vm(c) => vm::run(channel, output, wide, c).await,
         Command::Storage(c) => storage::storage(channel, output, c).await,
         Command::Image(c) => storage::image(channel, output, c).await,
-        Command::Events { follow } => cluster::events(channel, output, follow).await,
+        Command::Events { .. } => unreachable!("events connect on their own"),
         Command::Token(c) => super::security::tokens(channel, output, c).await,
         Command::Cert(c) => super::security::certs(channel, &settings, output, c).await,
     }

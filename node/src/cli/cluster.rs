@@ -2,8 +2,6 @@
 //! status and membership, the placement policy, the HA capacity report, and
 //! the cluster's event log.
 
-use std::time::Duration;
-
 use super::client::Ch;
 use anyhow::Result;
 use kvmesh_proto as pb;
@@ -12,7 +10,7 @@ use serde_json::json;
 
 use super::client::{req, status_err};
 use super::config::{ClientConfig, Settings};
-use super::output::{print_capacity, print_events, print_policy, print_status};
+use super::output::{print_capacity, print_policy, print_status};
 use super::{ClusterCmd, Output, PolicyCmd};
 use crate::tls::verify::CaFromChain;
 
@@ -24,13 +22,27 @@ pub async fn run(channel: Ch, output: Output, command: ClusterCmd) -> Result<()>
         ClusterCmd::Token(c) => return super::security::join_tokens(cluster_channel, output, c).await,
         ClusterCmd::Status => {
             let s = cluster.status(req(pb::StatusRequest {})).await.map_err(status_err)?.into_inner();
+            if s.cluster_id.is_empty() {
+                anyhow::bail!(
+                    "node {} is not in a cluster yet ({}). Run `kvmesh cluster init` against it to found a new cluster, \
+                     or start it with `kvmesh serve --join MEMBER --join-token TOKEN` to join one",
+                    s.node_name,
+                    s.raft_state
+                );
+            }
             print_status(output, &s);
         }
-        ClusterCmd::Remove { name, force } => {
+        ClusterCmd::Remove { name, force, yes } => {
+            if force {
+                super::wait::confirm(
+                    yes,
+                    &format!("removing node {name} with --force unplaces the VMs placed on it (they wait for a new placement)"),
+                )?;
+            }
             cluster.remove(req(pb::RemoveRequest { name: name.clone(), force })).await.map_err(status_err)?;
             match output {
-                Output::Json => println!("{}", json!({"removed": name})),
-                Output::Table => println!("removed node {name}"),
+                Output::Json => outln!("{}", json!({"removed": name})),
+                Output::Table => outln!("removed node {name}"),
             }
         }
         ClusterCmd::Policy(PolicyCmd::Show) => {
@@ -55,9 +67,9 @@ pub async fn run(channel: Ch, output: Output, command: ClusterCmd) -> Result<()>
                                    "refused": (!m.refused.is_empty()).then_some(&m.refused)})
                         })
                         .collect();
-                    println!("{}", json!(all));
+                    outln!("{}", json!(all));
                 }
-                Output::Table if moves.is_empty() => println!("the hosts are balanced: nothing to move"),
+                Output::Table if moves.is_empty() => outln!("the hosts are balanced: nothing to move"),
                 Output::Table => {
                     for m in &moves {
                         let what = match (dry_run, m.begun) {
@@ -65,24 +77,29 @@ pub async fn run(channel: Ch, output: Output, command: ClusterCmd) -> Result<()>
                             (false, true) => "moving",
                             (false, false) => "not moving",
                         };
-                        println!("{what} {} live from {} to {}: {}", m.vm, m.from, m.to, m.why);
+                        outln!("{what} {} live from {} to {}: {}", m.vm, m.from, m.to, m.why);
                         if !m.refused.is_empty() {
-                            println!("  {}", m.refused);
+                            outln!("  {}", m.refused);
                         }
                     }
                 }
             }
         }
-        ClusterCmd::Capacity => {
+        ClusterCmd::Capacity { check } => {
             let r = cluster.capacity(req(pb::CapacityRequest {})).await.map_err(status_err)?.into_inner();
             print_capacity(output, &r);
+            if check && !r.n_plus_1 {
+                let worst = r
+                    .worst
+                    .map(|w| format!(": losing {w} would leave HA VMs with nowhere to restart"))
+                    .unwrap_or_default();
+                return Err(super::CheckFailed(format!("N+1 fails{worst}")).into());
+            }
         }
     }
     Ok(())
 }
 
-/// `kvmesh events`: prints the event log; with `follow`, polls for new events
-/// every 500 ms until interrupted.
 /// `cluster init`: founds the cluster on the node at the endpoint, trusting
 /// the CA it presents (its first use), and writes the client config with
 /// that CA and the first admin token.
@@ -102,7 +119,7 @@ pub async fn init(settings: &Settings, output: Output, max_voters: u32, force: b
     if !settings.insecure {
         super::security::same_ca(seen.seen.lock().unwrap_or_else(|p| p.into_inner()).clone(), &r.ca_cert_pem)?;
         let config = ClientConfig {
-            endpoint: Some(settings.endpoint.clone()),
+            endpoint: Some(settings.endpoint_list()),
             ca_cert: Some(r.ca_cert_pem.clone()),
             token: Some(r.admin_token.clone()),
             cert: None,
@@ -117,38 +134,18 @@ pub async fn init(settings: &Settings, output: Output, max_voters: u32, force: b
         saved = Some(settings.path.display().to_string());
     }
     match output {
-        Output::Json => println!(
+        Output::Json => outln!(
             "{}",
             json!({"cluster_id": r.cluster_id, "node_id": r.node_id, "node_name": r.node_name,
                    "admin_token": r.admin_token, "client_config": saved})
         ),
         Output::Table => {
-            println!("initialized cluster {} on node {}", r.cluster_id, r.node_name);
+            outln!("initialized cluster {} on node {}", r.cluster_id, r.node_name);
             if let Some(path) = saved {
-                println!("admin token (shown once): {}", r.admin_token);
-                println!(
-                    "client config written to {path}: the endpoint, the cluster CA and this token; keep it private"
-                );
+                outln!("admin token (shown once): {}", r.admin_token);
+                outln!("client config written to {path}: the endpoint, the cluster CA and this token; keep it private");
             }
         }
-    }
-    Ok(())
-}
-
-pub async fn events(channel: Ch, output: Output, follow: bool) -> Result<()> {
-    let mut cluster = ClusterClient::new(channel);
-    let mut after = 0;
-    loop {
-        let r = cluster.list_events(req(pb::ListEventsRequest { after })).await.map_err(status_err)?;
-        let events = r.into_inner().events;
-        if let Some(last) = events.last() {
-            after = last.seq;
-        }
-        print_events(output, &events);
-        if !follow {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ const DEFAULT_ENDPOINT: &str = "127.0.0.1:7100";
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
+    /// One node's address, or several separated by commas, tried in order.
     pub endpoint: Option<String>,
     /// The cluster CA's certificate, PEM.
     pub ca_cert: Option<String>,
@@ -26,7 +27,8 @@ pub struct ClientConfig {
 /// What one CLI run uses.
 #[derive(Debug)]
 pub struct Settings {
-    pub endpoint: String,
+    /// Nodes to try, in order (`--endpoint a,b,c`).
+    pub endpoints: Vec<String>,
     pub token: Option<String>,
     pub ca_cert: Option<String>,
     /// A client certificate and key to present.
@@ -62,14 +64,27 @@ impl Settings {
             Err(e) if explicit => return Err(anyhow!("cannot read client config {}: {e}", path.display())),
             Err(_) => ClientConfig::default(),
         };
+        let endpoint = endpoint.or(file.endpoint).unwrap_or_else(|| DEFAULT_ENDPOINT.into());
+        let endpoints: Vec<String> =
+            endpoint.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_string).collect();
+        if endpoints.is_empty() {
+            return Err(anyhow!("no endpoint: give --endpoint HOST:PORT (several separated by commas)"));
+        }
         Ok(Settings {
-            endpoint: endpoint.or(file.endpoint).unwrap_or_else(|| DEFAULT_ENDPOINT.into()),
+            endpoints,
             token: token.filter(|t| !t.is_empty()).or(file.token),
             ca_cert: file.ca_cert,
             identity: file.cert.zip(file.key),
             insecure,
             path,
         })
+    }
+}
+
+impl Settings {
+    /// The endpoint list as the config file and flags spell it.
+    pub fn endpoint_list(&self) -> String {
+        self.endpoints.join(",")
     }
 }
 

@@ -11,19 +11,26 @@ use super::client::{req, status_err};
 use super::output::{node_state, print_node, print_nodes};
 use super::{NodeCmd, Output};
 
-pub async fn run(channel: Ch, output: Output, command: NodeCmd) -> Result<()> {
+pub async fn run(channel: Ch, output: Output, wide: bool, command: NodeCmd) -> Result<()> {
     let mut cluster = ClusterClient::new(channel);
     match command {
         NodeCmd::List { consistent } => {
             let r = cluster.list_nodes(req(pb::ListNodesRequest { consistent })).await.map_err(status_err)?;
-            print_nodes(output, &r.into_inner().nodes);
+            print_nodes(output, wide, &r.into_inner().nodes);
         }
-        NodeCmd::Drain { name, cold } => {
+        NodeCmd::Drain { name, cold, wait } => {
             let r = cluster.drain(req(pb::NodeActionRequest { name: name.clone(), cold })).await.map_err(status_err)?;
+            let mut state = node_state(r.into_inner().state).to_string();
+            if wait.wait {
+                let timeout = std::time::Duration::from_secs(wait.timeout);
+                state = node_state(super::wait::node(&mut cluster, output, &name, "maintenance", timeout).await?.state)
+                    .to_string();
+            }
             match output {
-                Output::Json => println!("{}", json!({"node": name, "state": node_state(r.into_inner().state)})),
-                Output::Table => println!(
-                    "draining {name}: its VMs move to other nodes (running ones live unless --cold; `kvmesh events` says which and why); `kvmesh node list` shows when it is in maintenance, `kvmesh vm list` what is still pending"
+                Output::Json => outln!("{}", json!({"node": name, "state": state})),
+                Output::Table if wait.wait => outln!("{name} is in maintenance: no VMs left on it"),
+                Output::Table => outln!(
+                    "draining {name}: its VMs move to other nodes (running ones live unless --cold); --wait waits until it is in maintenance, `kvmesh events --node {name}` says which VM went where and why"
                 ),
             }
         }
@@ -45,8 +52,8 @@ pub async fn run(channel: Ch, output: Output, command: NodeCmd) -> Result<()> {
                 .await
                 .map_err(status_err)?;
             match output {
-                Output::Json => println!("{}", json!({"node": name, "state": node_state(r.into_inner().state)})),
-                Output::Table => println!("{name} is {}", node_state(r.into_inner().state)),
+                Output::Json => outln!("{}", json!({"node": name, "state": node_state(r.into_inner().state)})),
+                Output::Table => outln!("{name} is {}", node_state(r.into_inner().state)),
             }
         }
     }

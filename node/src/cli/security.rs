@@ -36,9 +36,9 @@ pub async fn tokens(channel: Ch, output: Output, command: TokenCmd) -> Result<()
             let r = client.create_token(req(pb::CreateTokenRequest { name, role })).await.map_err(status_err)?;
             let r = r.into_inner();
             match output {
-                Output::Json => println!("{}", json!({"name": r.name, "role": r.role, "token": r.token})),
+                Output::Json => outln!("{}", json!({"name": r.name, "role": r.role, "token": r.token})),
                 Output::Table => {
-                    println!("{}", r.token);
+                    outln!("{}", r.token);
                     eprintln!("API token {} ({}); the secret is not shown again", r.name, r.role);
                 }
             }
@@ -52,7 +52,7 @@ pub async fn tokens(channel: Ch, output: Output, command: TokenCmd) -> Result<()
                         .iter()
                         .map(|t| json!({"name": t.name, "role": t.role, "created_ms": t.created_ms}))
                         .collect();
-                    println!("{}", serde_json::Value::Array(all));
+                    outln!("{}", serde_json::Value::Array(all));
                 }
                 Output::Table => table(
                     &["NAME", "ROLE", "CREATED"],
@@ -63,8 +63,8 @@ pub async fn tokens(channel: Ch, output: Output, command: TokenCmd) -> Result<()
         TokenCmd::Revoke { name } => {
             client.revoke_token(req(pb::RevokeTokenRequest { name: name.clone() })).await.map_err(status_err)?;
             match output {
-                Output::Json => println!("{}", json!({"revoked": name})),
-                Output::Table => println!("revoked API token {name}"),
+                Output::Json => outln!("{}", json!({"revoked": name})),
+                Output::Table => outln!("revoked API token {name}"),
             }
         }
     }
@@ -79,10 +79,10 @@ pub async fn join_tokens(channel: Ch, output: Output, command: JoinTokenCmd) -> 
             let r = client.create_join_token(req(request)).await.map_err(status_err)?.into_inner();
             match output {
                 Output::Json => {
-                    println!("{}", json!({"id": r.id, "token": r.token, "expires_ms": r.expires_ms}))
+                    outln!("{}", json!({"id": r.id, "token": r.token, "expires_ms": r.expires_ms}))
                 }
                 Output::Table => {
-                    println!("{}", r.token);
+                    outln!("{}", r.token);
                     eprintln!(
                         "join token {} (one use, until {}): start the new node with `kvmesh serve --join-token TOKEN …`",
                         r.id,
@@ -100,7 +100,7 @@ pub async fn join_tokens(channel: Ch, output: Output, command: JoinTokenCmd) -> 
                         .iter()
                         .map(|t| json!({"id": t.name, "node": t.node_name, "created_ms": t.created_ms, "expires_ms": t.expires_ms}))
                         .collect();
-                    println!("{}", serde_json::Value::Array(all));
+                    outln!("{}", serde_json::Value::Array(all));
                 }
                 Output::Table => table(
                     &["ID", "FOR NODE", "EXPIRES"],
@@ -117,8 +117,8 @@ pub async fn join_tokens(channel: Ch, output: Output, command: JoinTokenCmd) -> 
         JoinTokenCmd::Revoke { id } => {
             client.revoke_join_token(req(pb::RevokeTokenRequest { name: id.clone() })).await.map_err(status_err)?;
             match output {
-                Output::Json => println!("{}", json!({"revoked": id})),
-                Output::Table => println!("revoked join token {id}"),
+                Output::Json => outln!("{}", json!({"revoked": id})),
+                Output::Table => outln!("revoked join token {id}"),
             }
         }
     }
@@ -134,7 +134,7 @@ pub async fn certs(channel: Ch, settings: &Settings, output: Output, command: Ce
                 pb::IssueClientCertRequest { name: name.clone(), role: role.clone(), csr_pem, ttl_s: ttl.unwrap_or(0) };
             let r = client.issue_client_cert(req(request)).await.map_err(status_err)?.into_inner();
             let config = ClientConfig {
-                endpoint: Some(settings.endpoint.clone()),
+                endpoint: Some(settings.endpoint_list()),
                 ca_cert: Some(r.ca_cert_pem),
                 token: None,
                 cert: Some(r.cert_pem),
@@ -142,11 +142,11 @@ pub async fn certs(channel: Ch, settings: &Settings, output: Output, command: Ce
             };
             super::config::save(&out, &config)?;
             match output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     json!({"name": name, "role": role, "expires_ms": r.expires_ms, "client_config": out.display().to_string()})
                 ),
-                Output::Table => println!(
+                Output::Table => outln!(
                     "client certificate for {name} ({role}) until {}, with its key, written to {}: use it with --client-config",
                     format_ms(r.expires_ms),
                     out.display()
@@ -162,7 +162,7 @@ pub async fn certs(channel: Ch, settings: &Settings, output: Output, command: Ce
                         .iter()
                         .map(|t| json!({"name": t.name, "expires_ms": t.expires_ms, "fingerprint": t.node_name}))
                         .collect();
-                    println!("{}", serde_json::Value::Array(all));
+                    outln!("{}", serde_json::Value::Array(all));
                 }
                 Output::Table => table(
                     &["NAME", "EXPIRES", "FINGERPRINT"],
@@ -176,8 +176,8 @@ pub async fn certs(channel: Ch, settings: &Settings, output: Output, command: Ce
         CertCmd::Revoke { name } => {
             client.revoke_client_certs(req(pb::RevokeTokenRequest { name: name.clone() })).await.map_err(status_err)?;
             match output {
-                Output::Json => println!("{}", json!({"revoked": name})),
-                Output::Table => println!("revoked the client certificates of {name}"),
+                Output::Json => outln!("{}", json!({"revoked": name})),
+                Output::Table => outln!("revoked the client certificates of {name}"),
             }
         }
     }

@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
 use super::client::{req, status_err};
-use super::output::{format_ms, human_bytes, print_disks, print_vm, table};
+use super::output::{format_ms, human_bytes, table};
+use super::vm_view::{print_disks, print_vm};
 use super::{DiskCmd, ImageCmd, Output, SnapshotCmd, StorageCmd};
 
 const CHUNK: usize = 1 << 20;
@@ -39,8 +40,8 @@ pub async fn storage(channel: Ch, output: Output, command: StorageCmd) -> Result
         StorageCmd::Remove { name } => {
             client.remove(req(pb::RemoveStorageRequest { name: name.clone() })).await.map_err(status_err)?;
             match output {
-                Output::Json => println!("{}", json!({"removed": name})),
-                Output::Table => println!("removed storage {name}"),
+                Output::Json => outln!("{}", json!({"removed": name})),
+                Output::Table => outln!("removed storage {name}"),
             }
         }
     }
@@ -62,7 +63,7 @@ fn domain_json(d: &pb::StorageDomainInfo) -> Value {
 fn print_domains(output: Output, domains: &[pb::StorageDomainInfo], detail: bool) {
     if output == Output::Json {
         let all: Vec<Value> = domains.iter().map(domain_json).collect();
-        println!("{}", if detail && all.len() == 1 { all[0].clone() } else { Value::Array(all) });
+        outln!("{}", if detail && all.len() == 1 { all[0].clone() } else { Value::Array(all) });
         return;
     }
     if !detail {
@@ -90,20 +91,20 @@ fn print_domains(output: Output, domains: &[pb::StorageDomainInfo], detail: bool
         return;
     }
     for d in domains {
-        println!("name:     {}", d.name);
-        println!(
+        outln!("name:     {}", d.name);
+        outln!(
             "kind:     {}{}",
             d.kind,
             if d.shared { " (shared: VMs on it can move)" } else { " (per host: its VMs stay on their host)" }
         );
-        println!("location: {}", d.location);
-        println!("nodes:    {}", if d.nodes.is_empty() { "all".into() } else { d.nodes.join(", ") });
+        outln!("location: {}", d.location);
+        outln!("nodes:    {}", if d.nodes.is_empty() { "all".into() } else { d.nodes.join(", ") });
         let pending = if d.pending_deletions > 0 {
             format!(" ({} deleted volumes waiting for a host to remove them)", d.pending_deletions)
         } else {
             String::new()
         };
-        println!("holds:    {} disks, {} images{pending}", d.disks, d.images);
+        outln!("holds:    {} disks, {} images{pending}", d.disks, d.images);
         let rows = d
             .hosts
             .iter()
@@ -131,7 +132,7 @@ pub async fn image(channel: Ch, output: Output, command: ImageCmd) -> Result<()>
         ImageCmd::List => {
             let r = client.list(req(pb::ListImagesRequest {})).await.map_err(status_err)?.into_inner();
             match output {
-                Output::Json => println!("{}", Value::Array(r.images.iter().map(image_json).collect())),
+                Output::Json => outln!("{}", Value::Array(r.images.iter().map(image_json).collect())),
                 Output::Table => {
                     let rows = r
                         .images
@@ -159,8 +160,8 @@ pub async fn image(channel: Ch, output: Output, command: ImageCmd) -> Result<()>
         ImageCmd::Delete { name } => {
             client.delete(req(pb::DeleteImageRequest { name: name.clone() })).await.map_err(status_err)?;
             match output {
-                Output::Json => println!("{}", json!({"deleted": name})),
-                Output::Table => println!("deleted image {name}"),
+                Output::Json => outln!("{}", json!({"deleted": name})),
+                Output::Table => outln!("deleted image {name}"),
             }
         }
     }
@@ -237,14 +238,14 @@ fn image_json(i: &pb::ImageInfo) -> Value {
 
 pub fn print_image(output: Output, i: &pb::ImageInfo) {
     match output {
-        Output::Json => println!("{}", image_json(i)),
+        Output::Json => outln!("{}", image_json(i)),
         Output::Table => {
-            println!("name:     {}", i.name);
-            println!("kind:     {} ({})", i.kind, i.format);
-            println!("size:     {} ({} bytes in its file)", human_bytes(i.virtual_bytes), i.file_bytes);
-            println!("storage:  {}{}", i.storage, i.host.as_ref().map(|h| format!(" on {h}")).unwrap_or_default());
-            println!("sha256:   {}", i.sha256);
-            println!("used by:  {}", if i.used_by.is_empty() { "-".into() } else { i.used_by.join(", ") });
+            outln!("name:     {}", i.name);
+            outln!("kind:     {} ({})", i.kind, i.format);
+            outln!("size:     {} ({} bytes in its file)", human_bytes(i.virtual_bytes), i.file_bytes);
+            outln!("storage:  {}{}", i.storage, i.host.as_ref().map(|h| format!(" on {h}")).unwrap_or_default());
+            outln!("sha256:   {}", i.sha256);
+            outln!("used by:  {}", if i.used_by.is_empty() { "-".into() } else { i.used_by.join(", ") });
         }
     }
 }
@@ -275,7 +276,7 @@ pub async fn snapshot(vms: &mut VmsClient<Ch>, output: Output, command: Snapshot
             let vm = vms.get(req(pb::GetVmRequest { name, consistent: false })).await.map_err(status_err)?;
             let vm = vm.into_inner();
             match output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     Value::Array(
                         vm.snapshots

@@ -12,16 +12,19 @@ use pb::vms_client::VmsClient;
 use serde_json::json;
 
 use super::client::{req, status_err};
-use super::output::{print_explanation, print_vm, print_vms, vm_json, vm_state};
-use super::{CreateArgs, Output, VmCmd, WaitArgs};
+use super::output::{print_explanation, vm_state};
+use super::vm_view::{print_vm, print_vms, vm_json, ListView};
+use super::wait::{self, Until};
+use super::{CheckFailed, CreateArgs, Output, VmCmd, WaitArgs};
 
-pub async fn run(channel: Ch, output: Output, command: VmCmd) -> Result<()> {
+pub async fn run(channel: Ch, output: Output, wide: bool, command: VmCmd) -> Result<()> {
     let mut vms = VmsClient::new(channel.clone());
     match command {
-        VmCmd::Create(args) => self::create(&mut vms, output, args).await?,
-        VmCmd::List { consistent } => {
+        VmCmd::Create(args) => self::create(&mut vms, channel.clone(), output, args).await?,
+        VmCmd::List { consistent, node, state, ha, sort } => {
+            let view = ListView { node, state, ha: ha.then_some(true), sort, wide };
             let r = vms.list(req(pb::ListVmsRequest { consistent })).await.map_err(status_err)?;
-            print_vms(output, &r.into_inner().vms);
+            print_vms(output, &view, &r.into_inner().vms);
         }
         VmCmd::Get { name, consistent } => {
             let vm = vms.get(req(pb::GetVmRequest { name, consistent })).await.map_err(status_err)?.into_inner();
@@ -29,19 +32,19 @@ pub async fn run(channel: Ch, output: Output, command: VmCmd) -> Result<()> {
         }
         VmCmd::Start { name, wait } => {
             let vm = vms.start(req(pb::VmActionRequest { name, force: false })).await.map_err(status_err)?;
-            finish(&mut vms, output, vm.into_inner(), wait).await?;
+            finish(&mut vms, output, vm.into_inner(), wait, Until::Running).await?;
         }
-        VmCmd::Stop { name, force } => {
+        VmCmd::Stop { name, force, wait } => {
             let vm = vms.stop(req(pb::VmActionRequest { name, force })).await.map_err(status_err)?;
-            print_vm(output, &vm.into_inner());
+            finish(&mut vms, output, vm.into_inner(), wait, Until::Stopped).await?;
         }
         VmCmd::Restart { name, wait } => {
             let vm = vms.restart(req(pb::VmActionRequest { name, force: false })).await.map_err(status_err)?;
-            finish(&mut vms, output, vm.into_inner(), wait).await?;
+            finish(&mut vms, output, vm.into_inner(), wait, Until::Running).await?;
         }
-        VmCmd::Recover { name } => {
+        VmCmd::Recover { name, wait } => {
             let vm = vms.recover(req(pb::VmActionRequest { name, force: false })).await.map_err(status_err)?;
-            print_vm(output, &vm.into_inner());
+            finish(&mut vms, output, vm.into_inner(), wait, Until::Running).await?;
         }
         VmCmd::Migrate { name, to, dry_run, wait, timeout, bandwidth, copy_storage } => {
             let timeout = Duration::from_secs(timeout);
@@ -64,35 +67,91 @@ pub async fn run(channel: Ch, output: Output, command: VmCmd) -> Result<()> {
             let i = vms.template(req(pb::TemplateRequest { name, image })).await.map_err(status_err)?.into_inner();
             super::storage::print_image(output, &i);
         }
-        VmCmd::Delete { name, keep_disks } => {
-            vms.delete(req(pb::DeleteVmRequest { name: name.clone(), keep_disks })).await.map_err(status_err)?;
-            match output {
-                Output::Json => println!("{}", json!({"deleted": name})),
-                Output::Table => println!("deleted VM {name}"),
-            }
-        }
+        VmCmd::Delete { name, keep_disks, yes, wait } => delete(&mut vms, output, name, keep_disks, yes, wait).await?,
     }
     Ok(())
 }
 
-/// `vm create`: with `--dry-run` prints where the VM would go instead;
-/// with `--wait` returns only once it runs (or fails, or times out).
-async fn create(vms: &mut VmsClient<Ch>, output: Output, args: CreateArgs) -> Result<()> {
+/// `vm create`: with `--dry-run` prints where the VM would go instead
+/// (exit 3 if nowhere); with `--wait` returns only once it runs (or fails,
+/// or times out). An HA VM that breaks N+1 is a warning (refused with
+/// `--strict`).
+async fn create(vms: &mut VmsClient<Ch>, channel: Ch, output: Output, args: CreateArgs) -> Result<()> {
     let (dry_run, wait, timeout) = (args.dry_run, args.wait, args.timeout);
     let create = create_request(args);
     if dry_run {
         let explain = pb::ExplainRequest { name: create.name.clone(), spec: Some(create) };
         let e = vms.explain(req(explain)).await.map_err(status_err)?.into_inner();
         print_explanation(output, &e);
+        if e.chosen.is_none() {
+            return Err(CheckFailed(format!("VM {} fits on no node (see the reasons above)", e.vm)).into());
+        }
         return Ok(());
     }
+    let ha = create.ha;
     let mut vm = vms.create(req(create)).await.map_err(status_err)?.into_inner();
+    if ha {
+        warn_if_not_n_plus_1(channel, &vm.name).await;
+    }
     if wait {
-        vm = wait_running(vms, output, vm, Duration::from_secs(timeout)).await?;
+        vm = wait::vm(vms, output, &vm.name, Until::Running, Duration::from_secs(timeout)).await?.unwrap_or(vm);
     }
     match output {
-        Output::Json => println!("{}", vm_json(&vm)),
-        Output::Table => println!("created VM {} ({}) on {}", vm.name, vm.id, vm.node.as_deref().unwrap_or("no node")),
+        Output::Json => outln!("{}", vm_json(&vm)),
+        Output::Table => outln!("created VM {} ({}) on {}", vm.name, vm.id, vm.node.as_deref().unwrap_or("no node")),
+    }
+    Ok(())
+}
+
+/// After an HA VM is created: a warning on stderr if the cluster is not
+/// N+1 (some host's HA VMs could not all restart on the others).
+async fn warn_if_not_n_plus_1(channel: Ch, name: &str) {
+    let mut cluster = pb::cluster_client::ClusterClient::new(channel);
+    let Ok(report) = cluster.capacity(req(pb::CapacityRequest {})).await else { return };
+    let report = report.into_inner();
+    if !report.n_plus_1 {
+        let worst = report
+            .worst
+            .map(|w| format!(": losing {w} would leave HA VMs with nowhere to restart"))
+            .unwrap_or_default();
+        eprintln!(
+            "warning: with HA VM {name} the cluster is not N+1{worst}. `kvmesh cluster capacity` shows the reserve; --strict refuses such a VM"
+        );
+    }
+}
+
+/// `vm delete`: asks first if the VM runs; with `--wait`, returns once its
+/// host has removed it.
+async fn delete(
+    vms: &mut VmsClient<Ch>,
+    output: Output,
+    name: String,
+    keep_disks: bool,
+    yes: bool,
+    wait: WaitArgs,
+) -> Result<()> {
+    let get = pb::GetVmRequest { name: name.clone(), consistent: false };
+    let vm = vms.get(req(get)).await.map_err(status_err)?.into_inner();
+    let on = vm.node.as_deref().unwrap_or("-");
+    if vm.state == pb::VmState::Running as i32 || !vm.observed.is_empty() {
+        let disks = if keep_disks { "its disks are kept" } else { "its disks are deleted" };
+        wait::confirm(yes, &format!("VM {name} is running on {on}: deleting it powers it off and {disks}"))?;
+    }
+    vms.delete(req(pb::DeleteVmRequest { name: name.clone(), keep_disks })).await.map_err(status_err)?;
+    if wait.wait {
+        wait::vm(vms, output, &name, Until::Gone, Duration::from_secs(wait.timeout)).await?;
+        match output {
+            Output::Json => outln!("{}", json!({"deleted": name, "done": true})),
+            Output::Table => outln!("deleted VM {name}"),
+        }
+        return Ok(());
+    }
+    match output {
+        Output::Json => outln!("{}", json!({"deleted": name, "done": false})),
+        Output::Table => outln!(
+            "deleting VM {name}: its host removes it{}; `--wait` waits until it is gone",
+            if vm.node.is_some() { format!(" ({on})") } else { String::new() }
+        ),
     }
     Ok(())
 }
@@ -120,55 +179,26 @@ fn create_request(a: CreateArgs) -> pb::CreateVmRequest {
         anti_affinity: a.anti_affinity,
         soft_anti_affinity: a.soft_anti_affinity,
         affinity: a.affinity,
+        strict: a.strict,
     }
 }
 
-/// Prints the VM, after waiting for it to run when asked to.
-async fn finish(vms: &mut VmsClient<Ch>, output: Output, vm: pb::Vm, wait: WaitArgs) -> Result<()> {
-    let vm = if wait.wait { wait_running(vms, output, vm, Duration::from_secs(wait.timeout)).await? } else { vm };
+/// Prints the VM, after waiting for the operation to finish when asked to.
+async fn finish(vms: &mut VmsClient<Ch>, output: Output, vm: pb::Vm, wait: WaitArgs, until: Until) -> Result<()> {
+    let vm = if wait.wait {
+        wait::vm(vms, output, &vm.name, until, Duration::from_secs(wait.timeout)).await?.unwrap_or(vm)
+    } else {
+        vm
+    };
     print_vm(output, &vm);
     Ok(())
-}
-
-/// Polls until the VM runs or fails; progress goes to stderr on a terminal.
-async fn wait_running(vms: &mut VmsClient<Ch>, output: Output, mut vm: pb::Vm, timeout: Duration) -> Result<pb::Vm> {
-    use std::io::IsTerminal;
-    let show = output == Output::Table && std::io::stderr().is_terminal();
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        if vm_state(vm.state) != last {
-            if show {
-                eprintln!("{}: {} on {}", vm.name, vm_state(vm.state), vm.node.as_deref().unwrap_or("-"));
-            }
-            last = vm_state(vm.state).to_string();
-        }
-        match vm_state(vm.state) {
-            "running" => return Ok(vm),
-            "failed" => {
-                return Err(anyhow!(
-                    "VM {} failed on {}: {}",
-                    vm.name,
-                    vm.node.as_deref().unwrap_or("-"),
-                    vm.last_error.as_deref().unwrap_or("no error text")
-                ))
-            }
-            _ => {}
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(anyhow!("VM {} is still {} after {}s", vm.name, vm_state(vm.state), timeout.as_secs()));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let get = pb::GetVmRequest { name: vm.name.clone(), consistent: false };
-        vm = vms.get(req(get)).await.map_err(status_err)?.into_inner();
-    }
 }
 
 /// `vm console`: the raw bytes on a table, or the node and the text as JSON.
 async fn console(vms: &mut VmsClient<Ch>, output: Output, name: String, bytes: u64) -> Result<()> {
     let r = vms.console(req(pb::ConsoleRequest { name, bytes })).await.map_err(status_err)?.into_inner();
     match output {
-        Output::Json => println!("{}", json!({"node": r.node, "data": String::from_utf8_lossy(&r.data)})),
+        Output::Json => outln!("{}", json!({"node": r.node, "data": String::from_utf8_lossy(&r.data)})),
         Output::Table => {
             use std::io::Write;
             let mut out = std::io::stdout();
@@ -204,10 +234,15 @@ async fn migrate(vms: &mut VmsClient<Ch>, channel: Ch, output: Output, m: Migrat
     let reply = vms.migrate(req(request)).await.map_err(status_err)?.into_inner();
     if m.dry_run {
         match (&reply.explanation, &m.to) {
-            (Some(e), _) => print_explanation(output, e),
+            (Some(e), _) => {
+                print_explanation(output, e);
+                if e.chosen.is_none() {
+                    return Err(CheckFailed(format!("no other host can take VM {} now", m.name)).into());
+                }
+            }
             (None, to) => match output {
-                Output::Json => println!("{}", json!({"vm": m.name, "to": to})),
-                Output::Table => println!("{} would move live to {}", m.name, to.as_deref().unwrap_or("-")),
+                Output::Json => outln!("{}", json!({"vm": m.name, "to": to})),
+                Output::Table => outln!("{} would move live to {}", m.name, to.as_deref().unwrap_or("-")),
             },
         }
         return Ok(());
@@ -216,8 +251,8 @@ async fn migrate(vms: &mut VmsClient<Ch>, channel: Ch, output: Output, m: Migrat
     if vm.migrating_to.is_none() {
         // A stopped VM: its record moved at once.
         match output {
-            Output::Json => println!("{}", vm_json(&vm)),
-            Output::Table => println!("moved {} (stopped) to {}", vm.name, vm.node.as_deref().unwrap_or("-")),
+            Output::Json => outln!("{}", vm_json(&vm)),
+            Output::Table => outln!("moved {} (stopped) to {}", vm.name, vm.node.as_deref().unwrap_or("-")),
         }
         return Ok(());
     }
@@ -227,8 +262,8 @@ async fn migrate(vms: &mut VmsClient<Ch>, channel: Ch, output: Output, m: Migrat
     let how = if cold { "(stopped) with its local disks" } else { "live" };
     if !m.wait {
         match output {
-            Output::Json => println!("{}", vm_json(&vm)),
-            Output::Table => println!("moving {} {how} from {from} to {target}", vm.name),
+            Output::Json => outln!("{}", vm_json(&vm)),
+            Output::Table => outln!("moving {} {how} from {from} to {target}", vm.name),
         }
         return Ok(());
     }
@@ -237,7 +272,7 @@ async fn migrate(vms: &mut VmsClient<Ch>, channel: Ch, output: Output, m: Migrat
     let started = tokio::time::Instant::now();
     loop {
         if let (true, Some(p)) = (show, &vm.migration_progress) {
-            eprint!("\r{}: {}   ", vm.name, super::output::progress_line(p));
+            eprint!("\r{}: {}   ", vm.name, super::vm_view::progress_line(p));
         }
         if vm.migrating_to.is_none() {
             if vm.node.as_deref() != Some(target.as_str()) {
@@ -257,9 +292,9 @@ async fn migrate(vms: &mut VmsClient<Ch>, channel: Ch, output: Output, m: Migrat
         vm = vms.get(req(get)).await.map_err(status_err)?.into_inner();
     }
     match output {
-        Output::Json => println!("{}", vm_json(&vm)),
+        Output::Json => outln!("{}", vm_json(&vm)),
         Output::Table => {
-            println!("{} moved {how} from {from} to {target} in {:.1} s", vm.name, started.elapsed().as_secs_f64())
+            outln!("{} moved {how} from {from} to {target} in {:.1} s", vm.name, started.elapsed().as_secs_f64())
         }
     }
     Ok(())

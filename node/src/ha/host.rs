@@ -15,7 +15,7 @@ use kvmesh_proto as pb;
 use kvmesh_proto::NOT_A_MEMBER;
 use kvmesh_raft::model::{domain_name, ClusterState, VmId};
 use tonic::Status;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::leader::LeaderView;
 use crate::agent::plan::Standing;
@@ -204,9 +204,19 @@ pub async fn fence(ctx: &Arc<NodeCtx>) {
     if targets.is_empty() {
         return;
     }
-    warn!(domains = ?targets, "fencing: no heartbeat acknowledged within fence_after; destroying HA domains");
+    // A warning only for guests seen running; the others are made sure of.
+    if targets.iter().any(|t| listed.iter().any(|l| &l.name == t)) {
+        warn!(domains = ?targets, "fencing: no heartbeat acknowledged within fence_after; destroying HA domains");
+    } else {
+        debug!(domains = ?targets, "fencing: making sure HA domains placed here do not run");
+    }
     let (hv, pid_dir) = (ctx.hypervisor.clone(), qemu_pid_dir(&ctx.config.libvirt_uri));
-    let destroy = move |name: &str| hv.destroy(name).map(|()| true).map_err(|e| e.to_string());
+    // A domain that does not exist is not running: nothing to kill.
+    let destroy = move |name: &str| match hv.destroy(name) {
+        Ok(()) => Ok(true),
+        Err(e) if e.to_string().contains("Domain not found") => Ok(false),
+        Err(e) => Err(e.to_string()),
+    };
     // A plain thread, not the blocking pool, which hung libvirt calls may
     // have filled.
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -235,6 +245,7 @@ fn registered(ctx: &NodeCtx) -> bool {
 pub async fn fence_loop(ctx: Arc<NodeCtx>, lease: Arc<Lease>) {
     let mut registered_once = false;
     let mut fenced_at: Option<Instant> = None;
+    let mut granted_once = false;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         // Latched, and a Raft member counts too: once removed from the state
@@ -250,13 +261,21 @@ pub async fn fence_loop(ctx: Arc<NodeCtx>, lease: Arc<Lease>) {
             ctx.guard.pet(pet);
         }
         if !lease.expired() || cfg!(feature = "unsafe-no-fencing") {
-            if fenced_at.take().is_some() {
+            if fenced_at.take().is_some() && granted_once {
                 info!("heartbeat acknowledged again: lease restored");
             }
+            granted_once = true;
             continue;
         }
-        if fenced_at.is_none() {
-            warn!("lease expired or not yet granted: fencing HA domains until a heartbeat is acknowledged");
+        // A warning when a lease is lost; at start, before the first
+        // acknowledgement, this is the normal course of things. Fencing
+        // itself warns when it finds HA domains to kill.
+        match (fenced_at.is_none(), granted_once) {
+            (true, true) => warn!("lease expired: fencing HA domains until a heartbeat is acknowledged"),
+            (true, false) => {
+                info!("waiting for the leader to acknowledge a heartbeat; HA domains here stay fenced until then")
+            }
+            _ => {}
         }
         // Again every second while the lease stays out: nothing may have
         // started since, but a kill may have failed.

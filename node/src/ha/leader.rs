@@ -107,6 +107,23 @@ pub struct Liveness {
 }
 
 impl Liveness {
+    /// The most free space any responsive host reports on storage `domain`,
+    /// and that host's name; `None` on a follower or before any report.
+    pub fn most_free(&self, state: &ClusterState, domain: &str) -> Option<(u64, String)> {
+        if !self.leads {
+            return None;
+        }
+        let unresponsive = self.unresponsive(state);
+        self.heard
+            .seen
+            .iter()
+            .filter(|(id, _)| !unresponsive.contains(id))
+            .flat_map(|(id, seen)| seen.storage.iter().map(move |s| (id, s)))
+            .filter(|(_, s)| s.domain == domain && s.state == probe::ACTIVE && s.total_bytes > 0)
+            .max_by_key(|(_, s)| s.free_bytes)
+            .map(|(id, s)| (s.free_bytes, state.nodes.get(id).map(|n| n.name.clone()).unwrap_or_default()))
+    }
+
     /// The `up` hosts this leader would not place anything new on: those it
     /// has not heard from within three heartbeats, or not at all this term.
     /// Empty on a follower, which places nothing.

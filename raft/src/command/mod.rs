@@ -256,6 +256,14 @@ pub enum Command {
         reason: String,
         at_ms: u64,
     },
+    /// An event about something the state machine does not hold, such as
+    /// a voter seat moved by a Raft membership change; proposed by the
+    /// leader so the event log tells it, not only a node's log.
+    Note {
+        kind: String,
+        message: String,
+        at_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -314,6 +322,7 @@ impl Command {
             | Command::VolumesDeleted { .. }
             | Command::FinishMigration { .. }
             | Command::AbortMigration { .. }
+            | Command::Note { .. }
             | Command::ReportVm { .. } => false,
         }
     }
@@ -378,6 +387,10 @@ impl ClusterState {
                 self.finish_migration(*vm, *epoch, *downtime_ms, *at_ms)
             }
             Command::AbortMigration { vm, epoch, reason, at_ms } => self.abort_migration(*vm, *epoch, reason, *at_ms),
+            Command::Note { kind, message, at_ms } => {
+                self.push_event(*at_ms, kind, message.clone());
+                Response::Done
+            }
         }
     }
 

@@ -14,6 +14,9 @@ impl ClusterState {
             if !vm.request_id.is_empty() && existing.request_id == vm.request_id {
                 return Response::Vm(Box::new(existing.clone()));
             }
+            if existing.deleting.is_some() {
+                return Response::Refused(Refusal::VmBeingDeleted { name: vm.name.clone() });
+            }
             return Response::Refused(Refusal::VmNameTaken { name: vm.name.clone() });
         }
         if self.vms.contains_key(&vm.id) {
@@ -239,6 +242,7 @@ impl ClusterState {
             (VmState::Failed, Some(e)) => format!("vm {name} failed on {host}: {e}"),
             (VmState::Crashed, Some(e)) => format!("vm {name} crashed on {host}; {e}"),
             (VmState::WaitingForLease, Some(e)) => format!("vm {name} waits for a disk lease on {host}: {e}"),
+            (VmState::Running, Some(e)) => format!("vm {name} on {host}: {e}"),
             (s, _) => format!("vm {name} is {} on {host}", s.as_str()),
         };
         let kind = if matches!(state, VmState::Failed | VmState::Crashed) { "vm-error" } else { "vm" };

@@ -27,6 +27,7 @@ pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
         image: vm.spec.disks.iter().find(|d| d.index == 0).and_then(|d| d.image.clone()),
         kernel: vm.spec.kernel.clone(),
         initrd: vm.spec.initrd.clone(),
+        cmdline: vm.spec.cmdline.clone(),
         disks: vm.spec.disks.iter().map(|d| disk(state, vm.id, d)).collect(),
         snapshots: vm
             .snapshots
@@ -134,6 +135,7 @@ pub fn vm_state(state: &ClusterState, vm: &Vm) -> pb::VmState {
     }
     match &vm.reported {
         Some(r) if Some((r.node, r.epoch)) == vm.placement.map(|p| (p.node, p.epoch)) => match r.state {
+            VmState::Running if vm.desired == Desired::Stopped => pb::VmState::Stopping,
             VmState::Running => pb::VmState::Running,
             VmState::Stopped => pb::VmState::Stopped,
             VmState::Crashed => pb::VmState::Crashed,

@@ -95,7 +95,14 @@ fn stop_asks_acpi_then_destroys_after_the_timeout_or_at_once_when_forced() {
     let on = [dom(RunState::Running)];
     assert_eq!(run(&w, &on, &mut mem, 0), vec![Action::Shutdown { domain: "kvmesh-7".into() }]);
     assert_eq!(run(&w, &on, &mut mem, 29_999), vec![]);
-    assert_eq!(run(&w, &on, &mut mem, 30_000), vec![Action::Destroy { domain: "kvmesh-7".into() }]);
+    let note = "forced power-off: the guest did not shut down within 30 s of the ACPI request";
+    let forced_off = vec![
+        Action::Report { vm_id: 7, epoch: 1, state: VmState::Running, error: Some(note.into()) },
+        Action::Destroy { domain: "kvmesh-7".into() },
+    ];
+    assert_eq!(run(&w, &on, &mut mem, 30_000), forced_off);
+    // Still on: destroyed again, the note not sent again.
+    assert_eq!(run(&w, &on, &mut mem, 30_050), vec![Action::Destroy { domain: "kvmesh-7".into() }]);
     let off = [dom(RunState::Off(OffReason::Shutdown))];
     assert_eq!(
         run(&w, &off, &mut mem, 30_100),

@@ -1,0 +1,306 @@
+//! The VM-level command groups: `vm` (with its disks and snapshots),
+//! `storage` and `image`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::args::{parse_label, WaitArgs};
+use super::{examples, sizes, vm_view};
+
+/// `vm create`: the VM's spec and how to run the command.
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    pub name: String,
+    /// Virtual CPUs (at most the host's CPU count).
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// Memory: a size, e.g. 2G or 512M (a bare number is MiB).
+    #[arg(long, default_value = "512", value_parser = sizes::parse_mib)]
+    pub memory: u64,
+    /// Restart it elsewhere if its host dies.
+    #[arg(long)]
+    pub ha: bool,
+    /// A blank disk: SIZE[@STORAGE], e.g. 10G or 10G@shared (repeatable;
+    /// default storage: local; a bare number is MiB).
+    #[arg(long = "disk", value_parser = sizes::parse_disk)]
+    pub disks: Vec<(u64, String)>,
+    /// Boot disk: a thin qcow2 clone of this imported image (`kvmesh image list`).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Direct kernel boot: an imported kernel image (`image import --kind kernel`).
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// An imported initrd image (`image import --kind initrd`).
+    #[arg(long)]
+    pub initrd: Option<String>,
+    /// Kernel command line, e.g. "console=ttyS0".
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// Attach a NIC to this libvirt network.
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Attach a NIC to this host bridge.
+    #[arg(long)]
+    pub bridge: Option<String>,
+    /// Restart order when its host dies: higher first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// Pin to this node.
+    #[arg(long = "node")]
+    pub pin: Option<String>,
+    /// Only on nodes with this label, key=value (repeatable).
+    #[arg(long = "node-label", value_parser = parse_label)]
+    pub node_labels: Vec<(String, String)>,
+    /// Prefer nodes with this label, key=value (repeatable).
+    #[arg(long = "prefer-label", value_parser = parse_label)]
+    pub prefer_labels: Vec<(String, String)>,
+    /// Never on a host with another member of this group.
+    #[arg(long)]
+    pub anti_affinity: Option<String>,
+    /// Spread members of this group when possible.
+    #[arg(long)]
+    pub soft_anti_affinity: Option<String>,
+    /// Keep members of this group on one host.
+    #[arg(long)]
+    pub affinity: Option<String>,
+    /// Show where it would go, per node, without creating it (exit 3 if
+    /// no node can take it).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// For an HA VM: refuse it (exit 3) if, with it, some host's HA VMs
+    /// could no longer all restart on the others (N+1). Without it, that
+    /// is a warning.
+    #[arg(long)]
+    pub strict: bool,
+    /// Wait until the VM runs (or fails).
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
+
+// Parsed once per process; boxing the big variant would only add noise.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand, Debug)]
+pub enum VmCmd {
+    /// Create a VM; the leader places it.
+    #[command(after_help = examples::VM_CREATE)]
+    Create(CreateArgs),
+    /// Start a stopped (or failed) VM.
+    Start {
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Stop a VM: ACPI shutdown, then power off after the host's timeout
+    /// (an event says when it had to).
+    Stop {
+        name: String,
+        /// Power off at once.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Power-cycle a VM.
+    Restart {
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Each node's filter result and score for a VM, as if placed now.
+    Explain { name: String },
+    /// Restart a VM whose host is down on another host, on purpose.
+    Recover {
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Move a running VM to another host without stopping it (live
+    /// migration), or a stopped one's record (cold).
+    Migrate {
+        name: String,
+        /// The host to move it to (default: the scheduler's pick).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only show which host it would go to, and why.
+        #[arg(long)]
+        dry_run: bool,
+        /// Return once it runs on the target; exit non-zero if the
+        /// migration is aborted.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// The most the migration may use, in MiB/s (default: no limit).
+        #[arg(long, value_name = "MIB_PER_S", default_value_t = 0)]
+        bandwidth: u64,
+        /// Copy the disks on local storage to the target's as the guest
+        /// runs (without it, only VMs whose disks are on shared storage
+        /// move).
+        #[arg(long)]
+        copy_storage: bool,
+    },
+    /// Change a VM's description or restart priority (the guest is not touched).
+    Set {
+        name: String,
+        /// Free text for operators (up to 4096 bytes).
+        #[arg(long)]
+        description: Option<String>,
+        /// Restart order when its host dies: higher first.
+        #[arg(long, allow_negative_numbers = true)]
+        priority: Option<i32>,
+    },
+    /// Show the tail of a VM's serial console (from any node).
+    Console {
+        name: String,
+        /// How many bytes from the end.
+        #[arg(long, default_value_t = 16384)]
+        bytes: u64,
+    },
+    /// List VMs, filtered and sorted.
+    #[command(after_help = examples::VM_LIST)]
+    List {
+        /// Read through the leader (linearizable).
+        #[arg(long)]
+        consistent: bool,
+        /// Only VMs placed on, or reported running on, this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only VMs in this state.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(vm_view::STATES))]
+        state: Option<String>,
+        /// Only HA VMs.
+        #[arg(long)]
+        ha: bool,
+        /// Sort by this (largest first for sizes and priority).
+        #[arg(long, value_enum, default_value_t = vm_view::SortKey::Name)]
+        sort: vm_view::SortKey,
+    },
+    /// Show one VM: every setting, its state, and where it really runs.
+    Get {
+        name: String,
+        /// Read through the leader (linearizable).
+        #[arg(long)]
+        consistent: bool,
+    },
+    /// Delete a VM and its volumes (a running one is powered off first;
+    /// that is asked on a terminal, or confirmed with --yes).
+    #[command(after_help = examples::VM_DELETE)]
+    Delete {
+        name: String,
+        /// Keep the VM's volumes on its host.
+        #[arg(long)]
+        keep_disks: bool,
+        /// Do not ask: delete it even if it runs.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// A VM's disks: list, add and grow (live), remove (on a stopped VM).
+    #[command(subcommand)]
+    Disk(DiskCmd),
+    /// Snapshots of all of a VM's disks (taken and reverted while it is stopped).
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Make an image from a stopped VM's boot disk.
+    Template {
+        name: String,
+        /// The new image's name.
+        image: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DiskCmd {
+    /// A VM's disks with their storage and volumes.
+    List { name: String },
+    /// Add a blank disk (a running guest gets it live).
+    Add {
+        name: String,
+        /// Its size, e.g. 10G.
+        #[arg(long, value_parser = sizes::parse_bytes)]
+        size: u64,
+        /// Its storage domain [default: local].
+        #[arg(long)]
+        storage: Option<String>,
+    },
+    /// Grow a disk, live if the VM runs (disks never shrink).
+    Resize {
+        name: String,
+        index: u32,
+        /// The new size, e.g. 20G (a bare number is MiB).
+        #[arg(value_parser = sizes::parse_bytes)]
+        size: u64,
+    },
+    /// Remove a disk of a stopped VM; its volume is deleted.
+    Remove { name: String, index: u32 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCmd {
+    /// Snapshot every disk of a stopped VM under one name.
+    Create { name: String, snapshot: String },
+    /// A VM's snapshots.
+    List { name: String },
+    /// Bring every disk back to the snapshot (the VM must be stopped).
+    Revert { name: String, snapshot: String },
+    /// Delete a snapshot (the disks stay as they are).
+    Delete { name: String, snapshot: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StorageCmd {
+    /// Add a storage domain.
+    Add {
+        name: String,
+        /// local (a directory per host), shared-dir (a directory every host
+        /// mounts from the same storage) or nfs (mounted by each host).
+        #[arg(long, value_parser = ["local", "shared-dir", "nfs"])]
+        kind: String,
+        /// The directory (local, shared-dir).
+        #[arg(long)]
+        path: Option<String>,
+        /// The NFS server (nfs).
+        #[arg(long)]
+        server: Option<String>,
+        /// The exported path on the NFS server (nfs).
+        #[arg(long)]
+        export: Option<String>,
+        /// Only these hosts have it, comma-separated [default: all].
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<String>,
+    },
+    /// Every domain with its status on each host.
+    List,
+    /// One domain with its status on each host.
+    Get { name: String },
+    /// Remove a domain (refused while disks or images live on it).
+    Remove { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// Upload FILE into a storage domain as image NAME.
+    Import {
+        name: String,
+        file: PathBuf,
+        /// The storage domain it goes to.
+        #[arg(long)]
+        storage: String,
+        /// What it is: a disk image (cloned for boot disks), a kernel or
+        /// initrd for direct boot, or an ISO.
+        #[arg(long, default_value = "disk", value_parser = ["disk", "kernel", "initrd", "iso"])]
+        kind: String,
+    },
+    /// Every image with its kind, size and storage.
+    List,
+    /// One image.
+    Get { name: String },
+    /// Delete an image (refused while a VM uses it).
+    Delete { name: String },
+}
