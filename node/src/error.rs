@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use kvmesh_proto::NOT_PLACEABLE;
 use kvmesh_raft::command::Refusal;
 use tonic::{Code, Status};
 
@@ -31,8 +32,13 @@ pub enum Error {
     #[error("{0}")]
     FailedPrecondition(String),
 
-    #[error("{0}")]
+    /// No node can take a VM (placement); see [`kvmesh_proto::NOT_PLACEABLE`].
+    #[error("{NOT_PLACEABLE}: {0}")]
     NoCapacity(String),
+
+    /// A storage domain ran out of space.
+    #[error("{0}")]
+    StorageFull(String),
 
     #[error("{0}")]
     Unavailable(String),
@@ -111,7 +117,7 @@ impl From<Error> for Status {
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
-            Error::NoCapacity(_) => Code::ResourceExhausted,
+            Error::NoCapacity(_) | Error::StorageFull(_) => Code::ResourceExhausted,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Timeout(_) => Code::DeadlineExceeded,
             Error::DataDir { .. } | Error::Store(_) | Error::Listen { .. } | Error::Raft(_) => Code::Internal,

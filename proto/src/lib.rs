@@ -51,3 +51,8 @@ pub const NOT_A_MEMBER: &str = "kvmesh-not-a-member";
 /// no cluster yet (never initialized, or its join has not finished), so a
 /// client can tell it from every other refusal.
 pub const NOT_INITIALIZED: &str = "kvmesh-not-initialized";
+
+/// Starts the message of a `RESOURCE_EXHAUSTED` that says no node can take
+/// a VM (placement, `--strict`), as opposed to a full disk: the CLI exits 3
+/// for it, a check that did not pass.
+pub const NOT_PLACEABLE: &str = "kvmesh-not-placeable";

@@ -114,7 +114,7 @@ fn input_is_read_one_way_and_mistakes_get_reasons_and_change_nothing() -> Result
     assert_eq!(ok.code, Some(0), "{}", ok.stderr);
     let r = c.cli(0, &["vm", "create", "ha2", "--memory", "5G", "--ha"]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
-    assert!(r.stderr.contains("warning") && r.stderr.contains("not N+1"), "{}", r.stderr);
+    assert!(r.stderr.contains("warning: with HA VM ha2 the cluster is no longer N+1"), "{}", r.stderr);
     let r = c.cli(1, &["cluster", "capacity", "--check"]);
     assert_eq!(r.code, Some(3), "{}", r.stderr);
     assert!(r.stderr.contains("N+1 fails"), "{}", r.stderr);
@@ -168,6 +168,14 @@ fn connection_errors_name_the_endpoint_lists_fall_through_and_pipes_close_quietl
     let out = cli_with(&node, &http, &["--insecure", "vm", "list"]);
     assert_eq!(out.status.code(), Some(1), "plaintext against HTTP: {}", text(&out.stderr));
     assert!(text(&out.stderr).contains(&http), "{}", text(&out.stderr));
+    // Plaintext has no handshake: a list still moves past what is not kvmesh.
+    let mut plain = Cluster::new();
+    plain.insecure = true;
+    plain.spawn("p1", None, &[])?;
+    plain.cli_ok(0, &["cluster", "init"])?;
+    let silent_first = format!("{},{}", silent_server(), plain.addr(0));
+    let out = cli_with(&plain.addr(0), &silent_first, &["--insecure", "-o", "json", "cluster", "status"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 
     // A silent endpoint: named within seconds, not after the request deadline.
     let silent = silent_server();
@@ -175,7 +183,11 @@ fn connection_errors_name_the_endpoint_lists_fall_through_and_pipes_close_quietl
     let out = cli_with(&node, &silent, &["vm", "list"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains(&silent), "{}", text(&out.stderr));
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "named long before the 30 s deadline: {:?}",
+        started.elapsed()
+    );
 
     // A list: the dead and the silent one are skipped, the node answers.
     let list = format!("127.0.0.1:1,{silent},{node}");
@@ -241,12 +253,22 @@ fn operations_wait_ask_before_destroying_and_views_show_everything() -> Result<(
     assert!(!r.success && r.stderr.contains("no VM named"), "gone when --wait returned: {}", r.stderr);
     c.cli_ok(0, &["vm", "create", "keep", "--memory", "64"])?;
     // Without --wait, a delete says it is under way, and a create of the
-    // same name while it lasts says why it is refused.
-    c.cli_ok(0, &["vm", "create", "cyc", "--memory", "16", "--wait"])?;
-    let d = c.cli_ok(0, &["vm", "delete", "cyc", "--yes"])?;
+    // same name while it lasts says why it is refused. Its host is frozen
+    // (SIGSTOP), so the deletion lasts.
+    let leader = c.leader_index_no_mut()?;
+    let host = (leader + 1) % 3;
+    let host_name = c.nodes[host].name.clone();
+    c.cli_ok(leader, &["vm", "create", "cyc", "--memory", "16", "--node", &host_name, "--wait"])?;
+    c.nodes[host].signal("STOP");
+    let d = c.cli_ok(leader, &["vm", "delete", "cyc", "--yes"])?;
     assert_eq!(d["done"], false);
-    let again = c.cli(0, &["vm", "create", "cyc", "--memory", "16"]);
-    assert!(again.success || again.stderr.contains("still being deleted"), "{}", again.stderr);
+    let again = c.cli(leader, &["vm", "create", "cyc", "--memory", "16"]);
+    c.nodes[host].signal("CONT");
+    assert!(!again.success && again.stderr.contains("still being deleted"), "{}", again.stderr);
+    wait_for("cyc deleted by its thawed host", Duration::from_secs(30), || {
+        c.cli(leader, &["vm", "get", "cyc"]).stderr.contains("no VM named").then_some(())
+    })?;
+    c.cli_ok(leader, &["vm", "create", "cyc", "--memory", "16", "--wait"])?;
 
     // A drain waits for maintenance.
     let n = c.cli_ok(0, &["node", "drain", "n2", "--wait", "--timeout", "60"])?;
@@ -412,7 +434,10 @@ fn events_filter_and_follow_and_dead_nodes_never_look_alive() -> Result<()> {
     let noisy =
         after.lines().filter(|l| (l.contains("WARN") || l.contains("ERROR")) && l.contains(&victim_port)).count();
     let seconds = killed.elapsed().as_secs().max(1);
-    assert!(noisy as u64 <= 10 + seconds, "{noisy} warnings about the dead peer in {seconds} s:\n{after}");
+    eprintln!("{noisy} warnings and errors about the dead peer in {seconds} s");
+    // Each kind (about six: replication, heartbeat, RPC, read confirmation)
+    // once per ten seconds; unfolded, Raft's retries write dozens a second.
+    assert!(noisy as u64 <= 8 + seconds, "{noisy} warnings about the dead peer in {seconds} s:\n{after}");
     Ok(())
 }
 

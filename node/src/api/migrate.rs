@@ -45,6 +45,12 @@ async fn migrate_on_leader(
         let vm = d.state.vm_by_name(&req.name).ok_or_else(|| Error::NotFound(d.state.unknown_vm(&req.name)))?;
         if let Some(to) = &req.to {
             let node = d.state.node_by_name(to).ok_or_else(|| Error::NotFound(d.state.unknown_node(to)))?;
+            // A named host skips the scheduler's choice, not its rules for
+            // new decisions (`apply` re-checks the rest).
+            if vm.spec.vcpus > node.cpus {
+                let why = kvmesh_scheduler::Rejection::MoreVcpusThanHost { vcpus: vm.spec.vcpus, cpus: node.cpus };
+                return Err(Error::FailedPrecondition(format!("cannot move {} to {to}: {why}", vm.name)));
+            }
             return Ok((Some(node.id), None));
         }
         // Where it would go now, its own host left out.

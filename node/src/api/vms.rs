@@ -112,19 +112,19 @@ async fn create_on_leader(
         let Some(chosen) = evals.iter().find(|e| e.chosen) else {
             return Err(unplaceable(req, &evals));
         };
-        if req.strict && spec.ha {
-            if let Some(why) = ctx.read(|d| breaks_n_plus_1(&d.state, chosen.node_id, &req.name, id, &spec)) {
-                return Err(Error::NoCapacity(format!(
-                    "refused (--strict): with HA VM {} on {}, {why}; `kvmesh cluster capacity` shows the reserve",
-                    req.name, chosen.node
-                )));
-            }
+        let warning = match spec.ha {
+            true => ctx.read(|d| n_plus_1_warning(&d.state, chosen.node_id, &req.name, id, &spec)),
+            false => None,
+        };
+        if let (true, Some(why)) = (req.strict, &warning) {
+            return Err(Error::NoCapacity(format!("refused (--strict): {why}")));
         }
         let vm = Vm { request_id: req.request_id.clone(), ..Vm::placed(id, &req.name, spec, chosen.node_id, now_ms()) };
         match ctx.propose_as_leader(Command::CreateVm { vm: Box::new(vm), at_ms: now_ms() }).await? {
             CmdResponse::Vm(vm) => {
                 info!(placed_on = %chosen.node, "vm created");
-                return Ok(ctx.read(|d| to_pb::vm(&d.state, &vm)));
+                let vm = ctx.read(|d| to_pb::vm(&d.state, &vm));
+                return Ok(pb::Vm { warning, ..vm });
             }
             CmdResponse::Refused(r @ (Refusal::NoLongerFits { .. } | Refusal::VmIdTaken { .. })) => {
                 info!(reason = %r, "placement lost a race; planning again");
@@ -160,23 +160,32 @@ fn gib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / f64::from(1u32 << 30))
 }
 
-/// Whether placing a new HA VM on `node` leaves some host whose HA VMs
-/// could not all restart on the others (N+1), and which.
-fn breaks_n_plus_1(state: &ClusterState, node: u64, name: &str, id: u64, spec: &VmSpec) -> Option<String> {
+/// What a new HA VM on `node` does to N+1 (every host's HA VMs can
+/// restart on the others): `None` if the cluster stays N+1, else a warning
+/// that says whether this VM broke it or it was broken before.
+fn n_plus_1_warning(state: &ClusterState, node: u64, name: &str, id: u64, spec: &VmSpec) -> Option<String> {
     let settings = &state.meta.settings.placement;
-    let request = state.vm_request_of(id, name, spec);
     let mut nodes = state.scheduler_view(&Default::default(), None);
+    let mut ha = state.ha_requests();
+    let before = scheduler::ha_reservation(&nodes, &ha, settings);
     let host = nodes.iter_mut().find(|n| n.id == node)?;
     host.allocated_vcpus += u64::from(spec.vcpus);
     host.allocated_memory_mib += spec.memory_mib;
-    let mut ha = state.ha_requests();
-    ha.entry(node).or_default().push(request);
-    let reservation = scheduler::ha_reservation(&nodes, &ha, settings);
-    if reservation.n_plus_1 {
+    ha.entry(node).or_default().push(state.vm_request_of(id, name, spec));
+    let after = scheduler::ha_reservation(&nodes, &ha, settings);
+    if after.n_plus_1 {
         return None;
     }
-    let worst = reservation.worst.unwrap_or_default();
-    Some(format!("losing {worst} would leave HA VMs with nowhere to restart (N+1 fails)"))
+    let losing =
+        after.worst.map(|w| format!(": losing {w} would leave HA VMs with nowhere to restart")).unwrap_or_default();
+    Some(match before.n_plus_1 {
+        true => format!(
+            "with HA VM {name} the cluster is no longer N+1{losing}; `kvmesh cluster capacity` shows the reserve"
+        ),
+        false => format!(
+            "the cluster is not N+1, before HA VM {name} as after{losing}; `kvmesh cluster capacity` shows the reserve"
+        ),
+    })
 }
 
 /// Why no node took the VM: one line per node.
@@ -575,6 +584,7 @@ impl VmsService {
         if let Some(obs) = self.leader.observed(&self.ctx).await {
             vm.lease_holder = obs.lease_holder.get(&vm.id).cloned();
             vm.observed = obs.vms.into_iter().find(|o| o.vm_id == vm.id).map(|o| o.nodes).unwrap_or_default();
+            vm.observed_known = true;
         }
         vm
     }
@@ -603,6 +613,7 @@ impl VmsService {
                 obs.vms.into_iter().map(|o| (o.vm_id, o.nodes)).collect();
             for vm in &mut r.vms {
                 vm.observed = map.get(&vm.id).cloned().unwrap_or_default();
+                vm.observed_known = true;
                 vm.lease_holder = obs.lease_holder.get(&vm.id).cloned();
             }
         }

@@ -132,7 +132,8 @@ pub enum Command {
         #[arg(long)]
         node: Option<String>,
         /// Only events since then: a duration back from now (10m, 2h, 1d)
-        /// or a UTC time ("2026-12-07 14:00").
+        /// or a time as the tables show it ("2026-12-07 14:00" local, or
+        /// with Z, UTC or +0100).
         #[arg(long, value_parser = events::parse_since)]
         since: Option<u64>,
         /// Only the newest N (of those that match).

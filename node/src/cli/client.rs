@@ -72,6 +72,16 @@ pub(super) async fn connect(settings: &Settings, first_use: Option<Arc<CaFromCha
     let mut channel = None;
     for endpoint in endpoints {
         match dialer.connect(endpoint, CONNECT_TIMEOUT).await {
+            // Plaintext has no handshake that proves a kvmesh node answers
+            // (any TCP listener "connects"): a health check does.
+            Ok(c) if settings.insecure => match answers_health(c.clone()).await {
+                Ok(()) => {
+                    *CONNECTED.lock().unwrap_or_else(|p| p.into_inner()) = endpoint.clone();
+                    channel = Some(c);
+                    break;
+                }
+                Err(why) => failures.push((endpoint.clone(), why)),
+            },
             Ok(c) => {
                 *CONNECTED.lock().unwrap_or_else(|p| p.into_inner()) = endpoint.clone();
                 channel = Some(c);
@@ -88,6 +98,18 @@ pub(super) async fn connect(settings: &Settings, first_use: Option<Arc<CaFromCha
         None => None,
     };
     Ok(InterceptedService::new(channel, Bearer(token)))
+}
+
+/// Whether a gRPC health check is answered within the connect timeout.
+async fn answers_health(channel: tonic::transport::Channel) -> std::result::Result<(), String> {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let mut client = HealthClient::new(channel);
+    let check = client.check(HealthCheckRequest { service: String::new() });
+    match tokio::time::timeout(CONNECT_TIMEOUT, check).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(s)) => Err(format!("no kvmesh health answer: {}", s.message())),
+        Err(_) => Err(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())),
+    }
 }
 
 /// The error when no endpoint answered: each one with its cause, and a hint
@@ -139,14 +161,11 @@ pub(super) fn status_err(s: tonic::Status) -> anyhow::Error {
             REQUEST_TIMEOUT.as_secs()
         );
     }
-    // Failures of the connection itself (tonic's, hyper's, h2's words), not
-    // the node's own refusals, which have codes and sentences of their own.
-    const TRANSPORT: [&str; 6] = ["transport", "h2 protocol", "connection", "connect error", "broken pipe", "tcp"];
-    // Nodes never answer CANCELLED: on the client it is a connection the
-    // other end dropped mid-call ("operation was canceled").
-    let broken = s.code() == tonic::Code::Cancelled
-        || matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal)
-            && TRANSPORT.iter().any(|w| message.to_ascii_lowercase().contains(w));
+    // A status the client's own transport made (it carries the hyper or h2
+    // error as its source), or CANCELLED, which nodes never answer: on the
+    // client it is a connection the other end dropped mid-call. A node's
+    // own refusals, whatever their words, pass through as they are.
+    let broken = std::error::Error::source(&s).is_some() || s.code() == tonic::Code::Cancelled;
     if broken {
         return anyhow!(
             "the connection to kvmesh at {endpoint} failed: {message}. If the node stopped, start it again or name another with --endpoint; \
@@ -158,8 +177,8 @@ pub(super) fn status_err(s: tonic::Status) -> anyhow::Error {
         return anyhow!("kvmesh at {endpoint}: {why}");
     }
     // Nothing can take it (no node fits, N+1 with --strict): exit 3.
-    if s.code() == tonic::Code::ResourceExhausted {
-        return super::CheckFailed(message.to_string()).into();
+    if let Some(why) = message.strip_prefix(kvmesh_proto::NOT_PLACEABLE) {
+        return super::CheckFailed(why.trim_start_matches(':').trim().to_string()).into();
     }
     anyhow!("{message}")
 }

@@ -85,11 +85,11 @@ fn print(output: Output, header: &mut bool, events: &[&pb::Event]) {
             Output::Json => outln!("{}", event_json(e)),
             Output::Table => {
                 if !*header {
-                    outln!("{:>6}  {:<25}  {:<8}  MESSAGE", "SEQ", "TIME", "KIND");
+                    outln!("{:>6}  {:<25}  {:<9}  MESSAGE", "SEQ", "TIME", "KIND");
                     *header = true;
                 }
                 let by = if e.by.is_empty() { String::new() } else { format!(" [by {}]", e.by) };
-                outln!("{:>6}  {:<25}  {:<8}  {}{by}", e.seq, format_ms(e.at_ms), e.kind, e.message);
+                outln!("{:>6}  {:<25}  {:<9}  {}{by}", e.seq, format_ms(e.at_ms), e.kind, e.message);
             }
         }
     }
@@ -149,14 +149,17 @@ async fn reconnect(settings: &Settings) -> Result<ClusterClient<super::client::C
 }
 
 /// Parses `--since`: a duration back from now (`90s`, `10m`, `2h`, `1d`) or
-/// a time `YYYY-MM-DD hh:mm[:ss]` in UTC.
+/// a time as [`super::time::parse_time`] reads it.
 pub fn parse_since(s: &str) -> Result<u64, String> {
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     if let Ok(ago_s) = super::security::parse_ttl(s) {
-        return Ok(now_ms.saturating_sub(ago_s * 1000));
+        return Ok(now_ms.saturating_sub(ago_s.saturating_mul(1000)));
     }
     super::time::parse_time(s).ok_or_else(|| {
-        format!("bad --since {s:?}: give a duration back from now (90s, 10m, 2h, 1d) or a UTC time (2026-12-07 14:00)")
+        format!(
+            "bad --since {s:?}: give a duration back from now (90s, 10m, 2h, 1d) or a time as the tables show it \
+             (\"2026-12-07 14:00\" is local time; add Z, UTC or +0100 for another zone)"
+        )
     })
 }
 
@@ -196,7 +199,7 @@ mod tests {
 
     #[test]
     fn since_takes_durations_and_times() {
-        assert_eq!(parse_since("2026-11-26 00:00"), Ok(1_795_651_200_000));
+        assert_eq!(parse_since("2026-11-26 00:00Z"), Ok(1_795_651_200_000));
         assert!(parse_since("10m").is_ok());
         assert!(parse_since("yesterday").is_err());
     }

@@ -32,20 +32,61 @@ fn local_offset_s(unix_s: i64) -> i64 {
     }
 }
 
-/// `YYYY-MM-DD hh:mm[:ss]` (or with a `T`), read as UTC, in Unix ms.
+/// `YYYY-MM-DD[ hh:mm[:ss]]` (or with a `T`), in Unix ms: in the zone it
+/// names (`Z`, `UTC`, `+0100`, `-05:30`), else in local time, as the CLI
+/// prints times. Anything else is `None`, never a guess.
 pub fn parse_time(s: &str) -> Option<u64> {
-    let s = s.trim().trim_end_matches('Z').trim_end_matches(" UTC");
-    let (date, clock) = s.split_once([' ', 'T']).unwrap_or((s, "00:00"));
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, mo, day) = (d.next()??, d.next()??, d.next()??);
-    let mut c = clock.split(':').map(|p| p.parse::<i64>().ok());
-    let (h, mi) = (c.next()??, c.next()??);
-    let sec = c.next().flatten().unwrap_or(0);
-    if d.next().is_some() || !(1..=12).contains(&mo) || !(1..=31).contains(&day) || h > 23 || mi > 59 || sec > 60 {
+    let s = s.trim();
+    let (date, rest) = s.split_once([' ', 'T']).unwrap_or((s, "00:00"));
+    let (clock, zone) = split_zone(rest.trim())?;
+    let mut d = date.split('-');
+    let (y, mo, day) = (number(d.next()?)?, number(d.next()?)?, number(d.next()?)?);
+    let mut c = clock.split(':');
+    let (h, mi) = (number(c.next()?)?, number(c.next()?)?);
+    let sec = match c.next() {
+        Some(text) => number(text)?,
+        None => 0,
+    };
+    if d.next().is_some() || c.next().is_some() {
         return None;
     }
-    let secs = days_from_civil(y, mo, day) * 86_400 + h * 3600 + mi * 60 + sec;
-    u64::try_from(secs).ok().map(|s| s * 1000)
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&day) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let wall = days_from_civil(y, mo, day) * 86_400 + h * 3600 + mi * 60 + sec;
+    // Local time: the offset in force then (asked at the wall time read
+    // as UTC, which is off by at most the offset itself).
+    let offset = zone.unwrap_or_else(|| local_offset_s(wall));
+    u64::try_from(wall - offset).ok()?.checked_mul(1000)
+}
+
+/// Digits only, as a number.
+fn number(text: &str) -> Option<i64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) || text.len() > 6 {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// The clock and the zone's offset in seconds (`None`: local time).
+fn split_zone(rest: &str) -> Option<(&str, Option<i64>)> {
+    if let Some(clock) =
+        rest.strip_suffix('Z').or_else(|| rest.strip_suffix(" UTC")).or_else(|| rest.strip_suffix("UTC"))
+    {
+        return Some((clock.trim(), Some(0)));
+    }
+    let Some(at) = rest.rfind(['+', '-']) else { return Some((rest, None)) };
+    let (clock, zone) = (rest[..at].trim(), &rest[at..]);
+    let sign = if zone.starts_with('-') { -1 } else { 1 };
+    let digits: String = zone[1..].chars().filter(|c| *c != ':').collect();
+    if digits.len() != 4 {
+        return None;
+    }
+    let (h, m) = (number(&digits[..2])?, number(&digits[2..])?);
+    if h > 14 || m > 59 {
+        return None;
+    }
+    Some((clock, Some(sign * (h * 3600 + m * 60))))
 }
 
 /// Howard Hinnant's civil-from-days: days since 1970-01-01 to (y, m, d).
@@ -85,12 +126,18 @@ mod tests {
     }
 
     #[test]
-    fn reads_utc_times_back() {
-        assert_eq!(parse_time("2026-11-26 00:00"), Some(1_795_651_200_000));
+    fn reads_times_in_their_zone_and_refuses_the_rest() {
+        assert_eq!(parse_time("2026-11-26 00:00 UTC"), Some(1_795_651_200_000));
         assert_eq!(parse_time("2026-11-26T00:00:30Z"), Some(1_795_651_230_000));
-        assert_eq!(parse_time("1970-01-01"), Some(0));
-        assert_eq!(parse_time("2024-02-29 12:00"), Some(1_709_208_000_000));
-        assert_eq!(parse_time("2026-13-01"), None);
-        assert_eq!(parse_time("soon"), None);
+        assert_eq!(parse_time("2026-11-26 01:00:00 +0100"), Some(1_795_651_200_000));
+        assert_eq!(parse_time("2026-11-25T18:30-05:30"), Some(1_795_651_200_000));
+        assert_eq!(parse_time("1970-01-01Z"), None, "a zone needs a clock");
+        assert_eq!(parse_time("2024-02-29 12:00Z"), Some(1_709_208_000_000));
+        // What the table prints reads back as the same instant.
+        let shown = format_ms(1_795_651_200_000);
+        assert_eq!(parse_time(&shown), Some(1_795_651_200_000), "{shown}");
+        for bad in ["2026-13-01", "soon", "2026-11-26 14:03:xx", "2026-11-26 14:03 +01", "2026-11-26 14:03:09 junk"] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
     }
 }

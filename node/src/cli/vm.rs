@@ -20,7 +20,7 @@ use super::{CheckFailed, CreateArgs, Output, VmCmd, WaitArgs};
 pub async fn run(channel: Ch, output: Output, wide: bool, command: VmCmd) -> Result<()> {
     let mut vms = VmsClient::new(channel.clone());
     match command {
-        VmCmd::Create(args) => self::create(&mut vms, channel.clone(), output, args).await?,
+        VmCmd::Create(args) => self::create(&mut vms, output, args).await?,
         VmCmd::List { consistent, node, state, ha, sort } => {
             let view = ListView { node, state, ha: ha.then_some(true), sort, wide };
             let r = vms.list(req(pb::ListVmsRequest { consistent })).await.map_err(status_err)?;
@@ -76,7 +76,7 @@ pub async fn run(channel: Ch, output: Output, wide: bool, command: VmCmd) -> Res
 /// (exit 3 if nowhere); with `--wait` returns only once it runs (or fails,
 /// or times out). An HA VM that breaks N+1 is a warning (refused with
 /// `--strict`).
-async fn create(vms: &mut VmsClient<Ch>, channel: Ch, output: Output, args: CreateArgs) -> Result<()> {
+async fn create(vms: &mut VmsClient<Ch>, output: Output, args: CreateArgs) -> Result<()> {
     let (dry_run, wait, timeout) = (args.dry_run, args.wait, args.timeout);
     let create = create_request(args);
     if dry_run {
@@ -88,10 +88,9 @@ async fn create(vms: &mut VmsClient<Ch>, channel: Ch, output: Output, args: Crea
         }
         return Ok(());
     }
-    let ha = create.ha;
     let mut vm = vms.create(req(create)).await.map_err(status_err)?.into_inner();
-    if ha {
-        warn_if_not_n_plus_1(channel, &vm.name).await;
+    if let Some(warning) = vm.warning.take() {
+        eprintln!("warning: {warning}; --strict refuses such a VM");
     }
     if wait {
         vm = wait::vm(vms, output, &vm.name, Until::Running, Duration::from_secs(timeout)).await?.unwrap_or(vm);
@@ -101,23 +100,6 @@ async fn create(vms: &mut VmsClient<Ch>, channel: Ch, output: Output, args: Crea
         Output::Table => outln!("created VM {} ({}) on {}", vm.name, vm.id, vm.node.as_deref().unwrap_or("no node")),
     }
     Ok(())
-}
-
-/// After an HA VM is created: a warning on stderr if the cluster is not
-/// N+1 (some host's HA VMs could not all restart on the others).
-async fn warn_if_not_n_plus_1(channel: Ch, name: &str) {
-    let mut cluster = pb::cluster_client::ClusterClient::new(channel);
-    let Ok(report) = cluster.capacity(req(pb::CapacityRequest {})).await else { return };
-    let report = report.into_inner();
-    if !report.n_plus_1 {
-        let worst = report
-            .worst
-            .map(|w| format!(": losing {w} would leave HA VMs with nowhere to restart"))
-            .unwrap_or_default();
-        eprintln!(
-            "warning: with HA VM {name} the cluster is not N+1{worst}. `kvmesh cluster capacity` shows the reserve; --strict refuses such a VM"
-        );
-    }
 }
 
 /// `vm delete`: asks first if the VM runs; with `--wait`, returns once its
@@ -133,7 +115,10 @@ async fn delete(
     let get = pb::GetVmRequest { name: name.clone(), consistent: false };
     let vm = vms.get(req(get)).await.map_err(status_err)?.into_inner();
     let on = vm.node.as_deref().unwrap_or("-");
-    if vm.state == pb::VmState::Running as i32 || !vm.observed.is_empty() {
+    // Anything that runs or may run: asked. A stopped or never-placed VM
+    // is deleted without a question.
+    let may_run = vm.desired == pb::DesiredState::Running as i32 && vm.node.is_some();
+    if may_run || vm.state != pb::VmState::Stopped as i32 && vm.node.is_some() || !vm.observed.is_empty() {
         let disks = if keep_disks { "its disks are kept" } else { "its disks are deleted" };
         wait::confirm(yes, &format!("VM {name} is running on {on}: deleting it powers it off and {disks}"))?;
     }

@@ -70,7 +70,7 @@ pub fn vm_json(vm: &pb::Vm) -> Value {
         "priority": vm.priority, "pin": vm.pin, "required_labels": vm.required_labels,
         "preferred_labels": vm.preferred_labels, "anti_affinity": vm.anti_affinity,
         "soft_anti_affinity": vm.soft_anti_affinity, "affinity": vm.affinity,
-        "pending": vm.pending, "observed": vm.observed, "lease_holder": vm.lease_holder, "description": vm.description,
+        "pending": vm.pending, "observed": vm.observed_known.then_some(&vm.observed), "lease_holder": vm.lease_holder, "description": vm.description,
         "migrating_to": vm.migrating_to,
         "migration_started_ms": (vm.migration_started_ms > 0).then_some(vm.migration_started_ms),
         "migration_copies_disks": vm.migration_copies_disks,
@@ -239,6 +239,7 @@ pub fn print_vm(output: Output, vm: &pb::Vm) {
     field("node", vm.node.as_deref().unwrap_or("- (not placed)"));
     // Where it really runs, from the hosts' own reports, not the record.
     let runs = match (vm.observed.as_slice(), &vm.node) {
+        _ if !vm.observed_known => "unknown (no leader answered with the hosts' reports)".to_string(),
         ([], _) => "nowhere (no host reports it running)".to_string(),
         ([one], Some(node)) if one == node => format!("{one} (its host reports it running)"),
         (all, _) => format!("{} (reported by the hosts' heartbeats)", all.join(", ")),

@@ -53,14 +53,22 @@ pub async fn vm(
     let started = tokio::time::Instant::now();
     let mut last = String::new();
     loop {
-        let get = pb::GetVmRequest { name: name.to_string(), consistent: false };
+        // Through the leader: the answering node may not have applied the
+        // action yet, and its old state (a `failed`, a `running` before the
+        // restart) must not end the wait.
+        let get = pb::GetVmRequest { name: name.to_string(), consistent: true };
         let vm = match vms.get(req(get)).await {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == tonic::Code::NotFound && until == Until::Gone => {
                 if show {
-                    eprintln!("\r{name}: deleted after {:.0} s          ", started.elapsed().as_secs_f64());
+                    eprintln!("{name}: deleted ({:.0} s)", started.elapsed().as_secs_f64());
                 }
                 return Ok(None);
+            }
+            // An election: ask again, within the timeout.
+            Err(s) if s.code() == tonic::Code::Unavailable && started.elapsed() < timeout => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
             }
             Err(s) => return Err(status_err(s)),
         };
@@ -107,8 +115,15 @@ pub async fn node(
     let started = tokio::time::Instant::now();
     let mut last = String::new();
     loop {
-        let get = pb::GetNodeRequest { name: name.to_string(), consistent: false };
-        let node = cluster.get_node(req(get)).await.map_err(status_err)?.into_inner();
+        let get = pb::GetNodeRequest { name: name.to_string(), consistent: true };
+        let node = match cluster.get_node(req(get)).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable && started.elapsed() < timeout => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(s) => return Err(status_err(s)),
+        };
         let state = super::output::shown_node_state(&node);
         if show {
             let line = format!("{name}: {state}, {} VM(s) placed", node.vm_count);

@@ -223,7 +223,8 @@ pub async fn fence(ctx: &Arc<NodeCtx>) {
     std::thread::spawn(move || tx.send(fence_all(&targets, pid_dir.as_deref(), FENCE_BUDGET, destroy)));
     match rx.await {
         Ok(r) if r.failed.is_empty() && r.killed.is_empty() => {}
-        Ok(r) if r.failed.is_empty() => info!(killed = ?r.killed, took_ms = r.took.as_millis() as u64, "fenced"),
+        // A guest killed is fencing happening, whatever the listing said.
+        Ok(r) if r.failed.is_empty() => warn!(killed = ?r.killed, took_ms = r.took.as_millis() as u64, "fenced"),
         Ok(r) => {
             error!(killed = ?r.killed, failed = ?r.failed, took_ms = r.took.as_millis() as u64, "fencing incomplete")
         }

@@ -40,7 +40,7 @@ impl Drop for Partial {
 
 fn io_error(what: &str, path: &Path, e: std::io::Error, storage: &str) -> Error {
     if e.raw_os_error() == Some(libc::ENOSPC) {
-        Error::NoCapacity(format!(
+        Error::StorageFull(format!(
             "storage {storage} is full ({}): free space there or import into another domain",
             path.display()
         ))

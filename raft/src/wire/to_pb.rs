@@ -28,6 +28,8 @@ pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
         kernel: vm.spec.kernel.clone(),
         initrd: vm.spec.initrd.clone(),
         cmdline: vm.spec.cmdline.clone(),
+        warning: None,
+        observed_known: false,
         disks: vm.spec.disks.iter().map(|d| disk(state, vm.id, d)).collect(),
         snapshots: vm
             .snapshots
