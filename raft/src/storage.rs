@@ -187,45 +187,9 @@ pub enum SnapshotOp {
     Delete,
 }
 
-/// Sizes as operators write them: `512M`, `10G`, `1T`, `1.5G`, or bytes.
-/// Binary units (1G = 2^30 bytes), as qemu-img and libvirt use them.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let bad = || format!("bad size {s:?}: write a number with a unit, such as 512M, 10G or 1T");
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let unit = unit.trim().trim_end_matches(['B', 'b']).trim_end_matches('i');
-    let mult: u64 = match unit.to_ascii_uppercase().as_str() {
-        "" => 1,
-        "K" => 1 << 10,
-        "M" => 1 << 20,
-        "G" => 1 << 30,
-        "T" => 1 << 40,
-        _ => return Err(bad()),
-    };
-    let value: f64 = num.parse().map_err(|_| bad())?;
-    let bytes = value * mult as f64;
-    if !(1.0..=u64::MAX as f64 / 2.0).contains(&bytes) {
-        return Err(bad());
-    }
-    Ok(bytes as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse_in_binary_units_and_refuse_nonsense() {
-        assert_eq!(parse_size("64M"), Ok(64 << 20));
-        assert_eq!(parse_size("10G"), Ok(10 << 30));
-        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        for bad in ["", "G", "10X", "-1G", "0", "1..2G", "ten"] {
-            assert!(parse_size(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn only_local_domains_pin_their_volumes() {
