@@ -17,7 +17,8 @@ use crate::error::{Error, Result};
 /// of VMs created. Older formats are not migrated (pre-release): they are
 /// refused with what to do.
 /// 7: the cluster's CA, tokens and certificates; events record who asked.
-pub const FORMAT: u8 = 7;
+/// 8: VMs have labels of their own.
+pub const FORMAT: u8 = 8;
 
 /// No value kvmesh decodes is larger: a length prefix claiming more (a
 /// corrupt file, a hostile peer) is an error before anything is allocated.

@@ -120,6 +120,9 @@ pub struct VmSpec {
     pub soft_anti_affinity: Option<String>,
     /// Hard: members together on one host.
     pub affinity: Option<String>,
+    /// The VM's own labels (`vm create --label`), for operators and
+    /// `vm list --label`; placement does not read them.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What the owning host last reported about a VM.

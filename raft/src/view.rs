@@ -33,11 +33,13 @@ pub struct HostFacts {
     /// Each host's storage domains as it last reported them; `None`: not
     /// known (every configured domain counts as active).
     pub storage: Option<BTreeMap<NodeId, BTreeMap<String, StorageState>>>,
+    /// Each host's free bytes per active domain, as it last reported them.
+    pub storage_free: BTreeMap<NodeId, BTreeMap<String, u64>>,
 }
 
 impl HostFacts {
     pub fn unresponsive(unresponsive: BTreeSet<NodeId>) -> Self {
-        HostFacts { unresponsive, impaired: BTreeSet::new(), storage: None }
+        HostFacts { unresponsive, impaired: BTreeSet::new(), storage: None, storage_free: BTreeMap::new() }
     }
 }
 
@@ -57,7 +59,17 @@ pub fn request(id: VmId, name: &str, spec: &VmSpec) -> VmRequest {
         affinity: spec.affinity.clone(),
         storage: Vec::new(),
         volumes_on: None,
+        new_disk_bytes: new_disk_bytes(spec),
     }
+}
+
+/// What a spec's blank disks that are not created yet take, per domain.
+fn new_disk_bytes(spec: &VmSpec) -> BTreeMap<String, u64> {
+    let mut need: BTreeMap<String, u64> = BTreeMap::new();
+    for disk in spec.disks.iter().filter(|d| d.volume.is_none() && d.image.is_none()) {
+        *need.entry(disk.storage.clone()).or_default() += disk.size_bytes;
+    }
+    need
 }
 
 impl ClusterState {
@@ -258,6 +270,9 @@ impl ClusterState {
                     v.state = scheduler::NodeState::Impaired;
                 }
                 v.labels = n.labels.clone();
+                if let Some(free) = facts.storage_free.get(&n.id) {
+                    v.storage_free = free.clone();
+                }
                 let reported = facts.storage.as_ref().map(|all| all.get(&n.id));
                 for domain in self.storage.values().filter(|d| d.on_node(&n.name)) {
                     let state = match reported {

@@ -50,6 +50,12 @@ pub enum Rejection {
         vcpus: u32,
         cpus: u32,
     },
+    /// The VM's new disks need more than the domain has free on this host.
+    StorageTooSmall {
+        domain: String,
+        need_bytes: u64,
+        free_bytes: u64,
+    },
 }
 
 impl std::fmt::Display for Rejection {
@@ -64,6 +70,12 @@ impl std::fmt::Display for Rejection {
             Rejection::InsufficientCpu { need, free } => {
                 write!(f, "insufficient vCPUs (need {need}, free {free} after overcommit)")
             }
+            Rejection::StorageTooSmall { domain, need_bytes, free_bytes } => write!(
+                f,
+                "storage {domain} has {:.1} GiB free here; the VM's new disks need {:.1} GiB",
+                *free_bytes as f64 / GIB,
+                *need_bytes as f64 / GIB
+            ),
             Rejection::MoreVcpusThanHost { vcpus, cpus } => {
                 write!(f, "the VM has {vcpus} vCPUs, more than this host's {cpus} CPUs (a guest gets at most its host's CPU count)")
             }
@@ -109,12 +121,22 @@ pub struct Capacity {
 /// The rules only new decisions take (placements, moves), never `apply`,
 /// which re-checks with [`check`] alone: a rule added here cannot make a
 /// replica that replays an old log entry refuse what others accepted.
+///
+/// Free space, too, is a fact of the moment that only the leader has (from
+/// heartbeats), never something `apply` could re-check.
 pub fn admits(node: &NodeView, vm: &VmRequest) -> Result<(), Rejection> {
     if vm.vcpus > node.cpus {
         return Err(Rejection::MoreVcpusThanHost { vcpus: vm.vcpus, cpus: node.cpus });
     }
+    for (domain, need) in &vm.new_disk_bytes {
+        if let Some(free) = node.storage_free.get(domain).filter(|free| need > *free) {
+            return Err(Rejection::StorageTooSmall { domain: domain.clone(), need_bytes: *need, free_bytes: *free });
+        }
+    }
     Ok(())
 }
+
+const GIB: f64 = (1u64 << 30) as f64;
 
 /// Runs every rule in order; the first that fails is the reason.
 pub fn check(node: &NodeView, vm: &VmRequest, s: &Settings, facts: ClusterFacts) -> Result<(), Rejection> {

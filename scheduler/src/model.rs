@@ -149,6 +149,9 @@ pub struct NodeView {
     /// The storage domains this node has, and whether each is usable here
     /// now. A domain not listed is not available on this node at all.
     pub storage: BTreeMap<String, StorageState>,
+    /// Free bytes on each domain as the host last reported them (the
+    /// leader's heartbeats); a domain not listed: not known.
+    pub storage_free: BTreeMap<String, u64>,
 }
 
 /// A storage domain on one host.
@@ -174,6 +177,7 @@ impl NodeView {
             allocated_memory_mib: 0,
             groups: BTreeMap::new(),
             storage: BTreeMap::new(),
+            storage_free: BTreeMap::new(),
         }
     }
 
@@ -236,6 +240,9 @@ pub struct VmRequest {
     pub storage: Vec<String>,
     /// Its volumes live on this host alone (a `local` domain): only there.
     pub volumes_on: Option<String>,
+    /// Bytes its blank disks not created yet take on each domain (a
+    /// clone of an image starts thin and is not counted).
+    pub new_disk_bytes: BTreeMap<String, u64>,
 }
 
 impl VmRequest {

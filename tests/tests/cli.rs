@@ -319,6 +319,16 @@ fn operations_wait_ask_before_destroying_and_views_show_everything() -> Result<(
         created.trim_end().rsplit(' ').next().is_some_and(|z| z.starts_with('+') || z.starts_with('-')),
         "{created}"
     );
+    // A VM's own labels: set, filtered on, changed, shown.
+    c.cli_ok(0, &["vm", "create", "tagged", "--memory", "16", "--label", "app=web", "--label", "tier=1"])?;
+    let web = c.cli_ok(1, &["vm", "list", "--label", "app=web"])?;
+    assert_eq!(web.as_array().unwrap().iter().map(|v| v["name"].clone()).collect::<Vec<_>>(), vec!["tagged"]);
+    let v = c.cli_ok(2, &["vm", "set", "tagged", "--label", "tier=2", "--unlabel", "app"])?;
+    assert_eq!(v["labels"], serde_json::json!({"tier": "2"}), "{v}");
+    assert_eq!(c.cli_ok(0, &["vm", "list", "--label", "app=web"])?, Value::Array(vec![]));
+    let r = c.cli(0, &["vm", "set", "tagged", "--label", "bad"]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(c.cli_table(0, &["vm", "get", "tagged"]).stdout.contains("tier=2"));
     // Node views: labels shown, and a host by name.
     c.cli_ok(0, &["node", "set", "n1", "--label", "rack=a"])?;
     let table = c.cli_table(0, &["node", "list"]).stdout;
@@ -369,6 +379,8 @@ fn events_filter_and_follow_and_dead_nodes_never_look_alive() -> Result<()> {
     assert!(!web1.is_empty());
     assert!(web1.iter().all(|e| e["subject"]["kind"] == "vm" && e["subject"]["name"] == "web1"), "{web1:?}");
     let created = web1.iter().find(|e| e["message"].as_str().unwrap().contains("created")).unwrap();
+    let running = web1.iter().find(|e| e["message"].as_str().unwrap().contains("is running on")).unwrap();
+    assert_eq!(running["node"], victim_name.as_str(), "the host a VM event names: {running}");
     assert!(created["principal"].as_str().unwrap().contains("admin"), "{created}");
     assert!(created["time"].as_str().is_some() && created["seq"].as_u64().is_some(), "{created}");
     assert_eq!(lines(&["events", "--limit", "2"])?.len(), 2);
@@ -469,7 +481,16 @@ fn help_has_examples_and_serve_shows_only_its_own_flags() -> Result<()> {
             assert!(line.split_whitespace().count() >= 2, "{group:?}: {line:?} has no description");
         }
     }
-    for leaf in [["vm", "create"], ["vm", "list"], ["vm", "delete"], ["events", ""]] {
+    for leaf in [
+        ["vm", "create"],
+        ["vm", "list"],
+        ["vm", "delete"],
+        ["events", ""],
+        ["vm", "stop"],
+        ["node", "drain"],
+        ["cluster", "capacity"],
+        ["image", "import"],
+    ] {
         let args: Vec<&str> = leaf.iter().copied().filter(|a| !a.is_empty()).chain(["--help"]).collect();
         assert!(help(&args).contains("Examples:"), "{args:?}");
     }

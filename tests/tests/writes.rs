@@ -84,6 +84,7 @@ fn concurrent_writes_through_a_follower_share_log_entries_and_lose_nothing() -> 
                         name: format!("b{k}"),
                         description: Some(format!("client {k} write {w}")),
                         priority: None,
+                        ..Default::default()
                     };
                     let vm = VmsClient::new(ch.clone()).update(req).await?.into_inner();
                     anyhow::ensure!(vm.description == format!("client {k} write {w}"), "answer {vm:?}");
@@ -141,7 +142,8 @@ fn a_log_that_outgrows_its_size_limit_is_snapshotted() -> Result<()> {
         let work = async {
             for w in 0..400 {
                 let description = format!("{w} {}", "x".repeat(4000));
-                let req = pb::UpdateVmRequest { name: "big".into(), description: Some(description), priority: None };
+                let req =
+                    pb::UpdateVmRequest { name: "big".into(), description: Some(description), ..Default::default() };
                 VmsClient::new(ch.clone()).update(req).await?;
             }
             anyhow::Ok(())

@@ -140,7 +140,8 @@ async fn create_on_leader(
 /// storage: disks bigger than that fit nowhere, however they are placed.
 fn disks_fit_somewhere(state: &ClusterState, live: &Liveness, spec: &VmSpec) -> Result<()> {
     let mut need: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
-    for disk in spec.disks.iter().filter(|d| d.volume.is_none()) {
+    // A clone of an image starts thin: not counted.
+    for disk in spec.disks.iter().filter(|d| d.volume.is_none() && d.image.is_none()) {
         *need.entry(disk.storage.as_str()).or_default() += disk.size_bytes;
     }
     for (domain, bytes) in need {
@@ -236,8 +237,11 @@ fn explain(ctx: &NodeCtx, leader: &LeaderView, req: &pb::ExplainRequest) -> Resu
 const MAX_DESCRIPTION_BYTES: usize = 4096;
 
 fn validate_update(req: &pb::UpdateVmRequest) -> Result<Command> {
-    if req.description.is_none() && req.priority.is_none() {
-        return Err(Error::InvalidArgument("nothing to change: give --description and/or --priority".into()));
+    let relabel = !req.labels.is_empty() || !req.unlabel.is_empty();
+    if req.description.is_none() && req.priority.is_none() && !relabel {
+        return Err(Error::InvalidArgument(
+            "nothing to change: give --description, --priority, --label or --unlabel".into(),
+        ));
     }
     if let Some(d) = &req.description {
         if d.len() > MAX_DESCRIPTION_BYTES {
@@ -250,7 +254,15 @@ fn validate_update(req: &pb::UpdateVmRequest) -> Result<Command> {
             return Err(Error::InvalidArgument("description may not hold control characters".into()));
         }
     }
-    Ok(Command::UpdateVm { name: req.name.clone(), description: req.description.clone(), priority: req.priority })
+    let set = from_pb::labels(&req.labels).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let label = Command::LabelVm { name: req.name.clone(), set, unset: req.unlabel.clone() };
+    if req.description.is_none() && req.priority.is_none() {
+        return Ok(label);
+    }
+    let update =
+        Command::UpdateVm { name: req.name.clone(), description: req.description.clone(), priority: req.priority };
+    // One entry: both changes applied together.
+    Ok(if relabel { Command::Batch(vec![update, label]) } else { update })
 }
 
 fn list(ctx: &NodeCtx) -> pb::ListVmsResponse {
@@ -270,7 +282,11 @@ fn answered_vm(ctx: &NodeCtx, name: &str, response: CmdResponse) -> Result<pb::V
     match response {
         CmdResponse::Vm(vm) => Ok(ctx.read(|d| to_pb::vm(&d.state, &vm))),
         CmdResponse::Refused(r) => Err(ctx.refused(r)),
-        CmdResponse::Done | CmdResponse::Batch(_) => get(ctx, name),
+        CmdResponse::Batch(answers) => match answers.into_iter().find(|a| matches!(a, CmdResponse::Refused(_))) {
+            Some(CmdResponse::Refused(r)) => Err(ctx.refused(r)),
+            _ => get(ctx, name),
+        },
+        CmdResponse::Done => get(ctx, name),
     }
 }
 

@@ -64,6 +64,10 @@ pub struct CreateArgs {
     /// Keep members of this group on one host.
     #[arg(long)]
     pub affinity: Option<String>,
+    /// A label of the VM's own, key=value (repeatable), for `vm list
+    /// --label`; placement does not read it (see --node-label).
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
     /// Show where it would go, per node, without creating it (exit 3 if
     /// no node can take it).
     #[arg(long)]
@@ -89,6 +93,7 @@ pub enum VmCmd {
     #[command(after_help = examples::VM_CREATE)]
     Create(CreateArgs),
     /// Start a stopped (or failed) VM.
+    #[command(after_help = "Examples:\n  kvmesh vm start web1\n  kvmesh vm start web1 --wait --timeout 120")]
     Start {
         name: String,
         #[command(flatten)]
@@ -96,6 +101,9 @@ pub enum VmCmd {
     },
     /// Stop a VM: ACPI shutdown, then power off after the host's timeout
     /// (an event says when it had to).
+    #[command(
+        after_help = "Examples:\n  kvmesh vm stop web1 --wait     # ACPI, then power-off after the host's timeout\n  kvmesh vm stop web1 --force    # power off at once"
+    )]
     Stop {
         name: String,
         /// Power off at once.
@@ -105,14 +113,17 @@ pub enum VmCmd {
         wait: WaitArgs,
     },
     /// Power-cycle a VM.
+    #[command(after_help = "Examples:\n  kvmesh vm restart web1 --wait")]
     Restart {
         name: String,
         #[command(flatten)]
         wait: WaitArgs,
     },
     /// Each node's filter result and score for a VM, as if placed now.
+    #[command(after_help = "Examples:\n  kvmesh vm explain web1\n  kvmesh vm explain web1 -o json")]
     Explain { name: String },
     /// Restart a VM whose host is down on another host, on purpose.
+    #[command(after_help = "Examples:\n  kvmesh vm recover web1 --wait   # its host is down: run it elsewhere")]
     Recover {
         name: String,
         #[command(flatten)]
@@ -120,6 +131,9 @@ pub enum VmCmd {
     },
     /// Move a running VM to another host without stopping it (live
     /// migration), or a stopped one's record (cold).
+    #[command(
+        after_help = "Examples:\n  kvmesh vm migrate web1 --to n3 --wait\n  kvmesh vm migrate web1 --dry-run\n  kvmesh vm migrate web1 --to n3 --copy-storage --bandwidth 200"
+    )]
     Migrate {
         name: String,
         /// The host to move it to (default: the scheduler's pick).
@@ -144,7 +158,10 @@ pub enum VmCmd {
         #[arg(long)]
         copy_storage: bool,
     },
-    /// Change a VM's description or restart priority (the guest is not touched).
+    /// Change a VM's description, restart priority or labels (the guest is not touched).
+    #[command(
+        after_help = "Examples:\n  kvmesh vm set web1 --description \"billing front end\" --priority 10\n  kvmesh vm set web1 --label app=billing --unlabel tier"
+    )]
     Set {
         name: String,
         /// Free text for operators (up to 4096 bytes).
@@ -153,8 +170,15 @@ pub enum VmCmd {
         /// Restart order when its host dies: higher first.
         #[arg(long, allow_negative_numbers = true)]
         priority: Option<i32>,
+        /// Add or change a label, key=value (repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Remove a label by key (repeatable).
+        #[arg(long = "unlabel")]
+        unlabel: Vec<String>,
     },
     /// Show the tail of a VM's serial console (from any node).
+    #[command(after_help = "Examples:\n  kvmesh vm console web1\n  kvmesh vm console web1 --bytes 65536 -o json")]
     Console {
         name: String,
         /// How many bytes from the end.
@@ -176,11 +200,15 @@ pub enum VmCmd {
         /// Only HA VMs.
         #[arg(long)]
         ha: bool,
+        /// Only VMs with this label, key=value (repeatable: all of them).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
         /// Sort by this (largest first for sizes and priority).
         #[arg(long, value_enum, default_value_t = vm_view::SortKey::Name)]
         sort: vm_view::SortKey,
     },
     /// Show one VM: every setting, its state, and where it really runs.
+    #[command(after_help = "Examples:\n  kvmesh vm get web1\n  kvmesh vm get web1 -o json | jq .observed")]
     Get {
         name: String,
         /// Read through the leader (linearizable).
@@ -208,6 +236,7 @@ pub enum VmCmd {
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
     /// Make an image from a stopped VM's boot disk.
+    #[command(after_help = "Examples:\n  kvmesh vm stop web1 --wait && kvmesh vm template web1 web-golden")]
     Template {
         name: String,
         /// The new image's name.
@@ -218,8 +247,12 @@ pub enum VmCmd {
 #[derive(Subcommand, Debug)]
 pub enum DiskCmd {
     /// A VM's disks with their storage and volumes.
+    #[command(after_help = "Examples:\n  kvmesh vm disk list web1")]
     List { name: String },
     /// Add a blank disk (a running guest gets it live).
+    #[command(
+        after_help = "Examples:\n  kvmesh vm disk add web1 --size 20G\n  kvmesh vm disk add db1 --size 100G --storage shared"
+    )]
     Add {
         name: String,
         /// Its size, e.g. 10G.
@@ -230,6 +263,7 @@ pub enum DiskCmd {
         storage: Option<String>,
     },
     /// Grow a disk, live if the VM runs (disks never shrink).
+    #[command(after_help = "Examples:\n  kvmesh vm disk resize web1 1 40G")]
     Resize {
         name: String,
         index: u32,
@@ -238,24 +272,32 @@ pub enum DiskCmd {
         size: u64,
     },
     /// Remove a disk of a stopped VM; its volume is deleted.
+    #[command(after_help = "Examples:\n  kvmesh vm disk remove web1 1")]
     Remove { name: String, index: u32 },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum SnapshotCmd {
     /// Snapshot every disk of a stopped VM under one name.
+    #[command(after_help = "Examples:\n  kvmesh vm snapshot create web1 before-upgrade")]
     Create { name: String, snapshot: String },
     /// A VM's snapshots.
+    #[command(after_help = "Examples:\n  kvmesh vm snapshot list web1")]
     List { name: String },
     /// Bring every disk back to the snapshot (the VM must be stopped).
+    #[command(after_help = "Examples:\n  kvmesh vm stop web1 --wait && kvmesh vm snapshot revert web1 before-upgrade")]
     Revert { name: String, snapshot: String },
     /// Delete a snapshot (the disks stay as they are).
+    #[command(after_help = "Examples:\n  kvmesh vm snapshot delete web1 before-upgrade")]
     Delete { name: String, snapshot: String },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum StorageCmd {
     /// Add a storage domain.
+    #[command(
+        after_help = "Examples:\n  kvmesh storage add shared --kind shared-dir --path /srv/kvmesh\n  kvmesh storage add nfs1 --kind nfs --server 10.0.0.9 --export /export/vms --nodes n1,n2"
+    )]
     Add {
         name: String,
         /// local (a directory per host), shared-dir (a directory every host
@@ -276,16 +318,22 @@ pub enum StorageCmd {
         nodes: Vec<String>,
     },
     /// Every domain with its status on each host.
+    #[command(after_help = "Examples:\n  kvmesh storage list")]
     List,
     /// One domain with its status on each host.
+    #[command(after_help = "Examples:\n  kvmesh storage get shared")]
     Get { name: String },
     /// Remove a domain (refused while disks or images live on it).
+    #[command(after_help = "Examples:\n  kvmesh storage remove nfs1")]
     Remove { name: String },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum ImageCmd {
     /// Upload FILE into a storage domain as image NAME.
+    #[command(
+        after_help = "Examples:\n  kvmesh image import debian12 debian-12.qcow2 --storage shared\n  kvmesh image import installer debian.iso --storage shared --kind iso"
+    )]
     Import {
         name: String,
         file: PathBuf,
@@ -298,9 +346,12 @@ pub enum ImageCmd {
         kind: String,
     },
     /// Every image with its kind, size and storage.
+    #[command(after_help = "Examples:\n  kvmesh image list")]
     List,
     /// One image.
+    #[command(after_help = "Examples:\n  kvmesh image get debian12")]
     Get { name: String },
     /// Delete an image (refused while a VM uses it).
+    #[command(after_help = "Examples:\n  kvmesh image delete debian12")]
     Delete { name: String },
 }

@@ -68,21 +68,38 @@ pub fn select<'a>(filter: &Filter, all: &'a [pb::Event]) -> Vec<&'a pb::Event> {
     kept
 }
 
-pub fn event_json(e: &pb::Event) -> serde_json::Value {
+/// The host an event is about: its subject for a node event, else the
+/// first known node its message names ("vm web1 is running on n2").
+pub fn node_of<'a>(e: &'a pb::Event, known: &[String]) -> Option<&'a str> {
+    match subject(e) {
+        Some(("node", name)) => Some(name),
+        _ => e.message.split(|c: char| c.is_whitespace() || ",:()".contains(c)).find(|w| known.iter().any(|k| k == w)),
+    }
+}
+
+pub fn event_json(e: &pb::Event, known: &[String]) -> serde_json::Value {
     let (kind, name) = subject(e).map_or((None, None), |(k, n)| (Some(k), Some(n)));
     json!({
         "seq": e.seq, "at_ms": e.at_ms, "time": format_ms(e.at_ms), "kind": e.kind,
         "subject": name.map(|n| json!({"kind": kind, "name": n})),
-        "node": (kind == Some("node")).then_some(name).flatten(),
+        "node": node_of(e, known),
         "principal": (!e.by.is_empty()).then_some(&e.by),
         "message": e.message,
     })
 }
 
-fn print(output: Output, header: &mut bool, events: &[&pb::Event]) {
+/// The cluster's node names, for [`node_of`] (none if the list fails).
+async fn node_names(cluster: &mut ClusterClient<super::client::Ch>) -> Vec<String> {
+    match cluster.list_nodes(req(pb::ListNodesRequest { consistent: false })).await {
+        Ok(r) => r.into_inner().nodes.into_iter().map(|n| n.name).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn print(output: Output, header: &mut bool, known: &[String], events: &[&pb::Event]) {
     for e in events {
         match output {
-            Output::Json => outln!("{}", event_json(e)),
+            Output::Json => outln!("{}", event_json(e, known)),
             Output::Table => {
                 if !*header {
                     outln!("{:>6}  {:<25}  {:<9}  MESSAGE", "SEQ", "TIME", "KIND");
@@ -103,10 +120,11 @@ pub async fn run(settings: &Settings, output: Output, filter: Filter, follow: bo
     let all = cluster.list_events(req(pb::ListEventsRequest { after: 0 })).await.map_err(status_err)?.into_inner();
     let mut after = all.events.last().map_or(0, |e| e.seq);
     let mut header = false;
+    let mut known = node_names(&mut cluster).await;
     // Following starts at now, unless history was asked for.
     let history = !follow || filter.since_ms.is_some() || filter.limit.is_some();
     if history {
-        print(output, &mut header, &select(&filter, &all.events));
+        print(output, &mut header, &known, &select(&filter, &all.events));
     }
     if !follow {
         return Ok(());
@@ -123,7 +141,12 @@ pub async fn run(settings: &Settings, output: Output, filter: Filter, follow: bo
                 if let Some(last) = events.last() {
                     after = last.seq;
                 }
-                print(output, &mut header, &select(&live, &events));
+                // A node that joined since is named too.
+                if events.iter().any(|e| subject(e).is_some_and(|(k, n)| k == "node" && !known.iter().any(|x| x == n)))
+                {
+                    known = node_names(&mut cluster).await;
+                }
+                print(output, &mut header, &known, &select(&live, &events));
             }
             Err(e) if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled) => {
                 eprintln!("{}; reconnecting", status_err(e));
@@ -188,6 +211,14 @@ mod tests {
         assert_eq!(seqs(&Filter { limit: Some(2), ..Default::default() }), vec![4, 5]);
         let both = Filter { vm: Some("web1".into()), limit: Some(1), ..Default::default() };
         assert_eq!(seqs(&both), vec![5]);
+    }
+
+    #[test]
+    fn the_node_is_the_subject_or_the_first_known_host_named() {
+        let known = vec!["n1".to_string(), "n2".to_string()];
+        assert_eq!(node_of(&ev(1, 0, "vm web1 is running on n2"), &known), Some("n2"));
+        assert_eq!(node_of(&ev(1, 0, "node n3 removed"), &known), Some("n3"));
+        assert_eq!(node_of(&ev(1, 0, "vm web1: stop requested"), &known), None);
     }
 
     #[test]

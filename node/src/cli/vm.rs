@@ -21,8 +21,8 @@ pub async fn run(channel: Ch, output: Output, wide: bool, command: VmCmd) -> Res
     let mut vms = VmsClient::new(channel.clone());
     match command {
         VmCmd::Create(args) => self::create(&mut vms, output, args).await?,
-        VmCmd::List { consistent, node, state, ha, sort } => {
-            let view = ListView { node, state, ha: ha.then_some(true), sort, wide };
+        VmCmd::List { consistent, node, state, ha, labels, sort } => {
+            let view = ListView { node, state, ha: ha.then_some(true), labels, sort, wide };
             let r = vms.list(req(pb::ListVmsRequest { consistent })).await.map_err(status_err)?;
             print_vms(output, &view, &r.into_inner().vms);
         }
@@ -51,8 +51,9 @@ pub async fn run(channel: Ch, output: Output, wide: bool, command: VmCmd) -> Res
             let how = Migration { name, to, dry_run, wait, timeout, bandwidth, copy_storage };
             migrate(&mut vms, channel, output, how).await?
         }
-        VmCmd::Set { name, description, priority } => {
-            let r = pb::UpdateVmRequest { name, description, priority };
+        VmCmd::Set { name, description, priority, labels, unlabel } => {
+            let labels = labels.into_iter().collect();
+            let r = pb::UpdateVmRequest { name, description, priority, labels, unlabel };
             let vm = vms.update(req(r)).await.map_err(status_err)?;
             print_vm(output, &vm.into_inner());
         }
@@ -165,6 +166,7 @@ fn create_request(a: CreateArgs) -> pb::CreateVmRequest {
         soft_anti_affinity: a.soft_anti_affinity,
         affinity: a.affinity,
         strict: a.strict,
+        labels: a.labels.into_iter().collect(),
     }
 }
 

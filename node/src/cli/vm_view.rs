@@ -63,7 +63,7 @@ pub fn vm_json(vm: &pb::Vm) -> Value {
         "id": vm.id, "name": vm.name, "vcpus": vm.vcpus, "memory_mib": vm.memory_mib, "ha": vm.ha,
         "desired": desired(vm.desired), "node": vm.node, "node_id": vm.node_id, "epoch": vm.epoch,
         "created_at_ms": vm.created_at_ms, "state": vm_state(vm.state), "since": vm.since_ms,
-        "last_error": vm.last_error, "image": vm.image, "kernel": vm.kernel, "initrd": vm.initrd, "cmdline": vm.cmdline,
+        "last_error": vm.last_error, "image": vm.image, "kernel": vm.kernel, "initrd": vm.initrd, "cmdline": vm.cmdline, "labels": vm.labels,
         "disks": vm.disks.iter().map(disk_json).collect::<Vec<_>>(),
         "snapshots": vm.snapshots.iter().map(|s| json!({"name": s.name, "created_at_ms": s.created_at_ms})).collect::<Vec<_>>(),
         "network": vm.network, "bridge": vm.bridge, "domain": vm.domain,
@@ -84,6 +84,8 @@ pub struct ListView {
     pub node: Option<String>,
     pub state: Option<String>,
     pub ha: Option<bool>,
+    /// Every one of these labels.
+    pub labels: Vec<(String, String)>,
     pub sort: SortKey,
     pub wide: bool,
 }
@@ -117,6 +119,7 @@ pub fn select<'a>(view: &ListView, vms: &'a [pb::Vm]) -> Vec<&'a pb::Vm> {
         .filter(|v| view.node.as_ref().is_none_or(|n| v.node.as_ref() == Some(n) || v.observed.contains(n)))
         .filter(|v| view.state.as_ref().is_none_or(|s| shown_state(v) == s || vm_state(v.state) == s))
         .filter(|v| view.ha.is_none_or(|ha| v.ha == ha))
+        .filter(|v| view.labels.iter().all(|(k, want)| v.labels.get(k) == Some(want)))
         .collect();
     kept.sort_by(|a, b| {
         let by = match view.sort {
@@ -156,7 +159,7 @@ pub fn print_vms(output: Output, view: &ListView, vms: &[pb::Vm]) {
             let rows = vms.iter().map(|v| list_row(v, view.wide)).collect();
             let mut header = vec!["NAME", "VCPUS", "MEMORY", "HA", "DESIRED", "STATE", "NODE"];
             if view.wide {
-                header.extend(["PRIORITY", "DISKS", "BOOT", "SINCE", "ID"]);
+                header.extend(["PRIORITY", "DISKS", "BOOT", "LABELS", "SINCE", "ID"]);
             }
             table(&header, rows);
         }
@@ -164,7 +167,7 @@ pub fn print_vms(output: Output, view: &ListView, vms: &[pb::Vm]) {
 }
 
 fn vms_filtered(view: &ListView) -> bool {
-    view.node.is_some() || view.state.is_some() || view.ha.is_some()
+    view.node.is_some() || view.state.is_some() || view.ha.is_some() || !view.labels.is_empty()
 }
 
 fn list_row(v: &pb::Vm, wide: bool) -> Vec<String> {
@@ -192,6 +195,7 @@ fn list_row(v: &pb::Vm, wide: bool) -> Vec<String> {
             v.priority.to_string(),
             if v.disks.is_empty() { "-".into() } else { format!("{} ({})", v.disks.len(), human_bytes(disk_bytes)) },
             boot,
+            labels(&v.labels).replace(", ", ","),
             if v.since_ms > 0 { format_ms(v.since_ms) } else { "-".into() },
             v.id.clone(),
         ]);
@@ -266,6 +270,7 @@ pub fn print_vm(output: Output, vm: &pb::Vm) {
     field("memory", &human_bytes(vm.memory_mib << 20));
     field("ha", if vm.ha { "yes (restarted elsewhere if its host dies)" } else { "no" });
     field("priority", &vm.priority.to_string());
+    field("labels", &labels(&vm.labels));
     field("pin", vm.pin.as_deref().unwrap_or("-"));
     field("needs", &labels(&vm.required_labels));
     field("prefers", &labels(&vm.preferred_labels));

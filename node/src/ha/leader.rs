@@ -169,7 +169,16 @@ impl Liveness {
                 (*id, domains)
             })
             .collect();
-        HostFacts { unresponsive, impaired, storage: Some(storage) }
+        let storage_free = self
+            .heard
+            .seen
+            .iter()
+            .map(|(id, seen)| {
+                let active = seen.storage.iter().filter(|s| s.state == probe::ACTIVE && s.total_bytes > 0);
+                (*id, active.map(|s| (s.domain.clone(), s.free_bytes)).collect())
+            })
+            .collect();
+        HostFacts { unresponsive, impaired, storage: Some(storage), storage_free }
     }
 
     /// Whether this leader is too new to have heard from every live host.

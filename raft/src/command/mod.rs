@@ -18,6 +18,8 @@ mod refusal;
 mod storage;
 mod vms;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 pub use refusal::Refusal;
@@ -264,6 +266,12 @@ pub enum Command {
         message: String,
         at_ms: u64,
     },
+    /// `vm set --label/--unlabel`: the VM's own labels.
+    LabelVm {
+        name: String,
+        set: BTreeMap<String, String>,
+        unset: Vec<String>,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -323,6 +331,7 @@ impl Command {
             | Command::FinishMigration { .. }
             | Command::AbortMigration { .. }
             | Command::Note { .. }
+            | Command::LabelVm { .. }
             | Command::ReportVm { .. } => false,
         }
     }
@@ -387,6 +396,7 @@ impl ClusterState {
                 self.finish_migration(*vm, *epoch, *downtime_ms, *at_ms)
             }
             Command::AbortMigration { vm, epoch, reason, at_ms } => self.abort_migration(*vm, *epoch, reason, *at_ms),
+            Command::LabelVm { name, set, unset } => self.label_vm(name, set, unset),
             Command::Note { kind, message, at_ms } => {
                 self.push_event(*at_ms, kind, message.clone());
                 Response::Done

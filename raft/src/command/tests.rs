@@ -298,6 +298,27 @@ fn update_changes_description_and_priority_only() {
 }
 
 #[test]
+fn labels_are_set_changed_and_removed_without_touching_the_guest() {
+    let mut s = initialized();
+    s.apply(&Command::CreateVm { vm: Box::new(vm(7, "db", Some(1), 512)), at_ms: 2 });
+    let set = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let r = s.apply(&Command::LabelVm { name: "db".into(), set: set(&[("app", "a"), ("tier", "1")]), unset: vec![] });
+    let Response::Vm(v) = r else { panic!("{r:?}") };
+    assert_eq!(v.spec.labels, set(&[("app", "a"), ("tier", "1")]));
+    // Unset first, then set: a key in both ends up set.
+    let r = s.apply(&Command::LabelVm {
+        name: "db".into(),
+        set: set(&[("tier", "2")]),
+        unset: vec!["app".into(), "tier".into(), "absent".into()],
+    });
+    let Response::Vm(v) = r else { panic!("{r:?}") };
+    assert_eq!(v.spec.labels, set(&[("tier", "2")]));
+    assert_eq!((v.desired_gen, v.restart_gen), (0, 0));
+    let r = s.apply(&Command::LabelVm { name: "nope".into(), set: set(&[]), unset: vec![] });
+    assert_eq!(r, Response::Refused(Refusal::UnknownVm { name: "nope".into() }));
+}
+
+#[test]
 fn a_batch_applies_each_command_in_order_as_if_alone() {
     let cmds = vec![
         Command::CreateVm { vm: Box::new(vm(7, "db", Some(1), 512)), at_ms: 2 },

@@ -6,6 +6,7 @@
 use super::{Refusal, Response};
 use crate::model::{ClusterState, Deleting, Desired, Key, NodeState, Placement, Reported, Vm, VmId, VmState};
 use crate::types::NodeId;
+use std::collections::BTreeMap;
 
 impl ClusterState {
     pub(super) fn create_vm(&mut self, vm: &Vm, at_ms: u64) -> Response {
@@ -127,6 +128,20 @@ impl ClusterState {
         if let Some(p) = priority {
             vm.spec.priority = p;
         }
+        let vm = vm.clone();
+        self.dirty.insert(Key::Vm(vm.id));
+        Response::Vm(Box::new(vm))
+    }
+
+    pub(super) fn label_vm(&mut self, name: &str, set: &BTreeMap<String, String>, unset: &[String]) -> Response {
+        let vm = match self.live_vm(name) {
+            Ok(vm) => vm,
+            Err(r) => return Response::Refused(r),
+        };
+        for key in unset {
+            vm.spec.labels.remove(key);
+        }
+        vm.spec.labels.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
         let vm = vm.clone();
         self.dirty.insert(Key::Vm(vm.id));
         Response::Vm(Box::new(vm))

@@ -15,7 +15,8 @@ fn invalid(message: impl Into<String>) -> Error {
     Error::InvalidRequest(message.into())
 }
 
-fn labels(m: &HashMap<String, String>) -> Result<BTreeMap<String, String>> {
+/// Labels as `key=value` pairs: a key, and no `=` in either.
+pub fn labels(m: &HashMap<String, String>) -> Result<BTreeMap<String, String>> {
     for (k, v) in m {
         if k.is_empty() || k.contains('=') || v.contains('=') {
             return Err(invalid(format!("bad label {k}={v}: use key=value")));
@@ -84,6 +85,7 @@ pub fn vm_spec(req: &pb::CreateVmRequest) -> Result<VmSpec> {
         anti_affinity: req.anti_affinity.clone(),
         soft_anti_affinity: req.soft_anti_affinity.clone(),
         affinity: req.affinity.clone(),
+        labels: labels(&req.labels)?,
     };
     view::request(0, &req.name, &spec).validate().map_err(|e| invalid(e.to_string()))?;
     Ok(spec)

@@ -28,6 +28,7 @@ pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
         kernel: vm.spec.kernel.clone(),
         initrd: vm.spec.initrd.clone(),
         cmdline: vm.spec.cmdline.clone(),
+        labels: vm.spec.labels.clone().into_iter().collect(),
         warning: None,
         observed_known: false,
         disks: vm.spec.disks.iter().map(|d| disk(state, vm.id, d)).collect(),

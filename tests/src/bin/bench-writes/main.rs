@@ -83,6 +83,7 @@ impl Writer for KvmeshUpdate {
             name: format!("w{}", client % VM_POOL),
             description: Some(payload(client, seq)),
             priority: None,
+            ..Default::default()
         };
         vms.update(request).await.map(|_| ()).map_err(|s| format!("{}: {}", s.code(), s.message()))
     }
