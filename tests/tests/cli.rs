@@ -228,7 +228,9 @@ fn operations_wait_ask_before_destroying_and_views_show_everything() -> Result<(
     let c = Cluster::three()?;
     c.cli_ok(0, &["vm", "create", "keep", "--memory", "64", "--vcpus", "2", "--priority", "7", "--wait"])?;
     c.cli_ok(0, &["vm", "create", "ha1", "--memory", "128", "--ha", "--anti-affinity", "g", "--wait"])?;
-    c.cli_ok(1, &["vm", "create", "idle", "--memory", "32"])?;
+    // A stopped VM on the host to drain: it moves off too, and does not
+    // hold the drain up once its host has let it go.
+    c.cli_ok(1, &["vm", "create", "idle", "--memory", "32", "--node", "n2"])?;
     c.cli_ok(1, &["vm", "stop", "idle", "--wait"])?;
 
     // A running VM is not deleted without a confirmation; a script says --yes.
@@ -281,6 +283,9 @@ fn operations_wait_ask_before_destroying_and_views_show_everything() -> Result<(
     assert_eq!(ha.as_array().unwrap().iter().map(|v| v["name"].clone()).collect::<Vec<_>>(), vec!["ha1"]);
     let stopped = c.cli_ok(0, &["vm", "list", "--state", "stopped"])?;
     assert_eq!(stopped.as_array().unwrap().iter().map(|v| v["name"].clone()).collect::<Vec<_>>(), vec!["idle"]);
+    // Moved off its drained host, it still starts (somewhere that has room).
+    assert_eq!(c.cli_ok(0, &["vm", "start", "idle", "--wait"])?["state"], "running");
+    c.cli_ok(0, &["vm", "stop", "idle", "--wait"])?;
     let by_memory = c.cli_ok(0, &["vm", "list", "--sort", "memory"])?;
     let memory: Vec<u64> = by_memory.as_array().unwrap().iter().map(|v| v["memory_mib"].as_u64().unwrap()).collect();
     assert!(memory.windows(2).all(|w| w[0] >= w[1]), "{memory:?}");

@@ -124,7 +124,7 @@ async fn tick(
                     (*id, l)
                 })
                 .collect();
-            decide::node_actions(&d.state, &live, down_after, fresh)
+            decide::node_actions(&d.state, &live, &released, down_after, fresh)
         });
         (actions, observed, released)
     };

@@ -56,10 +56,12 @@ pub enum NodeAction {
 }
 
 /// Node state changes. `fresh` is how recent a heartbeat must be to count
-/// as "heartbeating again".
+/// as "heartbeating again"; `released` are the moves off draining hosts
+/// that those hosts have confirmed (see [`released_moves`]).
 pub fn node_actions(
     state: &ClusterState,
     live: &BTreeMap<NodeId, Liveness>,
+    released: &BTreeSet<VmId>,
     down_after: Duration,
     fresh: Duration,
 ) -> Vec<NodeAction> {
@@ -71,10 +73,13 @@ pub fn node_actions(
             NodeState::Down if l.silent_for <= fresh && l.clean => out.push(NodeAction::Up(node.id)),
             NodeState::Draining if l.silent_for <= fresh && l.running == 0 => {
                 // Finished only when every VM that was on it runs elsewhere,
-                // except stopped ones whose disks are local to it.
+                // except stopped ones whose disks are local to it. A stopped
+                // VM that moved off has nowhere to run: it is gone once the
+                // host has confirmed it (a VM still shutting down is not).
                 let left = state.vms.values().any(|v| {
                     (v.placement.map(|p| p.node) == Some(node.id) && !state.pinned_to(v, node.id))
-                        || v.moving_from == Some(node.id)
+                        || (v.moving_from == Some(node.id)
+                            && (v.desired == Desired::Running || !released.contains(&v.id)))
                 });
                 if !left {
                     out.push(NodeAction::Maintenance(node.id));
@@ -218,16 +223,16 @@ mod tests {
         let mut s = state();
         let (down, fresh) = (Duration::from_secs(8), Duration::from_secs(2));
         let l: BTreeMap<_, _> = [(1, live(8_001, true, 1)), (2, live(100, true, 0))].into();
-        assert_eq!(node_actions(&s, &l, down, fresh), vec![NodeAction::Down(1)]);
+        assert_eq!(node_actions(&s, &l, &BTreeSet::new(), down, fresh), vec![NodeAction::Down(1)]);
         s.apply(&Command::NodeDown { id: 1, at_ms: 1 });
         // The HA VM is unplaced and may be placed once nobody reports it running.
         assert_eq!(placeable(&s, &BTreeMap::new(), &BTreeSet::new()), vec![10]);
         assert!(placeable(&s, &[(10, [1].into())].into(), &BTreeSet::new()).is_empty());
         // Back with a stale copy: not up until it is gone.
         let back: BTreeMap<_, _> = [(1, live(500, false, 1))].into();
-        assert!(node_actions(&s, &back, down, fresh).is_empty());
+        assert!(node_actions(&s, &back, &BTreeSet::new(), down, fresh).is_empty());
         let clean: BTreeMap<_, _> = [(1, live(500, true, 0))].into();
-        assert_eq!(node_actions(&s, &clean, down, fresh), vec![NodeAction::Up(1)]);
+        assert_eq!(node_actions(&s, &clean, &BTreeSet::new(), down, fresh), vec![NodeAction::Up(1)]);
     }
 
     #[test]
@@ -287,14 +292,43 @@ mod tests {
         s.apply(&Command::SetNodeState { id: 1, state: NodeState::Draining, at_ms: 1 });
         assert!(s.vms[&10].placement.is_none(), "drain unplaces");
         let l: BTreeMap<_, _> = [(1, live(100, true, 1))].into();
-        assert!(node_actions(&s, &l, Duration::from_secs(8), Duration::from_secs(2)).is_empty(), "still running");
+        assert!(
+            node_actions(&s, &l, &BTreeSet::new(), Duration::from_secs(8), Duration::from_secs(2)).is_empty(),
+            "still running"
+        );
         let l: BTreeMap<_, _> = [(1, live(100, true, 0))].into();
-        assert!(node_actions(&s, &l, Duration::from_secs(8), Duration::from_secs(2)).is_empty(), "VM not moved yet");
+        assert!(
+            node_actions(&s, &l, &BTreeSet::new(), Duration::from_secs(8), Duration::from_secs(2)).is_empty(),
+            "VM not moved yet"
+        );
         s.apply(&Command::PlaceVm { vm: 10, node: 2, at_ms: 2 });
         assert_eq!(
-            node_actions(&s, &l, Duration::from_secs(8), Duration::from_secs(2)),
+            node_actions(&s, &l, &BTreeSet::new(), Duration::from_secs(8), Duration::from_secs(2)),
             vec![NodeAction::Maintenance(1)]
         );
+    }
+
+    #[test]
+    fn a_stopped_vm_moved_off_a_draining_node_does_not_hold_up_maintenance_once_released() {
+        let mut s = state();
+        add_vm(&mut s, 11, "idle", false, 1);
+        s.apply(&Command::SetDesired { name: "idle".into(), desired: Desired::Stopped, force: false, at_ms: 1 });
+        s.apply(&Command::SetNodeState { id: 1, state: NodeState::Draining, at_ms: 2 });
+        s.apply(&Command::PlaceVm { vm: 10, node: 2, at_ms: 3 });
+        assert_eq!((s.vms[&11].placement, s.vms[&11].moving_from), (None, Some(1)));
+        let (down, fresh) = (Duration::from_secs(8), Duration::from_secs(2));
+        let l: BTreeMap<_, _> = [(1, live(100, true, 0))].into();
+        // Until its host says it no longer runs it (it may still be
+        // shutting down), the drain is not over.
+        assert!(node_actions(&s, &l, &BTreeSet::new(), down, fresh).is_empty());
+        assert_eq!(node_actions(&s, &l, &[11].into(), down, fresh), vec![NodeAction::Maintenance(1)]);
+        // Started again before that: it must run elsewhere first.
+        s.apply(&Command::SetDesired { name: "idle".into(), desired: Desired::Running, force: false, at_ms: 4 });
+        assert!(node_actions(&s, &l, &[11].into(), down, fresh).is_empty());
+        s.apply(&Command::SetDesired { name: "idle".into(), desired: Desired::Stopped, force: false, at_ms: 5 });
+        // Maintenance ends the move: nothing about the old host stays on it.
+        s.apply(&Command::SetNodeState { id: 1, state: NodeState::Maintenance, at_ms: 6 });
+        assert_eq!(s.vms[&11].moving_from, None);
     }
 
     fn add_vm(s: &mut ClusterState, id: VmId, name: &str, ha: bool, node: NodeId) {
@@ -379,14 +413,14 @@ mod tests {
         assert_eq!(removed_hosts(&s), [1].into());
         let (down, fresh) = (Duration::from_secs(8), Duration::from_secs(2));
         let l: BTreeMap<_, _> = [(1, live(7_000, true, 0)), (2, live(100, true, 0))].into();
-        assert!(node_actions(&s, &l, down, fresh).is_empty(), "not silent long enough");
+        assert!(node_actions(&s, &l, &BTreeSet::new(), down, fresh).is_empty(), "not silent long enough");
         let l: BTreeMap<_, _> = [(1, live(8_001, true, 0)), (2, live(100, true, 0))].into();
-        assert_eq!(node_actions(&s, &l, down, fresh), vec![NodeAction::Down(1)]);
+        assert_eq!(node_actions(&s, &l, &BTreeSet::new(), down, fresh), vec![NodeAction::Down(1)]);
         s.apply(&Command::NodeDown { id: 1, at_ms: 2 });
         assert_eq!(placeable(&s, &BTreeMap::new(), &BTreeSet::new()), vec![10]);
         // The non-HA VM waits for `vm recover`, after which nothing repeats.
         assert_eq!(s.vms[&11].placement.map(|p| p.node), Some(1));
-        assert!(node_actions(&s, &l, down, fresh).is_empty());
+        assert!(node_actions(&s, &l, &BTreeSet::new(), down, fresh).is_empty());
         s.apply(&Command::RecoverVm { name: "db".into(), at_ms: 3 });
         assert!(placeable(&s, &BTreeMap::new(), &BTreeSet::new()).contains(&11));
     }

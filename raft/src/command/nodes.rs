@@ -197,6 +197,18 @@ impl ClusterState {
         }
         node.state = state;
         self.dirty.insert(Key::Node(id));
+        if state == NodeState::Maintenance {
+            // The drain is over: a stopped VM that moved off has nowhere to
+            // be until it starts, and its old host has let it go.
+            for vm in self.vms.values_mut() {
+                if vm.moving_from == Some(id) && vm.placement.is_none() && vm.desired != crate::model::Desired::Running
+                {
+                    vm.moving_from = None;
+                    vm.pending = None;
+                    self.dirty.insert(Key::Vm(vm.id));
+                }
+            }
+        }
         self.push_event(at_ms, "node", format!("node {name}: {} -> {}", before.as_str(), state.as_str()));
         Response::Done
     }

@@ -126,7 +126,8 @@ pub fn desired(d: Desired) -> pb::DesiredState {
 }
 
 /// The state users see: `deleting` and `host-down` first, then what the
-/// host reported at the current placement, else `pending`.
+/// host reported at the current placement, `stopped` for a VM on no host
+/// that should not run, else `pending`.
 pub fn vm_state(state: &ClusterState, vm: &Vm) -> pb::VmState {
     if vm.deleting.is_some() {
         return pb::VmState::Deleting;
@@ -146,6 +147,11 @@ pub fn vm_state(state: &ClusterState, vm: &Vm) -> pb::VmState {
             VmState::Deleted => pb::VmState::Deleting,
             VmState::WaitingForLease => pb::VmState::WaitingForLease,
         },
+        // Off any host and not wanted running (moved off a drained host):
+        // stopped, once no move is still waiting for its old host.
+        _ if vm.placement.is_none() && vm.desired == Desired::Stopped && vm.moving_from.is_none() => {
+            pb::VmState::Stopped
+        }
         _ => pb::VmState::Pending,
     }
 }
