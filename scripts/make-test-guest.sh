@@ -10,6 +10,10 @@
 # so a test can tell whether a disk kept its data (and a revert undid a boot).
 # Two modes for benchmarks (kernel command line): kvmesh.dirty=MIB keeps
 # dirtying memory, kvmesh.tick prints a line every 10 ms.
+# Networks: kvmesh.ip=ADDR/PREFIX gives the first NIC that address (it
+# prints KVMESH-MAC <its MAC>), kvmesh.ping=IP[,IP...] pings each every
+# second and prints KVMESH-PING <ip> ok|fail <n>, and kvmesh.serve=PORT
+# answers TCP on PORT with a stream of zeros (for throughput benchmarks).
 # Each write is fsynced: that sends the disk a FLUSH, without which a killed
 # QEMU may lose it (qcow2 metadata waits in QEMU's cache, as data waits in a
 # real disk's write cache), and no hypervisor promises unflushed writes.
@@ -92,12 +96,30 @@ for arg in $($B cat /proc/cmdline); do
       echo "KVMESH-DIRTY $mib" ;;
     kvmesh.tick)
       (t=0; while true; do echo "KVMESH-TICK $t"; t=$((t+1)); $B usleep 10000; done) & ;;
+    kvmesh.ip=*)
+      for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/class/net/eth0 ] && break; $B sleep 0.2; done
+      $B ip link set lo up
+      $B ip link set eth0 up
+      $B ip addr add "${arg#kvmesh.ip=}" dev eth0
+      mac=$($B cat /sys/class/net/eth0/address) ;;
+    kvmesh.ping=*)
+      targets=$(echo "${arg#kvmesh.ping=}" | $B tr ',' ' ')
+      (n=0; while true; do
+        for t in $targets; do
+          if $B ping -c 1 -W 1 "$t" >/dev/null 2>&1; then echo "KVMESH-PING $t ok $n"; else echo "KVMESH-PING $t fail $n"; fi
+        done
+        n=$((n+1)); $B sleep 1
+      done) & ;;
+    kvmesh.serve=*)
+      port=${arg#kvmesh.serve=}
+      (while true; do $B nc -l -p "$port" </dev/zero >/dev/null 2>&1; done) & ;;
   esac
 done
 n=0
 while true; do
   echo "KVMESH-TEST-GUEST-UP $n $($B cat /proc/uptime)"
   [ -n "$disk" ] && echo "$disk"
+  [ -n "${mac:-}" ] && echo "KVMESH-MAC $mac"
   n=$((n+1))
   $B sleep 2
 done

@@ -59,6 +59,8 @@ pub struct NodeCtx {
     /// How each storage domain looks from this host, and when the probe
     /// last finished (`storage::probe`); sent with every heartbeat.
     pub storage_status: Mutex<(Option<std::time::Instant>, Vec<kvmesh_proto::HostStorageStatus>)>,
+    /// How each network looks on this host (`netconf`); sent with every heartbeat.
+    pub network_status: Mutex<Vec<kvmesh_proto::HostNetworkStatus>>,
     /// This host's hypervisor (libvirt).
     pub hypervisor: std::sync::Arc<dyn crate::hypervisor::Hypervisor>,
     /// The newest list of this node's domains, for heartbeats and fencing
@@ -125,6 +127,7 @@ impl NodeCtx {
             starting: Mutex::new(Default::default()),
             migrating: Mutex::new(Default::default()),
             storage_status: Mutex::new((None, Vec::new())),
+            network_status: Mutex::new(Vec::new()),
             hypervisor,
             listing: Default::default(),
             disk_probe,

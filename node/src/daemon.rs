@@ -165,6 +165,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     tokio::spawn(health_loop(ctx.clone()));
     tokio::spawn(crate::agent::run(ctx.clone(), lease.clone()));
     tokio::spawn(crate::storage::probe::run(ctx.clone()));
+    tokio::spawn(crate::netconf::run(ctx.clone()));
     tokio::spawn(crate::ha::fence_loop(ctx.clone(), lease.clone()));
     tokio::spawn(crate::ha::heartbeat_loop(ctx.clone(), lease, leader.clone()));
     tokio::spawn(crate::ha::controller::run(ctx.clone(), leader));
@@ -497,6 +498,10 @@ async fn serve_grpc(
         .add_service(pb::cluster_server::ClusterServer::new(ClusterService::new(ctx.clone(), leader.clone())))
         .add_service(pb::vms_server::VmsServer::new(VmsService::new(ctx.clone(), leader.clone())))
         .add_service(pb::storage_server::StorageServer::new(crate::api::storage::StorageService::new(
+            ctx.clone(),
+            leader.clone(),
+        )))
+        .add_service(pb::networks_server::NetworksServer::new(crate::api::networks::NetworksService::new(
             ctx.clone(),
             leader.clone(),
         )))

@@ -85,17 +85,23 @@ impl From<Refusal> for Error {
             | Refusal::StorageChange { .. }
             | Refusal::Migration { .. }
             | Refusal::LocalDisksRunning { .. }
+            | Refusal::NetworkInUse { .. }
             | Refusal::HostInMaintenance { .. } => Error::FailedPrecondition(msg),
+            Refusal::NetworkInvalid { .. } => Error::InvalidArgument(msg),
             Refusal::ImageWrongKind { .. } | Refusal::HaNeedsSharedStorage { .. } => Error::InvalidArgument(msg),
             Refusal::NodeNameTaken { .. }
             | Refusal::NodeAddressTaken { .. }
             | Refusal::VmNameTaken { .. }
             | Refusal::StorageNameTaken { .. }
+            | Refusal::NetworkNameTaken { .. }
+            | Refusal::MacTaken { .. }
             | Refusal::ImageNameTaken { .. } => Error::AlreadyExists(msg),
             Refusal::UnknownNode { .. }
             | Refusal::UnknownVm { .. }
             | Refusal::UnknownVmId { .. }
             | Refusal::UnknownStorage { .. }
+            | Refusal::UnknownNetwork { .. }
+            | Refusal::UnknownNic { .. }
             | Refusal::UnknownImage { .. } => Error::NotFound(msg),
             Refusal::StaleReport
             | Refusal::VmBeingDeleted { .. }

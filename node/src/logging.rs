@@ -28,8 +28,9 @@ const WINDOW: Duration = Duration::from_secs(10);
 /// heartbeat, fencing).
 pub fn init() -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("KVMESH_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,openraft=error,sled=warn,h2=warn,tower=warn,hyper=warn"));
+    let filter = EnvFilter::try_from_env("KVMESH_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("info,openraft=error,sled=warn,h2=warn,tower=warn,hyper=warn,netlink_packet_route=error")
+    });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (writer, flush) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)

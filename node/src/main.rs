@@ -19,6 +19,7 @@ mod ha;
 mod host;
 mod hypervisor;
 mod logging;
+mod netconf;
 mod storage;
 mod tls;
 mod voters;

@@ -18,7 +18,8 @@ use crate::error::{Error, Result};
 /// refused with what to do.
 /// 7: the cluster's CA, tokens and certificates; events record who asked.
 /// 8: VMs have labels of their own.
-pub const FORMAT: u8 = 8;
+/// 9: logical networks; NICs with the MACs the cluster gave them.
+pub const FORMAT: u8 = 9;
 
 /// No value kvmesh decodes is larger: a length prefix claiming more (a
 /// corrupt file, a hostile peer) is an error before anything is allocated.

@@ -6,6 +6,7 @@
 //! - [`types`]: the openraft type configuration.
 //! - [`store`]: the sled-backed log store and state machine (storage v2), durable
 //!   before openraft is told.
+//! - [`networks`]: logical networks, NICs and their MACs.
 //! - [`network`]: the tonic transport for openraft's RPCs, client and server.
 //! - [`proposer`]: group commit, and forwarding of writes to the leader.
 
@@ -18,6 +19,7 @@ pub mod error;
 pub mod model;
 pub mod names;
 pub mod network;
+pub mod networks;
 mod placed;
 pub mod proposer;
 pub mod requests;

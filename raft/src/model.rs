@@ -103,9 +103,9 @@ pub struct VmSpec {
     pub kernel: Option<String>,
     pub initrd: Option<String>,
     pub cmdline: Option<String>,
-    /// NIC on a libvirt network, or on a host bridge.
-    pub network: Option<String>,
-    pub bridge: Option<String>,
+    /// NICs on the cluster's networks, in order (the first is the guest's
+    /// first NIC). Their MACs are allocated by `apply` and kept for life.
+    pub nics: Vec<crate::networks::Nic>,
     /// Higher restarts first when a host dies.
     pub priority: i32,
     /// Only on the node with this name.
@@ -314,6 +314,10 @@ pub struct Meta {
     pub trash: Vec<Trashed>,
     /// The CA, tokens and certificates ([`crate::security`]).
     pub security: crate::security::Security,
+    /// Logical networks by name; few, so kept with the other small values.
+    pub networks: BTreeMap<String, crate::networks::Network>,
+    /// MACs allocated so far: seeds the next ([`crate::networks::Mac::allocated`]).
+    pub macs_allocated: u64,
 }
 
 /// The whole replicated state.

@@ -35,11 +35,14 @@ pub struct HostFacts {
     pub storage: Option<BTreeMap<NodeId, BTreeMap<String, StorageState>>>,
     /// Each host's free bytes per active domain, as it last reported them.
     pub storage_free: BTreeMap<NodeId, BTreeMap<String, u64>>,
+    /// Each host's networks that are ready (`Ok`) or not (`Err(why)`), as
+    /// it last reported them; `None`: not known (no network rule applies).
+    pub networks: Option<BTreeMap<NodeId, BTreeMap<String, Result<(), String>>>>,
 }
 
 impl HostFacts {
     pub fn unresponsive(unresponsive: BTreeSet<NodeId>) -> Self {
-        HostFacts { unresponsive, impaired: BTreeSet::new(), storage: None, storage_free: BTreeMap::new() }
+        HostFacts { unresponsive, ..Default::default() }
     }
 }
 
@@ -60,6 +63,7 @@ pub fn request(id: VmId, name: &str, spec: &VmSpec) -> VmRequest {
         storage: Vec::new(),
         volumes_on: None,
         new_disk_bytes: new_disk_bytes(spec),
+        networks: spec.nics.iter().map(|n| n.network.clone()).collect::<BTreeSet<_>>().into_iter().collect(),
     }
 }
 
@@ -272,6 +276,18 @@ impl ClusterState {
                 v.labels = n.labels.clone();
                 if let Some(free) = facts.storage_free.get(&n.id) {
                     v.storage_free = free.clone();
+                }
+                if let Some(all) = &facts.networks {
+                    let here = all.get(&n.id);
+                    for net in self.meta.networks.values() {
+                        let why = match here.and_then(|h| h.get(&net.name)) {
+                            Some(Ok(())) => continue,
+                            Some(Err(why)) => why.clone(),
+                            None => "not reported yet".to_string(),
+                        };
+                        v.networks_down
+                            .insert(net.name.clone(), scheduler::NetworkDown { required: net.required, why });
+                    }
                 }
                 let reported = facts.storage.as_ref().map(|all| all.get(&n.id));
                 for domain in self.storage.values().filter(|d| d.on_node(&n.name)) {

@@ -56,6 +56,16 @@ pub enum Rejection {
         need_bytes: u64,
         free_bytes: u64,
     },
+    /// A network of its NICs is not ready on the host.
+    NetworkNotReady {
+        network: String,
+        why: String,
+    },
+    /// A required network is not ready on the host: it takes no new VMs.
+    RequiredNetworkNotReady {
+        network: String,
+        why: String,
+    },
 }
 
 impl std::fmt::Display for Rejection {
@@ -86,6 +96,10 @@ impl std::fmt::Display for Rejection {
                 write!(f, "anti-affinity group {group} already has {members} VM(s) here")
             }
             Rejection::Affinity { group } => write!(f, "affinity group {group} runs on other nodes"),
+            Rejection::NetworkNotReady { network, why } => write!(f, "network {network} is not ready here: {why}"),
+            Rejection::RequiredNetworkNotReady { network, why } => {
+                write!(f, "required network {network} is not ready here ({why}), so this host takes no new VMs")
+            }
             Rejection::StorageMissing { domain } => write!(f, "storage {domain} is not available on this node"),
             Rejection::StorageUnusable { domain, why } => write!(f, "storage {domain} is {why} here"),
             Rejection::LocalVolumes { host } => write!(f, "its disks are on local storage of {host}"),
@@ -127,6 +141,14 @@ pub struct Capacity {
 pub fn admits(node: &NodeView, vm: &VmRequest) -> Result<(), Rejection> {
     if vm.vcpus > node.cpus {
         return Err(Rejection::MoreVcpusThanHost { vcpus: vm.vcpus, cpus: node.cpus });
+    }
+    if let Some((network, down)) = node.networks_down.iter().find(|(_, d)| d.required) {
+        return Err(Rejection::RequiredNetworkNotReady { network: network.clone(), why: down.why.clone() });
+    }
+    for network in &vm.networks {
+        if let Some(down) = node.networks_down.get(network) {
+            return Err(Rejection::NetworkNotReady { network: network.clone(), why: down.why.clone() });
+        }
     }
     for (domain, need) in &vm.new_disk_bytes {
         if let Some(free) = node.storage_free.get(domain).filter(|free| need > *free) {

@@ -35,7 +35,7 @@ pub use balance::{plan_balance, Move, Placed};
 pub use capacity::{ha_reservation, HostReservation, Reservation};
 pub use error::{Error, Result};
 pub use filter::{admits, check, fits, ClusterFacts, Rejection};
-pub use model::{NodeState, NodeView, Policy, Settings, StorageState, VmRequest, OVERCOMMIT_MILLI};
+pub use model::{NetworkDown, NodeState, NodeView, Policy, Settings, StorageState, VmRequest, OVERCOMMIT_MILLI};
 pub use place::{explain, explain_rejections, place, Decision, Evaluation, NodeRejection, Outcome};
 pub use plan::{plan_evacuation, plan_restarts, Plan, Unplaced};
 

@@ -152,6 +152,19 @@ pub struct NodeView {
     /// Free bytes on each domain as the host last reported them (the
     /// leader's heartbeats); a domain not listed: not known.
     pub storage_free: BTreeMap<String, u64>,
+    /// The cluster's networks that are not ready on this host, with why
+    /// and whether the network is required (as the leader heard from the
+    /// host). Empty when not known: only new decisions read it.
+    pub networks_down: BTreeMap<String, NetworkDown>,
+}
+
+/// A network a host cannot give guests now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkDown {
+    /// Every host must have it: a host without it takes no new VMs.
+    pub required: bool,
+    /// "unsupported: ...", "error: ...", "not reported yet".
+    pub why: String,
 }
 
 /// A storage domain on one host.
@@ -178,6 +191,7 @@ impl NodeView {
             groups: BTreeMap::new(),
             storage: BTreeMap::new(),
             storage_free: BTreeMap::new(),
+            networks_down: BTreeMap::new(),
         }
     }
 
@@ -243,6 +257,8 @@ pub struct VmRequest {
     /// Bytes its blank disks not created yet take on each domain (a
     /// clone of an image starts thin and is not counted).
     pub new_disk_bytes: BTreeMap<String, u64>,
+    /// Networks its NICs are on: each must be ready on the host.
+    pub networks: Vec<String>,
 }
 
 impl VmRequest {

@@ -349,3 +349,24 @@ fn new_disks_go_only_where_their_domain_has_room() {
     // Not known (no report yet): not a reason to refuse.
     assert!(admits(&node(3, "c", 8, 65536), &v).is_ok());
 }
+
+#[test]
+fn networks_not_ready_on_a_host_keep_new_vms_off_it() {
+    let down = |required: bool| NetworkDown { required, why: "error: uplink eth1 does not exist".into() };
+    let mut a = node(1, "a", 8, 8192);
+    a.networks_down.insert("blue".into(), down(false));
+    let b = node(2, "b", 8, 8192);
+    let mut on_blue = vm(10, 1, 512);
+    on_blue.networks = vec!["blue".into()];
+    let r = admits(&a, &on_blue).unwrap_err();
+    assert!(matches!(&r, Rejection::NetworkNotReady { network, .. } if network == "blue"), "{r}");
+    assert!(r.to_string().contains("eth1"), "{r}");
+    assert!(admits(&b, &on_blue).is_ok());
+    // A VM on no network may still go there, unless the network is required.
+    assert!(admits(&a, &vm(11, 1, 512)).is_ok());
+    a.networks_down.insert("blue".into(), down(true));
+    let r = admits(&a, &vm(11, 1, 512)).unwrap_err();
+    assert!(r.to_string().contains("takes no new VMs"), "{r}");
+    let s = Settings::default();
+    assert!(matches!(place(&[a, b], &on_blue, &s), Decision::Place { node_id: 2, .. }));
+}

@@ -501,3 +501,68 @@ fn help_has_examples_and_serve_shows_only_its_own_flags() -> Result<()> {
     }
     Ok(())
 }
+
+/// Networks and NICs through the CLI, on the embedded hypervisor (nothing
+/// is made on this machine; the testbed test makes real ones): defined once,
+/// shown per host, NICs with MACs of the cluster's, and every mistake
+/// refused with its reason and no change.
+#[test]
+fn networks_are_defined_once_and_nics_keep_the_macs_the_cluster_gave_them() -> Result<()> {
+    let c = small_pair()?;
+    let n = c.cli_ok(0, &["network", "add", "blue", "--kind", "vxlan", "--vni", "100"])?;
+    assert_eq!((n["kind"].as_str(), n["vni"].as_u64()), (Some("vxlan"), Some(100)), "{n}");
+    let hosts = wait_for("blue reported by both hosts", Duration::from_secs(15), || {
+        let n = c.cli_ok(1, &["network", "get", "blue"]).ok()?;
+        let hosts = n["hosts"].as_array()?.clone();
+        hosts.iter().all(|h| h["state"] == "ready").then_some(hosts)
+    })?;
+    assert_eq!(hosts.len(), 2);
+    assert!(hosts[0]["message"].as_str().unwrap_or_default().contains("test:///default"), "{hosts:?}");
+    let table = c.cli_table(0, &["network", "list"]).stdout;
+    assert!(table.contains("blue") && table.contains("VNI 100") && table.contains("2/2"), "{table}");
+
+    // NICs: MACs drawn by the cluster, distinct, kept; one given is checked.
+    let v = c.cli_ok(0, &["vm", "create", "web", "--memory", "32", "--nic", "blue", "--nic", "blue,model=e1000"])?;
+    let macs: Vec<String> =
+        v["nics"].as_array().unwrap().iter().map(|n| n["mac"].as_str().unwrap().to_string()).collect();
+    assert_eq!(macs.len(), 2);
+    assert!(macs[0] != macs[1] && macs.iter().all(|m| m.starts_with("0a:")), "{macs:?}");
+    assert_eq!(v["nics"][1]["model"], "e1000");
+    let r = c.cli(1, &["vm", "create", "db", "--memory", "32", "--nic", &format!("blue,mac={}", macs[0])]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("already used by web"), "{}", r.stderr);
+    assert!(c.cli(0, &["vm", "get", "db"]).stderr.contains("no VM named"), "nothing was created");
+    let v = c.cli_ok(1, &["vm", "nic", "add", "web", "blue", "--mac", "0a:00:00:00:00:42"])?;
+    assert_eq!(v["nics"][2]["mac"], "0a:00:00:00:00:42");
+    let v = c.cli_ok(1, &["vm", "nic", "remove", "web", &macs[1]])?;
+    assert_eq!(v["nics"].as_array().unwrap().len(), 2);
+    assert_eq!(c.cli_ok(0, &["vm", "get", "web"])?["nics"][0]["mac"], macs[0].as_str(), "kept");
+    let page = c.cli_table(0, &["vm", "get", "web"]).stdout;
+    assert!(page.contains(&format!("{} on network blue", macs[0])), "{page}");
+
+    // Mistakes: each a reason, nothing changed.
+    let refused = |args: &[&str], code: i32, says: &str| {
+        let r = c.cli(0, args);
+        assert_eq!(r.code, Some(code), "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(says), "{args:?}: {}", r.stderr);
+    };
+    // The server's refusals exit 1; what the CLI itself cannot read, 2.
+    refused(&["network", "add", "v", "--kind", "vlan", "--uplink", "eth0", "--vlan", "4095"], 1, "1-4094");
+    refused(&["network", "add", "v", "--kind", "vxlan", "--vni", "100"], 1, "already uses VNI 100");
+    refused(&["network", "add", "v", "--kind", "vxlan", "--vni", "7", "--bridge", "br0"], 1, "--bridge does not apply");
+    refused(&["network", "add", "v", "--kind", "geneve"], 1, "bridge, vlan, vxlan or isolated");
+    refused(&["network", "remove", "blue"], 1, "used by the NICs of web");
+    refused(&["vm", "create", "x", "--nic", "red"], 1, "no network named \"red\"");
+    refused(&["vm", "create", "x", "--nic", "blue,mac=01:00:5e:00:00:01"], 1, "multicast");
+    refused(&["vm", "create", "x", "--nic", "mac=0a:00:00:00:00:01"], 2, "start with the network");
+    refused(&["vm", "create", "x", "--network", "default"], 2, "--nic");
+    refused(&["vm", "nic", "remove", "web", "0a:00:00:00:00:99"], 1, "has no NIC 0a:00:00:00:00:99");
+    assert_eq!(c.cli_ok(0, &["network", "list"])?.as_array().unwrap().len(), 1);
+    assert_eq!(c.cli_ok(0, &["vm", "list"])?.as_array().unwrap().len(), 1);
+
+    // Free again, it goes.
+    c.cli_ok(0, &["vm", "delete", "web", "--yes", "--wait"])?;
+    assert_eq!(c.cli_ok(1, &["network", "remove", "blue"])?, serde_json::json!({"removed": "blue"}));
+    assert_eq!(c.cli_ok(0, &["network", "list"])?, Value::Array(vec![]));
+    Ok(())
+}

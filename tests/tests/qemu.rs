@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use kvmesh_tests::{wait_for, Cluster};
 
 const URI: &str = "qemu:///system";
@@ -231,33 +231,36 @@ fn images_are_thin_clones_and_failures_keep_the_data() -> Result<()> {
         assert!(!virsh(&["dominfo", &domain]).0);
         assert!(virsh(&["vol-list", &shared_pool]).1.contains(&vol), "--keep-disks deleted the volume");
 
-        // libvirt refuses to start it (no such network): failed with libvirt's
-        // message; the recorded volume stays (it may hold data), nothing runs.
-        let r = c.cli(
-            0,
-            &[
-                "vm",
-                "create",
-                "nonet",
-                "--memory",
-                "64",
-                "--disk",
-                "16M",
-                "--network",
-                "no-such-net",
-                "--kernel",
-                &kernel,
-                "--wait",
-            ],
-        );
+        // libvirt refuses to start it (its network's host bridge is gone):
+        // failed with libvirt's message; the recorded volume stays (it may
+        // hold data), nothing runs. The bridge is the operator's, made here.
+        let bridge = "kvmqnobr0";
+        let ip = |args: &[&str]| std::process::Command::new("ip").args(args).status().map(|s| s.success());
+        let _ = ip(&["link", "del", bridge]);
+        ensure!(ip(&["link", "add", bridge, "type", "bridge"])?, "ip link add {bridge}");
+        c.cli_ok(0, &["network", "add", "lan", "--kind", "bridge", "--bridge", bridge])?;
+        wait_for("lan ready on both hosts", Duration::from_secs(20), || {
+            let n = c.cli_ok(0, &["network", "get", "lan"]).ok()?;
+            n["hosts"].as_array()?.iter().all(|h| h["state"] == "ready").then_some(())
+        })?;
+        let args = ["vm", "create", "nonet", "--memory", "64", "--disk", "16M", "--nic", "lan", "--kernel", &kernel];
+        c.cli_ok(0, &[&args[..], &["--wait"]].concat())?;
+        c.cli_ok(0, &["vm", "stop", "nonet", "--wait"])?;
+        ensure!(ip(&["link", "del", bridge])?, "ip link del {bridge}");
+        let r = c.cli(0, &["vm", "start", "nonet", "--wait", "--timeout", "60"]);
         assert!(!r.success);
-        assert!(r.stderr.contains("no-such-net"), "{}", r.stderr);
+        assert!(r.stderr.contains(bridge), "{}", r.stderr);
         let vm = c.vm(1, "nonet")?;
         assert_eq!(vm["state"], "failed");
         let host = index_of(&c, vm["node"].as_str().unwrap());
         assert_ne!(virsh(&["domstate", vm["domain"].as_str().unwrap()]).1.trim(), "running");
         let nonet_vol = format!("{}-disk0.qcow2", vm["id"].as_str().unwrap());
         assert!(virsh(&["vol-list", &pool(&c, host)]).1.contains(&nonet_vol), "the recorded volume went");
+        // Its host says what is wrong with the network, too.
+        wait_for("lan reported broken", Duration::from_secs(20), || {
+            let n = c.cli_ok(0, &["network", "get", "lan"]).ok()?;
+            n["hosts"].as_array()?.iter().all(|h| h["state"] == "error").then_some(())
+        })?;
         assert_eq!(vm["disks"][0]["created"], true);
 
         // A failure holds across a restart of its host's daemon: no retry,
@@ -276,7 +279,7 @@ fn images_are_thin_clones_and_failures_keep_the_data() -> Result<()> {
         // error, and the repeated failure is an event of its own.
         let r = c.cli(1, &["vm", "start", "nonet", "--wait", "--timeout", "60"]);
         assert!(!r.success, "{}", r.stdout);
-        assert!(r.stderr.contains("failed") && r.stderr.contains("no-such-net"), "{}", r.stderr);
+        assert!(r.stderr.contains("failed") && r.stderr.contains(bridge), "{}", r.stderr);
         wait_for("the second failure's event", Duration::from_secs(10), || (failures(&c) == 2).then_some(()))?;
         Ok(())
     })();

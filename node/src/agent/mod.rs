@@ -418,8 +418,7 @@ fn domain_spec(state: &ClusterState, vm_id: u64, ctx: &NodeCtx, prepared: Prepar
         kernel: prepared.kernel,
         initrd: prepared.initrd,
         cmdline: vm.spec.cmdline.clone(),
-        network: vm.spec.network.clone(),
-        bridge: vm.spec.bridge.clone(),
+        nics: crate::netconf::nics_xml(ctx, state, &vm.spec.nics),
         console_log: None,
         uuid: None,
     })

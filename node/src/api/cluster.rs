@@ -362,6 +362,7 @@ impl ClusterService {
                 n.heartbeat_age_ms = obs.heartbeat_age_ms.get(&n.name).copied();
                 n.reachable = n.heartbeat_age_ms.map(|age| age <= self.unreachable_after_ms());
                 n.storage = obs.storage.iter().filter(|s| s.node == n.name).cloned().collect();
+                n.networks = obs.networks.iter().filter(|s| s.node == n.name).cloned().collect();
                 n.fencing = obs.fencing.get(&n.name).cloned();
                 n.problem = obs.problem.get(&n.name).cloned();
                 // A silent or down host's last report is history: its
@@ -469,6 +470,7 @@ fn list_nodes(ctx: &NodeCtx) -> pb::ListNodesResponse {
                     fencing: None,
                     problem: None,
                     storage: Vec::new(),
+                    networks: Vec::new(),
                     reachable: None,
                 }
             })

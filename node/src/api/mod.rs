@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod host;
 pub mod membership;
 pub mod migrate;
+pub mod networks;
 pub mod security;
 pub mod storage;
 pub mod vms;

@@ -43,6 +43,8 @@ const TABLE: &[(&str, &[&str], Need)] = &[
     ("kvmesh.v1.Vms", &["*"], Need::Role(Role::Operator)),
     ("kvmesh.v1.Storage", &["List", "Get"], Need::Role(Role::Viewer)),
     ("kvmesh.v1.Storage", &["*"], Need::Role(Role::Admin)),
+    ("kvmesh.v1.Networks", &["List", "Get"], Need::Role(Role::Viewer)),
+    ("kvmesh.v1.Networks", &["*"], Need::Role(Role::Admin)),
     ("kvmesh.v1.Images", &["List", "Get"], Need::Role(Role::Viewer)),
     ("kvmesh.v1.Images", &["*"], Need::Role(Role::Operator)),
     ("kvmesh.v1.Security", &["*"], Need::Role(Role::Admin)),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use super::args_cluster::{CertCmd, ClusterCmd, NodeCmd, TokenCmd};
-use super::args_vm::{ImageCmd, StorageCmd, VmCmd};
+use super::args_vm::{ImageCmd, NetworkCmd, StorageCmd, VmCmd};
 use super::{events, examples, sizes};
 use crate::config::ServeConfig;
 
@@ -107,6 +107,9 @@ pub enum Command {
     /// Storage domains: where disks and images live.
     #[command(subcommand, after_help = examples::STORAGE)]
     Storage(StorageCmd),
+    /// Logical networks: defined once, realized on every host.
+    #[command(subcommand, after_help = examples::NETWORK)]
+    Network(NetworkCmd),
     /// Images: imported disk images, kernels, initrds and ISOs.
     #[command(subcommand, after_help = examples::IMAGE)]
     Image(ImageCmd),

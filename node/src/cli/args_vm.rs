@@ -37,11 +37,16 @@ pub struct CreateArgs {
     /// Kernel command line, e.g. "console=ttyS0".
     #[arg(long)]
     pub cmdline: Option<String>,
-    /// Attach a NIC to this libvirt network.
-    #[arg(long)]
+    /// A NIC on a cluster network: NETWORK[,mac=MAC][,model=virtio]
+    /// (repeatable, in order; `kvmesh network list`). Without mac= the
+    /// cluster gives it one, kept for the VM's life.
+    #[arg(long = "nic", value_parser = parse_nic)]
+    pub nics: Vec<kvmesh_proto::Nic>,
+    /// Removed: NICs name the cluster's networks now (--nic).
+    #[arg(long, hide = true)]
     pub network: Option<String>,
-    /// Attach a NIC to this host bridge.
-    #[arg(long)]
+    /// Removed: define the bridge as a network (--nic).
+    #[arg(long, hide = true)]
     pub bridge: Option<String>,
     /// Restart order when its host dies: higher first.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
@@ -232,6 +237,10 @@ pub enum VmCmd {
     /// A VM's disks: list, add and grow (live), remove (on a stopped VM).
     #[command(subcommand)]
     Disk(DiskCmd),
+    /// A VM's NICs: list, add, remove (a running guest gets the change at
+    /// its next start).
+    #[command(subcommand)]
+    Nic(NicCmd),
     /// Snapshots of all of a VM's disks (taken and reverted while it is stopped).
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
@@ -274,6 +283,89 @@ pub enum DiskCmd {
     /// Remove a disk of a stopped VM; its volume is deleted.
     #[command(after_help = "Examples:\n  kvmesh vm disk remove web1 1")]
     Remove { name: String, index: u32 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NicCmd {
+    /// A VM's NICs with their networks and MACs.
+    #[command(after_help = "Examples:\n  kvmesh vm nic list web1")]
+    List { name: String },
+    /// Add a NIC on a network; the cluster gives it a MAC unless --mac.
+    #[command(
+        after_help = "Examples:\n  kvmesh vm nic add web1 backend\n  kvmesh vm nic add web1 lan --mac 0a:00:00:12:34:56 --model e1000"
+    )]
+    Add {
+        name: String,
+        network: String,
+        #[arg(long)]
+        mac: Option<String>,
+        /// virtio (default), e1000, e1000e, rtl8139.
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Remove the NIC with this MAC.
+    #[command(after_help = "Examples:\n  kvmesh vm nic remove web1 0a:5c:00:00:00:03")]
+    Remove { name: String, mac: String },
+}
+
+/// `--nic NETWORK[,mac=MAC][,model=MODEL]`.
+pub fn parse_nic(s: &str) -> Result<kvmesh_proto::Nic, String> {
+    let mut parts = s.split(',');
+    let network = parts.next().unwrap_or_default().trim().to_string();
+    if network.is_empty() || network.contains('=') {
+        return Err(format!("{s:?}: start with the network's name, as in --nic lan,mac=0a:00:00:00:00:01"));
+    }
+    let mut nic = kvmesh_proto::Nic { network, ..Default::default() };
+    for part in parts {
+        match part.split_once('=') {
+            Some(("mac", v)) => nic.mac = v.to_string(),
+            Some(("model", v)) => nic.model = v.to_string(),
+            _ => return Err(format!("{part:?}: a NIC takes mac=MAC and model=MODEL after its network")),
+        }
+    }
+    Ok(nic)
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCmd {
+    /// Define a network for every host to realize.
+    #[command(
+        after_help = "Examples:\n  kvmesh network add lan --kind bridge --bridge br0 --required\n  kvmesh network add office --kind vlan --uplink eth1 --vlan 100\n  kvmesh network add backend --kind vxlan --vni 100\n  kvmesh network add lab --kind isolated"
+    )]
+    Add {
+        name: String,
+        /// bridge (an existing host bridge), vlan (UPLINK.ID and a bridge),
+        /// vxlan (an overlay between the hosts), isolated (a bridge per host).
+        #[arg(long)]
+        kind: String,
+        /// For --kind bridge: the bridge every host has.
+        #[arg(long)]
+        bridge: Option<String>,
+        /// For --kind vlan: the host interface the VLAN rides on.
+        #[arg(long)]
+        uplink: Option<String>,
+        /// For --kind vlan: the VLAN id, 1-4094.
+        #[arg(long)]
+        vlan: Option<u32>,
+        /// For --kind vxlan: the VXLAN network id, 1-16777215.
+        #[arg(long)]
+        vni: Option<u32>,
+        /// The guests' MTU [default: the underlay's, less 50 for VXLAN].
+        #[arg(long)]
+        mtu: Option<u32>,
+        /// Every host must have it: a host where it is not ready takes no new VMs.
+        #[arg(long)]
+        required: bool,
+    },
+    /// Networks with how many hosts have each ready.
+    #[command(after_help = "Examples:\n  kvmesh network list")]
+    List,
+    /// One network, with its status on every host.
+    #[command(after_help = "Examples:\n  kvmesh network get backend")]
+    Get { name: String },
+    /// Remove a network no NIC uses; every host deletes what it made for it.
+    #[command(after_help = "Examples:\n  kvmesh network remove lab")]
+    Remove { name: String },
 }
 
 #[derive(Subcommand, Debug)]

@@ -200,6 +200,7 @@ pub async fn run(settings: Settings, output: Output, wide: bool, command: Comman
         Command::Vm(c) => vm::run(channel, output, wide, c).await,
         Command::Storage(c) => storage::storage(channel, output, c).await,
         Command::Image(c) => storage::image(channel, output, c).await,
+        Command::Network(c) => super::networks::network(channel, output, c).await,
         Command::Events { .. } => unreachable!("events connect on their own"),
         Command::Token(c) => super::security::tokens(channel, output, c).await,
         Command::Cert(c) => super::security::certs(channel, &settings, output, c).await,

@@ -100,3 +100,10 @@ Examples:
   kvmesh cert create alice --role admin --out alice.toml
   kvmesh cert list
   kvmesh cert revoke alice";
+
+pub const NETWORK: &str = "\
+Examples:
+  kvmesh network add backend --kind vxlan --vni 100
+  kvmesh network add lan --kind bridge --bridge br0 --required
+  kvmesh network list
+  kvmesh vm create web1 --nic backend --nic lan,model=e1000";

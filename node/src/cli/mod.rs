@@ -23,6 +23,7 @@ mod cluster;
 mod config;
 mod events;
 mod examples;
+mod networks;
 mod nodes;
 mod output;
 mod security;
@@ -35,7 +36,7 @@ mod wait;
 
 pub use args::{parse, Cli, Command, Output, OutputFlag, WaitArgs};
 pub use args_cluster::{CertCmd, ClusterCmd, JoinTokenCmd, NodeCmd, PolicyCmd, TokenCmd};
-pub use args_vm::{CreateArgs, DiskCmd, ImageCmd, SnapshotCmd, StorageCmd, VmCmd};
+pub use args_vm::{CreateArgs, DiskCmd, ImageCmd, NetworkCmd, NicCmd, SnapshotCmd, StorageCmd, VmCmd};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

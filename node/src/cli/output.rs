@@ -135,6 +135,7 @@ fn node_json(n: &pb::NodeInfo) -> Value {
         "running_vcpus": n.running_vcpus, "running_memory_mib": n.running_memory_mib,
         "fencing": n.fencing, "problem": n.problem, "reachable": n.reachable,
         "storage": n.storage.iter().map(|s| json!({"domain": s.domain, "state": s.state, "message": s.message, "free_bytes": s.free_bytes, "total_bytes": s.total_bytes})).collect::<Vec<_>>(),
+        "networks": n.networks.iter().map(|s| json!({"network": s.network, "state": s.state, "message": s.message, "mtu": s.mtu})).collect::<Vec<_>>(),
     })
 }
 
@@ -152,6 +153,10 @@ pub fn print_node(output: Output, node: &pb::NodeInfo) {
                 };
                 let why = if st.message.is_empty() { String::new() } else { format!(": {}", st.message) };
                 outln!("storage {}: {}{room}{why}", st.domain, st.state);
+            }
+            for st in &node.networks {
+                let why = if st.message.is_empty() { String::new() } else { format!(": {}", st.message) };
+                outln!("network {}: {}{why}", st.network, st.state);
             }
         }
     }
@@ -224,6 +229,9 @@ pub fn print_nodes(output: Output, wide: bool, nodes: &[pb::NodeInfo]) {
             for n in nodes {
                 if let Some(problem) = n.problem.as_ref().filter(|p| !p.is_empty()) {
                     outln!("{}: {problem}; it takes no new VMs", n.name);
+                }
+                for net in n.networks.iter().filter(|s| s.state != "ready") {
+                    outln!("{}: network {} is {}: {}", n.name, net.network, net.state, net.message);
                 }
                 if shown_node_state(n) == "unreachable" {
                     outln!("{}: not heard from; its HA VMs restart elsewhere once it is declared down", n.name);

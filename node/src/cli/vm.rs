@@ -63,6 +63,7 @@ pub async fn run(channel: Ch, output: Output, wide: bool, command: VmCmd) -> Res
         }
         VmCmd::Console { name, bytes } => console(&mut vms, output, name, bytes).await?,
         VmCmd::Disk(cmd) => super::storage::disk(&mut vms, output, cmd).await?,
+        VmCmd::Nic(cmd) => super::networks::nic(&mut vms, output, cmd).await?,
         VmCmd::Snapshot(cmd) => super::storage::snapshot(&mut vms, output, cmd).await?,
         VmCmd::Template { name, image } => {
             let i = vms.template(req(pb::TemplateRequest { name, image })).await.map_err(status_err)?.into_inner();
@@ -79,6 +80,14 @@ pub async fn run(channel: Ch, output: Output, wide: bool, command: VmCmd) -> Res
 /// `--strict`).
 async fn create(vms: &mut VmsClient<Ch>, output: Output, args: CreateArgs) -> Result<()> {
     let (dry_run, wait, timeout) = (args.dry_run, args.wait, args.timeout);
+    if args.network.is_some() || args.bridge.is_some() {
+        return Err(super::UsageError(
+            "--network and --bridge are gone: a NIC names one of the cluster's networks. Define it once \
+             (`kvmesh network add lan --kind bridge --bridge br0`, or --kind vxlan/vlan/isolated) and use --nic lan"
+                .into(),
+        )
+        .into());
+    }
     let create = create_request(args);
     if dry_run {
         let explain = pb::ExplainRequest { name: create.name.clone(), spec: Some(create) };
@@ -156,8 +165,7 @@ fn create_request(a: CreateArgs) -> pb::CreateVmRequest {
         kernel: a.kernel,
         initrd: a.initrd,
         cmdline: a.cmdline,
-        network: a.network,
-        bridge: a.bridge,
+        nics: a.nics,
         priority: a.priority,
         pin: a.pin,
         required_labels: a.node_labels.into_iter().collect(),

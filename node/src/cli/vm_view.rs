@@ -66,7 +66,7 @@ pub fn vm_json(vm: &pb::Vm) -> Value {
         "last_error": vm.last_error, "image": vm.image, "kernel": vm.kernel, "initrd": vm.initrd, "cmdline": vm.cmdline, "labels": vm.labels,
         "disks": vm.disks.iter().map(disk_json).collect::<Vec<_>>(),
         "snapshots": vm.snapshots.iter().map(|s| json!({"name": s.name, "created_at_ms": s.created_at_ms})).collect::<Vec<_>>(),
-        "network": vm.network, "bridge": vm.bridge, "domain": vm.domain,
+        "nics": vm.nics.iter().map(super::networks::nic_json).collect::<Vec<_>>(), "domain": vm.domain,
         "priority": vm.priority, "pin": vm.pin, "required_labels": vm.required_labels,
         "preferred_labels": vm.preferred_labels, "anti_affinity": vm.anti_affinity,
         "soft_anti_affinity": vm.soft_anti_affinity, "affinity": vm.affinity,
@@ -300,12 +300,12 @@ pub fn print_vm(output: Output, vm: &pb::Vm) {
         let made = if d.created { "" } else { ", made at first start" };
         field(&format!("disk {}", d.index), &format!("{} on {}{image}{made}", human_bytes(d.size_bytes), d.storage));
     }
-    let nic = match (&vm.network, &vm.bridge) {
-        (Some(n), _) => format!("network {n}"),
-        (None, Some(b)) => format!("bridge {b}"),
-        (None, None) => "-".into(),
-    };
-    field("nic", &nic);
+    if vm.nics.is_empty() {
+        field("nic", "-");
+    }
+    for (i, n) in vm.nics.iter().enumerate() {
+        field(&format!("nic {i}"), &format!("{} on network {} ({})", n.mac, n.network, n.model));
+    }
     if !vm.snapshots.is_empty() {
         let names: Vec<&str> = vm.snapshots.iter().map(|s| s.name.as_str()).collect();
         field("snapshots", &names.join(", "));

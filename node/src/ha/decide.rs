@@ -251,6 +251,7 @@ mod tests {
                 domains: vec![],
                 applied: 0,
                 storage: vec![],
+                networks: vec![],
                 fencing: String::new(),
                 problem: String::new(),
             },
@@ -340,7 +341,15 @@ mod tests {
         let domains = running.iter().map(|v| (*v, 1, true)).collect();
         hb.seen.insert(
             node,
-            Seen { at, domains, applied, storage: vec![], fencing: String::new(), problem: String::new() },
+            Seen {
+                at,
+                domains,
+                applied,
+                storage: vec![],
+                networks: vec![],
+                fencing: String::new(),
+                problem: String::new(),
+            },
         );
     }
 

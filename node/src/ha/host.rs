@@ -399,6 +399,7 @@ async fn send(ctx: &Arc<NodeCtx>, leader: &LeaderView, timeout: Duration) -> Res
         storage,
         fencing: ctx.guard.level().as_str().to_string(),
         problem,
+        networks: crate::netconf::current(ctx),
     };
     match ctx.leader() {
         Some((id, _)) if id == ctx.id => leader.receive(ctx, req).await,

@@ -28,6 +28,8 @@ pub struct Seen {
     pub applied: u64,
     /// Its storage domains as it sees them.
     pub storage: Vec<pb::HostStorageStatus>,
+    /// The cluster's networks as it sees them.
+    pub networks: Vec<pb::HostNetworkStatus>,
     /// How it is fenced, and what it reports wrong ("" when healthy).
     pub fencing: String,
     pub problem: String,
@@ -178,7 +180,29 @@ impl Liveness {
                 (*id, active.map(|s| (s.domain.clone(), s.free_bytes)).collect())
             })
             .collect();
-        HostFacts { unresponsive, impaired, storage: Some(storage), storage_free }
+        // A network counts as ready on a host only as its latest report
+        // says; one not listed is "not reported yet" (see `views`).
+        let networks = self
+            .heard
+            .seen
+            .iter()
+            .map(|(id, seen)| {
+                let states = seen
+                    .networks
+                    .iter()
+                    .map(|s| {
+                        let state = if s.state == crate::netconf::READY {
+                            Ok(())
+                        } else {
+                            Err(format!("{}: {}", s.state, s.message))
+                        };
+                        (s.network.clone(), state)
+                    })
+                    .collect();
+                (*id, states)
+            })
+            .collect();
+        HostFacts { unresponsive, impaired, storage: Some(storage), storage_free, networks: Some(networks) }
     }
 
     /// Whether this leader is too new to have heard from every live host.
@@ -229,6 +253,7 @@ impl LeaderView {
                         domains: Vec::new(),
                         applied: s.applied,
                         storage: s.storage.clone(),
+                        networks: s.networks.clone(),
                         fencing: s.fencing.clone(),
                         problem: s.problem.clone(),
                     };
@@ -278,6 +303,7 @@ impl LeaderView {
                 domains,
                 applied: req.applied_index,
                 storage: req.storage,
+                networks: req.networks,
                 fencing: req.fencing,
                 problem: req.problem,
             };
@@ -326,6 +352,12 @@ impl LeaderView {
                     .values()
                     .filter(|s| now.saturating_duration_since(s.at) <= self.down_after)
                     .flat_map(|s| s.storage.iter().cloned())
+                    .collect(),
+                networks: hb
+                    .seen
+                    .values()
+                    .filter(|s| now.saturating_duration_since(s.at) <= self.down_after)
+                    .flat_map(|s| s.networks.iter().cloned())
                     .collect(),
                 fencing: hb.seen.iter().map(|(id, s)| (name(id), s.fencing.clone())).collect(),
                 problem: hb

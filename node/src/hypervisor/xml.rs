@@ -27,13 +27,23 @@ pub struct DomainSpec {
     pub kernel: Option<String>,
     pub initrd: Option<String>,
     pub cmdline: Option<String>,
-    pub network: Option<String>,
-    pub bridge: Option<String>,
+    /// NICs in order, each on the bridge its network has on this host.
+    pub nics: Vec<NicXml>,
     /// Where the serial console is written.
     pub console_log: Option<String>,
     /// The UUID libvirt gave the domain when it was first defined: a
     /// redefinition must carry it, or libvirt refuses the name as taken.
     pub uuid: Option<String>,
+}
+
+/// One NIC as libvirt gets it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NicXml {
+    pub bridge: String,
+    pub mac: String,
+    pub model: String,
+    /// The guest's MTU, when the network sets one.
+    pub mtu: Option<u32>,
 }
 
 /// The kvmesh tag read back from a domain.
@@ -167,18 +177,14 @@ pub fn domain_xml(s: &DomainSpec) -> String {
     for (index, path) in &s.disks {
         let _ = writeln!(x, "    {}", disk_xml(*index, path));
     }
-    if let Some(net) = &s.network {
+    for nic in &s.nics {
+        let mtu = nic.mtu.map(|m| format!("<mtu size='{m}'/>")).unwrap_or_default();
         let _ = writeln!(
             x,
-            "    <interface type='network'><source network='{}'/><model type='virtio'/></interface>",
-            escape(net)
-        );
-    }
-    if let Some(br) = &s.bridge {
-        let _ = writeln!(
-            x,
-            "    <interface type='bridge'><source bridge='{}'/><model type='virtio'/></interface>",
-            escape(br)
+            "    <interface type='bridge'><mac address='{}'/><source bridge='{}'/><model type='{}'/>{mtu}</interface>",
+            escape(&nic.mac),
+            escape(&nic.bridge),
+            escape(&nic.model)
         );
     }
     if let Some(log) = &s.console_log {
@@ -240,8 +246,12 @@ mod tests {
             kernel: Some("/boot/vmlinuz".into()),
             initrd: Some("/boot/initrd".into()),
             cmdline: Some("console=ttyS0 x=\"1\"".into()),
-            network: Some("default".into()),
-            bridge: None,
+            nics: vec![NicXml {
+                bridge: "kvb1".into(),
+                mac: "0a:00:00:00:00:01".into(),
+                model: "virtio".into(),
+                mtu: Some(1450),
+            }],
             console_log: Some("/d/console.log".into()),
             uuid: None,
         }
@@ -255,6 +265,10 @@ mod tests {
         assert!(x.contains("<source file='/d/a b.qcow2'/><target dev='vda'"));
         assert!(x.contains("<source file='/d/c.qcow2'/><target dev='vdc'"), "a disk keeps its name: {x}");
         assert!(x.contains("<domain type='qemu'>"));
+        assert!(
+            x.contains("<interface type='bridge'><mac address='0a:00:00:00:00:01'/><source bridge='kvb1'/><model type='virtio'/><mtu size='1450'/></interface>"),
+            "{x}"
+        );
         assert!(x.contains("<serial type='file'><source path='/d/console.log'/>"));
         assert!(!x.contains("<boot dev='hd'/>"), "direct kernel boot has no disk boot");
         assert_eq!(parse_metadata(&x), Some(Tag { vm_id: 255, node_id: 42, epoch: 3 }));

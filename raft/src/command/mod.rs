@@ -13,6 +13,7 @@
 
 mod cluster;
 pub mod migrations;
+mod networks;
 mod nodes;
 mod refusal;
 mod storage;
@@ -272,6 +273,28 @@ pub enum Command {
         set: BTreeMap<String, String>,
         unset: Vec<String>,
     },
+    /// `network add`: a logical network for every host to realize.
+    AddNetwork {
+        network: crate::networks::Network,
+        at_ms: u64,
+    },
+    /// `network remove`: refused while a NIC uses it.
+    RemoveNetwork {
+        name: String,
+        at_ms: u64,
+    },
+    /// `vm nic add`: a NIC whose MAC is allocated here unless given.
+    AddNic {
+        name: String,
+        nic: crate::networks::Nic,
+        at_ms: u64,
+    },
+    /// `vm nic remove`: the NIC with this MAC.
+    RemoveNic {
+        name: String,
+        mac: crate::networks::Mac,
+        at_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -309,6 +332,10 @@ impl Command {
             | Command::RemoveDisk { .. }
             | Command::BeginMigration { .. }
             | Command::Drain { .. }
+            | Command::AddNetwork { .. }
+            | Command::RemoveNetwork { .. }
+            | Command::AddNic { .. }
+            | Command::RemoveNic { .. }
             | Command::Snapshot { .. } => true,
             Command::Batch(cmds) => cmds.iter().any(Command::needs_request_id),
             Command::Audited { cmd, .. } => cmd.needs_request_id(),
@@ -397,6 +424,10 @@ impl ClusterState {
             }
             Command::AbortMigration { vm, epoch, reason, at_ms } => self.abort_migration(*vm, *epoch, reason, *at_ms),
             Command::LabelVm { name, set, unset } => self.label_vm(name, set, unset),
+            Command::AddNetwork { network, at_ms } => self.add_network(network, *at_ms),
+            Command::RemoveNetwork { name, at_ms } => self.remove_network(name, *at_ms),
+            Command::AddNic { name, nic, at_ms } => self.add_nic(name, nic, *at_ms),
+            Command::RemoveNic { name, mac, at_ms } => self.remove_nic(name, *mac, *at_ms),
             Command::Note { kind, message, at_ms } => {
                 self.push_event(*at_ms, kind, message.clone());
                 Response::Done
@@ -439,6 +470,8 @@ impl ClusterState {
 
 #[cfg(test)]
 mod migration_tests;
+#[cfg(test)]
+mod network_tests;
 #[cfg(test)]
 mod prop_tests;
 #[cfg(test)]

@@ -66,6 +66,28 @@ pub enum Refusal {
     /// A retried write whose first outcome is no longer remembered (its node
     /// has made many newer writes since); it is not applied a second time.
     RequestExpired,
+    UnknownNetwork {
+        name: String,
+    },
+    NetworkNameTaken {
+        name: String,
+    },
+    NetworkInUse {
+        name: String,
+        by: String,
+    },
+    NetworkInvalid {
+        reason: String,
+    },
+    MacTaken {
+        mac: String,
+        by: String,
+    },
+    UnknownNic {
+        vm: String,
+        mac: String,
+        have: String,
+    },
     /// `node set` (or a restart with other flags) that would leave what is
     /// placed on the node without room or without a label it requires.
     NodeChangeRefused {
@@ -198,6 +220,20 @@ impl std::fmt::Display for Refusal {
             Refusal::StorageChange { vm, reason } if vm.is_empty() => write!(f, "{reason}"),
             Refusal::StorageChange { vm, reason } => write!(f, "VM {vm:?}: {reason}"),
             Refusal::Migration { vm, reason } => write!(f, "VM {vm:?}: {reason}"),
+            Refusal::UnknownNetwork { name } => {
+                write!(f, "no network named {name:?}; see `kvmesh network list`, or define it with `kvmesh network add`")
+            }
+            Refusal::NetworkNameTaken { name } => write!(f, "a network named {name:?} already exists"),
+            Refusal::NetworkInUse { name, by } => write!(
+                f,
+                "network {name:?} is used by the NICs of {by}; remove them first (`kvmesh vm nic remove VM MAC`)"
+            ),
+            Refusal::NetworkInvalid { reason } => write!(f, "{reason}"),
+            Refusal::MacTaken { mac, by } => {
+                write!(f, "MAC {mac} is already used by {by}; leave mac= out to get a free one")
+            }
+            Refusal::UnknownNic { vm, mac, have } if have.is_empty() => write!(f, "VM {vm:?} has no NIC {mac}; it has no NICs"),
+            Refusal::UnknownNic { vm, mac, have } => write!(f, "VM {vm:?} has no NIC {mac}; its NICs: {have}"),
             Refusal::RequestExpired => write!(
                 f,
                 "this retried write is too old to tell whether it was applied; check the object's state and send it again if needed"

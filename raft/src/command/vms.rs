@@ -33,6 +33,9 @@ impl ClusterState {
         }
         let node_name = vm.placement.and_then(|p| self.nodes.get(&p.node)).map(|n| n.name.clone());
         let mut vm = vm.clone();
+        if let Err(r) = self.assign_nics(&mut vm.spec) {
+            return Response::Refused(r);
+        }
         vm.last_epoch = vm.last_epoch.max(vm.placement.map(|p| p.epoch).unwrap_or(0));
         self.vm_names.insert(vm.name.clone(), vm.id);
         self.vms.insert(vm.id, vm.clone());

@@ -8,6 +8,7 @@ use kvmesh_scheduler::Policy;
 
 use crate::error::{Error, Result};
 use crate::model::{PlacementSettings, VmSpec};
+use crate::networks::{Mac, Network, NetworkKind, Nic, DEFAULT_NIC_MODEL};
 use crate::storage::{Disk, DEFAULT_STORAGE};
 use crate::view;
 
@@ -47,9 +48,6 @@ pub fn vm_spec(req: &pb::CreateVmRequest) -> Result<VmSpec> {
     if req.cmdline.is_some() && req.kernel.is_none() {
         return Err(invalid("--cmdline needs --kernel"));
     }
-    if req.network.is_some() && req.bridge.is_some() {
-        return Err(invalid("use --network or --bridge, not both"));
-    }
     if req.affinity.is_some() && req.affinity == req.anti_affinity {
         return Err(invalid("a group cannot be both --affinity and --anti-affinity"));
     }
@@ -76,8 +74,7 @@ pub fn vm_spec(req: &pb::CreateVmRequest) -> Result<VmSpec> {
         kernel: req.kernel.clone(),
         initrd: req.initrd.clone(),
         cmdline: req.cmdline.clone(),
-        network: req.network.clone(),
-        bridge: req.bridge.clone(),
+        nics: req.nics.iter().map(nic).collect::<Result<_>>()?,
         priority: req.priority,
         pin: req.pin.clone(),
         required_labels: labels(&req.required_labels)?,
@@ -89,6 +86,49 @@ pub fn vm_spec(req: &pb::CreateVmRequest) -> Result<VmSpec> {
     };
     view::request(0, &req.name, &spec).validate().map_err(|e| invalid(e.to_string()))?;
     Ok(spec)
+}
+
+/// A NIC of a request: an empty MAC is left for `apply` to allocate.
+pub fn nic(n: &pb::Nic) -> Result<Nic> {
+    if n.network.is_empty() {
+        return Err(invalid("a NIC needs a network: --nic NETWORK[,mac=MAC][,model=virtio]"));
+    }
+    let mac = if n.mac.is_empty() { Mac::default() } else { n.mac.parse::<Mac>().map_err(invalid)? };
+    let model = if n.model.is_empty() { DEFAULT_NIC_MODEL.to_string() } else { n.model.clone() };
+    let nic = Nic { network: n.network.clone(), mac, model };
+    nic.validate().map_err(invalid)?;
+    Ok(nic)
+}
+
+/// `network add`: the definition to record, checked as far as it can be
+/// without a host.
+pub fn network(req: &pb::AddNetworkRequest) -> Result<Network> {
+    let flag = |v: &Option<String>, f: &str| {
+        v.clone().filter(|s| !s.is_empty()).ok_or_else(|| invalid(format!("a {} network needs {f}", req.kind)))
+    };
+    let kind = match req.kind.as_str() {
+        "bridge" => NetworkKind::Bridge { bridge: flag(&req.bridge, "--bridge BR")? },
+        "vlan" => {
+            let vlan = req.vlan.ok_or_else(|| invalid("a vlan network needs --vlan ID (1-4094)"))?;
+            let vlan = u16::try_from(vlan).map_err(|_| invalid(format!("VLAN id {vlan} is outside 1-4094")))?;
+            NetworkKind::Vlan { uplink: flag(&req.uplink, "--uplink IF")?, vlan }
+        }
+        "vxlan" => NetworkKind::Vxlan { vni: req.vni.ok_or_else(|| invalid("a vxlan network needs --vni N"))? },
+        "isolated" => NetworkKind::Isolated,
+        other => return Err(invalid(format!("unknown network kind {other:?}: use bridge, vlan, vxlan or isolated"))),
+    };
+    let extra = [
+        (req.bridge.is_some() && req.kind != "bridge", "--bridge"),
+        (req.uplink.is_some() && req.kind != "vlan", "--uplink"),
+        (req.vlan.is_some() && req.kind != "vlan", "--vlan"),
+        (req.vni.is_some() && req.kind != "vxlan", "--vni"),
+    ];
+    if let Some((_, f)) = extra.iter().find(|(bad, _)| *bad) {
+        return Err(invalid(format!("{f} does not apply to a {} network", req.kind)));
+    }
+    let n = Network { name: req.name.clone(), kind, required: req.required, mtu: req.mtu, created_at_ms: 0 };
+    n.validate().map_err(invalid)?;
+    Ok(n)
 }
 
 /// New placement settings: the request's policy, and its ratios and

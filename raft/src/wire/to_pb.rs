@@ -6,6 +6,7 @@ use kvmesh_scheduler::{self as scheduler, Outcome};
 
 use crate::command::uses_image;
 use crate::model::{domain_name, vm_id_hex, ClusterState, Desired, Event, NodeState, PlacementSettings, Vm, VmState};
+use crate::networks::{Network, NetworkKind, Nic};
 use crate::storage::{Disk, Image, StorageDomain};
 
 pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
@@ -44,8 +45,7 @@ pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
         migration_started_ms: vm.migration.map(|m| m.started_at_ms).unwrap_or(0),
         // Only the source host knows: filled in by `vm get`.
         migration_progress: None,
-        network: vm.spec.network.clone(),
-        bridge: vm.spec.bridge.clone(),
+        nics: vm.spec.nics.iter().map(nic).collect(),
         domain: domain_name(vm.id),
         priority: vm.spec.priority,
         pin: vm.spec.pin.clone(),
@@ -153,6 +153,33 @@ pub fn vm_state(state: &ClusterState, vm: &Vm) -> pb::VmState {
             pb::VmState::Stopped
         }
         _ => pb::VmState::Pending,
+    }
+}
+
+pub fn nic(n: &Nic) -> pb::Nic {
+    pb::Nic { network: n.network.clone(), mac: n.mac.to_string(), model: n.model.clone() }
+}
+
+/// A network's definition; its hosts' statuses are the API's to add.
+pub fn network(state: &ClusterState, n: &Network) -> pb::NetworkInfo {
+    let (uplink, vlan, vni) = match &n.kind {
+        NetworkKind::Vlan { uplink, vlan } => (Some(uplink.clone()), Some(*vlan as u32), None),
+        NetworkKind::Vxlan { vni } => (None, None, Some(*vni)),
+        _ => (None, None, None),
+    };
+    let nics = state.vms.values().flat_map(|v| &v.spec.nics).filter(|x| x.network == n.name).count();
+    pb::NetworkInfo {
+        name: n.name.clone(),
+        kind: n.kind.as_str().into(),
+        bridge: n.bridge(),
+        uplink,
+        vlan,
+        vni,
+        mtu: n.mtu,
+        required: n.required,
+        hosts: Vec::new(),
+        nics: nics as u32,
+        created_at_ms: n.created_at_ms,
     }
 }
 
