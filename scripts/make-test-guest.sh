@@ -13,7 +13,10 @@
 # Networks: kvmesh.ip=ADDR/PREFIX gives the first NIC that address (it
 # prints KVMESH-MAC <its MAC>), kvmesh.ping=IP[,IP...] pings each every
 # second and prints KVMESH-PING <ip> ok|fail <n>, and kvmesh.serve=PORT
-# answers TCP on PORT with a stream of zeros (for throughput benchmarks).
+# answers TCP on PORT with a stream of zeros. For benchmarks,
+# kvmesh.fetch=IP:PORT:MIB reads MIB from such a server and prints
+# KVMESH-FETCH <bytes> <uptime before> <uptime after>, and kvmesh.rtt=IP
+# prints KVMESH-RTT <busybox ping's round-trip summary> for 20 pings.
 # Each write is fsynced: that sends the disk a FLUSH, without which a killed
 # QEMU may lose it (qcow2 metadata waits in QEMU's cache, as data waits in a
 # real disk's write cache), and no hypervisor promises unflushed writes.
@@ -110,6 +113,21 @@ for arg in $($B cat /proc/cmdline); do
         done
         n=$((n+1)); $B sleep 1
       done) & ;;
+    kvmesh.fetch=*)
+      spec=${arg#kvmesh.fetch=}; host=${spec%%:*}; rest=${spec#*:}; port=${rest%%:*}; mib=${rest#*:}
+      (until $B ping -c 1 -W 1 "$host" >/dev/null 2>&1; do $B sleep 1; done
+       t0=$($B cut -d' ' -f1 /proc/uptime)
+       # nc's stdin: a FIFO held open, never written (at EOF busybox nc
+       # hangs up, and a writer such as sleep would outlive the pipeline).
+       $B mkdir -p /run; $B mkfifo /run/hold; exec 3<>/run/hold
+       got=$($B nc "$host" "$port" <&3 | $B head -c $((mib * 1048576)) | $B wc -c)
+       t1=$($B cut -d' ' -f1 /proc/uptime)
+       while true; do echo "KVMESH-FETCH $got $t0 $t1"; $B sleep 2; done) & ;;
+    kvmesh.rtt=*)
+      target=${arg#kvmesh.rtt=}
+      (until $B ping -c 1 -W 1 "$target" >/dev/null 2>&1; do $B sleep 1; done
+       sum=$($B ping -c 20 "$target" | $B tail -1)
+       while true; do echo "KVMESH-RTT $sum"; $B sleep 2; done) & ;;
     kvmesh.serve=*)
       port=${arg#kvmesh.serve=}
       (while true; do $B nc -l -p "$port" </dev/zero >/dev/null 2>&1; done) & ;;

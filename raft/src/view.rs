@@ -37,8 +37,11 @@ pub struct HostFacts {
     pub storage_free: BTreeMap<NodeId, BTreeMap<String, u64>>,
     /// Each host's networks that are ready (`Ok`) or not (`Err(why)`), as
     /// it last reported them; `None`: not known (no network rule applies).
-    pub networks: Option<BTreeMap<NodeId, BTreeMap<String, Result<(), String>>>>,
+    pub networks: Option<BTreeMap<NodeId, NetworkReadiness>>,
 }
+
+/// A host's networks: ready, or why not.
+pub type NetworkReadiness = BTreeMap<String, Result<(), String>>;
 
 impl HostFacts {
     pub fn unresponsive(unresponsive: BTreeSet<NodeId>) -> Self {

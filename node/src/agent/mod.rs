@@ -63,6 +63,7 @@ fn wants(state: &ClusterState, node: u64) -> Vec<Want> {
                 reported,
                 ha: vm.spec.ha,
                 disks: vm.spec.disks.iter().map(|d| (d.index, d.size_bytes)).collect(),
+                nics: vm.spec.nics.iter().map(|n| (n.mac.to_string(), n.network.clone())).collect(),
                 // A stopped VM's move (a cold copy) is the target's to pull.
                 migrating_out: vm
                     .migration
@@ -237,6 +238,26 @@ async fn reconcile(
                         if let Some(epoch) = epoch {
                             let error =
                                 Some(format!("disk change not applied live: {e}; it applies at the next start"));
+                            let _ = report(ctx, vm_id, epoch, VmState::Running, error).await;
+                        }
+                    }
+                }
+            }
+            Action::SyncNics { vm_id } => {
+                let domain = domain_name(vm_id);
+                let nics = ctx
+                    .read(|d| d.state.vms.get(&vm_id).map(|v| crate::netconf::nics_xml(ctx, &d.state, &v.spec.nics)));
+                let Some(nics) = nics else { continue };
+                match blocking(&ctx.hypervisor, move |hv| hv.sync_nics(&domain, &nics)).await {
+                    Ok(done) if !done.is_empty() => {
+                        info!(vm = %vm_id_hex(vm_id), changes = ?done, "gave the running guest its NICs")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(vm = %vm_id_hex(vm_id), error = %e, "live NIC change failed");
+                        let epoch = ctx.read(|d| d.state.vms.get(&vm_id).and_then(|v| v.placement).map(|p| p.epoch));
+                        if let Some(epoch) = epoch {
+                            let error = Some(format!("NIC change not applied live: {e}; it applies at the next start"));
                             let _ = report(ctx, vm_id, epoch, VmState::Running, error).await;
                         }
                     }

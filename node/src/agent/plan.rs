@@ -30,6 +30,8 @@ pub struct Want {
     pub ha: bool,
     /// (index, size) of each disk: a change while it runs is made live.
     pub disks: Vec<(u32, u64)>,
+    /// (MAC, network) of each NIC: a change while it runs is made live.
+    pub nics: Vec<(String, String)>,
     /// The epoch of a live migration away from this host, while it runs.
     pub migrating_out: Option<u64>,
 }
@@ -53,6 +55,7 @@ pub struct Memory {
     /// The disks the running guest was last given (at its start, or by a
     /// live change); `None` after the agent restarts, which checks once.
     disks_synced: Option<Vec<(u32, u64)>>,
+    nics_synced: Option<Vec<(String, String)>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +92,10 @@ pub enum Action {
     /// Give a running guest the disks its spec has now: attach new ones,
     /// grow larger ones.
     SyncDisks {
+        vm_id: u64,
+    },
+    /// Give the running guest the NICs of its spec (hot-plug, unplug).
+    SyncNics {
         vm_id: u64,
     },
     /// Send the running guest to a migration's target (the shell runs it
@@ -198,6 +205,7 @@ pub fn plan(
                 desired_gen: want.desired_gen,
                 restart_done: mem.restart_done,
                 disks_synced: mem.disks_synced.take(),
+                nics_synced: mem.nics_synced.take(),
                 ..Memory::default()
             };
         }
@@ -247,6 +255,7 @@ fn plan_running(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: 
     let Some(have) = have else {
         mem.restart_done = want.restart_gen;
         mem.disks_synced = Some(want.disks.clone());
+        mem.nics_synced = Some(want.nics.clone());
         out.push(Action::Create { vm_id: want.vm_id });
         return;
     };
@@ -265,6 +274,10 @@ fn plan_running(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: 
                 mem.disks_synced = Some(want.disks.clone());
                 out.push(Action::SyncDisks { vm_id: want.vm_id });
             }
+            if mem.nics_synced.as_ref() != Some(&want.nics) {
+                mem.nics_synced = Some(want.nics.clone());
+                out.push(Action::SyncNics { vm_id: want.vm_id });
+            }
             report(out, want, mem, VmState::Running, None);
         }
         // Paused at an epoch nothing was reported at yet: a live migration
@@ -277,6 +290,7 @@ fn plan_running(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: 
             mem.restart_done = want.restart_gen;
             // Every start defines the domain with the disks of the spec.
             mem.disks_synced = Some(want.disks.clone());
+            mem.nics_synced = Some(want.nics.clone());
             let was_running = matches!(want.reported, Some((VmState::Running, _)) | Some((VmState::Crashed, _)));
             mem.lease_retry_at_ms = None;
             if !was_running {

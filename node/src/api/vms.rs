@@ -451,10 +451,8 @@ impl pb::vms_server::Vms for VmsService {
         let r = request.into_inner();
         let nic = kvmesh_raft::wire::from_pb::nic(&r.nic.unwrap_or_default())
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let mut vm =
-            self.action(&r.vm, Command::AddNic { name: r.vm.clone(), nic, at_ms: now_ms() }).await?.into_inner();
-        vm.warning = nic_change_warning(&vm);
-        Ok(Response::new(vm))
+        // A running guest gets it live (the agent's `SyncNics`).
+        self.action(&r.vm, Command::AddNic { name: r.vm.clone(), nic, at_ms: now_ms() }).await
     }
 
     async fn remove_nic(
@@ -463,10 +461,7 @@ impl pb::vms_server::Vms for VmsService {
     ) -> std::result::Result<Response<pb::Vm>, Status> {
         let r = request.into_inner();
         let mac = r.mac.parse::<kvmesh_raft::networks::Mac>().map_err(Error::InvalidArgument)?;
-        let mut vm =
-            self.action(&r.vm, Command::RemoveNic { name: r.vm.clone(), mac, at_ms: now_ms() }).await?.into_inner();
-        vm.warning = nic_change_warning(&vm);
-        Ok(Response::new(vm))
+        self.action(&r.vm, Command::RemoveNic { name: r.vm.clone(), mac, at_ms: now_ms() }).await
     }
 
     async fn resize_disk(
@@ -658,11 +653,4 @@ impl VmsService {
         }
         r
     }
-}
-
-/// A NIC change reaches a running guest at its next start: kvmesh defines
-/// the domain again at every start, never behind a running guest's back.
-fn nic_change_warning(vm: &pb::Vm) -> Option<String> {
-    (vm.state == pb::VmState::Running as i32 || vm.state == pb::VmState::Pending as i32 && vm.node.is_some())
-        .then(|| format!("the running guest gets this NIC change at its next start: `kvmesh vm restart {}`", vm.name))
 }

@@ -237,8 +237,7 @@ pub enum VmCmd {
     /// A VM's disks: list, add and grow (live), remove (on a stopped VM).
     #[command(subcommand)]
     Disk(DiskCmd),
-    /// A VM's NICs: list, add, remove (a running guest gets the change at
-    /// its next start).
+    /// A VM's NICs: list, add, remove (a running guest gets the change live).
     #[command(subcommand)]
     Nic(NicCmd),
     /// Snapshots of all of a VM's disks (taken and reverted while it is stopped).

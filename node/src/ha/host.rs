@@ -353,6 +353,8 @@ pub async fn leave(ctx: &Arc<NodeCtx>) {
             warn!(domain = %d.name, error = %e, "could not remove the domain");
         }
     }
+    // Its guests gone, so are the networks' devices kvmesh made here.
+    crate::netconf::remove_all(ctx).await;
 }
 
 async fn send(ctx: &Arc<NodeCtx>, leader: &LeaderView, timeout: Duration) -> Result<pb::HeartbeatAck, Status> {

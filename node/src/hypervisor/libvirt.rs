@@ -531,6 +531,30 @@ impl Hypervisor for Libvirt {
         Ok(done)
     }
 
+    fn sync_nics(&self, domain: &str, nics: &[xml::NicXml]) -> Result<Vec<String>> {
+        const AFFECT_LIVE_AND_CONFIG: u32 = 1 | 2; // VIR_DOMAIN_AFFECT_LIVE | VIR_DOMAIN_AFFECT_CONFIG
+        if self.is_test_driver() {
+            return Ok(Vec::new()); // it runs no guest: the next definition carries the NICs
+        }
+        let dom = self.lookup(domain)?;
+        let live = dom.xml_desc(0).map_err(|e| lv_err(&format!("describe {domain}"), e))?;
+        let mut done = Vec::new();
+        for (mac, iface) in xml::interfaces(&live) {
+            if !nics.iter().any(|n| n.mac == mac) {
+                dom.detach_device_flags(&iface, AFFECT_LIVE_AND_CONFIG)
+                    .map_err(|e| lv_err(&format!("unplug NIC {mac} from {domain}"), e))?;
+                done.push(format!("unplugged {mac}"));
+            }
+        }
+        let present: Vec<String> = xml::interfaces(&live).into_iter().map(|(mac, _)| mac).collect();
+        for nic in nics.iter().filter(|n| !present.contains(&n.mac)) {
+            dom.attach_device_flags(&xml::nic_xml(nic), AFFECT_LIVE_AND_CONFIG)
+                .map_err(|e| lv_err(&format!("plug NIC {} into {domain}", nic.mac), e))?;
+            done.push(format!("plugged {} into {}", nic.mac, nic.bridge));
+        }
+        Ok(done)
+    }
+
     fn stores_files(&self) -> bool {
         !self.is_test_driver()
     }

@@ -95,6 +95,9 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// attaches the missing ones and grows the smaller ones, live. What it
     /// did, for the log.
     fn sync_disks(&self, domain: &str, disks: &[(u32, String, u64)]) -> Result<Vec<String>>;
+    /// Plugs the NICs a running domain lacks and unplugs those not listed
+    /// (matched by MAC); what it changed.
+    fn sync_nics(&self, domain: &str, nics: &[xml::NicXml]) -> Result<Vec<String>>;
     /// Whether volumes are real files (false for libvirt's test driver,
     /// which keeps them in memory).
     fn stores_files(&self) -> bool;

@@ -46,6 +46,33 @@ pub struct NicXml {
     pub mtu: Option<u32>,
 }
 
+/// One NIC's `<interface>` element (also what a hot-plug attaches).
+pub fn nic_xml(nic: &NicXml) -> String {
+    let mtu = nic.mtu.map(|m| format!("<mtu size='{m}'/>")).unwrap_or_default();
+    format!(
+        "<interface type='bridge'><mac address='{}'/><source bridge='{}'/><model type='{}'/>{mtu}</interface>",
+        escape(&nic.mac),
+        escape(&nic.bridge),
+        escape(&nic.model)
+    )
+}
+
+/// The `<interface>` elements of a domain's XML with their MACs, as
+/// libvirt wrote them (what an unplug must name).
+pub fn interfaces(domain_xml: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = domain_xml;
+    while let Some(start) = rest.find("<interface ") {
+        let Some(len) = rest[start..].find("</interface>") else { break };
+        let block = &rest[start..start + len + "</interface>".len()];
+        if let Some(mac) = block.split("<mac address='").nth(1).and_then(|m| m.split('\'').next()) {
+            out.push((mac.to_string(), block.to_string()));
+        }
+        rest = &rest[start + len..];
+    }
+    out
+}
+
 /// The kvmesh tag read back from a domain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tag {
@@ -178,14 +205,7 @@ pub fn domain_xml(s: &DomainSpec) -> String {
         let _ = writeln!(x, "    {}", disk_xml(*index, path));
     }
     for nic in &s.nics {
-        let mtu = nic.mtu.map(|m| format!("<mtu size='{m}'/>")).unwrap_or_default();
-        let _ = writeln!(
-            x,
-            "    <interface type='bridge'><mac address='{}'/><source bridge='{}'/><model type='{}'/>{mtu}</interface>",
-            escape(&nic.mac),
-            escape(&nic.bridge),
-            escape(&nic.model)
-        );
+        let _ = writeln!(x, "    {}", nic_xml(nic));
     }
     if let Some(log) = &s.console_log {
         let _ = writeln!(x, "    <serial type='file'><source path='{}'/><target port='0'/></serial>", escape(log));
@@ -265,6 +285,10 @@ mod tests {
         assert!(x.contains("<source file='/d/a b.qcow2'/><target dev='vda'"));
         assert!(x.contains("<source file='/d/c.qcow2'/><target dev='vdc'"), "a disk keeps its name: {x}");
         assert!(x.contains("<domain type='qemu'>"));
+        let ifaces = interfaces(&x);
+        assert_eq!(ifaces.len(), 1);
+        assert_eq!(ifaces[0].0, "0a:00:00:00:00:01");
+        assert!(ifaces[0].1.starts_with("<interface type='bridge'>") && ifaces[0].1.ends_with("</interface>"));
         assert!(
             x.contains("<interface type='bridge'><mac address='0a:00:00:00:00:01'/><source bridge='kvb1'/><model type='virtio'/><mtu size='1450'/></interface>"),
             "{x}"

@@ -193,6 +193,27 @@ fn status(ctx: &NodeCtx, network: &str, s: &Status) -> pb::HostNetworkStatus {
     pb::HostNetworkStatus { node: ctx.name.clone(), network: network.into(), state: state.into(), message, mtu }
 }
 
+/// Deletes every device kvmesh made on this host (the node left the
+/// cluster): the plan for no networks at all.
+pub async fn remove_all(ctx: &NodeCtx) {
+    if ctx.config.libvirt_uri.starts_with("test:") {
+        return;
+    }
+    let Ok((connection, handle, _)) = rtnetlink::new_connection() else { return };
+    tokio::spawn(connection);
+    let have = match netlink::observe(&handle).await {
+        Ok(have) => have,
+        Err(e) => return warn!(error = %e, "cannot read this host's network devices to remove kvmesh's"),
+    };
+    let want = Wanted { networks: Vec::new(), local: Ipv4Addr::UNSPECIFIED, peers: BTreeSet::new() };
+    for step in plan::plan(&want, &have).0 {
+        match netlink::apply(&handle, &step).await {
+            Ok(()) => info!(?step, "left the cluster: removed a network device kvmesh made"),
+            Err(e) => warn!(error = %e.message, "could not remove a network device kvmesh made"),
+        }
+    }
+}
+
 /// This host's statuses, for its heartbeat.
 pub fn current(ctx: &NodeCtx) -> Vec<pb::HostNetworkStatus> {
     ctx.network_status.lock().unwrap_or_else(|p| p.into_inner()).clone()

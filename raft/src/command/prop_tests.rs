@@ -71,7 +71,7 @@ fn command(rng: &mut StdRng, state: &ClusterState, wild: bool) -> Command {
     let node_id = rng.gen_range(0..=NODES + 1); // 0 and NODES+1 are unknown
     let vm_id = rng.gen_range(0..VMS + 2);
     let at_ms = rng.gen_range(0..1_000_000);
-    match rng.gen_range(0..26) {
+    match rng.gen_range(0..30) {
         0..=1 => {
             let id = rng.gen_range(1..=NODES);
             Command::AddNode { node: node(rng, id, wild), at_ms }
@@ -160,6 +160,34 @@ fn command(rng: &mut StdRng, state: &ClusterState, wild: bool) -> Command {
         22 => Command::FinishMigration { vm: vm_id, epoch: rng.gen_range(0..4), downtime_ms: None, at_ms },
         23 => Command::AbortMigration { vm: vm_id, epoch: rng.gen_range(0..4), reason: "r".into(), at_ms },
         24 => Command::Drain { id: node_id, cold: rng.gen_bool(0.5), at_ms },
+        25 => {
+            let kind = crate::networks::NetworkKind::Vxlan { vni: rng.gen_range(0..4) };
+            let network = crate::networks::Network {
+                name: format!("net{}", rng.gen_range(0..3)),
+                kind,
+                required: rng.gen_bool(0.2),
+                mtu: None,
+                created_at_ms: 0,
+            };
+            Command::AddNetwork { network, at_ms }
+        }
+        26 => Command::RemoveNetwork { name: format!("net{}", rng.gen_range(0..3)), at_ms },
+        27 => {
+            // Mostly "allocate one"; sometimes a small given MAC, which
+            // collides now and then.
+            let mac = if rng.gen_bool(0.7) {
+                crate::networks::Mac::default()
+            } else {
+                crate::networks::Mac([0x0a, 0, 0, 0, 0, rng.gen_range(1..4)])
+            };
+            let nic =
+                crate::networks::Nic { network: format!("net{}", rng.gen_range(0..3)), mac, model: "virtio".into() };
+            Command::AddNic { name: vm_name(rng), nic, at_ms }
+        }
+        28 => {
+            let mac = crate::networks::Mac([0x0a, 0, 0, 0, 0, rng.gen_range(1..4)]);
+            Command::RemoveNic { name: vm_name(rng), mac, at_ms }
+        }
         _ => Command::Batch((0..rng.gen_range(0..4)).map(|_| command(rng, state, wild)).collect()),
     }
 }
@@ -172,6 +200,12 @@ fn check_invariants(s: &mut ClusterState, capacity: bool, step: usize) {
     assert_eq!(s.vm_names.len(), s.vms.len(), "{}", ctx("name index size"));
     for (name, id) in &s.vm_names {
         assert_eq!(s.vms.get(id).map(|v| v.name.as_str()), Some(name.as_str()), "{}", ctx("name index"));
+    }
+    // Every NIC is on a network that exists, and no MAC is on two NICs.
+    let mut macs = std::collections::BTreeSet::new();
+    for nic in s.vms.values().flat_map(|v| &v.spec.nics) {
+        assert!(s.meta.networks.contains_key(&nic.network), "{}", ctx("NIC on a removed network"));
+        assert!(!nic.mac.is_unset() && macs.insert(nic.mac), "{}", ctx("MAC unset or on two NICs"));
     }
     for vm in s.vms.values() {
         if let Some(p) = vm.placement {

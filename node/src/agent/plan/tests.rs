@@ -15,6 +15,7 @@ fn want(desired: Desired) -> Want {
         reported: None,
         ha: false,
         disks: vec![(0, 1 << 30)],
+        nics: vec![],
         migrating_out: None,
     }
 }
@@ -119,8 +120,8 @@ fn restart_power_cycles_once_per_request() {
     let mut w = want(Desired::Running);
     w.reported = Some((VmState::Running, None));
     let on = [dom(RunState::Running)];
-    // First sight of a running guest: its disks are checked once.
-    assert_eq!(run(&w, &on, &mut mem, 0), vec![Action::SyncDisks { vm_id: 7 }]);
+    // First sight of a running guest: its disks and NICs are checked once.
+    assert_eq!(run(&w, &on, &mut mem, 0), vec![Action::SyncDisks { vm_id: 7 }, Action::SyncNics { vm_id: 7 }]);
     w.restart_gen = 1;
     w.desired_gen = 1;
     assert_eq!(run(&w, &on, &mut mem, 1), vec![Action::Restart { vm_id: 7 }]);
@@ -133,7 +134,8 @@ fn restarts_requested_before_the_agent_started_are_not_replayed() {
     let mut w = want(Desired::Running);
     w.restart_gen = 4;
     w.reported = Some((VmState::Running, None));
-    assert_eq!(run(&w, &[dom(RunState::Running)], &mut mem, 0), vec![Action::SyncDisks { vm_id: 7 }]);
+    let first_sight = vec![Action::SyncDisks { vm_id: 7 }, Action::SyncNics { vm_id: 7 }];
+    assert_eq!(run(&w, &[dom(RunState::Running)], &mut mem, 0), first_sight);
 }
 
 #[test]
@@ -276,6 +278,22 @@ fn a_guest_between_states_is_left_alone_and_its_final_reason_is_reported() {
         }),
         "{after:?}"
     );
+}
+
+#[test]
+fn a_nic_added_or_removed_while_the_guest_runs_is_plugged_live_once() {
+    let mut w = want(Desired::Running);
+    w.nics = vec![("0a:00:00:00:00:01".into(), "blue".into())];
+    let mut mem = HashMap::new();
+    assert_eq!(run(&w, &[], &mut mem, 0), vec![Action::Create { vm_id: 7 }]);
+    w.reported = Some((VmState::Running, None));
+    let running = [dom(RunState::Running)];
+    assert!(!run(&w, &running, &mut mem, 10).contains(&Action::SyncNics { vm_id: 7 }), "created with its NICs");
+    w.nics.push(("0a:00:00:00:00:02".into(), "red".into()));
+    assert!(run(&w, &running, &mut mem, 20).contains(&Action::SyncNics { vm_id: 7 }));
+    assert!(!run(&w, &running, &mut mem, 30).contains(&Action::SyncNics { vm_id: 7 }), "once per change");
+    w.nics.remove(0);
+    assert!(run(&w, &running, &mut mem, 40).contains(&Action::SyncNics { vm_id: 7 }));
 }
 
 #[test]
