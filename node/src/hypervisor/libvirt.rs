@@ -539,13 +539,38 @@ impl Hypervisor for Libvirt {
         let dom = self.lookup(domain)?;
         let live = dom.xml_desc(0).map_err(|e| lv_err(&format!("describe {domain}"), e))?;
         let mut done = Vec::new();
+        // A NIC the spec lacks, or has on another bridge (a MAC given again
+        // on another network), is unplugged; the guest must let it go.
+        let on_its_bridge = |mac: &str, iface: &str| {
+            nics.iter().any(|n| n.mac == mac && iface.contains(&format!("<source bridge='{}'", n.bridge)))
+        };
         for (mac, iface) in xml::interfaces(&live) {
-            if !nics.iter().any(|n| n.mac == mac) {
+            if !on_its_bridge(&mac, &iface) {
                 dom.detach_device_flags(&iface, AFFECT_LIVE_AND_CONFIG)
                     .map_err(|e| lv_err(&format!("unplug NIC {mac} from {domain}"), e))?;
                 done.push(format!("unplugged {mac}"));
             }
         }
+        if !done.is_empty() {
+            // libvirt returns once it asked; the guest answers the unplug.
+            let mut left = Vec::new();
+            for _ in 0..50 {
+                let now = dom.xml_desc(0).map_err(|e| lv_err(&format!("describe {domain}"), e))?;
+                left =
+                    xml::interfaces(&now).into_iter().filter(|(m, i)| !on_its_bridge(m, i)).map(|(m, _)| m).collect();
+                if left.is_empty() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            if !left.is_empty() {
+                return Err(Error::Hypervisor(format!(
+                    "the guest has not released NIC(s) {} after 5 s",
+                    left.join(", ")
+                )));
+            }
+        }
+        let live = dom.xml_desc(0).map_err(|e| lv_err(&format!("describe {domain}"), e))?;
         let present: Vec<String> = xml::interfaces(&live).into_iter().map(|(mac, _)| mac).collect();
         for nic in nics.iter().filter(|n| !present.contains(&n.mac)) {
             dom.attach_device_flags(&xml::nic_xml(nic), AFFECT_LIVE_AND_CONFIG)

@@ -55,14 +55,19 @@ pub async fn run(ctx: Arc<NodeCtx>) {
         }
     };
     let mut metrics = ctx.raft.metrics();
-    let mut vlan_unsupported: Option<String> = None;
+    // Why VLAN devices failed, and when: tried again after a minute (an
+    // operator may have loaded 8021q meanwhile).
+    let mut vlan_unsupported: Option<(String, std::time::Instant)> = None;
     loop {
         let seen = wanted_config(&ctx);
         let statuses = match (&handle, seen.as_ref()) {
             (_, None) => Vec::new(),
             (None, Some((nets, _, _))) => nets.iter().map(|n| unrealized(&ctx, n, simulated)).collect(),
             (Some(handle), Some((networks, local, peers))) => {
-                let want = Wanted { networks: networks.clone(), local: *local, peers: peers.clone() };
+                let want = resolve(networks.clone(), local, peers).await;
+                if vlan_unsupported.as_ref().is_some_and(|(_, at)| at.elapsed() > Duration::from_secs(60)) {
+                    vlan_unsupported = None;
+                }
                 realize(&ctx, handle, &want, &mut vlan_unsupported).await
             }
         };
@@ -85,22 +90,52 @@ pub async fn run(ctx: Arc<NodeCtx>) {
     }
 }
 
-/// The networks, this host's address and the other members' addresses.
-fn wanted_config(ctx: &NodeCtx) -> Option<(Vec<Network>, Ipv4Addr, BTreeSet<Ipv4Addr>)> {
+/// The networks, this host's address and the other members' (name,
+/// address) pairs, as the replica holds them.
+type Config = (Vec<Network>, String, Vec<(String, String)>);
+
+fn wanted_config(ctx: &NodeCtx) -> Option<Config> {
     ctx.read(|d| {
         let me = d.state.nodes.get(&ctx.id)?;
-        let local = ipv4_of(&me.address).unwrap_or(Ipv4Addr::UNSPECIFIED);
-        let peers = d.state.nodes.values().filter(|n| n.id != ctx.id).filter_map(|n| ipv4_of(&n.address)).collect();
-        Some((d.state.meta.networks.values().cloned().collect(), local, peers))
+        let peers =
+            d.state.nodes.values().filter(|n| n.id != ctx.id).map(|n| (n.name.clone(), n.address.clone())).collect();
+        Some((d.state.meta.networks.values().cloned().collect(), me.address.clone(), peers))
     })
 }
 
-/// The IPv4 address of a node address (`IP:PORT`).
-fn ipv4_of(address: &str) -> Option<Ipv4Addr> {
-    match address.parse::<std::net::SocketAddr>().ok()?.ip() {
+/// Turns addresses into IPv4 addresses (a host name is looked up); a peer
+/// that gives none is named, so its VXLAN networks say the overlay is split.
+async fn resolve(networks: Vec<Network>, local: &str, peers: &[(String, String)]) -> Wanted {
+    let mut want = Wanted {
+        networks,
+        local: ipv4_of(local).await.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        peers: BTreeSet::new(),
+        unreachable_peers: Vec::new(),
+    };
+    for (name, address) in peers {
+        match ipv4_of(address).await {
+            Some(ip) => {
+                want.peers.insert(ip);
+            }
+            None => want.unreachable_peers.push(format!("member {name}'s address {address} gives no IPv4 address")),
+        }
+    }
+    want
+}
+
+/// The IPv4 address of a node address (`IP:PORT` or `NAME:PORT`).
+async fn ipv4_of(address: &str) -> Option<Ipv4Addr> {
+    if let Ok(sa) = address.parse::<std::net::SocketAddr>() {
+        return match sa.ip() {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(_) => None,
+        };
+    }
+    let found = tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host(address)).await.ok()?.ok()?;
+    found.into_iter().find_map(|sa| match sa.ip() {
         IpAddr::V4(ip) => Some(ip),
         IpAddr::V6(_) => None,
-    }
+    })
 }
 
 fn unrealized(ctx: &NodeCtx, n: &Network, simulated: bool) -> pb::HostNetworkStatus {
@@ -123,7 +158,7 @@ async fn realize(
     ctx: &NodeCtx,
     handle: &rtnetlink::Handle,
     want: &Wanted,
-    vlan_unsupported: &mut Option<String>,
+    vlan_unsupported: &mut Option<(String, std::time::Instant)>,
 ) -> Vec<pb::HostNetworkStatus> {
     let mut have = match netlink::observe(handle).await {
         Ok(have) => have,
@@ -132,7 +167,7 @@ async fn realize(
             return want.networks.iter().map(|n| status(ctx, &n.name, &Status::Error(e.clone()))).collect();
         }
     };
-    have.vlan_unsupported = vlan_unsupported.clone();
+    have.vlan_unsupported = vlan_unsupported.as_ref().map(|(why, _)| why.clone());
     let (steps, mut statuses) = plan::plan(want, &have);
     // Which network a device belongs to, to charge a failed step to it.
     let owner: BTreeMap<String, String> = want
@@ -157,7 +192,7 @@ async fn realize(
                     continue;
                 };
                 let s = if e.unsupported && matches!(step, Step::AddVlan { .. }) {
-                    *vlan_unsupported = Some(NO_8021Q.to_string());
+                    *vlan_unsupported = Some((NO_8021Q.to_string(), std::time::Instant::now()));
                     Status::Unsupported(NO_8021Q.to_string())
                 } else {
                     warn!(network = %network, error = %e.message, "could not realize a network here");
@@ -179,7 +214,7 @@ fn step_network(step: &Step, owner: &BTreeMap<String, String>) -> Option<String>
         Step::Attach { device, .. } | Step::FloodAdd { device, .. } | Step::FloodDel { device, .. } => {
             owner.get(device).cloned()
         }
-        Step::SetUp { name, .. } => owner.get(name).cloned(),
+        Step::SetUp { name, .. } | Step::Mark { name, .. } => owner.get(name).cloned(),
         Step::Delete { name, .. } => owner.get(name).cloned(),
     }
 }
@@ -205,7 +240,12 @@ pub async fn remove_all(ctx: &NodeCtx) {
         Ok(have) => have,
         Err(e) => return warn!(error = %e, "cannot read this host's network devices to remove kvmesh's"),
     };
-    let want = Wanted { networks: Vec::new(), local: Ipv4Addr::UNSPECIFIED, peers: BTreeSet::new() };
+    let want = Wanted {
+        networks: Vec::new(),
+        local: Ipv4Addr::UNSPECIFIED,
+        peers: BTreeSet::new(),
+        unreachable_peers: Vec::new(),
+    };
     for step in plan::plan(&want, &have).0 {
         match netlink::apply(&handle, &step).await {
             Ok(()) => info!(?step, "left the cluster: removed a network device kvmesh made"),

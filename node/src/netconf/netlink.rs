@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures::TryStreamExt;
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo};
+use rtnetlink::packet_route::link::{InfoData, InfoVlan, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -47,12 +47,22 @@ pub async fn observe(handle: &Handle) -> Result<Observed, String> {
                 LinkAttribute::IfAlias(a) => l.alias = Some(a.clone()),
                 LinkAttribute::Controller(m) if *m != 0 => l.master = Some(*m),
                 LinkAttribute::Mtu(m) => l.mtu = *m,
+                LinkAttribute::Link(parent) => l.parent = Some(*parent),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         match info {
                             LinkInfo::Kind(k) => l.kind = Some(k.to_string()),
                             LinkInfo::Data(InfoData::Vxlan(v)) => {
-                                l.vni = v.iter().find_map(|x| if let InfoVxlan::Id(id) = x { Some(*id) } else { None })
+                                for x in v {
+                                    match x {
+                                        InfoVxlan::Id(id) => l.vni = Some(*id),
+                                        InfoVxlan::Local(ip) => l.vxlan_local = Some(*ip),
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            LinkInfo::Data(InfoData::Vlan(v)) => {
+                                l.vlan = v.iter().find_map(|x| if let InfoVlan::Id(id) = x { Some(*id) } else { None })
                             }
                             _ => {}
                         }
@@ -156,6 +166,7 @@ pub async fn apply(handle: &Handle, step: &Step) -> Result<(), StepError> {
         }
         Step::FloodAdd { device, remote } => flood(handle, device, *remote, true).await,
         Step::FloodDel { device, remote } => flood(handle, device, *remote, false).await,
+        Step::Mark { name, network } => mark(handle, name, network).await,
         Step::Delete { name, index } => {
             handle.link().del(*index).execute().await.map_err(|e| step_error(&format!("deleting {name}"), e))
         }

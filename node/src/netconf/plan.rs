@@ -28,8 +28,12 @@ pub struct Link {
     pub master: Option<u32>,
     pub mtu: u32,
     pub up: bool,
-    /// For a VXLAN device: its VNI.
+    /// For a VXLAN device: its VNI and local address.
     pub vni: Option<u32>,
+    pub vxlan_local: Option<Ipv4Addr>,
+    /// For a VLAN device: its id and the link it rides on.
+    pub vlan: Option<u16>,
+    pub parent: Option<u32>,
     /// IPv4 addresses on it.
     pub addresses: Vec<Ipv4Addr>,
 }
@@ -58,6 +62,9 @@ pub struct Wanted {
     pub local: Ipv4Addr,
     /// The other members' addresses (VXLAN's remote ends).
     pub peers: BTreeSet<Ipv4Addr>,
+    /// Members whose address gives no IPv4 address here, with why: a
+    /// VXLAN network without them would be split, so it says so.
+    pub unreachable_peers: Vec<String>,
 }
 
 /// One change to the host.
@@ -100,6 +107,12 @@ pub enum Step {
         device: String,
         remote: Ipv4Addr,
     },
+    /// Mark a device of kvmesh's own naming that lacks the mark (the
+    /// daemon died between making and marking it).
+    Mark {
+        name: String,
+        network: String,
+    },
     /// Remove a device kvmesh made (its network is gone or changed).
     Delete {
         name: String,
@@ -138,28 +151,64 @@ pub fn alias_of(network: &str) -> String {
 pub fn plan(want: &Wanted, have: &Observed) -> (Vec<Step>, BTreeMap<String, Status>) {
     let mut steps = Vec::new();
     let mut status = BTreeMap::new();
-    let mut keep: BTreeSet<String> = BTreeSet::new();
+    // Device name -> the network that wants it.
+    let mut keep: BTreeMap<String, String> = BTreeMap::new();
     for n in &want.networks {
         let (bridge, port) = devices(n);
-        keep.insert(bridge.clone());
-        keep.extend(port.clone());
-        let s = match plan_one(n, &bridge, port.as_deref(), want, have, &mut steps) {
+        keep.insert(bridge, n.name.clone());
+        if let Some(port) = port {
+            keep.insert(port, n.name.clone());
+        }
+    }
+    // What kvmesh made that nothing wants any more, or that was made for
+    // another network (removed, then one added that wants the same name),
+    // or that no longer matches its network: deleted first, ports before
+    // bridges, so the adds below start from a clean slate.
+    let stale: Vec<&Link> = have
+        .links
+        .iter()
+        .filter(|l| {
+            let Some(alias) = l.alias.as_deref().filter(|a| a.starts_with(ALIAS_PREFIX)) else { return false };
+            match keep.get(&l.name) {
+                None => true,
+                Some(network) => alias != alias_of(network) || outdated(l, want, have),
+            }
+        })
+        .collect();
+    let (bridges, ports): (Vec<&Link>, Vec<&Link>) = stale.iter().partition(|l| l.kind.as_deref() == Some("bridge"));
+    for l in ports.into_iter().chain(bridges) {
+        steps.push(Step::Delete { name: l.name.clone(), index: l.index });
+    }
+    let gone: BTreeSet<&str> = stale.iter().map(|l| l.name.as_str()).collect();
+    let mut left = have.clone();
+    left.links.retain(|l| !gone.contains(l.name.as_str()));
+    left.flood.retain(|dev, _| !gone.contains(dev.as_str()));
+    for n in &want.networks {
+        let (bridge, port) = devices(n);
+        let s = match plan_one(n, &bridge, port.as_deref(), want, &left, &mut steps) {
             Ok(mtu) => Status::Ready { mtu },
             Err(s) => s,
         };
         status.insert(n.name.clone(), s);
     }
-    // What kvmesh made that nothing wants any more: ports first, so a
-    // bridge goes empty.
-    let stale = have
-        .links
-        .iter()
-        .filter(|l| l.alias.as_deref().is_some_and(|a| a.starts_with(ALIAS_PREFIX)) && !keep.contains(&l.name));
-    let (bridges, ports): (Vec<&Link>, Vec<&Link>) = stale.partition(|l| l.kind.as_deref() == Some("bridge"));
-    for l in ports.into_iter().chain(bridges) {
-        steps.push(Step::Delete { name: l.name.clone(), index: l.index });
-    }
     (steps, status)
+}
+
+/// Whether a device kvmesh made for a network no longer matches it: a
+/// VXLAN device with another VNI or local address, a VLAN device with
+/// another id or uplink. It is made again.
+fn outdated(l: &Link, want: &Wanted, have: &Observed) -> bool {
+    let Some(network) = want.networks.iter().find(|n| devices(n).1.as_deref() == Some(l.name.as_str())) else {
+        return false;
+    };
+    match &network.kind {
+        NetworkKind::Vxlan { vni } => l.vni != Some(*vni) || l.vxlan_local.is_some_and(|ip| ip != want.local),
+        NetworkKind::Vlan { uplink, vlan } => {
+            let parent = have.link(uplink).map(|u| u.index);
+            l.vlan.is_some_and(|v| v != *vlan) || (l.parent.is_some() && l.parent != parent)
+        }
+        _ => false,
+    }
 }
 
 /// Plans one network; its MTU here, or why it is not ready.
@@ -174,14 +223,21 @@ fn plan_one(
     let alias = alias_of(&n.name);
     let ours = |l: &Link| l.alias.as_deref() == Some(alias.as_str());
     // A device by that name that kvmesh did not make for this network is
-    // someone else's: leave it alone and say so.
-    let foreign = |name: &str| {
-        have.link(name).filter(|l| !ours(l)).map(|_| {
-            Status::Error(format!(
-                "a device named {name} exists that kvmesh did not make for {}; not touching it",
-                n.name
-            ))
-        })
+    // someone else's: leave it alone and say so. One of kvmesh's own naming
+    // (kvb/kvx/kvl and this network's hash) without any alias was made by
+    // a daemon that died before marking it: it is marked now.
+    let mut adopt: Vec<String> = Vec::new();
+    let mut foreign = |name: &str| {
+        let l = have.link(name).filter(|l| !ours(l))?;
+        let kvmesh_named = ["kvb", "kvx", "kvl"].iter().any(|p| device_name(p, &n.name) == name);
+        if kvmesh_named && l.alias.is_none() {
+            adopt.push(name.to_string());
+            return None;
+        }
+        Some(Status::Error(format!(
+            "a device named {name} exists that kvmesh did not make for {}; not touching it",
+            n.name
+        )))
     };
     let mtu = match &n.kind {
         NetworkKind::Bridge { bridge } => {
@@ -204,6 +260,9 @@ fn plan_one(
                     "VXLAN needs this host's address to be one the other hosts reach; it is {} (serve --advertise)",
                     want.local
                 )));
+            }
+            if let Some(peer) = want.unreachable_peers.first() {
+                return Err(Status::Error(format!("cannot reach every member over VXLAN: {peer}")));
             }
             let Some(underlay) = have.links.iter().find(|l| l.addresses.contains(&want.local)) else {
                 return Err(Status::Error(format!("no device on this host has its address {}", want.local)));
@@ -236,8 +295,12 @@ fn plan_one(
             }
         }
     };
-    if let Some(e) = foreign(bridge).or_else(|| port.and_then(foreign)) {
+    let foreign_bridge = foreign(bridge);
+    if let Some(e) = foreign_bridge.or_else(|| port.and_then(&mut foreign)) {
         return Err(e);
+    }
+    for name in adopt {
+        steps.push(Step::Mark { name, network: n.name.clone() });
     }
     match have.link(bridge) {
         None => steps.push(Step::AddBridge { name: bridge.into(), network: n.name.clone(), mtu }),
@@ -248,18 +311,6 @@ fn plan_one(
     let existing = have.link(port);
     let made_before = steps.len();
     match (&n.kind, existing) {
-        // Made for another VNI (the network was removed and added again
-        // with the same name): made again.
-        (NetworkKind::Vxlan { vni }, Some(l)) if l.vni != Some(*vni) => {
-            steps.push(Step::Delete { name: port.into(), index: l.index });
-            steps.push(Step::AddVxlan {
-                name: port.into(),
-                network: n.name.clone(),
-                vni: *vni,
-                local: want.local,
-                mtu,
-            });
-        }
         (NetworkKind::Vxlan { vni }, None) => {
             steps.push(Step::AddVxlan { name: port.into(), network: n.name.clone(), vni: *vni, local: want.local, mtu })
         }

@@ -51,11 +51,15 @@ impl ClusterState {
     /// Checks a new VM's NICs and gives each unset MAC one of its own.
     pub(super) fn assign_nics(&mut self, spec: &mut VmSpec) -> Result<(), Refusal> {
         let mut taken = self.macs_in_use();
-        for nic in &mut spec.nics {
+        // Given MACs first: checked against the cluster's and each other,
+        // and never drawn for another NIC of this VM.
+        for nic in spec.nics.iter().filter(|n| !n.mac.is_unset()) {
             self.check_nic(nic, &taken)?;
-            if nic.mac.is_unset() {
-                nic.mac = self.next_mac(&taken);
-            }
+            taken.insert(nic.mac);
+        }
+        for nic in spec.nics.iter_mut().filter(|n| n.mac.is_unset()) {
+            self.check_nic(nic, &taken)?;
+            nic.mac = self.next_mac(&taken);
             taken.insert(nic.mac);
         }
         Ok(())

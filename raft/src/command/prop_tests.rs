@@ -100,6 +100,15 @@ fn command(rng: &mut StdRng, state: &ClusterState, wild: bool) -> Command {
                 None => Vm { placement: None, ..Vm::placed(vm_id, &name, spec, 0, at_ms) },
             };
             vm.request_id = format!("r{}", rng.gen_range(0..3));
+            // NICs on networks that exist, MACs left to `apply` (given and
+            // clashing MACs come with AddNic): a placement the scheduler
+            // made must still be accepted.
+            let networks: Vec<String> = state.meta.networks.keys().cloned().collect();
+            for _ in 0..rng.gen_range(0..3).min(networks.len()) {
+                let network = networks[rng.gen_range(0..networks.len())].clone();
+                let mac = crate::networks::Mac::default();
+                vm.spec.nics.push(crate::networks::Nic { network, mac, model: "virtio".into() });
+            }
             if rng.gen_bool(0.1) {
                 vm.placement = Some(Placement { node: node_id, epoch: rng.gen_range(0..5) });
             }

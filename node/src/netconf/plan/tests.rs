@@ -20,6 +20,7 @@ fn want(networks: Vec<Network>) -> Wanted {
         networks,
         local: Ipv4Addr::new(10, 0, 0, 1),
         peers: [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)].into(),
+        unreachable_peers: vec![],
     }
 }
 
@@ -42,7 +43,10 @@ fn run(have: &mut Observed, steps: &[Step]) {
     for s in steps {
         match s {
             Step::AddBridge { name, network, mtu } => add(have, name, "bridge", network, *mtu, None),
-            Step::AddVxlan { name, network, vni, mtu, .. } => add(have, name, "vxlan", network, *mtu, Some(*vni)),
+            Step::AddVxlan { name, network, vni, mtu, local } => {
+                add(have, name, "vxlan", network, *mtu, Some(*vni));
+                have.links.last_mut().unwrap().vxlan_local = Some(*local);
+            }
             Step::AddVlan { name, network, mtu, .. } => add(have, name, "vlan", network, *mtu, None),
             Step::Attach { device, bridge, mtu } => {
                 let b = have.link(bridge).map(|l| l.index);
@@ -59,6 +63,9 @@ fn run(have: &mut Observed, steps: &[Step]) {
             Step::Delete { name, .. } => {
                 have.links.retain(|l| &l.name != name);
                 have.flood.remove(name);
+            }
+            Step::Mark { name, network } => {
+                have.links.iter_mut().find(|l| &l.name == name).unwrap().alias = Some(alias_of(network));
             }
         }
     }
@@ -172,8 +179,92 @@ fn what_only_a_host_can_tell_is_that_hosts_status() {
 fn a_device_kvmesh_did_not_make_is_never_touched() {
     let n = net("blue", NetworkKind::Isolated, None);
     let mut have = Observed { links: vec![eth0()], ..Default::default() };
-    have.links.push(Link { index: 9, name: n.bridge(), kind: Some("bridge".into()), mtu: 1500, ..Default::default() });
+    // A device of that name with an alias of someone else's.
+    let theirs = Link {
+        index: 9,
+        name: n.bridge(),
+        kind: Some("bridge".into()),
+        mtu: 1500,
+        alias: Some("lab".into()),
+        ..Default::default()
+    };
+    have.links.push(theirs);
     let (steps, status) = plan(&want(vec![n]), &have);
     assert_eq!(steps, vec![]);
     assert!(matches!(&status["blue"], Status::Error(e) if e.contains("did not make")));
+    // A VLAN device named the classic way may be the operator's, alias or not.
+    let vlan = net("office", NetworkKind::Vlan { uplink: "eth0".into(), vlan: 5 }, None);
+    let mut have = Observed { links: vec![eth0()], ..Default::default() };
+    have.links.push(Link {
+        index: 9,
+        name: "eth0.5".into(),
+        kind: Some("vlan".into()),
+        mtu: 1500,
+        ..Default::default()
+    });
+    let (steps, status) = plan(&want(vec![vlan]), &have);
+    assert!(steps.iter().all(|s| !matches!(s, Step::Delete { .. } | Step::Mark { .. })), "{steps:?}");
+    assert!(matches!(&status["office"], Status::Error(e) if e.contains("did not make")), "{status:?}");
+}
+
+#[test]
+fn a_name_reused_by_another_network_or_a_changed_device_is_made_again_deletes_first() {
+    let blue = net("blue", NetworkKind::Vxlan { vni: 100 }, None);
+    let w = want(vec![blue.clone()]);
+    let mut have = Observed { links: vec![eth0()], ..Default::default() };
+    let (steps, _) = plan(&w, &have);
+    run(&mut have, &steps);
+    // The host's address changed: the VXLAN device is made again, from the
+    // new address, after the old one is deleted.
+    let mut moved = w.clone();
+    moved.local = Ipv4Addr::new(10, 0, 0, 9);
+    have.links[0].addresses = vec![moved.local];
+    let (steps, status) = plan(&moved, &have);
+    assert_eq!(status["blue"], Status::Ready { mtu: 1450 });
+    let port = devices(&blue).1.unwrap();
+    let del = steps.iter().position(|s| matches!(s, Step::Delete { name, .. } if *name == port)).expect("deleted");
+    let add =
+        steps.iter().position(|s| matches!(s, Step::AddVxlan { local, .. } if *local == moved.local)).expect("made");
+    assert!(del < add, "{steps:?}");
+    run(&mut have, &steps);
+    assert_eq!(plan(&moved, &have).0, vec![], "settled");
+    // A VLAN network removed and another added with the same uplink and id
+    // in one pass: the old device (marked for the old network) goes first.
+    let mut have = Observed { links: vec![eth0()], ..Default::default() };
+    let old = net("office", NetworkKind::Vlan { uplink: "eth0".into(), vlan: 7 }, None);
+    let (steps, _) = plan(&want(vec![old]), &have);
+    run(&mut have, &steps);
+    let new = net("office2", NetworkKind::Vlan { uplink: "eth0".into(), vlan: 7 }, None);
+    let (steps, status) = plan(&want(vec![new.clone()]), &have);
+    assert_eq!(status["office2"], Status::Ready { mtu: 1500 }, "{steps:?}");
+    assert!(matches!(&steps[0], Step::Delete { name, .. } if name == "eth0.7"), "{steps:?}");
+    run(&mut have, &steps);
+    assert_eq!(plan(&want(vec![new]), &have).0, vec![]);
+}
+
+#[test]
+fn a_device_of_kvmeshs_naming_left_unmarked_by_a_crash_is_marked_not_refused() {
+    let n = net("blue", NetworkKind::Isolated, None);
+    let mut have = Observed { links: vec![eth0()], ..Default::default() };
+    have.links.push(Link {
+        index: 9,
+        name: n.bridge(),
+        kind: Some("bridge".into()),
+        mtu: 1500,
+        up: true,
+        ..Default::default()
+    });
+    let (steps, status) = plan(&want(vec![n.clone()]), &have);
+    assert_eq!(steps, vec![Step::Mark { name: n.bridge(), network: "blue".into() }]);
+    assert_eq!(status["blue"], Status::Ready { mtu: 1500 });
+}
+
+#[test]
+fn a_member_without_an_ipv4_address_splits_the_overlay_and_vxlan_says_so() {
+    let mut w = want(vec![net("blue", NetworkKind::Vxlan { vni: 1 }, None)]);
+    w.unreachable_peers = vec!["member n4's address [::1]:7000 gives no IPv4 address".into()];
+    let have = Observed { links: vec![eth0()], ..Default::default() };
+    let (steps, status) = plan(&w, &have);
+    assert_eq!(steps, vec![]);
+    assert!(matches!(&status["blue"], Status::Error(e) if e.contains("n4")), "{status:?}");
 }
