@@ -226,42 +226,15 @@ async fn reconcile(
                     }
                     Err(e) => Err(e),
                 };
-                match result {
-                    Ok(done) if !done.is_empty() => {
-                        info!(vm = %vm_id_hex(vm_id), changes = ?done, "gave the running guest its disks")
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        // The guest runs on; the error shows on the VM.
-                        warn!(vm = %vm_id_hex(vm_id), error = %e, "live disk change failed");
-                        let epoch = ctx.read(|d| d.state.vms.get(&vm_id).and_then(|v| v.placement).map(|p| p.epoch));
-                        if let Some(epoch) = epoch {
-                            let error =
-                                Some(format!("disk change not applied live: {e}; it applies at the next start"));
-                            let _ = report(ctx, vm_id, epoch, VmState::Running, error).await;
-                        }
-                    }
-                }
+                live_change(ctx, vm_id, "disk", result).await;
             }
             Action::SyncNics { vm_id } => {
                 let domain = domain_name(vm_id);
                 let nics = ctx
                     .read(|d| d.state.vms.get(&vm_id).map(|v| crate::netconf::nics_xml(ctx, &d.state, &v.spec.nics)));
                 let Some(nics) = nics else { continue };
-                match blocking(&ctx.hypervisor, move |hv| hv.sync_nics(&domain, &nics)).await {
-                    Ok(done) if !done.is_empty() => {
-                        info!(vm = %vm_id_hex(vm_id), changes = ?done, "gave the running guest its NICs")
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        warn!(vm = %vm_id_hex(vm_id), error = %e, "live NIC change failed");
-                        let epoch = ctx.read(|d| d.state.vms.get(&vm_id).and_then(|v| v.placement).map(|p| p.epoch));
-                        if let Some(epoch) = epoch {
-                            let error = Some(format!("NIC change not applied live: {e}; it applies at the next start"));
-                            let _ = report(ctx, vm_id, epoch, VmState::Running, error).await;
-                        }
-                    }
-                }
+                let result = blocking(&ctx.hypervisor, move |hv| hv.sync_nics(&domain, &nics)).await;
+                live_change(ctx, vm_id, "NIC", result).await;
             }
             Action::Shutdown { domain } => {
                 info!(%domain, "asking the guest to power off (ACPI)");
@@ -418,6 +391,25 @@ async fn fail(ctx: &Arc<NodeCtx>, memory: &mut HashMap<u64, Memory>, vm_id: u64,
     };
     if let Err(e) = report(ctx, vm_id, epoch, state, Some(error)).await {
         warn!(error = %e, "could not report the failure");
+    }
+}
+
+/// Logs what a live disk or NIC change did; a failure shows on the VM (the
+/// guest runs on, and the change applies at its next start).
+async fn live_change(ctx: &NodeCtx, vm_id: u64, what: &str, result: Result<Vec<String>>) {
+    match result {
+        Ok(done) if !done.is_empty() => {
+            info!(vm = %vm_id_hex(vm_id), changes = ?done, "changed the running guest's {what}s")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            warn!(vm = %vm_id_hex(vm_id), error = %e, "live {what} change failed");
+            let epoch = ctx.read(|d| d.state.vms.get(&vm_id).and_then(|v| v.placement).map(|p| p.epoch));
+            if let Some(epoch) = epoch {
+                let error = Some(format!("{what} change not applied live: {e}; it applies at the next start"));
+                let _ = report(ctx, vm_id, epoch, VmState::Running, error).await;
+            }
+        }
     }
 }
 
