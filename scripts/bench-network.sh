@@ -59,10 +59,10 @@ if fetch and rtt:
 ' 2>/dev/null || true)
     [ -n "$out" ] && break; sleep 1
   done
-  [ -n "$out" ] || { echo "bench-network: no result over $net; the client's console:" >&2; K "$E" vm console cli | tail -20 >&2; exit 1; }
+  [ -n "$out" ] || { echo "bench-network: no result over $net; the client's console:" >&2; K "$E" vm console cli --tail | tail -20 >&2; exit 1; }
   K "$E" vm delete cli --yes --wait >/dev/null
   K "$E" vm delete srv --yes --wait >/dev/null
-  [ -n "$out" ] || { echo "bench-network: no result over $net; the client's console:" >&2; K "$E" vm console cli >&2; exit 1; }
+  [ -n "$out" ] || { echo "bench-network: no result over $net; the client's console:" >&2; K "$E" vm console cli --tail >&2; exit 1; }
   echo "$out"
 }
 plain=$(run plain) || exit 1

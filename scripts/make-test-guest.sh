@@ -17,6 +17,13 @@
 # kvmesh.fetch=IP:PORT:MIB reads MIB from such a server and prints
 # KVMESH-FETCH <bytes> <uptime before> <uptime after>, and kvmesh.rtt=IP
 # prints KVMESH-RTT <busybox ping's round-trip summary> for 20 pings.
+# Consoles: kvmesh.shell runs a shell on the serial port (for interactive
+# console tests). Every guest prints KVMESH-HW cpus=<n> mem_kib=<MemTotal>,
+# and one booted from the ISO (below) prints KVMESH-ISO-BOOT.
+#
+# Besides the kernel and initrd it builds guest.iso, a bootable ISO (GRUB
+# for BIOS and UEFI, via grub-mkrescue) around them, for install-from-ISO
+# tests: it boots the same guest with kvmesh.iso on its command line.
 # Each write is fsynced: that sends the disk a FLUSH, without which a killed
 # QEMU may lose it (qcow2 metadata waits in QEMU's cache, as data waits in a
 # real disk's write cache), and no hypervisor promises unflushed writes.
@@ -33,6 +40,11 @@ need=()
 ls /boot/vmlinuz-*-cloud-amd64 >/dev/null 2>&1 || need+=(linux-image-cloud-amd64)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v cpio >/dev/null || need+=(cpio)
+command -v grub-mkrescue >/dev/null || need+=(grub-common)
+[ -d /usr/lib/grub/i386-pc ] || need+=(grub-pc-bin)
+[ -d /usr/lib/grub/x86_64-efi ] || need+=(grub-efi-amd64-bin)
+command -v xorriso >/dev/null || need+=(xorriso)
+command -v mformat >/dev/null || need+=(mtools)
 if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
@@ -131,18 +143,44 @@ for arg in $($B cat /proc/cmdline); do
     kvmesh.serve=*)
       port=${arg#kvmesh.serve=}
       (while true; do $B nc -l -p "$port" </dev/zero >/dev/null 2>&1; done) & ;;
+    kvmesh.shell)
+      # A shell on the serial port, as a login console would be.
+      $B setsid $B sh -c "exec $B sh </dev/ttyS0 >/dev/ttyS0 2>&1" & ;;
+    kvmesh.iso) iso="KVMESH-ISO-BOOT" ;;
   esac
 done
+hw="KVMESH-HW cpus=$($B grep -c ^processor /proc/cpuinfo) mem_kib=$($B awk '/^MemTotal/ {print $2}' /proc/meminfo)"
 n=0
 while true; do
   echo "KVMESH-TEST-GUEST-UP $n $($B cat /proc/uptime)"
   [ -n "$disk" ] && echo "$disk"
   [ -n "${mac:-}" ] && echo "KVMESH-MAC $mac"
+  echo "$hw"
+  [ -n "${iso:-}" ] && echo "$iso"
   n=$((n+1))
   $B sleep 2
 done
 INIT
 chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -9) >"$OUT/initrd.gz"
+
+# The bootable ISO: GRUB (BIOS and UEFI) loading the same kernel and initrd.
+iso_root=$(mktemp -d)
+trap 'rm -rf "$root" "$iso_root"' EXIT
+mkdir -p "$iso_root/boot/grub"
+cp "$OUT/vmlinuz" "$OUT/initrd.gz" "$iso_root/"
+cat >"$iso_root/boot/grub/grub.cfg" <<'CFG'
+set timeout=0
+serial --unit=0 --speed=115200
+terminal_input serial console
+terminal_output serial console
+menuentry "kvmesh test guest" {
+  linux /vmlinuz console=ttyS0 kvmesh.iso
+  initrd /initrd.gz
+}
+CFG
+grub-mkrescue -o "$OUT/guest.iso" "$iso_root" >/dev/null 2>&1 \
+  || { echo "make-test-guest: grub-mkrescue failed" >&2; grub-mkrescue -o "$OUT/guest.iso" "$iso_root" >&2; exit 1; }
 echo "kernel=$OUT/vmlinuz"
 echo "initrd=$OUT/initrd.gz"
+echo "iso=$OUT/guest.iso"

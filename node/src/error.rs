@@ -86,8 +86,9 @@ impl From<Refusal> for Error {
             | Refusal::Migration { .. }
             | Refusal::LocalDisksRunning { .. }
             | Refusal::NetworkInUse { .. }
+            | Refusal::TooBig { .. }
             | Refusal::HostInMaintenance { .. } => Error::FailedPrecondition(msg),
-            Refusal::NetworkInvalid { .. } => Error::InvalidArgument(msg),
+            Refusal::NetworkInvalid { .. } | Refusal::VmChange { .. } => Error::InvalidArgument(msg),
             Refusal::ImageWrongKind { .. } | Refusal::HaNeedsSharedStorage { .. } => Error::InvalidArgument(msg),
             Refusal::NodeNameTaken { .. }
             | Refusal::NodeAddressTaken { .. }

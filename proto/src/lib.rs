@@ -22,7 +22,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kvme
 /// integers in heartbeats. 3: heartbeats carry the applied index and the
 /// cluster id, `UpdateNode`, `OutcomeUnknown`. 4: storage domains, images,
 /// disks, snapshots. 7: `Command::Note` (events about membership changes).
-pub const PROTOCOL_VERSION: u32 = 8;
+/// 9: VM hardware and pending changes (`Command::ConfigureVm`), Attach.
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// gRPC metadata key carrying the sender's `PROTOCOL_VERSION` on Raft RPCs.
 pub const PROTOCOL_HEADER: &str = "kvmesh-protocol";

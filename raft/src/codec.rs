@@ -19,7 +19,9 @@ use crate::error::{Error, Result};
 /// 7: the cluster's CA, tokens and certificates; events record who asked.
 /// 8: VMs have labels of their own.
 /// 9: logical networks; NICs with the MACs the cluster gave them.
-pub const FORMAT: u8 = 9;
+/// 10: VM hardware (firmware, machine, CPU model, boot order, CD-ROM) and
+/// pending changes.
+pub const FORMAT: u8 = 10;
 
 /// No value kvmesh decodes is larger: a length prefix claiming more (a
 /// corrupt file, a hostile peer) is an error before anything is allocated.

@@ -16,6 +16,7 @@
 pub mod codec;
 pub mod command;
 pub mod error;
+pub mod hardware;
 pub mod model;
 pub mod names;
 pub mod network;

@@ -123,6 +123,8 @@ pub struct VmSpec {
     /// The VM's own labels (`vm create --label`), for operators and
     /// `vm list --label`; placement does not read them.
     pub labels: BTreeMap<String, String>,
+    /// Firmware, machine, CPU model, boot order and CD-ROM.
+    pub hardware: crate::hardware::Hardware,
 }
 
 /// What the owning host last reported about a VM.
@@ -221,6 +223,12 @@ pub struct Vm {
     pub next_disk: u32,
     /// A live migration in flight, at most one.
     pub migration: Option<Migration>,
+    /// Changes made while the guest ran that take effect at its next start
+    /// (Proxmox's pending changes), as operators read them: "vcpus 1 -> 2".
+    pub pending_changes: Vec<String>,
+    /// Set by a finished live migration: the target's first report is of
+    /// the same run, so pending changes stay pending.
+    pub arrived_live: bool,
 }
 
 /// A live migration in flight. The VM keeps running on `source` at its
@@ -272,6 +280,8 @@ impl Vm {
             snapshots: Vec::new(),
             next_disk: spec_disks,
             migration: None,
+            pending_changes: Vec::new(),
+            arrived_live: false,
         }
     }
 }

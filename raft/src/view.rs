@@ -38,6 +38,8 @@ pub struct HostFacts {
     /// Each host's networks that are ready (`Ok`) or not (`Err(why)`), as
     /// it last reported them; `None`: not known (no network rule applies).
     pub networks: Option<BTreeMap<NodeId, NetworkReadiness>>,
+    /// Hosts that reported they cannot boot UEFI guests, with why.
+    pub uefi_missing: BTreeMap<NodeId, String>,
 }
 
 /// A host's networks: ready, or why not.
@@ -67,6 +69,7 @@ pub fn request(id: VmId, name: &str, spec: &VmSpec) -> VmRequest {
         volumes_on: None,
         new_disk_bytes: new_disk_bytes(spec),
         networks: spec.nics.iter().map(|n| n.network.clone()).collect::<BTreeSet<_>>().into_iter().collect(),
+        uefi: spec.hardware.firmware == crate::hardware::Firmware::Uefi,
     }
 }
 
@@ -93,7 +96,8 @@ impl ClusterState {
             }
         }
         let images = spec.disks.iter().filter_map(|d| d.image.as_deref());
-        for image in images.chain(spec.kernel.as_deref()).chain(spec.initrd.as_deref()) {
+        let boot = spec.kernel.as_deref().into_iter().chain(spec.initrd.as_deref());
+        for image in images.chain(boot).chain(spec.hardware.cdrom.as_deref()) {
             if let Some(img) = self.image_by_name(image) {
                 storage.insert(img.storage.clone());
                 if let Some(host) = img.host {
@@ -218,6 +222,37 @@ impl ClusterState {
             .map_err(|reason| Refusal::NoLongerFits { node: view.name.clone(), reason })
     }
 
+    /// Whether `vm` (with a changed size) still fits: on its host if it is
+    /// placed, else on at least one host. Capacity only (the `fits` rule):
+    /// a stopped VM on a host in maintenance may still be resized.
+    pub(crate) fn check_size(&self, vm: &Vm) -> Result<(), Refusal> {
+        let placed_on = vm.placement.map(|p| p.node);
+        let views = self.views(|id| placed_on.is_none_or(|n| n == id), &HostFacts::default(), Some(vm.id));
+        let req = request(vm.id, &vm.name, &vm.spec);
+        let s = &self.meta.settings.placement;
+        let mut reasons = Vec::new();
+        for view in views.values() {
+            match scheduler::fits(view, &req, s) {
+                Ok(_) => return Ok(()),
+                Err(reason) => reasons.push((view.name.clone(), reason.to_string())),
+            }
+        }
+        match (placed_on, reasons.len()) {
+            (_, 0) => Ok(()),
+            (Some(_), _) => {
+                let (node, reason) = reasons.remove(0);
+                Err(Refusal::TooBig { vm: vm.name.clone(), reason: format!("it no longer fits on its host {node}: {reason}") })
+            }
+            (None, _) => Err(Refusal::TooBig {
+                vm: vm.name.clone(),
+                reason: format!(
+                    "it would fit on no host: {}",
+                    reasons.iter().map(|(n, r)| format!("{n}: {r}")).collect::<Vec<_>>().join("; ")
+                ),
+            }),
+        }
+    }
+
     /// Why `node` cannot take new capacity or labels: what is placed on it
     /// would no longer fit (after overcommit), or a VM placed on it requires
     /// a label that would go. `None` if the change is fine.
@@ -280,6 +315,7 @@ impl ClusterState {
                 if let Some(free) = facts.storage_free.get(&n.id) {
                     v.storage_free = free.clone();
                 }
+                v.uefi_missing = facts.uefi_missing.get(&n.id).cloned();
                 if let Some(all) = &facts.networks {
                     let here = all.get(&n.id);
                     for net in self.meta.networks.values() {

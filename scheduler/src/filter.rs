@@ -66,6 +66,10 @@ pub enum Rejection {
         network: String,
         why: String,
     },
+    /// The VM boots UEFI and the host has no UEFI firmware.
+    NoUefiFirmware {
+        why: String,
+    },
 }
 
 impl std::fmt::Display for Rejection {
@@ -100,6 +104,7 @@ impl std::fmt::Display for Rejection {
             Rejection::RequiredNetworkNotReady { network, why } => {
                 write!(f, "required network {network} is not ready here ({why}), so this host takes no new VMs")
             }
+            Rejection::NoUefiFirmware { why } => write!(f, "the VM boots UEFI and this host cannot: {why}"),
             Rejection::StorageMissing { domain } => write!(f, "storage {domain} is not available on this node"),
             Rejection::StorageUnusable { domain, why } => write!(f, "storage {domain} is {why} here"),
             Rejection::LocalVolumes { host } => write!(f, "its disks are on local storage of {host}"),
@@ -149,6 +154,9 @@ pub fn admits(node: &NodeView, vm: &VmRequest) -> Result<(), Rejection> {
         if let Some(down) = node.networks_down.get(network) {
             return Err(Rejection::NetworkNotReady { network: network.clone(), why: down.why.clone() });
         }
+    }
+    if let Some(why) = node.uefi_missing.as_ref().filter(|_| vm.uefi) {
+        return Err(Rejection::NoUefiFirmware { why: why.clone() });
     }
     for (domain, need) in &vm.new_disk_bytes {
         if let Some(free) = node.storage_free.get(domain).filter(|free| need > *free) {

@@ -156,6 +156,9 @@ pub struct NodeView {
     /// and whether the network is required (as the leader heard from the
     /// host). Empty when not known: only new decisions read it.
     pub networks_down: BTreeMap<String, NetworkDown>,
+    /// Why this host cannot boot UEFI guests (no OVMF), as the leader heard
+    /// from it; `None` when it can or when not known.
+    pub uefi_missing: Option<String>,
 }
 
 /// A network a host cannot give guests now.
@@ -192,6 +195,7 @@ impl NodeView {
             storage: BTreeMap::new(),
             storage_free: BTreeMap::new(),
             networks_down: BTreeMap::new(),
+            uefi_missing: None,
         }
     }
 
@@ -259,6 +263,8 @@ pub struct VmRequest {
     pub new_disk_bytes: BTreeMap<String, u64>,
     /// Networks its NICs are on: each must be ready on the host.
     pub networks: Vec<String>,
+    /// It boots UEFI firmware: only on hosts that have OVMF.
+    pub uefi: bool,
 }
 
 impl VmRequest {

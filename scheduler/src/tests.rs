@@ -370,3 +370,17 @@ fn networks_not_ready_on_a_host_keep_new_vms_off_it() {
     let s = Settings::default();
     assert!(matches!(place(&[a, b], &on_blue, &s), Decision::Place { node_id: 2, .. }));
 }
+
+#[test]
+fn a_uefi_vm_goes_only_to_hosts_with_uefi_firmware() {
+    let mut without = node(1, "a", 8, 8192);
+    without.uefi_missing = Some("no OVMF firmware (install Debian's ovmf)".into());
+    let with = node(2, "b", 8, 8192);
+    let mut uefi = vm(10, 1, 512);
+    uefi.uefi = true;
+    let r = admits(&without, &uefi).unwrap_err();
+    assert_eq!(r.to_string(), "the VM boots UEFI and this host cannot: no OVMF firmware (install Debian's ovmf)");
+    assert_eq!(chosen(&place(&[without.clone(), with], &uefi, &Settings::default())), Some("b"));
+    // A BIOS VM does not care.
+    assert!(admits(&without, &vm(11, 1, 512)).is_ok());
+}

@@ -501,8 +501,9 @@ pub fn run_cli(endpoint: &str, args: &[&str]) -> CliResult {
     run_cli_as(endpoint, "json", args)
 }
 
-/// Runs `kvmesh --endpoint ADDR -o FORMAT ARGS…` with a 60 s bound.
-pub fn run_cli_as(endpoint: &str, format: &str, args: &[&str]) -> CliResult {
+/// `kvmesh --endpoint ADDR` with the credentials of ADDR's cluster, for a
+/// test that runs the CLI itself (with its own stdin, or in the background).
+pub fn cli_command(endpoint: &str) -> Command {
     let mut command = Command::new(kvmesh_bin());
     if let Some(config) = client_config_for(endpoint) {
         command.env("KVMESH_CLIENT_CONFIG", config);
@@ -510,8 +511,15 @@ pub fn run_cli_as(endpoint: &str, format: &str, args: &[&str]) -> CliResult {
     if INSECURE.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|a| a == endpoint) {
         command.arg("--insecure");
     }
+    command.args(["--endpoint", endpoint]);
+    command
+}
+
+/// Runs `kvmesh --endpoint ADDR -o FORMAT ARGS…` with a 60 s bound.
+pub fn run_cli_as(endpoint: &str, format: &str, args: &[&str]) -> CliResult {
+    let mut command = cli_command(endpoint);
     let child = command
-        .args(["--endpoint", endpoint, "-o", format])
+        .args(["-o", format])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -58,6 +58,13 @@ pub fn guest() -> (String, String) {
     (format!("{guest}/vmlinuz"), format!("{guest}/initrd.gz"))
 }
 
+/// The test guest's bootable ISO (GRUB for BIOS and UEFI around the same
+/// kernel and initrd; see scripts/make-test-guest.sh).
+pub fn guest_iso() -> String {
+    let (kernel, _) = guest();
+    kernel.replace("/vmlinuz", "/guest.iso")
+}
+
 /// The directory every testbed host sees as the same storage: outside the
 /// per-host bind mounts (the stand-in for an NFS or CephFS mount).
 pub fn shared_dir() -> String {
@@ -221,7 +228,10 @@ pub fn guest_with(host: &str, name: &str, ha: bool, extra: &[&str]) -> Result<St
     let label = format!("for-{name}=yes");
     cli("h1", &["node", "set", host, "--label", &label])?;
     let mut args = vec!["vm", "create", name, "--memory", "128", "--node-label", &label];
-    args.extend(["--kernel", kernel, "--initrd", initrd, "--cmdline", "console=ttyS0", "--wait"]);
+    args.extend(["--kernel", kernel, "--initrd", initrd, "--wait"]);
+    if !extra.contains(&"--cmdline") {
+        args.extend(["--cmdline", "console=ttyS0"]);
+    }
     if ha {
         args.push("--ha");
     }

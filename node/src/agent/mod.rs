@@ -64,6 +64,7 @@ fn wants(state: &ClusterState, node: u64) -> Vec<Want> {
                 ha: vm.spec.ha,
                 disks: vm.spec.disks.iter().map(|d| (d.index, d.size_bytes)).collect(),
                 nics: vm.spec.nics.iter().map(|n| (n.mac.to_string(), n.network.clone())).collect(),
+                cdrom: vm.spec.hardware.cdrom.clone(),
                 // A stopped VM's move (a cold copy) is the target's to pull.
                 migrating_out: vm
                     .migration
@@ -162,6 +163,7 @@ async fn reconcile(
 
     for action in actions {
         debug!(?action, "agent action");
+        let power_cycle = matches!(action, Action::Restart { .. });
         match action {
             Action::Report { vm_id, epoch, state, error } => {
                 if let Err(e) = report(ctx, vm_id, epoch, state, error).await {
@@ -171,13 +173,23 @@ async fn reconcile(
                     }
                 }
             }
-            Action::Create { vm_id } | Action::Start { vm_id } => {
-                // Every start defines the domain again over its prepared
-                // volumes, so a disk added, grown or removed while the VM
-                // was stopped takes effect.
+            Action::Create { vm_id } | Action::Start { vm_id } | Action::Restart { vm_id } => {
+                // Every start (a restart too) defines the domain again over
+                // its prepared volumes, so a disk added, grown or removed
+                // while the VM was stopped, and every pending change, take
+                // effect.
                 let Some(starting) = StartGuard::begin(ctx, lease, vm_id) else { continue };
                 let Some(gen) = ctx.read(|d| d.state.vms.get(&vm_id).map(|v| v.desired_gen)) else { continue };
                 guard_knows(ctx, lease, vm_id).await;
+                if power_cycle {
+                    let domain = domain_name(vm_id);
+                    info!(%domain, "power-cycling domain");
+                    if let Err(e) = blocking(&ctx.hypervisor, move |hv| hv.destroy(&domain)).await {
+                        drop(starting);
+                        fail(ctx, memory, vm_id, gen, e).await;
+                        continue;
+                    }
+                }
                 let result = match prepare_to_start(ctx, vm_id).await {
                     Ok(_) if !starting.still_current(lease) => {
                         debug!(vm = %vm_id_hex(vm_id), "not starting: the state or the lease moved on while its volumes were prepared");
@@ -201,22 +213,6 @@ async fn reconcile(
                     fail(ctx, memory, vm_id, gen, e).await;
                 }
             }
-            Action::Restart { vm_id } => {
-                let Some(starting) = StartGuard::begin(ctx, lease, vm_id) else { continue };
-                let Some(gen) = ctx.read(|d| d.state.vms.get(&vm_id).map(|v| v.desired_gen)) else { continue };
-                guard_knows(ctx, lease, vm_id).await;
-                let domain = domain_name(vm_id);
-                info!(%domain, "power-cycling domain");
-                let result = blocking(&ctx.hypervisor, move |hv| {
-                    hv.destroy(&domain)?;
-                    hv.start(&domain)
-                })
-                .await;
-                drop(starting);
-                if let Err(e) = result {
-                    fail(ctx, memory, vm_id, gen, e).await;
-                }
-            }
             Action::SyncDisks { vm_id } => {
                 let domain = domain_name(vm_id);
                 let result = match volumes::prepare(ctx, vm_id, true).await {
@@ -235,6 +231,27 @@ async fn reconcile(
                 let Some(nics) = nics else { continue };
                 let result = blocking(&ctx.hypervisor, move |hv| hv.sync_nics(&domain, &nics)).await;
                 live_change(ctx, vm_id, "NIC", result).await;
+            }
+            Action::SyncCdrom { vm_id } => {
+                let domain = domain_name(vm_id);
+                let Some((machine, iso)) = ctx.read(|d| {
+                    let vm = d.state.vms.get(&vm_id)?;
+                    Some((vm.spec.hardware.machine, vm.spec.hardware.cdrom.clone()))
+                }) else {
+                    continue;
+                };
+                let iso = match iso {
+                    Some(name) => match crate::storage::volumes::image_path(ctx, &name).await {
+                        Ok(path) => Some(path),
+                        Err(e) => {
+                            live_change(ctx, vm_id, "CD-ROM", Err(e)).await;
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
+                let result = blocking(&ctx.hypervisor, move |hv| hv.set_cdrom(&domain, machine, iso.as_deref())).await;
+                live_change(ctx, vm_id, "CD-ROM", result).await;
             }
             Action::Shutdown { domain } => {
                 info!(%domain, "asking the guest to power off (ACPI)");
@@ -427,13 +444,21 @@ fn domain_spec(state: &ClusterState, vm_id: u64, ctx: &NodeCtx, prepared: Prepar
         domain_type: ctx.config.virt_type.clone(),
         vcpus: vm.spec.vcpus,
         memory_mib: vm.spec.memory_mib,
-        disks: prepared.disks.into_iter().map(|(index, path, _)| (index, path)).collect(),
-        kernel: prepared.kernel,
-        initrd: prepared.initrd,
+        disks: prepared.disks.iter().map(|(index, path, _)| (*index, path.clone())).collect(),
+        kernel: prepared.kernel.clone(),
+        initrd: prepared.initrd.clone(),
         cmdline: vm.spec.cmdline.clone(),
         nics: crate::netconf::nics_xml(ctx, state, &vm.spec.nics),
         console_log: None,
         uuid: None,
+        machine: vm.spec.hardware.machine,
+        firmware: vm.spec.hardware.firmware,
+        cpu_model: vm.spec.hardware.cpu_model.clone(),
+        boot_order: vm.spec.hardware.boot_order(),
+        cdrom: prepared.cdrom,
+        uefi: None,
+        vnc_socket: None,
+        guest_agent: false,
     })
 }
 

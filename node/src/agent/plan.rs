@@ -32,6 +32,8 @@ pub struct Want {
     pub disks: Vec<(u32, u64)>,
     /// (MAC, network) of each NIC: a change while it runs is made live.
     pub nics: Vec<(String, String)>,
+    /// The ISO image in its CD-ROM drive: a change while it runs is made live.
+    pub cdrom: Option<String>,
     /// The epoch of a live migration away from this host, while it runs.
     pub migrating_out: Option<u64>,
 }
@@ -56,6 +58,7 @@ pub struct Memory {
     /// live change); `None` after the agent restarts, which checks once.
     disks_synced: Option<Vec<(u32, u64)>>,
     nics_synced: Option<Vec<(String, String)>>,
+    cdrom_synced: Option<Option<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +99,10 @@ pub enum Action {
     },
     /// Give the running guest the NICs of its spec (hot-plug, unplug).
     SyncNics {
+        vm_id: u64,
+    },
+    /// Put the spec's ISO in the running guest's CD-ROM drive (or eject).
+    SyncCdrom {
         vm_id: u64,
     },
     /// Send the running guest to a migration's target (the shell runs it
@@ -206,6 +213,7 @@ pub fn plan(
                 restart_done: mem.restart_done,
                 disks_synced: mem.disks_synced.take(),
                 nics_synced: mem.nics_synced.take(),
+                cdrom_synced: mem.cdrom_synced.take(),
                 ..Memory::default()
             };
         }
@@ -256,6 +264,7 @@ fn plan_running(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: 
         mem.restart_done = want.restart_gen;
         mem.disks_synced = Some(want.disks.clone());
         mem.nics_synced = Some(want.nics.clone());
+        mem.cdrom_synced = Some(want.cdrom.clone());
         out.push(Action::Create { vm_id: want.vm_id });
         return;
     };
@@ -278,6 +287,10 @@ fn plan_running(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: 
                 mem.nics_synced = Some(want.nics.clone());
                 out.push(Action::SyncNics { vm_id: want.vm_id });
             }
+            if mem.cdrom_synced.as_ref() != Some(&want.cdrom) {
+                mem.cdrom_synced = Some(want.cdrom.clone());
+                out.push(Action::SyncCdrom { vm_id: want.vm_id });
+            }
             report(out, want, mem, VmState::Running, None);
         }
         // Paused at an epoch nothing was reported at yet: a live migration
@@ -291,6 +304,7 @@ fn plan_running(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: 
             // Every start defines the domain with the disks of the spec.
             mem.disks_synced = Some(want.disks.clone());
             mem.nics_synced = Some(want.nics.clone());
+            mem.cdrom_synced = Some(want.cdrom.clone());
             let was_running = matches!(want.reported, Some((VmState::Running, _)) | Some((VmState::Crashed, _)));
             mem.lease_retry_at_ms = None;
             if !was_running {

@@ -363,6 +363,10 @@ impl ClusterService {
                 n.reachable = n.heartbeat_age_ms.map(|age| age <= self.unreachable_after_ms());
                 n.storage = obs.storage.iter().filter(|s| s.node == n.name).cloned().collect();
                 n.networks = obs.networks.iter().filter(|s| s.node == n.name).cloned().collect();
+                // Known only from a heartbeat: unset while none was heard.
+                if n.heartbeat_age_ms.is_some() {
+                    n.uefi_missing = Some(obs.uefi_missing.get(&n.name).cloned().unwrap_or_default());
+                }
                 n.fencing = obs.fencing.get(&n.name).cloned();
                 n.problem = obs.problem.get(&n.name).cloned();
                 // A silent or down host's last report is history: its
@@ -472,6 +476,7 @@ fn list_nodes(ctx: &NodeCtx) -> pb::ListNodesResponse {
                     storage: Vec::new(),
                     networks: Vec::new(),
                     reachable: None,
+                    uefi_missing: None,
                 }
             })
             .collect()

@@ -55,6 +55,15 @@ impl pb::host_server::Host for HostService {
         Ok(Response::new(crate::agent::read_volume(&self.ctx, request.into_inner()).await?))
     }
 
+    type AttachStream = crate::api::attach::AttachStream;
+
+    async fn attach(
+        &self,
+        request: Request<tonic::Streaming<pb::AttachFrame>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        Ok(Response::new(crate::api::attach::host_attach(&self.ctx, request.into_inner()).await?))
+    }
+
     async fn read_console(&self, request: Request<pb::ConsoleRequest>) -> Result<Response<pb::ConsoleReply>, Status> {
         let req = request.into_inner();
         let reply = crate::agent::local_console(&self.ctx, &req.name, req.bytes).await?;

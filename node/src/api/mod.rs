@@ -1,6 +1,7 @@
 //! The gRPC services every node serves: `Cluster`, `Vms` (client-facing),
 //! `Host` (internal, between nodes) and `Raft` (internal, from the raft crate).
 
+pub mod attach;
 pub mod cluster;
 pub mod host;
 pub mod membership;

@@ -236,11 +236,14 @@ fn explain(ctx: &NodeCtx, leader: &LeaderView, req: &pb::ExplainRequest) -> Resu
 /// The longest description `vm set` accepts.
 const MAX_DESCRIPTION_BYTES: usize = 4096;
 
-fn validate_update(req: &pb::UpdateVmRequest) -> Result<Command> {
+/// `vm set` as commands: the size and hardware change (checked against the
+/// VM's host), then the rest, in one entry.
+fn validate_update(req: &pb::UpdateVmRequest) -> Result<Vec<Command>> {
     let relabel = !req.labels.is_empty() || !req.unlabel.is_empty();
-    if req.description.is_none() && req.priority.is_none() && !relabel {
+    let change = from_pb::vm_change(req).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    if req.description.is_none() && req.priority.is_none() && !relabel && change.is_none() {
         return Err(Error::InvalidArgument(
-            "nothing to change: give --description, --priority, --label or --unlabel".into(),
+            "nothing to change: give --vcpus, --memory, --ha, --firmware, --machine, --cpu-model, --boot-order, --description, --priority, --label or --unlabel".into(),
         ));
     }
     if let Some(d) = &req.description {
@@ -255,14 +258,18 @@ fn validate_update(req: &pb::UpdateVmRequest) -> Result<Command> {
         }
     }
     let set = from_pb::labels(&req.labels).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    let label = Command::LabelVm { name: req.name.clone(), set, unset: req.unlabel.clone() };
-    if req.description.is_none() && req.priority.is_none() {
-        return Ok(label);
+    let mut cmds = Vec::new();
+    if let Some(change) = change {
+        cmds.push(Command::ConfigureVm { name: req.name.clone(), change, at_ms: now_ms() });
     }
-    let update =
-        Command::UpdateVm { name: req.name.clone(), description: req.description.clone(), priority: req.priority };
-    // One entry: both changes applied together.
-    Ok(if relabel { Command::Batch(vec![update, label]) } else { update })
+    if req.description.is_some() || req.priority.is_some() {
+        let (description, priority) = (req.description.clone(), req.priority);
+        cmds.push(Command::UpdateVm { name: req.name.clone(), description, priority });
+    }
+    if relabel {
+        cmds.push(Command::LabelVm { name: req.name.clone(), set, unset: req.unlabel.clone() });
+    }
+    Ok(cmds)
 }
 
 fn list(ctx: &NodeCtx) -> pb::ListVmsResponse {
@@ -411,7 +418,15 @@ impl pb::vms_server::Vms for VmsService {
 
     async fn update(&self, request: Request<pb::UpdateVmRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
         let req = request.into_inner();
-        self.action(&req.name, validate_update(&req)?).await
+        let mut cmds = validate_update(&req)?;
+        // A size or hardware change the VM's host cannot take is refused
+        // before anything else of the request is written.
+        if matches!(cmds.first(), Some(Command::ConfigureVm { .. })) && cmds.len() > 1 {
+            let configure = cmds.remove(0);
+            answered_vm(&self.ctx, &req.name, self.ctx.propose(configure).await?)?;
+        }
+        let cmd = if cmds.len() == 1 { cmds.remove(0) } else { Command::Batch(cmds) };
+        self.action(&req.name, cmd).await
     }
 
     async fn start(&self, request: Request<pb::VmActionRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
@@ -562,6 +577,24 @@ impl pb::vms_server::Vms for VmsService {
             return Err(Error::from(r).into());
         }
         Ok(Response::new(self.ctx.read(|d| to_pb::image(&d.state, &image))))
+    }
+
+    type AttachStream = crate::api::attach::AttachStream;
+
+    async fn attach(
+        &self,
+        request: Request<tonic::Streaming<pb::AttachFrame>>,
+    ) -> std::result::Result<Response<Self::AttachStream>, Status> {
+        Ok(Response::new(crate::api::attach::attach(&self.ctx, request.into_inner()).await?))
+    }
+
+    async fn cdrom(&self, request: Request<pb::CdromRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
+        let req = request.into_inner();
+        let change = kvmesh_raft::hardware::VmChange {
+            cdrom: Some(req.image.clone().filter(|i| !i.is_empty())),
+            ..Default::default()
+        };
+        self.action(&req.vm, Command::ConfigureVm { name: req.vm.clone(), change, at_ms: now_ms() }).await
     }
 
     async fn console(

@@ -103,6 +103,8 @@ mod tests {
             ("/kvmesh.v1.Vms/List", [false, true, true, true, true]),
             ("/kvmesh.v1.Vms/Delete", [false, false, true, true, true]),
             ("/kvmesh.v1.Vms/Console", [false, false, true, true, true]),
+            ("/kvmesh.v1.Vms/Attach", [false, false, true, true, true]),
+            ("/kvmesh.v1.Host/Attach", [false, false, false, false, true]),
             ("/kvmesh.v1.Cluster/Remove", [false, false, false, true, true]),
             ("/kvmesh.v1.Cluster/Drain", [false, false, true, true, true]),
             ("/kvmesh.v1.Storage/Add", [false, false, false, true, true]),

@@ -73,6 +73,26 @@ pub struct CreateArgs {
     /// --label`; placement does not read it (see --node-label).
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Firmware: bios (SeaBIOS, the default) or uefi (OVMF; only hosts
+    /// that have it take the VM).
+    #[arg(long, value_parser = ["bios", "uefi"])]
+    pub firmware: Option<String>,
+    /// Machine type: pc (i440FX, the default) or q35 (PCIe).
+    #[arg(long, value_parser = ["pc", "q35"])]
+    pub machine: Option<String>,
+    /// CPU model: host-passthrough, host-model or a libvirt model name
+    /// (Haswell-noTSX...). Default: QEMU's baseline, which every x86-64
+    /// host runs, so the VM migrates anywhere; a host CPU model migrates
+    /// only between hosts with the same CPU.
+    #[arg(long)]
+    pub cpu_model: Option<String>,
+    /// Boot order, comma-separated: disk, cdrom, network (the default
+    /// order is disk,cdrom,network: a blank disk falls through to the CD).
+    #[arg(long, value_delimiter = ',')]
+    pub boot_order: Vec<String>,
+    /// An ISO image in its CD-ROM drive (`image import NAME FILE --kind iso`).
+    #[arg(long)]
+    pub cdrom: Option<String>,
     /// Show where it would go, per node, without creating it (exit 3 if
     /// no node can take it).
     #[arg(long)]
@@ -181,15 +201,63 @@ pub enum VmCmd {
         /// Remove a label by key (repeatable).
         #[arg(long = "unlabel")]
         unlabel: Vec<String>,
+        /// Virtual CPUs. On a running VM: pending until its next start.
+        #[arg(long)]
+        vcpus: Option<u32>,
+        /// Memory, e.g. 2G or 512M. On a running VM: pending until its next start.
+        #[arg(long, value_parser = sizes::parse_mib)]
+        memory: Option<u64>,
+        /// Restart it elsewhere if its host dies (shared storage only).
+        #[arg(long, conflicts_with = "no_ha")]
+        ha: bool,
+        /// No longer restart it elsewhere.
+        #[arg(long)]
+        no_ha: bool,
+        /// bios or uefi (pending on a running VM).
+        #[arg(long, value_parser = ["bios", "uefi"])]
+        firmware: Option<String>,
+        /// pc or q35 (pending on a running VM).
+        #[arg(long, value_parser = ["pc", "q35"])]
+        machine: Option<String>,
+        /// A CPU model, or `default` for the migratable baseline (pending on a running VM).
+        #[arg(long)]
+        cpu_model: Option<String>,
+        /// Boot order, comma-separated (disk,cdrom,network), or `default`.
+        #[arg(long)]
+        boot_order: Option<String>,
     },
-    /// Show the tail of a VM's serial console (from any node).
-    #[command(after_help = "Examples:\n  kvmesh vm console web1\n  kvmesh vm console web1 --bytes 65536 -o json")]
+    /// The VM's serial console, interactive, from any node (Ctrl-] leaves);
+    /// --tail prints the end of its console log instead.
+    #[command(after_help = "Examples:\n  kvmesh vm console web1\n  echo 'uname -a' | kvmesh vm console web1 --linger 2\n  kvmesh vm console web1 --tail --bytes 65536 -o json")]
     Console {
         name: String,
-        /// How many bytes from the end.
-        #[arg(long, default_value_t = 16384)]
-        bytes: u64,
+        /// Print the end of the console log and exit (also with -o json or --bytes).
+        #[arg(long)]
+        tail: bool,
+        /// With --tail: how many bytes from the end (default 16384).
+        #[arg(long)]
+        bytes: Option<u64>,
+        /// With a stdin that is not a terminal: after stdin ends, go on
+        /// printing what the guest sends for this many seconds.
+        #[arg(long, default_value_t = 1.0)]
+        linger: f64,
     },
+    /// Carry VNC viewers to the VM's display, through any node: listens on
+    /// a local port and says where to point the viewer.
+    #[command(after_help = "Examples:\n  kvmesh vm vnc win1\n  kvmesh vm vnc win1 --listen 127.0.0.1:5901")]
+    Vnc {
+        name: String,
+        /// Local address to listen on (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// End after the first viewer disconnects.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Insert an ISO image into the VM's CD-ROM drive, or eject it (live on
+    /// a running VM).
+    #[command(subcommand)]
+    Cdrom(CdromCmd),
     /// List VMs, filtered and sorted.
     #[command(after_help = examples::VM_LIST)]
     List {
@@ -445,4 +513,15 @@ pub enum ImageCmd {
     /// Delete an image (refused while a VM uses it).
     #[command(after_help = "Examples:\n  kvmesh image delete debian12")]
     Delete { name: String },
+}
+
+/// `vm cdrom`.
+#[derive(Subcommand, Debug)]
+pub enum CdromCmd {
+    /// Put an ISO image in the drive (`kvmesh image list`).
+    #[command(after_help = "Examples:\n  kvmesh vm cdrom insert win1 virtio-win\n  kvmesh vm cdrom insert deb1 debian-12-netinst")]
+    Insert { name: String, image: String },
+    /// Empty the drive.
+    #[command(after_help = "Examples:\n  kvmesh vm cdrom eject win1")]
+    Eject { name: String },
 }

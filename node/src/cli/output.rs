@@ -136,6 +136,7 @@ fn node_json(n: &pb::NodeInfo) -> Value {
         "fencing": n.fencing, "problem": n.problem, "reachable": n.reachable,
         "storage": n.storage.iter().map(|s| json!({"domain": s.domain, "state": s.state, "message": s.message, "free_bytes": s.free_bytes, "total_bytes": s.total_bytes})).collect::<Vec<_>>(),
         "networks": n.networks.iter().map(|s| json!({"network": s.network, "state": s.state, "message": s.message, "mtu": s.mtu})).collect::<Vec<_>>(),
+        "uefi": n.uefi_missing.as_ref().map(|m| m.is_empty()), "uefi_missing": n.uefi_missing.as_ref().filter(|m| !m.is_empty()),
     })
 }
 
@@ -157,6 +158,11 @@ pub fn print_node(output: Output, node: &pb::NodeInfo) {
             for st in &node.networks {
                 let why = if st.message.is_empty() { String::new() } else { format!(": {}", st.message) };
                 outln!("network {}: {}{why}", st.network, st.state);
+            }
+            match node.uefi_missing.as_deref() {
+                Some("") => outln!("firmware: bios, uefi"),
+                Some(why) => outln!("firmware: bios only ({why}); UEFI VMs go elsewhere"),
+                None => outln!("firmware: not reported yet"),
             }
         }
     }

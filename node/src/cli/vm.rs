@@ -51,9 +51,37 @@ pub async fn run(channel: Ch, output: Output, wide: bool, command: VmCmd) -> Res
             let how = Migration { name, to, dry_run, wait, timeout, bandwidth, copy_storage };
             migrate(&mut vms, channel, output, how).await?
         }
-        VmCmd::Set { name, description, priority, labels, unlabel } => {
+        VmCmd::Set {
+            name,
+            description,
+            priority,
+            labels,
+            unlabel,
+            vcpus,
+            memory,
+            ha,
+            no_ha,
+            firmware,
+            machine,
+            cpu_model,
+            boot_order,
+        } => {
             let labels = labels.into_iter().collect();
-            let r = pb::UpdateVmRequest { name, description, priority, labels, unlabel };
+            let reset = |v: Option<String>| v.map(|s| if s == "default" { String::new() } else { s });
+            let r = pb::UpdateVmRequest {
+                name,
+                description,
+                priority,
+                labels,
+                unlabel,
+                vcpus,
+                memory_mib: memory,
+                ha: if ha { Some(true) } else if no_ha { Some(false) } else { None },
+                firmware,
+                machine,
+                cpu_model: reset(cpu_model),
+                boot_order: reset(boot_order),
+            };
             let vm = vms.update(req(r)).await.map_err(status_err)?;
             print_vm(output, &vm.into_inner());
         }
@@ -61,7 +89,22 @@ pub async fn run(channel: Ch, output: Output, wide: bool, command: VmCmd) -> Res
             let e = vms.explain(req(pb::ExplainRequest { name, spec: None })).await.map_err(status_err)?.into_inner();
             print_explanation(output, &e);
         }
-        VmCmd::Console { name, bytes } => console(&mut vms, output, name, bytes).await?,
+        VmCmd::Console { name, tail, bytes, linger } => {
+            if tail || bytes.is_some() || matches!(output, Output::Json) {
+                console(&mut vms, output, name, bytes.unwrap_or(16384)).await?
+            } else {
+                super::attach::console(channel.clone(), name, Duration::from_secs_f64(linger.max(0.0))).await?
+            }
+        }
+        VmCmd::Vnc { name, listen, once } => super::attach::vnc(channel.clone(), name, listen, once).await?,
+        VmCmd::Cdrom(cmd) => {
+            let (vm, image) = match cmd {
+                super::CdromCmd::Insert { name, image } => (name, Some(image)),
+                super::CdromCmd::Eject { name } => (name, None),
+            };
+            let vm = vms.cdrom(req(pb::CdromRequest { vm, image })).await.map_err(status_err)?;
+            print_vm(output, &vm.into_inner());
+        }
         VmCmd::Disk(cmd) => super::storage::disk(&mut vms, output, cmd).await?,
         VmCmd::Nic(cmd) => super::networks::nic(&mut vms, output, cmd).await?,
         VmCmd::Snapshot(cmd) => super::storage::snapshot(&mut vms, output, cmd).await?,
@@ -175,6 +218,11 @@ fn create_request(a: CreateArgs) -> pb::CreateVmRequest {
         affinity: a.affinity,
         strict: a.strict,
         labels: a.labels.into_iter().collect(),
+        firmware: a.firmware.unwrap_or_default(),
+        machine: a.machine.unwrap_or_default(),
+        cpu_model: a.cpu_model,
+        boot_order: a.boot_order,
+        cdrom: a.cdrom,
     }
 }
 

@@ -59,7 +59,7 @@ fn progress_json(p: &pb::MigrationProgress) -> Value {
 }
 
 pub fn vm_json(vm: &pb::Vm) -> Value {
-    json!({
+    let mut v = json!({
         "id": vm.id, "name": vm.name, "vcpus": vm.vcpus, "memory_mib": vm.memory_mib, "ha": vm.ha,
         "desired": desired(vm.desired), "node": vm.node, "node_id": vm.node_id, "epoch": vm.epoch,
         "created_at_ms": vm.created_at_ms, "state": vm_state(vm.state), "since": vm.since_ms,
@@ -75,7 +75,14 @@ pub fn vm_json(vm: &pb::Vm) -> Value {
         "migration_started_ms": (vm.migration_started_ms > 0).then_some(vm.migration_started_ms),
         "migration_copies_disks": vm.migration_copies_disks,
         "migration_progress": vm.migration_progress.as_ref().map(progress_json),
-    })
+    });
+    // Added apart: one json! of every field exceeds the macro's recursion.
+    v["hardware"] = json!({
+        "firmware": vm.firmware, "machine": vm.machine, "cpu_model": vm.cpu_model,
+        "boot_order": vm.boot_order, "cdrom": vm.cdrom,
+    });
+    v["pending_changes"] = json!(vm.pending_changes);
+    v
 }
 
 /// What `vm list` shows: its filters, its order and its width.
@@ -268,6 +275,20 @@ pub fn print_vm(output: Output, vm: &pb::Vm) {
     }
     field("vcpus", &vm.vcpus.to_string());
     field("memory", &human_bytes(vm.memory_mib << 20));
+    for change in &vm.pending_changes {
+        field("pending change", &format!("{change} (at the next start: `kvmesh vm restart {}`)", vm.name));
+    }
+    field(
+        "hardware",
+        &format!(
+            "{} firmware, {} machine, CPU {}",
+            vm.firmware,
+            vm.machine,
+            vm.cpu_model.as_deref().unwrap_or("default (migratable)")
+        ),
+    );
+    field("boot order", &vm.boot_order.join(", "));
+    field("cdrom", vm.cdrom.as_deref().unwrap_or("(empty)"));
     field("ha", if vm.ha { "yes (restarted elsewhere if its host dies)" } else { "no" });
     field("priority", &vm.priority.to_string());
     field("labels", &labels(&vm.labels));

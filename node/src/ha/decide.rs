@@ -254,6 +254,7 @@ mod tests {
                 networks: vec![],
                 fencing: String::new(),
                 problem: String::new(),
+                uefi_missing: String::new(),
             },
         );
         assert_eq!(unresponsive(&s, &hb, t0 + Duration::from_secs(1), limit), [2].into());
@@ -349,6 +350,7 @@ mod tests {
                 networks: vec![],
                 fencing: String::new(),
                 problem: String::new(),
+                uefi_missing: String::new(),
             },
         );
     }

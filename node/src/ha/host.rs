@@ -402,6 +402,7 @@ async fn send(ctx: &Arc<NodeCtx>, leader: &LeaderView, timeout: Duration) -> Res
         fencing: ctx.guard.level().as_str().to_string(),
         problem,
         networks: crate::netconf::current(ctx),
+        uefi_missing: ctx.hypervisor.uefi_missing().unwrap_or_default(),
     };
     match ctx.leader() {
         Some((id, _)) if id == ctx.id => leader.receive(ctx, req).await,

@@ -33,6 +33,8 @@ pub struct Seen {
     /// How it is fenced, and what it reports wrong ("" when healthy).
     pub fencing: String,
     pub problem: String,
+    /// Why it cannot boot UEFI guests ("" when it can).
+    pub uefi_missing: String,
 }
 
 /// The heartbeat table of one term; a new leader starts empty.
@@ -202,7 +204,21 @@ impl Liveness {
                 (*id, states)
             })
             .collect();
-        HostFacts { unresponsive, impaired, storage: Some(storage), storage_free, networks: Some(networks) }
+        let uefi_missing = self
+            .heard
+            .seen
+            .iter()
+            .filter(|(_, seen)| !seen.uefi_missing.is_empty())
+            .map(|(id, seen)| (*id, seen.uefi_missing.clone()))
+            .collect();
+        HostFacts {
+            unresponsive,
+            impaired,
+            storage: Some(storage),
+            storage_free,
+            networks: Some(networks),
+            uefi_missing,
+        }
     }
 
     /// Whether this leader is too new to have heard from every live host.
@@ -256,6 +272,7 @@ impl LeaderView {
                         networks: s.networks.clone(),
                         fencing: s.fencing.clone(),
                         problem: s.problem.clone(),
+                        uefi_missing: s.uefi_missing.clone(),
                     };
                     (*id, seen)
                 })
@@ -306,6 +323,7 @@ impl LeaderView {
                 networks: req.networks,
                 fencing: req.fencing,
                 problem: req.problem,
+                uefi_missing: req.uefi_missing,
             };
             hb.seen.insert(req.node_id, seen);
         }
@@ -360,6 +378,12 @@ impl LeaderView {
                     .flat_map(|s| s.networks.iter().cloned())
                     .collect(),
                 fencing: hb.seen.iter().map(|(id, s)| (name(id), s.fencing.clone())).collect(),
+                uefi_missing: hb
+                    .seen
+                    .iter()
+                    .filter(|(_, s)| !s.uefi_missing.is_empty())
+                    .map(|(id, s)| (name(id), s.uefi_missing.clone()))
+                    .collect(),
                 problem: hb
                     .seen
                     .iter()

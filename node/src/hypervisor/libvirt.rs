@@ -18,7 +18,9 @@ use virt::storage_vol::StorageVol;
 use kvmesh_raft::storage::DEFAULT_STORAGE;
 
 use super::pools::{node_pool_name, PoolKind};
+use super::guest;
 use super::xml::{self, DomainSpec};
+use kvmesh_raft::hardware::Machine;
 use super::{Backing, Domain, HostCapacity, Hypervisor, MigrationTarget, OffReason, PoolSpec, PoolState, RunState};
 use crate::error::{Error, Result};
 
@@ -32,6 +34,8 @@ pub struct Libvirt {
     node_id: u64,
     images_dir: PathBuf,
     consoles_dir: PathBuf,
+    /// UEFI variables of VMs without a disk to keep them next to.
+    nvram_dir: PathBuf,
 }
 
 fn lv_err(what: &str, e: virt::error::Error) -> Error {
@@ -57,7 +61,8 @@ impl Libvirt {
         })?;
         let images_dir = data_dir.join("images");
         let consoles_dir = data_dir.join("consoles");
-        for dir in [&images_dir, &consoles_dir] {
+        let nvram_dir = data_dir.join("nvram");
+        for dir in [&images_dir, &consoles_dir, &nvram_dir] {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::Hypervisor(format!("cannot create {}: {e}", dir.display())))?;
         }
@@ -70,6 +75,7 @@ impl Libvirt {
             node_id,
             images_dir,
             consoles_dir,
+            nvram_dir,
         };
         hv.reclaim_domains_of_this_dir();
         hv.pool(&hv.node_pool())?;
@@ -100,7 +106,7 @@ impl Libvirt {
             if dom.is_active().unwrap_or(false) {
                 let _ = dom.destroy();
             }
-            if let Err(e) = dom.undefine() {
+            if let Err(e) = undefine(&dom, false) {
                 warn!(domain = %name, error = %e, "could not undefine it");
             }
         }
@@ -138,6 +144,12 @@ impl Libvirt {
 
     pub fn console_path(&self, domain: &str) -> PathBuf {
         self.consoles_dir.join(format!("{domain}.log"))
+    }
+
+    /// The unix socket of a guest's VNC display. In the consoles folder,
+    /// which a live migration's definition moves to the target's.
+    pub fn vnc_path(&self, domain: &str) -> PathBuf {
+        self.consoles_dir.join(format!("{domain}.vnc"))
     }
 
     /// Undefines other kvmesh pools over `path` (an earlier identity of
@@ -344,6 +356,66 @@ impl Hypervisor for Libvirt {
         self.lookup(domain)?.resume().map_err(|e| lv_err(&format!("resume {domain}"), e))
     }
 
+    fn set_cdrom(&self, domain: &str, machine: Machine, iso: Option<&str>) -> Result<Vec<String>> {
+        if self.is_test_driver() {
+            return Ok(Vec::new()); // it runs no guest: the next definition carries the medium
+        }
+        let dom = self.lookup(domain)?;
+        let live = dom.xml_desc(0).map_err(|e| lv_err(&format!("describe {domain}"), e))?;
+        let (dev, _) = xml::cdrom_target(machine);
+        if xml::cdrom_source(&live, dev).as_deref() == iso {
+            return Ok(Vec::new());
+        }
+        // Live and in the persistent definition; forced, so a guest that
+        // locked its tray does not keep an operator's eject from happening.
+        let flags = 1 | 2 | virt::sys::VIR_DOMAIN_DEVICE_MODIFY_FORCE;
+        dom.update_device_flags(&xml::cdrom_xml(machine, iso, None), flags)
+            .map_err(|e| lv_err(&format!("change the CD-ROM of {domain}"), e))?;
+        Ok(vec![match iso {
+            Some(path) => format!("inserted {path}"),
+            None => "ejected the CD-ROM".to_string(),
+        }])
+    }
+
+    fn serial_pty(&self, domain: &str) -> Result<String> {
+        if self.is_test_driver() {
+            return Err(Error::FailedPrecondition(format!(
+                "{} has no serial console (libvirt's test driver runs no guest)",
+                self.uri
+            )));
+        }
+        let dom = self.lookup(domain)?;
+        if !dom.is_active().unwrap_or(false) {
+            return Err(Error::FailedPrecondition(format!("{domain} is not running")));
+        }
+        let live = dom.xml_desc(0).map_err(|e| lv_err(&format!("describe {domain}"), e))?;
+        guest::serial_pty(&live).ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "{domain} has no interactive serial console (it was started by an older kvmesh; restart it once)"
+            ))
+        })
+    }
+
+    fn vnc_socket(&self, domain: &str) -> Result<PathBuf> {
+        if self.is_test_driver() {
+            return Err(Error::FailedPrecondition(format!(
+                "{} has no display (libvirt's test driver runs no guest)",
+                self.uri
+            )));
+        }
+        let path = self.vnc_path(domain);
+        if !path.exists() {
+            return Err(Error::FailedPrecondition(format!(
+                "{domain} has no VNC display here (not running, or started by an older kvmesh; restart it once)"
+            )));
+        }
+        Ok(path)
+    }
+
+    fn uefi_missing(&self) -> Option<String> {
+        guest::find_ovmf().err()
+    }
+
     fn consoles_dir(&self) -> String {
         self.consoles_dir.to_string_lossy().into_owned()
     }
@@ -441,6 +513,14 @@ impl Hypervisor for Libvirt {
             spec.console_log = None;
         } else {
             spec.console_log = Some(self.console_path(&spec.domain).to_string_lossy().into_owned());
+            spec.vnc_socket = Some(self.vnc_path(&spec.domain).to_string_lossy().into_owned());
+            spec.guest_agent = true;
+        }
+        if spec.firmware == kvmesh_raft::hardware::Firmware::Uefi {
+            let (code, vars_template) = guest::find_ovmf().map_err(Error::FailedPrecondition)?;
+            let boot_disk = spec.disks.iter().find(|(i, _)| *i == 0).map(|(_, p)| p.as_str());
+            let nvram = guest::nvram_path(boot_disk, &self.nvram_dir, &spec.domain).to_string_lossy().into_owned();
+            spec.uefi = Some(xml::UefiFiles { code, vars_template, nvram });
         }
         self.conn().define_domain_xml(&xml::domain_xml(&spec)).map_err(|e| lv_err("define domain", e))?;
         Ok(())
@@ -451,7 +531,14 @@ impl Hypervisor for Libvirt {
     }
 
     fn shutdown(&self, domain: &str) -> Result<()> {
-        self.lookup(domain)?.shutdown().map(|_| ()).map_err(|e| lv_err(&format!("shut down {domain}"), e))
+        let dom = self.lookup(domain)?;
+        if self.is_test_driver() {
+            return dom.shutdown().map(|_| ()).map_err(|e| lv_err(&format!("shut down {domain}"), e));
+        }
+        // The guest agent where one answers (a clean shutdown even of a
+        // guest that ignores ACPI), else the ACPI power button.
+        let flags = virt::sys::VIR_DOMAIN_SHUTDOWN_GUEST_AGENT | virt::sys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN;
+        dom.shutdown_flags(flags).map_err(|e| lv_err(&format!("shut down {domain}"), e))
     }
 
     fn destroy(&self, domain: &str) -> Result<()> {
@@ -473,12 +560,15 @@ impl Hypervisor for Libvirt {
             if dom.is_active().unwrap_or(false) {
                 dom.destroy().map_err(|e| lv_err(&format!("destroy {domain}"), e))?;
             }
-            dom.undefine().map_err(|e| lv_err(&format!("undefine {domain}"), e))?;
+            // A deleted VM's UEFI variables go with it; otherwise they stay
+            // for wherever it runs next.
+            undefine(&dom, !keep_console).map_err(|e| lv_err(&format!("undefine {domain}"), e))?;
         }
         // Volumes go only through the cluster's trash, which knows whether
         // the operator kept them (`--keep-disks`); the console log is ours.
         if !keep_console {
             let _ = std::fs::remove_file(self.console_path(domain));
+            let _ = std::fs::remove_file(self.vnc_path(domain));
         }
         Ok(())
     }
@@ -647,4 +737,12 @@ impl Hypervisor for Libvirt {
         f.read_to_end(&mut out).map_err(|e| Error::Hypervisor(format!("read {}: {e}", path.display())))?;
         Ok(out)
     }
+}
+
+/// Undefines a domain; its UEFI variables are deleted only with `nvram`
+/// (libvirt refuses to undefine a domain with variables without a word
+/// on them).
+fn undefine(dom: &VirtDomain, nvram: bool) -> std::result::Result<(), virt::error::Error> {
+    let flags = if nvram { virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM } else { virt::sys::VIR_DOMAIN_UNDEFINE_KEEP_NVRAM };
+    dom.undefine_flags(flags)
 }

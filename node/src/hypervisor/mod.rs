@@ -7,6 +7,7 @@
 //! `qemu:///system` on real hosts, or `test:///default`, libvirt's built-in
 //! test driver, which lives inside the node process and needs no daemon.
 
+pub mod guest;
 pub mod libvirt;
 mod pools;
 pub mod xml;
@@ -105,6 +106,15 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn delete_volume(&self, pool: &PoolSpec, name: &str) -> Result<bool>;
     /// The last `max_bytes` of the serial console log.
     fn console(&self, domain: &str, max_bytes: u64) -> Result<Vec<u8>>;
+    /// Puts `iso` into a running domain's CD-ROM drive, or ejects it; what
+    /// it changed.
+    fn set_cdrom(&self, domain: &str, machine: kvmesh_raft::hardware::Machine, iso: Option<&str>) -> Result<Vec<String>>;
+    /// The pty of a running domain's serial console.
+    fn serial_pty(&self, domain: &str) -> Result<String>;
+    /// The unix socket of a running domain's VNC display.
+    fn vnc_socket(&self, domain: &str) -> Result<std::path::PathBuf>;
+    /// Why this host cannot boot UEFI guests; `None` if it can.
+    fn uefi_missing(&self) -> Option<String>;
     /// Migrates a running domain live to another host's libvirt (peer to
     /// peer), where it is defined as `to` says and left **paused**: the
     /// target resumes it only once the cluster has recorded the move. The

@@ -6,6 +6,8 @@
 
 use std::fmt::Write;
 
+use kvmesh_raft::hardware::{BootDevice, Firmware, Machine};
+
 /// XML namespace of kvmesh's domain metadata.
 pub const METADATA_NS: &str = "https://kvmesh.dev/xmlns/domain/1";
 const METADATA_PREFIX: &str = "kvmesh";
@@ -34,6 +36,69 @@ pub struct DomainSpec {
     /// The UUID libvirt gave the domain when it was first defined: a
     /// redefinition must carry it, or libvirt refuses the name as taken.
     pub uuid: Option<String>,
+    pub machine: Machine,
+    /// UEFI asks the hypervisor for OVMF (`uefi` below, set at define).
+    pub firmware: Firmware,
+    /// `None`: QEMU's migratable baseline CPU.
+    pub cpu_model: Option<String>,
+    /// Boot devices in order (ignored by a direct kernel boot).
+    pub boot_order: Vec<BootDevice>,
+    /// The ISO file in the CD-ROM drive; the drive is there either way, so
+    /// a medium can be inserted while the guest runs.
+    pub cdrom: Option<String>,
+    /// OVMF's files and the VM's own variable store, for a UEFI guest.
+    pub uefi: Option<UefiFiles>,
+    /// The unix socket of its VNC display (set by the hypervisor).
+    pub vnc_socket: Option<String>,
+    /// A channel for the QEMU guest agent (set by the hypervisor).
+    pub guest_agent: bool,
+}
+
+/// A UEFI guest's firmware: OVMF's code (shared, read-only) and the VM's
+/// own variables, made from OVMF's template at first start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UefiFiles {
+    pub code: String,
+    pub vars_template: String,
+    pub nvram: String,
+}
+
+/// The CD-ROM drive's target: IDE on i440FX, SATA on Q35 (which has no IDE).
+pub fn cdrom_target(machine: Machine) -> (&'static str, &'static str) {
+    match machine {
+        Machine::Pc => ("hdc", "ide"),
+        Machine::Q35 => ("sdc", "sata"),
+    }
+}
+
+/// The medium in a live definition's CD-ROM drive `dev`, if any.
+pub fn cdrom_source(live_xml: &str, dev: &str) -> Option<String> {
+    let mut rest = live_xml;
+    while let Some(start) = rest.find("<disk ") {
+        let len = rest[start..].find("</disk>")?;
+        let block = &rest[start..start + len];
+        if block.contains("device='cdrom'") && block.contains(&format!("dev='{dev}'")) {
+            let at = block.find("<source file='")? + "<source file='".len();
+            return Some(unescape(&block[at..at + block[at..].find('\'')?]));
+        }
+        rest = &rest[start + len..];
+    }
+    None
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&apos;", "'").replace("&quot;", "\"").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+}
+
+/// The CD-ROM drive, with `iso` in it or empty; also what a live medium
+/// change sends (libvirt matches the drive by its target).
+pub fn cdrom_xml(machine: Machine, iso: Option<&str>, boot: Option<usize>) -> String {
+    let (dev, bus) = cdrom_target(machine);
+    let source = iso.map(|p| format!("<source file='{}'/>", escape(p))).unwrap_or_default();
+    let boot = boot.map(|n| format!("<boot order='{n}'/>")).unwrap_or_default();
+    format!(
+        "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>{source}<target dev='{dev}' bus='{bus}'/><readonly/>{boot}</disk>"
+    )
 }
 
 /// One NIC as libvirt gets it.
@@ -48,9 +113,14 @@ pub struct NicXml {
 
 /// One NIC's `<interface>` element (also what a hot-plug attaches).
 pub fn nic_xml(nic: &NicXml) -> String {
+    nic_xml_booting(nic, None)
+}
+
+fn nic_xml_booting(nic: &NicXml, boot: Option<usize>) -> String {
     let mtu = nic.mtu.map(|m| format!("<mtu size='{m}'/>")).unwrap_or_default();
+    let boot = boot.map(|n| format!("<boot order='{n}'/>")).unwrap_or_default();
     format!(
-        "<interface type='bridge'><mac address='{}'/><source bridge='{}'/><model type='{}'/>{mtu}</interface>",
+        "<interface type='bridge'><mac address='{}'/><source bridge='{}'/><model type='{}'/>{mtu}{boot}</interface>",
         escape(&nic.mac),
         escape(&nic.bridge),
         escape(&nic.model)
@@ -179,7 +249,11 @@ pub fn domain_xml(s: &DomainSpec) -> String {
     if s.domain_type == "test" {
         x.push_str("    <type>hvm</type>\n");
     } else {
-        x.push_str("    <type arch='x86_64' machine='pc'>hvm</type>\n");
+        let _ = writeln!(x, "    <type arch='x86_64' machine='{}'>hvm</type>", s.machine.as_str());
+    }
+    if let Some(uefi) = &s.uefi {
+        let _ = writeln!(x, "    <loader readonly='yes' type='pflash'>{}</loader>", escape(&uefi.code));
+        let _ = writeln!(x, "    <nvram template='{}'>{}</nvram>", escape(&uefi.vars_template), escape(&uefi.nvram));
     }
     match &s.kernel {
         Some(kernel) => {
@@ -191,10 +265,32 @@ pub fn domain_xml(s: &DomainSpec) -> String {
                 let _ = writeln!(x, "    <cmdline>{}</cmdline>", escape(cmdline));
             }
         }
-        None => x.push_str("    <boot dev='hd'/>\n"),
+        // Per-device boot order (below), which SeaBIOS and OVMF both read.
+        None => {}
     }
     x.push_str("  </os>\n");
-    x.push_str("  <features><acpi/></features>\n");
+    x.push_str("  <features><acpi/><apic/></features>\n");
+    match s.cpu_model.as_deref() {
+        None => {}
+        Some(mode @ ("host-passthrough" | "host-model")) => {
+            let _ = writeln!(x, "  <cpu mode='{mode}'/>");
+        }
+        Some(model) => {
+            let _ = writeln!(
+                x,
+                "  <cpu mode='custom' match='exact'><model fallback='forbid'>{}</model></cpu>",
+                escape(model)
+            );
+        }
+    }
+    // The position of each device in the boot order (1-based), none for a
+    // direct kernel boot.
+    let boot_index = |dev: BootDevice| -> Option<usize> {
+        if s.kernel.is_some() {
+            return None;
+        }
+        s.boot_order.iter().position(|d| *d == dev).map(|i| i + 1)
+    };
     // A guest that powers off or crashes stays off: the agent decides what
     // happens next (restart with backoff, or report it stopped).
     x.push_str(
@@ -202,13 +298,37 @@ pub fn domain_xml(s: &DomainSpec) -> String {
     );
     x.push_str("  <devices>\n");
     for (index, path) in &s.disks {
-        let _ = writeln!(x, "    {}", disk_xml(*index, path));
+        let boot = if *index == 0 { boot_index(BootDevice::Disk) } else { None };
+        let disk = disk_xml(*index, path);
+        let _ = match boot {
+            Some(n) => writeln!(x, "    {}<boot order='{n}'/></disk>", disk.trim_end_matches("</disk>")),
+            None => writeln!(x, "    {disk}"),
+        };
     }
-    for nic in &s.nics {
-        let _ = writeln!(x, "    {}", nic_xml(nic));
+    if s.domain_type != "test" {
+        let _ = writeln!(x, "    {}", cdrom_xml(s.machine, s.cdrom.as_deref(), boot_index(BootDevice::Cdrom)));
+    }
+    for (i, nic) in s.nics.iter().enumerate() {
+        let boot = if i == 0 { boot_index(BootDevice::Network) } else { None };
+        let _ = writeln!(x, "    {}", nic_xml_booting(nic, boot));
     }
     if let Some(log) = &s.console_log {
-        let _ = writeln!(x, "    <serial type='file'><source path='{}'/><target port='0'/></serial>", escape(log));
+        // A pty, so an operator can type into it (`vm console`), and a log
+        // file of everything it printed (`vm console --tail`).
+        let _ = writeln!(
+            x,
+            "    <serial type='pty'><log file='{}'/><target port='0'/></serial>\n    <console type='pty'><target type='serial' port='0'/></console>",
+            escape(log)
+        );
+    }
+    if let Some(socket) = &s.vnc_socket {
+        // On a unix socket only root on the host can open: the way in is
+        // kvmesh's authenticated proxy (`vm vnc`).
+        let _ = writeln!(x, "    <graphics type='vnc' socket='{}'/>", escape(socket));
+        x.push_str("    <video><model type='vga'/></video>\n");
+    }
+    if s.guest_agent {
+        x.push_str("    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\n");
     }
     x.push_str("  </devices>\n</domain>\n");
     x
@@ -274,6 +394,14 @@ mod tests {
             }],
             console_log: Some("/d/console.log".into()),
             uuid: None,
+            machine: Machine::Pc,
+            firmware: Firmware::Bios,
+            cpu_model: None,
+            boot_order: kvmesh_raft::hardware::DEFAULT_BOOT_ORDER.to_vec(),
+            cdrom: None,
+            uefi: None,
+            vnc_socket: Some("/d/vnc.sock".into()),
+            guest_agent: true,
         }
     }
 
@@ -293,11 +421,41 @@ mod tests {
             x.contains("<interface type='bridge'><mac address='0a:00:00:00:00:01'/><source bridge='kvb1'/><model type='virtio'/><mtu size='1450'/></interface>"),
             "{x}"
         );
-        assert!(x.contains("<serial type='file'><source path='/d/console.log'/>"));
-        assert!(!x.contains("<boot dev='hd'/>"), "direct kernel boot has no disk boot");
+        assert!(x.contains("<serial type='pty'><log file='/d/console.log'/>"));
+        assert!(x.contains("<graphics type='vnc' socket='/d/vnc.sock'/>"));
+        assert!(x.contains("name='org.qemu.guest_agent.0'"));
+        assert!(!x.contains("<boot order"), "direct kernel boot has no boot order");
+        assert!(x.contains("<target dev='hdc' bus='ide'/><readonly/></disk>"), "an empty drive: {x}");
+        assert!(!x.contains("<cpu") && !x.contains("<loader"), "migratable defaults: {x}");
         assert_eq!(parse_metadata(&x), Some(Tag { vm_id: 255, node_id: 42, epoch: 3 }));
         let disk_boot = domain_xml(&DomainSpec { kernel: None, ..spec() });
-        assert!(disk_boot.contains("<boot dev='hd'/>") && !disk_boot.contains("<kernel>"));
+        assert!(disk_boot.contains("<target dev='vda' bus='virtio'/><boot order='1'/></disk>"), "{disk_boot}");
+        assert!(!disk_boot.contains("<kernel>"));
+    }
+
+    #[test]
+    fn hardware_choices_reach_the_definition() {
+        let uefi = UefiFiles { code: "/ovmf/CODE.fd".into(), vars_template: "/ovmf/VARS.fd".into(), nvram: "/d/v.fd".into() };
+        let x = domain_xml(&DomainSpec {
+            kernel: None,
+            machine: Machine::Q35,
+            cpu_model: Some("Haswell-noTSX".into()),
+            boot_order: vec![BootDevice::Cdrom, BootDevice::Disk],
+            cdrom: Some("/iso/inst'all.iso".into()),
+            uefi: Some(uefi),
+            ..spec()
+        });
+        assert!(x.contains("machine='q35'"), "{x}");
+        assert!(x.contains("<loader readonly='yes' type='pflash'>/ovmf/CODE.fd</loader>"));
+        assert!(x.contains("<nvram template='/ovmf/VARS.fd'>/d/v.fd</nvram>"));
+        assert!(x.contains("<model fallback='forbid'>Haswell-noTSX</model>"));
+        assert!(x.contains("<source file='/iso/inst&apos;all.iso'/><target dev='sdc' bus='sata'/><readonly/><boot order='1'/>"), "{x}");
+        assert!(x.contains("<target dev='vda' bus='virtio'/><boot order='2'/>"), "{x}");
+        assert!(!x.contains("<interface type='bridge'><mac address='0a:00:00:00:00:01'/><source bridge='kvb1'/><model type='virtio'/><mtu size='1450'/><boot"), "the network is not in this order");
+        assert_eq!(cdrom_source(&x, "sdc").as_deref(), Some("/iso/inst'all.iso"));
+        assert_eq!(cdrom_source(&domain_xml(&DomainSpec { kernel: None, ..spec() }), "hdc"), None, "an empty drive");
+        let passthrough = domain_xml(&DomainSpec { cpu_model: Some("host-passthrough".into()), ..spec() });
+        assert!(passthrough.contains("<cpu mode='host-passthrough'/>"));
     }
 
     #[test]

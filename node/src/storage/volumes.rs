@@ -47,6 +47,8 @@ pub struct Prepared {
     pub disks: Vec<(u32, String, u64)>,
     pub kernel: Option<String>,
     pub initrd: Option<String>,
+    /// The ISO in its CD-ROM drive.
+    pub cdrom: Option<String>,
 }
 
 /// Fails (with QEMU's "Is another process using the image" message) when
@@ -94,6 +96,7 @@ struct VmPlan {
     disks: Vec<DiskPlan>,
     kernel: Option<ImageFile>,
     initrd: Option<ImageFile>,
+    cdrom: Option<ImageFile>,
 }
 
 /// The plan for a VM's disks and boot files, from the local replica.
@@ -129,7 +132,13 @@ fn plan(ctx: &NodeCtx, vm_id: u64) -> Result<VmPlan> {
         }
         let boot =
             |name: &Option<String>| name.as_deref().map(|n| image_file(&d.state, n, ctx.id, &data_dir)).transpose();
-        Ok(VmPlan { epoch, disks, kernel: boot(&vm.spec.kernel)?, initrd: boot(&vm.spec.initrd)? })
+        Ok(VmPlan {
+            epoch,
+            disks,
+            kernel: boot(&vm.spec.kernel)?,
+            initrd: boot(&vm.spec.initrd)?,
+            cdrom: boot(&vm.spec.hardware.cdrom)?,
+        })
     })
 }
 
@@ -137,8 +146,9 @@ fn plan(ctx: &NodeCtx, vm_id: u64) -> Result<VmPlan> {
 /// Offline (before a start) a volume smaller than its disk is grown here;
 /// `live`, a running guest holds them, and the hypervisor grows them.
 pub async fn prepare(ctx: &Arc<NodeCtx>, vm_id: u64, live: bool) -> Result<Prepared> {
-    let VmPlan { epoch, disks, kernel, initrd } = plan(ctx, vm_id)?;
-    for pool in disks.iter().map(|d| &d.pool).chain(kernel.iter().map(|k| &k.0)).chain(initrd.iter().map(|i| &i.0)) {
+    let VmPlan { epoch, disks, kernel, initrd, cdrom } = plan(ctx, vm_id)?;
+    let files = [&kernel, &initrd, &cdrom];
+    for pool in disks.iter().map(|d| &d.pool).chain(files.into_iter().flatten().map(|f| &f.0)) {
         if !probe::active_here(ctx, &pool.domain) {
             return Err(Error::FailedPrecondition(format!(
                 "storage {} is not active on this host (see `kvmesh storage get {}`)",
@@ -154,7 +164,7 @@ pub async fn prepare(ctx: &Arc<NodeCtx>, vm_id: u64, live: bool) -> Result<Prepa
             Some((d.image.clone()?, std::path::PathBuf::from(&d.backing.as_ref()?.path), d.pool.domain.clone()))
         })
         .chain(
-            [&kernel, &initrd]
+            files
                 .into_iter()
                 .flatten()
                 .map(|(pool, file)| (file.clone(), pool.path().join(file), pool.domain.clone())),
@@ -199,9 +209,20 @@ pub async fn prepare(ctx: &Arc<NodeCtx>, vm_id: u64, live: bool) -> Result<Prepa
         }
         out.kernel = kernel.map(|(pool, file)| hv.open_volume(&pool, &file, 0)).transpose()?;
         out.initrd = initrd.map(|(pool, file)| hv.open_volume(&pool, &file, 0)).transpose()?;
+        out.cdrom = cdrom.map(|(pool, file)| hv.open_volume(&pool, &file, 0)).transpose()?;
         Ok(out)
     })
     .await
+}
+
+/// The file of image `name` on this host, for a live CD-ROM change.
+pub async fn image_path(ctx: &Arc<NodeCtx>, name: &str) -> Result<String> {
+    let data_dir = ctx.config.data_dir.clone();
+    let (pool, file) = ctx.read(|d| image_file(&d.state, name, ctx.id, &data_dir))?;
+    if !probe::active_here(ctx, &pool.domain) {
+        return Err(Error::FailedPrecondition(format!("storage {} is not active on this host", pool.domain)));
+    }
+    blocking(&ctx.hypervisor, move |hv| hv.open_volume(&pool, &file, 0)).await
 }
 
 /// The files of the VM's disks on local storage here, the source of a

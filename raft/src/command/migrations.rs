@@ -254,6 +254,7 @@ impl ClusterState {
         let stopped = vm.desired == Desired::Stopped;
         vm.placement = Some(crate::model::Placement { node: m.target, epoch });
         vm.reported = None;
+        vm.arrived_live = !stopped;
         // Off a draining host: this move is done.
         if vm.moving_from == Some(m.source) {
             vm.moving_from = None;

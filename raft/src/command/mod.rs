@@ -12,6 +12,7 @@
 //! settings, [`migrations`](self::migrations) for live migrations.
 
 mod cluster;
+mod configure;
 pub mod migrations;
 mod networks;
 mod nodes;
@@ -295,6 +296,13 @@ pub enum Command {
         mac: crate::networks::Mac,
         at_ms: u64,
     },
+    /// `vm set` of size, HA or hardware, and `vm cdrom insert|eject`.
+    /// Idempotent: it sets values.
+    ConfigureVm {
+        name: String,
+        change: crate::hardware::VmChange,
+        at_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,6 +367,7 @@ impl Command {
             | Command::AbortMigration { .. }
             | Command::Note { .. }
             | Command::LabelVm { .. }
+            | Command::ConfigureVm { .. }
             | Command::ReportVm { .. } => false,
         }
     }
@@ -428,6 +437,7 @@ impl ClusterState {
             Command::RemoveNetwork { name, at_ms } => self.remove_network(name, *at_ms),
             Command::AddNic { name, nic, at_ms } => self.add_nic(name, nic, *at_ms),
             Command::RemoveNic { name, mac, at_ms } => self.remove_nic(name, *mac, *at_ms),
+            Command::ConfigureVm { name, change, at_ms } => self.configure_vm(name, change, *at_ms),
             Command::Note { kind, message, at_ms } => {
                 self.push_event(*at_ms, kind, message.clone());
                 Response::Done
@@ -468,6 +478,8 @@ impl ClusterState {
     }
 }
 
+#[cfg(test)]
+mod configure_tests;
 #[cfg(test)]
 mod migration_tests;
 #[cfg(test)]

@@ -147,6 +147,16 @@ pub enum Refusal {
         vm: String,
         reason: String,
     },
+    /// `vm set` would make the VM bigger than its host (or every host) holds.
+    TooBig {
+        vm: String,
+        reason: String,
+    },
+    /// A `vm set` or `vm cdrom` that cannot be made as asked.
+    VmChange {
+        vm: String,
+        reason: String,
+    },
     /// A token or certificate write that is not allowed (a used join
     /// token, a duplicate token name).
     Denied {
@@ -220,6 +230,11 @@ impl std::fmt::Display for Refusal {
             Refusal::StorageChange { vm, reason } if vm.is_empty() => write!(f, "{reason}"),
             Refusal::StorageChange { vm, reason } => write!(f, "VM {vm:?}: {reason}"),
             Refusal::Migration { vm, reason } => write!(f, "VM {vm:?}: {reason}"),
+            Refusal::TooBig { vm, reason } => write!(
+                f,
+                "VM {vm:?} cannot have that size: {reason}; ask for less, or give the hosts more (`kvmesh node set`)"
+            ),
+            Refusal::VmChange { vm, reason } => write!(f, "VM {vm:?}: {reason}"),
             Refusal::UnknownNetwork { name } => {
                 write!(f, "no network named {name:?}; see `kvmesh network list`, or define it with `kvmesh network add`")
             }

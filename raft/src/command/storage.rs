@@ -139,6 +139,9 @@ impl ClusterState {
         if let Some(initrd) = &spec.initrd {
             self.image_of_kind(initrd, ImageKind::Initrd, spec.ha)?;
         }
+        if let Some(iso) = &spec.hardware.cdrom {
+            self.image_of_kind(iso, ImageKind::Iso, spec.ha)?;
+        }
         Ok(())
     }
 
@@ -376,4 +379,5 @@ pub fn uses_image(spec: &VmSpec, image: &str) -> bool {
     spec.disks.iter().any(|d| d.image.as_deref() == Some(image))
         || spec.kernel.as_deref() == Some(image)
         || spec.initrd.as_deref() == Some(image)
+        || spec.hardware.cdrom.as_deref() == Some(image)
 }

@@ -40,6 +40,8 @@ pub(super) fn vm(id: u64, name: &str, node: Option<u64>, mem: u64) -> Vm {
         snapshots: Vec::new(),
         next_disk: 0,
         migration: None,
+        pending_changes: Vec::new(),
+            arrived_live: false,
     }
 }
 

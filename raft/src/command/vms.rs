@@ -254,6 +254,14 @@ impl ClusterState {
         if previous == Some((state, epoch, error.clone())) {
             return Response::Done;
         }
+        // Every start defines the guest again from its spec: a fresh run
+        // has every pending change.
+        // A guest that came live from another host is the same run.
+        let fresh_run = previous.as_ref().is_none_or(|p| p.0 != VmState::Running) && !vm.arrived_live;
+        if state == VmState::Running && fresh_run {
+            vm.pending_changes.clear();
+        }
+        vm.arrived_live = false;
         vm.reported = Some(Reported { state, node, epoch, since_ms: at_ms, last_error: error.clone() });
         self.dirty.insert(Key::Vm(id));
         let message = match (state, &error) {

@@ -7,6 +7,7 @@ use kvmesh_proto as pb;
 use kvmesh_scheduler::Policy;
 
 use crate::error::{Error, Result};
+use crate::hardware::{self, BootDevice, Firmware, Hardware, Machine, VmChange};
 use crate::model::{PlacementSettings, VmSpec};
 use crate::networks::{Mac, Network, NetworkKind, Nic, DEFAULT_NIC_MODEL};
 use crate::storage::{Disk, DEFAULT_STORAGE};
@@ -83,9 +84,67 @@ pub fn vm_spec(req: &pb::CreateVmRequest) -> Result<VmSpec> {
         soft_anti_affinity: req.soft_anti_affinity.clone(),
         affinity: req.affinity.clone(),
         labels: labels(&req.labels)?,
+        hardware: Hardware {
+            firmware: parse_or_default(&req.firmware, Firmware::parse, "--firmware", "bios or uefi")?,
+            machine: parse_or_default(&req.machine, Machine::parse, "--machine", "pc or q35")?,
+            cpu_model: req.cpu_model.clone().filter(|m| !m.is_empty()).map(cpu_model).transpose()?,
+            boot_order: boot_order(req.boot_order.iter().map(String::as_str))?,
+            cdrom: req.cdrom.clone().filter(|c| !c.is_empty()),
+        },
     };
     view::request(0, &req.name, &spec).validate().map_err(|e| invalid(e.to_string()))?;
     Ok(spec)
+}
+
+/// An enum setting: empty is the default, anything else must parse.
+fn parse_or_default<T: Default>(s: &str, parse: fn(&str) -> Option<T>, flag: &str, allowed: &str) -> Result<T> {
+    if s.is_empty() {
+        return Ok(T::default());
+    }
+    parse(s).ok_or_else(|| invalid(format!("{flag} {s:?} is not known; use {allowed}")))
+}
+
+/// An enum setting that may be left out.
+fn parse_opt<T>(v: &Option<String>, parse: fn(&str) -> Option<T>, flag: &str, allowed: &str) -> Result<Option<T>> {
+    v.as_deref().map(|s| parse(s).ok_or_else(|| invalid(format!("{flag} {s:?} is not known; use {allowed}")))).transpose()
+}
+
+/// A checked CPU model name.
+pub fn cpu_model(model: String) -> Result<String> {
+    hardware::check_cpu_model(&model).map_err(invalid)?;
+    Ok(model)
+}
+
+/// A boot order from its device names; none is the default order.
+pub fn boot_order<'a>(names: impl Iterator<Item = &'a str>) -> Result<Vec<BootDevice>> {
+    let order = names
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            BootDevice::parse(n)
+                .ok_or_else(|| invalid(format!("boot device {n:?} is not known; use disk, cdrom or network")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    hardware::check_boot_order(&order).map_err(invalid)?;
+    Ok(order)
+}
+
+/// `vm set`'s size, HA and hardware part; `None` when it changes none.
+pub fn vm_change(req: &pb::UpdateVmRequest) -> Result<Option<VmChange>> {
+    let change = VmChange {
+        vcpus: req.vcpus,
+        memory_mib: req.memory_mib,
+        ha: req.ha,
+        firmware: parse_opt(&req.firmware, Firmware::parse, "--firmware", "bios or uefi")?,
+        machine: parse_opt(&req.machine, Machine::parse, "--machine", "pc or q35")?,
+        cpu_model: req.cpu_model.clone().map(|m| (!m.is_empty()).then(|| cpu_model(m)).transpose()).transpose()?,
+        boot_order: req.boot_order.as_deref().map(|o| boot_order(o.split(','))).transpose()?,
+        cdrom: None,
+    };
+    if change.vcpus == Some(0) || change.memory_mib == Some(0) {
+        return Err(invalid("a VM needs at least 1 vCPU and 1 MiB of memory"));
+    }
+    Ok((!change.is_empty()).then_some(change))
 }
 
 /// A NIC of a request: an empty MAC is left for `apply` to allocate.

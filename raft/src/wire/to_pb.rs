@@ -46,6 +46,12 @@ pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
         // Only the source host knows: filled in by `vm get`.
         migration_progress: None,
         nics: vm.spec.nics.iter().map(nic).collect(),
+        firmware: vm.spec.hardware.firmware.as_str().into(),
+        machine: vm.spec.hardware.machine.as_str().into(),
+        cpu_model: vm.spec.hardware.cpu_model.clone(),
+        boot_order: vm.spec.hardware.boot_order().iter().map(|d| d.as_str().to_string()).collect(),
+        cdrom: vm.spec.hardware.cdrom.clone(),
+        pending_changes: vm.pending_changes.clone(),
         domain: domain_name(vm.id),
         priority: vm.spec.priority,
         pin: vm.spec.pin.clone(),

@@ -16,6 +16,7 @@ fn want(desired: Desired) -> Want {
         ha: false,
         disks: vec![(0, 1 << 30)],
         nics: vec![],
+        cdrom: None,
         migrating_out: None,
     }
 }
@@ -120,8 +121,9 @@ fn restart_power_cycles_once_per_request() {
     let mut w = want(Desired::Running);
     w.reported = Some((VmState::Running, None));
     let on = [dom(RunState::Running)];
-    // First sight of a running guest: its disks and NICs are checked once.
-    assert_eq!(run(&w, &on, &mut mem, 0), vec![Action::SyncDisks { vm_id: 7 }, Action::SyncNics { vm_id: 7 }]);
+    // First sight of a running guest: its disks, NICs and CD-ROM are checked once.
+    let first_sight = vec![Action::SyncDisks { vm_id: 7 }, Action::SyncNics { vm_id: 7 }, Action::SyncCdrom { vm_id: 7 }];
+    assert_eq!(run(&w, &on, &mut mem, 0), first_sight);
     w.restart_gen = 1;
     w.desired_gen = 1;
     assert_eq!(run(&w, &on, &mut mem, 1), vec![Action::Restart { vm_id: 7 }]);
@@ -134,7 +136,7 @@ fn restarts_requested_before_the_agent_started_are_not_replayed() {
     let mut w = want(Desired::Running);
     w.restart_gen = 4;
     w.reported = Some((VmState::Running, None));
-    let first_sight = vec![Action::SyncDisks { vm_id: 7 }, Action::SyncNics { vm_id: 7 }];
+    let first_sight = vec![Action::SyncDisks { vm_id: 7 }, Action::SyncNics { vm_id: 7 }, Action::SyncCdrom { vm_id: 7 }];
     assert_eq!(run(&w, &[dom(RunState::Running)], &mut mem, 0), first_sight);
 }
 
@@ -294,6 +296,21 @@ fn a_nic_added_or_removed_while_the_guest_runs_is_plugged_live_once() {
     assert!(!run(&w, &running, &mut mem, 30).contains(&Action::SyncNics { vm_id: 7 }), "once per change");
     w.nics.remove(0);
     assert!(run(&w, &running, &mut mem, 40).contains(&Action::SyncNics { vm_id: 7 }));
+}
+
+#[test]
+fn a_cdrom_inserted_or_ejected_while_the_guest_runs_is_changed_live_once() {
+    let mut w = want(Desired::Running);
+    let mut mem = HashMap::new();
+    assert_eq!(run(&w, &[], &mut mem, 0), vec![Action::Create { vm_id: 7 }]);
+    w.reported = Some((VmState::Running, None));
+    let running = [dom(RunState::Running)];
+    assert!(!run(&w, &running, &mut mem, 10).contains(&Action::SyncCdrom { vm_id: 7 }), "created with its medium");
+    w.cdrom = Some("installer".into());
+    assert!(run(&w, &running, &mut mem, 20).contains(&Action::SyncCdrom { vm_id: 7 }));
+    assert!(!run(&w, &running, &mut mem, 30).contains(&Action::SyncCdrom { vm_id: 7 }), "once per change");
+    w.cdrom = None;
+    assert!(run(&w, &running, &mut mem, 40).contains(&Action::SyncCdrom { vm_id: 7 }));
 }
 
 #[test]

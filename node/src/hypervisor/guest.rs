@@ -1,0 +1,122 @@
+//! What an operator reaches of a running guest through its host: the serial
+//! console's pty, the VNC display's socket, the CD-ROM drive's medium, and
+//! the firmware a UEFI guest boots. The pure parts (finding the pty in the
+//! live XML, choosing OVMF's files) are unit-tested; the rest is a thin
+//! layer over libvirt and the file system.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Where distributions put OVMF (Debian and Ubuntu, Fedora, Arch).
+const OVMF_DIRS: &[&str] = &["/usr/share/OVMF", "/usr/share/edk2/ovmf", "/usr/share/edk2/x64"];
+/// Code and variable template pairs, preferred first. Without Secure Boot:
+/// the guest's installer decides what it trusts, not a key set chosen here.
+const OVMF_PAIRS: &[(&str, &str)] = &[
+    ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"),
+    ("OVMF_CODE.fd", "OVMF_VARS.fd"),
+    ("OVMF_CODE.4m.fd", "OVMF_VARS.4m.fd"),
+];
+
+/// OVMF's code and variable template on this host, or why there are none
+/// (what the host reports, and what the scheduler reads to keep UEFI VMs
+/// off it).
+pub fn find_ovmf() -> std::result::Result<(String, String), String> {
+    find_ovmf_in(OVMF_DIRS.iter().map(Path::new))
+}
+
+fn find_ovmf_in<'a>(dirs: impl Iterator<Item = &'a Path>) -> std::result::Result<(String, String), String> {
+    for dir in dirs {
+        for (code, vars) in OVMF_PAIRS {
+            let (code, vars) = (dir.join(code), dir.join(vars));
+            if code.is_file() && vars.is_file() {
+                return Ok((code.to_string_lossy().into_owned(), vars.to_string_lossy().into_owned()));
+            }
+        }
+    }
+    Err("no OVMF firmware on this host (install Debian's ovmf package)".into())
+}
+
+/// Where a UEFI guest's own variables live: next to its boot disk, so they
+/// follow the VM wherever its disk is opened (shared storage, a copied
+/// local disk's folder); a VM without disks keeps them in the host's data
+/// dir.
+pub fn nvram_path(boot_disk: Option<&str>, nvram_dir: &Path, domain: &str) -> PathBuf {
+    let file = format!("{domain}_VARS.fd");
+    match boot_disk.and_then(|d| Path::new(d).parent()) {
+        Some(dir) => dir.join(file),
+        None => nvram_dir.join(file),
+    }
+}
+
+/// The pty of a running domain's first serial port, from its live XML
+/// (`<serial type='pty'><source path='/dev/pts/N'/>`).
+pub fn serial_pty(live_xml: &str) -> Option<String> {
+    let start = live_xml.find("<serial type='pty'").or_else(|| live_xml.find("<serial type=\"pty\""))?;
+    let block = &live_xml[start..start + live_xml[start..].find("</serial>")?];
+    let at = block.find("path=")? + "path=".len();
+    let quote = block[at..].chars().next()?;
+    let rest = &block[at + 1..];
+    Some(rest[..rest.find(quote)?].to_string())
+}
+
+/// Opens a guest's serial pty for a console session: non-blocking (the
+/// session's tasks wait on it through tokio) and raw, so every byte goes
+/// through unchanged: the guest's own terminal echoes and edits lines.
+pub fn open_pty(path: &str) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::Hypervisor(format!("open the serial console {path}: {e}")))?;
+    // SAFETY: the descriptor is open for the whole call and `termios` is a
+    // plain C struct that tcgetattr fills in.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(file.as_raw_fd(), &mut t) == 0 {
+            libc::cfmakeraw(&mut t);
+            libc::tcsetattr(file.as_raw_fd(), libc::TCSANOW, &t);
+        }
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pty_is_read_from_the_live_definition() {
+        let xml = "<devices><disk/><serial type='pty'>\n  <source path='/dev/pts/7'/>\n  <log file='/d/c.log'/>\n  <target port='0'/></serial><console type='pty' tty='/dev/pts/7'/></devices>";
+        assert_eq!(serial_pty(xml).as_deref(), Some("/dev/pts/7"));
+        let dq = "<serial type=\"pty\"><source path=\"/dev/pts/3\"/></serial>";
+        assert_eq!(serial_pty(dq).as_deref(), Some("/dev/pts/3"));
+        assert_eq!(serial_pty("<serial type='file'><source path='/x'/></serial>"), None);
+        assert_eq!(serial_pty("<serial type='pty'><target port='0'/></serial>"), None, "not started");
+    }
+
+    #[test]
+    fn ovmf_is_found_as_a_pair_or_its_absence_explained() {
+        let dir = std::env::temp_dir().join(format!("kvmesh-ovmf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("OVMF_CODE_4M.fd"), b"c").unwrap();
+        let missing = find_ovmf_in([dir.as_path()].into_iter()).unwrap_err();
+        assert!(missing.contains("install Debian's ovmf"), "code without its variables is no firmware");
+        std::fs::write(dir.join("OVMF_VARS_4M.fd"), b"v").unwrap();
+        let (code, vars) = find_ovmf_in([dir.as_path()].into_iter()).unwrap();
+        assert!(code.ends_with("OVMF_CODE_4M.fd") && vars.ends_with("OVMF_VARS_4M.fd"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn uefi_variables_live_next_to_the_boot_disk() {
+        let p = nvram_path(Some("/srv/shared/kvmesh-01-disk0.qcow2"), Path::new("/var/lib/kvmesh/nvram"), "kvmesh-01");
+        assert_eq!(p, PathBuf::from("/srv/shared/kvmesh-01_VARS.fd"));
+        let p = nvram_path(None, Path::new("/var/lib/kvmesh/nvram"), "kvmesh-01");
+        assert_eq!(p, PathBuf::from("/var/lib/kvmesh/nvram/kvmesh-01_VARS.fd"));
+    }
+}

@@ -1,0 +1,187 @@
+//! Guests as operators run them, on the three-host testbed with real TCG
+//! guests: a serial shell driven through a node that is not the guest's
+//! host, a VNC handshake through `vm vnc`'s proxy, a new size applied at the
+//! next start (and pending while it runs), and installs from an ISO: the
+//! test guest's GRUB ISO booted from the CD-ROM with BIOS through a blank
+//! disk, and with UEFI on q35, its variables kept next to its disk.
+//!
+//! Every check reads the guest itself (what its shell answers, what it
+//! prints of its CPUs and memory and how it booted) or `virsh` on its host.
+//!
+//! Needs root, the packages of scripts/libvirtd.sh and the test guest with
+//! its ISO (scripts/test.sh provides all three).
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use kvmesh_tests::testbed::{addr, cli, guest_iso, guest_with, shared_dir, shared_guest, up3, virsh_on};
+use kvmesh_tests::{cli_command, run_cli, run_cli_as, wait_for};
+
+/// The guest's console log as its host keeps it.
+fn console(name: &str) -> String {
+    let r = run_cli(&addr("h1"), &["vm", "console", name, "--tail", "--bytes", "200000", "-o", "json"]);
+    r.json().ok().and_then(|v| v["data"].as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// The last `KVMESH-HW cpus=N mem_kib=M` the guest printed.
+fn hardware_seen(name: &str) -> Option<(u32, u64)> {
+    let log = console(name);
+    let line = log.lines().rev().find_map(|l| l.trim().strip_prefix("KVMESH-HW "))?.to_string();
+    let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).and_then(|v| v.parse::<u64>().ok());
+    Some((field("cpus=")? as u32, field("mem_kib=")?))
+}
+
+/// Types `input` into the guest's serial console through `via` (stdin not
+/// a terminal) and returns what the session printed.
+fn type_into(via: &str, name: &str, input: &str) -> Result<String> {
+    let mut child = cli_command(&addr(via))
+        .args(["vm", "console", name, "--linger", "3"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+    let out = wait_output(child, Duration::from_secs(60))?;
+    ensure!(out.status.success(), "vm console failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn wait_output(child: std::process::Child, limit: Duration) -> Result<std::process::Output> {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => Ok(out?),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            bail!("the CLI did not finish within {limit:?}")
+        }
+    }
+}
+
+/// An RFB (VNC) handshake through `vm vnc`'s local port: the server's
+/// version, the security types (None, on the host's root-only socket),
+/// the result, and the ServerInit with the display's size.
+fn rfb_handshake(via: &str, name: &str) -> Result<(u16, u16)> {
+    let mut proxy = cli_command(&addr(via))
+        .args(["vm", "vnc", name, "--listen", "127.0.0.1:0", "--once"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdout = proxy.stdout.take().context("stdout")?;
+    let mut first = Vec::new();
+    let mut byte = [0u8; 1];
+    while stdout.read(&mut byte)? == 1 && byte[0] != b'\n' {
+        first.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&first).into_owned();
+    let at = line.split("connect a VNC viewer to ").nth(1).and_then(|r| r.split(',').next());
+    let Some(at) = at else {
+        let _ = proxy.kill();
+        let mut err = String::new();
+        let _ = proxy.stderr.take().map(|mut e| e.read_to_string(&mut err));
+        bail!("vm vnc said {line:?} {err}");
+    };
+    let mut s = std::net::TcpStream::connect(at.trim())?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut version = [0u8; 12];
+    s.read_exact(&mut version)?;
+    ensure!(version.starts_with(b"RFB 003."), "not an RFB server: {version:?}");
+    s.write_all(b"RFB 003.008\n")?;
+    let mut count = [0u8; 1];
+    s.read_exact(&mut count)?;
+    let mut types = vec![0u8; count[0] as usize];
+    s.read_exact(&mut types)?;
+    ensure!(types.contains(&1), "security types {types:?} lack None");
+    s.write_all(&[1])?;
+    let mut result = [0u8; 4];
+    s.read_exact(&mut result)?;
+    ensure!(result == [0, 0, 0, 0], "security result {result:?}");
+    s.write_all(&[1])?; // ClientInit: shared
+    let mut init = [0u8; 24];
+    s.read_exact(&mut init)?;
+    drop(s);
+    let _ = wait_output(proxy, Duration::from_secs(20));
+    Ok((u16::from_be_bytes([init[0], init[1]]), u16::from_be_bytes([init[2], init[3]])))
+}
+
+#[test]
+fn consoles_sizes_and_iso_installs_on_real_guests() -> Result<()> {
+    let _teardown = up3()?;
+    shared_guest()?;
+    let r = run_cli(&addr("h1"), &["image", "import", "guest-iso", &guest_iso(), "--storage", "shared", "--kind", "iso"]);
+    ensure!(r.success, "image import: {}", r.stderr);
+
+    // An interactive serial console, typed into through h1 while the
+    // guest runs on h2; its shell computes the answer, so an echo of
+    // the typed line cannot pass for it.
+    guest_with("h2", "shell", false, &["--cmdline", "console=ttyS0 kvmesh.shell"])?;
+    wait_for("the guest's shell", Duration::from_secs(60), || console("shell").contains("KVMESH-HW").then_some(()))?;
+    let out = type_into("h1", "shell", "echo KVMESH-ANSWER $((6*7))\n")?;
+    ensure!(out.contains("KVMESH-ANSWER 42"), "the shell did not answer through h1: {out:?}");
+
+    // VNC through h3's proxy.
+    let (width, height) = rfb_handshake("h3", "shell")?;
+    ensure!(width > 0 && height > 0, "display {width}x{height}");
+
+    // A new size while it runs: pending; after a restart the guest sees it.
+    let v = cli("h1", &["vm", "set", "shell", "--vcpus", "2", "--memory", "256M"])?;
+    let pending: Vec<String> = serde_json::from_value(v["pending_changes"].clone())?;
+    ensure!(pending == ["vcpus: 1 -> 2", "memory: 128 MiB -> 256 MiB"], "pending: {pending:?}");
+    ensure!(hardware_seen("shell").map(|h| h.0) == Some(1), "nothing changes before the restart");
+    // Too big for every host: refused, nothing changes.
+    let r = run_cli(&addr("h1"), &["vm", "set", "shell", "--memory", "512G"]);
+    ensure!(!r.success && r.stderr.contains("no longer fits on its host h2"), "{}", r.stderr);
+    cli("h1", &["vm", "stop", "shell", "--force", "--wait"])?;
+    let r = run_cli_as(&addr("h3"), "table", &["vm", "console", "shell"]);
+    ensure!(!r.success && r.stderr.contains("is not running"), "console of a stopped VM: {}", r.stderr);
+    cli("h1", &["vm", "start", "shell", "--wait"])?;
+    let (cpus, mem_kib) =
+        wait_for("the new size in the guest", Duration::from_secs(90), || hardware_seen("shell").filter(|h| h.0 == 2))?;
+    ensure!((200_000..262_144).contains(&mem_kib), "about 256 MiB, saw {mem_kib} KiB ({cpus} CPUs)");
+    ensure!(cli("h1", &["vm", "get", "shell"])?["pending_changes"].as_array().is_some_and(|p| p.is_empty()));
+
+    // Installs from an ISO. BIOS on pc, the default boot order: the
+    // blank disk has nothing to boot, so SeaBIOS goes on to the CD.
+    let r = run_cli(&addr("h1"), &["vm", "create", "bad", "--cdrom", "guest-kernel"]);
+    ensure!(!r.success && r.stderr.contains("not a iso image"), "a kernel as a CD: {}", r.stderr);
+    cli("h1", &["vm", "create", "bios", "--memory", "128", "--disk", "64M@shared", "--cdrom", "guest-iso", "--wait"])?;
+    // UEFI on q35 from the CD first, its variables next to its disk.
+    let uefi = cli(
+        "h1",
+        &[
+            "vm", "create", "uefi", "--memory", "256", "--disk", "64M@shared", "--cdrom", "guest-iso", "--firmware",
+            "uefi", "--machine", "q35", "--boot-order", "cdrom,disk", "--wait",
+        ],
+    )?;
+    for name in ["bios", "uefi"] {
+        wait_for(&format!("{name} booted from its CD"), Duration::from_secs(180), || {
+            console(name).contains("KVMESH-ISO-BOOT").then_some(())
+        })?;
+    }
+    let domain = uefi["domain"].as_str().context("domain")?;
+    let host = uefi["node"].as_str().context("node")?;
+    let xml = virsh_on(host, &["dumpxml", domain]);
+    ensure!(xml.contains("machine='pc-q35") && xml.contains("OVMF_CODE"), "{xml}");
+    let vars = format!("{}/{domain}_VARS.fd", shared_dir());
+    ensure!(std::path::Path::new(&vars).is_file(), "UEFI variables not at {vars}");
+
+    // The CD-ROM ejected and inserted live, as virsh on the host sees it.
+    let bios = cli("h1", &["vm", "get", "bios"])?;
+    let (domain, host) = (bios["domain"].as_str().context("domain")?, bios["node"].as_str().context("node")?);
+    let medium = |d: &str, h: &str| {
+        virsh_on(h, &["domblklist", d]).lines().find(|l| l.trim_start().starts_with("hdc")).unwrap_or_default().to_string()
+    };
+    ensure!(medium(domain, host).contains(".iso") || medium(domain, host).contains("image-"), "{}", medium(domain, host));
+    cli("h1", &["vm", "cdrom", "eject", "bios"])?;
+    wait_for("the medium ejected", Duration::from_secs(30), || medium(domain, host).ends_with('-').then_some(()))?;
+    cli("h1", &["vm", "cdrom", "insert", "bios", "guest-iso"])?;
+    wait_for("the medium back", Duration::from_secs(30), || (!medium(domain, host).ends_with('-')).then_some(()))?;
+    let r = run_cli(&addr("h1"), &["image", "delete", "guest-iso"]);
+    ensure!(!r.success && r.stderr.contains("bios"), "an ISO in a drive is kept: {}", r.stderr);
+    Ok(())
+}
