@@ -10,8 +10,8 @@
 set -euo pipefail
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 
-# ovmf: UEFI guests (`vm create --firmware uefi`).
-pkgs=(libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils libvirt-clients iproute2 ovmf)
+# ovmf: UEFI guests (`vm create --firmware uefi`); xorriso: cloud-init seeds.
+pkgs=(libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils libvirt-clients iproute2 ovmf xorriso)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 # Installing Debian's qemu-system-x86 removes a newer qemu-utils that came

@@ -19,7 +19,15 @@
 # prints KVMESH-RTT <busybox ping's round-trip summary> for 20 pings.
 # Consoles: kvmesh.shell runs a shell on the serial port (for interactive
 # console tests). Every guest prints KVMESH-HW cpus=<n> mem_kib=<MemTotal>,
-# and one booted from the ISO (below) prints KVMESH-ISO-BOOT.
+# and one booted from the ISO (below) prints KVMESH-ISO-BOOT. With
+# kvmesh.cidata it mounts its cloud-init seed (the CD-ROM holding
+# meta-data) and prints KVMESH-CIDATA hostname=<local-hostname>
+# keys=<public keys> value=<kvmesh_value: from its user-data>. With
+# kvmesh.agent it answers the QEMU guest agent protocol on its virtio-serial
+# port, as qemu-ga would, for the commands kvmesh sends (guest-sync,
+# guest-ping, guest-get-osinfo, guest-get-host-name,
+# guest-network-get-interfaces, guest-shutdown, after which it prints
+# KVMESH-AGENT-SHUTDOWN and powers off): the busybox guest has no qemu-ga.
 #
 # Besides the kernel and initrd it builds guest.iso, a bootable ISO (GRUB
 # for BIOS and UEFI, via grub-mkrescue) around them, for install-from-ISO
@@ -57,13 +65,18 @@ version=${kernel#/boot/vmlinuz-}
 modules="drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_legacy_dev
 drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci drivers/block/virtio_blk
 net/core/failover drivers/net/net_failover drivers/net/virtio_net"
+# Loaded only with kvmesh.cidata: IDE CD-ROMs and ISO 9660.
+cd_modules="drivers/scsi/scsi_common drivers/scsi/scsi_mod drivers/cdrom/cdrom drivers/scsi/sr_mod
+drivers/ata/libata drivers/ata/ata_piix fs/isofs/isofs drivers/char/virtio_console"
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root/bin" "$root/proc" "$root/sys" "$root/dev" "$root/modules"
 cp /bin/busybox "$root/bin/busybox"
 order=""
-for m in $modules; do
+cd_order=""
+for m in $modules MODULES-ON-DEMAND $cd_modules; do
+  [ "$m" = MODULES-ON-DEMAND ] && { on_demand=1; continue; }
   name=$(basename "$m")
   src=$(ls /lib/modules/"$version"/kernel/"$m".ko* 2>/dev/null | head -1)
   [ -n "$src" ] || { echo "make-test-guest: $m.ko missing in /lib/modules/$version" >&2; exit 1; }
@@ -72,9 +85,10 @@ for m in $modules; do
     *.ko.xz) xz -dc "$src" >"$root/modules/$name.ko" ;;
     *.ko.zst) zstd -qdc "$src" >"$root/modules/$name.ko" ;;
   esac
-  order="$order $name"
+  if [ -n "${on_demand:-}" ]; then cd_order="$cd_order $name"; else order="$order $name"; fi
 done
 echo "$order" >"$root/modules/order"
+echo "$cd_order" >"$root/modules/cd.order"
 cat >"$root/init" <<'INIT'
 #!/bin/busybox sh
 B=/bin/busybox
@@ -147,6 +161,71 @@ for arg in $($B cat /proc/cmdline); do
       # A shell on the serial port, as a login console would be.
       $B setsid $B sh -c "exec $B sh </dev/ttyS0 >/dev/ttyS0 2>&1" & ;;
     kvmesh.iso) iso="KVMESH-ISO-BOOT" ;;
+    kvmesh.agent)
+      $B insmod /modules/virtio_console.ko 2>/dev/null
+      (port=""
+       for i in 1 2 3 4 5 6 7 8 9 10; do
+         for p in /sys/class/virtio-ports/*; do
+           [ "$($B cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] && port=/dev/${p##*/}
+         done
+         [ -n "$port" ] && [ -c "$port" ] && break
+         $B sleep 0.5
+       done
+       [ -n "$port" ] || { echo "KVMESH-AGENT no port"; exit 0; }
+       echo "KVMESH-AGENT listening on $port"
+       exec 3<>"$port"
+       # The port reads as ended while no host side is connected: wait and
+       # read again.
+       while true; do
+       while IFS= read -r line <&3; do
+         case "$line" in
+           *guest-sync*)
+             id=$(echo "$line" | $B sed -n 's/.*"id" *: *\([0-9]*\).*/\1/p')
+             echo "{\"return\": $id}" >&3 ;;
+           *guest-ping*) echo '{"return": {}}' >&3 ;;
+           *guest-get-osinfo*)
+             echo "{\"return\": {\"id\": \"kvmesh-test\", \"name\": \"kvmesh test guest\", \"pretty-name\": \"kvmesh test guest (busybox)\", \"kernel-release\": \"$($B uname -r)\"}}" >&3 ;;
+           *guest-get-host-name*) echo "{\"return\": {\"host-name\": \"$($B hostname)\"}}" >&3 ;;
+           *guest-network-get-interfaces*)
+             ifs=""
+             for n in /sys/class/net/*; do
+               name=${n##*/}; [ "$name" = lo ] && continue
+               mac=$($B cat "$n/address")
+               ips=""
+               for a in $($B ip -o -4 addr show dev "$name" | $B awk '{print $4}'); do
+                 ips="$ips${ips:+,}{\"ip-address-type\": \"ipv4\", \"ip-address\": \"${a%/*}\", \"prefix\": ${a#*/}}"
+               done
+               ifs="$ifs${ifs:+,}{\"name\": \"$name\", \"hardware-address\": \"$mac\", \"ip-addresses\": [$ips]}"
+             done
+             echo "{\"return\": [$ifs]}" >&3 ;;
+           *guest-shutdown*)
+             echo "KVMESH-AGENT-SHUTDOWN"
+             $B sync; $B poweroff -f ;;
+           *'"execute"'*) echo '{"error": {"class": "CommandNotFound", "desc": "not in the kvmesh test agent"}}' >&3 ;;
+         esac
+       done
+       $B sleep 0.5
+       done) & ;;
+    kvmesh.cidata)
+      for m in $($B cat /modules/cd.order); do $B insmod /modules/$m.ko 2>/dev/null; done
+      $B mkdir -p /seed
+      for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do
+        for dev in /dev/sr*; do
+          [ -b "$dev" ] || continue
+          $B mount -t iso9660 -o ro "$dev" /seed 2>/dev/null || continue
+          [ -f /seed/meta-data ] && break 2
+          $B umount /seed
+        done
+        $B sleep 1
+      done
+      if [ -f /seed/meta-data ]; then
+        host=$($B sed -n 's/^local-hostname: //p' /seed/meta-data)
+        keys=$($B grep -c '^  - ' /seed/meta-data)
+        value=$($B sed -n 's/^kvmesh_value: //p' /seed/user-data)
+        cidata="KVMESH-CIDATA hostname=$host keys=$keys value=$value"
+      else
+        cidata="KVMESH-CIDATA none"
+      fi ;;
   esac
 done
 hw="KVMESH-HW cpus=$($B grep -c ^processor /proc/cpuinfo) mem_kib=$($B awk '/^MemTotal/ {print $2}' /proc/meminfo)"
@@ -157,6 +236,7 @@ while true; do
   [ -n "${mac:-}" ] && echo "KVMESH-MAC $mac"
   echo "$hw"
   [ -n "${iso:-}" ] && echo "$iso"
+  [ -n "${cidata:-}" ] && echo "$cidata"
   n=$((n+1))
   $B sleep 2
 done

@@ -8,6 +8,7 @@ mod api;
 mod auth;
 #[cfg(feature = "bench-seed")]
 mod bench_seed;
+mod cloud_init;
 mod cli;
 mod config;
 mod ctx;

@@ -109,7 +109,24 @@ pub struct Hardware {
     pub boot_order: Vec<BootDevice>,
     /// The name of an ISO image in the CD-ROM drive (every VM has a drive).
     pub cdrom: Option<String>,
+    /// What cloud-init in the guest reads from a NoCloud seed (a second
+    /// CD-ROM, labelled `cidata`, that its host builds at every start).
+    pub cloud_init: Option<CloudInit>,
 }
+
+/// A VM's cloud-init settings: the operator's user-data as given (checked
+/// by the API: YAML after `#cloud-config`, or a script), SSH public keys
+/// and a hostname, which go into the seed's meta-data.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudInit {
+    pub user_data: Option<String>,
+    pub ssh_keys: Vec<String>,
+    pub hostname: Option<String>,
+}
+
+/// The most user-data kvmesh keeps for a VM (it lives in the replicated
+/// state).
+pub const MAX_USER_DATA_BYTES: usize = 64 * 1024;
 
 impl Hardware {
     /// The boot order in effect.
@@ -137,6 +154,8 @@ pub struct VmChange {
     pub boot_order: Option<Vec<BootDevice>>,
     /// `Some(None)`: eject.
     pub cdrom: Option<Option<String>>,
+    /// `Some(None)`: no cloud-init seed any more.
+    pub cloud_init: Option<Option<CloudInit>>,
 }
 
 impl VmChange {

@@ -110,8 +110,7 @@ impl Network {
 /// device kvmesh makes for `network`: a prefix and a hash of the name.
 pub fn device_name(prefix: &str, network: &str) -> String {
     // FNV-1a: stable across versions and platforms, unlike std's hasher.
-    let hash = network.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-    format!("{prefix}{:08x}", hash as u32)
+    format!("{prefix}{:08x}", crate::view::fnv1a(network.as_bytes()) as u32)
 }
 
 fn valid_ifname(name: &str, flag: &str) -> Result<(), String> {

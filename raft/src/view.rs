@@ -357,6 +357,13 @@ impl ClusterState {
     }
 }
 
+/// FNV-1a of `bytes` (see [`Fnv`]).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h = Fnv::default();
+    h.write(bytes);
+    h.0
+}
+
 /// FNV-1a, 64 bits: a hash that is the same on every build and platform.
 struct Fnv(u64);
 

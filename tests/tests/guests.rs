@@ -119,7 +119,13 @@ fn consoles_sizes_and_iso_installs_on_real_guests() -> Result<()> {
     // An interactive serial console, typed into through h1 while the
     // guest runs on h2; its shell computes the answer, so an echo of
     // the typed line cannot pass for it.
-    guest_with("h2", "shell", false, &["--cmdline", "console=ttyS0 kvmesh.shell"])?;
+    cli("h1", &["network", "add", "tnet", "--kind", "isolated"])?;
+    wait_for("tnet ready on every host", Duration::from_secs(30), || {
+        let hosts = cli("h1", &["network", "get", "tnet"]).ok()?["hosts"].as_array()?.clone();
+        (hosts.len() == 3 && hosts.iter().all(|h| h["state"] == "ready")).then_some(())
+    })?;
+    let cmdline = "console=ttyS0 kvmesh.shell kvmesh.agent kvmesh.ip=10.88.0.5/24";
+    guest_with("h2", "shell", false, &["--cmdline", cmdline, "--nic", "tnet"])?;
     wait_for("the guest's shell", Duration::from_secs(60), || console("shell").contains("KVMESH-HW").then_some(()))?;
     let out = type_into("h1", "shell", "echo KVMESH-ANSWER $((6*7))\n")?;
     ensure!(out.contains("KVMESH-ANSWER 42"), "the shell did not answer through h1: {out:?}");
@@ -127,6 +133,16 @@ fn consoles_sizes_and_iso_installs_on_real_guests() -> Result<()> {
     // VNC through h3's proxy.
     let (width, height) = rfb_handshake("h3", "shell")?;
     ensure!(width > 0 && height > 0, "display {width}x{height}");
+
+    // What its guest agent says, through h3 (the agent answers on the
+    // guest's virtio-serial port, as qemu-ga would).
+    let guest = wait_for("the guest agent's answer", Duration::from_secs(60), || {
+        let v = cli("h3", &["vm", "get", "shell"]).ok()?;
+        v["guest"]["interfaces"].to_string().contains("10.88.0.5/24").then_some(v)
+    })?;
+    ensure!(guest["guest"]["os"] == "kvmesh test guest (busybox)", "{}", guest["guest"]);
+    let mac = guest["nics"][0]["mac"].as_str().context("mac")?;
+    ensure!(guest["guest"]["interfaces"][0]["mac"] == mac, "the agent's MAC is the NIC's: {}", guest["guest"]);
 
     // A new size while it runs: pending; after a restart the guest sees it.
     let v = cli("h1", &["vm", "set", "shell", "--vcpus", "2", "--memory", "256M"])?;
@@ -136,7 +152,9 @@ fn consoles_sizes_and_iso_installs_on_real_guests() -> Result<()> {
     // Too big for every host: refused, nothing changes.
     let r = run_cli(&addr("h1"), &["vm", "set", "shell", "--memory", "512G"]);
     ensure!(!r.success && r.stderr.contains("no longer fits on its host h2"), "{}", r.stderr);
-    cli("h1", &["vm", "stop", "shell", "--force", "--wait"])?;
+    // `vm stop` asks the agent first.
+    cli("h1", &["vm", "stop", "shell", "--wait", "--timeout", "60"])?;
+    ensure!(console("shell").contains("KVMESH-AGENT-SHUTDOWN"), "not stopped through its agent: {}", console("shell"));
     let r = run_cli_as(&addr("h3"), "table", &["vm", "console", "shell"]);
     ensure!(!r.success && r.stderr.contains("is not running"), "console of a stopped VM: {}", r.stderr);
     cli("h1", &["vm", "start", "shell", "--wait"])?;
@@ -144,6 +162,32 @@ fn consoles_sizes_and_iso_installs_on_real_guests() -> Result<()> {
         wait_for("the new size in the guest", Duration::from_secs(90), || hardware_seen("shell").filter(|h| h.0 == 2))?;
     ensure!((200_000..262_144).contains(&mem_kib), "about 256 MiB, saw {mem_kib} KiB ({cpus} CPUs)");
     ensure!(cli("h1", &["vm", "get", "shell"])?["pending_changes"].as_array().is_some_and(|p| p.is_empty()));
+
+    // cloud-init: the guest mounts its seed and prints what it holds.
+    let dir = std::env::temp_dir().join(format!("kvmesh-guests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (user_data, keys, bad) = (dir.join("user-data"), dir.join("keys.pub"), dir.join("bad"));
+    std::fs::write(&user_data, "#cloud-config\nkvmesh_value: hello-from-user-data\n")?;
+    std::fs::write(&keys, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB a@x\n# a comment\nssh-rsa AAAAB3NzaC1yc2E b@y\n")?;
+    std::fs::write(&bad, "#cloud-config\npackages:\n  - [nginx\n")?;
+    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let r = run_cli(&addr("h1"), &["vm", "create", "bad", "--cloud-init", &path(&bad)]);
+    ensure!(!r.success && r.stderr.contains("user-data is not valid YAML: line "), "bad YAML: {}", r.stderr);
+    let cmdline = ["--cmdline", "console=ttyS0 kvmesh.cidata"];
+    let seed = ["--cloud-init", &path(&user_data), "--ssh-key", &path(&keys), "--hostname", "ci-host"];
+    guest_with("h3", "ci", false, &[&cmdline[..], &seed[..]].concat())?;
+    let want = "KVMESH-CIDATA hostname=ci-host keys=2 value=hello-from-user-data";
+    wait_for("the seed read by the guest", Duration::from_secs(90), || console("ci").contains(want).then_some(()))
+        .with_context(|| console("ci"))?;
+    // A changed seed is pending while the guest runs and rebuilt at its restart.
+    let v = cli("h1", &["vm", "set", "ci", "--hostname", "renamed"])?;
+    ensure!(v["pending_changes"].to_string().contains("cloud-init"), "{}", v["pending_changes"]);
+    ensure!(v["cloud_init"]["user_data"].as_str().is_some_and(|u| u.contains("hello")), "the rest kept: {v}");
+    cli("h1", &["vm", "restart", "ci", "--wait"])?;
+    wait_for("the rebuilt seed", Duration::from_secs(90), || {
+        console("ci").contains("KVMESH-CIDATA hostname=renamed keys=2").then_some(())
+    })?;
+    let _ = std::fs::remove_dir_all(&dir);
 
     // Installs from an ISO. BIOS on pc, the default boot order: the
     // blank disk has nothing to boot, so SeaBIOS goes on to the CD.

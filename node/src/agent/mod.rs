@@ -459,6 +459,8 @@ fn domain_spec(state: &ClusterState, vm_id: u64, ctx: &NodeCtx, prepared: Prepar
         uefi: None,
         vnc_socket: None,
         guest_agent: false,
+        cloud_init: vm.spec.hardware.cloud_init.as_ref().map(|ci| crate::cloud_init::seed_files(vm.id, &vm.name, ci)),
+        seed: None,
     })
 }
 
@@ -467,6 +469,17 @@ fn domain_spec(state: &ClusterState, vm_id: u64, ctx: &NodeCtx, prepared: Prepar
 pub async fn report(ctx: &NodeCtx, vm: u64, epoch: u64, state: VmState, error: Option<String>) -> Result<bool> {
     let cmd = Command::ReportVm { vm, node: ctx.id, epoch, state, error, at_ms: now_ms() };
     Ok(!matches!(ctx.propose(cmd).await?, Response::Refused(_)))
+}
+
+/// What the guest agent of a VM this host runs says.
+pub async fn local_guest_info(ctx: &Arc<NodeCtx>, name: &str) -> Result<pb::GuestInfo> {
+    let id = ctx
+        .read(|d| d.state.vm_by_name(name).filter(|v| v.placement.is_some_and(|p| p.node == ctx.id)).map(|v| v.id))
+        .ok_or_else(|| Error::FailedPrecondition(format!("VM {name} does not run on {}", ctx.name)))?;
+    let domain = domain_name(id);
+    blocking(&ctx.hypervisor, move |hv| hv.guest_info(&domain))
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no guest agent answers in {name}")))
 }
 
 /// Reads the console of a VM that this host runs.

@@ -57,6 +57,10 @@ impl pb::host_server::Host for HostService {
 
     type AttachStream = crate::api::attach::AttachStream;
 
+    async fn get_guest_info(&self, request: Request<pb::GetVmRequest>) -> Result<Response<pb::GuestInfo>, Status> {
+        Ok(Response::new(crate::agent::local_guest_info(&self.ctx, &request.into_inner().name).await?))
+    }
+
     async fn attach(
         &self,
         request: Request<tonic::Streaming<pb::AttachFrame>>,

@@ -39,6 +39,9 @@ impl VmsService {
 /// Checks a create request and turns it into the replicated spec.
 fn validate_create(req: &pb::CreateVmRequest) -> Result<VmSpec> {
     crate::config::validate_vm_name(&req.name).map_err(Error::InvalidArgument)?;
+    if let Some(ci) = &req.cloud_init {
+        crate::cloud_init::check(ci).map_err(Error::InvalidArgument)?;
+    }
     from_pb::vm_spec(req).map_err(|e| Error::InvalidArgument(e.to_string()))
 }
 
@@ -240,6 +243,9 @@ const MAX_DESCRIPTION_BYTES: usize = 4096;
 /// VM's host), then the rest, in one entry.
 fn validate_update(req: &pb::UpdateVmRequest) -> Result<Vec<Command>> {
     let relabel = !req.labels.is_empty() || !req.unlabel.is_empty();
+    if let Some(ci) = &req.cloud_init {
+        crate::cloud_init::check(ci).map_err(Error::InvalidArgument)?;
+    }
     let change = from_pb::vm_change(req).map_err(|e| Error::InvalidArgument(e.to_string()))?;
     if req.description.is_none() && req.priority.is_none() && !relabel && change.is_none() {
         return Err(Error::InvalidArgument(
@@ -648,12 +654,33 @@ impl VmsService {
         if vm.migrating_to.is_some() {
             vm.migration_progress = self.migration_progress(&vm.name).await;
         }
+        if vm.state == pb::VmState::Running as i32 {
+            vm.guest = self.guest_info(&vm.name).await;
+        }
         if let Some(obs) = self.leader.observed(&self.ctx).await {
             vm.lease_holder = obs.lease_holder.get(&vm.id).cloned();
             vm.observed = obs.vms.into_iter().find(|o| o.vm_id == vm.id).map(|o| o.nodes).unwrap_or_default();
             vm.observed_known = true;
         }
         vm
+    }
+
+    /// What the guest agent says, from the VM's host (briefly: no answer
+    /// within 3 s leaves it out).
+    async fn guest_info(&self, name: &str) -> Option<pb::GuestInfo> {
+        let ctx = &self.ctx;
+        let host = ctx.read(|d| {
+            let vm = d.state.vm_by_name(name)?;
+            let node = vm.placement.and_then(|p| d.state.nodes.get(&p.node))?;
+            Some((node.id, node.address.clone()))
+        })?;
+        if host.0 == ctx.id {
+            return crate::agent::local_guest_info(ctx, name).await.ok();
+        }
+        let mut client = pb::host_client::HostClient::new(ctx.channel(&host.1).ok()?);
+        let mut r = Request::new(pb::GetVmRequest { name: name.to_string(), consistent: false });
+        r.set_timeout(std::time::Duration::from_secs(3));
+        client.get_guest_info(r).await.ok().map(|r| r.into_inner())
     }
 
     /// How far a VM's live migration is, from its source host (briefly: a

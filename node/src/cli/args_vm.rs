@@ -93,6 +93,8 @@ pub struct CreateArgs {
     /// An ISO image in its CD-ROM drive (`image import NAME FILE --kind iso`).
     #[arg(long)]
     pub cdrom: Option<String>,
+    #[command(flatten)]
+    pub cloud_init: CloudInitArgs,
     /// Show where it would go, per node, without creating it (exit 3 if
     /// no node can take it).
     #[arg(long)]
@@ -225,6 +227,12 @@ pub enum VmCmd {
         /// Boot order, comma-separated (disk,cdrom,network), or `default`.
         #[arg(long)]
         boot_order: Option<String>,
+        /// Change cloud-init settings (the others stay; applied at the next boot).
+        #[command(flatten)]
+        cloud_init: CloudInitArgs,
+        /// Remove its cloud-init seed.
+        #[arg(long)]
+        no_cloud_init: bool,
     },
     /// The VM's serial console, interactive, from any node (Ctrl-] leaves);
     /// --tail prints the end of its console log instead.
@@ -524,4 +532,26 @@ pub enum CdromCmd {
     /// Empty the drive.
     #[command(after_help = "Examples:\n  kvmesh vm cdrom eject win1")]
     Eject { name: String },
+}
+
+/// cloud-init's NoCloud seed (`vm create`, `vm set`).
+#[derive(Args, Debug, Default)]
+pub struct CloudInitArgs {
+    /// cloud-init user-data: a file starting with #cloud-config (YAML) or
+    /// a script (#!), checked before anything is written.
+    #[arg(long = "cloud-init", value_name = "FILE")]
+    pub user_data: Option<PathBuf>,
+    /// A file of SSH public keys (one per line) for the guest's default
+    /// user (repeatable).
+    #[arg(long = "ssh-key", value_name = "FILE")]
+    pub ssh_keys: Vec<PathBuf>,
+    /// The guest's hostname (default: the VM's name).
+    #[arg(long)]
+    pub hostname: Option<String>,
+}
+
+impl CloudInitArgs {
+    pub fn is_empty(&self) -> bool {
+        self.user_data.is_none() && self.ssh_keys.is_empty() && self.hostname.is_none()
+    }
 }

@@ -65,8 +65,19 @@ pub async fn run(channel: Ch, output: Output, wide: bool, command: VmCmd) -> Res
             machine,
             cpu_model,
             boot_order,
+            cloud_init: ci,
+            no_cloud_init,
         } => {
             let labels = labels.into_iter().collect();
+            // Settings not given keep their value: the request replaces the
+            // seed whole, so the current one is its base.
+            let cloud_init = if ci.is_empty() {
+                None
+            } else {
+                let current = vms.get(req(pb::GetVmRequest { name: name.clone(), consistent: false })).await;
+                let current = current.map_err(status_err)?.into_inner().cloud_init;
+                Some(self::cloud_init(&ci, current)?)
+            };
             let reset = |v: Option<String>| v.map(|s| if s == "default" { String::new() } else { s });
             let r = pb::UpdateVmRequest {
                 name,
@@ -81,6 +92,8 @@ pub async fn run(channel: Ch, output: Output, wide: bool, command: VmCmd) -> Res
                 machine,
                 cpu_model: reset(cpu_model),
                 boot_order: reset(boot_order),
+                cloud_init,
+                no_cloud_init,
             };
             let vm = vms.update(req(r)).await.map_err(status_err)?;
             print_vm(output, &vm.into_inner());
@@ -131,7 +144,9 @@ async fn create(vms: &mut VmsClient<Ch>, output: Output, args: CreateArgs) -> Re
         )
         .into());
     }
-    let create = create_request(args);
+    let cloud_init = if args.cloud_init.is_empty() { None } else { Some(cloud_init(&args.cloud_init, None)?) };
+    let mut create = create_request(args);
+    create.cloud_init = cloud_init;
     if dry_run {
         let explain = pb::ExplainRequest { name: create.name.clone(), spec: Some(create) };
         let e = vms.explain(req(explain)).await.map_err(status_err)?.into_inner();
@@ -194,6 +209,27 @@ async fn delete(
     Ok(())
 }
 
+/// cloud-init settings from the files named, over `base` (what the VM has).
+fn cloud_init(a: &super::CloudInitArgs, base: Option<pb::CloudInit>) -> Result<pb::CloudInit> {
+    let read = |p: &std::path::PathBuf| {
+        std::fs::read_to_string(p).map_err(|e| super::UsageError(format!("cannot read {}: {e}", p.display())))
+    };
+    let mut ci = base.unwrap_or_default();
+    if let Some(path) = &a.user_data {
+        ci.user_data = Some(read(path)?);
+    }
+    if !a.ssh_keys.is_empty() {
+        ci.ssh_keys.clear();
+        for path in &a.ssh_keys {
+            ci.ssh_keys.extend(read(path)?.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+        }
+    }
+    if let Some(h) = &a.hostname {
+        ci.hostname = Some(h.clone());
+    }
+    Ok(ci)
+}
+
 /// The create request for `vm create`'s arguments; a fresh request id, so
 /// the leader recognises this create if it is retried.
 fn create_request(a: CreateArgs) -> pb::CreateVmRequest {
@@ -223,6 +259,7 @@ fn create_request(a: CreateArgs) -> pb::CreateVmRequest {
         cpu_model: a.cpu_model,
         boot_order: a.boot_order,
         cdrom: a.cdrom,
+        cloud_init: None,
     }
 }
 

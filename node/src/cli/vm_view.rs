@@ -82,6 +82,14 @@ pub fn vm_json(vm: &pb::Vm) -> Value {
         "boot_order": vm.boot_order, "cdrom": vm.cdrom,
     });
     v["pending_changes"] = json!(vm.pending_changes);
+    v["guest"] = json!(vm.guest.as_ref().map(|g| json!({
+        "os": g.os, "hostname": g.hostname,
+        "interfaces": g.interfaces.iter().map(|i| json!({"name": i.name, "mac": i.mac, "addresses": i.addresses})).collect::<Vec<_>>(),
+    })));
+    v["cloud_init"] = json!(vm
+        .cloud_init
+        .as_ref()
+        .map(|c| json!({"user_data": c.user_data, "ssh_keys": c.ssh_keys, "hostname": c.hostname})));
     v
 }
 
@@ -289,6 +297,25 @@ pub fn print_vm(output: Output, vm: &pb::Vm) {
     );
     field("boot order", &vm.boot_order.join(", "));
     field("cdrom", vm.cdrom.as_deref().unwrap_or("(empty)"));
+    if let Some(g) = &vm.guest {
+        let os = if g.os.is_empty() { "(not said)" } else { g.os.as_str() };
+        let name = if g.hostname.is_empty() { String::new() } else { format!(", hostname {}", g.hostname) };
+        field("guest", &format!("{os}{name} (from its guest agent)"));
+        for i in &g.interfaces {
+            field("", &format!("{} {} {}", i.name, i.mac, i.addresses.join(" ")));
+        }
+    }
+    if let Some(ci) = &vm.cloud_init {
+        field(
+            "cloud-init",
+            &format!(
+                "{} of user-data, {} SSH key(s), hostname {}",
+                human_bytes(ci.user_data.as_ref().map_or(0, |u| u.len() as u64)),
+                ci.ssh_keys.len(),
+                ci.hostname.as_deref().unwrap_or(&vm.name)
+            ),
+        );
+    }
     field("ha", if vm.ha { "yes (restarted elsewhere if its host dies)" } else { "no" });
     field("priority", &vm.priority.to_string());
     field("labels", &labels(&vm.labels));

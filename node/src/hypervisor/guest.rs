@@ -44,10 +44,19 @@ fn find_ovmf_in<'a>(dirs: impl Iterator<Item = &'a Path>) -> std::result::Result
 /// local disk's folder); a VM without disks keeps them in the host's data
 /// dir.
 pub fn nvram_path(boot_disk: Option<&str>, nvram_dir: &Path, domain: &str) -> PathBuf {
-    let file = format!("{domain}_VARS.fd");
+    beside_boot_disk(boot_disk, nvram_dir, &format!("{domain}_VARS.fd"))
+}
+
+/// Where a VM's cloud-init seed is built: next to its boot disk too (a
+/// host that takes the VM over builds it again anyway).
+pub fn seed_path(boot_disk: Option<&str>, fallback: &Path, domain: &str) -> PathBuf {
+    beside_boot_disk(boot_disk, fallback, &format!("{domain}_cidata.iso"))
+}
+
+fn beside_boot_disk(boot_disk: Option<&str>, fallback: &Path, file: &str) -> PathBuf {
     match boot_disk.and_then(|d| Path::new(d).parent()) {
         Some(dir) => dir.join(file),
-        None => nvram_dir.join(file),
+        None => fallback.join(file),
     }
 }
 
@@ -60,6 +69,44 @@ pub fn serial_pty(live_xml: &str) -> Option<String> {
     let quote = block[at..].chars().next()?;
     let rest = &block[at + 1..];
     Some(rest[..rest.find(quote)?].to_string())
+}
+
+/// The guest agent commands `vm get` sends, and how long each may take:
+/// an agent that does not answer at once is reported as absent, never
+/// waited for.
+pub const AGENT_OS: &str = r#"{"execute":"guest-get-osinfo"}"#;
+pub const AGENT_HOST: &str = r#"{"execute":"guest-get-host-name"}"#;
+pub const AGENT_INTERFACES: &str = r#"{"execute":"guest-network-get-interfaces"}"#;
+pub const AGENT_TIMEOUT_S: i32 = 2;
+
+/// What the agent's answers say: (OS, hostname, interfaces as (name, MAC,
+/// addresses)). Unparseable parts are left empty.
+pub fn parse_agent(os: &str, host: &str, interfaces: &str) -> kvmesh_proto::GuestInfo {
+    let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap_or_default();
+    let os = json(os);
+    let os = os["return"]["pretty-name"].as_str().or(os["return"]["name"].as_str()).unwrap_or_default().to_string();
+    let hostname = json(host)["return"]["host-name"].as_str().unwrap_or_default().to_string();
+    let interfaces = json(interfaces)["return"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter(|i| i["name"] != "lo")
+                .map(|i| kvmesh_proto::GuestInterface {
+                    name: i["name"].as_str().unwrap_or_default().to_string(),
+                    mac: i["hardware-address"].as_str().unwrap_or_default().to_string(),
+                    addresses: i["ip-addresses"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|x| Some(format!("{}/{}", x["ip-address"].as_str()?, x["prefix"].as_u64()?)))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    kvmesh_proto::GuestInfo { os, hostname, interfaces }
 }
 
 /// Opens a guest's serial pty for a console session: non-blocking (the
@@ -97,6 +144,21 @@ mod tests {
         assert_eq!(serial_pty(dq).as_deref(), Some("/dev/pts/3"));
         assert_eq!(serial_pty("<serial type='file'><source path='/x'/></serial>"), None);
         assert_eq!(serial_pty("<serial type='pty'><target port='0'/></serial>"), None, "not started");
+    }
+
+    #[test]
+    fn agent_answers_become_the_guests_os_and_addresses() {
+        let os = r#"{"return":{"id":"debian","name":"Debian GNU/Linux","pretty-name":"Debian GNU/Linux 12 (bookworm)"}}"#;
+        let ifs = r#"{"return":[{"name":"lo","ip-addresses":[{"ip-address-type":"ipv4","ip-address":"127.0.0.1","prefix":8}]},
+            {"name":"eth0","hardware-address":"0a:00:00:00:00:01","ip-addresses":[{"ip-address-type":"ipv4","ip-address":"10.0.0.5","prefix":24}]}]}"#;
+        let g = parse_agent(os, r#"{"return":{"host-name":"web1"}}"#, ifs);
+        assert_eq!(g.os, "Debian GNU/Linux 12 (bookworm)");
+        assert_eq!(g.hostname, "web1");
+        assert_eq!(g.interfaces.len(), 1, "loopback left out");
+        assert_eq!(g.interfaces[0].addresses, vec!["10.0.0.5/24".to_string()]);
+        assert_eq!(g.interfaces[0].mac, "0a:00:00:00:00:01");
+        let nothing = parse_agent("garbage", "", "{}");
+        assert!(nothing.os.is_empty() && nothing.interfaces.is_empty());
     }
 
     #[test]

@@ -416,6 +416,21 @@ impl Hypervisor for Libvirt {
         guest::find_ovmf().err()
     }
 
+    fn guest_info(&self, domain: &str) -> Result<Option<kvmesh_proto::GuestInfo>> {
+        if self.is_test_driver() {
+            return Ok(None);
+        }
+        let dom = self.lookup(domain)?;
+        let ask = |cmd: &str| -> std::result::Result<String, virt::error::Error> {
+            dom.qemu_agent_command(cmd, guest::AGENT_TIMEOUT_S, 0)
+        };
+        // The OS answer says whether an agent is there at all.
+        let Ok(os) = ask(guest::AGENT_OS) else { return Ok(None) };
+        let host = ask(guest::AGENT_HOST).unwrap_or_default();
+        let interfaces = ask(guest::AGENT_INTERFACES).unwrap_or_default();
+        Ok(Some(guest::parse_agent(&os, &host, &interfaces)))
+    }
+
     fn consoles_dir(&self) -> String {
         self.consoles_dir.to_string_lossy().into_owned()
     }
@@ -522,6 +537,14 @@ impl Hypervisor for Libvirt {
             let nvram = guest::nvram_path(boot_disk, &self.nvram_dir, &spec.domain).to_string_lossy().into_owned();
             spec.uefi = Some(xml::UefiFiles { code, vars_template, nvram });
         }
+        if let Some((meta, user)) = spec.cloud_init.take().filter(|_| !self.is_test_driver()) {
+            let boot_disk = spec.disks.iter().find(|(i, _)| *i == 0).map(|(_, p)| p.as_str());
+            let seed = guest::seed_path(boot_disk, &self.nvram_dir, &spec.domain);
+            crate::cloud_init::build_seed(&seed, &meta, &user).map_err(|e| {
+                Error::FailedPrecondition(format!("cannot build the cloud-init seed of {}: {e}", spec.vm_name))
+            })?;
+            spec.seed = Some(seed.to_string_lossy().into_owned());
+        }
         self.conn().define_domain_xml(&xml::domain_xml(&spec)).map_err(|e| lv_err("define domain", e))?;
         Ok(())
     }
@@ -560,9 +583,18 @@ impl Hypervisor for Libvirt {
             if dom.is_active().unwrap_or(false) {
                 dom.destroy().map_err(|e| lv_err(&format!("destroy {domain}"), e))?;
             }
-            // A deleted VM's UEFI variables go with it; otherwise they stay
-            // for wherever it runs next.
+            // A deleted VM's UEFI variables and cloud-init seed go with it;
+            // otherwise they stay for wherever it runs next.
+            let seed = dom.xml_desc(0).ok().and_then(|x| {
+                let name = format!("{domain}_cidata.iso");
+                let end = x.find(&name)? + name.len();
+                let start = x[..end].rfind('\'')? + 1;
+                Some(x[start..end].to_string())
+            });
             undefine(&dom, !keep_console).map_err(|e| lv_err(&format!("undefine {domain}"), e))?;
+            if let Some(seed) = seed.filter(|_| !keep_console) {
+                let _ = std::fs::remove_file(seed);
+            }
         }
         // Volumes go only through the cluster's trash, which knows whether
         // the operator kept them (`--keep-disks`); the console log is ours.

@@ -115,6 +115,9 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn vnc_socket(&self, domain: &str) -> Result<std::path::PathBuf>;
     /// Why this host cannot boot UEFI guests; `None` if it can.
     fn uefi_missing(&self) -> Option<String>;
+    /// What the guest agent of a running domain says; `None` when no agent
+    /// answers (none installed, or not up yet).
+    fn guest_info(&self, domain: &str) -> Result<Option<kvmesh_proto::GuestInfo>>;
     /// Migrates a running domain live to another host's libvirt (peer to
     /// peer), where it is defined as `to` says and left **paused**: the
     /// target resumes it only once the cluster has recorded the move. The

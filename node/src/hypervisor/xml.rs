@@ -52,6 +52,11 @@ pub struct DomainSpec {
     pub vnc_socket: Option<String>,
     /// A channel for the QEMU guest agent (set by the hypervisor).
     pub guest_agent: bool,
+    /// cloud-init's seed files (meta-data, user-data), for the hypervisor
+    /// to build into `seed`.
+    pub cloud_init: Option<(String, String)>,
+    /// The NoCloud seed ISO, in a second CD-ROM drive (set by the hypervisor).
+    pub seed: Option<String>,
 }
 
 /// A UEFI guest's firmware: OVMF's code (shared, read-only) and the VM's
@@ -68,6 +73,14 @@ pub fn cdrom_target(machine: Machine) -> (&'static str, &'static str) {
     match machine {
         Machine::Pc => ("hdc", "ide"),
         Machine::Q35 => ("sdc", "sata"),
+    }
+}
+
+/// The cloud-init seed's drive: the next one on the same bus.
+pub fn seed_target(machine: Machine) -> (&'static str, &'static str) {
+    match machine {
+        Machine::Pc => ("hdd", "ide"),
+        Machine::Q35 => ("sdd", "sata"),
     }
 }
 
@@ -93,7 +106,10 @@ fn unescape(s: &str) -> String {
 /// The CD-ROM drive, with `iso` in it or empty; also what a live medium
 /// change sends (libvirt matches the drive by its target).
 pub fn cdrom_xml(machine: Machine, iso: Option<&str>, boot: Option<usize>) -> String {
-    let (dev, bus) = cdrom_target(machine);
+    cdrom_xml_at(cdrom_target(machine), iso, boot)
+}
+
+fn cdrom_xml_at((dev, bus): (&str, &str), iso: Option<&str>, boot: Option<usize>) -> String {
     let source = iso.map(|p| format!("<source file='{}'/>", escape(p))).unwrap_or_default();
     let boot = boot.map(|n| format!("<boot order='{n}'/>")).unwrap_or_default();
     format!(
@@ -308,6 +324,9 @@ pub fn domain_xml(s: &DomainSpec) -> String {
     if s.domain_type != "test" {
         let _ = writeln!(x, "    {}", cdrom_xml(s.machine, s.cdrom.as_deref(), boot_index(BootDevice::Cdrom)));
     }
+    if let Some(seed) = &s.seed {
+        let _ = writeln!(x, "    {}", cdrom_xml_at(seed_target(s.machine), Some(seed), None));
+    }
     for (i, nic) in s.nics.iter().enumerate() {
         let boot = if i == 0 { boot_index(BootDevice::Network) } else { None };
         let _ = writeln!(x, "    {}", nic_xml_booting(nic, boot));
@@ -402,6 +421,8 @@ mod tests {
             uefi: None,
             vnc_socket: Some("/d/vnc.sock".into()),
             guest_agent: true,
+            cloud_init: None,
+            seed: None,
         }
     }
 
@@ -453,6 +474,8 @@ mod tests {
         assert!(x.contains("<target dev='vda' bus='virtio'/><boot order='2'/>"), "{x}");
         assert!(!x.contains("<interface type='bridge'><mac address='0a:00:00:00:00:01'/><source bridge='kvb1'/><model type='virtio'/><mtu size='1450'/><boot"), "the network is not in this order");
         assert_eq!(cdrom_source(&x, "sdc").as_deref(), Some("/iso/inst'all.iso"));
+        let seeded = domain_xml(&DomainSpec { seed: Some("/d/seed.iso".into()), ..spec() });
+        assert_eq!(cdrom_source(&seeded, "hdd").as_deref(), Some("/d/seed.iso"), "{seeded}");
         assert_eq!(cdrom_source(&domain_xml(&DomainSpec { kernel: None, ..spec() }), "hdc"), None, "an empty drive");
         let passthrough = domain_xml(&DomainSpec { cpu_model: Some("host-passthrough".into()), ..spec() });
         assert!(passthrough.contains("<cpu mode='host-passthrough'/>"));

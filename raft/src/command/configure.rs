@@ -46,6 +46,9 @@ impl ClusterState {
         if let Some(cdrom) = &change.cdrom {
             hw.cdrom.clone_from(cdrom);
         }
+        if let Some(cloud_init) = &change.cloud_init {
+            hw.cloud_init.clone_from(cloud_init);
+        }
         if let Err(r) = self.check_storage(&vm.spec) {
             return Response::Refused(r);
         }
@@ -66,6 +69,7 @@ impl ClusterState {
             ("machine", old.hardware.machine.as_str().into(), new.hardware.machine.as_str().into()),
             ("cpu model", cpu_model(&old.hardware.cpu_model), cpu_model(&new.hardware.cpu_model)),
             ("boot order", boot_order(&old.hardware), boot_order(&new.hardware)),
+            ("cloud-init", cloud_init(&old.hardware), cloud_init(&new.hardware)),
         ];
         changed.retain(|(_, from, to)| from != to);
         let mut now: Vec<String> = Vec::new();
@@ -100,6 +104,19 @@ impl ClusterState {
 
 fn cpu_model(model: &Option<String>) -> String {
     model.clone().unwrap_or_else(|| "default".into())
+}
+
+/// The seed as `vm get` and events name it; a changed seed says so even
+/// when its summary stays the same.
+fn cloud_init(hw: &crate::hardware::Hardware) -> String {
+    match &hw.cloud_init {
+        None => "none".into(),
+        Some(ci) => {
+            let bytes = ci.user_data.as_ref().map_or(0, String::len);
+            let hash = crate::view::fnv1a(format!("{ci:?}").as_bytes()) as u16;
+            format!("{bytes} bytes of user-data, {} SSH keys (#{hash:04x})", ci.ssh_keys.len())
+        }
+    }
 }
 
 fn boot_order(hw: &crate::hardware::Hardware) -> String {

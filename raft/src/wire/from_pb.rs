@@ -7,7 +7,7 @@ use kvmesh_proto as pb;
 use kvmesh_scheduler::Policy;
 
 use crate::error::{Error, Result};
-use crate::hardware::{self, BootDevice, Firmware, Hardware, Machine, VmChange};
+use crate::hardware::{self, BootDevice, CloudInit, Firmware, Hardware, Machine, VmChange};
 use crate::model::{PlacementSettings, VmSpec};
 use crate::networks::{Mac, Network, NetworkKind, Nic, DEFAULT_NIC_MODEL};
 use crate::storage::{Disk, DEFAULT_STORAGE};
@@ -90,6 +90,7 @@ pub fn vm_spec(req: &pb::CreateVmRequest) -> Result<VmSpec> {
             cpu_model: req.cpu_model.clone().filter(|m| !m.is_empty()).map(cpu_model).transpose()?,
             boot_order: boot_order(req.boot_order.iter().map(String::as_str))?,
             cdrom: req.cdrom.clone().filter(|c| !c.is_empty()),
+            cloud_init: req.cloud_init.as_ref().map(cloud_init),
         },
     };
     view::request(0, &req.name, &spec).validate().map_err(|e| invalid(e.to_string()))?;
@@ -102,6 +103,16 @@ fn parse_or_default<T: Default>(s: &str, parse: fn(&str) -> Option<T>, flag: &st
         return Ok(T::default());
     }
     parse(s).ok_or_else(|| invalid(format!("{flag} {s:?} is not known; use {allowed}")))
+}
+
+/// A VM's cloud-init settings as the model keeps them (the API checked
+/// their content).
+pub fn cloud_init(ci: &pb::CloudInit) -> CloudInit {
+    CloudInit {
+        user_data: ci.user_data.clone().filter(|u| !u.is_empty()),
+        ssh_keys: ci.ssh_keys.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect(),
+        hostname: ci.hostname.clone().filter(|h| !h.is_empty()),
+    }
 }
 
 /// An enum setting that may be left out.
@@ -140,6 +151,12 @@ pub fn vm_change(req: &pb::UpdateVmRequest) -> Result<Option<VmChange>> {
         cpu_model: req.cpu_model.clone().map(|m| (!m.is_empty()).then(|| cpu_model(m)).transpose()).transpose()?,
         boot_order: req.boot_order.as_deref().map(|o| boot_order(o.split(','))).transpose()?,
         cdrom: None,
+        cloud_init: match (&req.cloud_init, req.no_cloud_init) {
+            (Some(_), true) => return Err(invalid("give new cloud-init settings or --no-cloud-init, not both")),
+            (Some(ci), false) => Some(Some(cloud_init(ci))),
+            (None, true) => Some(None),
+            (None, false) => None,
+        },
     };
     if change.vcpus == Some(0) || change.memory_mib == Some(0) {
         return Err(invalid("a VM needs at least 1 vCPU and 1 MiB of memory"));

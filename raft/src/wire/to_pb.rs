@@ -52,6 +52,13 @@ pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
         boot_order: vm.spec.hardware.boot_order().iter().map(|d| d.as_str().to_string()).collect(),
         cdrom: vm.spec.hardware.cdrom.clone(),
         pending_changes: vm.pending_changes.clone(),
+        // Only the VM's host can ask its guest agent: filled in by `vm get`.
+        guest: None,
+        cloud_init: vm.spec.hardware.cloud_init.as_ref().map(|ci| pb::CloudInit {
+            user_data: ci.user_data.clone(),
+            ssh_keys: ci.ssh_keys.clone(),
+            hostname: ci.hostname.clone(),
+        }),
         domain: domain_name(vm.id),
         priority: vm.spec.priority,
         pin: vm.spec.pin.clone(),
