@@ -226,7 +226,8 @@ impl ClusterState {
     /// placed, else on at least one host. Capacity only (the `fits` rule):
     /// a stopped VM on a host in maintenance may still be resized.
     pub(crate) fn check_size(&self, vm: &Vm) -> Result<(), Refusal> {
-        let placed_on = vm.placement.map(|p| p.node);
+        // A VM on a removed host will run elsewhere: it must fit somewhere.
+        let placed_on = vm.placement.map(|p| p.node).filter(|n| self.nodes.contains_key(n));
         let views = self.views(|id| placed_on.is_none_or(|n| n == id), &HostFacts::default(), Some(vm.id));
         let req = request(vm.id, &vm.name, &vm.spec);
         let s = &self.meta.settings.placement;

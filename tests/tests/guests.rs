@@ -130,6 +130,35 @@ fn consoles_sizes_and_iso_installs_on_real_guests() -> Result<()> {
     let out = type_into("h1", "shell", "echo KVMESH-ANSWER $((6*7))\n")?;
     ensure!(out.contains("KVMESH-ANSWER 42"), "the shell did not answer through h1: {out:?}");
 
+    // On a terminal (script(1) gives it one): raw mode, Ctrl-] leaves; a
+    // second session meanwhile is refused with the reason.
+    let cmd = cli_command(&addr("h3"));
+    let line = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .chain(["vm", "console", "shell"].map(String::from))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut tty = Command::new("script")
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut keys = tty.stdin.take().context("stdin")?;
+    std::thread::sleep(Duration::from_secs(3));
+    keys.write_all(b"echo KVMESH-TTY $((2+3))\r")?;
+    let second = run_cli_as(&addr("h1"), "table", &["vm", "console", "shell"]);
+    ensure!(!second.success && second.stderr.contains("already has a session"), "a second session: {}", second.stderr);
+    std::thread::sleep(Duration::from_secs(3));
+    keys.write_all(&[0x1d])?;
+    let out = wait_output(tty, Duration::from_secs(20)).context("Ctrl-] did not end the session")?;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    ensure!(shown.contains("Connected to shell's serial console on h2"), "{shown:?}");
+    ensure!(shown.contains("KVMESH-TTY 5"), "the shell did not answer on a terminal: {shown:?}");
+    drop(keys);
+
     // VNC through h3's proxy.
     let (width, height) = rfb_handshake("h3", "shell")?;
     ensure!(width > 0 && height > 0, "display {width}x{height}");

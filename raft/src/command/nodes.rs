@@ -32,6 +32,14 @@ impl ClusterState {
             }
         }
         let rejoin = self.nodes.contains_key(&node.id);
+        // A registration again (a retried join) must not strand what is
+        // placed on the node: less capacity or fewer labels go through the
+        // same check as `node set`.
+        if rejoin {
+            if let Some(reason) = self.check_node_change(node.id, node.cpus, node.memory_mib, &node.labels) {
+                return Response::Refused(Refusal::NodeChangeRefused { name: node.name.clone(), reason });
+            }
+        }
         self.put_node(node.clone());
         let verb = if rejoin { "re-registered" } else { "joined" };
         self.push_event(at_ms, "node", format!("node {} ({}) {verb}", node.name, node.address));

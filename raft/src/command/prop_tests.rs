@@ -71,7 +71,7 @@ fn command(rng: &mut StdRng, state: &ClusterState, wild: bool) -> Command {
     let node_id = rng.gen_range(0..=NODES + 1); // 0 and NODES+1 are unknown
     let vm_id = rng.gen_range(0..VMS + 2);
     let at_ms = rng.gen_range(0..1_000_000);
-    match rng.gen_range(0..30) {
+    match rng.gen_range(0..31) {
         0..=1 => {
             let id = rng.gen_range(1..=NODES);
             Command::AddNode { node: node(rng, id, wild), at_ms }
@@ -197,6 +197,17 @@ fn command(rng: &mut StdRng, state: &ClusterState, wild: bool) -> Command {
             let mac = crate::networks::Mac([0x0a, 0, 0, 0, 0, rng.gen_range(1..4)]);
             Command::RemoveNic { name: vm_name(rng), mac, at_ms }
         }
+        29 => {
+            // Sizes from tiny to far too big for any node.
+            let change = crate::hardware::VmChange {
+                vcpus: rng.gen_bool(0.5).then(|| rng.gen_range(0..40)),
+                memory_mib: rng.gen_bool(0.5).then(|| rng.gen_range(0..20_000)),
+                ha: rng.gen_bool(0.2).then(|| rng.gen_bool(0.5)),
+                firmware: rng.gen_bool(0.2).then_some(crate::hardware::Firmware::Uefi),
+                ..Default::default()
+            };
+            Command::ConfigureVm { name: vm_name(rng), change, at_ms }
+        }
         _ => Command::Batch((0..rng.gen_range(0..4)).map(|_| command(rng, state, wild)).collect()),
     }
 }
@@ -243,7 +254,14 @@ fn check_invariants(s: &mut ClusterState, capacity: bool, step: usize) {
         let settings = s.meta.settings.placement;
         for n in s.scheduler_view(&Default::default(), None) {
             assert!(n.allocated_vcpus <= n.vcpu_capacity(&settings), "{}", ctx("vCPUs over capacity"));
-            assert!(n.allocated_memory_mib <= n.memory_capacity(&settings), "{}", ctx("memory over capacity"));
+            assert!(
+                n.allocated_memory_mib <= n.memory_capacity(&settings),
+                "{} on {}: {} of {} MiB",
+                ctx("memory over capacity"),
+                n.name,
+                n.allocated_memory_mib,
+                n.memory_capacity(&settings)
+            );
         }
     }
     assert!(s.events.len() <= EVENT_CAPACITY);
@@ -278,6 +296,9 @@ fn random_command_sequences_never_panic_or_break_invariants() {
             let r = s.apply(&cmd);
             if scheduled {
                 assert!(matches!(r, Response::Vm(_)), "seed {seed} step {step}: scheduler's placement refused: {r:?}");
+            }
+            if std::env::var("KVMESH_PROP_DEBUG").is_ok() {
+                eprintln!("seed {seed} step {step}: {cmd:?} -> {r:?}");
             }
             log.push(cmd);
             check_invariants(&mut s, !wild, step);
