@@ -83,7 +83,7 @@ fn check_user_data(user_data: &str) -> Result<(), String> {
 
 /// The seed's files: (`meta-data`, `user-data`).
 pub fn seed_files(vm_id: u64, vm_name: &str, ci: &CloudInit) -> (String, String) {
-    let id = kvmesh_raft::view::fnv1a(format!("{ci:?}").as_bytes());
+    let id = ci.fingerprint();
     let hostname = ci.hostname.as_deref().unwrap_or(vm_name);
     let mut meta = format!("instance-id: kvmesh-{vm_id:016x}-{id:016x}\nlocal-hostname: {hostname}\n");
     if !ci.ssh_keys.is_empty() {

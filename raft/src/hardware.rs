@@ -154,8 +154,58 @@ pub struct VmChange {
     pub boot_order: Option<Vec<BootDevice>>,
     /// `Some(None)`: eject.
     pub cdrom: Option<Option<String>>,
-    /// `Some(None)`: no cloud-init seed any more.
-    pub cloud_init: Option<Option<CloudInit>>,
+    pub cloud_init: Option<CloudInitChange>,
+}
+
+/// A change to a VM's cloud-init settings: each part given replaces that
+/// part, the rest stays (so no client needs to read user-data, which may
+/// hold secrets, to change a hostname).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CloudInitChange {
+    Set { user_data: Option<String>, ssh_keys: Option<Vec<String>>, hostname: Option<String> },
+    /// No seed any more.
+    Remove,
+}
+
+impl CloudInitChange {
+    /// The settings after this change.
+    pub fn applied_to(&self, current: Option<&CloudInit>) -> Option<CloudInit> {
+        match self {
+            CloudInitChange::Remove => None,
+            CloudInitChange::Set { user_data, ssh_keys, hostname } => {
+                let mut ci = current.cloned().unwrap_or_default();
+                if user_data.is_some() {
+                    ci.user_data.clone_from(user_data);
+                }
+                if let Some(keys) = ssh_keys {
+                    ci.ssh_keys.clone_from(keys);
+                }
+                if hostname.is_some() {
+                    ci.hostname.clone_from(hostname);
+                }
+                Some(ci)
+            }
+        }
+    }
+}
+
+impl CloudInit {
+    /// A hash of the settings that is the same on every build: it names
+    /// the seed's instance (cloud-init re-runs when it changes), so it must
+    /// never change with a compiler or a kvmesh upgrade.
+    pub fn fingerprint(&self) -> u64 {
+        let mut bytes = Vec::new();
+        let mut field = |b: &[u8]| {
+            bytes.extend_from_slice(&(b.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(b);
+        };
+        field(self.user_data.as_deref().unwrap_or_default().as_bytes());
+        for key in &self.ssh_keys {
+            field(key.as_bytes());
+        }
+        field(self.hostname.as_deref().unwrap_or_default().as_bytes());
+        crate::view::fnv1a(&bytes)
+    }
 }
 
 impl VmChange {
@@ -171,7 +221,9 @@ pub fn check_cpu_model(model: &str) -> Result<(), String> {
         return Err("a CPU model is 1 to 64 characters (host-passthrough, host-model or a libvirt model name such as Haswell-noTSX; leave it out for the migratable default)".into());
     }
     if !model.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-        return Err(format!("CPU model {model:?} has characters no libvirt model name has (letters, digits, - _ . only)"));
+        return Err(format!(
+            "CPU model {model:?} has characters no libvirt model name has (letters, digits, - _ . only)"
+        ));
     }
     Ok(())
 }

@@ -242,7 +242,10 @@ impl ClusterState {
             (_, 0) => Ok(()),
             (Some(_), _) => {
                 let (node, reason) = reasons.remove(0);
-                Err(Refusal::TooBig { vm: vm.name.clone(), reason: format!("it no longer fits on its host {node}: {reason}") })
+                Err(Refusal::TooBig {
+                    vm: vm.name.clone(),
+                    reason: format!("it no longer fits on its host {node}: {reason}"),
+                })
             }
             (None, _) => Err(Refusal::TooBig {
                 vm: vm.name.clone(),

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use kvmesh_tests::testbed::{addr, cli, guest_iso, guest_with, shared_dir, shared_guest, up3, virsh_on};
+use kvmesh_tests::testbed::{addr, cli, guest_iso, guest_with, running_on, shared_dir, shared_guest, up3, virsh_on};
 use kvmesh_tests::{cli_command, run_cli, run_cli_as, wait_for};
 
 /// The guest's console log as its host keeps it.
@@ -211,12 +211,21 @@ fn consoles_sizes_and_iso_installs_on_real_guests() -> Result<()> {
     // A changed seed is pending while the guest runs and rebuilt at its restart.
     let v = cli("h1", &["vm", "set", "ci", "--hostname", "renamed"])?;
     ensure!(v["pending_changes"].to_string().contains("cloud-init"), "{}", v["pending_changes"]);
-    ensure!(v["cloud_init"]["user_data"].as_str().is_some_and(|u| u.contains("hello")), "the rest kept: {v}");
+    ensure!(v["cloud_init"]["user_data_bytes"].as_u64() == Some(49), "the rest kept: {v}");
+    ensure!(v["cloud_init"].get("user_data").is_none(), "user-data is never sent back: {v}");
     cli("h1", &["vm", "restart", "ci", "--wait"])?;
     wait_for("the rebuilt seed", Duration::from_secs(90), || {
         console("ci").contains("KVMESH-CIDATA hostname=renamed keys=2").then_some(())
     })?;
     let _ = std::fs::remove_dir_all(&dir);
+    // A live move: the target builds its own seed (each host has its own
+    // data dir here), and the guest runs on.
+    let moved = cli("h1", &["vm", "migrate", "ci", "--to", "h1", "--wait"])?;
+    ensure!(moved["node"] == "h1", "{moved}");
+    let d = moved["domain"].as_str().context("domain")?;
+    let xml = virsh_on("h1", &["dumpxml", d]);
+    ensure!(xml.contains("/h1/") && xml.contains("_cidata.iso"), "the seed on the target: {xml}");
+    ensure!(running_on("h1").contains(&d.to_string()) && !running_on("h3").contains(&d.to_string()));
 
     // Installs from an ISO. BIOS on pc, the default boot order: the
     // blank disk has nothing to boot, so SeaBIOS goes on to the CD.

@@ -88,6 +88,15 @@ pub async fn prepare_incoming(ctx: &Arc<NodeCtx>, req: pb::PrepareIncomingReques
         let copies = volumes::when_trash_cleared(ctx, vm_id, || volumes::make_copies(ctx, vm_id)).await?;
         reply.copies = copies.into_iter().collect();
     }
+    // The definition the source sends names this host's consoles folder for
+    // the cloud-init seed (`retarget`): it must be there before QEMU opens it.
+    let files = ctx.read(|d| {
+        let vm = d.state.vms.get(&vm_id)?;
+        vm.spec.hardware.cloud_init.as_ref().map(|ci| crate::cloud_init::seed_files(vm.id, &vm.name, ci))
+    });
+    if let Some(files) = files {
+        blocking(&ctx.hypervisor, move |hv| hv.build_seed(&domain, &files)).await?;
+    }
     Ok(reply)
 }
 

@@ -254,10 +254,16 @@ async fn reconcile(
                 live_change(ctx, vm_id, "CD-ROM", result).await;
             }
             Action::Shutdown { domain } => {
-                info!(%domain, "asking the guest to power off (ACPI)");
-                if let Err(e) = blocking(&ctx.hypervisor, move |hv| hv.shutdown(&domain)).await {
-                    warn!(error = %e, "ACPI shutdown failed; will destroy after the timeout");
-                }
+                info!(%domain, "asking the guest to shut down (its agent, else ACPI)");
+                // A guest agent that hangs can hold the call for a minute:
+                // it runs on its own, and the loop goes on (fencing,
+                // reports, the destroy after the shutdown timeout).
+                let hv = ctx.hypervisor.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = blocking(&hv, move |hv| hv.shutdown(&domain)).await {
+                        warn!(error = %e, "shutdown request failed; will destroy after the timeout");
+                    }
+                });
             }
             Action::Destroy { domain } => {
                 info!(%domain, "destroying domain");

@@ -249,7 +249,7 @@ fn validate_update(req: &pb::UpdateVmRequest) -> Result<Vec<Command>> {
     let change = from_pb::vm_change(req).map_err(|e| Error::InvalidArgument(e.to_string()))?;
     if req.description.is_none() && req.priority.is_none() && !relabel && change.is_none() {
         return Err(Error::InvalidArgument(
-            "nothing to change: give --vcpus, --memory, --ha, --firmware, --machine, --cpu-model, --boot-order, --description, --priority, --label or --unlabel".into(),
+            "nothing to change: give --vcpus, --memory, --ha/--no-ha, --firmware, --machine, --cpu-model, --boot-order, --cloud-init, --ssh-key, --hostname, --no-cloud-init, --description, --priority, --label or --unlabel".into(),
         ));
     }
     if let Some(d) = &req.description {
@@ -425,6 +425,9 @@ impl pb::vms_server::Vms for VmsService {
     async fn update(&self, request: Request<pb::UpdateVmRequest>) -> std::result::Result<Response<pb::Vm>, Status> {
         let req = request.into_inner();
         let mut cmds = validate_update(&req)?;
+        if req.firmware.as_deref() == Some("uefi") {
+            self.host_boots_uefi(&req.name).await?;
+        }
         // A size or hardware change the VM's host cannot take is refused
         // before anything else of the request is written.
         if matches!(cmds.first(), Some(Command::ConfigureVm { .. })) && cmds.len() > 1 {
@@ -640,6 +643,18 @@ impl pb::vms_server::Vms for VmsService {
     }
 }
 
+/// The id and address of the host `pick` names for VM `name`.
+fn host_of(
+    ctx: &NodeCtx,
+    name: &str,
+    pick: impl Fn(&kvmesh_raft::model::Vm) -> Option<u64>,
+) -> Option<(u64, String)> {
+    ctx.read(|d| {
+        let node = d.state.vm_by_name(name).and_then(&pick).and_then(|id| d.state.nodes.get(&id))?;
+        Some((node.id, node.address.clone()))
+    })
+}
+
 impl VmsService {
     /// A write about one VM, from any node; answered with the VM.
     /// Answers `name`'s VM after `cmd`.
@@ -665,17 +680,28 @@ impl VmsService {
         vm
     }
 
+    /// Refuses UEFI for a VM whose host has said it cannot boot it (no
+    /// OVMF): its next start, a restart included, would fail there.
+    async fn host_boots_uefi(&self, name: &str) -> std::result::Result<(), Status> {
+        let Some((id, _)) = host_of(&self.ctx, name, |vm| vm.placement.map(|p| p.node)) else { return Ok(()) };
+        let host = self.ctx.read(|d| d.state.nodes.get(&id).map(|n| n.name.clone())).unwrap_or_default();
+        let Some(obs) = self.leader.observed(&self.ctx).await else { return Ok(()) };
+        match obs.uefi_missing.get(&host) {
+            Some(why) => Err(Status::failed_precondition(format!(
+                "VM {name}'s host {host} cannot boot UEFI guests ({why}); install ovmf there, or move the VM to a host that can (`kvmesh vm migrate {name}`) first"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// What the guest agent says, from the VM's host (briefly: no answer
     /// within 3 s leaves it out).
     async fn guest_info(&self, name: &str) -> Option<pb::GuestInfo> {
         let ctx = &self.ctx;
-        let host = ctx.read(|d| {
-            let vm = d.state.vm_by_name(name)?;
-            let node = vm.placement.and_then(|p| d.state.nodes.get(&p.node))?;
-            Some((node.id, node.address.clone()))
-        })?;
+        let host = host_of(ctx, name, |vm| vm.placement.map(|p| p.node))?;
         if host.0 == ctx.id {
-            return crate::agent::local_guest_info(ctx, name).await.ok();
+            let asked = crate::agent::local_guest_info(ctx, name);
+            return tokio::time::timeout(std::time::Duration::from_secs(3), asked).await.ok()?.ok();
         }
         let mut client = pb::host_client::HostClient::new(ctx.channel(&host.1).ok()?);
         let mut r = Request::new(pb::GetVmRequest { name: name.to_string(), consistent: false });
@@ -687,11 +713,7 @@ impl VmsService {
     /// source that does not answer leaves it out).
     async fn migration_progress(&self, name: &str) -> Option<pb::MigrationProgress> {
         let ctx = &self.ctx;
-        let source = ctx.read(|d| {
-            let vm = d.state.vm_by_name(name)?;
-            let node = vm.migration.and_then(|m| d.state.nodes.get(&m.source))?;
-            Some((node.id, node.address.clone()))
-        })?;
+        let source = host_of(ctx, name, |vm| vm.migration.map(|m| m.source))?;
         if source.0 == ctx.id {
             return crate::agent::local_progress(ctx, name).await.ok();
         }

@@ -231,7 +231,7 @@ pub enum VmCmd {
         #[command(flatten)]
         cloud_init: CloudInitArgs,
         /// Remove its cloud-init seed.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["user_data", "ssh_keys", "hostname"])]
         no_cloud_init: bool,
     },
     /// The VM's serial console, interactive, from any node (Ctrl-] leaves);

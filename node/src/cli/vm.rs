@@ -69,15 +69,8 @@ pub async fn run(channel: Ch, output: Output, wide: bool, command: VmCmd) -> Res
             no_cloud_init,
         } => {
             let labels = labels.into_iter().collect();
-            // Settings not given keep their value: the request replaces the
-            // seed whole, so the current one is its base.
-            let cloud_init = if ci.is_empty() {
-                None
-            } else {
-                let current = vms.get(req(pb::GetVmRequest { name: name.clone(), consistent: false })).await;
-                let current = current.map_err(status_err)?.into_inner().cloud_init;
-                Some(self::cloud_init(&ci, current)?)
-            };
+            // Only the parts given change; the cluster keeps the rest.
+            let cloud_init = if ci.is_empty() { None } else { Some(self::cloud_init(&ci)?) };
             let reset = |v: Option<String>| v.map(|s| if s == "default" { String::new() } else { s });
             let r = pb::UpdateVmRequest {
                 name,
@@ -144,7 +137,7 @@ async fn create(vms: &mut VmsClient<Ch>, output: Output, args: CreateArgs) -> Re
         )
         .into());
     }
-    let cloud_init = if args.cloud_init.is_empty() { None } else { Some(cloud_init(&args.cloud_init, None)?) };
+    let cloud_init = if args.cloud_init.is_empty() { None } else { Some(cloud_init(&args.cloud_init)?) };
     let mut create = create_request(args);
     create.cloud_init = cloud_init;
     if dry_run {
@@ -209,12 +202,12 @@ async fn delete(
     Ok(())
 }
 
-/// cloud-init settings from the files named, over `base` (what the VM has).
-fn cloud_init(a: &super::CloudInitArgs, base: Option<pb::CloudInit>) -> Result<pb::CloudInit> {
+/// cloud-init settings from the files named.
+fn cloud_init(a: &super::CloudInitArgs) -> Result<pb::CloudInit> {
     let read = |p: &std::path::PathBuf| {
         std::fs::read_to_string(p).map_err(|e| super::UsageError(format!("cannot read {}: {e}", p.display())))
     };
-    let mut ci = base.unwrap_or_default();
+    let mut ci = pb::CloudInit::default();
     if let Some(path) = &a.user_data {
         ci.user_data = Some(read(path)?);
     }

@@ -89,7 +89,7 @@ pub fn vm_json(vm: &pb::Vm) -> Value {
     v["cloud_init"] = json!(vm
         .cloud_init
         .as_ref()
-        .map(|c| json!({"user_data": c.user_data, "ssh_keys": c.ssh_keys, "hostname": c.hostname})));
+        .map(|c| json!({"user_data_bytes": c.user_data_bytes, "fingerprint": c.fingerprint, "ssh_keys": c.ssh_keys, "hostname": c.hostname})));
     v
 }
 
@@ -310,7 +310,7 @@ pub fn print_vm(output: Output, vm: &pb::Vm) {
             "cloud-init",
             &format!(
                 "{} of user-data, {} SSH key(s), hostname {}",
-                human_bytes(ci.user_data.as_ref().map_or(0, |u| u.len() as u64)),
+                human_bytes(ci.user_data_bytes),
                 ci.ssh_keys.len(),
                 ci.hostname.as_deref().unwrap_or(&vm.name)
             ),

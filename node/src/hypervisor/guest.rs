@@ -47,10 +47,12 @@ pub fn nvram_path(boot_disk: Option<&str>, nvram_dir: &Path, domain: &str) -> Pa
     beside_boot_disk(boot_disk, nvram_dir, &format!("{domain}_VARS.fd"))
 }
 
-/// Where a VM's cloud-init seed is built: next to its boot disk too (a
-/// host that takes the VM over builds it again anyway).
-pub fn seed_path(boot_disk: Option<&str>, fallback: &Path, domain: &str) -> PathBuf {
-    beside_boot_disk(boot_disk, fallback, &format!("{domain}_cidata.iso"))
+/// Where a VM's cloud-init seed is built: in the host's consoles folder.
+/// It is made again from the replicated settings at every start (and by a
+/// live migration's target, whose definition `retarget` points there), so
+/// it needs no storage domain and never stops a VM from moving.
+pub fn seed_path(consoles_dir: &Path, domain: &str) -> PathBuf {
+    consoles_dir.join(format!("{domain}_cidata.iso"))
 }
 
 fn beside_boot_disk(boot_disk: Option<&str>, fallback: &Path, file: &str) -> PathBuf {
@@ -175,7 +177,8 @@ mod tests {
     }
 
     #[test]
-    fn uefi_variables_live_next_to_the_boot_disk() {
+    fn uefi_variables_live_next_to_the_boot_disk_and_seeds_in_the_consoles_folder() {
+        assert_eq!(seed_path(Path::new("/d/consoles"), "kvmesh-01"), PathBuf::from("/d/consoles/kvmesh-01_cidata.iso"));
         let p = nvram_path(Some("/srv/shared/kvmesh-01-disk0.qcow2"), Path::new("/var/lib/kvmesh/nvram"), "kvmesh-01");
         assert_eq!(p, PathBuf::from("/srv/shared/kvmesh-01_VARS.fd"));
         let p = nvram_path(None, Path::new("/var/lib/kvmesh/nvram"), "kvmesh-01");

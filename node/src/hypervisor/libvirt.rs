@@ -362,6 +362,11 @@ impl Hypervisor for Libvirt {
         }
         let dom = self.lookup(domain)?;
         let live = dom.xml_desc(0).map_err(|e| lv_err(&format!("describe {domain}"), e))?;
+        // The drive the running guest has: a machine change may be pending.
+        let machine = [Machine::Pc, Machine::Q35]
+            .into_iter()
+            .find(|m| live.contains(&format!("<target dev='{}' bus='{}'/>", xml::cdrom_target(*m).0, xml::cdrom_target(*m).1)))
+            .unwrap_or(machine);
         let (dev, _) = xml::cdrom_target(machine);
         if xml::cdrom_source(&live, dev).as_deref() == iso {
             return Ok(Vec::new());
@@ -375,6 +380,16 @@ impl Hypervisor for Libvirt {
             Some(path) => format!("inserted {path}"),
             None => "ejected the CD-ROM".to_string(),
         }])
+    }
+
+    fn build_seed(&self, domain: &str, files: &(String, String)) -> Result<Option<String>> {
+        if self.is_test_driver() {
+            return Ok(None); // it runs no guest to read one
+        }
+        let seed = guest::seed_path(&self.consoles_dir, domain);
+        crate::cloud_init::build_seed(&seed, &files.0, &files.1)
+            .map_err(|e| Error::FailedPrecondition(format!("cannot build the cloud-init seed of {domain}: {e}")))?;
+        Ok(Some(seed.to_string_lossy().into_owned()))
     }
 
     fn serial_pty(&self, domain: &str) -> Result<String> {
@@ -537,13 +552,8 @@ impl Hypervisor for Libvirt {
             let nvram = guest::nvram_path(boot_disk, &self.nvram_dir, &spec.domain).to_string_lossy().into_owned();
             spec.uefi = Some(xml::UefiFiles { code, vars_template, nvram });
         }
-        if let Some((meta, user)) = spec.cloud_init.take().filter(|_| !self.is_test_driver()) {
-            let boot_disk = spec.disks.iter().find(|(i, _)| *i == 0).map(|(_, p)| p.as_str());
-            let seed = guest::seed_path(boot_disk, &self.nvram_dir, &spec.domain);
-            crate::cloud_init::build_seed(&seed, &meta, &user).map_err(|e| {
-                Error::FailedPrecondition(format!("cannot build the cloud-init seed of {}: {e}", spec.vm_name))
-            })?;
-            spec.seed = Some(seed.to_string_lossy().into_owned());
+        if let Some(files) = spec.cloud_init.take() {
+            spec.seed = self.build_seed(&spec.domain, &files)?;
         }
         self.conn().define_domain_xml(&xml::domain_xml(&spec)).map_err(|e| lv_err("define domain", e))?;
         Ok(())
@@ -583,24 +593,16 @@ impl Hypervisor for Libvirt {
             if dom.is_active().unwrap_or(false) {
                 dom.destroy().map_err(|e| lv_err(&format!("destroy {domain}"), e))?;
             }
-            // A deleted VM's UEFI variables and cloud-init seed go with it;
-            // otherwise they stay for wherever it runs next.
-            let seed = dom.xml_desc(0).ok().and_then(|x| {
-                let name = format!("{domain}_cidata.iso");
-                let end = x.find(&name)? + name.len();
-                let start = x[..end].rfind('\'')? + 1;
-                Some(x[start..end].to_string())
-            });
+            // A deleted VM's UEFI variables go with it; otherwise they stay
+            // for wherever it runs next.
             undefine(&dom, !keep_console).map_err(|e| lv_err(&format!("undefine {domain}"), e))?;
-            if let Some(seed) = seed.filter(|_| !keep_console) {
-                let _ = std::fs::remove_file(seed);
-            }
         }
         // Volumes go only through the cluster's trash, which knows whether
         // the operator kept them (`--keep-disks`); the console log is ours.
         if !keep_console {
             let _ = std::fs::remove_file(self.console_path(domain));
             let _ = std::fs::remove_file(self.vnc_path(domain));
+            let _ = std::fs::remove_file(guest::seed_path(&self.consoles_dir, domain));
         }
         Ok(())
     }

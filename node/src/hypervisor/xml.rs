@@ -229,13 +229,22 @@ pub fn retarget(xml: &str, node_id: u64, to: &super::MigrationTarget, consoles_d
         &format!("{}/", consoles_dir.trim_end_matches('/')),
         &format!("{}/", to.consoles_dir.trim_end_matches('/')),
     );
-    // Copied disks open the target's own volumes.
+    // UEFI variables of a VM without disks live in the host's data dir,
+    // beside its consoles folder: the target's own.
+    let nvram_of = |consoles: &str| format!("{}/nvram/", consoles.trim_end_matches('/').trim_end_matches("consoles").trim_end_matches('/'));
+    out = out.replace(&nvram_of(consoles_dir), &nvram_of(&to.consoles_dir));
+    // Copied disks open the target's own volumes, and variables kept beside
+    // a copied boot disk move to its new folder.
     for disk in &to.copy_disks {
         let from = format!("file='{}'", escape(&disk.from));
         if !out.contains(&from) {
             return None;
         }
         out = out.replace(&from, &format!("file='{}'", escape(&disk.to)));
+        let folder = |p: &str| std::path::Path::new(p).parent().map(|d| format!(">{}/", d.display()));
+        if let (Some(a), Some(b)) = (folder(&disk.from), folder(&disk.to)) {
+            out = out.replace(&format!("{a}kvmesh-"), &format!("{b}kvmesh-"));
+        }
     }
     Some(out)
 }
@@ -345,6 +354,14 @@ pub fn domain_xml(s: &DomainSpec) -> String {
         // kvmesh's authenticated proxy (`vm vnc`).
         let _ = writeln!(x, "    <graphics type='vnc' socket='{}'/>", escape(socket));
         x.push_str("    <video><model type='vga'/></video>\n");
+    }
+    if s.machine == Machine::Q35 && s.domain_type != "test" {
+        // PCIe has no hot-plug slots of its own: spare root ports, so disks
+        // and NICs can still be plugged into a running guest.
+        x.push_str("    <controller type='pci' index='0' model='pcie-root'/>\n");
+        for index in 1..=8 {
+            let _ = writeln!(x, "    <controller type='pci' index='{index}' model='pcie-root-port'/>");
+        }
     }
     if s.guest_agent {
         x.push_str("    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\n");
@@ -491,7 +508,7 @@ mod tests {
 
     #[test]
     fn a_migration_retags_the_domain_and_moves_its_console_only() {
-        let live = "<domain type='qemu'>\n  <name>kvmesh-00ff</name>\n  <uuid>u-1</uuid>\n  <metadata>\n    <kvmesh:vm xmlns:kvmesh=\"https://kvmesh.dev/xmlns/domain/1\">\n      <kvmesh:id>00000000000000ff</kvmesh:id>\n      <kvmesh:name>w</kvmesh:name>\n      <kvmesh:node>42</kvmesh:node>\n      <kvmesh:epoch>3</kvmesh:epoch>\n    </kvmesh:vm>\n  </metadata>\n  <devices>\n    <disk><source file='/shared/00ff-disk0.qcow2'/><address type='pci' slot='0x04'/></disk>\n    <serial type='file'><source path='/a/consoles/kvmesh-00ff.log'/></serial>\n    <console type='file'><source path='/a/consoles/kvmesh-00ff.log'/></console>\n  </devices>\n</domain>";
+        let live = "<domain type='qemu'>\n  <name>kvmesh-00ff</name>\n  <uuid>u-1</uuid>\n  <metadata>\n    <kvmesh:vm xmlns:kvmesh=\"https://kvmesh.dev/xmlns/domain/1\">\n      <kvmesh:id>00000000000000ff</kvmesh:id>\n      <kvmesh:name>w</kvmesh:name>\n      <kvmesh:node>42</kvmesh:node>\n      <kvmesh:epoch>3</kvmesh:epoch>\n    </kvmesh:vm>\n  </metadata>\n  <os><nvram template='/ovmf/VARS.fd'>/a/nvram/kvmesh-00ff_VARS.fd</nvram></os>\n  <devices>\n    <disk><source file='/shared/00ff-disk0.qcow2'/><address type='pci' slot='0x04'/></disk>\n    <serial type='file'><source path='/a/consoles/kvmesh-00ff.log'/></serial>\n    <console type='file'><source path='/a/consoles/kvmesh-00ff.log'/></console>\n  </devices>\n</domain>";
         let to = crate::hypervisor::MigrationTarget {
             libvirt_uri: "qemu+tcp://b/system".into(),
             data_uri: None,
@@ -506,6 +523,7 @@ mod tests {
         assert_eq!(parse_metadata(&dest[start..]), Some(Tag { vm_id: 255, node_id: 7, epoch: 4 }));
         assert_eq!(dest.matches("/b/consoles/kvmesh-00ff.log").count(), 2);
         assert!(!dest.contains("/a/consoles"));
+        assert!(dest.contains(">/b/nvram/kvmesh-00ff_VARS.fd</nvram>"), "a diskless VM's variables: {dest}");
         assert!(
             dest.contains("<uuid>u-1</uuid>")
                 && dest.contains("slot='0x04'")

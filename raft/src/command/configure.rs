@@ -29,7 +29,10 @@ impl ClusterState {
         let before = vm.spec.clone();
         let spec = &mut vm.spec;
         if change.vcpus == Some(0) || change.memory_mib == Some(0) {
-            return Response::Refused(Refusal::VmChange { vm: name.into(), reason: "a VM needs at least 1 vCPU and 1 MiB of memory".into() });
+            return Response::Refused(Refusal::VmChange {
+                vm: name.into(),
+                reason: "a VM needs at least 1 vCPU and 1 MiB of memory".into(),
+            });
         }
         spec.vcpus = change.vcpus.unwrap_or(spec.vcpus);
         spec.memory_mib = change.memory_mib.unwrap_or(spec.memory_mib);
@@ -47,13 +50,26 @@ impl ClusterState {
             hw.cdrom.clone_from(cdrom);
         }
         if let Some(cloud_init) = &change.cloud_init {
-            hw.cloud_init.clone_from(cloud_init);
+            hw.cloud_init = cloud_init.applied_to(hw.cloud_init.as_ref());
         }
         if let Err(r) = self.check_storage(&vm.spec) {
             return Response::Refused(r);
         }
-        if let Err(r) = self.check_size(&vm) {
-            return Response::Refused(r);
+        // Only more vCPUs or memory can stop fitting: on a host already over
+        // its capacity (its capacity lowered), an eject must still work.
+        let grows = vm.spec.vcpus > before.vcpus || vm.spec.memory_mib > before.memory_mib;
+        if grows {
+            if let Err(r) = self.check_size(&vm) {
+                return Response::Refused(r);
+            }
+        }
+        // An ISO on another host's local storage would pin the VM there.
+        let (host, on) = (vm.placement.and_then(|p| self.nodes.get(&p.node)), self.request_for(&vm).volumes_on);
+        if let (Some(host), Some(on)) = (host, on) {
+            if host.name != on {
+                let reason = format!("its data would be on local storage of {on}, but it is placed on {}", host.name);
+                return Response::Refused(Refusal::VmChange { vm: name.into(), reason });
+            }
         }
         // Whether a QEMU runs (or is being started) with the old definition.
         let guest_up = vm.placement.is_some()
@@ -113,7 +129,7 @@ fn cloud_init(hw: &crate::hardware::Hardware) -> String {
         None => "none".into(),
         Some(ci) => {
             let bytes = ci.user_data.as_ref().map_or(0, String::len);
-            let hash = crate::view::fnv1a(format!("{ci:?}").as_bytes()) as u16;
+            let hash = ci.fingerprint() as u16;
             format!("{bytes} bytes of user-data, {} SSH keys (#{hash:04x})", ci.ssh_keys.len())
         }
     }

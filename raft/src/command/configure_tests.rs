@@ -35,7 +35,10 @@ fn image(id: u64, name: &str, kind: ImageKind) -> Image {
 /// Host a (4 CPUs, 4096 MiB) with `web` (1 vCPU, 512 MiB) on it.
 fn one_vm() -> ClusterState {
     let mut s = initialized();
-    assert!(matches!(s.apply(&Command::CreateVm { vm: Box::new(vm(10, "web", Some(1), 512)), at_ms: 3 }), Response::Vm(_)));
+    assert!(matches!(
+        s.apply(&Command::CreateVm { vm: Box::new(vm(10, "web", Some(1), 512)), at_ms: 3 }),
+        Response::Vm(_)
+    ));
     s
 }
 
@@ -60,7 +63,8 @@ fn a_stopped_vm_changes_at_once_and_a_guest_arriving_live_keeps_its_pending_chan
     let mut s = one_vm();
     report(&mut s, 10, 1, 1, VmState::Stopped);
     let _ = s.apply(&Command::SetDesired { name: "web".into(), desired: Desired::Stopped, force: false, at_ms: 4 });
-    let Response::Vm(v) = configure(&mut s, "web", VmChange { firmware: Some(Firmware::Uefi), ..Default::default() }) else {
+    let Response::Vm(v) = configure(&mut s, "web", VmChange { firmware: Some(Firmware::Uefi), ..Default::default() })
+    else {
         panic!()
     };
     assert!(v.pending_changes.is_empty(), "nothing runs the old definition");
@@ -89,9 +93,15 @@ fn a_size_that_fits_no_host_is_refused_and_nothing_changes() {
     s.vms.get_mut(&10).unwrap().placement = None;
     let r = configure(&mut s, "web", VmChange { vcpus: Some(64), ..Default::default() });
     let Response::Refused(refusal) = &r else { panic!("{r:?}") };
-    assert!(refusal.to_string().contains("would fit on no host: a:") && refusal.to_string().contains("b:"), "{refusal}");
+    assert!(
+        refusal.to_string().contains("would fit on no host: a:") && refusal.to_string().contains("b:"),
+        "{refusal}"
+    );
     assert!(matches!(configure(&mut s, "web", VmChange { vcpus: Some(4), ..Default::default() }), Response::Vm(_)));
-    assert!(matches!(configure(&mut s, "nope", VmChange { vcpus: Some(1), ..Default::default() }), Response::Refused(Refusal::UnknownVm { .. })));
+    assert!(matches!(
+        configure(&mut s, "nope", VmChange { vcpus: Some(1), ..Default::default() }),
+        Response::Refused(Refusal::UnknownVm { .. })
+    ));
     assert!(matches!(configure(&mut s, "web", VmChange::default()), Response::Refused(Refusal::VmChange { .. })));
 }
 
@@ -99,7 +109,10 @@ fn a_size_that_fits_no_host_is_refused_and_nothing_changes() {
 fn only_an_iso_image_goes_in_the_cdrom_and_it_is_kept_while_in_the_drive() {
     let mut s = one_vm();
     assert_eq!(s.apply(&Command::AddImage { image: image(20, "installer", ImageKind::Iso), at_ms: 2 }), Response::Done);
-    assert_eq!(s.apply(&Command::AddImage { image: image(21, "vmlinuz", ImageKind::Kernel), at_ms: 2 }), Response::Done);
+    assert_eq!(
+        s.apply(&Command::AddImage { image: image(21, "vmlinuz", ImageKind::Kernel), at_ms: 2 }),
+        Response::Done
+    );
     let insert = |i: &str| VmChange { cdrom: Some(Some(i.to_string())), ..Default::default() };
     assert!(matches!(configure(&mut s, "web", insert("vmlinuz")), Response::Refused(Refusal::ImageWrongKind { .. })));
     assert!(matches!(configure(&mut s, "web", insert("missing")), Response::Refused(Refusal::UnknownImage { .. })));
@@ -108,7 +121,9 @@ fn only_an_iso_image_goes_in_the_cdrom_and_it_is_kept_while_in_the_drive() {
     assert!(v.pending_changes.is_empty(), "a medium changes live");
     let r = s.apply(&Command::DeleteImage { name: "installer".into(), at_ms: 12 });
     assert!(matches!(r, Response::Refused(Refusal::ImageInUse { .. })), "{r:?}");
-    let Response::Vm(v) = configure(&mut s, "web", VmChange { cdrom: Some(None), ..Default::default() }) else { panic!() };
+    let Response::Vm(v) = configure(&mut s, "web", VmChange { cdrom: Some(None), ..Default::default() }) else {
+        panic!()
+    };
     assert_eq!(v.spec.hardware.cdrom, None);
     assert_eq!(s.apply(&Command::DeleteImage { name: "installer".into(), at_ms: 13 }), Response::Done);
 }

@@ -126,6 +126,7 @@ impl ClusterState {
         } else {
             vm.placement = Some(crate::model::Placement { node: target, epoch: vm.last_epoch });
             vm.reported = None;
+            vm.arrived_live = false;
         }
         let vm = vm.clone();
         self.dirty.insert(Key::Vm(id));

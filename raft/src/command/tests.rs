@@ -41,7 +41,7 @@ pub(super) fn vm(id: u64, name: &str, node: Option<u64>, mem: u64) -> Vm {
         next_disk: 0,
         migration: None,
         pending_changes: Vec::new(),
-            arrived_live: false,
+        arrived_live: false,
     }
 }
 

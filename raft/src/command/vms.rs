@@ -114,6 +114,7 @@ impl ClusterState {
         // Whatever was reported is about the run being restarted: `pending`
         // until the host reports the new one.
         vm.reported = None;
+        vm.arrived_live = false;
         let vm = vm.clone();
         self.dirty.insert(Key::Vm(vm.id));
         self.push_event(at_ms, "vm", format!("vm {name}: restart requested"));
@@ -169,6 +170,7 @@ impl ClusterState {
         vm.placement = Some(Placement { node, epoch: vm.last_epoch });
         vm.pending = None;
         vm.reported = None;
+        vm.arrived_live = false;
         vm.moving_from = None;
         let placed = vm.clone();
         self.dirty.insert(Key::Vm(id));
@@ -312,6 +314,7 @@ impl ClusterState {
             }
             vm.pending = Some(reason);
             vm.reported = None;
+            vm.arrived_live = false;
             // Off its host, it is not going anywhere live either: the
             // target's copy is stale from now on.
             vm.migration = None;
@@ -341,5 +344,6 @@ impl ClusterState {
 fn forget_failure(vm: &mut Vm) {
     if vm.reported.as_ref().is_some_and(|r| r.state == VmState::Failed) {
         vm.reported = None;
+        vm.arrived_live = false;
     }
 }

@@ -7,7 +7,7 @@ use kvmesh_proto as pb;
 use kvmesh_scheduler::Policy;
 
 use crate::error::{Error, Result};
-use crate::hardware::{self, BootDevice, CloudInit, Firmware, Hardware, Machine, VmChange};
+use crate::hardware::{self, BootDevice, CloudInit, CloudInitChange, Firmware, Hardware, Machine, VmChange};
 use crate::model::{PlacementSettings, VmSpec};
 use crate::networks::{Mac, Network, NetworkKind, Nic, DEFAULT_NIC_MODEL};
 use crate::storage::{Disk, DEFAULT_STORAGE};
@@ -117,7 +117,9 @@ pub fn cloud_init(ci: &pb::CloudInit) -> CloudInit {
 
 /// An enum setting that may be left out.
 fn parse_opt<T>(v: &Option<String>, parse: fn(&str) -> Option<T>, flag: &str, allowed: &str) -> Result<Option<T>> {
-    v.as_deref().map(|s| parse(s).ok_or_else(|| invalid(format!("{flag} {s:?} is not known; use {allowed}")))).transpose()
+    v.as_deref()
+        .map(|s| parse(s).ok_or_else(|| invalid(format!("{flag} {s:?} is not known; use {allowed}"))))
+        .transpose()
 }
 
 /// A checked CPU model name.
@@ -153,8 +155,15 @@ pub fn vm_change(req: &pb::UpdateVmRequest) -> Result<Option<VmChange>> {
         cdrom: None,
         cloud_init: match (&req.cloud_init, req.no_cloud_init) {
             (Some(_), true) => return Err(invalid("give new cloud-init settings or --no-cloud-init, not both")),
-            (Some(ci), false) => Some(Some(cloud_init(ci))),
-            (None, true) => Some(None),
+            (Some(ci), false) => {
+                let c = cloud_init(ci);
+                Some(CloudInitChange::Set {
+                    user_data: c.user_data,
+                    ssh_keys: (!ci.ssh_keys.is_empty()).then_some(c.ssh_keys),
+                    hostname: c.hostname,
+                })
+            }
+            (None, true) => Some(CloudInitChange::Remove),
             (None, false) => None,
         },
     };

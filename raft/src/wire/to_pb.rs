@@ -54,8 +54,12 @@ pub fn vm(state: &ClusterState, vm: &Vm) -> pb::Vm {
         pending_changes: vm.pending_changes.clone(),
         // Only the VM's host can ask its guest agent: filled in by `vm get`.
         guest: None,
+        // User-data often holds secrets (passwords, tokens), and viewers
+        // read VMs: only its size and fingerprint leave the cluster.
         cloud_init: vm.spec.hardware.cloud_init.as_ref().map(|ci| pb::CloudInit {
-            user_data: ci.user_data.clone(),
+            user_data: None,
+            user_data_bytes: ci.user_data.as_ref().map_or(0, |u| u.len() as u64),
+            fingerprint: format!("{:016x}", ci.fingerprint()),
             ssh_keys: ci.ssh_keys.clone(),
             hostname: ci.hostname.clone(),
         }),
