@@ -18,7 +18,8 @@
 # KVMESH-FETCH <bytes> <uptime before> <uptime after>, and kvmesh.rtt=IP
 # prints KVMESH-RTT <busybox ping's round-trip summary> for 20 pings.
 # Consoles: kvmesh.shell runs a shell on the serial port (for interactive
-# console tests). Every guest prints KVMESH-HW cpus=<n> mem_kib=<MemTotal>,
+# console tests). Every guest prints KVMESH-HW cpus=<n> mem_kib=<MemTotal>
+# (it brings hot-plugged vCPUs online first),
 # and one booted from the ISO (below) prints KVMESH-ISO-BOOT. With
 # kvmesh.cidata it mounts its cloud-init seed (the CD-ROM holding
 # meta-data) and prints KVMESH-CIDATA hostname=<local-hostname>
@@ -228,13 +229,18 @@ for arg in $($B cat /proc/cmdline); do
       fi ;;
   esac
 done
-hw="KVMESH-HW cpus=$($B grep -c ^processor /proc/cpuinfo) mem_kib=$($B awk '/^MemTotal/ {print $2}' /proc/meminfo)"
+
 n=0
 while true; do
   echo "KVMESH-TEST-GUEST-UP $n $($B cat /proc/uptime)"
   [ -n "$disk" ] && echo "$disk"
   [ -n "${mac:-}" ] && echo "KVMESH-MAC $mac"
-  echo "$hw"
+  # vCPUs plugged in while it runs come up offline: bring them online, as
+  # a distribution's udev rule does.
+  for c in /sys/devices/system/cpu/cpu*/online; do
+    [ "$($B cat "$c" 2>/dev/null)" = 0 ] && echo 1 >"$c"
+  done
+  echo "KVMESH-HW cpus=$($B grep -c ^processor /proc/cpuinfo) mem_kib=$($B awk '/^MemTotal/ {print $2}' /proc/meminfo)"
   [ -n "${iso:-}" ] && echo "$iso"
   [ -n "${cidata:-}" ] && echo "$cidata"
   n=$((n+1))

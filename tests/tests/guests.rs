@@ -48,6 +48,20 @@ fn type_into(via: &str, name: &str, input: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// [`type_into`] with `--force`.
+fn type_into_forced(via: &str, name: &str, input: &str) -> Result<String> {
+    let mut child = cli_command(&addr(via))
+        .args(["vm", "console", name, "--linger", "3", "--force"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+    let out = wait_output(child, Duration::from_secs(60))?;
+    ensure!(out.status.success(), "vm console --force failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn wait_output(child: std::process::Child, limit: Duration) -> Result<std::process::Output> {
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -158,6 +172,15 @@ fn consoles_sizes_and_iso_installs_on_real_guests() -> Result<()> {
     ensure!(shown.contains("Connected to shell's serial console on h2"), "{shown:?}");
     ensure!(shown.contains("KVMESH-TTY 5"), "the shell did not answer on a terminal: {shown:?}");
     drop(keys);
+    // A session left open elsewhere is taken over with --force.
+    let mut held = cli_command(&addr("h1")).args(["vm", "console", "shell", "--linger", "60"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let keep_open = held.stdin.take();
+    std::thread::sleep(Duration::from_secs(2));
+    let out = type_into_forced("h3", "shell", "echo KVMESH-FORCED $((3*3))\n")?;
+    ensure!(out.contains("KVMESH-FORCED 9"), "--force did not take the console over: {out:?}");
+    let old = wait_output(held, Duration::from_secs(20))?;
+    ensure!(String::from_utf8_lossy(&old.stderr).contains("took this console over"), "{:?}", old);
+    drop(keep_open);
 
     // VNC through h3's proxy.
     let (width, height) = rfb_handshake("h3", "shell")?;
@@ -173,11 +196,21 @@ fn consoles_sizes_and_iso_installs_on_real_guests() -> Result<()> {
     let mac = guest["nics"][0]["mac"].as_str().context("mac")?;
     ensure!(guest["guest"]["interfaces"][0]["mac"] == mac, "the agent's MAC is the NIC's: {}", guest["guest"]);
 
-    // A new size while it runs: pending; after a restart the guest sees it.
-    let v = cli("h1", &["vm", "set", "shell", "--vcpus", "2", "--memory", "256M"])?;
+    // A new size while it runs: the vCPU is plugged in live (the guest
+    // brings it online); memory and a CPU model wait for the next start.
+    let v = cli("h1", &["vm", "set", "shell", "--vcpus", "2", "--memory", "256M", "--cpu-model", "qemu64"])?;
     let pending: Vec<String> = serde_json::from_value(v["pending_changes"].clone())?;
-    ensure!(pending == ["vcpus: 1 -> 2", "memory: 128 MiB -> 256 MiB"], "pending: {pending:?}");
-    ensure!(hardware_seen("shell").map(|h| h.0) == Some(1), "nothing changes before the restart");
+    ensure!(
+        pending == ["vcpus: 1 -> 2", "memory: 128 MiB -> 256 MiB", "cpu model: default -> qemu64"],
+        "pending: {pending:?}"
+    );
+    let still = serde_json::json!(["memory: 128 MiB -> 256 MiB", "cpu model: default -> qemu64"]);
+    wait_for("the vCPU plugged in live", Duration::from_secs(60), || {
+        let pending = cli("h1", &["vm", "get", "shell"]).ok()?["pending_changes"].clone();
+        (hardware_seen("shell")?.0 == 2 && pending == still).then_some(())
+    })
+    .with_context(|| format!("{:?}", hardware_seen("shell")))?;
+    ensure!(hardware_seen("shell").is_some_and(|h| h.1 < 200_000), "the memory waits for the restart");
     // Too big for every host: refused, nothing changes.
     let r = run_cli(&addr("h1"), &["vm", "set", "shell", "--memory", "512G"]);
     ensure!(!r.success && r.stderr.contains("no longer fits on its host h2"), "{}", r.stderr);

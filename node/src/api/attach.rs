@@ -9,9 +9,10 @@
 //! it is connected. Nothing of a session is written to Raft.
 //!
 //! A serial console takes one session at a time, as `virsh console` does:
-//! two readers of one pty would each get half of the guest's output.
+//! two readers of one pty would each get half of the guest's output. A
+//! session opened with `force` ends the one there (`vm console --force`).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -37,8 +38,10 @@ pub type AttachStream = Pin<Box<dyn Stream<Item = Result<pb::AttachFrame, Status
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 const CHUNK: usize = 16 * 1024;
 
-/// Serial consoles with a session on this host, by domain.
-static SERIAL_SESSIONS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+/// Serial consoles with a session on this host, by domain: the session's
+/// number and what ends it.
+static SERIAL_SESSIONS: Mutex<BTreeMap<String, (u64, Arc<tokio::sync::Notify>)>> = Mutex::new(BTreeMap::new());
+static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// `Vms/Attach`: served here if the VM runs here, else relayed to its host.
 pub async fn attach(ctx: &Arc<NodeCtx>, mut inbound: Streaming<pb::AttachFrame>) -> Result<AttachStream, Status> {
@@ -119,16 +122,17 @@ async fn serve_here(ctx: &Arc<NodeCtx>, open: pb::AttachOpen, inbound: Streaming
         pb::AttachKind::Serial => {
             let d = domain.clone();
             let pty = blocking(&ctx.hypervisor, move |hv| hv.serial_pty(&d)).await?;
-            let session = SerialSession::claim(&domain, &open.vm)?;
+            let session = SerialSession::claim(&domain, &open.vm, open.force)?;
             let file = guest::open_pty(&pty)?;
             // SAFETY: the File owns its descriptor, and the AsyncFd owns the
             // File: the descriptor stays open exactly as long as it is
             // registered.
             let fd = unsafe { AsyncFd::register(file) };
             let io = Pty(fd.map_err(|e| Status::internal(format!("watch {pty}: {e}")))?);
+            let ended = session.1.clone();
             tokio::spawn(
                 async move {
-                    pump(io, inbound, tx).await;
+                    pump(io, inbound, tx, ended.notified()).await;
                     drop(session);
                 }
                 .instrument(span),
@@ -140,16 +144,20 @@ async fn serve_here(ctx: &Arc<NodeCtx>, open: pb::AttachOpen, inbound: Streaming
             let socket = tokio::net::UnixStream::connect(&path)
                 .await
                 .map_err(|e| Status::unavailable(format!("the VM's display ({}) does not answer: {e}", path.display())))?;
-            tokio::spawn(pump(socket, inbound, tx).instrument(span));
+            tokio::spawn(pump(socket, inbound, tx, std::future::pending()).instrument(span));
         }
     }
     Ok(Box::pin(ReceiverStream::new(rx)))
 }
 
 /// Copies the client's bytes to the guest and the guest's to the client
-/// until either side ends.
-async fn pump<T>(io: T, mut inbound: Streaming<pb::AttachFrame>, tx: mpsc::Sender<Result<pb::AttachFrame, Status>>)
-where
+/// until either side ends, or `taken_over` (another session forced its way).
+async fn pump<T>(
+    io: T,
+    mut inbound: Streaming<pb::AttachFrame>,
+    tx: mpsc::Sender<Result<pb::AttachFrame, Status>>,
+    taken_over: impl std::future::Future<Output = ()>,
+) where
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
     info!("session opened");
@@ -180,28 +188,42 @@ where
     tokio::select! {
         _ = to_guest => {}
         _ = from_guest => {}
+        _ = taken_over => {
+            let _ = tx.send(Err(Status::aborted("another session took this console over (vm console --force)"))).await;
+        }
     }
     info!("session closed");
 }
 
-/// The claim on a serial console, released when the session ends.
-struct SerialSession(String);
+/// The claim on a serial console (domain, what ends it, its number),
+/// released when the session ends.
+struct SerialSession(String, Arc<tokio::sync::Notify>, u64);
 
 impl SerialSession {
-    fn claim(domain: &str, vm: &str) -> Result<Self, Status> {
+    fn claim(domain: &str, vm: &str, force: bool) -> Result<Self, Status> {
         let mut held = SERIAL_SESSIONS.lock().unwrap_or_else(|p| p.into_inner());
-        if !held.insert(domain.to_string()) {
-            return Err(Status::failed_precondition(format!(
-                "VM {vm}'s serial console already has a session; it is free once that one leaves (Ctrl-])"
-            )));
+        if let Some((_, other)) = held.get(domain) {
+            if !force {
+                return Err(Status::failed_precondition(format!(
+                    "VM {vm}'s serial console already has a session; it is free once that one leaves (Ctrl-]), or take it over with `kvmesh vm console {vm} --force`"
+                )));
+            }
+            other.notify_one();
         }
-        Ok(SerialSession(domain.to_string()))
+        let number = NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ends = Arc::new(tokio::sync::Notify::new());
+        held.insert(domain.to_string(), (number, ends.clone()));
+        Ok(SerialSession(domain.to_string(), ends, number))
     }
 }
 
 impl Drop for SerialSession {
     fn drop(&mut self) {
-        SERIAL_SESSIONS.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.0);
+        let mut held = SERIAL_SESSIONS.lock().unwrap_or_else(|p| p.into_inner());
+        // A session taken over leaves the new one's claim alone.
+        if held.get(&self.0).is_some_and(|(n, _)| *n == self.2) {
+            held.remove(&self.0);
+        }
     }
 }
 

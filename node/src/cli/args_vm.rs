@@ -249,6 +249,9 @@ pub enum VmCmd {
         /// printing what the guest sends for this many seconds.
         #[arg(long, default_value_t = 1.0)]
         linger: f64,
+        /// Take the console over from the session that has it (that one ends).
+        #[arg(long)]
+        force: bool,
     },
     /// Carry VNC viewers to the VM's display, through any node: listens on
     /// a local port and says where to point the viewer.

@@ -32,9 +32,10 @@ async fn open(
     channel: &Ch,
     vm: &str,
     kind: pb::AttachKind,
+    force: bool,
 ) -> Result<(mpsc::Sender<pb::AttachFrame>, Streaming<pb::AttachFrame>, String)> {
     let (tx, rx) = mpsc::channel(16);
-    let open = pb::AttachOpen { vm: vm.to_string(), kind: kind as i32 };
+    let open = pb::AttachOpen { vm: vm.to_string(), kind: kind as i32, force };
     tx.send(pb::AttachFrame { open: Some(open), ..Default::default() }).await?;
     let mut down = VmsClient::new(channel.clone()).attach(ReceiverStream::new(rx)).await.map_err(status_err)?.into_inner();
     // The host names itself first; an error (a stopped VM, a busy console)
@@ -49,8 +50,8 @@ async fn open(
 }
 
 /// `vm console NAME`: an interactive session with the serial console.
-pub async fn console(channel: Ch, vm: String, linger: Duration) -> Result<()> {
-    let (tx, mut down, host) = open(&channel, &vm, pb::AttachKind::Serial).await?;
+pub async fn console(channel: Ch, vm: String, linger: Duration, force: bool) -> Result<()> {
+    let (tx, mut down, host) = open(&channel, &vm, pb::AttachKind::Serial, force).await?;
     let tty = std::io::stdin().is_terminal();
     let _raw = if tty {
         eprintln!("Connected to {vm}'s serial console on {host}. Ctrl-] leaves.\r");
@@ -86,6 +87,10 @@ pub async fn console(channel: Ch, vm: String, linger: Duration) -> Result<()> {
     });
     let mut stdout = std::io::stdout();
     let mut ends_at: Option<tokio::time::Instant> = None;
+    // A hang-up or a kill ends the session like Ctrl-]: the terminal gets
+    // its settings back (RawMode's drop).
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let next = if let Some(at) = ends_at {
             // Input is over: print what comes for `linger`.
@@ -96,6 +101,8 @@ pub async fn console(channel: Ch, vm: String, linger: Duration) -> Result<()> {
         } else {
             tokio::select! {
                 m = down.message() => m,
+                _ = hangup.recv() => break,
+                _ = term.recv() => break,
                 left = stdin_done.recv() => {
                     if left.unwrap_or(false) || tty {
                         break;
@@ -107,8 +114,10 @@ pub async fn console(channel: Ch, vm: String, linger: Duration) -> Result<()> {
         };
         match next {
             Ok(Some(frame)) => {
-                stdout.write_all(&frame.data)?;
-                stdout.flush()?;
+                // A reader that went away (`| head`) ends the session quietly.
+                if stdout.write_all(&frame.data).and_then(|_| stdout.flush()).is_err() {
+                    break;
+                }
             }
             Ok(None) => {
                 if tty {
@@ -129,7 +138,7 @@ pub async fn console(channel: Ch, vm: String, linger: Duration) -> Result<()> {
 /// `vm vnc NAME`: a local port that carries VNC viewers to the guest's display.
 pub async fn vnc(channel: Ch, vm: String, listen: String, once: bool) -> Result<()> {
     // Fail early, with the server's reason, if the VM has no display.
-    let (probe, _, host) = open(&channel, &vm, pb::AttachKind::Vnc).await?;
+    let (probe, _, host) = open(&channel, &vm, pb::AttachKind::Vnc, false).await?;
     drop(probe);
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
@@ -157,7 +166,7 @@ pub async fn vnc(channel: Ch, vm: String, listen: String, once: bool) -> Result<
 /// One viewer's connection, carried over one session.
 async fn carry(channel: Ch, vm: &str, tcp: tokio::net::TcpStream) -> Result<()> {
     let _ = tcp.set_nodelay(true);
-    let (tx, mut down, _) = open(&channel, vm, pb::AttachKind::Vnc).await?;
+    let (tx, mut down, _) = open(&channel, vm, pb::AttachKind::Vnc, false).await?;
     let (mut rd, mut wr) = tcp.into_split();
     let up = async move {
         let mut buf = vec![0u8; 16 * 1024];

@@ -95,11 +95,11 @@ pub async fn run(channel: Ch, output: Output, wide: bool, command: VmCmd) -> Res
             let e = vms.explain(req(pb::ExplainRequest { name, spec: None })).await.map_err(status_err)?.into_inner();
             print_explanation(output, &e);
         }
-        VmCmd::Console { name, tail, bytes, linger } => {
+        VmCmd::Console { name, tail, bytes, linger, force } => {
             if tail || bytes.is_some() || matches!(output, Output::Json) {
                 console(&mut vms, output, name, bytes.unwrap_or(16384)).await?
             } else {
-                super::attach::console(channel.clone(), name, Duration::from_secs_f64(linger.max(0.0))).await?
+                super::attach::console(channel.clone(), name, Duration::from_secs_f64(linger.max(0.0)), force).await?
             }
         }
         VmCmd::Vnc { name, listen, once } => super::attach::vnc(channel.clone(), name, listen, once).await?,
