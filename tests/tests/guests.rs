@@ -196,21 +196,15 @@ fn consoles_sizes_and_iso_installs_on_real_guests() -> Result<()> {
     let mac = guest["nics"][0]["mac"].as_str().context("mac")?;
     ensure!(guest["guest"]["interfaces"][0]["mac"] == mac, "the agent's MAC is the NIC's: {}", guest["guest"]);
 
-    // A new size while it runs: the vCPU is plugged in live (the guest
-    // brings it online); memory and a CPU model wait for the next start.
+    // A new size while it runs: pending; after a restart the guest sees it.
     let v = cli("h1", &["vm", "set", "shell", "--vcpus", "2", "--memory", "256M", "--cpu-model", "qemu64"])?;
     let pending: Vec<String> = serde_json::from_value(v["pending_changes"].clone())?;
     ensure!(
         pending == ["vcpus: 1 -> 2", "memory: 128 MiB -> 256 MiB", "cpu model: default -> qemu64"],
         "pending: {pending:?}"
     );
-    let still = serde_json::json!(["memory: 128 MiB -> 256 MiB", "cpu model: default -> qemu64"]);
-    wait_for("the vCPU plugged in live", Duration::from_secs(60), || {
-        let pending = cli("h1", &["vm", "get", "shell"]).ok()?["pending_changes"].clone();
-        (hardware_seen("shell")?.0 == 2 && pending == still).then_some(())
-    })
-    .with_context(|| format!("{:?}", hardware_seen("shell")))?;
-    ensure!(hardware_seen("shell").is_some_and(|h| h.1 < 200_000), "the memory waits for the restart");
+    std::thread::sleep(Duration::from_secs(3));
+    ensure!(hardware_seen("shell").is_some_and(|h| h.0 == 1 && h.1 < 200_000), "nothing changes before the restart");
     // Too big for every host: refused, nothing changes.
     let r = run_cli(&addr("h1"), &["vm", "set", "shell", "--memory", "512G"]);
     ensure!(!r.success && r.stderr.contains("no longer fits on its host h2"), "{}", r.stderr);

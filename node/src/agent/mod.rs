@@ -65,7 +65,6 @@ fn wants(state: &ClusterState, node: u64) -> Vec<Want> {
                 disks: vm.spec.disks.iter().map(|d| (d.index, d.size_bytes)).collect(),
                 nics: vm.spec.nics.iter().map(|n| (n.mac.to_string(), n.network.clone())).collect(),
                 cdrom: vm.spec.hardware.cdrom.clone(),
-                vcpus: vm.spec.vcpus,
                 // A stopped VM's move (a cold copy) is the target's to pull.
                 migrating_out: vm
                     .migration
@@ -254,21 +253,6 @@ async fn reconcile(
                 let result = blocking(&ctx.hypervisor, move |hv| hv.set_cdrom(&domain, machine, iso.as_deref())).await;
                 live_change(ctx, vm_id, "CD-ROM", result).await;
             }
-            Action::SyncVcpus { vm_id } => {
-                let domain = domain_name(vm_id);
-                let Some((vcpus, epoch)) =
-                    ctx.read(|d| d.state.vms.get(&vm_id).and_then(|v| Some((v.spec.vcpus, v.placement?.epoch))))
-                else {
-                    continue;
-                };
-                let result = blocking(&ctx.hypervisor, move |hv| hv.set_vcpus(&domain, vcpus)).await;
-                let plugged = result.is_ok() && pending(ctx, vm_id, "vcpus: ");
-                live_change(ctx, vm_id, "vCPU", result).await;
-                if plugged {
-                    let cmd = Command::VcpusLive { vm: vm_id, node: ctx.id, epoch, vcpus, at_ms: now_ms() };
-                    let _ = ctx.propose(cmd).await;
-                }
-            }
             Action::Shutdown { domain } => {
                 info!(%domain, "asking the guest to shut down (its agent, else ACPI)");
                 // A guest agent that hangs can hold the call for a minute:
@@ -452,11 +436,6 @@ async fn live_change(ctx: &NodeCtx, vm_id: u64, what: &str, result: Result<Vec<S
     }
 }
 
-/// Whether a change of `field` ("vcpus: ") waits for the VM's next start.
-fn pending(ctx: &NodeCtx, vm_id: u64, field: &str) -> bool {
-    ctx.read(|d| d.state.vms.get(&vm_id).is_some_and(|v| v.pending_changes.iter().any(|p| p.starts_with(field))))
-}
-
 /// The domain definition of a VM placed here, from the replicated spec and
 /// its prepared volumes.
 fn domain_spec(state: &ClusterState, vm_id: u64, ctx: &NodeCtx, prepared: Prepared) -> Option<DomainSpec> {
@@ -470,8 +449,6 @@ fn domain_spec(state: &ClusterState, vm_id: u64, ctx: &NodeCtx, prepared: Prepar
         epoch: p.epoch,
         domain_type: ctx.config.virt_type.clone(),
         vcpus: vm.spec.vcpus,
-        // Room to plug vCPUs into the running guest, up to the host's CPUs.
-        max_vcpus: state.nodes.get(&ctx.id).map_or(vm.spec.vcpus, |n| n.cpus.max(vm.spec.vcpus)),
         memory_mib: vm.spec.memory_mib,
         disks: prepared.disks.iter().map(|(index, path, _)| (*index, path.clone())).collect(),
         kernel: prepared.kernel.clone(),

@@ -34,9 +34,6 @@ pub struct Want {
     pub nics: Vec<(String, String)>,
     /// The ISO image in its CD-ROM drive: a change while it runs is made live.
     pub cdrom: Option<String>,
-    /// Its vCPUs: a change while it runs is plugged live where the guest's
-    /// maximum (its host's CPUs at start) allows.
-    pub vcpus: u32,
     /// The epoch of a live migration away from this host, while it runs.
     pub migrating_out: Option<u64>,
 }
@@ -62,7 +59,6 @@ pub struct Memory {
     disks_synced: Option<Vec<(u32, u64)>>,
     nics_synced: Option<Vec<(String, String)>>,
     cdrom_synced: Option<Option<String>>,
-    vcpus_synced: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,10 +103,6 @@ pub enum Action {
     },
     /// Put the spec's ISO in the running guest's CD-ROM drive (or eject).
     SyncCdrom {
-        vm_id: u64,
-    },
-    /// Give the running guest the spec's vCPU count (hot-plug).
-    SyncVcpus {
         vm_id: u64,
     },
     /// Send the running guest to a migration's target (the shell runs it
@@ -222,7 +214,6 @@ pub fn plan(
                 disks_synced: mem.disks_synced.take(),
                 nics_synced: mem.nics_synced.take(),
                 cdrom_synced: mem.cdrom_synced.take(),
-                vcpus_synced: mem.vcpus_synced.take(),
                 ..Memory::default()
             };
         }
@@ -274,7 +265,6 @@ fn plan_running(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: 
         mem.disks_synced = Some(want.disks.clone());
         mem.nics_synced = Some(want.nics.clone());
         mem.cdrom_synced = Some(want.cdrom.clone());
-        mem.vcpus_synced = Some(want.vcpus);
         out.push(Action::Create { vm_id: want.vm_id });
         return;
     };
@@ -301,10 +291,6 @@ fn plan_running(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: 
                 mem.cdrom_synced = Some(want.cdrom.clone());
                 out.push(Action::SyncCdrom { vm_id: want.vm_id });
             }
-            if mem.vcpus_synced != Some(want.vcpus) {
-                mem.vcpus_synced = Some(want.vcpus);
-                out.push(Action::SyncVcpus { vm_id: want.vm_id });
-            }
             report(out, want, mem, VmState::Running, None);
         }
         // Paused at an epoch nothing was reported at yet: a live migration
@@ -319,7 +305,6 @@ fn plan_running(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: 
             mem.disks_synced = Some(want.disks.clone());
             mem.nics_synced = Some(want.nics.clone());
             mem.cdrom_synced = Some(want.cdrom.clone());
-            mem.vcpus_synced = Some(want.vcpus);
             let was_running = matches!(want.reported, Some((VmState::Running, _)) | Some((VmState::Crashed, _)));
             mem.lease_retry_at_ms = None;
             if !was_running {

@@ -112,9 +112,6 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// Builds a domain's cloud-init seed from its (meta-data, user-data);
     /// its path, or `None` where no guest runs to read it.
     fn build_seed(&self, domain: &str, files: &(String, String)) -> Result<Option<String>>;
-    /// Gives a running domain `vcpus` vCPUs live (within the maximum it was
-    /// started with); what it changed.
-    fn set_vcpus(&self, domain: &str, vcpus: u32) -> Result<Vec<String>>;
     /// The pty of a running domain's serial console.
     fn serial_pty(&self, domain: &str) -> Result<String>;
     /// The unix socket of a running domain's VNC display.

@@ -23,8 +23,6 @@ pub struct DomainSpec {
     /// libvirt domain type: kvm, qemu (TCG) or test.
     pub domain_type: String,
     pub vcpus: u32,
-    /// The most vCPUs the running guest can be given (hot-plug).
-    pub max_vcpus: u32,
     pub memory_mib: u64,
     /// Disks as (index, qcow2 volume path); index 0 is `vda`, the boot disk.
     pub disks: Vec<(u32, String)>,
@@ -271,11 +269,7 @@ pub fn domain_xml(s: &DomainSpec) -> String {
     let _ = writeln!(x, "  <title>{}</title>", escape(&s.vm_name));
     let _ = writeln!(x, "  <metadata>{}</metadata>", metadata_xml(&tag, &s.vm_name));
     let _ = writeln!(x, "  <memory unit='MiB'>{}</memory>", s.memory_mib);
-    if s.max_vcpus > s.vcpus && s.domain_type != "test" {
-        let _ = writeln!(x, "  <vcpu placement='static' current='{}'>{}</vcpu>", s.vcpus, s.max_vcpus);
-    } else {
-        let _ = writeln!(x, "  <vcpu>{}</vcpu>", s.vcpus);
-    }
+    let _ = writeln!(x, "  <vcpu>{}</vcpu>", s.vcpus);
     x.push_str("  <os>\n");
     if s.domain_type == "test" {
         x.push_str("    <type>hvm</type>\n");
@@ -301,10 +295,6 @@ pub fn domain_xml(s: &DomainSpec) -> String {
     }
     x.push_str("  </os>\n");
     x.push_str("  <features><acpi/><apic/></features>\n");
-    // Memory is not made hot-pluggable: a maximum (and the NUMA cell it
-    // needs) costs a guest tens of MiB for the kernel's map of the range,
-    // and kept 128 MiB guests from booting at all. Memory changes wait for
-    // the next start.
     match s.cpu_model.as_deref() {
         None => {}
         Some(mode @ ("host-passthrough" | "host-model")) => {
@@ -427,7 +417,6 @@ mod tests {
             epoch: 3,
             domain_type: "qemu".into(),
             vcpus: 2,
-            max_vcpus: 4,
             memory_mib: 256,
             disks: vec![(0, "/d/a b.qcow2".into()), (2, "/d/c.qcow2".into())],
             kernel: Some("/boot/vmlinuz".into()),
@@ -471,13 +460,11 @@ mod tests {
             "{x}"
         );
         assert!(x.contains("<serial type='pty'><log file='/d/console.log'/>"));
-        assert!(x.contains("<vcpu placement='static' current='2'>4</vcpu>"), "room to plug vCPUs: {x}");
-
         assert!(x.contains("<graphics type='vnc' socket='/d/vnc.sock'/>"));
         assert!(x.contains("name='org.qemu.guest_agent.0'"));
         assert!(!x.contains("<boot order"), "direct kernel boot has no boot order");
         assert!(x.contains("<target dev='hdc' bus='ide'/><readonly/></disk>"), "an empty drive: {x}");
-        assert!(!x.contains("<cpu") && !x.contains("<loader") && !x.contains("maxMemory"), "migratable defaults: {x}");
+        assert!(!x.contains("<cpu") && !x.contains("<loader"), "migratable defaults: {x}");
         assert_eq!(parse_metadata(&x), Some(Tag { vm_id: 255, node_id: 42, epoch: 3 }));
         let disk_boot = domain_xml(&DomainSpec { kernel: None, ..spec() });
         assert!(disk_boot.contains("<target dev='vda' bus='virtio'/><boot order='1'/></disk>"), "{disk_boot}");
@@ -499,7 +486,7 @@ mod tests {
         assert!(x.contains("machine='q35'"), "{x}");
         assert!(x.contains("<loader readonly='yes' type='pflash'>/ovmf/CODE.fd</loader>"));
         assert!(x.contains("<nvram template='/ovmf/VARS.fd'>/d/v.fd</nvram>"));
-        assert!(x.contains("<model fallback='forbid'>Haswell-noTSX</model>"), "{x}");
+        assert!(x.contains("<model fallback='forbid'>Haswell-noTSX</model>"));
         assert!(x.contains("<source file='/iso/inst&apos;all.iso'/><target dev='sdc' bus='sata'/><readonly/><boot order='1'/>"), "{x}");
         assert!(x.contains("<target dev='vda' bus='virtio'/><boot order='2'/>"), "{x}");
         assert!(!x.contains("<interface type='bridge'><mac address='0a:00:00:00:00:01'/><source bridge='kvb1'/><model type='virtio'/><mtu size='1450'/><boot"), "the network is not in this order");
@@ -508,7 +495,7 @@ mod tests {
         assert_eq!(cdrom_source(&seeded, "hdd").as_deref(), Some("/d/seed.iso"), "{seeded}");
         assert_eq!(cdrom_source(&domain_xml(&DomainSpec { kernel: None, ..spec() }), "hdc"), None, "an empty drive");
         let passthrough = domain_xml(&DomainSpec { cpu_model: Some("host-passthrough".into()), ..spec() });
-        assert!(passthrough.contains("<cpu mode='host-passthrough'/>"), "{passthrough}");
+        assert!(passthrough.contains("<cpu mode='host-passthrough'/>"));
     }
 
     #[test]

@@ -118,25 +118,6 @@ impl ClusterState {
     }
 }
 
-impl ClusterState {
-    pub(super) fn vcpus_live(&mut self, id: u64, at: (u64, u64), vcpus: u32, at_ms: u64) -> Response {
-        let Some(vm) = self.vms.get_mut(&id) else { return Response::Refused(Refusal::StaleReport) };
-        // Only the current run's host, and only for the count the spec asks
-        // (an operator may have changed it again meanwhile).
-        if vm.placement.map(|p| (p.node, p.epoch)) != Some(at) || vm.spec.vcpus != vcpus {
-            return Response::Refused(Refusal::StaleReport);
-        }
-        let before = vm.pending_changes.len();
-        vm.pending_changes.retain(|p| !p.starts_with("vcpus: "));
-        if vm.pending_changes.len() != before {
-            let name = vm.name.clone();
-            self.dirty.insert(Key::Vm(id));
-            self.push_event(at_ms, "vm", format!("vm {name}: {vcpus} vCPUs plugged into the running guest"));
-        }
-        Response::Done
-    }
-}
-
 fn cpu_model(model: &Option<String>) -> String {
     model.clone().unwrap_or_else(|| "default".into())
 }

@@ -59,19 +59,6 @@ fn a_running_vm_keeps_a_new_size_pending_until_a_fresh_start() {
 }
 
 #[test]
-fn a_vcpu_change_plugged_live_is_no_longer_pending_but_memory_still_is() {
-    let mut s = one_vm();
-    report(&mut s, 10, 1, 1, VmState::Running);
-    configure(&mut s, "web", VmChange { vcpus: Some(3), memory_mib: Some(1024), ..Default::default() });
-    let live =
-        |s: &mut ClusterState, node, epoch, vcpus| s.apply(&Command::VcpusLive { vm: 10, node, epoch, vcpus, at_ms: 12 });
-    assert_eq!(live(&mut s, 2, 1, 3), Response::Refused(Refusal::StaleReport), "not its host");
-    assert_eq!(live(&mut s, 1, 1, 2), Response::Refused(Refusal::StaleReport), "not the count asked for");
-    assert_eq!(live(&mut s, 1, 1, 3), Response::Done);
-    assert_eq!(s.vm_by_name("web").unwrap().pending_changes, vec!["memory: 512 MiB -> 1024 MiB".to_string()]);
-}
-
-#[test]
 fn a_stopped_vm_changes_at_once_and_a_guest_arriving_live_keeps_its_pending_changes() {
     let mut s = one_vm();
     report(&mut s, 10, 1, 1, VmState::Stopped);

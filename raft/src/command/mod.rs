@@ -303,15 +303,6 @@ pub enum Command {
         change: crate::hardware::VmChange,
         at_ms: u64,
     },
-    /// The VM's host gave the running guest `vcpus` vCPUs live (hot-plug):
-    /// a pending vCPU change to that count is done.
-    VcpusLive {
-        vm: VmId,
-        node: NodeId,
-        epoch: u64,
-        vcpus: u32,
-        at_ms: u64,
-    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -377,7 +368,6 @@ impl Command {
             | Command::Note { .. }
             | Command::LabelVm { .. }
             | Command::ConfigureVm { .. }
-            | Command::VcpusLive { .. }
             | Command::ReportVm { .. } => false,
         }
     }
@@ -448,7 +438,6 @@ impl ClusterState {
             Command::AddNic { name, nic, at_ms } => self.add_nic(name, nic, *at_ms),
             Command::RemoveNic { name, mac, at_ms } => self.remove_nic(name, *mac, *at_ms),
             Command::ConfigureVm { name, change, at_ms } => self.configure_vm(name, change, *at_ms),
-            Command::VcpusLive { vm, node, epoch, vcpus, at_ms } => self.vcpus_live(*vm, (*node, *epoch), *vcpus, *at_ms),
             Command::Note { kind, message, at_ms } => {
                 self.push_event(*at_ms, kind, message.clone());
                 Response::Done

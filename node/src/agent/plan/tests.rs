@@ -17,7 +17,6 @@ fn want(desired: Desired) -> Want {
         disks: vec![(0, 1 << 30)],
         nics: vec![],
         cdrom: None,
-        vcpus: 1,
         migrating_out: None,
     }
 }
@@ -123,12 +122,7 @@ fn restart_power_cycles_once_per_request() {
     w.reported = Some((VmState::Running, None));
     let on = [dom(RunState::Running)];
     // First sight of a running guest: its disks, NICs and CD-ROM are checked once.
-    let first_sight = vec![
-        Action::SyncDisks { vm_id: 7 },
-        Action::SyncNics { vm_id: 7 },
-        Action::SyncCdrom { vm_id: 7 },
-        Action::SyncVcpus { vm_id: 7 },
-    ];
+    let first_sight = vec![Action::SyncDisks { vm_id: 7 }, Action::SyncNics { vm_id: 7 }, Action::SyncCdrom { vm_id: 7 }];
     assert_eq!(run(&w, &on, &mut mem, 0), first_sight);
     w.restart_gen = 1;
     w.desired_gen = 1;
@@ -142,12 +136,7 @@ fn restarts_requested_before_the_agent_started_are_not_replayed() {
     let mut w = want(Desired::Running);
     w.restart_gen = 4;
     w.reported = Some((VmState::Running, None));
-    let first_sight = vec![
-        Action::SyncDisks { vm_id: 7 },
-        Action::SyncNics { vm_id: 7 },
-        Action::SyncCdrom { vm_id: 7 },
-        Action::SyncVcpus { vm_id: 7 },
-    ];
+    let first_sight = vec![Action::SyncDisks { vm_id: 7 }, Action::SyncNics { vm_id: 7 }, Action::SyncCdrom { vm_id: 7 }];
     assert_eq!(run(&w, &[dom(RunState::Running)], &mut mem, 0), first_sight);
 }
 
@@ -322,9 +311,6 @@ fn a_cdrom_inserted_or_ejected_while_the_guest_runs_is_changed_live_once() {
     assert!(!run(&w, &running, &mut mem, 30).contains(&Action::SyncCdrom { vm_id: 7 }), "once per change");
     w.cdrom = None;
     assert!(run(&w, &running, &mut mem, 40).contains(&Action::SyncCdrom { vm_id: 7 }));
-    w.vcpus = 2;
-    assert!(run(&w, &running, &mut mem, 50).contains(&Action::SyncVcpus { vm_id: 7 }), "vCPUs plugged live");
-    assert!(!run(&w, &running, &mut mem, 60).contains(&Action::SyncVcpus { vm_id: 7 }), "once per change");
 }
 
 #[test]
