@@ -60,12 +60,7 @@ fn check_user_data(user_data: &str) -> Result<(), String> {
     if first == "#cloud-config" {
         let docs = yaml_rust2::YamlLoader::load_from_str(user_data).map_err(|e| {
             let at = e.marker();
-            format!(
-                "user-data is not valid YAML: line {}, column {}: {}",
-                at.line(),
-                at.col() + 1,
-                e.info()
-            )
+            format!("user-data is not valid YAML: line {}, column {}: {}", at.line(), at.col() + 1, e.info())
         })?;
         return match docs.first() {
             None | Some(yaml_rust2::Yaml::Hash(_)) | Some(yaml_rust2::Yaml::Null) => Ok(()),
@@ -115,7 +110,8 @@ pub fn build_seed(out: &Path, meta_data: &str, user_data: &str) -> Result<(), St
             let run = Command::new(tool).args(args).arg(&partial).arg(&dir).output();
             match run {
                 Ok(o) if o.status.success() => {
-                    return std::fs::rename(&partial, out).map_err(|e| format!("put the seed at {}: {e}", out.display()));
+                    return std::fs::rename(&partial, out)
+                        .map_err(|e| format!("put the seed at {}: {e}", out.display()));
                 }
                 Ok(o) => last = format!("{tool} failed: {}", String::from_utf8_lossy(&o.stderr).trim()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,

@@ -8,8 +8,8 @@ mod api;
 mod auth;
 #[cfg(feature = "bench-seed")]
 mod bench_seed;
-mod cloud_init;
 mod cli;
+mod cloud_init;
 mod config;
 mod ctx;
 mod daemon;

@@ -162,7 +162,11 @@ pub struct VmChange {
 /// hold secrets, to change a hostname).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CloudInitChange {
-    Set { user_data: Option<String>, ssh_keys: Option<Vec<String>>, hostname: Option<String> },
+    Set {
+        user_data: Option<String>,
+        ssh_keys: Option<Vec<String>>,
+        hostname: Option<String>,
+    },
     /// No seed any more.
     Remove,
 }

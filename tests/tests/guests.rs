@@ -35,9 +35,10 @@ fn hardware_seen(name: &str) -> Option<(u32, u64)> {
 
 /// Types `input` into the guest's serial console through `via` (stdin not
 /// a terminal) and returns what the session printed.
-fn type_into(via: &str, name: &str, input: &str) -> Result<String> {
+fn type_into(via: &str, name: &str, input: &str, extra: &[&str]) -> Result<String> {
     let mut child = cli_command(&addr(via))
         .args(["vm", "console", name, "--linger", "3"])
+        .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -45,20 +46,6 @@ fn type_into(via: &str, name: &str, input: &str) -> Result<String> {
     child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
     let out = wait_output(child, Duration::from_secs(60))?;
     ensure!(out.status.success(), "vm console failed: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// [`type_into`] with `--force`.
-fn type_into_forced(via: &str, name: &str, input: &str) -> Result<String> {
-    let mut child = cli_command(&addr(via))
-        .args(["vm", "console", name, "--linger", "3", "--force"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
-    let out = wait_output(child, Duration::from_secs(60))?;
-    ensure!(out.status.success(), "vm console --force failed: {}", String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -127,7 +114,8 @@ fn rfb_handshake(via: &str, name: &str) -> Result<(u16, u16)> {
 fn consoles_sizes_and_iso_installs_on_real_guests() -> Result<()> {
     let _teardown = up3()?;
     shared_guest()?;
-    let r = run_cli(&addr("h1"), &["image", "import", "guest-iso", &guest_iso(), "--storage", "shared", "--kind", "iso"]);
+    let r =
+        run_cli(&addr("h1"), &["image", "import", "guest-iso", &guest_iso(), "--storage", "shared", "--kind", "iso"]);
     ensure!(r.success, "image import: {}", r.stderr);
 
     // An interactive serial console, typed into through h1 while the
@@ -141,7 +129,7 @@ fn consoles_sizes_and_iso_installs_on_real_guests() -> Result<()> {
     let cmdline = "console=ttyS0 kvmesh.shell kvmesh.agent kvmesh.ip=10.88.0.5/24";
     guest_with("h2", "shell", false, &["--cmdline", cmdline, "--nic", "tnet"])?;
     wait_for("the guest's shell", Duration::from_secs(60), || console("shell").contains("KVMESH-HW").then_some(()))?;
-    let out = type_into("h1", "shell", "echo KVMESH-ANSWER $((6*7))\n")?;
+    let out = type_into("h1", "shell", "echo KVMESH-ANSWER $((6*7))\n", &[])?;
     ensure!(out.contains("KVMESH-ANSWER 42"), "the shell did not answer through h1: {out:?}");
 
     // On a terminal (script(1) gives it one): raw mode, Ctrl-] leaves; a
@@ -173,10 +161,15 @@ fn consoles_sizes_and_iso_installs_on_real_guests() -> Result<()> {
     ensure!(shown.contains("KVMESH-TTY 5"), "the shell did not answer on a terminal: {shown:?}");
     drop(keys);
     // A session left open elsewhere is taken over with --force.
-    let mut held = cli_command(&addr("h1")).args(["vm", "console", "shell", "--linger", "60"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let mut held = cli_command(&addr("h1"))
+        .args(["vm", "console", "shell", "--linger", "60"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
     let keep_open = held.stdin.take();
     std::thread::sleep(Duration::from_secs(2));
-    let out = type_into_forced("h3", "shell", "echo KVMESH-FORCED $((3*3))\n")?;
+    let out = type_into("h3", "shell", "echo KVMESH-FORCED $((3*3))\n", &["--force"])?;
     ensure!(out.contains("KVMESH-FORCED 9"), "--force did not take the console over: {out:?}");
     let old = wait_output(held, Duration::from_secs(20))?;
     ensure!(String::from_utf8_lossy(&old.stderr).contains("took this console over"), "{:?}", old);
@@ -263,8 +256,22 @@ fn consoles_sizes_and_iso_installs_on_real_guests() -> Result<()> {
     let uefi = cli(
         "h1",
         &[
-            "vm", "create", "uefi", "--memory", "256", "--disk", "64M@shared", "--cdrom", "guest-iso", "--firmware",
-            "uefi", "--machine", "q35", "--boot-order", "cdrom,disk", "--wait",
+            "vm",
+            "create",
+            "uefi",
+            "--memory",
+            "256",
+            "--disk",
+            "64M@shared",
+            "--cdrom",
+            "guest-iso",
+            "--firmware",
+            "uefi",
+            "--machine",
+            "q35",
+            "--boot-order",
+            "cdrom,disk",
+            "--wait",
         ],
     )?;
     for name in ["bios", "uefi"] {
@@ -283,9 +290,17 @@ fn consoles_sizes_and_iso_installs_on_real_guests() -> Result<()> {
     let bios = cli("h1", &["vm", "get", "bios"])?;
     let (domain, host) = (bios["domain"].as_str().context("domain")?, bios["node"].as_str().context("node")?);
     let medium = |d: &str, h: &str| {
-        virsh_on(h, &["domblklist", d]).lines().find(|l| l.trim_start().starts_with("hdc")).unwrap_or_default().to_string()
+        virsh_on(h, &["domblklist", d])
+            .lines()
+            .find(|l| l.trim_start().starts_with("hdc"))
+            .unwrap_or_default()
+            .to_string()
     };
-    ensure!(medium(domain, host).contains(".iso") || medium(domain, host).contains("image-"), "{}", medium(domain, host));
+    ensure!(
+        medium(domain, host).contains(".iso") || medium(domain, host).contains("image-"),
+        "{}",
+        medium(domain, host)
+    );
     cli("h1", &["vm", "cdrom", "eject", "bios"])?;
     wait_for("the medium ejected", Duration::from_secs(30), || medium(domain, host).ends_with('-').then_some(()))?;
     cli("h1", &["vm", "cdrom", "insert", "bios", "guest-iso"])?;

@@ -93,7 +93,8 @@ async fn first_frame(inbound: &mut Streaming<pb::AttachFrame>) -> Result<pb::Att
 fn running_host(ctx: &NodeCtx, name: &str) -> Result<(u64, String, String), Status> {
     let found = ctx.read(|d| {
         let vm = d.state.vm_by_name(name)?;
-        let node = vm.placement.and_then(|p| d.state.nodes.get(&p.node)).map(|n| (n.id, n.address.clone(), n.name.clone()));
+        let node =
+            vm.placement.and_then(|p| d.state.nodes.get(&p.node)).map(|n| (n.id, n.address.clone(), n.name.clone()));
         let state = vm.reported.as_ref().filter(|r| Some(r.node) == node.as_ref().map(|n| n.0)).map(|r| r.state);
         Some((node, state))
     });
@@ -107,7 +108,11 @@ fn running_host(ctx: &NodeCtx, name: &str) -> Result<(u64, String, String), Stat
     }
 }
 
-async fn serve_here(ctx: &Arc<NodeCtx>, open: pb::AttachOpen, inbound: Streaming<pb::AttachFrame>) -> Result<AttachStream, Status> {
+async fn serve_here(
+    ctx: &Arc<NodeCtx>,
+    open: pb::AttachOpen,
+    inbound: Streaming<pb::AttachFrame>,
+) -> Result<AttachStream, Status> {
     let (host_id, _, _) = running_host(ctx, &open.vm)?;
     if host_id != ctx.id {
         return Err(Status::failed_precondition(format!("VM {} does not run on {}", open.vm, ctx.name)));
@@ -141,9 +146,9 @@ async fn serve_here(ctx: &Arc<NodeCtx>, open: pb::AttachOpen, inbound: Streaming
         pb::AttachKind::Vnc => {
             let d = domain.clone();
             let path = blocking(&ctx.hypervisor, move |hv| hv.vnc_socket(&d)).await?;
-            let socket = tokio::net::UnixStream::connect(&path)
-                .await
-                .map_err(|e| Status::unavailable(format!("the VM's display ({}) does not answer: {e}", path.display())))?;
+            let socket = tokio::net::UnixStream::connect(&path).await.map_err(|e| {
+                Status::unavailable(format!("the VM's display ({}) does not answer: {e}", path.display()))
+            })?;
             tokio::spawn(pump(socket, inbound, tx, std::future::pending()).instrument(span));
         }
     }

@@ -644,11 +644,7 @@ impl pb::vms_server::Vms for VmsService {
 }
 
 /// The id and address of the host `pick` names for VM `name`.
-fn host_of(
-    ctx: &NodeCtx,
-    name: &str,
-    pick: impl Fn(&kvmesh_raft::model::Vm) -> Option<u64>,
-) -> Option<(u64, String)> {
+fn host_of(ctx: &NodeCtx, name: &str, pick: impl Fn(&kvmesh_raft::model::Vm) -> Option<u64>) -> Option<(u64, String)> {
     ctx.read(|d| {
         let node = d.state.vm_by_name(name).and_then(&pick).and_then(|id| d.state.nodes.get(&id))?;
         Some((node.id, node.address.clone()))

@@ -236,7 +236,9 @@ pub enum VmCmd {
     },
     /// The VM's serial console, interactive, from any node (Ctrl-] leaves);
     /// --tail prints the end of its console log instead.
-    #[command(after_help = "Examples:\n  kvmesh vm console web1\n  echo 'uname -a' | kvmesh vm console web1 --linger 2\n  kvmesh vm console web1 --tail --bytes 65536 -o json")]
+    #[command(
+        after_help = "Examples:\n  kvmesh vm console web1\n  echo 'uname -a' | kvmesh vm console web1 --linger 2\n  kvmesh vm console web1 --tail --bytes 65536 -o json"
+    )]
     Console {
         name: String,
         /// Print the end of the console log and exit (also with -o json or --bytes).
@@ -530,7 +532,9 @@ pub enum ImageCmd {
 #[derive(Subcommand, Debug)]
 pub enum CdromCmd {
     /// Put an ISO image in the drive (`kvmesh image list`).
-    #[command(after_help = "Examples:\n  kvmesh vm cdrom insert win1 virtio-win\n  kvmesh vm cdrom insert deb1 debian-12-netinst")]
+    #[command(
+        after_help = "Examples:\n  kvmesh vm cdrom insert win1 virtio-win\n  kvmesh vm cdrom insert deb1 debian-12-netinst"
+    )]
     Insert { name: String, image: String },
     /// Empty the drive.
     #[command(after_help = "Examples:\n  kvmesh vm cdrom eject win1")]

@@ -37,7 +37,8 @@ async fn open(
     let (tx, rx) = mpsc::channel(16);
     let open = pb::AttachOpen { vm: vm.to_string(), kind: kind as i32, force };
     tx.send(pb::AttachFrame { open: Some(open), ..Default::default() }).await?;
-    let mut down = VmsClient::new(channel.clone()).attach(ReceiverStream::new(rx)).await.map_err(status_err)?.into_inner();
+    let mut down =
+        VmsClient::new(channel.clone()).attach(ReceiverStream::new(rx)).await.map_err(status_err)?.into_inner();
     // The host names itself first; an error (a stopped VM, a busy console)
     // comes instead.
     let host = match tokio::time::timeout(Duration::from_secs(30), down.message()).await {
@@ -76,7 +77,9 @@ pub async fn console(channel: Ch, vm: String, linger: Duration, force: bool) -> 
                 Some(at) => (&buf[..at], true),
                 None => (&buf[..n], false),
             };
-            if !data.is_empty() && input.blocking_send(pb::AttachFrame { data: data.to_vec(), ..Default::default() }).is_err() {
+            if !data.is_empty()
+                && input.blocking_send(pb::AttachFrame { data: data.to_vec(), ..Default::default() }).is_err()
+            {
                 break false;
             }
             if leave {
@@ -144,7 +147,11 @@ pub async fn vnc(channel: Ch, vm: String, listen: String, once: bool) -> Result<
         .await
         .map_err(|e| anyhow!("cannot listen on {listen}: {e} (choose another with --listen ADDR:PORT)"))?;
     let at = listener.local_addr()?;
-    println!("VNC display of {vm} (on {host}): connect a VNC viewer to {at}, for example `vncviewer {}::{}`", at.ip(), at.port());
+    println!(
+        "VNC display of {vm} (on {host}): connect a VNC viewer to {at}, for example `vncviewer {}::{}`",
+        at.ip(),
+        at.port()
+    );
     println!("The port is open to this machine only unless --listen says otherwise; Ctrl-C ends.");
     std::io::stdout().flush()?;
     loop {

@@ -16,9 +16,9 @@ macro_rules! outln {
 }
 
 mod args;
-mod attach;
 mod args_cluster;
 mod args_vm;
+mod attach;
 mod client;
 mod cluster;
 mod config;
@@ -37,7 +37,9 @@ mod wait;
 
 pub use args::{parse, Cli, Command, Output, OutputFlag, WaitArgs};
 pub use args_cluster::{CertCmd, ClusterCmd, JoinTokenCmd, NodeCmd, PolicyCmd, TokenCmd};
-pub use args_vm::{CdromCmd, CloudInitArgs, CreateArgs, DiskCmd, ImageCmd, NetworkCmd, NicCmd, SnapshotCmd, StorageCmd, VmCmd};
+pub use args_vm::{
+    CdromCmd, CloudInitArgs, CreateArgs, DiskCmd, ImageCmd, NetworkCmd, NicCmd, SnapshotCmd, StorageCmd, VmCmd,
+};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

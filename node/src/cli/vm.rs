@@ -80,7 +80,13 @@ pub async fn run(channel: Ch, output: Output, wide: bool, command: VmCmd) -> Res
                 unlabel,
                 vcpus,
                 memory_mib: memory,
-                ha: if ha { Some(true) } else if no_ha { Some(false) } else { None },
+                ha: if ha {
+                    Some(true)
+                } else if no_ha {
+                    Some(false)
+                } else {
+                    None
+                },
                 firmware,
                 machine,
                 cpu_model: reset(cpu_model),
@@ -214,7 +220,9 @@ fn cloud_init(a: &super::CloudInitArgs) -> Result<pb::CloudInit> {
     if !a.ssh_keys.is_empty() {
         ci.ssh_keys.clear();
         for path in &a.ssh_keys {
-            ci.ssh_keys.extend(read(path)?.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+            ci.ssh_keys.extend(
+                read(path)?.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
+            );
         }
     }
     if let Some(h) = &a.hostname {

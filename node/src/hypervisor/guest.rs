@@ -14,11 +14,8 @@ use crate::error::{Error, Result};
 const OVMF_DIRS: &[&str] = &["/usr/share/OVMF", "/usr/share/edk2/ovmf", "/usr/share/edk2/x64"];
 /// Code and variable template pairs, preferred first. Without Secure Boot:
 /// the guest's installer decides what it trusts, not a key set chosen here.
-const OVMF_PAIRS: &[(&str, &str)] = &[
-    ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"),
-    ("OVMF_CODE.fd", "OVMF_VARS.fd"),
-    ("OVMF_CODE.4m.fd", "OVMF_VARS.4m.fd"),
-];
+const OVMF_PAIRS: &[(&str, &str)] =
+    &[("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"), ("OVMF_CODE.fd", "OVMF_VARS.fd"), ("OVMF_CODE.4m.fd", "OVMF_VARS.4m.fd")];
 
 /// OVMF's code and variable template on this host, or why there are none
 /// (what the host reports, and what the scheduler reads to keep UEFI VMs
@@ -100,7 +97,9 @@ pub fn parse_agent(os: &str, host: &str, interfaces: &str) -> kvmesh_proto::Gues
                         .as_array()
                         .map(|a| {
                             a.iter()
-                                .filter_map(|x| Some(format!("{}/{}", x["ip-address"].as_str()?, x["prefix"].as_u64()?)))
+                                .filter_map(|x| {
+                                    Some(format!("{}/{}", x["ip-address"].as_str()?, x["prefix"].as_u64()?))
+                                })
                                 .collect()
                         })
                         .unwrap_or_default(),
@@ -150,7 +149,8 @@ mod tests {
 
     #[test]
     fn agent_answers_become_the_guests_os_and_addresses() {
-        let os = r#"{"return":{"id":"debian","name":"Debian GNU/Linux","pretty-name":"Debian GNU/Linux 12 (bookworm)"}}"#;
+        let os =
+            r#"{"return":{"id":"debian","name":"Debian GNU/Linux","pretty-name":"Debian GNU/Linux 12 (bookworm)"}}"#;
         let ifs = r#"{"return":[{"name":"lo","ip-addresses":[{"ip-address-type":"ipv4","ip-address":"127.0.0.1","prefix":8}]},
             {"name":"eth0","hardware-address":"0a:00:00:00:00:01","ip-addresses":[{"ip-address-type":"ipv4","ip-address":"10.0.0.5","prefix":24}]}]}"#;
         let g = parse_agent(os, r#"{"return":{"host-name":"web1"}}"#, ifs);

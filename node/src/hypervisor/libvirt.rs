@@ -17,12 +17,12 @@ use virt::storage_vol::StorageVol;
 
 use kvmesh_raft::storage::DEFAULT_STORAGE;
 
-use super::pools::{node_pool_name, PoolKind};
 use super::guest;
+use super::pools::{node_pool_name, PoolKind};
 use super::xml::{self, DomainSpec};
-use kvmesh_raft::hardware::Machine;
 use super::{Backing, Domain, HostCapacity, Hypervisor, MigrationTarget, OffReason, PoolSpec, PoolState, RunState};
 use crate::error::{Error, Result};
+use kvmesh_raft::hardware::Machine;
 
 const METADATA_ELEMENT: i32 = 2; // VIR_DOMAIN_METADATA_ELEMENT
 
@@ -365,7 +365,9 @@ impl Hypervisor for Libvirt {
         // The drive the running guest has: a machine change may be pending.
         let machine = [Machine::Pc, Machine::Q35]
             .into_iter()
-            .find(|m| live.contains(&format!("<target dev='{}' bus='{}'/>", xml::cdrom_target(*m).0, xml::cdrom_target(*m).1)))
+            .find(|m| {
+                live.contains(&format!("<target dev='{}' bus='{}'/>", xml::cdrom_target(*m).0, xml::cdrom_target(*m).1))
+            })
             .unwrap_or(machine);
         let (dev, _) = xml::cdrom_target(machine);
         if xml::cdrom_source(&live, dev).as_deref() == iso {

@@ -108,7 +108,12 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn console(&self, domain: &str, max_bytes: u64) -> Result<Vec<u8>>;
     /// Puts `iso` into a running domain's CD-ROM drive, or ejects it; what
     /// it changed.
-    fn set_cdrom(&self, domain: &str, machine: kvmesh_raft::hardware::Machine, iso: Option<&str>) -> Result<Vec<String>>;
+    fn set_cdrom(
+        &self,
+        domain: &str,
+        machine: kvmesh_raft::hardware::Machine,
+        iso: Option<&str>,
+    ) -> Result<Vec<String>>;
     /// Builds a domain's cloud-init seed from its (meta-data, user-data);
     /// its path, or `None` where no guest runs to read it.
     fn build_seed(&self, domain: &str, files: &(String, String)) -> Result<Option<String>>;

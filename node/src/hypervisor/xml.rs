@@ -231,7 +231,9 @@ pub fn retarget(xml: &str, node_id: u64, to: &super::MigrationTarget, consoles_d
     );
     // UEFI variables of a VM without disks live in the host's data dir,
     // beside its consoles folder: the target's own.
-    let nvram_of = |consoles: &str| format!("{}/nvram/", consoles.trim_end_matches('/').trim_end_matches("consoles").trim_end_matches('/'));
+    let nvram_of = |consoles: &str| {
+        format!("{}/nvram/", consoles.trim_end_matches('/').trim_end_matches("consoles").trim_end_matches('/'))
+    };
     out = out.replace(&nvram_of(consoles_dir), &nvram_of(&to.consoles_dir));
     // Copied disks open the target's own volumes, and variables kept beside
     // a copied boot disk move to its new folder.
@@ -473,7 +475,8 @@ mod tests {
 
     #[test]
     fn hardware_choices_reach_the_definition() {
-        let uefi = UefiFiles { code: "/ovmf/CODE.fd".into(), vars_template: "/ovmf/VARS.fd".into(), nvram: "/d/v.fd".into() };
+        let uefi =
+            UefiFiles { code: "/ovmf/CODE.fd".into(), vars_template: "/ovmf/VARS.fd".into(), nvram: "/d/v.fd".into() };
         let x = domain_xml(&DomainSpec {
             kernel: None,
             machine: Machine::Q35,
@@ -487,7 +490,12 @@ mod tests {
         assert!(x.contains("<loader readonly='yes' type='pflash'>/ovmf/CODE.fd</loader>"));
         assert!(x.contains("<nvram template='/ovmf/VARS.fd'>/d/v.fd</nvram>"));
         assert!(x.contains("<model fallback='forbid'>Haswell-noTSX</model>"));
-        assert!(x.contains("<source file='/iso/inst&apos;all.iso'/><target dev='sdc' bus='sata'/><readonly/><boot order='1'/>"), "{x}");
+        assert!(
+            x.contains(
+                "<source file='/iso/inst&apos;all.iso'/><target dev='sdc' bus='sata'/><readonly/><boot order='1'/>"
+            ),
+            "{x}"
+        );
         assert!(x.contains("<target dev='vda' bus='virtio'/><boot order='2'/>"), "{x}");
         assert!(!x.contains("<interface type='bridge'><mac address='0a:00:00:00:00:01'/><source bridge='kvb1'/><model type='virtio'/><mtu size='1450'/><boot"), "the network is not in this order");
         assert_eq!(cdrom_source(&x, "sdc").as_deref(), Some("/iso/inst'all.iso"));

@@ -164,10 +164,7 @@ pub async fn prepare(ctx: &Arc<NodeCtx>, vm_id: u64, live: bool) -> Result<Prepa
             Some((d.image.clone()?, std::path::PathBuf::from(&d.backing.as_ref()?.path), d.pool.domain.clone()))
         })
         .chain(
-            files
-                .into_iter()
-                .flatten()
-                .map(|(pool, file)| (file.clone(), pool.path().join(file), pool.domain.clone())),
+            files.into_iter().flatten().map(|(pool, file)| (file.clone(), pool.path().join(file), pool.domain.clone())),
         );
     for (image, path, storage) in images {
         if !path.is_file() {

@@ -122,7 +122,8 @@ fn restart_power_cycles_once_per_request() {
     w.reported = Some((VmState::Running, None));
     let on = [dom(RunState::Running)];
     // First sight of a running guest: its disks, NICs and CD-ROM are checked once.
-    let first_sight = vec![Action::SyncDisks { vm_id: 7 }, Action::SyncNics { vm_id: 7 }, Action::SyncCdrom { vm_id: 7 }];
+    let first_sight =
+        vec![Action::SyncDisks { vm_id: 7 }, Action::SyncNics { vm_id: 7 }, Action::SyncCdrom { vm_id: 7 }];
     assert_eq!(run(&w, &on, &mut mem, 0), first_sight);
     w.restart_gen = 1;
     w.desired_gen = 1;
@@ -136,7 +137,8 @@ fn restarts_requested_before_the_agent_started_are_not_replayed() {
     let mut w = want(Desired::Running);
     w.restart_gen = 4;
     w.reported = Some((VmState::Running, None));
-    let first_sight = vec![Action::SyncDisks { vm_id: 7 }, Action::SyncNics { vm_id: 7 }, Action::SyncCdrom { vm_id: 7 }];
+    let first_sight =
+        vec![Action::SyncDisks { vm_id: 7 }, Action::SyncNics { vm_id: 7 }, Action::SyncCdrom { vm_id: 7 }];
     assert_eq!(run(&w, &[dom(RunState::Running)], &mut mem, 0), first_sight);
 }
 
