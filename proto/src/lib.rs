@@ -23,7 +23,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kvme
 /// cluster id, `UpdateNode`, `OutcomeUnknown`. 4: storage domains, images,
 /// disks, snapshots. 7: `Command::Note` (events about membership changes).
 /// 9: VM hardware and pending changes (`Command::ConfigureVm`), Attach.
-pub const PROTOCOL_VERSION: u32 = 9;
+/// 10: `Command::VcpusLive`; reports carry the spec generation that runs.
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// gRPC metadata key carrying the sender's `PROTOCOL_VERSION` on Raft RPCs.
 pub const PROTOCOL_HEADER: &str = "kvmesh-protocol";

@@ -21,7 +21,8 @@ use crate::error::{Error, Result};
 /// 9: logical networks; NICs with the MACs the cluster gave them.
 /// 10: VM hardware (firmware, machine, CPU model, boot order, CD-ROM) and
 /// pending changes.
-pub const FORMAT: u8 = 10;
+/// 11: VMs count their spec's generations, and reports say which one runs.
+pub const FORMAT: u8 = 11;
 
 /// No value kvmesh decodes is larger: a length prefix claiming more (a
 /// corrupt file, a hostile peer) is an error before anything is allocated.

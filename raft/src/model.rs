@@ -226,9 +226,12 @@ pub struct Vm {
     /// Changes made while the guest ran that take effect at its next start
     /// (Proxmox's pending changes), as operators read them: "vcpus 1 -> 2".
     pub pending_changes: Vec<String>,
-    /// Set by a finished live migration: the target's first report is of
-    /// the same run, so pending changes stay pending.
-    pub arrived_live: bool,
+    /// The generation of its spec: counted up by every change that needs a
+    /// new QEMU. A host defines the guest with the generation it read, and
+    /// reports it; pending changes are done once a running guest's
+    /// generation has caught up (a guest that arrived live, or was defined
+    /// a moment before the change, has not).
+    pub spec_gen: u64,
 }
 
 /// A live migration in flight. The VM keeps running on `source` at its
@@ -281,7 +284,7 @@ impl Vm {
             next_disk: spec_disks,
             migration: None,
             pending_changes: Vec::new(),
-            arrived_live: false,
+            spec_gen: 0,
         }
     }
 }

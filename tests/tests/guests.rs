@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use kvmesh_tests::testbed::{addr, cli, guest_iso, guest_with, running_on, shared_dir, shared_guest, up3, virsh_on};
+use kvmesh_tests::testbed::{addr, cli, guest_iso, guest_with, running_on, shared_guest, up3, virsh_on};
 use kvmesh_tests::{cli_command, run_cli, run_cli_as, wait_for};
 
 /// The guest's console log as its host keeps it.
@@ -189,15 +189,21 @@ fn consoles_sizes_and_iso_installs_on_real_guests() -> Result<()> {
     let mac = guest["nics"][0]["mac"].as_str().context("mac")?;
     ensure!(guest["guest"]["interfaces"][0]["mac"] == mac, "the agent's MAC is the NIC's: {}", guest["guest"]);
 
-    // A new size while it runs: pending; after a restart the guest sees it.
+    // A new size while it runs: the vCPU is plugged in live (the guest
+    // brings it online); memory and a CPU model wait for the next start.
     let v = cli("h1", &["vm", "set", "shell", "--vcpus", "2", "--memory", "256M", "--cpu-model", "qemu64"])?;
     let pending: Vec<String> = serde_json::from_value(v["pending_changes"].clone())?;
     ensure!(
         pending == ["vcpus: 1 -> 2", "memory: 128 MiB -> 256 MiB", "cpu model: default -> qemu64"],
         "pending: {pending:?}"
     );
-    std::thread::sleep(Duration::from_secs(3));
-    ensure!(hardware_seen("shell").is_some_and(|h| h.0 == 1 && h.1 < 200_000), "nothing changes before the restart");
+    let still = serde_json::json!(["memory: 128 MiB -> 256 MiB", "cpu model: default -> qemu64"]);
+    wait_for("the vCPU plugged in live", Duration::from_secs(60), || {
+        let pending = cli("h1", &["vm", "get", "shell"]).ok()?["pending_changes"].clone();
+        (hardware_seen("shell")?.0 == 2 && pending == still).then_some(())
+    })
+    .with_context(|| format!("{:?}", hardware_seen("shell")))?;
+    ensure!(hardware_seen("shell").is_some_and(|h| h.1 < 200_000), "the memory waits for the restart");
     // Too big for every host: refused, nothing changes.
     let r = run_cli(&addr("h1"), &["vm", "set", "shell", "--memory", "512G"]);
     ensure!(!r.success && r.stderr.contains("no longer fits on its host h2"), "{}", r.stderr);
@@ -252,7 +258,8 @@ fn consoles_sizes_and_iso_installs_on_real_guests() -> Result<()> {
     let r = run_cli(&addr("h1"), &["vm", "create", "bad", "--cdrom", "guest-kernel"]);
     ensure!(!r.success && r.stderr.contains("not a iso image"), "a kernel as a CD: {}", r.stderr);
     cli("h1", &["vm", "create", "bios", "--memory", "128", "--disk", "64M@shared", "--cdrom", "guest-iso", "--wait"])?;
-    // UEFI on q35 from the CD first, its variables next to its disk.
+    // UEFI on q35 from the CD first, its variables next to its disk (on
+    // local storage, so they must be carried when it moves).
     let uefi = cli(
         "h1",
         &[
@@ -262,7 +269,7 @@ fn consoles_sizes_and_iso_installs_on_real_guests() -> Result<()> {
             "--memory",
             "256",
             "--disk",
-            "64M@shared",
+            "64M@local",
             "--cdrom",
             "guest-iso",
             "--firmware",
@@ -283,8 +290,34 @@ fn consoles_sizes_and_iso_installs_on_real_guests() -> Result<()> {
     let host = uefi["node"].as_str().context("node")?;
     let xml = virsh_on(host, &["dumpxml", domain]);
     ensure!(xml.contains("machine='pc-q35") && xml.contains("OVMF_CODE"), "{xml}");
-    let vars = format!("{}/{domain}_VARS.fd", shared_dir());
-    ensure!(std::path::Path::new(&vars).is_file(), "UEFI variables not at {vars}");
+    let vars = |h: &str| format!("{}/{h}/kvmesh/images/{domain}_VARS.fd", kvmesh_tests::testbed::DIR);
+    let template =
+        std::fs::read("/usr/share/OVMF/OVMF_VARS_4M.fd").or_else(|_| std::fs::read("/usr/share/OVMF/OVMF_VARS.fd"))?;
+    // OVMF records its boot entries at the first boot.
+    let written = wait_for("OVMF's variables written", Duration::from_secs(60), || {
+        std::fs::read(vars(host)).ok().filter(|v| v.len() == template.len() && *v != template)
+    })?;
+    // Stopped, it moves cold with its disk and its variables; running, it
+    // moves live back with them (QEMU writes the moved flash to the new file).
+    cli("h1", &["vm", "stop", "uefi", "--force"])?;
+    wait_for("uefi stopped", Duration::from_secs(30), || {
+        cli("h1", &["vm", "get", "uefi"]).ok().filter(|v| v["state"] == "stopped").map(|_| ())
+    })?;
+    let to = if host == "h1" { "h2" } else { "h1" };
+    cli("h1", &["vm", "migrate", "uefi", "--to", to, "--copy-storage", "--wait"])?;
+    ensure!(std::fs::read(vars(to))? == std::fs::read(vars(host))?, "the variables on {to} are not {host}'s");
+    ensure!(std::fs::read(vars(to))? != template, "{to} has OVMF's template");
+    cli("h1", &["vm", "start", "uefi", "--wait"])?;
+    let booted = console("uefi").matches("KVMESH-ISO-BOOT").count();
+    wait_for("uefi booted on its new host", Duration::from_secs(180), || {
+        (console("uefi").matches("KVMESH-ISO-BOOT").count() > booted).then_some(())
+    })?;
+    let _ = std::fs::remove_file(vars(host));
+    cli("h1", &["vm", "migrate", "uefi", "--to", host, "--copy-storage", "--wait"])?;
+    let back = wait_for("the variables written on the way back", Duration::from_secs(30), || {
+        std::fs::read(vars(host)).ok().filter(|v| *v != template)
+    })?;
+    ensure!(back.len() == written.len(), "the variables after a live move: {} bytes", back.len());
 
     // The CD-ROM ejected and inserted live, as virsh on the host sees it.
     let bios = cli("h1", &["vm", "get", "bios"])?;

@@ -13,16 +13,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
-use kvmesh_tests::testbed::{addr, cli, guest_with, shared_guest, up3, virsh_on, HOSTS};
+use kvmesh_tests::testbed::{addr, cli, guest_with, hosts_running, shared_guest, up3, virsh_on, HOSTS};
 use kvmesh_tests::{run_cli, wait_for};
 
-/// The hosts where `domain` is running (not paused), by virsh.
+/// The hosts where `domain` is running (not paused) at one instant, by virsh.
 fn running_hosts(domain: &str) -> Vec<&'static str> {
-    HOSTS
-        .iter()
-        .copied()
-        .filter(|h| virsh_on(h, &["list", "--state-running", "--name"]).lines().any(|l| l.trim() == domain))
-        .collect()
+    hosts_running(domain, &HOSTS)
 }
 
 /// What the guest last printed: its counter, its uptime, and its disk line.

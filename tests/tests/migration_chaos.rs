@@ -12,13 +12,14 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
-use kvmesh_tests::testbed::{addr, cli, guest_with, shared_guest, signal, testbed, up3, virsh_on, HOSTS};
+use kvmesh_tests::testbed::{
+    addr, cli, guest_with, hosts_running, shared_guest, signal, testbed, up3, virsh_on, HOSTS,
+};
 use kvmesh_tests::{run_cli, wait_for};
 
-/// The hosts where `domain` is running (not paused), by virsh.
+/// The hosts where `domain` is running (not paused) at one instant, by virsh.
 fn running_hosts(domain: &str) -> Vec<&'static str> {
-    let runs = |h: &&str| virsh_on(h, &["list", "--state-running", "--name"]).lines().any(|l| l.trim() == domain);
-    HOSTS.iter().copied().filter(runs).collect()
+    hosts_running(domain, &HOSTS)
 }
 
 /// Samples every 0.2 s until `done` (or `timeout`), failing on any sample

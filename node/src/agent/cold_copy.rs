@@ -14,6 +14,12 @@
 //! trashed. The files are copied as they are (qcow2 with its base image, if
 //! any, on shared storage at the same path on every host).
 //!
+//! A UEFI VM's variables (`<domain>_VARS.fd`, beside its boot disk) come
+//! along when that disk is local: they are not a volume of the cluster, but
+//! without them the guest would boot on the target with OVMF's defaults and
+//! lose its boot entries. (A live move needs no copy: QEMU writes the
+//! migrated flash back to the target's file once the guest arrives.)
+//!
 //! A pull starts only on a replica that has caught up (`Standing::Current`)
 //! and is remembered until the replica shows the move's outcome, so a
 //! finished copy is never pulled again over the file the VM now uses.
@@ -31,6 +37,9 @@ use crate::ctx::NodeCtx;
 use crate::error::{Error, Result};
 use crate::hypervisor::blocking;
 use crate::storage::volumes;
+
+/// `ReadVolume`'s index for the VM's UEFI variables, not a disk.
+pub const UEFI_VARS: u32 = u32::MAX;
 
 /// The most one `ReadVolume` answer carries (below tonic's 4 MiB message limit).
 const CHUNK: u64 = 2 << 20;
@@ -73,11 +82,18 @@ pub async fn read_volume(ctx: &Arc<NodeCtx>, req: pb::ReadVolumeRequest) -> Resu
             req.vm_id, ctx.name
         )));
     }
-    let path = volumes::local_files(ctx, vm_id)?
-        .into_iter()
-        .find(|(index, _)| *index == req.index)
-        .map(|(_, p)| p.to_string_lossy().into_owned())
-        .ok_or_else(|| Error::NotFound(format!("VM {} has no disk {} on local storage", req.vm_id, req.index)))?;
+    let path = match req.index {
+        UEFI_VARS => match local_uefi_vars(ctx, vm_id)? {
+            Some(vars) if vars.exists() => vars.to_string_lossy().into_owned(),
+            // Never started (OVMF makes them at the first start): nothing to copy.
+            _ => return Ok(pb::VolumeChunk { data: Vec::new(), file_bytes: 0, identity: "none".into() }),
+        },
+        index => volumes::local_files(ctx, vm_id)?
+            .into_iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, p)| p.to_string_lossy().into_owned())
+            .ok_or_else(|| Error::NotFound(format!("VM {} has no disk {index} on local storage", req.vm_id)))?,
+    };
     let offset = req.offset;
     tokio::task::spawn_blocking(move || -> Result<pb::VolumeChunk> {
         use std::os::unix::fs::MetadataExt;
@@ -158,7 +174,52 @@ async fn pull(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64) -> Result<u64> {
         info!(disk = index, bytes, path = %path.display(), "copied a local disk");
         copied += bytes;
     }
+    copied += pull_uefi_vars(ctx, &mut client, &address, (vm_id, epoch)).await?;
     Ok(copied)
+}
+
+/// Where a UEFI VM's variables are on this host when its boot disk is on
+/// local storage (they follow a shared disk by themselves); `None` for a
+/// BIOS VM or a boot disk elsewhere.
+fn local_uefi_vars(ctx: &NodeCtx, vm_id: u64) -> Result<Option<PathBuf>> {
+    let uefi = ctx.read(|d| {
+        d.state.vms.get(&vm_id).is_some_and(|v| v.spec.hardware.firmware == kvmesh_raft::hardware::Firmware::Uefi)
+    });
+    if !uefi {
+        return Ok(None);
+    }
+    let boot = volumes::local_files(ctx, vm_id)?.into_iter().find(|(index, _)| *index == 0);
+    Ok(boot.map(|(_, disk)| {
+        let disk = disk.to_string_lossy().into_owned();
+        crate::hypervisor::guest::nvram_path(Some(&disk), std::path::Path::new("/"), &domain_name(vm_id))
+    }))
+}
+
+/// Copies the VM's UEFI variables next to the boot disk's copy here (when
+/// it has them and that disk is local); the bytes copied.
+async fn pull_uefi_vars(
+    ctx: &Arc<NodeCtx>,
+    client: &mut pb::host_client::HostClient<tonic::transport::Channel>,
+    address: &str,
+    (vm_id, epoch): (u64, u64),
+) -> Result<u64> {
+    let Some(vars) = local_uefi_vars(ctx, vm_id)? else { return Ok(0) };
+    let partial = PathBuf::from(format!("{}.part", vars.display()));
+    let bytes = match pull_one(ctx, client, address, (vm_id, epoch, UEFI_VARS), &partial).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    if bytes == 0 {
+        // The source never started it: OVMF's template will do, as there.
+        let _ = std::fs::remove_file(&partial);
+        return Ok(0);
+    }
+    std::fs::rename(&partial, &vars).map_err(|e| Error::Hypervisor(format!("rename to {}: {e}", vars.display())))?;
+    info!(bytes, path = %vars.display(), "copied the VM's UEFI variables");
+    Ok(bytes)
 }
 
 /// Pulls one volume into `partial`, synced; its length.

@@ -65,6 +65,7 @@ fn wants(state: &ClusterState, node: u64) -> Vec<Want> {
                 disks: vm.spec.disks.iter().map(|d| (d.index, d.size_bytes)).collect(),
                 nics: vm.spec.nics.iter().map(|n| (n.mac.to_string(), n.network.clone())).collect(),
                 cdrom: vm.spec.hardware.cdrom.clone(),
+                vcpus: vm.spec.vcpus,
                 // A stopped VM's move (a cold copy) is the target's to pull.
                 migrating_out: vm
                     .migration
@@ -165,8 +166,8 @@ async fn reconcile(
         debug!(?action, "agent action");
         let power_cycle = matches!(action, Action::Restart { .. });
         match action {
-            Action::Report { vm_id, epoch, state, error } => {
-                if let Err(e) = report(ctx, vm_id, epoch, state, error).await {
+            Action::Report { vm_id, epoch, state, error, spec_gen } => {
+                if let Err(e) = report(ctx, vm_id, epoch, state, error, spec_gen).await {
                     warn!(vm = %vm_id_hex(vm_id), error = %e, "could not report VM state; will retry");
                     if let Some(m) = memory.get_mut(&vm_id) {
                         m.last_sent = None;
@@ -252,6 +253,21 @@ async fn reconcile(
                 };
                 let result = blocking(&ctx.hypervisor, move |hv| hv.set_cdrom(&domain, machine, iso.as_deref())).await;
                 live_change(ctx, vm_id, "CD-ROM", result).await;
+            }
+            Action::SyncVcpus { vm_id } => {
+                let domain = domain_name(vm_id);
+                let Some((vcpus, epoch)) =
+                    ctx.read(|d| d.state.vms.get(&vm_id).and_then(|v| Some((v.spec.vcpus, v.placement?.epoch))))
+                else {
+                    continue;
+                };
+                let result = blocking(&ctx.hypervisor, move |hv| hv.set_vcpus(&domain, vcpus)).await;
+                let plugged = result.is_ok() && pending(ctx, vm_id, "vcpus: ");
+                live_change(ctx, vm_id, "vCPU", result).await;
+                if plugged {
+                    let cmd = Command::VcpusLive { vm: vm_id, node: ctx.id, epoch, vcpus, at_ms: now_ms() };
+                    let _ = ctx.propose(cmd).await;
+                }
             }
             Action::Shutdown { domain } => {
                 info!(%domain, "asking the guest to shut down (its agent, else ACPI)");
@@ -412,7 +428,7 @@ async fn fail(ctx: &Arc<NodeCtx>, memory: &mut HashMap<u64, Memory>, vm_id: u64,
     } else {
         (VmState::Failed, message)
     };
-    if let Err(e) = report(ctx, vm_id, epoch, state, Some(error)).await {
+    if let Err(e) = report(ctx, vm_id, epoch, state, Some(error), 0).await {
         warn!(error = %e, "could not report the failure");
     }
 }
@@ -430,10 +446,15 @@ async fn live_change(ctx: &NodeCtx, vm_id: u64, what: &str, result: Result<Vec<S
             let epoch = ctx.read(|d| d.state.vms.get(&vm_id).and_then(|v| v.placement).map(|p| p.epoch));
             if let Some(epoch) = epoch {
                 let error = Some(format!("{what} change not applied live: {e}; it applies at the next start"));
-                let _ = report(ctx, vm_id, epoch, VmState::Running, error).await;
+                let _ = report(ctx, vm_id, epoch, VmState::Running, error, 0).await;
             }
         }
     }
+}
+
+/// Whether a change of `field` ("vcpus: ") waits for the VM's next start.
+fn pending(ctx: &NodeCtx, vm_id: u64, field: &str) -> bool {
+    ctx.read(|d| d.state.vms.get(&vm_id).is_some_and(|v| v.pending_changes.iter().any(|p| p.starts_with(field))))
 }
 
 /// The domain definition of a VM placed here, from the replicated spec and
@@ -448,7 +469,10 @@ fn domain_spec(state: &ClusterState, vm_id: u64, ctx: &NodeCtx, prepared: Prepar
         node_id: ctx.id,
         epoch: p.epoch,
         domain_type: ctx.config.virt_type.clone(),
+        spec_gen: vm.spec_gen,
         vcpus: vm.spec.vcpus,
+        // Room to plug vCPUs into the running guest, up to the host's CPUs.
+        max_vcpus: state.nodes.get(&ctx.id).map_or(vm.spec.vcpus, |n| n.cpus.max(vm.spec.vcpus)),
         memory_mib: vm.spec.memory_mib,
         disks: prepared.disks.iter().map(|(index, path, _)| (*index, path.clone())).collect(),
         kernel: prepared.kernel.clone(),
@@ -471,9 +495,17 @@ fn domain_spec(state: &ClusterState, vm_id: u64, ctx: &NodeCtx, prepared: Prepar
 }
 
 /// Records a state transition through the one write path; `false` if the
-/// cluster refused it as stale (the VM moved on or is gone).
-pub async fn report(ctx: &NodeCtx, vm: u64, epoch: u64, state: VmState, error: Option<String>) -> Result<bool> {
-    let cmd = Command::ReportVm { vm, node: ctx.id, epoch, state, error, at_ms: now_ms() };
+/// cluster refused it as stale (the VM moved on or is gone). `spec_gen` is
+/// the spec generation a running guest was defined from (0: unknown).
+pub async fn report(
+    ctx: &NodeCtx,
+    vm: u64,
+    epoch: u64,
+    state: VmState,
+    error: Option<String>,
+    spec_gen: u64,
+) -> Result<bool> {
+    let cmd = Command::ReportVm { vm, node: ctx.id, epoch, state, error, spec_gen, at_ms: now_ms() };
     Ok(!matches!(ctx.propose(cmd).await?, Response::Refused(_)))
 }
 

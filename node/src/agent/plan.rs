@@ -34,6 +34,9 @@ pub struct Want {
     pub nics: Vec<(String, String)>,
     /// The ISO image in its CD-ROM drive: a change while it runs is made live.
     pub cdrom: Option<String>,
+    /// Its vCPUs: a change while it runs is plugged live where the guest's
+    /// maximum (its host's CPUs at start) allows.
+    pub vcpus: u32,
     /// The epoch of a live migration away from this host, while it runs.
     pub migrating_out: Option<u64>,
 }
@@ -59,6 +62,7 @@ pub struct Memory {
     disks_synced: Option<Vec<(u32, u64)>>,
     nics_synced: Option<Vec<(String, String)>>,
     cdrom_synced: Option<Option<String>>,
+    vcpus_synced: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,6 +95,9 @@ pub enum Action {
         epoch: u64,
         state: VmState,
         error: Option<String>,
+        /// The spec generation the running guest was defined from (0 when
+        /// nothing runs, or unknown: it never clears a pending change).
+        spec_gen: u64,
     },
     /// Give a running guest the disks its spec has now: attach new ones,
     /// grow larger ones.
@@ -103,6 +110,10 @@ pub enum Action {
     },
     /// Put the spec's ISO in the running guest's CD-ROM drive (or eject).
     SyncCdrom {
+        vm_id: u64,
+    },
+    /// Give the running guest the spec's vCPU count (hot-plug).
+    SyncVcpus {
         vm_id: u64,
     },
     /// Send the running guest to a migration's target (the shell runs it
@@ -150,14 +161,14 @@ impl Default for Timing {
     }
 }
 
-fn report(out: &mut Vec<Action>, want: &Want, mem: &mut Memory, state: VmState, error: Option<String>) {
+fn report(out: &mut Vec<Action>, want: &Want, mem: &mut Memory, state: VmState, error: Option<String>, spec_gen: u64) {
     let already = want.reported.as_ref() == Some(&(state, error.clone()));
     let sent = mem.last_sent.as_ref() == Some(&(want.epoch, state, error.clone()));
     if already {
         mem.last_sent = None;
     } else if !sent {
         mem.last_sent = Some((want.epoch, state, error.clone()));
-        out.push(Action::Report { vm_id: want.vm_id, epoch: want.epoch, state, error });
+        out.push(Action::Report { vm_id: want.vm_id, epoch: want.epoch, state, error, spec_gen });
     }
 }
 
@@ -214,6 +225,7 @@ pub fn plan(
                 disks_synced: mem.disks_synced.take(),
                 nics_synced: mem.nics_synced.take(),
                 cdrom_synced: mem.cdrom_synced.take(),
+                vcpus_synced: mem.vcpus_synced.take(),
                 ..Memory::default()
             };
         }
@@ -221,7 +233,7 @@ pub fn plan(
             if have.is_some() || !keep_disks {
                 out.push(Action::Remove { domain: want.domain.clone(), vm_id: want.vm_id, keep_disks });
             }
-            report(&mut out, want, mem, VmState::Deleted, None);
+            report(&mut out, want, mem, VmState::Deleted, None, 0);
             continue;
         }
         if standing == Standing::Fenced && want.ha {
@@ -265,6 +277,7 @@ fn plan_running(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: 
         mem.disks_synced = Some(want.disks.clone());
         mem.nics_synced = Some(want.nics.clone());
         mem.cdrom_synced = Some(want.cdrom.clone());
+        mem.vcpus_synced = Some(want.vcpus);
         out.push(Action::Create { vm_id: want.vm_id });
         return;
     };
@@ -291,7 +304,11 @@ fn plan_running(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: 
                 mem.cdrom_synced = Some(want.cdrom.clone());
                 out.push(Action::SyncCdrom { vm_id: want.vm_id });
             }
-            report(out, want, mem, VmState::Running, None);
+            if mem.vcpus_synced != Some(want.vcpus) {
+                mem.vcpus_synced = Some(want.vcpus);
+                out.push(Action::SyncVcpus { vm_id: want.vm_id });
+            }
+            report(out, want, mem, VmState::Running, None, have.spec_gen);
         }
         // Paused at an epoch nothing was reported at yet: a live migration
         // brought it here paused, and its move is now recorded. It runs on.
@@ -305,6 +322,7 @@ fn plan_running(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: 
             mem.disks_synced = Some(want.disks.clone());
             mem.nics_synced = Some(want.nics.clone());
             mem.cdrom_synced = Some(want.cdrom.clone());
+            mem.vcpus_synced = Some(want.vcpus);
             let was_running = matches!(want.reported, Some((VmState::Running, _)) | Some((VmState::Crashed, _)));
             mem.lease_retry_at_ms = None;
             if !was_running {
@@ -325,7 +343,7 @@ fn plan_running(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: 
                 OffReason::Other => "stopped unexpectedly",
             };
             let note = format!("{why}; restarting (restart {})", mem.crash_restarts);
-            report(out, want, mem, VmState::Crashed, Some(note));
+            report(out, want, mem, VmState::Crashed, Some(note), 0);
             out.push(Action::Start { vm_id: want.vm_id });
         }
     }
@@ -349,7 +367,7 @@ fn plan_stopped(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: 
                         "forced power-off: the guest did not shut down within {} s of the ACPI request",
                         t.shutdown_timeout_ms.div_ceil(1000)
                     );
-                    report(out, want, mem, VmState::Running, Some(note));
+                    report(out, want, mem, VmState::Running, Some(note), 0);
                     out.push(Action::Destroy { domain });
                 }
                 Some(_) => {}
@@ -357,7 +375,7 @@ fn plan_stopped(out: &mut Vec<Action>, want: &Want, have: Option<&Domain>, mem: 
         }
         Some(RunState::Off(_)) | None => {
             mem.stop_requested_at_ms = None;
-            report(out, want, mem, VmState::Stopped, None);
+            report(out, want, mem, VmState::Stopped, None, 0);
         }
     }
 }

@@ -185,9 +185,10 @@ pub enum VmCmd {
         #[arg(long)]
         copy_storage: bool,
     },
-    /// Change a VM's description, restart priority or labels (the guest is not touched).
+    /// Change a VM: its description, restart priority and labels, its size, HA and hardware. The size is
+    /// checked against its host; what the running guest cannot take live is pending until its next start.
     #[command(
-        after_help = "Examples:\n  kvmesh vm set web1 --description \"billing front end\" --priority 10\n  kvmesh vm set web1 --label app=billing --unlabel tier"
+        after_help = "Examples:\n  kvmesh vm set web1 --description \"billing front end\" --priority 10\n  kvmesh vm set web1 --label app=billing --unlabel tier\n  kvmesh vm set web1 --vcpus 4 --memory 8G\n  kvmesh vm set web1 --firmware uefi --machine q35"
     )]
     Set {
         name: String,
@@ -203,7 +204,8 @@ pub enum VmCmd {
         /// Remove a label by key (repeatable).
         #[arg(long = "unlabel")]
         unlabel: Vec<String>,
-        /// Virtual CPUs. On a running VM: pending until its next start.
+        /// Virtual CPUs. On a running VM: plugged in live up to its host's CPU count when it started
+        /// (the guest brings them online), else pending until its next start.
         #[arg(long)]
         vcpus: Option<u32>,
         /// Memory, e.g. 2G or 512M. On a running VM: pending until its next start.

@@ -429,6 +429,7 @@ mod tests {
             name: domain_name(vm_id),
             vm_id,
             epoch: 1,
+            spec_gen: 0,
             state: if running { RunState::Running } else { RunState::Off(crate::hypervisor::OffReason::Shutdown) },
         }
     }

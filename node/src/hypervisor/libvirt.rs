@@ -300,7 +300,13 @@ impl Hypervisor for Libvirt {
             if tag.node_id != self.node_id {
                 continue;
             }
-            out.push(Domain { name, vm_id: tag.vm_id, epoch: tag.epoch, state: run_state(&dom) });
+            out.push(Domain {
+                name,
+                vm_id: tag.vm_id,
+                epoch: tag.epoch,
+                state: run_state(&dom),
+                spec_gen: tag.spec_gen,
+            });
         }
         Ok(out)
     }
@@ -382,6 +388,27 @@ impl Hypervisor for Libvirt {
             Some(path) => format!("inserted {path}"),
             None => "ejected the CD-ROM".to_string(),
         }])
+    }
+
+    fn set_vcpus(&self, domain: &str, vcpus: u32) -> Result<Vec<String>> {
+        if self.is_test_driver() {
+            return Ok(Vec::new()); // no guest runs: the spec is all there is
+        }
+        let dom = self.lookup(domain)?;
+        let live =
+            dom.vcpus_flags(virt::sys::VIR_DOMAIN_VCPU_LIVE).map_err(|e| lv_err(&format!("vCPUs of {domain}"), e))?;
+        if live == vcpus {
+            return Ok(Vec::new());
+        }
+        let most = dom
+            .vcpus_flags(virt::sys::VIR_DOMAIN_VCPU_LIVE | virt::sys::VIR_DOMAIN_VCPU_MAXIMUM)
+            .map_err(|e| lv_err(&format!("vCPUs of {domain}"), e))?;
+        if vcpus > most {
+            return Err(Error::FailedPrecondition(format!("{domain} was started with room for {most} vCPUs")));
+        }
+        dom.set_vcpus_flags(vcpus, virt::sys::VIR_DOMAIN_VCPU_LIVE)
+            .map_err(|e| lv_err(&format!("set the vCPUs of {domain}"), e))?;
+        Ok(vec![format!("vCPUs {live} -> {vcpus}")])
     }
 
     fn build_seed(&self, domain: &str, files: &(String, String)) -> Result<Option<String>> {

@@ -64,6 +64,8 @@ pub struct Domain {
     pub vm_id: u64,
     pub epoch: u64,
     pub state: RunState,
+    /// The VM's spec generation it was defined from (its tag).
+    pub spec_gen: u64,
 }
 
 pub trait Hypervisor: Send + Sync + 'static {
@@ -117,6 +119,9 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// Builds a domain's cloud-init seed from its (meta-data, user-data);
     /// its path, or `None` where no guest runs to read it.
     fn build_seed(&self, domain: &str, files: &(String, String)) -> Result<Option<String>>;
+    /// Gives a running domain `vcpus` vCPUs live (within the maximum it was
+    /// started with); what it changed.
+    fn set_vcpus(&self, domain: &str, vcpus: u32) -> Result<Vec<String>>;
     /// The pty of a running domain's serial console.
     fn serial_pty(&self, domain: &str) -> Result<String>;
     /// The unix socket of a running domain's VNC display.

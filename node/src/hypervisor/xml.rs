@@ -22,7 +22,11 @@ pub struct DomainSpec {
     pub epoch: u64,
     /// libvirt domain type: kvm, qemu (TCG) or test.
     pub domain_type: String,
+    /// The VM's spec generation this definition is made from.
+    pub spec_gen: u64,
     pub vcpus: u32,
+    /// The most vCPUs the running guest can be given (hot-plug).
+    pub max_vcpus: u32,
     pub memory_mib: u64,
     /// Disks as (index, qcow2 volume path); index 0 is `vda`, the boot disk.
     pub disks: Vec<(u32, String)>,
@@ -165,6 +169,9 @@ pub struct Tag {
     pub vm_id: u64,
     pub node_id: u64,
     pub epoch: u64,
+    /// The VM's spec generation the definition was made from: a live
+    /// migration carries it, so the target reports the run it received.
+    pub spec_gen: u64,
 }
 
 /// Escapes text for XML element content and attribute values.
@@ -186,11 +193,12 @@ pub fn escape(s: &str) -> String {
 /// The metadata element alone (also what `virDomainGetMetadata` returns).
 pub fn metadata_xml(tag: &Tag, vm_name: &str) -> String {
     format!(
-        "<{p}:vm xmlns:{p}=\"{ns}\"><{p}:id>{:016x}</{p}:id><{p}:name>{}</{p}:name><{p}:node>{}</{p}:node><{p}:epoch>{}</{p}:epoch></{p}:vm>",
+        "<{p}:vm xmlns:{p}=\"{ns}\"><{p}:id>{:016x}</{p}:id><{p}:name>{}</{p}:name><{p}:node>{}</{p}:node><{p}:epoch>{}</{p}:epoch><{p}:spec>{}</{p}:spec></{p}:vm>",
         tag.vm_id,
         escape(vm_name),
         tag.node_id,
         tag.epoch,
+        tag.spec_gen,
         p = METADATA_PREFIX,
         ns = METADATA_NS,
     )
@@ -208,6 +216,8 @@ pub fn parse_metadata(xml: &str) -> Option<Tag> {
         vm_id: u64::from_str_radix(&field("id")?, 16).ok()?,
         node_id: field("node")?.parse().ok()?,
         epoch: field("epoch")?.parse().ok()?,
+        // Absent in definitions made before generations were counted.
+        spec_gen: field("spec").and_then(|g| g.parse().ok()).unwrap_or(0),
     })
 }
 
@@ -261,7 +271,7 @@ fn replace_field(xml: &str, name: &str, value: &str) -> Option<String> {
 
 /// The domain definition.
 pub fn domain_xml(s: &DomainSpec) -> String {
-    let tag = Tag { vm_id: s.vm_id, node_id: s.node_id, epoch: s.epoch };
+    let tag = Tag { vm_id: s.vm_id, node_id: s.node_id, epoch: s.epoch, spec_gen: s.spec_gen };
     let mut x = String::new();
     let _ = writeln!(x, "<domain type='{}'>", escape(&s.domain_type));
     let _ = writeln!(x, "  <name>{}</name>", escape(&s.domain));
@@ -271,7 +281,11 @@ pub fn domain_xml(s: &DomainSpec) -> String {
     let _ = writeln!(x, "  <title>{}</title>", escape(&s.vm_name));
     let _ = writeln!(x, "  <metadata>{}</metadata>", metadata_xml(&tag, &s.vm_name));
     let _ = writeln!(x, "  <memory unit='MiB'>{}</memory>", s.memory_mib);
-    let _ = writeln!(x, "  <vcpu>{}</vcpu>", s.vcpus);
+    if s.max_vcpus > s.vcpus && s.domain_type != "test" {
+        let _ = writeln!(x, "  <vcpu placement='static' current='{}'>{}</vcpu>", s.vcpus, s.max_vcpus);
+    } else {
+        let _ = writeln!(x, "  <vcpu>{}</vcpu>", s.vcpus);
+    }
     x.push_str("  <os>\n");
     if s.domain_type == "test" {
         x.push_str("    <type>hvm</type>\n");
@@ -297,6 +311,10 @@ pub fn domain_xml(s: &DomainSpec) -> String {
     }
     x.push_str("  </os>\n");
     x.push_str("  <features><acpi/><apic/></features>\n");
+    // Memory is not made hot-pluggable: a maximum (and the NUMA cell it
+    // needs) costs a guest tens of MiB for the kernel's map of the range,
+    // and kept 128 MiB guests from booting at all. Memory changes wait for
+    // the next start.
     match s.cpu_model.as_deref() {
         None => {}
         Some(mode @ ("host-passthrough" | "host-model")) => {
@@ -418,7 +436,9 @@ mod tests {
             node_id: 42,
             epoch: 3,
             domain_type: "qemu".into(),
+            spec_gen: 6,
             vcpus: 2,
+            max_vcpus: 4,
             memory_mib: 256,
             disks: vec![(0, "/d/a b.qcow2".into()), (2, "/d/c.qcow2".into())],
             kernel: Some("/boot/vmlinuz".into()),
@@ -462,12 +482,14 @@ mod tests {
             "{x}"
         );
         assert!(x.contains("<serial type='pty'><log file='/d/console.log'/>"));
+        assert!(x.contains("<vcpu placement='static' current='2'>4</vcpu>"), "room to plug vCPUs: {x}");
+
         assert!(x.contains("<graphics type='vnc' socket='/d/vnc.sock'/>"));
         assert!(x.contains("name='org.qemu.guest_agent.0'"));
         assert!(!x.contains("<boot order"), "direct kernel boot has no boot order");
         assert!(x.contains("<target dev='hdc' bus='ide'/><readonly/></disk>"), "an empty drive: {x}");
-        assert!(!x.contains("<cpu") && !x.contains("<loader"), "migratable defaults: {x}");
-        assert_eq!(parse_metadata(&x), Some(Tag { vm_id: 255, node_id: 42, epoch: 3 }));
+        assert!(!x.contains("<cpu") && !x.contains("<loader") && !x.contains("maxMemory"), "migratable defaults: {x}");
+        assert_eq!(parse_metadata(&x), Some(Tag { vm_id: 255, node_id: 42, epoch: 3, spec_gen: 6 }));
         let disk_boot = domain_xml(&DomainSpec { kernel: None, ..spec() });
         assert!(disk_boot.contains("<target dev='vda' bus='virtio'/><boot order='1'/></disk>"), "{disk_boot}");
         assert!(!disk_boot.contains("<kernel>"));
@@ -503,20 +525,22 @@ mod tests {
         assert_eq!(cdrom_source(&seeded, "hdd").as_deref(), Some("/d/seed.iso"), "{seeded}");
         assert_eq!(cdrom_source(&domain_xml(&DomainSpec { kernel: None, ..spec() }), "hdc"), None, "an empty drive");
         let passthrough = domain_xml(&DomainSpec { cpu_model: Some("host-passthrough".into()), ..spec() });
-        assert!(passthrough.contains("<cpu mode='host-passthrough'/>"));
+        assert!(passthrough.contains("<cpu mode='host-passthrough'/>"), "{passthrough}");
     }
 
     #[test]
     fn metadata_roundtrips_with_libvirts_prefix() {
         // libvirt may hand the element back with its own formatting.
-        let back = "<kvmesh:vm xmlns:kvmesh=\"https://kvmesh.dev/xmlns/domain/1\">\n  <kvmesh:id>00000000000000ff</kvmesh:id>\n  <kvmesh:name>w</kvmesh:name>\n  <kvmesh:node>42</kvmesh:node>\n  <kvmesh:epoch>3</kvmesh:epoch>\n</kvmesh:vm>";
-        assert_eq!(parse_metadata(back), Some(Tag { vm_id: 255, node_id: 42, epoch: 3 }));
+        let back = "<kvmesh:vm xmlns:kvmesh=\"https://kvmesh.dev/xmlns/domain/1\">\n  <kvmesh:id>00000000000000ff</kvmesh:id>\n  <kvmesh:name>w</kvmesh:name>\n  <kvmesh:node>42</kvmesh:node>\n  <kvmesh:epoch>3</kvmesh:epoch>\n  <kvmesh:spec>6</kvmesh:spec>\n</kvmesh:vm>";
+        assert_eq!(parse_metadata(back), Some(Tag { vm_id: 255, node_id: 42, epoch: 3, spec_gen: 6 }));
         assert_eq!(parse_metadata("<other/>"), None);
+        let older = back.replace("  <kvmesh:spec>6</kvmesh:spec>\n", "");
+        assert_eq!(parse_metadata(&older).map(|t| t.spec_gen), Some(0), "defined before generations counted");
     }
 
     #[test]
     fn a_migration_retags_the_domain_and_moves_its_console_only() {
-        let live = "<domain type='qemu'>\n  <name>kvmesh-00ff</name>\n  <uuid>u-1</uuid>\n  <metadata>\n    <kvmesh:vm xmlns:kvmesh=\"https://kvmesh.dev/xmlns/domain/1\">\n      <kvmesh:id>00000000000000ff</kvmesh:id>\n      <kvmesh:name>w</kvmesh:name>\n      <kvmesh:node>42</kvmesh:node>\n      <kvmesh:epoch>3</kvmesh:epoch>\n    </kvmesh:vm>\n  </metadata>\n  <os><nvram template='/ovmf/VARS.fd'>/a/nvram/kvmesh-00ff_VARS.fd</nvram></os>\n  <devices>\n    <disk><source file='/shared/00ff-disk0.qcow2'/><address type='pci' slot='0x04'/></disk>\n    <serial type='file'><source path='/a/consoles/kvmesh-00ff.log'/></serial>\n    <console type='file'><source path='/a/consoles/kvmesh-00ff.log'/></console>\n  </devices>\n</domain>";
+        let live = "<domain type='qemu'>\n  <name>kvmesh-00ff</name>\n  <uuid>u-1</uuid>\n  <metadata>\n    <kvmesh:vm xmlns:kvmesh=\"https://kvmesh.dev/xmlns/domain/1\">\n      <kvmesh:id>00000000000000ff</kvmesh:id>\n      <kvmesh:name>w</kvmesh:name>\n      <kvmesh:node>42</kvmesh:node>\n      <kvmesh:epoch>3</kvmesh:epoch>\n      <kvmesh:spec>6</kvmesh:spec>\n    </kvmesh:vm>\n  </metadata>\n  <os><nvram template='/ovmf/VARS.fd'>/a/nvram/kvmesh-00ff_VARS.fd</nvram></os>\n  <devices>\n    <disk><source file='/shared/00ff-disk0.qcow2'/><address type='pci' slot='0x04'/></disk>\n    <serial type='file'><source path='/a/consoles/kvmesh-00ff.log'/></serial>\n    <console type='file'><source path='/a/consoles/kvmesh-00ff.log'/></console>\n  </devices>\n</domain>";
         let to = crate::hypervisor::MigrationTarget {
             libvirt_uri: "qemu+tcp://b/system".into(),
             data_uri: None,
@@ -528,7 +552,7 @@ mod tests {
         };
         let dest = retarget(live, 42, &to, "/a/consoles").unwrap();
         let start = dest.find("<metadata>").unwrap();
-        assert_eq!(parse_metadata(&dest[start..]), Some(Tag { vm_id: 255, node_id: 7, epoch: 4 }));
+        assert_eq!(parse_metadata(&dest[start..]), Some(Tag { vm_id: 255, node_id: 7, epoch: 4, spec_gen: 6 }));
         assert_eq!(dest.matches("/b/consoles/kvmesh-00ff.log").count(), 2);
         assert!(!dest.contains("/a/consoles"));
         assert!(dest.contains(">/b/nvram/kvmesh-00ff_VARS.fd</nvram>"), "a diskless VM's variables: {dest}");

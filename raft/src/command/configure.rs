@@ -3,11 +3,16 @@
 //! here.
 //!
 //! Every start defines the guest again from the spec, so a change to a
-//! stopped VM simply takes effect at its next start. A change to a running
-//! guest that needs a new QEMU (CPUs, memory, firmware, machine, CPU model,
-//! boot order) is recorded in `pending_changes`, which operators see in
-//! `vm get` (as Proxmox shows pending changes) and which the next report of
-//! a fresh start clears. The CD-ROM and the HA flag change at once: the
+//! stopped VM simply takes effect at its next start. A change that needs a
+//! new QEMU (CPUs, memory, firmware, machine, CPU model, boot order,
+//! cloud-init) counts the spec's generation up; while a guest runs or may
+//! be being started, it is also recorded in `pending_changes`, which
+//! operators see in `vm get` (as Proxmox shows pending changes). Hosts tag
+//! each definition with the generation it was made from and report it, so
+//! only a guest running that generation or a later one clears them: not a
+//! guest that arrived live, nor one defined a moment before the change.
+//! vCPUs plugged into the running guest clear their entry
+//! (`Command::VcpusLive`). The CD-ROM and the HA flag change at once: the
 //! host's agent swaps the medium live.
 
 use super::{Refusal, Response};
@@ -71,12 +76,10 @@ impl ClusterState {
                 return Response::Refused(Refusal::VmChange { vm: name.into(), reason });
             }
         }
-        // Whether a QEMU runs (or is being started) with the old definition.
+        // Whether a QEMU runs, or may be being started, with the old
+        // definition: its host reports which generation it started.
         let guest_up = vm.placement.is_some()
-            && match &vm.reported {
-                Some(r) => r.state == VmState::Running,
-                None => vm.desired == Desired::Running,
-            };
+            && (vm.desired == Desired::Running || vm.reported.as_ref().is_some_and(|r| r.state == VmState::Running));
         let (old, new) = (&before, &vm.spec);
         let mut changed: Vec<(&str, String, String)> = vec![
             ("vcpus", old.vcpus.to_string(), new.vcpus.to_string()),
@@ -88,6 +91,9 @@ impl ClusterState {
             ("cloud-init", cloud_init(&old.hardware), cloud_init(&new.hardware)),
         ];
         changed.retain(|(_, from, to)| from != to);
+        if !changed.is_empty() {
+            vm.spec_gen += 1;
+        }
         let mut now: Vec<String> = Vec::new();
         if old.ha != new.ha {
             now.push(format!("ha {} -> {}", old.ha, new.ha));
@@ -115,6 +121,25 @@ impl ClusterState {
         self.vms.insert(vm.id, vm.clone());
         self.push_event(at_ms, "vm", message);
         Response::Vm(Box::new(vm))
+    }
+}
+
+impl ClusterState {
+    pub(super) fn vcpus_live(&mut self, id: u64, at: (u64, u64), vcpus: u32, at_ms: u64) -> Response {
+        let Some(vm) = self.vms.get_mut(&id) else { return Response::Refused(Refusal::StaleReport) };
+        // Only the current run's host, and only for the count the spec asks
+        // (an operator may have changed it again meanwhile).
+        if vm.placement.map(|p| (p.node, p.epoch)) != Some(at) || vm.spec.vcpus != vcpus {
+            return Response::Refused(Refusal::StaleReport);
+        }
+        let before = vm.pending_changes.len();
+        vm.pending_changes.retain(|p| !p.starts_with("vcpus: "));
+        if vm.pending_changes.len() != before {
+            let name = vm.name.clone();
+            self.dirty.insert(Key::Vm(id));
+            self.push_event(at_ms, "vm", format!("vm {name}: {vcpus} vCPUs plugged into the running guest"));
+        }
+        Response::Done
     }
 }
 

@@ -31,7 +31,7 @@ fn cluster() -> ClusterState {
 }
 
 fn running(s: &mut ClusterState, vm: VmId, node: NodeId, epoch: u64) {
-    let report = Command::ReportVm { vm, node, epoch, state: VmState::Running, error: None, at_ms: 4 };
+    let report = Command::ReportVm { vm, node, epoch, state: VmState::Running, error: None, spec_gen: 0, at_ms: 4 };
     assert_eq!(s.apply(&report), Response::Done);
 }
 
@@ -205,7 +205,8 @@ fn a_stopped_vm_moves_cold_at_once_and_a_stopping_one_waits() {
     assert!(matches!(s.apply(&stop), Response::Vm(_)));
     // Still running on its host: it is stopping.
     assert!(refusal(begin(&mut s, "web", 2)).contains("it is stopping"));
-    let stopped = Command::ReportVm { vm: 10, node: 1, epoch: 1, state: VmState::Stopped, error: None, at_ms: 6 };
+    let stopped =
+        Command::ReportVm { vm: 10, node: 1, epoch: 1, state: VmState::Stopped, error: None, spec_gen: 0, at_ms: 6 };
     assert_eq!(s.apply(&stopped), Response::Done);
     assert!(refusal(begin(&mut s, "web", 1)).contains("already on a"));
     assert!(matches!(begin(&mut s, "web", 2), Response::Vm(_)));
@@ -326,7 +327,8 @@ fn a_stopped_vm_with_a_local_disk_moves_once_its_disk_is_copied() {
     let mut s = with_local_disk();
     let stop = Command::SetDesired { name: "loc".into(), desired: Desired::Stopped, force: true, at_ms: 6 };
     assert!(matches!(s.apply(&stop), Response::Vm(_) | Response::Done));
-    let report = Command::ReportVm { vm: 12, node: 1, epoch: 1, state: VmState::Stopped, error: None, at_ms: 7 };
+    let report =
+        Command::ReportVm { vm: 12, node: 1, epoch: 1, state: VmState::Stopped, error: None, spec_gen: 0, at_ms: 7 };
     assert_eq!(s.apply(&report), Response::Done);
     let why = refusal(begin(&mut s, "loc", 2));
     assert!(why.contains("storage local to a") && why.contains("--copy-storage"), "{why}");

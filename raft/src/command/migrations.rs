@@ -126,7 +126,6 @@ impl ClusterState {
         } else {
             vm.placement = Some(crate::model::Placement { node: target, epoch: vm.last_epoch });
             vm.reported = None;
-            vm.arrived_live = false;
         }
         let vm = vm.clone();
         self.dirty.insert(Key::Vm(id));
@@ -255,7 +254,6 @@ impl ClusterState {
         let stopped = vm.desired == Desired::Stopped;
         vm.placement = Some(crate::model::Placement { node: m.target, epoch });
         vm.reported = None;
-        vm.arrived_live = !stopped;
         // Off a draining host: this move is done.
         if vm.moving_from == Some(m.source) {
             vm.moving_from = None;

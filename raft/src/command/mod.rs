@@ -143,6 +143,8 @@ pub enum Command {
         epoch: u64,
         state: VmState,
         error: Option<String>,
+        /// The spec generation the host defined the guest from.
+        spec_gen: u64,
         at_ms: u64,
     },
     /// Writes that arrived together, in one log entry (group commit); each is
@@ -303,6 +305,15 @@ pub enum Command {
         change: crate::hardware::VmChange,
         at_ms: u64,
     },
+    /// The VM's host gave the running guest `vcpus` vCPUs live (hot-plug):
+    /// a pending vCPU change to that count is done.
+    VcpusLive {
+        vm: VmId,
+        node: NodeId,
+        epoch: u64,
+        vcpus: u32,
+        at_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -368,6 +379,7 @@ impl Command {
             | Command::Note { .. }
             | Command::LabelVm { .. }
             | Command::ConfigureVm { .. }
+            | Command::VcpusLive { .. }
             | Command::ReportVm { .. } => false,
         }
     }
@@ -407,8 +419,8 @@ impl ClusterState {
             Command::PlaceVm { vm, node, at_ms } => self.place_vm(*vm, *node, *at_ms),
             Command::SetPending { vm, reason, at_ms } => self.set_pending(*vm, reason, *at_ms),
             Command::RecoverVm { name, at_ms } => self.recover_vm(name, *at_ms),
-            Command::ReportVm { vm, node, epoch, state, error, at_ms } => {
-                self.report_vm(*vm, *node, *epoch, *state, error.clone(), *at_ms)
+            Command::ReportVm { vm, node, epoch, state, error, spec_gen, at_ms } => {
+                self.report_vm(*vm, *node, *epoch, *state, error.clone(), *spec_gen, *at_ms)
             }
             Command::AddStorage { domain, at_ms } => self.add_storage(domain, *at_ms),
             Command::RemoveStorage { name, at_ms } => self.remove_storage(name, *at_ms),
@@ -438,6 +450,9 @@ impl ClusterState {
             Command::AddNic { name, nic, at_ms } => self.add_nic(name, nic, *at_ms),
             Command::RemoveNic { name, mac, at_ms } => self.remove_nic(name, *mac, *at_ms),
             Command::ConfigureVm { name, change, at_ms } => self.configure_vm(name, change, *at_ms),
+            Command::VcpusLive { vm, node, epoch, vcpus, at_ms } => {
+                self.vcpus_live(*vm, (*node, *epoch), *vcpus, *at_ms)
+            }
             Command::Note { kind, message, at_ms } => {
                 self.push_event(*at_ms, kind, message.clone());
                 Response::Done

@@ -153,6 +153,7 @@ fn command(rng: &mut StdRng, state: &ClusterState, wild: bool) -> Command {
             state: [VmState::Running, VmState::Stopped, VmState::Crashed, VmState::Failed, VmState::Deleted]
                 [rng.gen_range(0..5)],
             error: rng.gen_bool(0.3).then(|| "boom".to_string()),
+            spec_gen: rng.gen_range(0..3),
             at_ms,
         },
         20 => Command::Request {

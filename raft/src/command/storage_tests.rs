@@ -161,6 +161,7 @@ fn a_deleted_vms_volumes_go_to_the_trash_until_a_host_deletes_them() {
         epoch: 1,
         state: crate::model::VmState::Deleted,
         error: None,
+        spec_gen: 0,
         at_ms: 7,
     });
     let trash = s.meta.trash.clone();

@@ -41,7 +41,7 @@ pub(super) fn vm(id: u64, name: &str, node: Option<u64>, mem: u64) -> Vm {
         next_disk: 0,
         migration: None,
         pending_changes: Vec::new(),
-        arrived_live: false,
+        spec_gen: 0,
     }
 }
 
@@ -140,7 +140,8 @@ fn remove_node_with_vms_needs_force() {
     assert_eq!(s.vm_by_name("web").unwrap().placement.map(|p| p.node), Some(2));
     // Its word no longer counts, even about a VM still placed on it.
     let epoch = s.vm_by_name("web").unwrap().placement.unwrap().epoch;
-    let report = Command::ReportVm { vm: 10, node: 2, epoch, state: VmState::Running, error: None, at_ms: 6 };
+    let report =
+        Command::ReportVm { vm: 10, node: 2, epoch, state: VmState::Running, error: None, spec_gen: 0, at_ms: 6 };
     assert_eq!(s.apply(&report), Response::Refused(Refusal::StaleReport));
     assert_eq!(s.apply(&Command::RecoverVm { name: "web".into(), at_ms: 6 }), Response::Done);
     assert_eq!(s.vm_by_name("web").unwrap().placement, None);
@@ -184,9 +185,11 @@ fn delete_of_a_held_vm_waits_for_its_host() {
     assert_eq!(to_pb::vm_state(&s, v), pb::VmState::Deleting);
     assert_eq!(v.desired, Desired::Stopped);
     // Another host, or a stale epoch, cannot finish it.
-    let stale = Command::ReportVm { vm: 10, node: 1, epoch: 0, state: VmState::Deleted, error: None, at_ms: 5 };
+    let stale =
+        Command::ReportVm { vm: 10, node: 1, epoch: 0, state: VmState::Deleted, error: None, spec_gen: 0, at_ms: 5 };
     assert_eq!(s.apply(&stale), Response::Refused(Refusal::StaleReport));
-    let done = Command::ReportVm { vm: 10, node: 1, epoch: 1, state: VmState::Deleted, error: None, at_ms: 5 };
+    let done =
+        Command::ReportVm { vm: 10, node: 1, epoch: 1, state: VmState::Deleted, error: None, spec_gen: 0, at_ms: 5 };
     assert_eq!(s.apply(&done), Response::Done);
     assert!(s.vm_by_name("web").is_none());
     // Unplaced VMs go at once.
@@ -200,7 +203,8 @@ fn reports_record_transitions_only_from_the_current_placement() {
     let mut s = initialized();
     s.apply(&Command::CreateVm { vm: Box::new(vm(10, "web", Some(1), 100)), at_ms: 3 });
     assert_eq!(to_pb::vm_state(&s, s.vm_by_name("web").unwrap()), pb::VmState::Pending);
-    let running = Command::ReportVm { vm: 10, node: 1, epoch: 1, state: VmState::Running, error: None, at_ms: 9 };
+    let running =
+        Command::ReportVm { vm: 10, node: 1, epoch: 1, state: VmState::Running, error: None, spec_gen: 0, at_ms: 9 };
     assert_eq!(s.apply(&running), Response::Done);
     let events = s.events.len();
     // The same report again changes nothing and logs nothing.
@@ -211,7 +215,8 @@ fn reports_record_transitions_only_from_the_current_placement() {
     let v = s.vm_by_name("web").unwrap();
     assert_eq!(to_pb::vm_state(&s, v), pb::VmState::Running);
     assert_eq!(v.reported.as_ref().unwrap().since_ms, 9);
-    let other_node = Command::ReportVm { vm: 10, node: 2, epoch: 1, state: VmState::Stopped, error: None, at_ms: 10 };
+    let other_node =
+        Command::ReportVm { vm: 10, node: 2, epoch: 1, state: VmState::Stopped, error: None, spec_gen: 0, at_ms: 10 };
     assert_eq!(s.apply(&other_node), Response::Refused(Refusal::StaleReport));
     let failed = Command::ReportVm {
         vm: 10,
@@ -219,6 +224,7 @@ fn reports_record_transitions_only_from_the_current_placement() {
         epoch: 1,
         state: VmState::Failed,
         error: Some("libvirt: no such file".into()),
+        spec_gen: 0,
         at_ms: 11,
     };
     s.apply(&failed);
@@ -394,7 +400,15 @@ fn a_retried_request_is_applied_once_and_gets_the_first_answer() {
         cmd: Box::new(Command::DeleteVm { name: "web".into(), keep_disks: false, at_ms: 4 }),
     };
     assert_eq!(s.apply(&delete), Response::Done);
-    s.apply(&Command::ReportVm { vm: 10, node: 1, epoch: 1, state: VmState::Deleted, error: None, at_ms: 5 });
+    s.apply(&Command::ReportVm {
+        vm: 10,
+        node: 1,
+        epoch: 1,
+        state: VmState::Deleted,
+        error: None,
+        spec_gen: 0,
+        at_ms: 5,
+    });
     assert!(s.vms.is_empty());
     assert_eq!(s.apply(&delete), Response::Done);
     // Only writes that differ when applied twice pay for an answer.

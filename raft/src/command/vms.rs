@@ -114,7 +114,6 @@ impl ClusterState {
         // Whatever was reported is about the run being restarted: `pending`
         // until the host reports the new one.
         vm.reported = None;
-        vm.arrived_live = false;
         let vm = vm.clone();
         self.dirty.insert(Key::Vm(vm.id));
         self.push_event(at_ms, "vm", format!("vm {name}: restart requested"));
@@ -170,7 +169,6 @@ impl ClusterState {
         vm.placement = Some(Placement { node, epoch: vm.last_epoch });
         vm.pending = None;
         vm.reported = None;
-        vm.arrived_live = false;
         vm.moving_from = None;
         let placed = vm.clone();
         self.dirty.insert(Key::Vm(id));
@@ -230,6 +228,7 @@ impl ClusterState {
         epoch: u64,
         state: VmState,
         error: Option<String>,
+        spec_gen: u64,
         at_ms: u64,
     ) -> Response {
         // A removed host may still hold placements (see `remove_node`), but
@@ -252,18 +251,17 @@ impl ClusterState {
             }
             return Response::Refused(Refusal::StaleReport);
         }
+        // A guest defined from the spec at `spec_gen` has every change up
+        // to it; one that arrived live, or was defined just before a
+        // change, runs an older generation and its changes stay pending.
+        if state == VmState::Running && spec_gen >= vm.spec_gen && !vm.pending_changes.is_empty() {
+            vm.pending_changes.clear();
+            self.dirty.insert(Key::Vm(id));
+        }
         let previous = vm.reported.as_ref().map(|r| (r.state, r.epoch, r.last_error.clone()));
         if previous == Some((state, epoch, error.clone())) {
             return Response::Done;
         }
-        // Every start defines the guest again from its spec: a fresh run
-        // has every pending change.
-        // A guest that came live from another host is the same run.
-        let fresh_run = previous.as_ref().is_none_or(|p| p.0 != VmState::Running) && !vm.arrived_live;
-        if state == VmState::Running && fresh_run {
-            vm.pending_changes.clear();
-        }
-        vm.arrived_live = false;
         vm.reported = Some(Reported { state, node, epoch, since_ms: at_ms, last_error: error.clone() });
         self.dirty.insert(Key::Vm(id));
         let message = match (state, &error) {
@@ -314,7 +312,6 @@ impl ClusterState {
             }
             vm.pending = Some(reason);
             vm.reported = None;
-            vm.arrived_live = false;
             // Off its host, it is not going anywhere live either: the
             // target's copy is stale from now on.
             vm.migration = None;
@@ -344,6 +341,5 @@ impl ClusterState {
 fn forget_failure(vm: &mut Vm) {
     if vm.reported.as_ref().is_some_and(|r| r.state == VmState::Failed) {
         vm.reported = None;
-        vm.arrived_live = false;
     }
 }

@@ -17,12 +17,13 @@ fn want(desired: Desired) -> Want {
         disks: vec![(0, 1 << 30)],
         nics: vec![],
         cdrom: None,
+        vcpus: 1,
         migrating_out: None,
     }
 }
 
 fn dom(state: RunState) -> Domain {
-    Domain { name: "kvmesh-7".into(), vm_id: 7, epoch: 1, state }
+    Domain { name: "kvmesh-7".into(), vm_id: 7, epoch: 1, state, spec_gen: 0 }
 }
 
 /// VM 7, last placed at epoch 1.
@@ -40,7 +41,7 @@ fn creates_then_reports_running_once() {
     let mut w = want(Desired::Running);
     assert_eq!(run(&w, &[], &mut mem, 0), vec![Action::Create { vm_id: 7 }]);
     let running = [dom(RunState::Running)];
-    let report = Action::Report { vm_id: 7, epoch: 1, state: VmState::Running, error: None };
+    let report = Action::Report { vm_id: 7, epoch: 1, state: VmState::Running, error: None, spec_gen: 0 };
     assert_eq!(run(&w, &running, &mut mem, 1), vec![report]);
     // Sent but not yet replicated: not sent again.
     assert_eq!(run(&w, &running, &mut mem, 2), vec![]);
@@ -64,7 +65,8 @@ fn a_guest_killed_behind_our_back_is_restarted_with_backoff_and_reported() {
                 vm_id: 7,
                 epoch: 1,
                 state: VmState::Crashed,
-                error: Some("destroyed outside kvmesh; restarting (restart 1)".into())
+                error: Some("destroyed outside kvmesh; restarting (restart 1)".into()),
+                spec_gen: 0,
             },
             Action::Start { vm_id: 7 },
         ]
@@ -99,7 +101,7 @@ fn stop_asks_acpi_then_destroys_after_the_timeout_or_at_once_when_forced() {
     assert_eq!(run(&w, &on, &mut mem, 29_999), vec![]);
     let note = "forced power-off: the guest did not shut down within 30 s of the ACPI request";
     let forced_off = vec![
-        Action::Report { vm_id: 7, epoch: 1, state: VmState::Running, error: Some(note.into()) },
+        Action::Report { vm_id: 7, epoch: 1, state: VmState::Running, error: Some(note.into()), spec_gen: 0 },
         Action::Destroy { domain: "kvmesh-7".into() },
     ];
     assert_eq!(run(&w, &on, &mut mem, 30_000), forced_off);
@@ -108,7 +110,7 @@ fn stop_asks_acpi_then_destroys_after_the_timeout_or_at_once_when_forced() {
     let off = [dom(RunState::Off(OffReason::Shutdown))];
     assert_eq!(
         run(&w, &off, &mut mem, 30_100),
-        vec![Action::Report { vm_id: 7, epoch: 1, state: VmState::Stopped, error: None }]
+        vec![Action::Report { vm_id: 7, epoch: 1, state: VmState::Stopped, error: None, spec_gen: 0 }]
     );
     let mut forced = want(Desired::Stopped);
     forced.force_stop = true;
@@ -122,8 +124,12 @@ fn restart_power_cycles_once_per_request() {
     w.reported = Some((VmState::Running, None));
     let on = [dom(RunState::Running)];
     // First sight of a running guest: its disks, NICs and CD-ROM are checked once.
-    let first_sight =
-        vec![Action::SyncDisks { vm_id: 7 }, Action::SyncNics { vm_id: 7 }, Action::SyncCdrom { vm_id: 7 }];
+    let first_sight = vec![
+        Action::SyncDisks { vm_id: 7 },
+        Action::SyncNics { vm_id: 7 },
+        Action::SyncCdrom { vm_id: 7 },
+        Action::SyncVcpus { vm_id: 7 },
+    ];
     assert_eq!(run(&w, &on, &mut mem, 0), first_sight);
     w.restart_gen = 1;
     w.desired_gen = 1;
@@ -137,8 +143,12 @@ fn restarts_requested_before_the_agent_started_are_not_replayed() {
     let mut w = want(Desired::Running);
     w.restart_gen = 4;
     w.reported = Some((VmState::Running, None));
-    let first_sight =
-        vec![Action::SyncDisks { vm_id: 7 }, Action::SyncNics { vm_id: 7 }, Action::SyncCdrom { vm_id: 7 }];
+    let first_sight = vec![
+        Action::SyncDisks { vm_id: 7 },
+        Action::SyncNics { vm_id: 7 },
+        Action::SyncCdrom { vm_id: 7 },
+        Action::SyncVcpus { vm_id: 7 },
+    ];
     assert_eq!(run(&w, &[dom(RunState::Running)], &mut mem, 0), first_sight);
 }
 
@@ -146,8 +156,8 @@ fn restarts_requested_before_the_agent_started_are_not_replayed() {
 fn stale_and_foreign_domains_are_removed_and_disks_kept_only_for_known_vms() {
     let mut mem = HashMap::new();
     let w = want(Desired::Running);
-    let stale = Domain { name: "kvmesh-7".into(), vm_id: 7, epoch: 0, state: RunState::Running };
-    let gone = Domain { name: "kvmesh-9".into(), vm_id: 9, epoch: 1, state: RunState::Running };
+    let stale = Domain { name: "kvmesh-7".into(), vm_id: 7, epoch: 0, state: RunState::Running, spec_gen: 0 };
+    let gone = Domain { name: "kvmesh-9".into(), vm_id: 9, epoch: 1, state: RunState::Running, spec_gen: 0 };
     let actions =
         plan(&[w], &[stale, gone], &epochs(), &BTreeMap::new(), &mut mem, 0, &Timing::default(), Standing::Current);
     assert_eq!(
@@ -169,7 +179,7 @@ fn delete_removes_then_reports_deleted() {
         run(&w, &[dom(RunState::Running)], &mut mem, 0),
         vec![
             Action::Remove { domain: "kvmesh-7".into(), vm_id: 7, keep_disks: false },
-            Action::Report { vm_id: 7, epoch: 1, state: VmState::Deleted, error: None },
+            Action::Report { vm_id: 7, epoch: 1, state: VmState::Deleted, error: None, spec_gen: 0 },
         ]
     );
 }
@@ -236,9 +246,9 @@ fn behind_a_domain_is_removed_only_when_its_vm_was_placed_again_since() {
     let mut mem = HashMap::new();
     // The local (stale) state places nothing here. VM 7 was placed again at
     // epoch 3 (proof), VM 9 is unknown to it (perhaps created after it).
-    let superseded = Domain { name: "kvmesh-7".into(), vm_id: 7, epoch: 2, state: RunState::Running };
-    let unknown = Domain { name: "kvmesh-9".into(), vm_id: 9, epoch: 1, state: RunState::Running };
-    let current_epoch = Domain { name: "kvmesh-8".into(), vm_id: 8, epoch: 4, state: RunState::Running };
+    let superseded = Domain { name: "kvmesh-7".into(), vm_id: 7, epoch: 2, state: RunState::Running, spec_gen: 0 };
+    let unknown = Domain { name: "kvmesh-9".into(), vm_id: 9, epoch: 1, state: RunState::Running, spec_gen: 0 };
+    let current_epoch = Domain { name: "kvmesh-8".into(), vm_id: 8, epoch: 4, state: RunState::Running, spec_gen: 0 };
     let last: BTreeMap<u64, u64> = [(7, 3), (8, 4)].into();
     let domains = [superseded, unknown, current_epoch];
     let behind = plan(&[], &domains, &last, &BTreeMap::new(), &mut mem, 0, &Timing::default(), Standing::Behind);
@@ -278,7 +288,8 @@ fn a_guest_between_states_is_left_alone_and_its_final_reason_is_reported() {
             vm_id: 7,
             epoch: 1,
             state: VmState::Crashed,
-            error: Some("destroyed outside kvmesh; restarting (restart 1)".into())
+            error: Some("destroyed outside kvmesh; restarting (restart 1)".into()),
+            spec_gen: 0,
         }),
         "{after:?}"
     );
@@ -313,6 +324,9 @@ fn a_cdrom_inserted_or_ejected_while_the_guest_runs_is_changed_live_once() {
     assert!(!run(&w, &running, &mut mem, 30).contains(&Action::SyncCdrom { vm_id: 7 }), "once per change");
     w.cdrom = None;
     assert!(run(&w, &running, &mut mem, 40).contains(&Action::SyncCdrom { vm_id: 7 }));
+    w.vcpus = 2;
+    assert!(run(&w, &running, &mut mem, 50).contains(&Action::SyncVcpus { vm_id: 7 }), "vCPUs plugged live");
+    assert!(!run(&w, &running, &mut mem, 60).contains(&Action::SyncVcpus { vm_id: 7 }), "once per change");
 }
 
 #[test]
