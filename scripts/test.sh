@@ -11,9 +11,13 @@ eval "$(scripts/make-test-guest.sh target/test-guest)"
 export KVMESH_TEST_GUEST=$(dirname "$kernel")
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 
-# A stock gRPC client for the reflection test (Python grpcio, in a venv).
+# A stock gRPC client for the reflection test (Python grpcio, in a venv),
+# and promtool (Debian's prometheus) to check what /metrics says.
 if ! python3 -m venv --help >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
+if ! command -v promtool >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 PYENV=$PWD/target/pyprobe
 if ! "$PYENV/bin/python" -c 'import grpc, grpc_reflection, grpc_health' 2>/dev/null; then

@@ -480,10 +480,13 @@ async fn serve_grpc(
     let (reporter, health) = tonic_health::server::health_reporter();
     *HEALTH.lock().unwrap_or_else(|p| p.into_inner()) = Some(reporter);
     let incoming = crate::tls::listen::incoming(listener, acceptor);
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .layer(crate::auth::gate::GateLayer::new(ctx.state.clone(), ctx.raft.metrics(), ctx.config.insecure))
+    // The REST API beside the gRPC services, calling the same ones.
+    let rest = crate::api::rest::Rest {
+        ctx: ctx.clone(),
+        vms: Arc::new(VmsService::new(ctx.clone(), leader.clone())),
+        cluster: Arc::new(ClusterService::new(ctx.clone(), leader.clone())),
+    };
+    let routes = tonic::service::Routes::from(crate::api::rest::router(rest))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -507,7 +510,13 @@ async fn serve_grpc(
         )))
         .add_service(pb::images_server::ImagesServer::new(crate::api::storage::ImagesService::new(ctx.clone())))
         .add_service(pb::security_server::SecurityServer::new(crate::api::security::SecurityService::new(ctx.clone())))
-        .add_service(pb::host_server::HostServer::new(HostService::new(ctx, leader)))
+        .add_service(pb::host_server::HostServer::new(HostService::new(ctx.clone(), leader)));
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(crate::auth::gate::GateLayer::new(ctx.state.clone(), ctx.raft.metrics(), ctx.config.insecure))
+        .add_routes(routes)
         .serve_with_incoming(incoming)
         .await
 }

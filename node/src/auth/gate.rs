@@ -75,23 +75,44 @@ where
         // The clone is not ready; the one that was polled ready serves.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        if let Some(refusal) = uninitialized(&self.state, request.uri().path()) {
-            return Box::pin(async move { Ok(refusal.into_http()) });
+        // A REST request is the gRPC method its route names, for the
+        // policy as for everything else. A path no route has reaches no
+        // service: the router answers 404 or 405 to anyone.
+        let path = request.uri().path().to_string();
+        let rest = crate::api::rest::is_rest(&path);
+        let method = match (rest, crate::api::rest::grpc_method(request.method(), &path)) {
+            (false, _) => path.clone(),
+            (true, Some(grpc)) => grpc.to_string(),
+            (true, None) => {
+                let caller = Caller { principal: Principal::Anonymous, source: String::new() };
+                return Box::pin(CALLER.scope(caller, inner.call(request)));
+            }
+        };
+        let refuse = move |status: Status| -> Self::Future {
+            tracing::debug!(path = %path, code = ?status.code(), "request refused at the gate");
+            let response = match rest {
+                true => crate::api::rest::problem(&status).map(Body::new),
+                false => status.into_http(),
+            };
+            Box::pin(async move { Ok(response) })
+        };
+        if let Some(refusal) = uninitialized(&self.state, &method) {
+            return refuse(refusal);
         }
         // `serve --insecure` has no credentials to check: nodes and users
         // alike may call everything (loopback only).
         let decided = identify(&self.state, &self.metrics, self.insecure, &request).and_then(|caller| {
             if !self.insecure {
-                policy::decide(request.uri().path(), &caller)?;
+                policy::decide(&method, &caller)?;
             }
             Ok(caller)
         });
         match decided {
-            Ok(caller) => Box::pin(CALLER.scope(caller, inner.call(request))),
-            Err(status) => {
-                tracing::debug!(path = %request.uri().path(), code = ?status.code(), "request refused at the gate");
-                Box::pin(async move { Ok(status.into_http()) })
+            Ok(caller) => {
+                crate::api::metrics::count_call(&method);
+                Box::pin(CALLER.scope(caller, inner.call(request)))
             }
+            Err(status) => refuse(status),
         }
     }
 }

@@ -34,7 +34,8 @@ const TABLE: &[(&str, &[&str], Need)] = &[
     ("kvmesh.v1.Cluster", &["Join", "UpdateAddress"], Need::Internal),
     (
         "kvmesh.v1.Cluster",
-        &["Status", "ListNodes", "ListEvents", "GetPolicy", "Capacity", "GetNode"],
+        // `Metrics` is no RPC: it is `GET /metrics`, read like the rest.
+        &["Status", "ListNodes", "ListEvents", "GetPolicy", "Capacity", "GetNode", "Metrics"],
         Need::Role(Role::Viewer),
     ),
     ("kvmesh.v1.Cluster", &["Drain", "Activate", "Balance"], Need::Role(Role::Operator)),

@@ -36,6 +36,13 @@ mod vm_view;
 mod wait;
 
 pub use args::{parse, Cli, Command, Output, OutputFlag, WaitArgs};
+
+/// The JSON shapes of `-o json`, which the REST API answers with too.
+pub mod json {
+    pub use super::events::event_json;
+    pub use super::output::{node_json, node_state, status_json};
+    pub use super::vm_view::{shown_state, vm_json};
+}
 pub use args_cluster::{CertCmd, ClusterCmd, JoinTokenCmd, NodeCmd, PolicyCmd, TokenCmd};
 pub use args_vm::{
     CdromCmd, CloudInitArgs, CreateArgs, DiskCmd, ImageCmd, NetworkCmd, NicCmd, SnapshotCmd, StorageCmd, VmCmd,

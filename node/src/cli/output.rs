@@ -65,26 +65,28 @@ fn member_json(m: &pb::Member) -> Value {
     })
 }
 
+/// `cluster status -o json`, and the REST API's `GET /api/v1/cluster/status`.
+pub fn status_json(s: &pb::ClusterStatus) -> Value {
+    let leader = s.leader.as_ref().map(|l| json!({"id": l.id, "name": l.name, "address": l.address}));
+    json!({
+        "cluster_id": s.cluster_id,
+        "node": {"id": s.node_id, "name": s.node_name, "raft_state": s.raft_state},
+        "leader": leader,
+        "term": s.term,
+        "commit_index": s.commit_index,
+        "last_log_index": s.last_log_index,
+        "last_applied": s.last_applied,
+        "snapshot_index": s.snapshot_index,
+        "purged_index": s.purged_index,
+        "max_voters": s.max_voters,
+        "version": s.version,
+        "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
+    })
+}
+
 pub fn print_status(output: Output, s: &pb::ClusterStatus) {
     match output {
-        Output::Json => {
-            let leader = s.leader.as_ref().map(|l| json!({"id": l.id, "name": l.name, "address": l.address}));
-            let v = json!({
-                "cluster_id": s.cluster_id,
-                "node": {"id": s.node_id, "name": s.node_name, "raft_state": s.raft_state},
-                "leader": leader,
-                "term": s.term,
-                "commit_index": s.commit_index,
-                "last_log_index": s.last_log_index,
-                "last_applied": s.last_applied,
-                "snapshot_index": s.snapshot_index,
-                "purged_index": s.purged_index,
-                "max_voters": s.max_voters,
-                "version": s.version,
-                "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
-            });
-            outln!("{v}");
-        }
+        Output::Json => outln!("{}", status_json(s)),
         Output::Table => {
             let cluster = if s.cluster_id.is_empty() { "(not initialized)" } else { &s.cluster_id };
             outln!("cluster:   {cluster}");
@@ -126,7 +128,8 @@ pub fn print_status(output: Output, s: &pb::ClusterStatus) {
     }
 }
 
-fn node_json(n: &pb::NodeInfo) -> Value {
+/// A host as `node get -o json` and the REST API show it.
+pub fn node_json(n: &pb::NodeInfo) -> Value {
     json!({
         "id": n.id, "name": n.name, "address": n.address, "state": node_state(n.state), "role": n.role,
         "cpus": n.cpus, "memory_mib": n.memory_mib, "vms": n.vm_count,

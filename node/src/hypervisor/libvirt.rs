@@ -20,7 +20,9 @@ use kvmesh_raft::storage::DEFAULT_STORAGE;
 use super::guest;
 use super::pools::{node_pool_name, PoolKind};
 use super::xml::{self, DomainSpec};
-use super::{Backing, Domain, HostCapacity, Hypervisor, MigrationTarget, OffReason, PoolSpec, PoolState, RunState};
+use super::{
+    Backing, Domain, HostCapacity, Hypervisor, MigrationTarget, OffReason, PoolSpec, PoolState, RunState, Usage,
+};
 use crate::error::{Error, Result};
 use kvmesh_raft::hardware::Machine;
 
@@ -307,6 +309,39 @@ impl Hypervisor for Libvirt {
                 state: run_state(&dom),
                 spec_gen: tag.spec_gen,
             });
+        }
+        Ok(out)
+    }
+
+    fn usage(&self) -> Result<Vec<Usage>> {
+        let mut out = Vec::new();
+        for d in self.list()?.into_iter().filter(|d| d.state.is_live()) {
+            let Ok(dom) = self.lookup(&d.name) else { continue };
+            let Ok(info) = dom.info() else { continue };
+            let mut u = Usage {
+                vm_id: d.vm_id,
+                cpu_seconds: info.cpu_time as f64 / 1e9,
+                memory_bytes: info.memory << 10,
+                ..Usage::default()
+            };
+            // The test driver keeps no device counters.
+            if !self.is_test_driver() {
+                let xml = dom.xml_desc(0).unwrap_or_default();
+                let (disks, nics) = xml::device_targets(&xml);
+                for disk in disks {
+                    if let Ok(s) = dom.block_stats(&disk) {
+                        u.disk_read_bytes += s.rd_bytes.max(0) as u64;
+                        u.disk_write_bytes += s.wr_bytes.max(0) as u64;
+                    }
+                }
+                for nic in nics {
+                    if let Ok(s) = dom.interface_stats(&nic) {
+                        u.net_rx_bytes += s.rx_bytes.max(0) as u64;
+                        u.net_tx_bytes += s.tx_bytes.max(0) as u64;
+                    }
+                }
+            }
+            out.push(u);
         }
         Ok(out)
     }

@@ -68,11 +68,26 @@ pub struct Domain {
     pub spec_gen: u64,
 }
 
+/// What one guest of this host used in its current run (libvirt's
+/// counters; they start again at zero when the guest does).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Usage {
+    pub vm_id: u64,
+    pub cpu_seconds: f64,
+    pub memory_bytes: u64,
+    pub disk_read_bytes: u64,
+    pub disk_write_bytes: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+}
+
 pub trait Hypervisor: Send + Sync + 'static {
     fn capacity(&self) -> Result<HostCapacity>;
     /// This node's tagged domains; untagged and other nodes' domains are
     /// never returned, so they are never touched.
     fn list(&self) -> Result<Vec<Domain>>;
+    /// What each running guest of this node used (for `/metrics`).
+    fn usage(&self) -> Result<Vec<Usage>>;
     /// Defines (or redefines) the domain over volumes that exist.
     fn define(&self, spec: &DomainSpec) -> Result<()>;
     fn start(&self, domain: &str) -> Result<()>;

@@ -103,6 +103,30 @@ pub fn cdrom_source(live_xml: &str, dev: &str) -> Option<String> {
     None
 }
 
+/// A running domain's disk targets (`vda`, …; not CD-ROMs) and NIC
+/// devices on the host (`vnet3`), from its live XML: what libvirt's
+/// block and interface statistics are asked for.
+pub fn device_targets(live_xml: &str) -> (Vec<String>, Vec<String>) {
+    let target = |block: &str| {
+        let at = block.find("<target dev='")? + "<target dev='".len();
+        Some(block[at..at + block[at..].find('\'')?].to_string())
+    };
+    let blocks = |open: &str, close: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rest = live_xml;
+        while let Some(start) = rest.find(open) {
+            let Some(len) = rest[start..].find(close) else { break };
+            out.push(rest[start..start + len].to_string());
+            rest = &rest[start + len..];
+        }
+        out
+    };
+    let disks =
+        blocks("<disk ", "</disk>").iter().filter(|b| b.contains("device='disk'")).filter_map(|b| target(b)).collect();
+    let nics = blocks("<interface ", "</interface>").iter().filter_map(|b| target(b)).collect();
+    (disks, nics)
+}
+
 fn unescape(s: &str) -> String {
     s.replace("&apos;", "'").replace("&quot;", "\"").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 }
@@ -526,6 +550,14 @@ mod tests {
         assert_eq!(cdrom_source(&domain_xml(&DomainSpec { kernel: None, ..spec() }), "hdc"), None, "an empty drive");
         let passthrough = domain_xml(&DomainSpec { cpu_model: Some("host-passthrough".into()), ..spec() });
         assert!(passthrough.contains("<cpu mode='host-passthrough'/>"), "{passthrough}");
+    }
+
+    #[test]
+    fn statistics_are_asked_of_disks_and_nics_not_cdroms() {
+        let live = "<domain><devices><disk type='file' device='disk'><source file='/d/a'/><target dev='vda' bus='virtio'/></disk>\
+            <disk type='file' device='cdrom'><target dev='hdc' bus='ide'/></disk>\
+            <interface type='bridge'><mac address='0a:00:00:00:00:01'/><target dev='vnet7'/><model type='virtio'/></interface></devices></domain>";
+        assert_eq!(device_targets(live), (vec!["vda".to_string()], vec!["vnet7".to_string()]));
     }
 
     #[test]

@@ -195,7 +195,8 @@ impl NodeTls {
             .map_err(|e| Error::Tls(e.to_string()))?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(Resolver(self.clone())));
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        // gRPC is HTTP/2; the REST API and the web UI also take HTTP/1.1.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
 
