@@ -18,6 +18,8 @@
 #   scripts/testbed.sh start-daemon H start only H's kvmesh daemon again (libvirtd and guests untouched)
 #   scripts/testbed.sh start-libvirtd H  start H's libvirtd again after it was killed
 #   scripts/testbed.sh freeze H | thaw H  fsfreeze H's data dir (needs KVMESH_TESTBED_LOOP)
+#   scripts/testbed.sh hide-ovmf H | show-ovmf H  H loses (regains) its OVMF firmware: an empty
+#                                     /usr/share/OVMF in its own mount namespace
 #
 # Needs root, iproute2 and scripts/libvirtd.sh's packages. Environment:
 # KVMESH_BIN (default target/debug/kvmesh), KVMESH_TESTBED_DIR (default
@@ -214,5 +216,7 @@ case "${1:-}" in
   start-libvirtd) start_libvirtd "$2" ;;
   freeze) fsfreeze -f "$BASE/$2/kvmesh" ;;
   thaw) fsfreeze -u "$BASE/$2/kvmesh" ;;
-  *) sed -n '2,27p' "$0"; exit 2 ;;
+  hide-ovmf) (in_host "$2" mount -t tmpfs -o size=64k kvmesh-no-ovmf /usr/share/OVMF) ;;
+  show-ovmf) (in_host "$2" umount /usr/share/OVMF) ;;
+  *) sed -n '2,29p' "$0"; exit 2 ;;
 esac

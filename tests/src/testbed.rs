@@ -190,7 +190,10 @@ pub fn virsh_on(h: &str, args: &[&str]) -> String {
 /// domain seen on several hosts is asked about again on all but the last of
 /// them: a host that still runs it ran it all along, so also at the moment
 /// the last one was seen running it. A real double run survives the second
-/// look; a hand-over does not (a source never runs its guest again).
+/// look; a hand-over does not (a source never runs its guest again). Only a
+/// double run that ends between the two looks (a fraction of a second,
+/// unless a libvirtd is slow) is forgiven, and a sampler asking every
+/// 0.2 s misses one that short anyway.
 pub fn placement_by_virsh(hosts: &[&str]) -> BTreeMap<String, Vec<String>> {
     let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for h in hosts {

@@ -3,7 +3,9 @@
 //! host, a VNC handshake through `vm vnc`'s proxy, a new size applied at the
 //! next start (and pending while it runs), and installs from an ISO: the
 //! test guest's GRUB ISO booted from the CD-ROM with BIOS through a blank
-//! disk, and with UEFI on q35, its variables kept next to its disk.
+//! disk, and with UEFI on q35, its variables kept next to its local disk and
+//! carried along when it moves cold and live; a host whose OVMF is hidden
+//! says so and gets no UEFI VM.
 //!
 //! Every check reads the guest itself (what its shell answers, what it
 //! prints of its CPUs and memory and how it booted) or `virsh` on its host.
@@ -16,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use kvmesh_tests::testbed::{addr, cli, guest_iso, guest_with, running_on, shared_guest, up3, virsh_on};
+use kvmesh_tests::testbed::{addr, cli, guest_iso, guest_with, running_on, shared_guest, testbed, up3, virsh_on};
 use kvmesh_tests::{cli_command, run_cli, run_cli_as, wait_for};
 
 /// The guest's console log as its host keeps it.
@@ -244,6 +246,17 @@ fn consoles_sizes_and_iso_installs_on_real_guests() -> Result<()> {
         console("ci").contains("KVMESH-CIDATA hostname=renamed keys=2").then_some(())
     })?;
     let _ = std::fs::remove_dir_all(&dir);
+    // A host without OVMF says so; UEFI is refused for a VM on it, and the
+    // scheduler keeps UEFI VMs off it.
+    testbed(&["hide-ovmf", "h3"])?;
+    let h3 = wait_for("h3 reporting no OVMF", Duration::from_secs(30), || {
+        cli("h1", &["node", "get", "h3"]).ok().filter(|n| n["uefi"] == false)
+    })?;
+    ensure!(h3["uefi_missing"].as_str().is_some_and(|m| m.contains("ovmf")), "{h3}");
+    let r = run_cli(&addr("h1"), &["vm", "set", "ci", "--firmware", "uefi"]);
+    ensure!(!r.success && r.stderr.contains("cannot boot UEFI guests"), "UEFI on h3: {}", r.stderr);
+    let r = run_cli(&addr("h1"), &["vm", "create", "u3", "--firmware", "uefi", "--node", "h3", "--dry-run"]);
+    ensure!(r.code == Some(3) && r.stdout.contains("boots UEFI and this host cannot"), "{} {}", r.stdout, r.stderr);
     // A live move: the target builds its own seed (each host has its own
     // data dir here), and the guest runs on.
     let moved = cli("h1", &["vm", "migrate", "ci", "--to", "h1", "--wait"])?;
@@ -288,6 +301,7 @@ fn consoles_sizes_and_iso_installs_on_real_guests() -> Result<()> {
     }
     let domain = uefi["domain"].as_str().context("domain")?;
     let host = uefi["node"].as_str().context("node")?;
+    ensure!(host != "h3", "a UEFI VM placed on h3, which has no OVMF");
     let xml = virsh_on(host, &["dumpxml", domain]);
     ensure!(xml.contains("machine='pc-q35") && xml.contains("OVMF_CODE"), "{xml}");
     let vars = |h: &str| format!("{}/{h}/kvmesh/images/{domain}_VARS.fd", kvmesh_tests::testbed::DIR);

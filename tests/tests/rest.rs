@@ -1,7 +1,8 @@
 //! The REST API on the gRPC port, spoken by curl over TLS with the cluster
 //! CA and API tokens, as any script would: HTTP/1.1 and HTTP/2 on the same
 //! port the CLI's gRPC uses; the CLI's JSON shapes; a write through a node
-//! that does not lead; refusals as problem documents with the gRPC message
+//! that does not lead; the event log followed as Server-Sent Events;
+//! `/metrics`; refusals as problem documents with the gRPC message
 //! (no credential, too small a role, an unknown VM, an unknown query field,
 //! an unknown path, a path that climbs out), each leaving the state as it was.
 
@@ -110,6 +111,17 @@ fn rest_speaks_the_grpc_api_on_the_same_port_with_the_same_rules() -> Result<()>
     refused(&curl(&c, follower, "/api/v1/vms/web", &["-X", "DELETE"])?, 405, "no route")?;
     let climb = curl(&c, follower, "/api/v1/vms/../../../etc/passwd", &["--path-as-is", "-H", &bearer(&viewer)])?;
     refused(&climb, 404, "no route")?;
+    refused(&curl(&c, follower, "/api/v1/vms//stop", &["-X", "POST"])?, 404, "no route")?;
+    refused(
+        &curl(&c, follower, "/api/v1/vms/web/restart?force=true", &[&stop[..], &[&bearer(&operator)]].concat())?,
+        400,
+        "force",
+    )?;
+    // A HEAD is the GET it describes, credentials and all.
+    for path in ["/api/v1/vms", "/metrics"] {
+        let head = curl(&c, follower, path, &["-I"])?;
+        ensure!(head.status == 401, "HEAD {path} without a token: {}", head.status);
+    }
     ensure!(c.cli_ok(leader, &["vm", "get", "web"])?["desired"] == "running", "a refusal changed the VM");
 
     // A write through a follower, forwarded to the leader, as the operator.
@@ -126,6 +138,30 @@ fn rest_speaks_the_grpc_api_on_the_same_port_with_the_same_rules() -> Result<()>
     );
     let a = curl(&c, follower, "/api/v1/vms/web/start", &[&stop[..], &[&bearer(&operator)]].concat())?;
     ensure!(a.status == 200 && a.json()?["desired"] == "running", "start: {}", a.body);
+    // Following the event log (Server-Sent Events): a restart asked for
+    // through REST arrives on the stream, with its sequence number as id.
+    let last = events.as_array().and_then(|e| e.iter().filter_map(|e| e["seq"].as_u64()).max()).unwrap_or(0);
+    let port = c.addr(leader).rsplit(':').next().unwrap_or_default().to_string();
+    let follow = Command::new("curl")
+        .args(["-sSN", "--max-time", "8", "--cacert"])
+        .arg(c.nodes[leader].data_dir.join("tls").join("ca.crt"))
+        .args(["--resolve", &format!("kvmesh-node:{port}:127.0.0.1"), "-H", &bearer(&viewer)])
+        .arg(format!("https://kvmesh-node:{port}/api/v1/events/stream?after={last}"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let a = curl(&c, follower, "/api/v1/vms/web/restart", &[&stop[..], &[&bearer(&operator)]].concat())?;
+    ensure!(a.status == 200, "restart: {}", a.body);
+    let streamed = String::from_utf8_lossy(&follow.wait_with_output()?.stdout).into_owned();
+    let data: Vec<Value> = streamed
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect();
+    ensure!(data.iter().any(|e| e["message"] == "vm web: restart requested"), "not on the stream: {streamed}");
+    ensure!(data.iter().all(|e| e["seq"].as_u64().is_some_and(|s| s > last)), "events before {last}: {streamed}");
+    ensure!(streamed.contains(&format!("id: {}", data[0]["seq"])), "no ids: {streamed}");
+
     // And gRPC on the very same port still answers the CLI.
     ensure!(c.cli_ok(follower, &["vm", "list"])?.as_array().is_some_and(|v| v.len() == 1));
     metrics(&mut c, &viewer)

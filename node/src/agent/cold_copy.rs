@@ -217,7 +217,14 @@ async fn pull_uefi_vars(
         let _ = std::fs::remove_file(&partial);
         return Ok(0);
     }
-    std::fs::rename(&partial, &vars).map_err(|e| Error::Hypervisor(format!("rename to {}: {e}", vars.display())))?;
+    let (from, to) = (partial.clone(), vars.clone());
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        std::fs::rename(&from, &to)?;
+        std::fs::File::open(to.parent().unwrap_or(std::path::Path::new("/")))?.sync_all()
+    })
+    .await
+    .map_err(|e| Error::Hypervisor(format!("rename task failed: {e}")))?
+    .map_err(|e| Error::Hypervisor(format!("rename to {}: {e}", vars.display())))?;
     info!(bytes, path = %vars.display(), "copied the VM's UEFI variables");
     Ok(bytes)
 }

@@ -27,7 +27,7 @@ use tracing::{debug, info, instrument, warn};
 use crate::ctx::{now_ms, NodeCtx};
 use crate::error::{Error, Result};
 use crate::ha::Lease;
-use crate::hypervisor::{blocking, DomainSpec};
+use crate::hypervisor::{blocking, xml, DomainSpec};
 use crate::storage::volumes::{self, Prepared};
 use plan::{Action, Memory, Standing, Timing, Want};
 
@@ -266,7 +266,14 @@ async fn reconcile(
                 live_change(ctx, vm_id, "vCPU", result).await;
                 if plugged {
                     let cmd = Command::VcpusLive { vm: vm_id, node: ctx.id, epoch, vcpus, at_ms: now_ms() };
-                    let _ = ctx.propose(cmd).await;
+                    // Unrecorded, the entry would stay pending until the next
+                    // start: try again (plugging an equal count does nothing).
+                    if let Err(e) = ctx.propose(cmd).await {
+                        warn!(vm = %vm_id_hex(vm_id), error = %e, "could not record the vCPUs plugged in; will retry");
+                        if let Some(m) = memory.get_mut(&vm_id) {
+                            m.resync_vcpus();
+                        }
+                    }
                 }
             }
             Action::Shutdown { domain } => {
@@ -472,7 +479,7 @@ fn domain_spec(state: &ClusterState, vm_id: u64, ctx: &NodeCtx, prepared: Prepar
         spec_gen: vm.spec_gen,
         vcpus: vm.spec.vcpus,
         // Room to plug vCPUs into the running guest, up to the host's CPUs.
-        max_vcpus: state.nodes.get(&ctx.id).map_or(vm.spec.vcpus, |n| n.cpus.max(vm.spec.vcpus)),
+        max_vcpus: xml::vcpu_room(vm.spec.vcpus, state.nodes.get(&ctx.id).map_or(0, |n| n.cpus)),
         memory_mib: vm.spec.memory_mib,
         disks: prepared.disks.iter().map(|(index, path, _)| (*index, path.clone())).collect(),
         kernel: prepared.kernel.clone(),

@@ -65,6 +65,14 @@ pub struct Memory {
     vcpus_synced: Option<u32>,
 }
 
+impl Memory {
+    /// The vCPU count must be given to the running guest again (its
+    /// recording did not go through): the next pass syncs it once more.
+    pub fn resync_vcpus(&mut self) {
+        self.vcpus_synced = None;
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Define the domain (and its volumes) if missing, then start it.

@@ -142,7 +142,18 @@ async fn render(rest: &Rest) -> Result<String, tonic::Status> {
     registry.register("api_calls", "API calls this node let in, by gRPC method", api_calls().clone());
 
     // The guests it runs.
-    let usage = blocking(&ctx.hypervisor, |hv| hv.usage()).await.unwrap_or_default();
+    let usage = match blocking(&ctx.hypervisor, |hv| hv.usage()).await {
+        Ok(usage) => {
+            gauge(&mut registry, "hypervisor_up", "1 while libvirt answers this node", 1);
+            usage
+        }
+        Err(e) => {
+            // Without it the guests' series are missing, not zero.
+            tracing::warn!(error = %e, "no guest statistics for /metrics");
+            gauge(&mut registry, "hypervisor_up", "1 while libvirt answers this node", 0);
+            Vec::new()
+        }
+    };
     let names: std::collections::BTreeMap<u64, String> =
         ctx.read(|d| d.state.vms.values().map(|v| (v.id, v.name.clone())).collect());
     let cpu: Family<Labels, FloatCounter> = Family::default();
@@ -167,8 +178,12 @@ async fn render(rest: &Rest) -> Result<String, tonic::Status> {
     registry.register("vm_network_bytes", "Bytes the guest received or sent on its NICs in this run", net);
 
     // The cluster, from the leader only.
+    // Without them (the leader's own calls failing), the node's series
+    // still go out.
     if leader {
-        cluster_gauges(rest, &mut registry).await?;
+        if let Err(status) = cluster_gauges(rest, &mut registry).await {
+            tracing::warn!(error = %status.message(), "no cluster-wide series for /metrics");
+        }
     }
     let mut text = String::new();
     encode(&mut text, &registry).map_err(|e| tonic::Status::internal(format!("encoding metrics: {e}")))?;

@@ -31,6 +31,7 @@ use crate::cli::json;
 pub const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/cluster/status", "/kvmesh.v1.Cluster/Status"),
     ("GET", "/api/v1/events", "/kvmesh.v1.Cluster/ListEvents"),
+    ("GET", "/api/v1/events/stream", "/kvmesh.v1.Cluster/ListEvents"),
     ("GET", "/api/v1/nodes", "/kvmesh.v1.Cluster/ListNodes"),
     ("GET", "/api/v1/nodes/{name}", "/kvmesh.v1.Cluster/GetNode"),
     ("POST", "/api/v1/nodes/{name}/drain", "/kvmesh.v1.Cluster/Drain"),
@@ -54,17 +55,38 @@ pub fn is_rest(path: &str) -> bool {
 
 /// The gRPC method a REST request is, for the gate's policy; `None` for a
 /// path or method no route has (the router then answers 404 or 405).
+/// A HEAD is the GET it describes (axum serves it with the GET handler).
 pub fn grpc_method(method: &http::Method, path: &str) -> Option<&'static str> {
+    let method = if method == http::Method::HEAD { &http::Method::GET } else { method };
     if path == METRICS {
         return (method == http::Method::GET).then_some(METRICS_METHOD);
     }
-    let given: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    ROUTES.iter().find_map(|(m, pattern, grpc)| {
-        let parts: Vec<&str> = pattern.split('/').collect();
-        let same = parts.len() == given.len()
-            && parts.iter().zip(&given).all(|(p, g)| (p.starts_with('{') && !g.is_empty()) || p == g);
-        (same && *m == method.as_str()).then_some(*grpc)
-    })
+    ROUTES.iter().find_map(|(m, pattern, grpc)| (*m == method.as_str() && matches(pattern, path)).then_some(*grpc))
+}
+
+/// Whether `path` is `pattern` with a non-empty segment for each `{…}`:
+/// exactly, no trailing slash, no empty segment.
+fn matches(pattern: &str, path: &str) -> bool {
+    let (parts, given): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), path.split('/').collect());
+    parts.len() == given.len() && parts.iter().zip(&given).all(|(p, g)| (p.starts_with('{') && !g.is_empty()) || p == g)
+}
+
+/// The answer to a REST request no route takes, given by the gate itself
+/// so that it reaches no handler: 405 with the methods the path takes, or
+/// 404 with the API's routes.
+pub fn unrouted(method: &http::Method, path: &str) -> Response {
+    let allowed: Vec<&str> = ROUTES.iter().filter(|(_, p, _)| matches(p, path)).map(|(m, _, _)| *m).collect();
+    if allowed.is_empty() {
+        let routes: Vec<String> = ROUTES.iter().map(|(m, p, _)| format!("{m} {p}")).collect();
+        let detail = format!("no route for {method} {path}; the API has: {}", routes.join(", "));
+        return problem_response(StatusCode::NOT_FOUND, "Not Found", &detail);
+    }
+    let detail = format!("no route for {method} {path}; it takes {}", allowed.join(", "));
+    let mut response = problem_response(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed", &detail);
+    if let Ok(allow) = allowed.join(", ").parse() {
+        response.headers_mut().insert(header::ALLOW, allow);
+    }
+    response
 }
 
 /// The services REST calls into.
@@ -78,26 +100,27 @@ pub struct Rest {
 /// The REST router (its state bound), to be merged with the gRPC routes.
 pub fn router(rest: Rest) -> axum::Router {
     let mut r = axum::Router::new();
-    for (method, path, grpc) in ROUTES {
-        let handler = match *grpc {
-            "/kvmesh.v1.Cluster/Status" => get(status),
-            "/kvmesh.v1.Cluster/ListEvents" => get(events),
-            "/kvmesh.v1.Cluster/ListNodes" => get(nodes),
-            "/kvmesh.v1.Cluster/GetNode" => get(node),
-            "/kvmesh.v1.Cluster/Drain" => post(drain),
-            "/kvmesh.v1.Cluster/Activate" => post(activate),
-            "/kvmesh.v1.Vms/List" => get(vms),
-            "/kvmesh.v1.Vms/Get" => get(vm),
-            "/kvmesh.v1.Vms/Start" => post(start),
-            "/kvmesh.v1.Vms/Stop" => post(stop),
-            "/kvmesh.v1.Vms/Restart" => post(restart),
-            other => unreachable!("REST route {method} {path} names {other}, which has no handler"),
+    for (_, path, grpc) in ROUTES {
+        let handler = match (*grpc, *path) {
+            ("/kvmesh.v1.Cluster/ListEvents", "/api/v1/events/stream") => get(events_stream),
+            ("/kvmesh.v1.Cluster/Status", _) => get(status),
+            ("/kvmesh.v1.Cluster/ListEvents", _) => get(events),
+            ("/kvmesh.v1.Cluster/ListNodes", _) => get(nodes),
+            ("/kvmesh.v1.Cluster/GetNode", _) => get(node),
+            ("/kvmesh.v1.Cluster/Drain", _) => post(drain),
+            ("/kvmesh.v1.Cluster/Activate", _) => post(activate),
+            ("/kvmesh.v1.Vms/List", _) => get(vms),
+            ("/kvmesh.v1.Vms/Get", _) => get(vm),
+            ("/kvmesh.v1.Vms/Start", _) => post(start),
+            ("/kvmesh.v1.Vms/Stop", _) => post(stop),
+            ("/kvmesh.v1.Vms/Restart", _) => post(restart),
+            (other, _) => unreachable!("REST route {path} names {other}, which has no handler"),
         };
         r = r.route(path, handler);
     }
     r.route(METRICS, get(super::metrics::scrape))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(not_found)
         .with_state(rest)
 }
 
@@ -133,6 +156,11 @@ struct DrainQuery {
     cold: bool,
 }
 
+/// Routes that take no query parameters refuse any.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NoQuery {}
+
 type Q<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 
 /// The query string, or a problem naming what was wrong with it.
@@ -140,8 +168,12 @@ fn query<T: Default>(q: Q<T>) -> Result<T, Status> {
     q.map(|Query(t)| t).map_err(|e| Status::invalid_argument(format!("bad query string: {}", e.body_text())))
 }
 
-async fn status(State(r): State<Rest>) -> Response {
-    answer(r.cluster.status(Request::new(pb::StatusRequest {})).await.map(|s| json::status_json(&s.into_inner())))
+async fn status(State(r): State<Rest>, q: Q<NoQuery>) -> Response {
+    let result = async {
+        query(q)?;
+        Ok(json::status_json(&r.cluster.status(Request::new(pb::StatusRequest {})).await?.into_inner()))
+    };
+    answer(result.await)
 }
 
 async fn nodes(State(r): State<Rest>, q: Q<ReadQuery>) -> Response {
@@ -171,10 +203,13 @@ async fn drain(State(r): State<Rest>, Path(name): Path<String>, q: Q<DrainQuery>
     answer(result.await)
 }
 
-async fn activate(State(r): State<Rest>, Path(name): Path<String>) -> Response {
-    let request = Request::new(pb::NodeActionRequest { name: name.clone(), cold: false });
-    let reply = r.cluster.activate(request).await;
-    answer(reply.map(|a| json!({"node": name, "state": crate::cli::json::node_state(a.into_inner().state)})))
+async fn activate(State(r): State<Rest>, Path(name): Path<String>, q: Q<NoQuery>) -> Response {
+    let result = async {
+        query(q)?;
+        let reply = r.cluster.activate(Request::new(pb::NodeActionRequest { name: name.clone(), cold: false })).await?;
+        Ok(json!({"node": name, "state": crate::cli::json::node_state(reply.into_inner().state)}))
+    };
+    answer(result.await)
 }
 
 async fn events(State(r): State<Rest>, q: Q<EventsQuery>) -> Response {
@@ -186,6 +221,65 @@ async fn events(State(r): State<Rest>, q: Q<EventsQuery>) -> Response {
         Ok(Value::Array(events.events.iter().map(|e| json::event_json(e, &known)).collect()))
     };
     answer(result.await)
+}
+
+/// The event log as Server-Sent Events, from `after` on and following it:
+/// each event one `data:` line of `event_json`, its sequence number as the
+/// SSE id (a reconnecting browser sends it back as `Last-Event-ID`). The
+/// caller is checked once, when the stream opens.
+async fn events_stream(State(r): State<Rest>, q: Q<EventsQuery>, headers: axum::http::HeaderMap) -> Response {
+    use axum::response::sse::{Event, Sse};
+    let after = match query(q) {
+        Ok(q) => q.after,
+        Err(status) => return problem(&status),
+    };
+    let resumed = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let after: u64 = resumed.unwrap_or(after);
+    let caller = crate::auth::caller();
+    // (rest, the last sequence number sent; None once an error ended it)
+    let stream = futures::stream::unfold((r, Some(after)), move |(r, after)| {
+        let caller = caller.clone();
+        async move {
+            let mut after = after?;
+            // A comment every 15 s of quiet keeps proxies from closing it.
+            let mut quiet = 0;
+            loop {
+                let ask = r.cluster.list_events(Request::new(pb::ListEventsRequest { after }));
+                let answer = match caller.clone() {
+                    Some(c) => crate::auth::CALLER.scope(c, ask).await,
+                    None => ask.await,
+                };
+                let events = match answer {
+                    Ok(a) => a.into_inner().events,
+                    // Said once; the client reconnects from its last id.
+                    Err(status) => {
+                        let e = Event::default().event("error").data(status.message().to_string());
+                        return Some((vec![Ok::<_, std::convert::Infallible>(e)], (r, None)));
+                    }
+                };
+                if events.is_empty() {
+                    quiet += 1;
+                    if quiet == 30 {
+                        return Some((vec![Ok(Event::default().comment("keep-alive"))], (r, Some(after))));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    continue;
+                }
+                let known = match r.cluster.list_nodes(Request::new(pb::ListNodesRequest { consistent: false })).await {
+                    Ok(n) => n.into_inner().nodes.into_iter().map(|n| n.name).collect(),
+                    Err(_) => Vec::new(),
+                };
+                let out = events
+                    .iter()
+                    .map(|e| Ok(Event::default().id(e.seq.to_string()).data(json::event_json(e, &known).to_string())))
+                    .collect();
+                after = events.iter().map(|e| e.seq).max().unwrap_or(after);
+                return Some((out, (r, Some(after))));
+            }
+        }
+    });
+    let flat = futures::StreamExt::flat_map(stream, futures::stream::iter);
+    Sse::new(flat).into_response()
 }
 
 async fn vms(State(r): State<Rest>, q: Q<ReadQuery>) -> Response {
@@ -206,13 +300,12 @@ async fn vm(State(r): State<Rest>, Path(name): Path<String>, q: Q<ReadQuery>) ->
     answer(result.await)
 }
 
-async fn start(State(r): State<Rest>, Path(name): Path<String>) -> Response {
-    answer(
-        r.vms
-            .start(Request::new(pb::VmActionRequest { name, force: false }))
-            .await
-            .map(|v| json::vm_json(&v.into_inner())),
-    )
+async fn start(State(r): State<Rest>, Path(name): Path<String>, q: Q<NoQuery>) -> Response {
+    let result = async {
+        query(q)?;
+        Ok(json::vm_json(&r.vms.start(Request::new(pb::VmActionRequest { name, force: false })).await?.into_inner()))
+    };
+    answer(result.await)
 }
 
 async fn stop(State(r): State<Rest>, Path(name): Path<String>, q: Q<StopQuery>) -> Response {
@@ -224,13 +317,18 @@ async fn stop(State(r): State<Rest>, Path(name): Path<String>, q: Q<StopQuery>) 
     answer(result.await)
 }
 
-async fn restart(State(r): State<Rest>, Path(name): Path<String>) -> Response {
-    let vm = r.vms.restart(Request::new(pb::VmActionRequest { name, force: false })).await;
-    answer(vm.map(|v| json::vm_json(&v.into_inner())))
+async fn restart(State(r): State<Rest>, Path(name): Path<String>, q: Q<NoQuery>) -> Response {
+    let result = async {
+        query(q)?;
+        let vm = r.vms.restart(Request::new(pb::VmActionRequest { name, force: false })).await?;
+        Ok(json::vm_json(&vm.into_inner()))
+    };
+    answer(result.await)
 }
 
 /// Anything else: a gRPC method no service has (for gRPC clients), or a
-/// REST path no route has.
+/// path that is neither REST nor gRPC (the gate answers REST paths no
+/// route takes before they get here).
 async fn not_found(method: Method, uri: axum::http::Uri, headers: axum::http::HeaderMap) -> Response {
     let grpc = headers
         .get(header::CONTENT_TYPE)
@@ -241,24 +339,18 @@ async fn not_found(method: Method, uri: axum::http::Uri, headers: axum::http::He
             Status::unimplemented(format!("no such method: {}", uri.path())).into_http::<()>().into_parts();
         return Response::from_parts(parts, axum::body::Body::empty());
     }
-    let routes: Vec<String> = ROUTES.iter().map(|(m, p, _)| format!("{m} {p}")).collect();
-    let detail = format!("no route for {method} {}; the API has: {}", uri.path(), routes.join(", "));
-    problem_response(StatusCode::NOT_FOUND, "Not Found", &detail)
+    unrouted(&method, uri.path())
 }
 
-/// A route's path with a method it does not take.
-async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
-    let allowed: Vec<&str> = ROUTES
-        .iter()
-        .filter(|(m, _, _)| grpc_method(&Method::from_bytes(m.as_bytes()).unwrap_or(Method::GET), uri.path()).is_some())
-        .map(|(m, _, _)| *m)
-        .collect();
-    let detail = format!("no route for {method} {}; it takes {}", uri.path(), allowed.join(", "));
-    let mut response = problem_response(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed", &detail);
-    if let Ok(allow) = allowed.join(", ").parse() {
-        response.headers_mut().insert(header::ALLOW, allow);
+/// An answer the gate gives itself, fit for the request's method: a HEAD
+/// gets the headers without the body (HTTP/2 refuses a body there).
+pub fn for_method(method: &http::Method, response: Response) -> Response {
+    if method != http::Method::HEAD {
+        return response;
     }
-    response
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::empty())
 }
 
 /// A JSON answer, or the problem document of a refusal.
@@ -310,7 +402,11 @@ mod tests {
     fn each_route_is_one_grpc_method_and_nothing_else_matches() {
         let get = http::Method::GET;
         assert_eq!(grpc_method(&get, "/api/v1/vms"), Some("/kvmesh.v1.Vms/List"));
-        assert_eq!(grpc_method(&get, "/api/v1/vms/"), Some("/kvmesh.v1.Vms/List"));
+        assert_eq!(grpc_method(&get, "/api/v1/vms/"), None, "as axum: no trailing slash");
+        assert_eq!(grpc_method(&http::Method::HEAD, "/api/v1/vms"), Some("/kvmesh.v1.Vms/List"), "a HEAD is a GET");
+        assert_eq!(grpc_method(&http::Method::POST, "/api/v1/vms//stop"), None, "no empty name");
+        assert_eq!(unrouted(&http::Method::DELETE, "/api/v1/vms/web").status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(unrouted(&get, "/api/v1/vms//stop").status(), StatusCode::NOT_FOUND);
         assert_eq!(grpc_method(&get, "/api/v1/vms/web1"), Some("/kvmesh.v1.Vms/Get"));
         assert_eq!(grpc_method(&http::Method::POST, "/api/v1/vms/web1/stop"), Some("/kvmesh.v1.Vms/Stop"));
         assert_eq!(grpc_method(&get, "/api/v1/vms/web1/stop"), None, "a GET is no stop");

@@ -76,22 +76,24 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         // A REST request is the gRPC method its route names, for the
-        // policy as for everything else. A path no route has reaches no
-        // service: the router answers 404 or 405 to anyone.
+        // policy as for everything else. One that no route takes is
+        // answered here (404 or 405), so it reaches no handler at all.
         let path = request.uri().path().to_string();
         let rest = crate::api::rest::is_rest(&path);
         let method = match (rest, crate::api::rest::grpc_method(request.method(), &path)) {
             (false, _) => path.clone(),
             (true, Some(grpc)) => grpc.to_string(),
             (true, None) => {
-                let caller = Caller { principal: Principal::Anonymous, source: String::new() };
-                return Box::pin(CALLER.scope(caller, inner.call(request)));
+                let response = crate::api::rest::unrouted(request.method(), &path);
+                let response = crate::api::rest::for_method(request.method(), response).map(Body::new);
+                return Box::pin(async move { Ok(response) });
             }
         };
+        let http_method = request.method().clone();
         let refuse = move |status: Status| -> Self::Future {
             tracing::debug!(path = %path, code = ?status.code(), "request refused at the gate");
             let response = match rest {
-                true => crate::api::rest::problem(&status).map(Body::new),
+                true => crate::api::rest::for_method(&http_method, crate::api::rest::problem(&status)).map(Body::new),
                 false => status.into_http(),
             };
             Box::pin(async move { Ok(response) })
@@ -109,8 +111,17 @@ where
         });
         match decided {
             Ok(caller) => {
-                crate::api::metrics::count_call(&method);
-                Box::pin(CALLER.scope(caller, inner.call(request)))
+                let call = CALLER.scope(caller, inner.call(request));
+                Box::pin(async move {
+                    let response = call.await?;
+                    // Counted once answered, and not when no such method
+                    // exists: callers must not mint label values.
+                    let unimplemented = response.headers().get("grpc-status").is_some_and(|s| s == "12");
+                    if !unimplemented {
+                        crate::api::metrics::count_call(&method);
+                    }
+                    Ok(response)
+                })
             }
             Err(status) => refuse(status),
         }

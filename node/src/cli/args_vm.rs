@@ -204,7 +204,8 @@ pub enum VmCmd {
         /// Remove a label by key (repeatable).
         #[arg(long = "unlabel")]
         unlabel: Vec<String>,
-        /// Virtual CPUs. On a running VM: plugged in live up to its host's CPU count when it started
+        /// Virtual CPUs. On a running VM: plugged in live up to the room it started with (its host's CPUs,
+        /// at most four times its own)
         /// (the guest brings them online), else pending until its next start.
         #[arg(long)]
         vcpus: Option<u32>,

@@ -103,6 +103,15 @@ pub fn cdrom_source(live_xml: &str, dev: &str) -> Option<String> {
     None
 }
 
+/// The most vCPUs a guest starting with `vcpus` can be given while it runs
+/// (libvirt's `<vcpu current>` maximum): up to its host's CPUs, but no more
+/// than four times its own count (every possible vCPU costs the guest a
+/// little at boot), and never past 240 (the pc machine takes at most 255,
+/// and q35 beyond that needs an interrupt-remapping IOMMU).
+pub fn vcpu_room(vcpus: u32, host_cpus: u32) -> u32 {
+    host_cpus.min(vcpus.saturating_mul(4)).min(240).max(vcpus)
+}
+
 /// A running domain's disk targets (`vda`, …; not CD-ROMs) and NIC
 /// devices on the host (`vnet3`), from its live XML: what libvirt's
 /// block and interface statistics are asked for.
@@ -550,6 +559,15 @@ mod tests {
         assert_eq!(cdrom_source(&domain_xml(&DomainSpec { kernel: None, ..spec() }), "hdc"), None, "an empty drive");
         let passthrough = domain_xml(&DomainSpec { cpu_model: Some("host-passthrough".into()), ..spec() });
         assert!(passthrough.contains("<cpu mode='host-passthrough'/>"), "{passthrough}");
+    }
+
+    #[test]
+    fn vcpu_room_is_bounded_by_the_host_the_guest_and_the_machine() {
+        assert_eq!(vcpu_room(1, 2), 2);
+        assert_eq!(vcpu_room(2, 64), 8, "four times its own");
+        assert_eq!(vcpu_room(100, 512), 240, "the machine's limit");
+        assert_eq!(vcpu_room(4, 2), 4, "never fewer than it has");
+        assert_eq!(vcpu_room(1, 0), 1, "a host not known yet");
     }
 
     #[test]
