@@ -181,6 +181,7 @@ async fn reconcile(
                 // effect.
                 let Some(starting) = StartGuard::begin(ctx, lease, vm_id) else { continue };
                 let Some(gen) = ctx.read(|d| d.state.vms.get(&vm_id).map(|v| v.desired_gen)) else { continue };
+                let losses = lease.losses();
                 guard_knows(ctx, lease, vm_id).await;
                 if power_cycle {
                     let domain = domain_name(vm_id);
@@ -210,8 +211,19 @@ async fn reconcile(
                     Err(e) => Err(e),
                 };
                 drop(starting);
-                if let Err(e) = result {
-                    fail(ctx, memory, vm_id, gen, e).await;
+                match result {
+                    // This host fenced while the guest was starting: its own
+                    // guard may have killed the new QEMU. That says nothing
+                    // about the VM; the next pass starts it again if the
+                    // lease and the placement still allow.
+                    Err(e) if lease.losses() != losses => {
+                        warn!(vm = %vm_id_hex(vm_id), error = %e, "a start cut short by this host's fencing; trying again");
+                        if let Some(m) = memory.get_mut(&vm_id) {
+                            m.lease_retry_at_ms = Some(now_ms() + LEASE_RETRY_MS);
+                        }
+                    }
+                    Err(e) => fail(ctx, memory, vm_id, gen, e).await,
+                    Ok(()) => {}
                 }
             }
             Action::SyncDisks { vm_id } => {

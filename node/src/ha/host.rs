@@ -43,6 +43,9 @@ pub struct Lease {
     /// Set while the file is being written, so a slow disk gets one write
     /// at a time and never holds up a heartbeat.
     writing: Arc<std::sync::atomic::AtomicBool>,
+    /// How often this process saw the lease run out (and fenced): a start
+    /// under way across one may have had its QEMU killed by the fencing.
+    losses: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -75,6 +78,7 @@ impl Lease {
             caught_up: Default::default(),
             file,
             writing: Default::default(),
+            losses: Default::default(),
         }
     }
 
@@ -89,6 +93,11 @@ impl Lease {
 
     pub fn expired(&self) -> bool {
         self.expired_at(Instant::now())
+    }
+
+    /// How many times the lease ran out so far (see [`fence_loop`]).
+    pub fn losses(&self) -> u64 {
+        self.losses.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// When the lease runs out, as CLOCK_BOOTTIME nanoseconds (what the
@@ -271,6 +280,9 @@ pub async fn fence_loop(ctx: Arc<NodeCtx>, lease: Arc<Lease>) {
         // A warning when a lease is lost; at start, before the first
         // acknowledgement, this is the normal course of things. Fencing
         // itself warns when it finds HA domains to kill.
+        if fenced_at.is_none() {
+            lease.losses.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         match (fenced_at.is_none(), granted_once) {
             (true, true) => warn!("lease expired: fencing HA domains until a heartbeat is acknowledged"),
             (true, false) => {
