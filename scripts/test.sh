@@ -20,9 +20,9 @@ if ! command -v promtool >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 PYENV=$PWD/target/pyprobe
-if ! "$PYENV/bin/python" -c 'import grpc, grpc_reflection, grpc_health' 2>/dev/null; then
+if ! "$PYENV/bin/python" -c 'import grpc, grpc_reflection, grpc_health, schemathesis' 2>/dev/null; then
   python3 -m venv "$PYENV"
-  "$PYENV/bin/pip" install -q --disable-pip-version-check grpcio grpcio-reflection grpcio-health-checking
+  "$PYENV/bin/pip" install -q --disable-pip-version-check grpcio grpcio-reflection grpcio-health-checking schemathesis
 fi
 export KVMESH_PYTHON=$PYENV/bin/python
 

@@ -150,6 +150,23 @@ impl NodeCtx {
         f(&guard)
     }
 
+    /// Reads what a write from this node just made. A write forwarded to
+    /// the leader is answered once the leader applied it; this node applies
+    /// it when the next heartbeat brings the commit index, a moment later.
+    /// `None` if it has not within 5 s (this node is cut off).
+    pub async fn read_written<T>(&self, f: impl Fn(&SmData) -> Option<T>) -> Option<T> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(found) = self.read(&f) {
+                return Some(found);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// A (cached, lazily connecting) channel to another node.
     pub fn channel(&self, address: &str) -> Result<Channel> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
@@ -184,6 +201,13 @@ impl NodeCtx {
     }
 
     async fn propose_with(&self, cmd: Command, route: Route) -> Result<Response> {
+        let started = Instant::now();
+        let answer = self.propose_timed(cmd, route).await;
+        crate::telemetry::get().proposal(started.elapsed());
+        answer
+    }
+
+    async fn propose_timed(&self, cmd: Command, route: Route) -> Result<Response> {
         // The event log records who asked (README, "Security").
         let cmd = match crate::auth::audit_by() {
             Some(by) => Command::Audited { by, cmd: Box::new(cmd) },

@@ -29,6 +29,8 @@ const JOIN_DEADLINE: Duration = Duration::from_secs(180);
 
 pub async fn run(config: ServeConfig) -> Result<()> {
     config.validate()?;
+    // Before the Raft store opens: its WAL reports fsyncs from the start.
+    crate::telemetry::get();
     // Files the daemon makes (the Raft store holds the CA key) are its own.
     // SAFETY: umask only sets this process's file-creation mask.
     unsafe {
@@ -163,6 +165,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         );
     }
     tokio::spawn(health_loop(ctx.clone()));
+    tokio::spawn(crate::telemetry::watch_leader(ctx.clone()));
     tokio::spawn(crate::agent::run(ctx.clone(), lease.clone()));
     tokio::spawn(crate::storage::probe::run(ctx.clone()));
     tokio::spawn(crate::netconf::run(ctx.clone()));
@@ -485,6 +488,10 @@ async fn serve_grpc(
         ctx: ctx.clone(),
         vms: Arc::new(VmsService::new(ctx.clone(), leader.clone())),
         cluster: Arc::new(ClusterService::new(ctx.clone(), leader.clone())),
+        storage: Arc::new(crate::api::storage::StorageService::new(ctx.clone(), leader.clone())),
+        images: Arc::new(crate::api::storage::ImagesService::new(ctx.clone())),
+        networks: Arc::new(crate::api::networks::NetworksService::new(ctx.clone(), leader.clone())),
+        security: Arc::new(crate::api::security::SecurityService::new(ctx.clone())),
     };
     let routes = tonic::service::Routes::from(crate::api::rest::router(rest))
         .add_service(health)

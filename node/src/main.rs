@@ -22,7 +22,9 @@ mod hypervisor;
 mod logging;
 mod netconf;
 mod storage;
+mod telemetry;
 mod tls;
+mod view;
 mod voters;
 
 fn main() -> std::process::ExitCode {

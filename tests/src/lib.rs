@@ -8,6 +8,7 @@
 //!
 //! The binary is `$KVMESH_BIN`, or `target/debug/kvmesh` of this workspace.
 
+pub mod rest;
 pub mod testbed;
 
 use std::net::TcpListener;

@@ -9,67 +9,9 @@
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
+use kvmesh_tests::rest::{bearer, curl, refused};
 use kvmesh_tests::Cluster;
 use serde_json::Value;
-
-/// An answer: HTTP status, HTTP version, content type, body.
-struct Answer {
-    status: u16,
-    version: String,
-    content_type: String,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Result<Value> {
-        serde_json::from_str(&self.body).with_context(|| format!("not JSON ({}): {}", self.status, self.body))
-    }
-}
-
-/// `curl` against node `i` of `c` with the cluster CA (its certificates
-/// name `kvmesh-node`); `extra` picks the HTTP version, method and token.
-fn curl(c: &Cluster, i: usize, path: &str, extra: &[&str]) -> Result<Answer> {
-    let port = c.addr(i).rsplit(':').next().unwrap_or_default().to_string();
-    let ca = c.nodes[i].data_dir.join("tls").join("ca.crt");
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20", "--cacert"])
-        .arg(&ca)
-        .args(["--resolve", &format!("kvmesh-node:{port}:127.0.0.1")])
-        .args(["-w", "\n%{http_code} %{http_version} %{content_type}"])
-        .args(extra)
-        .arg(format!("https://kvmesh-node:{port}{path}"))
-        .output()?;
-    ensure!(out.status.success(), "curl {path}: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, meta) = text.rsplit_once('\n').context("no status line")?;
-    let mut meta = meta.splitn(3, ' ');
-    Ok(Answer {
-        status: meta.next().unwrap_or_default().parse()?,
-        version: meta.next().unwrap_or_default().to_string(),
-        content_type: meta.next().unwrap_or_default().to_string(),
-        body: body.to_string(),
-    })
-}
-
-fn bearer(token: &str) -> String {
-    format!("Authorization: Bearer {token}")
-}
-
-/// A refusal: its status, a problem document, and the gRPC message in it.
-fn refused(a: &Answer, status: u16, says: &str) -> Result<()> {
-    ensure!(a.status == status, "expected {status}, got {}: {}", a.status, a.body);
-    ensure!(
-        a.content_type.starts_with("application/problem+json"),
-        "content type {:?} over HTTP/{}: {}",
-        a.content_type,
-        a.version,
-        a.body
-    );
-    let p = a.json()?;
-    ensure!(p["status"] == status, "{p}");
-    ensure!(p["detail"].as_str().is_some_and(|d| d.contains(says)), "detail without {says:?}: {p}");
-    Ok(())
-}
 
 #[test]
 fn rest_speaks_the_grpc_api_on_the_same_port_with_the_same_rules() -> Result<()> {
@@ -108,7 +50,7 @@ fn rest_speaks_the_grpc_api_on_the_same_port_with_the_same_rules() -> Result<()>
     refused(&curl(&c, follower, "/api/v1/vms/ghost", &["-H", &bearer(&viewer)])?, 404, "ghost")?;
     refused(&curl(&c, follower, "/api/v1/vms?bogus=1", &["-H", &bearer(&viewer)])?, 400, "bogus")?;
     refused(&curl(&c, follower, "/api/v1/nothing", &[])?, 404, "GET /api/v1/vms")?;
-    refused(&curl(&c, follower, "/api/v1/vms/web", &["-X", "DELETE"])?, 405, "no route")?;
+    refused(&curl(&c, follower, "/api/v1/vms/web", &["-X", "PATCH"])?, 405, "no route")?;
     let climb = curl(&c, follower, "/api/v1/vms/../../../etc/passwd", &["--path-as-is", "-H", &bearer(&viewer)])?;
     refused(&climb, 404, "no route")?;
     refused(&curl(&c, follower, "/api/v1/vms//stop", &["-X", "POST"])?, 404, "no route")?;
@@ -227,6 +169,36 @@ fn metrics(c: &mut Cluster, viewer: &str) -> Result<()> {
         ensure!(after >= *before, "{series} went down: {before} -> {after}");
     }
     ensure!(second.iter().any(|(k, v)| k.contains("Cluster/Metrics") && *v > 0.0), "scrapes are API calls too");
+    // Latencies: writes, WAL fsyncs, and API requests by method and code
+    // (the refusals above included).
+    for series in ["kvmesh_raft_proposal_seconds_count", "kvmesh_raft_wal_fsync_seconds_count"] {
+        ensure!(second.get(series).is_some_and(|n| *n > 0.0), "{series}: {:?}", second.get(series));
+    }
+    // The REST calls of the test went to the follower.
+    let answered = samples(&scrape(follower)?);
+    let timed = |method: &str, code: &str| {
+        answered.iter().any(|(k, v)| {
+            k.starts_with("kvmesh_api_request_seconds_count{")
+                && k.contains(&format!("method=\"{method}\""))
+                && k.contains(&format!("code=\"{code}\""))
+                && *v > 0.0
+        })
+    };
+    ensure!(timed("/kvmesh.v1.Vms/Stop", "Ok"), "no timed stop: {answered:?}");
+    ensure!(timed("/kvmesh.v1.Vms/Stop", "PermissionDenied"), "no timed refusal: {answered:?}");
+    ensure!(timed("/kvmesh.v1.Vms/List", "Unauthenticated"), "no timed 401: {answered:?}");
+    // Every series the Grafana dashboard graphs exists.
+    let all = format!("{}\n{}", scrape(leader)?, scrape(host)?);
+    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../node/grafana/kvmesh.json"))?;
+    let graphed: std::collections::BTreeSet<String> = dashboard
+        .match_indices("kvmesh_")
+        .map(|(at, _)| dashboard[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect())
+        .collect();
+    ensure!(graphed.len() > 15, "{graphed:?}");
+    for name in &graphed {
+        let present = all.lines().any(|l| l.strip_prefix(name.as_str()).is_some_and(|t| t.starts_with(['{', ' '])));
+        ensure!(present, "the dashboard graphs {name}, which no scrape has");
+    }
     // A deleted VM's series are gone.
     c.cli_ok(leader, &["vm", "delete", "web", "--yes"])?;
     wait_for_gone(c, viewer, leader, host)?;

@@ -41,13 +41,38 @@ fn api_calls() -> &'static Family<Labels, Counter> {
     CALLS.get_or_init(Family::default)
 }
 
-/// Counts one call of `method` (a gRPC method path), as the gate lets it in.
-pub fn count_call(method: &str) {
-    // Only the API's own methods: anything else would let a caller make
-    // up label values without bound.
+/// The label for `method` (a gRPC method path): only the API's own
+/// methods, since anything else would let a caller make up label values
+/// without bound.
+fn method_label(method: &str) -> &str {
     let known = method.starts_with("/kvmesh.v1.") || method.starts_with("/grpc.");
-    let method = if known { method } else { "other" };
-    api_calls().get_or_create(&vec![("method".to_string(), method.to_string())]).inc();
+    if known {
+        method
+    } else {
+        "other"
+    }
+}
+
+/// Counts one call of `method`, as the gate lets it in.
+pub fn count_call(method: &str) {
+    api_calls().get_or_create(&vec![("method".to_string(), method_label(method).to_string())]).inc();
+}
+
+/// Times one answered request of `method`: its code is the gRPC code the
+/// answer carries (a REST refusal's `x-kvmesh-code`; `Ok` otherwise).
+pub fn time_call<B>(method: &str, response: &http::Response<B>, took: std::time::Duration) {
+    let headers = response.headers();
+    let code = match headers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<i32>().ok()) {
+        Some(n) => format!("{:?}", tonic::Code::from_i32(n)),
+        None => match headers.get("x-kvmesh-code").and_then(|v| v.to_str().ok()) {
+            Some(code) => code.to_string(),
+            None if response.status().is_client_error() || response.status().is_server_error() => {
+                format!("http-{}", response.status().as_u16())
+            }
+            None => "Ok".to_string(),
+        },
+    };
+    crate::telemetry::get().api_request(method_label(method), &code, took);
 }
 
 /// OpenMetrics for a scraper that asks for it (Prometheus does), else the
@@ -120,6 +145,9 @@ async fn render(rest: &Rest) -> Result<String, tonic::Status> {
     let snapshot = m.snapshot.map(|l| l.index).unwrap_or(0) as i64;
     gauge(&mut registry, "raft_snapshot_index", "The index this node's last snapshot covers", snapshot);
     gauge(&mut registry, "raft_has_leader", "1 while this node knows a leader", m.current_leader.is_some() as i64);
+    let snapshot_file = ctx.config.data_dir.join("raft").join("snapshot.bin");
+    let snapshot_bytes = std::fs::metadata(snapshot_file).map(|m| m.len() as i64).unwrap_or(0);
+    gauge(&mut registry, "raft_snapshot_bytes", "The size of this node's current snapshot file", snapshot_bytes);
 
     // This node's certificate.
     let not_after = ctx
@@ -140,6 +168,7 @@ async fn render(rest: &Rest) -> Result<String, tonic::Status> {
 
     // The API calls it answered.
     registry.register("api_calls", "API calls this node let in, by gRPC method", api_calls().clone());
+    crate::telemetry::get().register(&mut registry);
 
     // The guests it runs.
     let usage = match blocking(&ctx.hypervisor, |hv| hv.usage()).await {
@@ -231,6 +260,14 @@ async fn cluster_gauges(rest: &Rest, registry: &mut Registry) -> Result<(), toni
         info.get_or_create(&l).set(1);
     }
     registry.register("vm_info", "1 per VM, with its host, state and HA flag (leader's view)", info);
+
+    let capacity = rest.cluster.capacity(Request::new(pb::CapacityRequest {})).await?.into_inner();
+    gauge(
+        registry,
+        "cluster_n_plus_1",
+        "1 while the HA VMs of any one host could restart on the others",
+        capacity.n_plus_1 as i64,
+    );
     Ok(())
 }
 

@@ -62,7 +62,13 @@ impl pb::networks_server::Networks for NetworksService {
         if let CmdResponse::Refused(r) = self.ctx.propose(Command::AddNetwork { network, at_ms: now_ms() }).await? {
             return Err(Error::from(r).into());
         }
-        let info = get_network(&self.ctx, &req.name)?;
+        let info = self.ctx.read_written(|d| d.state.meta.networks.get(&req.name).map(|n| to_pb::network(&d.state, n)));
+        let info = info.await.ok_or_else(|| {
+            Status::unavailable(format!(
+                "network {} was added, but {} has not caught up with the leader yet; see `kvmesh network get {}`",
+                req.name, self.ctx.name, req.name
+            ))
+        })?;
         Ok(Response::new(self.with_hosts(vec![info]).await.remove(0)))
     }
 

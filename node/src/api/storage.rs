@@ -117,7 +117,13 @@ impl pb::storage_server::Storage for StorageService {
         if let CmdResponse::Refused(r) = self.ctx.propose(Command::AddStorage { domain, at_ms: now_ms() }).await? {
             return Err(Error::from(r).into());
         }
-        let info = get_domain(&self.ctx, &req.name)?;
+        let info = self.ctx.read_written(|d| d.state.storage_by_name(&req.name).map(|s| to_pb::storage(&d.state, s)));
+        let info = info.await.ok_or_else(|| {
+            Status::unavailable(format!(
+                "storage {} was added, but {} has not caught up with the leader yet; see `kvmesh storage get {}`",
+                req.name, self.ctx.name, req.name
+            ))
+        })?;
         Ok(Response::new(self.with_hosts(vec![info]).await.remove(0)))
     }
 

@@ -90,16 +90,28 @@ where
             }
         };
         let http_method = request.method().clone();
-        let refuse = move |status: Status| -> Self::Future {
+        let started = std::time::Instant::now();
+        let refused_method = method.clone();
+        let refuse = move |status: Status, request: http::Request<Body>| -> Self::Future {
             tracing::debug!(path = %path, code = ?status.code(), "request refused at the gate");
-            let response = match rest {
-                true => crate::api::rest::for_method(&http_method, crate::api::rest::problem(&status)).map(Body::new),
-                false => status.into_http(),
-            };
-            Box::pin(async move { Ok(response) })
+            if !rest {
+                let response = status.into_http();
+                crate::api::metrics::time_call(&refused_method, &response, started.elapsed());
+                return Box::pin(async move { Ok(response) });
+            }
+            let response =
+                crate::api::rest::for_method(&http_method, crate::api::rest::problem(&status)).map(Body::new);
+            // The body is read first: an HTTP/2 answer sent while the
+            // client still sends resets the stream, and the client would
+            // see no answer at all instead of the refusal.
+            Box::pin(async move {
+                crate::api::rest::drain(axum::body::Body::new(request.into_body())).await;
+                crate::api::metrics::time_call(&refused_method, &response, started.elapsed());
+                Ok(response)
+            })
         };
         if let Some(refusal) = uninitialized(&self.state, &method) {
-            return refuse(refusal);
+            return refuse(refusal, request);
         }
         // `serve --insecure` has no credentials to check: nodes and users
         // alike may call everything (loopback only).
@@ -119,11 +131,12 @@ where
                     let unimplemented = response.headers().get("grpc-status").is_some_and(|s| s == "12");
                     if !unimplemented {
                         crate::api::metrics::count_call(&method);
+                        crate::api::metrics::time_call(&method, &response, started.elapsed());
                     }
                     Ok(response)
                 })
             }
-            Err(status) => refuse(status),
+            Err(status) => refuse(status, request),
         }
     }
 }

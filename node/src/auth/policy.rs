@@ -31,6 +31,8 @@ const TABLE: &[(&str, &[&str], Need)] = &[
     ("kvmesh.v1.Raft", &["*"], Need::Internal),
     ("kvmesh.v1.Host", &["*"], Need::Internal),
     ("kvmesh.v1.Cluster", &["Init", "Enroll"], Need::Bootstrap),
+    // `OpenApi` is no RPC: it is the REST API's description, public as any API's reference is.
+    ("kvmesh.v1.Cluster", &["OpenApi"], Need::Open),
     ("kvmesh.v1.Cluster", &["Join", "UpdateAddress"], Need::Internal),
     (
         "kvmesh.v1.Cluster",

@@ -59,16 +59,10 @@ pub async fn run(channel: Ch, output: Output, command: ClusterCmd) -> Result<()>
             let r = pb::BalanceRequest { dry_run, threshold_pct: threshold, max_moves: max };
             let moves = cluster.balance(req(r)).await.map_err(status_err)?.into_inner().moves;
             match output {
-                Output::Json => {
-                    let all: Vec<_> = moves
-                        .iter()
-                        .map(|m| {
-                            json!({"vm": m.vm, "from": m.from, "to": m.to, "why": m.why, "begun": m.begun,
-                                   "refused": (!m.refused.is_empty()).then_some(&m.refused)})
-                        })
-                        .collect();
-                    outln!("{}", json!(all));
-                }
+                Output::Json => outln!(
+                    "{}",
+                    crate::view::json(crate::view::Balance::from(&pb::BalanceReply { moves: moves.clone() }))
+                ),
                 Output::Table if moves.is_empty() => outln!("the hosts are balanced: nothing to move"),
                 Output::Table => {
                     for m in &moves {

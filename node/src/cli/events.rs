@@ -12,7 +12,6 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use kvmesh_proto as pb;
 use pb::cluster_client::ClusterClient;
-use serde_json::json;
 
 use super::client::{connect, req, status_err};
 use super::config::Settings;
@@ -30,16 +29,10 @@ pub struct Filter {
     pub limit: Option<usize>,
 }
 
+#[cfg(test)]
+use crate::view::node_of;
 /// The subject an event is about: `("vm", "web1")`, `("node", "n2")`, …
-pub fn subject(e: &pb::Event) -> Option<(&str, &str)> {
-    let mut words = e.message.split_whitespace();
-    let kind = words.next()?;
-    if !matches!(kind, "vm" | "node" | "image" | "storage" | "cluster") {
-        return None;
-    }
-    let name = words.next()?.trim_end_matches([':', ',']);
-    Some((kind, name))
-}
+pub use crate::view::subject;
 
 /// Whether `e` passes the filter (the limit is applied to the whole list).
 pub fn matches(filter: &Filter, e: &pb::Event) -> bool {
@@ -70,22 +63,9 @@ pub fn select<'a>(filter: &Filter, all: &'a [pb::Event]) -> Vec<&'a pb::Event> {
 
 /// The host an event is about: its subject for a node event, else the
 /// first known node its message names ("vm web1 is running on n2").
-pub fn node_of<'a>(e: &'a pb::Event, known: &[String]) -> Option<&'a str> {
-    match subject(e) {
-        Some(("node", name)) => Some(name),
-        _ => e.message.split(|c: char| c.is_whitespace() || ",:()".contains(c)).find(|w| known.iter().any(|k| k == w)),
-    }
-}
 
 pub fn event_json(e: &pb::Event, known: &[String]) -> serde_json::Value {
-    let (kind, name) = subject(e).map_or((None, None), |(k, n)| (Some(k), Some(n)));
-    json!({
-        "seq": e.seq, "at_ms": e.at_ms, "time": format_ms(e.at_ms), "kind": e.kind,
-        "subject": name.map(|n| json!({"kind": kind, "name": n})),
-        "node": node_of(e, known),
-        "principal": (!e.by.is_empty()).then_some(&e.by),
-        "message": e.message,
-    })
+    crate::view::json(crate::view::Event::new(e, known))
 }
 
 /// The cluster's node names, for [`node_of`] (none if the list fails).

@@ -26,7 +26,7 @@ mod events;
 mod examples;
 mod networks;
 mod nodes;
-mod output;
+pub(crate) mod output;
 mod security;
 mod sizes;
 mod storage;
@@ -39,9 +39,8 @@ pub use args::{parse, Cli, Command, Output, OutputFlag, WaitArgs};
 
 /// The JSON shapes of `-o json`, which the REST API answers with too.
 pub mod json {
-    pub use super::events::event_json;
-    pub use super::output::{node_json, node_state, status_json};
-    pub use super::vm_view::{shown_state, vm_json};
+    pub use super::output::node_state;
+    pub use super::vm_view::shown_state;
 }
 pub use args_cluster::{CertCmd, ClusterCmd, JoinTokenCmd, NodeCmd, PolicyCmd, TokenCmd};
 pub use args_vm::{

@@ -74,19 +74,11 @@ pub async fn nic(vms: &mut VmsClient<Ch>, output: Output, command: NicCmd) -> Re
 }
 
 pub fn nic_json(n: &pb::Nic) -> Value {
-    json!({"network": n.network, "mac": n.mac, "model": n.model})
-}
-
-fn host_json(h: &pb::HostNetworkStatus) -> Value {
-    json!({"node": h.node, "state": h.state, "message": h.message, "mtu": h.mtu})
+    crate::view::json(crate::view::Nic::from(n))
 }
 
 fn network_json(n: &pb::NetworkInfo) -> Value {
-    json!({
-        "name": n.name, "kind": n.kind, "bridge": n.bridge, "uplink": n.uplink, "vlan": n.vlan, "vni": n.vni,
-        "mtu": n.mtu, "required": n.required, "nics": n.nics, "created_at_ms": n.created_at_ms,
-        "hosts": n.hosts.iter().map(host_json).collect::<Vec<_>>(),
-    })
+    crate::view::json(crate::view::Network::from(n))
 }
 
 /// What a network is, in a few words.

@@ -1,7 +1,7 @@
 //! Printing: aligned tables for people, JSON for scripts.
 
 use kvmesh_proto as pb;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::Output;
 
@@ -57,31 +57,9 @@ pub(super) fn table(header: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
-fn member_json(m: &pb::Member) -> Value {
-    json!({
-        "id": m.id, "name": m.name, "address": m.address, "role": m.role,
-        "matched_index": m.matched_index, "lag": m.lag,
-        "reachable": m.reachable, "last_contact_ms": m.last_contact_ms,
-    })
-}
-
 /// `cluster status -o json`, and the REST API's `GET /api/v1/cluster/status`.
 pub fn status_json(s: &pb::ClusterStatus) -> Value {
-    let leader = s.leader.as_ref().map(|l| json!({"id": l.id, "name": l.name, "address": l.address}));
-    json!({
-        "cluster_id": s.cluster_id,
-        "node": {"id": s.node_id, "name": s.node_name, "raft_state": s.raft_state},
-        "leader": leader,
-        "term": s.term,
-        "commit_index": s.commit_index,
-        "last_log_index": s.last_log_index,
-        "last_applied": s.last_applied,
-        "snapshot_index": s.snapshot_index,
-        "purged_index": s.purged_index,
-        "max_voters": s.max_voters,
-        "version": s.version,
-        "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
-    })
+    crate::view::json(crate::view::Status::from(s))
 }
 
 pub fn print_status(output: Output, s: &pb::ClusterStatus) {
@@ -130,17 +108,7 @@ pub fn print_status(output: Output, s: &pb::ClusterStatus) {
 
 /// A host as `node get -o json` and the REST API show it.
 pub fn node_json(n: &pb::NodeInfo) -> Value {
-    json!({
-        "id": n.id, "name": n.name, "address": n.address, "state": node_state(n.state), "role": n.role,
-        "cpus": n.cpus, "memory_mib": n.memory_mib, "vms": n.vm_count,
-        "allocated_vcpus": n.allocated_vcpus, "allocated_memory_mib": n.allocated_memory_mib,
-        "labels": n.labels, "heartbeat_age_ms": n.heartbeat_age_ms, "running_vms": n.running_vms,
-        "running_vcpus": n.running_vcpus, "running_memory_mib": n.running_memory_mib,
-        "fencing": n.fencing, "problem": n.problem, "reachable": n.reachable,
-        "storage": n.storage.iter().map(|s| json!({"domain": s.domain, "state": s.state, "message": s.message, "free_bytes": s.free_bytes, "total_bytes": s.total_bytes})).collect::<Vec<_>>(),
-        "networks": n.networks.iter().map(|s| json!({"network": s.network, "state": s.state, "message": s.message, "mtu": s.mtu})).collect::<Vec<_>>(),
-        "uefi": n.uefi_missing.as_ref().map(|m| m.is_empty()), "uefi_missing": n.uefi_missing.as_ref().filter(|m| !m.is_empty()),
-    })
+    crate::view::json(crate::view::Node::from(n))
 }
 
 /// One host: a JSON object, or the `node list` table with one row plus its labels.
@@ -281,20 +249,7 @@ pub use super::time::format_ms;
 
 pub fn print_explanation(output: Output, e: &pb::Explanation) {
     match output {
-        Output::Json => {
-            let nodes: Vec<Value> = e
-                .nodes
-                .iter()
-                .map(|n| {
-                    json!({
-                        "node": n.node, "feasible": n.feasible, "reason": n.reason, "score": n.score,
-                        "policy_score": n.policy_score, "label_score": n.label_score,
-                        "group_score": n.group_score, "chosen": n.chosen,
-                    })
-                })
-                .collect();
-            outln!("{}", json!({"vm": e.vm, "policy": e.policy, "chosen": e.chosen, "nodes": nodes}));
-        }
+        Output::Json => outln!("{}", crate::view::json(crate::view::Explanation::from(e))),
         Output::Table => {
             match &e.chosen {
                 Some(c) => outln!("{}: would be placed on {c} (policy {})", e.vm, e.policy),
@@ -326,11 +281,7 @@ pub fn print_explanation(output: Output, e: &pb::Explanation) {
 
 pub fn print_policy(output: Output, p: &pb::PlacementPolicy) {
     match output {
-        Output::Json => outln!(
-            "{}",
-            json!({"policy": p.policy, "cpu_overcommit": p.cpu_overcommit, "memory_overcommit": p.memory_overcommit,
-                   "balance": p.balance})
-        ),
+        Output::Json => outln!("{}", crate::view::json(crate::view::Policy::from(p))),
         Output::Table => outln!(
             "policy {} (cpu overcommit {}, memory overcommit {}; automatic balance {})",
             p.policy,
@@ -343,20 +294,7 @@ pub fn print_policy(output: Output, p: &pb::PlacementPolicy) {
 
 pub fn print_capacity(output: Output, r: &pb::CapacityReport) {
     match output {
-        Output::Json => {
-            let hosts: Vec<Value> = r
-                .hosts
-                .iter()
-                .map(|h| {
-                    json!({
-                        "node": h.node, "ha_vms": h.ha_vms, "ha_vcpus": h.ha_vcpus, "ha_memory_mib": h.ha_memory_mib,
-                        "unplaceable": h.unplaceable, "short_vcpus": h.short_vcpus,
-                        "short_memory_mib": h.short_memory_mib, "fencing": h.fencing,
-                    })
-                })
-                .collect();
-            outln!("{}", json!({"n_plus_1": r.n_plus_1, "worst": r.worst, "policy": r.policy, "hosts": hosts}));
-        }
+        Output::Json => outln!("{}", crate::view::json(crate::view::Capacity::from(r))),
         Output::Table => {
             if r.n_plus_1 {
                 outln!("N+1: yes — the HA VMs of any one host can restart on the others");

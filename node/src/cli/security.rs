@@ -47,12 +47,10 @@ pub async fn tokens(channel: Ch, output: Output, command: TokenCmd) -> Result<()
             let list = client.list_tokens(req(pb::ListTokensRequest {})).await.map_err(status_err)?.into_inner();
             match output {
                 Output::Json => {
-                    let all: Vec<_> = list
-                        .tokens
-                        .iter()
-                        .map(|t| json!({"name": t.name, "role": t.role, "created_ms": t.created_ms}))
-                        .collect();
-                    outln!("{}", serde_json::Value::Array(all));
+                    outln!(
+                        "{}",
+                        crate::view::json(list.tokens.iter().map(crate::view::Token::from).collect::<Vec<_>>())
+                    )
                 }
                 Output::Table => table(
                     &["NAME", "ROLE", "CREATED"],

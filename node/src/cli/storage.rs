@@ -48,16 +48,8 @@ pub async fn storage(channel: Ch, output: Output, command: StorageCmd) -> Result
     Ok(())
 }
 
-fn host_json(h: &pb::HostStorageStatus) -> Value {
-    json!({"node": h.node, "state": h.state, "message": h.message, "free_bytes": h.free_bytes, "total_bytes": h.total_bytes})
-}
-
 fn domain_json(d: &pb::StorageDomainInfo) -> Value {
-    json!({
-        "name": d.name, "id": d.id, "kind": d.kind, "location": d.location, "shared": d.shared,
-        "nodes": d.nodes, "disks": d.disks, "images": d.images, "pending_deletions": d.pending_deletions,
-        "hosts": d.hosts.iter().map(host_json).collect::<Vec<_>>(),
-    })
+    crate::view::json(crate::view::StorageDomain::from(d))
 }
 
 fn print_domains(output: Output, domains: &[pb::StorageDomainInfo], detail: bool) {
@@ -229,11 +221,7 @@ async fn import(
 }
 
 fn image_json(i: &pb::ImageInfo) -> Value {
-    json!({
-        "name": i.name, "storage": i.storage, "kind": i.kind, "format": i.format,
-        "virtual_bytes": i.virtual_bytes, "file_bytes": i.file_bytes, "sha256": i.sha256,
-        "host": i.host, "created_at_ms": i.created_at_ms, "used_by": i.used_by,
-    })
+    crate::view::json(crate::view::Image::from(i))
 }
 
 pub fn print_image(output: Output, i: &pb::ImageInfo) {

@@ -3,16 +3,13 @@
 //! migration's progress, and the same as JSON for scripts.
 
 use kvmesh_proto as pb;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::output::{desired, format_ms, human_bytes, table, vm_state};
 use super::Output;
 
 pub fn disk_json(d: &pb::DiskInfo) -> Value {
-    json!({
-        "index": d.index, "size_bytes": d.size_bytes, "storage": d.storage, "image": d.image,
-        "created": d.created, "host": d.host, "volume": d.volume,
-    })
+    crate::view::json(crate::view::Disk::from(d))
 }
 
 pub fn print_disks(output: Output, disks: &[pb::DiskInfo]) {
@@ -50,47 +47,8 @@ pub fn progress_line(p: &pb::MigrationProgress) -> String {
     )
 }
 
-fn progress_json(p: &pb::MigrationProgress) -> Value {
-    json!({
-        "data_total": p.data_total, "data_processed": p.data_processed,
-        "data_remaining": p.data_remaining, "bytes_per_s": p.bytes_per_s, "phase": p.phase,
-        "disk_total": p.disk_total, "disk_remaining": p.disk_remaining,
-    })
-}
-
 pub fn vm_json(vm: &pb::Vm) -> Value {
-    let mut v = json!({
-        "id": vm.id, "name": vm.name, "vcpus": vm.vcpus, "memory_mib": vm.memory_mib, "ha": vm.ha,
-        "desired": desired(vm.desired), "node": vm.node, "node_id": vm.node_id, "epoch": vm.epoch,
-        "created_at_ms": vm.created_at_ms, "state": vm_state(vm.state), "since": vm.since_ms,
-        "last_error": vm.last_error, "image": vm.image, "kernel": vm.kernel, "initrd": vm.initrd, "cmdline": vm.cmdline, "labels": vm.labels,
-        "disks": vm.disks.iter().map(disk_json).collect::<Vec<_>>(),
-        "snapshots": vm.snapshots.iter().map(|s| json!({"name": s.name, "created_at_ms": s.created_at_ms})).collect::<Vec<_>>(),
-        "nics": vm.nics.iter().map(super::networks::nic_json).collect::<Vec<_>>(), "domain": vm.domain,
-        "priority": vm.priority, "pin": vm.pin, "required_labels": vm.required_labels,
-        "preferred_labels": vm.preferred_labels, "anti_affinity": vm.anti_affinity,
-        "soft_anti_affinity": vm.soft_anti_affinity, "affinity": vm.affinity,
-        "pending": vm.pending, "observed": vm.observed_known.then_some(&vm.observed), "lease_holder": vm.lease_holder, "description": vm.description,
-        "migrating_to": vm.migrating_to,
-        "migration_started_ms": (vm.migration_started_ms > 0).then_some(vm.migration_started_ms),
-        "migration_copies_disks": vm.migration_copies_disks,
-        "migration_progress": vm.migration_progress.as_ref().map(progress_json),
-    });
-    // Added apart: one json! of every field exceeds the macro's recursion.
-    v["hardware"] = json!({
-        "firmware": vm.firmware, "machine": vm.machine, "cpu_model": vm.cpu_model,
-        "boot_order": vm.boot_order, "cdrom": vm.cdrom,
-    });
-    v["pending_changes"] = json!(vm.pending_changes);
-    v["guest"] = json!(vm.guest.as_ref().map(|g| json!({
-        "os": g.os, "hostname": g.hostname,
-        "interfaces": g.interfaces.iter().map(|i| json!({"name": i.name, "mac": i.mac, "addresses": i.addresses})).collect::<Vec<_>>(),
-    })));
-    v["cloud_init"] = json!(vm
-        .cloud_init
-        .as_ref()
-        .map(|c| json!({"user_data_bytes": c.user_data_bytes, "fingerprint": c.fingerprint, "ssh_keys": c.ssh_keys, "hostname": c.hostname})));
-    v
+    crate::view::json(crate::view::Vm::from(vm))
 }
 
 /// What `vm list` shows: its filters, its order and its width.

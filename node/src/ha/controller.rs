@@ -174,7 +174,10 @@ async fn place_pending(
     for (vm, node) in plan.placements {
         match ctx.propose_as_leader(Command::PlaceVm { vm, node, at_ms: now_ms() }).await? {
             Response::Refused(r) => info!(vm, reason = %r, "placement refused; planning again next pass"),
-            _ => info!(vm, node, "placed a VM that had lost its host"),
+            _ => {
+                crate::telemetry::get().ha_restart();
+                info!(vm, node, "placed a VM that had lost its host")
+            }
         }
     }
     for u in plan.unplaced {

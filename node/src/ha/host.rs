@@ -284,7 +284,10 @@ pub async fn fence_loop(ctx: Arc<NodeCtx>, lease: Arc<Lease>) {
             lease.losses.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         match (fenced_at.is_none(), granted_once) {
-            (true, true) => warn!("lease expired: fencing HA domains until a heartbeat is acknowledged"),
+            (true, true) => {
+                crate::telemetry::get().fenced();
+                warn!("lease expired: fencing HA domains until a heartbeat is acknowledged")
+            }
             (true, false) => {
                 info!("waiting for the leader to acknowledge a heartbeat; HA domains here stay fenced until then")
             }

@@ -10,12 +10,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use futures::{Stream, StreamExt};
 use kvmesh_proto as pb;
 use kvmesh_raft::command::{Command, Response};
 use kvmesh_raft::storage::{image_volume_name, Image, ImageKind};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use tonic::Streaming;
 use tracing::{info, instrument};
 
 use super::format::{self, HEADER_BYTES};
@@ -70,8 +70,11 @@ fn destination(ctx: &NodeCtx, header: &pb::ImportHeader) -> Result<(ImageKind, P
 
 /// Receives one import stream and records the image.
 #[instrument(skip_all, fields(node = %ctx.name))]
-pub async fn import(ctx: &Arc<NodeCtx>, mut stream: Streaming<pb::ImportChunk>) -> Result<pb::ImageInfo> {
-    let first = stream.message().await.map_err(|s| Error::InvalidArgument(s.message().to_string()))?;
+pub async fn import(
+    ctx: &Arc<NodeCtx>,
+    mut stream: impl Stream<Item = std::result::Result<pb::ImportChunk, tonic::Status>> + Unpin,
+) -> Result<pb::ImageInfo> {
+    let first = stream.next().await.transpose().map_err(|s| Error::InvalidArgument(s.message().to_string()))?;
     let Some(pb::ImportChunk { part: Some(pb::import_chunk::Part::Header(header)) }) = first else {
         return Err(Error::InvalidArgument("an import starts with its header (name, storage, kind, size)".into()));
     };
@@ -91,8 +94,11 @@ pub async fn import(ctx: &Arc<NodeCtx>, mut stream: Streaming<pb::ImportChunk>) 
     let mut file =
         tokio::fs::File::create(&partial.path).await.map_err(|e| io_error("create", &partial.path, e, &pool.domain))?;
     let (mut hasher, mut head, mut received) = (Sha256::new(), Vec::with_capacity(HEADER_BYTES), 0u64);
-    while let Some(chunk) =
-        stream.message().await.map_err(|s| Error::Unavailable(format!("import interrupted: {}", s.message())))?
+    while let Some(chunk) = stream
+        .next()
+        .await
+        .transpose()
+        .map_err(|s| Error::Unavailable(format!("import interrupted: {}", s.message())))?
     {
         let Some(pb::import_chunk::Part::Data(data)) = chunk.part else {
             return Err(Error::InvalidArgument("only one header per import".into()));

@@ -21,6 +21,21 @@ mod state_machine;
 mod wal;
 
 pub use log::LogStore;
+
+/// Who hears of each WAL fsync and how long it took (the node's metrics);
+/// set once, at start.
+static FSYNC_OBSERVER: std::sync::OnceLock<fn(std::time::Duration)> = std::sync::OnceLock::new();
+
+/// Sets the WAL's fsync observer (the first call wins).
+pub fn on_wal_fsync(observer: fn(std::time::Duration)) {
+    let _ = FSYNC_OBSERVER.set(observer);
+}
+
+fn observe_fsync(took: std::time::Duration) {
+    if let Some(observer) = FSYNC_OBSERVER.get() {
+        observer(took);
+    }
+}
 pub use state_machine::{SharedState, SmData, StateMachine};
 
 use std::path::Path;

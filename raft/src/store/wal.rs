@@ -276,7 +276,9 @@ impl Wal {
             inner.last_log_id = entries.last().map(|e| e.log_id);
             (file, new_segment)
         };
+        let started = std::time::Instant::now();
         file.sync_data().map_err(io)?;
+        super::observe_fsync(started.elapsed());
         if new_segment {
             sync_dir(&self.dir).map_err(io)?;
         }
