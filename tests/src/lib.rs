@@ -568,7 +568,7 @@ impl tonic::service::Interceptor for Bearer {
 }
 
 /// The CA certificate and token of the client config serving `address`.
-fn client_credentials(address: &str) -> Result<(String, String)> {
+pub fn client_credentials(address: &str) -> Result<(String, String)> {
     let path = client_config_for(address).ok_or_else(|| anyhow!("no client config is registered for {address}"))?;
     let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
     let config: toml::Table = text.parse().with_context(|| format!("parse {}", path.display()))?;

@@ -80,3 +80,12 @@ pub fn refused(a: &Answer, status: u16, says: &str) -> Result<()> {
     ensure!(p["detail"].as_str().is_some_and(|d| d.contains(says)), "detail without {says:?}: {p}");
     Ok(())
 }
+
+/// Waits until node `i` accepts `token` (made through another node, it
+/// reaches this one's replica a heartbeat later).
+pub fn wait_token(c: &Cluster, i: usize, token: &str) -> Result<()> {
+    crate::wait_for("the token accepted", std::time::Duration::from_secs(10), || {
+        curl(c, i, "/api/v1/vms", &["-H", &bearer(token)]).ok().filter(|a| a.status == 200)
+    })
+    .map(|_| ())
+}

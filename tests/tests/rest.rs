@@ -9,7 +9,7 @@
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
-use kvmesh_tests::rest::{bearer, curl, refused};
+use kvmesh_tests::rest::{bearer, curl, refused, wait_token};
 use kvmesh_tests::Cluster;
 use serde_json::Value;
 
@@ -23,6 +23,8 @@ fn rest_speaks_the_grpc_api_on_the_same_port_with_the_same_rules() -> Result<()>
     let operator =
         c.cli_ok(0, &["token", "create", "ops", "--role", "operator"])?["token"].as_str().unwrap().to_string();
     c.cli_ok(0, &["vm", "create", "web", "--vcpus", "1", "--memory", "128", "--wait"])?;
+    wait_token(&c, follower, &viewer)?;
+    wait_token(&c, follower, &operator)?;
 
     // Reads over HTTP/1.1 and HTTP/2, in the CLI's shapes.
     let h1 = curl(&c, follower, "/api/v1/vms/web", &["--http1.1", "-H", &bearer(&viewer)])?;

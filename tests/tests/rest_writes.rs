@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use kvmesh_tests::rest::{bearer, curl, refused, Answer};
+use kvmesh_tests::rest::{bearer, curl, refused, wait_token, Answer};
 use kvmesh_tests::Cluster;
 use serde_json::{json, Value};
 
@@ -36,6 +36,7 @@ fn rest_writes_are_idempotent_puts_with_etags_and_named_refusals() -> Result<()>
     let leader = c.leader()?;
     let f = (leader + 1) % 3;
     let admin = c.cli_ok(0, &["token", "create", "tf", "--role", "admin"])?["token"].as_str().unwrap().to_string();
+    wait_token(&c, f, &admin)?;
 
     // A VM made by PUT (201, its location and ETag), through a follower.
     let spec = json!({"vcpus": 1, "memory_mib": 128, "labels": {"app": "shop"}, "description": "front end"});
@@ -51,6 +52,8 @@ fn rest_writes_are_idempotent_puts_with_etags_and_named_refusals() -> Result<()>
     let before = events_about(&c, leader, &admin, "web")?;
     let again = send(&c, f, "PUT", "/api/v1/vms/web", &admin, &spec)?;
     ensure!(again.status == 200, "again: {} {}", again.status, again.body);
+    ensure!(made.header("x-kvmesh-changed") == Some("true"), "{}", made.headers);
+    ensure!(again.header("x-kvmesh-changed") == Some("false"), "the same PUT wrote: {}", again.headers);
     ensure!(events_about(&c, leader, &admin, "web")? == before, "a second identical PUT wrote something");
 
     // Reads are cheap to repeat: If-None-Match with the ETag is a 304.
@@ -103,6 +106,24 @@ fn rest_writes_are_idempotent_puts_with_etags_and_named_refusals() -> Result<()>
     ensure!(a.status == 200, "{} {}", a.status, a.body);
     let vm = c.vm(leader, "web")?;
     ensure!(vm["description"] == "checkout" && vm["labels"] == json!({"tier": "web"}), "{vm}");
+
+    // A cloud-init seed: the same seed again writes nothing; dropping its
+    // user-data removes it (an update alone only sets parts).
+    let seeded = json!({"vcpus": 1, "memory_mib": 64, "cpu_model": "", "cloud_init":
+        {"user_data": "#cloud-config\n", "ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK k@h"]}});
+    let a = send(&c, f, "PUT", "/api/v1/vms/seeded", &admin, &seeded)?;
+    ensure!(a.status == 201 && a.json()?["cloud_init"]["user_data_bytes"] == 14, "{} {}", a.status, a.body);
+    let a = send(&c, f, "PUT", "/api/v1/vms/seeded", &admin, &seeded)?;
+    ensure!(a.status == 200 && a.header("x-kvmesh-changed") == Some("false"), "{} {} {}", a.status, a.headers, a.body);
+    let keys_only = json!({"vcpus": 1, "memory_mib": 64, "cloud_init":
+        {"ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK k@h"]}});
+    let a = send(&c, f, "PUT", "/api/v1/vms/seeded", &admin, &keys_only)?;
+    ensure!(a.status == 200 && a.header("x-kvmesh-changed") == Some("true"), "{} {}", a.status, a.body);
+    let seed = &a.json()?["cloud_init"];
+    ensure!(seed["user_data_bytes"] == 0 && seed["ssh_keys"].as_array().map(Vec::len) == Some(1), "{seed}");
+    let a = send(&c, f, "PUT", "/api/v1/vms/seeded", &admin, &keys_only)?;
+    ensure!(a.header("x-kvmesh-changed") == Some("false"), "the same seed again wrote: {}", a.body);
+    ensure!(curl(&c, f, "/api/v1/vms/seeded", &["-X", "DELETE", "-H", &bearer(&admin)])?.status == 202);
 
     // What cannot change in place is refused by name, and nothing changes.
     let with_image = json!({"vcpus": 1, "memory_mib": 128, "image": "debian"});
@@ -205,7 +226,10 @@ fn networks_storage_images(c: &Cluster, f: usize, admin: &str) -> Result<()> {
         "unknown variant `wifi`",
     )?;
     ensure!(curl(c, f, "/api/v1/networks/lan", &["-X", "DELETE", "-H", &bearer(admin)])?.status == 204);
-    refused(&get(c, f, "/api/v1/networks/lan", admin)?, 404, "lan")?;
+    let gone = kvmesh_tests::wait_for("the network gone", Duration::from_secs(10), || {
+        get(c, f, "/api/v1/networks/lan", admin).ok().filter(|a| a.status == 404)
+    })?;
+    refused(&gone, 404, "lan")?;
 
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().to_path_buf();
@@ -238,7 +262,10 @@ fn networks_storage_images(c: &Cluster, f: usize, admin: &str) -> Result<()> {
     let image = up.json()?;
     let sha = sha256_hex(&bytes);
     ensure!(image["sha256"] == sha && image["format"] == "raw", "{image} (sent sha256 {sha})");
-    ensure!(get(c, f, "/api/v1/images/blank", admin)?.json()?["file_bytes"] == bytes.len(), "size");
+    let stored = kvmesh_tests::wait_for("the image readable", Duration::from_secs(10), || {
+        get(c, f, "/api/v1/images/blank", admin).ok().filter(|a| a.status == 200)
+    })?;
+    ensure!(stored.json()?["file_bytes"] == bytes.len(), "size: {}", stored.body);
     refused(
         &curl(c, f, "/api/v1/images/other", &["-X", "PUT", "-H", &bearer(admin), "--data-binary", "abc"])?,
         400,
@@ -255,7 +282,7 @@ fn networks_storage_images(c: &Cluster, f: usize, admin: &str) -> Result<()> {
             c,
             f,
             "/api/v1/storage/pool",
-            &["-X", "PUT", "-H", &bearer(admin), "-H", "Content-Type: application/json", "-d", "{\"kind\": \"local\"}"],
+            &["-X", "PUT", "-H", &bearer(admin), "-H", "Content-Type: application/json", "-d", "{\"kind\": \"local\", \"path\": \"/var/tmp\"}"],
         )?,
         409,
         "kind",
@@ -277,8 +304,9 @@ fn cluster_and_tokens(c: &Cluster, leader: usize, f: usize, admin: &str) -> Resu
 
     let t = send(c, f, "POST", "/api/v1/tokens", admin, &json!({"name": "reader", "role": "viewer"}))?;
     ensure!(t.status == 201, "{} {}", t.status, t.body);
+    ensure!(t.header("cache-control") == Some("no-store"), "{}", t.headers);
     let reader = t.json()?["token"].as_str().context("the secret")?.to_string();
-    ensure!(get(c, f, "/api/v1/vms", &reader)?.status == 200, "the new token reads");
+    wait_token(c, f, &reader)?;
     refused(&send(c, f, "PUT", "/api/v1/cluster/policy", &reader, &json!({"policy": "spread"}))?, 403, "admin")?;
     let listed = get(c, f, "/api/v1/tokens", admin)?.json()?;
     ensure!(

@@ -143,6 +143,8 @@ pub fn start(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64) {
     tokio::spawn(async move {
         let started = Instant::now();
         let outcome = send(&ctx, vm_id, epoch).await;
+        let downtime = outcome.as_ref().ok().map(|d| d.map(Duration::from_millis));
+        crate::telemetry::get().migration(started.elapsed(), downtime);
         match &outcome {
             Ok(downtime_ms) => info!(
                 vm = %vm_id_hex(vm_id),
@@ -330,11 +332,6 @@ fn current(ctx: &NodeCtx, vm_id: u64, epoch: u64) -> Option<Migration> {
 /// Records the outcome, retrying until the cluster has it (or the record
 /// is gone: a host went down and the leader aborted it).
 pub(super) async fn settle(ctx: &Arc<NodeCtx>, vm_id: u64, epoch: u64, outcome: Result<Option<u64>>) {
-    if let Some(m) = current(ctx, vm_id, epoch) {
-        let took = Duration::from_millis(now_ms().saturating_sub(m.started_at_ms));
-        let downtime = outcome.as_ref().ok().map(|d| d.map(Duration::from_millis));
-        crate::telemetry::get().migration(took, downtime);
-    }
     let cmd = match outcome {
         Ok(downtime_ms) => Command::FinishMigration { vm: vm_id, epoch, downtime_ms, at_ms: now_ms() },
         Err(e) => Command::AbortMigration { vm: vm_id, epoch, reason: e.to_string(), at_ms: now_ms() },

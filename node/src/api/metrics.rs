@@ -27,7 +27,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 use tonic::Request;
 
-use super::rest::Rest;
+use super::rest::{Rest, METRICS_METHOD};
 use crate::hypervisor::blocking;
 
 type Labels = Vec<(String, String)>;
@@ -45,12 +45,38 @@ fn api_calls() -> &'static Family<Labels, Counter> {
 /// methods, since anything else would let a caller make up label values
 /// without bound.
 fn method_label(method: &str) -> &str {
-    let known = method.starts_with("/kvmesh.v1.") || method.starts_with("/grpc.");
-    if known {
+    if known_methods().contains(method) {
         method
     } else {
         "other"
     }
+}
+
+/// Every method the node serves: its gRPC services' (from their compiled
+/// descriptors), the health and reflection services', and the REST-only
+/// pseudo-methods of the policy table.
+fn known_methods() -> &'static std::collections::HashSet<String> {
+    static KNOWN: OnceLock<std::collections::HashSet<String>> = OnceLock::new();
+    KNOWN.get_or_init(|| {
+        use prost::Message;
+        let mut known = std::collections::HashSet::new();
+        for set in [pb::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET] {
+            let Ok(set) = prost_types::FileDescriptorSet::decode(set) else { continue };
+            for file in set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        let (package, name) = (file.package(), service.name());
+                        known.insert(format!("/{package}.{name}/{}", method.name()));
+                    }
+                }
+            }
+        }
+        for reflection in ["grpc.reflection.v1", "grpc.reflection.v1alpha"] {
+            known.insert(format!("/{reflection}.ServerReflection/ServerReflectionInfo"));
+        }
+        known.extend([METRICS_METHOD.to_string(), "/kvmesh.v1.Cluster/OpenApi".to_string()]);
+        known
+    })
 }
 
 /// Counts one call of `method`, as the gate lets it in.

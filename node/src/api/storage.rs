@@ -50,7 +50,7 @@ impl StorageService {
 }
 
 /// Checks `storage add` and turns it into the domain to record.
-fn validate_add(req: &pb::AddStorageRequest) -> Result<StorageDomain> {
+pub(crate) fn validate_add(req: &pb::AddStorageRequest) -> Result<StorageDomain> {
     crate::config::validate_object_name("storage", &req.name).map_err(Error::InvalidArgument)?;
     let absolute_dir = |path: &Option<String>| -> Result<String> {
         let p =

@@ -341,7 +341,10 @@ async fn create_token(State(r): State<Rest>, q: Q<NoQuery>, b: J<TokenSpec>) -> 
     };
     // A secret is no cacheable object: no ETag.
     match result.await {
-        Ok(v) => (axum::http::StatusCode::CREATED, axum::Json(v)).into_response(),
+        Ok(v) => {
+            let no_store = [(axum::http::header::CACHE_CONTROL, "no-store")];
+            (axum::http::StatusCode::CREATED, no_store, axum::Json(v)).into_response()
+        }
         Err(status) => super::problem(&status),
     }
 }

@@ -206,12 +206,18 @@ struct UploadQuery {
     kind: Option<ImageKind>,
 }
 
-/// A PUT's answer: 201 with its location when it made the object, else 200.
+/// A PUT's answer: 201 with its location when it made the object, else
+/// 200 (an image upload always makes one); `x-kvmesh-changed` says which.
 fn made(result: Result<(bool, serde_json::Value), Status>, location: String) -> Response {
+    use super::vms::CHANGED;
     match result {
-        Ok((true, v)) => (StatusCode::CREATED, [(header::ETAG, etag(&v)), (header::LOCATION, location)], axum::Json(v))
-            .into_response(),
-        Ok((false, v)) => (StatusCode::OK, [(header::ETAG, etag(&v))], axum::Json(v)).into_response(),
+        Ok((true, v)) => {
+            let headers = [(header::ETAG, etag(&v)), (header::LOCATION, location), (CHANGED, "true".into())];
+            (StatusCode::CREATED, headers, axum::Json(v)).into_response()
+        }
+        Ok((false, v)) => {
+            (StatusCode::OK, [(header::ETAG, etag(&v)), (CHANGED, "false".into())], axum::Json(v)).into_response()
+        }
         Err(status) => super::problem(&status),
     }
 }
@@ -247,37 +253,31 @@ async fn storage_put(State(r): State<Rest>, Path(name): Path<String>, q: Q<NoQue
     let result = async {
         query(q)?;
         let s = body(b)?;
+        let add = pb::AddStorageRequest {
+            name: name.clone(),
+            kind: s.kind.as_str().into(),
+            path: s.path,
+            server: s.server,
+            export: s.export,
+            nodes: s.nodes,
+        };
+        // Compared as the cluster stores it (a trailing '/' cut, hosts a set).
+        let wanted = crate::api::storage::validate_add(&add)?;
         match r.storage.get(Request::new(pb::GetStorageRequest { name: name.clone() })).await {
             Ok(now) => {
                 let now = now.into_inner();
-                let wanted = match (&s.path, &s.server, &s.export) {
-                    (Some(p), _, _) => Some(p.clone()),
-                    (None, Some(server), Some(export)) => Some(format!("{server}:{export}")),
-                    _ => None,
-                };
                 if now.kind != s.kind.as_str() {
                     return Err(differs("storage", &name, "kind"));
                 }
-                if wanted.is_some_and(|w| w != now.location) {
+                if now.location != wanted.kind.location() {
                     return Err(differs("storage", &name, "location"));
                 }
-                let (mut a, mut b) = (now.nodes.clone(), s.nodes.clone());
-                a.sort();
-                b.sort();
-                if a != b {
+                if now.nodes.iter().cloned().collect::<std::collections::BTreeSet<_>>() != wanted.nodes {
                     return Err(differs("storage", &name, "set of hosts"));
                 }
                 Ok((false, json(view::StorageDomain::from(&now))))
             }
             Err(e) if e.code() == Code::NotFound => {
-                let add = pb::AddStorageRequest {
-                    name,
-                    kind: s.kind.as_str().into(),
-                    path: s.path,
-                    server: s.server,
-                    export: s.export,
-                    nodes: s.nodes,
-                };
                 Ok((true, json(view::StorageDomain::from(&r.storage.add(Request::new(add)).await?.into_inner()))))
             }
             Err(e) => Err(e),

@@ -183,6 +183,14 @@ impl CloudInitSpec {
         }
     }
 
+    /// Whether these settings leave out a part `now` has (which an update,
+    /// setting only the parts given, would keep).
+    fn drops_from(&self, now: &pb::CloudInit) -> bool {
+        (self.user_data.is_none() && now.user_data_bytes > 0)
+            || (self.ssh_keys.is_empty() && !now.ssh_keys.is_empty())
+            || (self.hostname.is_none() && now.hostname.is_some())
+    }
+
     /// The fingerprint the cluster gives these settings (a VM's answer
     /// carries it instead of its user-data).
     fn fingerprint(&self) -> String {
@@ -193,12 +201,44 @@ impl CloudInitSpec {
 /// What a PUT changes on an existing VM.
 #[derive(Default)]
 pub struct Changes {
+    /// First, when the spec drops a cloud-init part the VM has (an update
+    /// only sets parts, so the seed is removed and written again).
+    pub reset_cloud_init: Option<pb::UpdateVmRequest>,
     pub update: Option<pb::UpdateVmRequest>,
     /// The ISO to put in the drive (`Some(None)`: eject).
     pub cdrom: Option<Option<String>>,
 }
 
 impl VmSpec {
+    /// The spec with an empty optional string read as unset, as the
+    /// cluster stores it (`"cpu_model": ""` is the migratable default).
+    pub fn normalized(mut self) -> Self {
+        for field in [
+            &mut self.image,
+            &mut self.kernel,
+            &mut self.initrd,
+            &mut self.cmdline,
+            &mut self.pin,
+            &mut self.anti_affinity,
+            &mut self.soft_anti_affinity,
+            &mut self.affinity,
+            &mut self.cpu_model,
+            &mut self.cdrom,
+        ] {
+            if field.as_deref() == Some("") {
+                *field = None;
+            }
+        }
+        if let Some(ci) = &mut self.cloud_init {
+            for field in [&mut ci.user_data, &mut ci.hostname] {
+                if field.as_deref() == Some("") {
+                    *field = None;
+                }
+            }
+        }
+        self
+    }
+
     /// The create request for a new VM named `name`.
     pub fn create_request(&self, name: &str) -> pb::CreateVmRequest {
         pb::CreateVmRequest {
@@ -291,16 +331,29 @@ impl VmSpec {
         if set(effective != vm.boot_order) {
             u.boot_order = Some(order.join(","));
         }
+        let mut reset_cloud_init = None;
         match (&self.cloud_init, &vm.cloud_init) {
             (None, Some(_)) => u.no_cloud_init = set(true),
             (Some(want), now) if now.as_ref().map(|c| c.fingerprint.as_str()) != Some(want.fingerprint().as_str()) => {
                 set(true);
                 u.cloud_init = Some(want.to_pb());
+                if now.as_ref().is_some_and(|now| want.drops_from(now)) {
+                    let reset =
+                        pb::UpdateVmRequest { name: vm.name.clone(), no_cloud_init: true, ..Default::default() };
+                    reset_cloud_init = Some(reset);
+                }
             }
             _ => {}
         }
+        if self.strict && self.ha && !vm.ha {
+            return Err(Status::failed_precondition(format!(
+                "strict applies when a VM is made: VM {} exists, so making it HA here skips the N+1 check; check \
+                 GET /api/v1/cluster/capacity, or send strict: false",
+                vm.name
+            )));
+        }
         let cdrom = (self.cdrom != vm.cdrom).then(|| self.cdrom.clone());
-        Ok(Changes { update: any.then_some(u), cdrom })
+        Ok(Changes { reset_cloud_init, update: any.then_some(u), cdrom })
     }
 
     /// Refuses a spec whose fixed parts differ from the VM's.
@@ -329,7 +382,7 @@ impl VmSpec {
         let nics_equal = vm.nics.len() == self.nics.len()
             && vm.nics.iter().zip(&self.nics).all(|(n, s)| {
                 n.network == s.network
-                    && s.mac.as_ref().is_none_or(|m| m.eq_ignore_ascii_case(&n.mac))
+                    && s.mac.as_ref().is_none_or(|m| same_mac(m, &n.mac))
                     && s.model.as_ref().is_none_or(|m| *m == n.model)
             });
         if !nics_equal {
@@ -346,6 +399,12 @@ impl VmSpec {
         }
         Ok(())
     }
+}
+
+/// MACs as the cluster stores them: `52-54-00-…` is `52:54:00:…`.
+fn same_mac(a: &str, b: &str) -> bool {
+    let norm = |m: &str| m.replace('-', ":").to_ascii_lowercase();
+    norm(a) == norm(b)
 }
 
 fn same_map(a: &BTreeMap<String, String>, b: &std::collections::HashMap<String, String>) -> bool {
@@ -414,6 +473,32 @@ mod tests {
         assert_eq!(u.labels.get("tier").map(String::as_str), Some("web"));
         assert_eq!(u.unlabel, vec!["app".to_string()]);
         assert_eq!(u.firmware, None, "bios is the default and the VM's");
+    }
+
+    #[test]
+    fn dropping_a_cloud_init_part_resets_the_seed_first_and_macs_compare_as_stored() {
+        let mut with_seed = vm();
+        let keys = vec!["ssh-ed25519 AAAA k".to_string()];
+        let full = CloudInitSpec { user_data: Some("#cloud-config\n".into()), ssh_keys: keys.clone(), hostname: None };
+        with_seed.cloud_init = Some(pb::CloudInit {
+            ssh_keys: keys,
+            user_data_bytes: 14,
+            fingerprint: full.fingerprint(),
+            ..Default::default()
+        });
+        let same = spec(serde_json::json!({"vcpus": 1, "memory_mib": 128, "labels": {"app": "shop"},
+            "cloud_init": {"user_data": "#cloud-config\n", "ssh_keys": ["ssh-ed25519 AAAA k"]}}));
+        let c = same.changes(&with_seed).unwrap();
+        assert!(c.update.is_none() && c.reset_cloud_init.is_none(), "the same seed again");
+        let fewer = spec(serde_json::json!({"vcpus": 1, "memory_mib": 128, "labels": {"app": "shop"},
+            "cloud_init": {"ssh_keys": ["ssh-ed25519 AAAA k"]}}));
+        let c = fewer.changes(&with_seed).unwrap();
+        assert!(c.reset_cloud_init.is_some_and(|r| r.no_cloud_init), "user-data dropped: reset first");
+        assert!(c.update.is_some_and(|u| u.cloud_init.is_some()));
+        assert!(same_mac("52-54-00-AA-bb-01", "52:54:00:aa:bb:01"));
+        let empty =
+            spec(serde_json::json!({"vcpus": 1, "memory_mib": 128, "labels": {"app": "shop"}, "cpu_model": ""}));
+        assert!(empty.normalized().changes(&vm()).unwrap().update.is_none(), "\"\" is the default");
     }
 
     #[test]

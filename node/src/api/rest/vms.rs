@@ -198,6 +198,10 @@ async fn vm(State(r): State<Rest>, Path(name): Path<String>, headers: HeaderMap,
     read(&headers, result.await)
 }
 
+/// Whether a PUT wrote anything (`true`) or found the object as written
+/// (`false`): what an Ansible module reports as `changed`.
+pub const CHANGED: header::HeaderName = header::HeaderName::from_static("x-kvmesh-changed");
+
 /// The VM as the leader has it now, if it exists.
 async fn current(r: &Rest, name: &str) -> Result<Option<pb::Vm>, Status> {
     match r.vms.get(Request::new(pb::GetVmRequest { name: name.into(), consistent: true })).await {
@@ -216,7 +220,7 @@ async fn put_vm(
 ) -> Response {
     let result = async {
         query(q)?;
-        let spec = body(b)?;
+        let spec = body(b)?.normalized();
         let mut now = current(&r, &name).await?;
         check_if_match(&headers, now.as_ref().map(|v| json(view::Vm::from(v))).as_ref())?;
         let mut created = false;
@@ -233,8 +237,15 @@ async fn put_vm(
         }
         let mut vm =
             now.ok_or_else(|| Status::not_found(format!("VM {name} was deleted while it was being written")))?;
-        if !created {
-            let changes = spec.changes(&vm)?;
+        // Also after a create: what creating does not set (the description)
+        // is set by the same update as any change.
+        let changes = spec.changes(&vm)?;
+        let changed =
+            created || changes.reset_cloud_init.is_some() || changes.update.is_some() || changes.cdrom.is_some();
+        {
+            if let Some(reset) = changes.reset_cloud_init {
+                r.vms.update(Request::new(reset)).await?;
+            }
             if let Some(update) = changes.update {
                 vm = r.vms.update(Request::new(update)).await?.into_inner();
             }
@@ -242,15 +253,19 @@ async fn put_vm(
                 vm = r.vms.cdrom(Request::new(pb::CdromRequest { vm: name.clone(), image })).await?.into_inner();
             }
         }
-        Ok((created, json(view::Vm::from(&vm))))
+        Ok((created, changed, json(view::Vm::from(&vm))))
     };
     match result.await {
-        Ok((true, v)) => {
+        Ok((true, _, v)) => {
             let location = format!("/api/v1/vms/{name}");
-            (StatusCode::CREATED, [(header::ETAG, etag(&v)), (header::LOCATION, location)], axum::Json(v))
-                .into_response()
+            let headers = [(header::ETAG, etag(&v)), (header::LOCATION, location), (CHANGED, "true".into())];
+            (StatusCode::CREATED, headers, axum::Json(v)).into_response()
         }
-        Ok((false, v)) => wrote(Ok(v)),
+        Ok((false, changed, v)) => {
+            let mut response = wrote(Ok(v));
+            response.headers_mut().insert(CHANGED, if changed { "true" } else { "false" }.parse().expect("ascii"));
+            response
+        }
         Err(status) => super::problem(&status),
     }
 }
@@ -274,7 +289,7 @@ async fn delete_vm(State(r): State<Rest>, Path(name): Path<String>, headers: Hea
 async fn explain(State(r): State<Rest>, Path(name): Path<String>, q: Q<NoQuery>, b: J<VmSpec>) -> Response {
     let result = async {
         query(q)?;
-        let spec = body(b)?.create_request(&name);
+        let spec = body(b)?.normalized().create_request(&name);
         let e = r.vms.explain(Request::new(pb::ExplainRequest { name, spec: Some(spec) })).await?;
         Ok(json(view::Explanation::from(&e.into_inner())))
     };

@@ -13,11 +13,12 @@
 //! both with TLS, on the line.
 //!
 //! `--scale` measures instead how the cost grows with the replicated state
-//! ([`scale`]). Run through `scripts/bench-writes.sh`, which builds the
+//! ([`scale`]); `--rest` REST against gRPC ([`rest`]). Run through `scripts/bench-writes.sh`, which builds the
 //! binaries and installs etcd.
 
 mod etcd;
 mod load;
+mod rest;
 mod scale;
 
 use std::time::Duration;
@@ -39,6 +40,7 @@ struct Args {
     duration: Duration,
     warmup: Duration,
     scale: Option<(usize, usize)>,
+    rest: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -47,6 +49,7 @@ fn parse_args() -> Result<Args> {
         duration: Duration::from_secs(5),
         warmup: Duration::from_secs(1),
         scale: None,
+        rest: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -62,8 +65,9 @@ fn parse_args() -> Result<Args> {
                 let (n, m) = v.split_once(',').context("--scale NODES,VMS (e.g. 1000,10000)")?;
                 a.scale = Some((n.parse()?, m.parse()?));
             }
+            "--rest" => a.rest = true,
             other => bail!(
-                "unknown argument {other}\nusage: bench-writes [--clients 1,16,64,256] [--duration-secs 5] [--warmup-secs 1] [--scale NODES,VMS]"
+                "unknown argument {other}\nusage: bench-writes [--clients 1,16,64,256] [--duration-secs 5] [--warmup-secs 1] [--scale NODES,VMS | --rest]"
             ),
         }
     }
@@ -206,6 +210,7 @@ async fn main() -> Result<()> {
     let args = parse_args()?;
     match args.scale {
         Some((nodes, vms)) => scale::run(nodes, vms, args.duration).await,
+        None if args.rest => rest::rest_vs_grpc(&args).await,
         None => side_by_side(&args).await,
     }
 }
