@@ -659,6 +659,14 @@ impl VmsService {
         Ok(Response::new(answered_vm(&self.ctx, name, response)?))
     }
 
+    /// The VM's record as the leader has it now, without what its host and
+    /// guest report: what a writer compares its spec with (REST's PUT),
+    /// without a call to the host for each write.
+    pub async fn record(&self, name: &str) -> std::result::Result<pb::Vm, Status> {
+        let req = pb::GetVmRequest { name: name.into(), consistent: true };
+        Ok(self.ctx.leader_call(false, ConsistentGet(req)).await?)
+    }
+
     /// Fills `observed`: the hosts whose latest heartbeat reports the VM
     /// running (the leader's view), so anyone can check nothing runs twice.
     async fn with_observed(&self, mut vm: pb::Vm) -> pb::Vm {

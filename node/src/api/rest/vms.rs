@@ -202,10 +202,20 @@ async fn vm(State(r): State<Rest>, Path(name): Path<String>, headers: HeaderMap,
 /// (`false`): what an Ansible module reports as `changed`.
 pub const CHANGED: header::HeaderName = header::HeaderName::from_static("x-kvmesh-changed");
 
-/// The VM as the leader has it now, if it exists.
-async fn current(r: &Rest, name: &str) -> Result<Option<pb::Vm>, Status> {
-    match r.vms.get(Request::new(pb::GetVmRequest { name: name.into(), consistent: true })).await {
-        Ok(vm) => Ok(Some(vm.into_inner())),
+/// The VM as the leader has it now, if it exists: as GET shows it when
+/// `as_read` (an `If-Match` compares with GET's ETag), else its record
+/// alone (no call to its host).
+async fn current(r: &Rest, name: &str, as_read: bool) -> Result<Option<pb::Vm>, Status> {
+    let found = match as_read {
+        true => r
+            .vms
+            .get(Request::new(pb::GetVmRequest { name: name.into(), consistent: true }))
+            .await
+            .map(|v| v.into_inner()),
+        false => r.vms.record(name).await,
+    };
+    match found {
+        Ok(vm) => Ok(Some(vm)),
         Err(s) if s.code() == Code::NotFound => Ok(None),
         Err(s) => Err(s),
     }
@@ -221,7 +231,7 @@ async fn put_vm(
     let result = async {
         query(q)?;
         let spec = body(b)?.normalized();
-        let mut now = current(&r, &name).await?;
+        let mut now = current(&r, &name, headers.contains_key(header::IF_MATCH)).await?;
         check_if_match(&headers, now.as_ref().map(|v| json(view::Vm::from(v))).as_ref())?;
         let mut created = false;
         if now.is_none() {
@@ -231,7 +241,7 @@ async fn put_vm(
                     created = true;
                 }
                 // Another PUT made it meanwhile: bring that one to the spec.
-                Err(s) if s.code() == Code::AlreadyExists => now = current(&r, &name).await?,
+                Err(s) if s.code() == Code::AlreadyExists => now = current(&r, &name, false).await?,
                 Err(s) => return Err(s),
             }
         }
@@ -274,7 +284,7 @@ async fn delete_vm(State(r): State<Rest>, Path(name): Path<String>, headers: Hea
     let result = async {
         let keep_disks = query(q)?.keep_disks;
         if headers.contains_key(header::IF_MATCH) {
-            let now = current(&r, &name).await?;
+            let now = current(&r, &name, true).await?;
             check_if_match(&headers, now.as_ref().map(|v| json(view::Vm::from(v))).as_ref())?;
         }
         r.vms.delete(Request::new(pb::DeleteVmRequest { name, keep_disks })).await?;
