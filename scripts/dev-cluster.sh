@@ -94,6 +94,13 @@ demo() {
   done
   echo
   kv vm list
+  # The web UI: the nodes' certificates name kvmesh-node, signed by the
+  # cluster CA (written out here for a browser to import).
+  sed -n '/-----BEGIN CERTIFICATE-----/,/-----END CERTIFICATE-----/p' "$KVMESH_CLIENT_CONFIG" > "$DIR/ca.crt"
+  echo
+  echo "web UI: https://kvmesh-node:$(port 1)/ with kvmesh-node resolving to 127.0.0.1 (a hosts entry, or"
+  echo "  chromium --host-resolver-rules='MAP kvmesh-node 127.0.0.1'), the CA $DIR/ca.crt imported, and the token"
+  echo "  in $KVMESH_CLIENT_CONFIG to log in"
 }
 
 status() {

@@ -12,17 +12,22 @@ export KVMESH_TEST_GUEST=$(dirname "$kernel")
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 
 # A stock gRPC client for the reflection test (Python grpcio, in a venv),
-# and promtool (Debian's prometheus) to check what /metrics says.
+# promtool (Debian's prometheus) to check what /metrics says, schemathesis
+# for the OpenAPI document, and Chromium with its driver, certutil and
+# selenium for the web UI's browser test.
 if ! python3 -m venv --help >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
 fi
 if ! command -v promtool >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v certutil >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver libnss3-tools >/dev/null
+fi
 PYENV=$PWD/target/pyprobe
-if ! "$PYENV/bin/python" -c 'import grpc, grpc_reflection, grpc_health, schemathesis' 2>/dev/null; then
+if ! "$PYENV/bin/python" -c 'import grpc, grpc_reflection, grpc_health, schemathesis, selenium' 2>/dev/null; then
   python3 -m venv "$PYENV"
-  "$PYENV/bin/pip" install -q --disable-pip-version-check grpcio grpcio-reflection grpcio-health-checking schemathesis
+  "$PYENV/bin/pip" install -q --disable-pip-version-check grpcio grpcio-reflection grpcio-health-checking schemathesis selenium
 fi
 export KVMESH_PYTHON=$PYENV/bin/python
 

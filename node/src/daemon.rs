@@ -493,7 +493,9 @@ async fn serve_grpc(
         networks: Arc::new(crate::api::networks::NetworksService::new(ctx.clone(), leader.clone())),
         security: Arc::new(crate::api::security::SecurityService::new(ctx.clone())),
     };
-    let routes = tonic::service::Routes::from(crate::api::rest::router(rest))
+    // The web UI's pages and session endpoints beside it.
+    let ui = crate::ui::router(ctx.clone());
+    let routes = tonic::service::Routes::from(crate::api::rest::router(rest).merge(ui))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -518,13 +520,17 @@ async fn serve_grpc(
         .add_service(pb::images_server::ImagesServer::new(crate::api::storage::ImagesService::new(ctx.clone())))
         .add_service(pb::security_server::SecurityServer::new(crate::api::security::SecurityService::new(ctx.clone())))
         .add_service(pb::host_server::HostServer::new(HostService::new(ctx.clone(), leader)));
+    let gate = crate::auth::gate::GateLayer::new(ctx.state.clone(), ctx.raft.metrics(), ctx.config.insecure);
+    // HTTP/1.1 (with WebSocket upgrades) beside tonic's HTTP/2: the same
+    // gate in front of the same routes.
+    tokio::spawn(crate::api::http1::serve(incoming.http1, tower::Layer::layer(&gate, routes.clone().prepare())));
     tonic::transport::Server::builder()
         .accept_http1(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .layer(crate::auth::gate::GateLayer::new(ctx.state.clone(), ctx.raft.metrics(), ctx.config.insecure))
+        .layer(gate)
         .add_routes(routes)
-        .serve_with_incoming(incoming)
+        .serve_with_incoming(incoming.h2)
         .await
 }
 

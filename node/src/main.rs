@@ -24,6 +24,7 @@ mod netconf;
 mod storage;
 mod telemetry;
 mod tls;
+mod ui;
 mod view;
 mod voters;
 

@@ -10,6 +10,7 @@
 
 pub mod rest;
 pub mod testbed;
+pub mod ws;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

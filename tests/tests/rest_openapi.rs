@@ -48,6 +48,8 @@ fn every_operation_answers_as_its_openapi_document_says() -> Result<()> {
     let ca = c.nodes[f].data_dir.join("tls").join("ca.crt");
     let reports = tempfile::tempdir()?;
     let out = Command::new("timeout")
+        // Its replay cache (.schemathesis/) goes with the reports.
+        .current_dir(reports.path())
         .args(["300", &python, script, &port])
         .arg(&ca)
         .arg(&admin)

@@ -18,14 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use kvmesh_proto as pb;
 use kvmesh_raft::model::{domain_name, VmState};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Status, Streaming};
+use tonic::Status;
 use tracing::{info, info_span, Instrument};
 
 use crate::ctx::NodeCtx;
@@ -33,6 +33,9 @@ use crate::error::Error;
 use crate::hypervisor::{blocking, guest};
 
 pub type AttachStream = Pin<Box<dyn Stream<Item = Result<pb::AttachFrame, Status>> + Send>>;
+
+/// What a client sends: a gRPC stream, or a browser's WebSocket as frames.
+pub type Inbound = AttachStream;
 
 /// How long a client has to name the VM.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,7 +47,7 @@ static SERIAL_SESSIONS: Mutex<BTreeMap<String, (u64, Arc<tokio::sync::Notify>)>>
 static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// `Vms/Attach`: served here if the VM runs here, else relayed to its host.
-pub async fn attach(ctx: &Arc<NodeCtx>, mut inbound: Streaming<pb::AttachFrame>) -> Result<AttachStream, Status> {
+pub async fn attach(ctx: &Arc<NodeCtx>, mut inbound: Inbound) -> Result<AttachStream, Status> {
     let open = first_frame(&mut inbound).await?;
     let (host_id, address, host) = running_host(ctx, &open.vm)?;
     if host_id == ctx.id {
@@ -54,7 +57,7 @@ pub async fn attach(ctx: &Arc<NodeCtx>, mut inbound: Streaming<pb::AttachFrame>)
     let (up, up_rx) = mpsc::channel(16);
     let _ = up.send(pb::AttachFrame { open: Some(open), ..Default::default() }).await;
     tokio::spawn(async move {
-        while let Ok(Some(frame)) = inbound.message().await {
+        while let Some(Ok(frame)) = inbound.next().await {
             if up.send(frame).await.is_err() {
                 break;
             }
@@ -71,26 +74,26 @@ pub async fn attach(ctx: &Arc<NodeCtx>, mut inbound: Streaming<pb::AttachFrame>)
 }
 
 /// `Host/Attach`: the VM must run on this host.
-pub async fn host_attach(ctx: &Arc<NodeCtx>, mut inbound: Streaming<pb::AttachFrame>) -> Result<AttachStream, Status> {
+pub async fn host_attach(ctx: &Arc<NodeCtx>, mut inbound: Inbound) -> Result<AttachStream, Status> {
     let open = first_frame(&mut inbound).await?;
     serve_here(ctx, open, inbound).await
 }
 
-async fn first_frame(inbound: &mut Streaming<pb::AttachFrame>) -> Result<pb::AttachOpen, Status> {
-    match tokio::time::timeout(OPEN_TIMEOUT, inbound.message()).await {
-        Ok(Ok(Some(frame))) => frame
+async fn first_frame(inbound: &mut Inbound) -> Result<pb::AttachOpen, Status> {
+    match tokio::time::timeout(OPEN_TIMEOUT, inbound.next()).await {
+        Ok(Some(Ok(frame))) => frame
             .open
             .filter(|o| !o.vm.is_empty())
             .ok_or_else(|| Status::invalid_argument("an attach's first frame names the VM (`open`)")),
-        Ok(Ok(None)) => Err(Status::invalid_argument("the attach ended before it named a VM")),
-        Ok(Err(s)) => Err(s),
+        Ok(None) => Err(Status::invalid_argument("the attach ended before it named a VM")),
+        Ok(Some(Err(s))) => Err(s),
         Err(_) => Err(Status::deadline_exceeded("no VM named within 10 s of the attach")),
     }
 }
 
 /// The host a VM runs on: (id, address, name). A VM that does not run has
 /// no console to attach to.
-fn running_host(ctx: &NodeCtx, name: &str) -> Result<(u64, String, String), Status> {
+pub fn running_host(ctx: &NodeCtx, name: &str) -> Result<(u64, String, String), Status> {
     let found = ctx.read(|d| {
         let vm = d.state.vm_by_name(name)?;
         let node =
@@ -111,7 +114,7 @@ fn running_host(ctx: &NodeCtx, name: &str) -> Result<(u64, String, String), Stat
 async fn serve_here(
     ctx: &Arc<NodeCtx>,
     open: pb::AttachOpen,
-    inbound: Streaming<pb::AttachFrame>,
+    inbound: Inbound,
 ) -> Result<AttachStream, Status> {
     let (host_id, _, _) = running_host(ctx, &open.vm)?;
     if host_id != ctx.id {
@@ -159,7 +162,7 @@ async fn serve_here(
 /// until either side ends, or `taken_over` (another session forced its way).
 async fn pump<T>(
     io: T,
-    mut inbound: Streaming<pb::AttachFrame>,
+    mut inbound: Inbound,
     tx: mpsc::Sender<Result<pb::AttachFrame, Status>>,
     taken_over: impl std::future::Future<Output = ()>,
 ) where
@@ -168,7 +171,7 @@ async fn pump<T>(
     info!("session opened");
     let (mut rd, mut wr) = tokio::io::split(io);
     let to_guest = async {
-        while let Ok(Some(frame)) = inbound.message().await {
+        while let Some(Ok(frame)) = inbound.next().await {
             if !frame.data.is_empty() && wr.write_all(&frame.data).await.is_err() {
                 break;
             }

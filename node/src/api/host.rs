@@ -65,7 +65,7 @@ impl pb::host_server::Host for HostService {
         &self,
         request: Request<tonic::Streaming<pb::AttachFrame>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        Ok(Response::new(crate::api::attach::host_attach(&self.ctx, request.into_inner()).await?))
+        Ok(Response::new(crate::api::attach::host_attach(&self.ctx, Box::pin(request.into_inner())).await?))
     }
 
     async fn read_console(&self, request: Request<pb::ConsoleRequest>) -> Result<Response<pb::ConsoleReply>, Status> {

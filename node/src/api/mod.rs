@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod cluster;
 pub mod host;
+pub mod http1;
 pub mod membership;
 pub mod metrics;
 pub mod migrate;

@@ -594,7 +594,7 @@ impl pb::vms_server::Vms for VmsService {
         &self,
         request: Request<tonic::Streaming<pb::AttachFrame>>,
     ) -> std::result::Result<Response<Self::AttachStream>, Status> {
-        Ok(Response::new(crate::api::attach::attach(&self.ctx, request.into_inner()).await?))
+        Ok(Response::new(crate::api::attach::attach(&self.ctx, Box::pin(request.into_inner())).await?))
     }
 
     async fn cdrom(&self, request: Request<pb::CdromRequest>) -> std::result::Result<Response<pb::Vm>, Status> {

@@ -7,6 +7,13 @@
 //! A forwarded caller (the principal header) is believed only over a node
 //! certificate; from anyone else the header is refused outright, so a
 //! client cannot borrow another identity.
+//!
+//! A browser brings credentials by itself (a client certificate, the UI's
+//! session cookie), so a page of another site could make it send a request
+//! that changes something. Such requests (REST writes, WebSocket opens)
+//! are refused when the browser says they come from another origin, and
+//! one made with the session cookie must also carry the session's CSRF
+//! token, which only this origin's pages can read.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -79,8 +86,10 @@ where
         // policy as for everything else. One that no route takes is
         // answered here (404 or 405), so it reaches no handler at all.
         let path = request.uri().path().to_string();
-        let rest = crate::api::rest::is_rest(&path);
+        let ui = crate::ui::is_ui(&path);
+        let rest = crate::api::rest::is_rest(&path) || ui;
         let method = match (rest, crate::api::rest::grpc_method(request.method(), &path)) {
+            _ if ui => crate::ui::METHOD.to_string(),
             (false, _) => path.clone(),
             (true, Some(grpc)) => grpc.to_string(),
             (true, None) => {
@@ -111,6 +120,9 @@ where
             })
         };
         if let Some(refusal) = uninitialized(&self.state, &method) {
+            return refuse(refusal, request);
+        }
+        if let (true, Some(refusal)) = (rest, cross_origin(&request)) {
             return refuse(refusal, request);
         }
         // `serve --insecure` has no credentials to check: nodes and users
@@ -218,6 +230,11 @@ fn identify<B>(
     }
     refuse_forgery(forwarded)?;
     let Some(auth) = request.headers().get(http::header::AUTHORIZATION) else {
+        if crate::api::rest::is_rest(request.uri().path()) {
+            if let Some(principal) = by_session(security, request)? {
+                return Ok(Caller { principal, source });
+            }
+        }
         return Ok(Caller { principal: Principal::Anonymous, source });
     };
     let invalid = || {
@@ -233,6 +250,66 @@ fn identify<B>(
     }
     let role = Role::parse(&record.role).ok_or_else(invalid)?;
     Ok(Caller { principal: Principal::User { name: name.to_string(), role }, source })
+}
+
+/// The user a REST request's session cookie stands for (the web UI's
+/// login), if it carries a valid one; a request that changes something
+/// must carry the session's CSRF token too. A stale or foreign cookie
+/// (another cluster on this host: cookies are per host, not per port)
+/// counts as none.
+fn by_session<B>(security: &kvmesh_raft::security::Security, request: &http::Request<B>) -> Result<Option<Principal>, Status> {
+    use crate::ui::session;
+    let cookies = request.headers().get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok());
+    let (Some(ticket), Some(ca)) = (session::cookie(cookies), security.ca.as_ref()) else {
+        return Ok(None);
+    };
+    let key = session::Key::from_ca(&ca.key_pem);
+    let record = |name: &str| security.api_tokens.get(name).map(|r| r.hash.clone());
+    let Ok(found) = session::verify(&key, ticket, record, crate::ctx::now_ms()) else {
+        return Ok(None);
+    };
+    let Some(role) = security.api_tokens.get(&found.name).and_then(|r| Role::parse(&r.role)) else {
+        return Ok(None);
+    };
+    let reads = matches!(*request.method(), http::Method::GET | http::Method::HEAD);
+    let csrf = request.headers().get(crate::ui::CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !reads && !session::csrf_matches(&key, ticket, csrf) {
+        return Err(Status::permission_denied(format!(
+            "this request came with the web UI's session cookie but without its CSRF token ({}): a page of \
+             another site may not act for you; the UI sends it, scripts use an API token instead",
+            crate::ui::CSRF_HEADER
+        )));
+    }
+    Ok(Some(Principal::User { name: found.name, role }))
+}
+
+/// The refusal of a request that would change something, or open a
+/// WebSocket, sent by a browser from a page of another origin: its
+/// `Origin` names another host than the one it asked, or its
+/// `Sec-Fetch-Site` says cross-site. Clients that are not browsers send
+/// neither and pass.
+fn cross_origin<B>(request: &http::Request<B>) -> Option<Status> {
+    let headers = request.headers();
+    let upgrade = headers.get(http::header::UPGRADE).is_some();
+    if !upgrade && matches!(*request.method(), http::Method::GET | http::Method::HEAD | http::Method::OPTIONS) {
+        return None;
+    }
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let origin = headers.get(http::header::ORIGIN).map(|o| o.to_str().unwrap_or("null"));
+    let origin_host = origin.map(|o| o.split_once("://").map_or("", |(_, h)| h));
+    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    let foreign = origin_host.is_some_and(|h| !h.eq_ignore_ascii_case(host)) || site == Some("cross-site");
+    foreign.then(|| {
+        Status::permission_denied(format!(
+            "a request from a page of another site (Origin: {}) may not change anything here nor open a console; \
+             use the web UI served by this node, or the CLI or REST with an API token",
+            origin.unwrap_or("none")
+        ))
+    })
 }
 
 /// The refusal a removed node's certificate gets. It reads as the refusal

@@ -33,6 +33,9 @@ const TABLE: &[(&str, &[&str], Need)] = &[
     ("kvmesh.v1.Cluster", &["Init", "Enroll"], Need::Bootstrap),
     // `OpenApi` is no RPC: it is the REST API's description, public as any API's reference is.
     ("kvmesh.v1.Cluster", &["OpenApi"], Need::Open),
+    // The web UI's pages and login: what they show comes from REST calls,
+    // each checked as its own route.
+    ("kvmesh.ui", &["*"], Need::Open),
     ("kvmesh.v1.Cluster", &["Join", "UpdateAddress"], Need::Internal),
     (
         "kvmesh.v1.Cluster",

@@ -9,6 +9,13 @@
 //! are bounded per source too ([`CONNECTIONS_PER_SOURCE`]; the server's
 //! HTTP/2 keepalive closes dead ones). Accept errors (out of file
 //! descriptors) pause accepting briefly instead of ending the server.
+//!
+//! Finished connections go two ways by the protocol they speak: HTTP/2
+//! (gRPC, and REST from HTTP/2 clients) to tonic's server, HTTP/1.1 to the
+//! HTTP/1 server of `api::http1`, which, unlike tonic's, lets a request
+//! upgrade its connection to a WebSocket (the browser's consoles). TLS
+//! says which by ALPN; a connection without ALPN (or without TLS) is told
+//! by its first bytes: HTTP/2's preface starts `PRI `.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -50,7 +57,9 @@ enum Io {
 /// An accepted connection.
 pub struct Conn {
     io: Io,
-    info: PeerInfo,
+    /// Bytes read to tell its protocol, given back before the rest.
+    sniffed: Vec<u8>,
+    pub info: PeerInfo,
     /// Counts it against its source's established connections until dropped.
     _slot: Option<InFlightGuard>,
 }
@@ -64,7 +73,14 @@ impl Connected for Conn {
 
 impl AsyncRead for Conn {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        if !this.sniffed.is_empty() {
+            let n = this.sniffed.len().min(buf.remaining());
+            buf.put_slice(&this.sniffed[..n]);
+            this.sniffed.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        match &mut this.io {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
@@ -146,13 +162,67 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// Accepts on `listener` for as long as the returned stream is read;
+/// The accepted connections, by protocol.
+pub struct Incoming {
+    /// HTTP/2: for tonic's server.
+    pub h2: tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>>,
+    /// HTTP/1.1: for `api::http1`.
+    pub http1: mpsc::Receiver<Conn>,
+}
+
+/// The protocols a connection may speak.
+#[derive(Clone)]
+struct Ways {
+    h2: mpsc::Sender<std::io::Result<Conn>>,
+    http1: mpsc::Sender<Conn>,
+}
+
+impl Ways {
+    /// Hands `conn` to its server, `alpn` being what TLS agreed on.
+    async fn send(&self, mut conn: Conn, alpn: Option<Vec<u8>>) {
+        let h2 = match alpn.as_deref() {
+            Some(b"h2") => true,
+            Some(b"http/1.1") => false,
+            _ => match tokio::time::timeout(HANDSHAKE_TIMEOUT, sniff(&mut conn)).await {
+                Ok(Ok(h2)) => h2,
+                _ => return debug!(remote = ?conn.info.remote, "a connection sent no request in time; closed"),
+            },
+        };
+        if h2 {
+            let _ = self.h2.send(Ok(conn)).await;
+        } else {
+            let _ = self.http1.send(conn).await;
+        }
+    }
+}
+
+/// Reads a connection's first three bytes (kept for its server): whether
+/// they begin HTTP/2's preface (`PRI * HTTP/2.0`), which no HTTP/1 method
+/// does.
+async fn sniff(conn: &mut Conn) -> std::io::Result<bool> {
+    use tokio::io::AsyncReadExt;
+    let mut first = [0u8; 3];
+    let mut got = 0;
+    while got < first.len() {
+        let n = match &mut conn.io {
+            Io::Plain(s) => s.read(&mut first[got..]).await?,
+            Io::Tls(s) => s.read(&mut first[got..]).await?,
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got += n;
+    }
+    conn.sniffed = first.to_vec();
+    Ok(&first == b"PRI")
+}
+
+/// Accepts on `listener` for as long as the returned streams are read;
 /// `acceptor` is `None` under `--insecure`.
-pub fn incoming(
-    listener: TcpListener,
-    acceptor: Option<TlsAcceptor>,
-) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>> {
+pub fn incoming(listener: TcpListener, acceptor: Option<TlsAcceptor>) -> Incoming {
     let (tx, rx) = mpsc::channel(128);
+    let (http1_tx, http1_rx) = mpsc::channel(128);
+    let ways = Ways { h2: tx, http1: http1_tx };
     tokio::spawn(async move {
         let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         let in_flight = Arc::new(InFlight::new(HANDSHAKES_PER_SOURCE));
@@ -169,10 +239,9 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let Some(acceptor) = acceptor.clone() else {
                 let info = PeerInfo { remote: Some(remote), cert: None, tls: false };
-                let conn = Conn { io: Io::Plain(tcp), info, _slot: None };
-                if tx.send(Ok(conn)).await.is_err() {
-                    return;
-                }
+                let conn = Conn { io: Io::Plain(tcp), sniffed: Vec::new(), info, _slot: None };
+                let ways = ways.clone();
+                tokio::spawn(async move { ways.send(conn, None).await });
                 continue;
             };
             let Some(slot) = established.enter(remote.ip()) else {
@@ -184,7 +253,7 @@ pub fn incoming(
                 debug!(%remote, "too many TLS handshakes in flight; closing the connection");
                 continue;
             };
-            let tx = tx.clone();
+            let ways = ways.clone();
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
                 drop((permit, guard));
@@ -199,13 +268,14 @@ pub fn incoming(
                     .peer_certificates()
                     .and_then(|chain| chain.first())
                     .and_then(|der| ca::info(der).ok());
+                let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
                 let info = PeerInfo { remote: Some(remote), cert, tls: true };
-                let conn = Conn { io: Io::Tls(Box::new(tls)), info, _slot: Some(slot) };
-                let _ = tx.send(Ok(conn)).await;
+                let conn = Conn { io: Io::Tls(Box::new(tls)), sniffed: Vec::new(), info, _slot: Some(slot) };
+                ways.send(conn, alpn).await;
             });
         }
     });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+    Incoming { h2: tokio_stream::wrappers::ReceiverStream::new(rx), http1: http1_rx }
 }
 
 /// Raises the soft open-file limit to the hard one: every connection and

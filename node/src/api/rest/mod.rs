@@ -11,6 +11,7 @@
 
 mod body;
 mod cluster;
+mod console;
 mod openapi;
 mod resources;
 mod spec;
@@ -70,6 +71,8 @@ pub enum Answer {
     Events,
     /// 204, nothing.
     Nothing,
+    /// 101: the connection becomes a WebSocket.
+    WebSocket,
 }
 
 /// The one table the router, the gate's policy and the OpenAPI document read.
@@ -98,6 +101,8 @@ pub static ROUTES: &[Route] = &[
     vms::RESTART,
     vms::MIGRATE,
     vms::CONSOLE,
+    console::SERIAL,
+    console::VNC,
     resources::STORAGE_LIST,
     resources::STORAGE_GET,
     resources::STORAGE_PUT,

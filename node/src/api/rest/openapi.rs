@@ -171,6 +171,12 @@ fn operation(route: &Route) -> Operation {
             responses.response("202", ResponseBuilder::new().description("Deleting").build())
         }
         Answer::Nothing => responses.response("204", ResponseBuilder::new().description("Done").build()),
+        Answer::WebSocket => responses.response(
+            "101",
+            ResponseBuilder::new()
+                .description("Switching to a WebSocket (HTTP/1.1 `Upgrade: websocket` only); binary messages both ways")
+                .build(),
+        ),
     };
     if matches!(route.answer, Answer::Json(_)) && route.method == "GET" {
         responses =
