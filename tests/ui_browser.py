@@ -36,6 +36,9 @@ Steps (each prints one line when it passes, and saves a screenshot):
   (f) Events: the drain's event is there, brought by the live stream (SSE;
       the page is never reloaded after signing in)
   (g) the graphical console view opens and shows a picture or a close reason
+  (i) the storage, networks and images pages; with --upload FILE, FILE
+      uploaded as an image (--upload-name, --upload-storage, --upload-kind)
+      through the form, and listed
   (h) the browser's log has no SEVERE entry beyond the expected ones listed
       per step in EXPECTED_SEVERE
 
@@ -99,6 +102,10 @@ def parse_args():
     p.add_argument("--drain", required=True)
     p.add_argument("--expect-echo", default=None)
     p.add_argument("--console-line", default="echo hello-from-browser")
+    p.add_argument("--upload", default=None, help="a file to upload as an image on the images page")
+    p.add_argument("--upload-name", default="ui-upload")
+    p.add_argument("--upload-storage", default="local")
+    p.add_argument("--upload-kind", default="disk")
     p.add_argument("--console-ready", default=None, help="type only once the console shows this text")
     p.add_argument("--allow-console-error", action="store_true")
     p.add_argument("--skip-vnc", action="store_true")
@@ -474,6 +481,38 @@ class Run:
         self.shot("vnc")
         self.passed(f"vnc: {st}: {text!r}")
 
+    def resources(self):
+        self.step = "i"
+        self.nav("storage", "#storage-table")
+        self.wait("storage domains", lambda d: d.find_elements(By.CSS_SELECTOR, "#storage-table tr[data-storage]"))
+        self.shot("storage")
+        self.nav("networks", "#networks-table")
+        self.shot("networks")
+        said = ""
+        if self.a.upload:
+            name = self.a.upload_name
+            self.nav("images", "#image-form")
+            self.wait("storage domains to upload to",
+                      lambda d: d.find_elements(By.CSS_SELECTOR, f'#image-storage option[value="{self.a.upload_storage}"]'))
+            self.css("#image-file").send_keys(os.path.abspath(self.a.upload))
+            e = self.css("#image-name")
+            e.clear()
+            e.send_keys(name)
+            Select(self.css("#image-storage")).select_by_value(self.a.upload_storage)
+            Select(self.css("#image-kind")).select_by_value(self.a.upload_kind)
+            self.click("#image-submit")
+
+            def listed(d):
+                if err := self.flash_error():
+                    raise Failed(f"the upload failed: {err}")
+                return d.find_elements(By.CSS_SELECTOR, f'#images-table tr[data-image="{name}"]')
+
+            self.wait(f"{name} in the images", listed, self.a.timeout)
+            said = f", uploaded {name} ({os.path.getsize(self.a.upload)} bytes)"
+        self.nav("images", "#images-table")
+        self.shot("images")
+        self.passed(f"resources: storage, networks and images pages{said}")
+
     def logs(self):
         self.step = "h"
         self.check_logs()
@@ -519,6 +558,7 @@ def steps(args, state):
         run.events()
         if not args.skip_vnc:
             run.vnc()
+        run.resources()
         run.logs()
         print("ui_browser: all steps passed", flush=True)
         return 0
