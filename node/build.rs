@@ -15,7 +15,11 @@ fn main() {
         files.sort();
         for file in files {
             let rel = file.strip_prefix(&base).unwrap().to_string_lossy().replace('\\', "/");
-            entries.push(format!("    ({:?}, include_bytes!({:?})),\n", format!("{prefix}{rel}"), file.display().to_string()));
+            entries.push(format!(
+                "    ({:?}, include_bytes!({:?})),\n",
+                format!("{prefix}{rel}"),
+                file.display().to_string()
+            ));
         }
     }
     let table = format!("pub static FILES: &[(&str, &[u8])] = &[\n{}];\n", entries.concat());
@@ -27,6 +31,11 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let path = entry.path();
+        // Editors' leftovers and hidden files are not the UI's.
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || name.ends_with('~') {
+            continue;
+        }
         if path.is_dir() {
             walk(&path, files);
         } else {

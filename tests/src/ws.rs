@@ -25,7 +25,14 @@ pub struct Opened {
 
 /// Opens `wss://kvmesh-node:PORT{path}` at `address` (trusting `ca_pem`),
 /// sends `send` (if any) once open, and reads until closed or `wait` ends.
-pub fn websocket(address: &str, ca_pem: &str, path: &str, headers: &[(&str, &str)], send: &[u8], wait: Duration) -> Result<Opened> {
+pub fn websocket(
+    address: &str,
+    ca_pem: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    send: &[u8],
+    wait: Duration,
+) -> Result<Opened> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let mut roots = rustls::RootCertStore::empty();
@@ -53,7 +60,8 @@ pub fn websocket(address: &str, ca_pem: &str, path: &str, headers: &[(&str, &str
         let (mut socket, _) = match tokio_tungstenite::client_async(request, stream).await {
             Ok(opened) => opened,
             Err(Error::Http(response)) => {
-                let refusal = response.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+                let refusal =
+                    response.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
                 return Ok(Opened { status: response.status().as_u16(), refusal, ..Default::default() });
             }
             Err(e) => return Err(e.into()),
@@ -67,7 +75,8 @@ pub fn websocket(address: &str, ca_pem: &str, path: &str, headers: &[(&str, &str
                 match message {
                     Ok(Message::Binary(b)) => opened.received.extend_from_slice(&b),
                     Ok(Message::Close(frame)) => {
-                        opened.close = Some(frame.map_or((1005, String::new()), |f| (f.code.into(), f.reason.to_string())));
+                        opened.close =
+                            Some(frame.map_or((1005, String::new()), |f| (f.code.into(), f.reason.to_string())));
                         break;
                     }
                     Ok(_) => {}

@@ -44,7 +44,16 @@ fn an_operator_runs_the_cluster_from_a_browser() -> Result<()> {
         .args(["--cmdline", "console=ttyS0 kvmesh.shell"])
         .args(["--console-ready", "KVMESH-HW", "--console-line", "echo KVMESH-UI $((6*7))"])
         .args(["--expect-echo", "KVMESH-UI 42", "--expect-vnc"])
-        .args(["--upload", &initrd, "--upload-name", "ui-initrd", "--upload-storage", "shared", "--upload-kind", "initrd"])
+        .args([
+            "--upload",
+            &initrd,
+            "--upload-name",
+            "ui-initrd",
+            "--upload-storage",
+            "shared",
+            "--upload-kind",
+            "initrd",
+        ])
         .output()?;
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     ensure!(out.status.success(), "the browser test failed (screenshots in {shots}):\n{said}");

@@ -111,11 +111,7 @@ pub fn running_host(ctx: &NodeCtx, name: &str) -> Result<(u64, String, String), 
     }
 }
 
-async fn serve_here(
-    ctx: &Arc<NodeCtx>,
-    open: pb::AttachOpen,
-    inbound: Inbound,
-) -> Result<AttachStream, Status> {
+async fn serve_here(ctx: &Arc<NodeCtx>, open: pb::AttachOpen, inbound: Inbound) -> Result<AttachStream, Status> {
     let (host_id, _, _) = running_host(ctx, &open.vm)?;
     if host_id != ctx.id {
         return Err(Status::failed_precondition(format!("VM {} does not run on {}", open.vm, ctx.name)));

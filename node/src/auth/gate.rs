@@ -122,7 +122,10 @@ where
         if let Some(refusal) = uninitialized(&self.state, &method) {
             return refuse(refusal, request);
         }
-        if let (true, Some(refusal)) = (rest, cross_origin(&request)) {
+        // Every path: a browser sends a client certificate to gRPC paths
+        // too (a no-cors POST of a gRPC frame), and gRPC clients send no
+        // Origin.
+        if let Some(refusal) = cross_origin(&request).or_else(|| self.insecure.then(|| rebound(&request)).flatten()) {
             return refuse(refusal, request);
         }
         // `serve --insecure` has no credentials to check: nodes and users
@@ -257,7 +260,10 @@ fn identify<B>(
 /// must carry the session's CSRF token too. A stale or foreign cookie
 /// (another cluster on this host: cookies are per host, not per port)
 /// counts as none.
-fn by_session<B>(security: &kvmesh_raft::security::Security, request: &http::Request<B>) -> Result<Option<Principal>, Status> {
+fn by_session<B>(
+    security: &kvmesh_raft::security::Security,
+    request: &http::Request<B>,
+) -> Result<Option<Principal>, Status> {
     use crate::ui::session;
     let cookies = request.headers().get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok());
     let (Some(ticket), Some(ca)) = (session::cookie(cookies), security.ca.as_ref()) else {
@@ -300,14 +306,39 @@ fn cross_origin<B>(request: &http::Request<B>) -> Option<Status> {
         .or_else(|| request.uri().authority().map(|a| a.as_str()))
         .unwrap_or("");
     let origin = headers.get(http::header::ORIGIN).map(|o| o.to_str().unwrap_or("null"));
+    // `null` (a sandboxed page, a file) or a malformed Origin is nobody's.
     let origin_host = origin.map(|o| o.split_once("://").map_or("", |(_, h)| h));
     let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-    let foreign = origin_host.is_some_and(|h| !h.eq_ignore_ascii_case(host)) || site == Some("cross-site");
+    let foreign =
+        origin_host.is_some_and(|h| h.is_empty() || !h.eq_ignore_ascii_case(host)) || site == Some("cross-site");
     foreign.then(|| {
         Status::permission_denied(format!(
             "a request from a page of another site (Origin: {}) may not change anything here nor open a console; \
              use the web UI served by this node, or the CLI or REST with an API token",
             origin.unwrap_or("none")
+        ))
+    })
+}
+
+/// Under `serve --insecure` (everyone an admin, loopback only): the
+/// refusal of a request that names another host than the loopback, which
+/// is what a page of another site does after rebinding its own name to
+/// 127.0.0.1 (its Origin then equals its Host).
+fn rebound<B>(request: &http::Request<B>) -> Option<Status> {
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))?;
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    let loopback =
+        name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| {
+        Status::permission_denied(format!(
+            "this node serves --insecure (loopback only): a request for host {host:?} is refused; use 127.0.0.1 or localhost"
         ))
     })
 }

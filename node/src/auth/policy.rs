@@ -35,7 +35,7 @@ const TABLE: &[(&str, &[&str], Need)] = &[
     ("kvmesh.v1.Cluster", &["OpenApi"], Need::Open),
     // The web UI's pages and login: what they show comes from REST calls,
     // each checked as its own route.
-    ("kvmesh.ui", &["*"], Need::Open),
+    ("kvmesh.ui", &["Page"], Need::Open),
     ("kvmesh.v1.Cluster", &["Join", "UpdateAddress"], Need::Internal),
     (
         "kvmesh.v1.Cluster",

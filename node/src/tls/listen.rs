@@ -38,6 +38,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_HANDSHAKES: usize = 512;
 pub const HANDSHAKES_PER_SOURCE: usize = 64;
 pub const CONNECTIONS_PER_SOURCE: usize = 1024;
+/// TCP keepalive: the first probe after this long without traffic...
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// ...then one this often until the peer answers or the kernel gives up.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Who is on the other end of a connection: in every request's extensions.
 #[derive(Clone, Debug)]
@@ -237,11 +241,23 @@ pub fn incoming(listener: TcpListener, acceptor: Option<TlsAcceptor>) -> Incomin
                 }
             };
             let _ = tcp.set_nodelay(true);
+            // A client that vanished without a word (a browser's console
+            // left open on a laptop that went to sleep) is found and its
+            // connection closed; HTTP/2 has its own pings, HTTP/1.1 none.
+            let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE).with_interval(KEEPALIVE_INTERVAL);
+            let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
             let Some(acceptor) = acceptor.clone() else {
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    debug!(%remote, "too many connections telling their protocol; closing the new one");
+                    continue;
+                };
                 let info = PeerInfo { remote: Some(remote), cert: None, tls: false };
                 let conn = Conn { io: Io::Plain(tcp), sniffed: Vec::new(), info, _slot: None };
                 let ways = ways.clone();
-                tokio::spawn(async move { ways.send(conn, None).await });
+                tokio::spawn(async move {
+                    ways.send(conn, None).await;
+                    drop(permit);
+                });
                 continue;
             };
             let Some(slot) = established.enter(remote.ip()) else {

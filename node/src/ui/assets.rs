@@ -58,7 +58,10 @@ pub async fn index(headers: HeaderMap) -> Response {
 /// `GET /ui/{*path}`.
 pub async fn file(Path(path): Path<String>, headers: HeaderMap) -> Response {
     if path.split('/').any(|segment| segment == ".." || segment == "." || segment.is_empty()) {
-        return super::problem(StatusCode::BAD_REQUEST, &format!("the UI file path {path:?} has an empty, . or .. segment; UI files are named by their exact path"));
+        return super::problem(
+            StatusCode::BAD_REQUEST,
+            &format!("the UI file path {path:?} has an empty, . or .. segment; UI files are named by their exact path"),
+        );
     }
     serve(&path, &headers)
 }
@@ -68,9 +71,10 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
         return super::problem(StatusCode::NOT_FOUND, &format!("the UI has no file {path:?}"));
     };
     let cache = if path.starts_with("vendor/") { "public, max-age=31536000, immutable" } else { "no-cache" };
-    let fresh = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|tags| {
-        tags.split(',').any(|t| t.trim() == asset.etag || t.trim() == "*")
-    });
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|tags| tags.split(',').any(|t| t.trim() == asset.etag || t.trim() == "*"));
     let mut response = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
@@ -90,7 +94,8 @@ mod tests {
 
     #[test]
     fn the_page_its_scripts_and_the_vendored_libraries_are_embedded() {
-        for path in ["index.html", "app.js", "app.css", "vendor/xterm-6.0.0/xterm.mjs", "vendor/novnc-1.7.0/core/rfb.js"]
+        for path in
+            ["index.html", "app.js", "app.css", "vendor/xterm-6.0.0/xterm.mjs", "vendor/novnc-1.7.0/core/rfb.js"]
         {
             assert!(all().contains_key(path), "{path} is not embedded");
         }
@@ -101,7 +106,9 @@ mod tests {
     #[test]
     fn every_file_the_page_imports_is_embedded() {
         // Relative and absolute imports of the UI's own modules.
-        for (path, asset) in all().iter().filter(|(p, _)| !p.starts_with("vendor/") && (p.ends_with(".js") || p.ends_with(".html"))) {
+        for (path, asset) in
+            all().iter().filter(|(p, _)| !p.starts_with("vendor/") && (p.ends_with(".js") || p.ends_with(".html")))
+        {
             let text = std::str::from_utf8(asset.bytes).unwrap();
             for quoted in text.split(['"', '\'']).filter(|s| s.starts_with("/ui/")) {
                 let target = quoted.trim_start_matches("/ui/").split(['?', '#']).next().unwrap();

@@ -40,13 +40,24 @@ pub async fn login(State(ctx): State<Arc<NodeCtx>>, headers: HeaderMap, body: ax
     if ctx.config.insecure {
         return insecure(&ctx);
     }
-    let json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|c| c.starts_with("application/json"));
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
     if !json {
-        return problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "log in with a JSON body {\"token\": \"kvm1.NAME.SECRET\"} (Content-Type: application/json)");
+        return problem(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "log in with a JSON body {\"token\": \"kvm1.NAME.SECRET\"} (Content-Type: application/json)",
+        );
     }
     let login: Login = match serde_json::from_slice(&body) {
         Ok(l) => l,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, &format!("the login body is not {{\"token\": \"kvm1.NAME.SECRET\"}}: {e}")),
+        Err(e) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                &format!("the login body is not {{\"token\": \"kvm1.NAME.SECRET\"}}: {e}"),
+            )
+        }
     };
     let refused = || {
         problem(
@@ -95,10 +106,22 @@ pub async fn session(State(ctx): State<Arc<NodeCtx>>, headers: HeaderMap) -> Res
         Some((s, role, key))
     });
     let Some((s, role, key)) = found else {
-        return problem(StatusCode::UNAUTHORIZED, "no session: log in with an API token (a session lasts 12 hours, and ends when its token is revoked)");
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "no session: log in with an API token (a session lasts 12 hours, and ends when its token is revoked)",
+        );
     };
-    let view = SessionView { csrf: session::csrf(&key, &ticket), expires_ms: s.expires_ms(), name: s.name, role, node: ctx.name.clone() };
-    axum::Json(view).into_response()
+    let view = SessionView {
+        csrf: session::csrf(&key, &ticket),
+        expires_ms: s.expires_ms(),
+        name: s.name,
+        role,
+        node: ctx.name.clone(),
+    };
+    let mut response = axum::Json(view).into_response();
+    // It carries the CSRF token: no cache keeps it.
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// `POST /ui/logout`: the browser forgets the cookie. (The ticket itself
@@ -117,6 +140,12 @@ fn with_cookie(mut response: Response, ticket: Option<&str>) -> Response {
 
 /// Under `serve --insecure` (loopback only) everyone is an admin.
 fn insecure(ctx: &NodeCtx) -> Response {
-    let view = SessionView { name: "insecure".into(), role: "admin".into(), csrf: String::new(), expires_ms: u64::MAX / 2, node: ctx.name.clone() };
+    let view = SessionView {
+        name: "insecure".into(),
+        role: "admin".into(),
+        csrf: String::new(),
+        expires_ms: u64::MAX / 2,
+        node: ctx.name.clone(),
+    };
     axum::Json(view).into_response()
 }

@@ -151,7 +151,10 @@ mod tests {
         assert_eq!(verify(&key, &t, lookup, 1_000_000).unwrap().name, "alice");
         assert!(verify(&key, &t, lookup, 1_000_000 + LIFETIME_MS).is_ok());
         assert_eq!(verify(&key, &t, lookup, 1_000_001 + LIFETIME_MS), Err(Refused::Expired));
-        assert_eq!(verify(&key, &t, lookup, 1_000_000 - SKEW_MS), Ok(Session { name: "alice".into(), issued_ms: 1_000_000 }));
+        assert_eq!(
+            verify(&key, &t, lookup, 1_000_000 - SKEW_MS),
+            Ok(Session { name: "alice".into(), issued_ms: 1_000_000 })
+        );
         // Another cluster's key, a revoked token, a new secret, a forged time.
         assert_eq!(verify(&Key::from_ca("other"), &t, lookup, 1_000_000), Err(Refused::Invalid));
         assert_eq!(verify(&key, &t, |_| None, 1_000_000), Err(Refused::Invalid));

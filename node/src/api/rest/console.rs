@@ -9,6 +9,9 @@
 //! with code 4000 + the gRPC code and the message as its reason (a
 //! browser cannot read the body of a refused handshake).
 
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Path, State};
 use axum::response::Response;
@@ -96,39 +99,75 @@ fn open(r: Rest, name: String, kind: pb::AttachKind, q: Q<AttachQuery>, Upgrade(
     })
 }
 
+/// How often the server pings an open console...
+const PING_EVERY: Duration = Duration::from_secs(20);
+/// ...and how long a browser may stay silent (no pong, no keystroke)
+/// before its session is ended: a vanished page must not hold the serial
+/// console, nor the relay to the VM's host, for good.
+const SILENT_FOR: Duration = Duration::from_secs(60);
+
 /// Pumps the socket's messages into an attach and the attach's bytes back,
-/// until either ends.
+/// until either ends, or the browser goes silent. Whatever ends it ends
+/// the attach too (its input stops), so the console's claim and the relay
+/// to the VM's host go with it.
 async fn bridge(r: Rest, vm: String, kind: pb::AttachKind, force: bool, socket: WebSocket) {
     let (mut to_browser, from_browser) = socket.split();
-    let first = pb::AttachFrame {
-        open: Some(pb::AttachOpen { vm, kind: kind as i32, force }),
-        ..Default::default()
-    };
+    let first = pb::AttachFrame { open: Some(pb::AttachOpen { vm, kind: kind as i32, force }), ..Default::default() };
+    let heard = Arc::new(Mutex::new(Instant::now()));
+    let heard_in = heard.clone();
+    let (_ended, ending) = tokio::sync::oneshot::channel::<()>();
     let typed = from_browser
-        .take_while(|m| std::future::ready(matches!(m, Ok(Message::Binary(_) | Message::Text(_) | Message::Ping(_) | Message::Pong(_)))))
-        .filter_map(|m| async move {
-            let data = match m {
-                Ok(Message::Binary(b)) => b.to_vec(),
-                Ok(Message::Text(t)) => t.as_bytes().to_vec(),
-                _ => return None,
-            };
-            Some(Ok(pb::AttachFrame { data, ..Default::default() }))
-        });
+        .take_while(|m| {
+            std::future::ready(matches!(
+                m,
+                Ok(Message::Binary(_) | Message::Text(_) | Message::Ping(_) | Message::Pong(_))
+            ))
+        })
+        .filter_map(move |m| {
+            *heard_in.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            async move {
+                let data = match m {
+                    Ok(Message::Binary(b)) => b.to_vec(),
+                    Ok(Message::Text(t)) => t.as_bytes().to_vec(),
+                    _ => return None,
+                };
+                Some(Ok(pb::AttachFrame { data, ..Default::default() }))
+            }
+        })
+        // Dropping `_ended` (this function returning) ends the input.
+        .take_until(ending);
     let inbound = futures::stream::once(async { Ok(first) }).chain(typed);
     let mut from_guest = match crate::api::attach::attach(&r.ctx, Box::pin(inbound)).await {
         Ok(stream) => stream,
         Err(status) => return close(&mut to_browser, Some(&status)).await,
     };
-    while let Some(frame) = from_guest.next().await {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let frame = tokio::select! {
+            frame = from_guest.next() => frame,
+            _ = ping.tick() => {
+                let silent = heard.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
+                if silent > SILENT_FOR {
+                    let gone = Status::deadline_exceeded(format!("the browser said nothing for {} s", silent.as_secs()));
+                    return close(&mut to_browser, Some(&gone)).await;
+                }
+                if to_browser.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
         match frame {
+            None => break,
             // The host's name frame is for the CLI; noVNC would read it as RFB.
-            Ok(frame) if frame.data.is_empty() => continue,
-            Ok(frame) => {
+            Some(Ok(frame)) if frame.data.is_empty() => continue,
+            Some(Ok(frame)) => {
                 if to_browser.send(Message::Binary(frame.data.into())).await.is_err() {
                     return;
                 }
             }
-            Err(status) => return close(&mut to_browser, Some(&status)).await,
+            Some(Err(status)) => return close(&mut to_browser, Some(&status)).await,
         }
     }
     close(&mut to_browser, None).await;

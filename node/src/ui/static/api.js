@@ -55,7 +55,11 @@ export async function api(method, path, body) {
   }
   if (!res.ok) {
     check401(res.status, path);
-    throw await problem(res);
+    const err = await problem(res);
+    // Another tab logged in with another token: this page's CSRF token is
+    // stale, and the session it belongs to with it. Log in again.
+    if (res.status === 403 && /CSRF/.test(err.message)) onUnauthorized();
+    throw err;
   }
   if (res.status === 204 || res.status === 202) {
     const text = await res.text();
@@ -140,6 +144,15 @@ export function upload(path, file, onProgress) {
 }
 
 /** wss://same-host/path */
+/** After a WebSocket was refused before it opened (the browser cannot say
+ * why): if the session is over, end it here too. */
+export async function recheckSession() {
+  try {
+    const res = await fetch(`${UI}/session`, { credentials: "same-origin", cache: "no-store" });
+    if (res.status === 401) onUnauthorized();
+  } catch (_) { /* the node is away: the socket's message says enough */ }
+}
+
 export function wsUrl(path) {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
   return `${proto}//${location.host}${path}`;

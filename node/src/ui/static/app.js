@@ -205,8 +205,9 @@ function route() {
   if (!state.signedIn) return;
   const parts = location.hash.replace(/^#\/?/, "").split("/");
   const name = parts[0] || "dashboard";
-  const arg = parts.slice(1).map(decodeURIComponent).join("/");
-  if (!pages[name]) { location.hash = "#/dashboard"; return; }
+  let arg;
+  try { arg = parts.slice(1).map(decodeURIComponent).join("/"); } catch (_) { arg = null; }
+  if (!pages[name] || arg === null) { location.hash = "#/dashboard"; return; }
   disposePage();
   $("#flash").hidden = true;
   for (const a of $$("nav.side a")) a.classList.toggle("active", a.id === `nav-${navOf[name] || name}`);

@@ -4,7 +4,7 @@
 
 import { Terminal } from "/ui/vendor/xterm-6.0.0/xterm.mjs";
 import { FitAddon } from "/ui/vendor/addon-fit-0.11.0/addon-fit.mjs";
-import { wsUrl, enc } from "./api.js";
+import { wsUrl, enc, recheckSession } from "./api.js";
 
 /**
  * Opens the console of `vm` in `el`. status(state, text) reports
@@ -58,6 +58,7 @@ export function openSerial(el, vm, status) {
         status("error", e.reason || `Closed by the node (code ${e.code}).`);
       } else if (!opened) {
         status("error", "The console could not be opened (is the VM running, and may you attach to it?).");
+        recheckSession();
       } else {
         status("closed", e.reason ? `Closed: ${e.reason}` : "The console was closed.");
       }

@@ -3,7 +3,7 @@
 // (4000-range: the node's explanation) can be shown.
 
 import RFB from "/ui/vendor/novnc-1.7.0/core/rfb.js";
-import { wsUrl, enc } from "./api.js";
+import { wsUrl, enc, recheckSession } from "./api.js";
 
 /** status(state, text): "connecting" | "open" | "closed" | "error". Returns {dispose, rfb, sendCtrlAltDel}. */
 export function openVnc(el, vm, status) {
@@ -18,7 +18,10 @@ export function openVnc(el, vm, status) {
     closeInfo = e;
     if (disposed) return;
     if (e.code >= 4000) status("error", e.reason || `Closed by the node (code ${e.code}).`);
-    else if (!opened) status("error", "The graphical console could not be opened (the VM may have no display, or not be running).");
+    else if (!opened) {
+      status("error", "The graphical console could not be opened (the VM may have no display, or not be running).");
+      recheckSession();
+    }
   });
 
   let rfb;

@@ -13,9 +13,11 @@
 //! both with TLS, on the line.
 //!
 //! `--scale` measures instead how the cost grows with the replicated state
-//! ([`scale`]); `--rest` REST against gRPC ([`rest`]). Run through `scripts/bench-writes.sh`, which builds the
+//! ([`scale`]); `--rest` REST against gRPC ([`rest`]); `--creates` VM creates from long-lived clients
+//! ([`creates`]). Run through `scripts/bench-writes.sh`, which builds the
 //! binaries and installs etcd.
 
+mod creates;
 mod etcd;
 mod load;
 mod rest;
@@ -41,6 +43,7 @@ struct Args {
     warmup: Duration,
     scale: Option<(usize, usize)>,
     rest: bool,
+    creates: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -50,6 +53,7 @@ fn parse_args() -> Result<Args> {
         warmup: Duration::from_secs(1),
         scale: None,
         rest: false,
+        creates: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -66,8 +70,9 @@ fn parse_args() -> Result<Args> {
                 a.scale = Some((n.parse()?, m.parse()?));
             }
             "--rest" => a.rest = true,
+            "--creates" => a.creates = true,
             other => bail!(
-                "unknown argument {other}\nusage: bench-writes [--clients 1,16,64,256] [--duration-secs 5] [--warmup-secs 1] [--scale NODES,VMS | --rest]"
+                "unknown argument {other}\nusage: bench-writes [--clients 1,16,64,256] [--duration-secs 5] [--warmup-secs 1] [--scale NODES,VMS | --rest | --creates]"
             ),
         }
     }
@@ -211,6 +216,7 @@ async fn main() -> Result<()> {
     match args.scale {
         Some((nodes, vms)) => scale::run(nodes, vms, args.duration).await,
         None if args.rest => rest::rest_vs_grpc(&args).await,
+        None if args.creates => creates::creates(&args).await,
         None => side_by_side(&args).await,
     }
 }
