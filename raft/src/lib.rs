@@ -17,6 +17,7 @@ pub mod codec;
 pub mod command;
 pub mod error;
 pub mod hardware;
+mod held;
 pub mod model;
 pub mod names;
 pub mod network;

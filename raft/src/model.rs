@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::held::Held;
 use crate::placed::PlacedIndex;
 use crate::requests::{Answer, RequestId, Requests};
 use crate::storage::{Disk, Image, Snapshot, StorageDomain, Trashed};
@@ -360,6 +361,10 @@ pub struct ClusterState {
     /// `apply` must not use it.
     #[serde(skip)]
     placed: PlacedIndex,
+    /// Derived: what the placed VMs hold on each node, current inside
+    /// `apply` too (every VM change goes through [`ClusterState::touch_vm`]).
+    #[serde(skip)]
+    pub(crate) held: Held,
 }
 
 impl PartialEq for ClusterState {
@@ -403,6 +408,7 @@ impl ClusterState {
     pub fn reindex(&mut self) {
         self.vm_names = self.vms.values().map(|v| (v.name.clone(), v.id)).collect();
         self.placed = PlacedIndex::rebuilt(&self.vms, &self.placed);
+        self.held = Held::rebuilt(&self.vms);
         self.requests.reindex();
     }
 
@@ -477,6 +483,21 @@ impl ClusterState {
         self.vms_on(node).fold((0u32, 0u64, 0u32), |(c, m, n), vm| {
             (c.saturating_add(vm.spec.vcpus), m.saturating_add(vm.spec.memory_mib), n + 1)
         })
+    }
+
+    /// Marks VM `id` changed (created, changed or removed): for the store
+    /// to persist, and for what it holds on its nodes. Every change to a
+    /// VM ends with this.
+    pub(crate) fn touch_vm(&mut self, id: VmId) {
+        self.dirty.insert(Key::Vm(id));
+        self.held.refold(id, self.vms.get(&id));
+    }
+
+    /// [`Held`] rebuilt from scratch equals the one kept up to date (the
+    /// property tests check it after every command).
+    #[cfg(test)]
+    pub(crate) fn held_in_step(&self) -> bool {
+        self.held == Held::rebuilt(&self.vms)
     }
 
     pub(crate) fn push_event(&mut self, at_ms: u64, kind: &str, message: String) {

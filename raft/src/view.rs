@@ -347,14 +347,28 @@ impl ClusterState {
                 (n.id, v)
             })
             .collect();
-        for vm in self.vms.values().filter(|v| Some(v.id) != except) {
-            let Some(p) = vm.placement else { continue };
-            if let Some(view) = views.get_mut(&p.node) {
-                view.reserve(&vm_request(vm));
+        // What the placed VMs hold (a migration holds room on its target
+        // until it ends), kept up to date as they change (`held.rs`):
+        // building a view costs O(nodes), not O(VMs).
+        for (id, view) in views.iter_mut() {
+            if let Some(held) = self.held.on(*id) {
+                view.allocated_vcpus = held.vcpus;
+                view.allocated_memory_mib = held.memory_mib;
+                view.groups = held.groups.clone();
             }
-            // A migration holds room on its target until it ends.
-            if let Some(view) = vm.migration.and_then(|m| views.get_mut(&m.target)) {
-                view.reserve(&vm_request(vm));
+        }
+        if let Some(left_out) = except.and_then(|id| self.held.of(id)) {
+            for node in left_out.on.iter().flatten() {
+                if let Some(view) = views.get_mut(node) {
+                    let mut held = crate::held::NodeHeld {
+                        vcpus: view.allocated_vcpus,
+                        memory_mib: view.allocated_memory_mib,
+                        groups: std::mem::take(&mut view.groups),
+                    };
+                    held.remove(left_out);
+                    (view.allocated_vcpus, view.allocated_memory_mib, view.groups) =
+                        (held.vcpus, held.memory_mib, held.groups);
+                }
             }
         }
         views

@@ -224,10 +224,22 @@ impl NodeView {
 
     /// Records a VM as placed here (used when planning several at once).
     pub fn reserve(&mut self, vm: &VmRequest) {
-        self.allocated_vcpus = self.allocated_vcpus.saturating_add(vm.vcpus as u64);
-        self.allocated_memory_mib = self.allocated_memory_mib.saturating_add(vm.memory_mib);
-        for g in vm.groups() {
-            *self.groups.entry(g.to_string()).or_insert(0) += 1;
+        self.reserve_placed(vm.vcpus, vm.memory_mib, [&vm.anti_affinity, &vm.soft_anti_affinity, &vm.affinity]);
+    }
+
+    /// [`NodeView::reserve`] from a VM's parts: a view of thousands of
+    /// placed VMs is built without a [`VmRequest`] (and its allocations)
+    /// per VM.
+    pub fn reserve_placed(&mut self, vcpus: u32, memory_mib: u64, groups: [&Option<String>; 3]) {
+        self.allocated_vcpus = self.allocated_vcpus.saturating_add(vcpus as u64);
+        self.allocated_memory_mib = self.allocated_memory_mib.saturating_add(memory_mib);
+        for g in distinct_groups(groups) {
+            match self.groups.get_mut(g) {
+                Some(n) => *n += 1,
+                None => {
+                    self.groups.insert(g.to_string(), 1);
+                }
+            }
         }
     }
 }
@@ -282,12 +294,17 @@ impl VmRequest {
 
     /// The groups this VM counts in.
     pub fn groups(&self) -> impl Iterator<Item = &str> {
-        let mut seen: Vec<&str> = Vec::with_capacity(3);
-        for g in [&self.anti_affinity, &self.soft_anti_affinity, &self.affinity].into_iter().flatten() {
-            if !seen.contains(&g.as_str()) {
-                seen.push(g.as_str());
-            }
-        }
-        seen.into_iter()
+        distinct_groups([&self.anti_affinity, &self.soft_anti_affinity, &self.affinity])
     }
+}
+
+/// The groups a VM belongs to, each once.
+fn distinct_groups<'a>(groups: [&'a Option<String>; 3]) -> impl Iterator<Item = &'a str> {
+    let mut seen: [Option<&str>; 3] = [None; 3];
+    for (i, g) in groups.into_iter().flatten().enumerate() {
+        if !seen.contains(&Some(g.as_str())) {
+            seen[i] = Some(g.as_str());
+        }
+    }
+    seen.into_iter().flatten()
 }

@@ -17,7 +17,7 @@
 
 use super::{Refusal, Response};
 use crate::hardware::VmChange;
-use crate::model::{ClusterState, Desired, Key, VmState};
+use crate::model::{ClusterState, Desired, VmState};
 
 impl ClusterState {
     pub(super) fn configure_vm(&mut self, name: &str, change: &VmChange, at_ms: u64) -> Response {
@@ -117,8 +117,8 @@ impl ClusterState {
             let later: Vec<String> = changed.iter().map(|(f, a, b)| format!("{f} {a} -> {b}")).collect();
             message.push_str(&format!(" {} (pending: at the next start)", later.join(", ")));
         }
-        self.dirty.insert(Key::Vm(vm.id));
         self.vms.insert(vm.id, vm.clone());
+        self.touch_vm(vm.id);
         self.push_event(at_ms, "vm", message);
         Response::Vm(Box::new(vm))
     }
@@ -136,7 +136,7 @@ impl ClusterState {
         vm.pending_changes.retain(|p| !p.starts_with("vcpus: "));
         if vm.pending_changes.len() != before {
             let name = vm.name.clone();
-            self.dirty.insert(Key::Vm(id));
+            self.touch_vm(id);
             self.push_event(at_ms, "vm", format!("vm {name}: {vcpus} vCPUs plugged into the running guest"));
         }
         Response::Done

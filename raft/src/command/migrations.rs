@@ -13,7 +13,7 @@
 //! migration never outlives either end.
 
 use super::{Refusal, Response};
-use crate::model::{ClusterState, Desired, Key, Migration, NodeState, Vm, VmId, VmState};
+use crate::model::{ClusterState, Desired, Migration, NodeState, Vm, VmId, VmState};
 use crate::storage::Trashed;
 use crate::types::NodeId;
 
@@ -52,7 +52,7 @@ impl ClusterState {
                     copy_storage,
                 });
                 let vm = vm.clone();
-                self.dirty.insert(Key::Vm(id));
+                self.touch_vm(id);
                 let with = if copy_storage { " (copying its local disks)" } else { "" };
                 self.push_event(
                     at_ms,
@@ -128,7 +128,7 @@ impl ClusterState {
             vm.reported = None;
         }
         let vm = vm.clone();
-        self.dirty.insert(Key::Vm(id));
+        self.touch_vm(id);
         let message = match copies {
             true => format!("vm {name} (stopped): copying its local disks from {from} to {to}"),
             false => format!("vm {name} (stopped) moved from {from} to {to}"),
@@ -259,7 +259,7 @@ impl ClusterState {
             vm.moving_from = None;
         }
         let name = vm.name.clone();
-        self.dirty.insert(Key::Vm(id));
+        self.touch_vm(id);
         let took = at_ms.saturating_sub(m.started_at_ms);
         let (from, to) = (self.node_name(m.source), self.node_name(m.target));
         let downtime = downtime_ms.map(|d| format!(", downtime {d} ms")).unwrap_or_default();
@@ -310,7 +310,7 @@ impl ClusterState {
         let Some(m) = vm.migration.filter(|m| m.epoch == epoch) else { return Response::Done };
         vm.migration = None;
         let name = vm.name.clone();
-        self.dirty.insert(Key::Vm(id));
+        self.touch_vm(id);
         if m.copy_storage {
             self.trash_copies(id, m.target);
         }

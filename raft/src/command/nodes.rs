@@ -208,13 +208,17 @@ impl ClusterState {
         if state == NodeState::Maintenance {
             // The drain is over: a stopped VM that moved off has nowhere to
             // be until it starts, and its old host has let it go.
+            let mut released = Vec::new();
             for vm in self.vms.values_mut() {
                 if vm.moving_from == Some(id) && vm.placement.is_none() && vm.desired != crate::model::Desired::Running
                 {
                     vm.moving_from = None;
                     vm.pending = None;
-                    self.dirty.insert(Key::Vm(vm.id));
+                    released.push(vm.id);
                 }
+            }
+            for vm in released {
+                self.touch_vm(vm);
             }
         }
         self.push_event(at_ms, "node", format!("node {name}: {} -> {}", before.as_str(), state.as_str()));

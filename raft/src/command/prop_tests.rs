@@ -216,6 +216,8 @@ fn command(rng: &mut StdRng, state: &ClusterState, wild: bool) -> Command {
 /// Everything that must hold after any command. `capacity`: no node holds
 /// more than its capacity (true while capacities and ratios never shrink).
 fn check_invariants(s: &mut ClusterState, capacity: bool, step: usize) {
+    // What each node's VMs hold, kept in step with every change.
+    assert!(s.held_in_step(), "step {step}: the held index differs from a rebuild");
     let ctx = |what: &str| format!("step {step}: {what}");
     // The name index is exactly the VMs' names (so names are unique).
     assert_eq!(s.vm_names.len(), s.vms.len(), "{}", ctx("name index size"));

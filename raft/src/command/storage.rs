@@ -182,7 +182,7 @@ impl ClusterState {
         if let Some(disk) = vm.spec.disks.iter_mut().find(|d| d.index == index) {
             disk.volume = Some(Volume { host, created_at_ms: at_ms });
         }
-        self.dirty.insert(Key::Vm(id));
+        self.touch_vm(id);
         Response::Done
     }
 
@@ -237,7 +237,7 @@ impl ClusterState {
         vm.spec.disks.push(disk.clone());
         vm.next_disk = disk.index + 1;
         let (id, vm) = (vm.id, Box::new(vm.clone()));
-        self.dirty.insert(Key::Vm(id));
+        self.touch_vm(id);
         self.push_event(at_ms, "vm", format!("vm {name}: disk {} added on {}", disk.index, disk.storage));
         Response::Vm(vm)
     }
@@ -264,7 +264,7 @@ impl ClusterState {
         }
         disk.size_bytes = size_bytes;
         let (id, vm) = (vm.id, Box::new(vm.clone()));
-        self.dirty.insert(Key::Vm(id));
+        self.touch_vm(id);
         self.push_event(at_ms, "vm", format!("vm {name}: disk {index} grown to {size_bytes} bytes"));
         Response::Vm(vm)
     }
@@ -285,7 +285,7 @@ impl ClusterState {
         let disk = vm.spec.disks.remove(pos);
         let placed_on = vm.placement.map(|p| p.node);
         let (id, vm) = (vm.id, Box::new(vm.clone()));
-        self.dirty.insert(Key::Vm(id));
+        self.touch_vm(id);
         self.trash_disk(id, &disk, placed_on);
         self.push_event(at_ms, "vm", format!("vm {name}: disk {index} removed"));
         Response::Vm(vm)
@@ -313,7 +313,7 @@ impl ClusterState {
             SnapshotOp::Delete => vm.snapshots.retain(|s| s.name != snapshot),
         }
         let (id, vm) = (vm.id, Box::new(vm.clone()));
-        self.dirty.insert(Key::Vm(id));
+        self.touch_vm(id);
         let verb = match op {
             SnapshotOp::Create => "taken",
             SnapshotOp::Revert => "reverted to",

@@ -39,7 +39,7 @@ impl ClusterState {
         vm.last_epoch = vm.last_epoch.max(vm.placement.map(|p| p.epoch).unwrap_or(0));
         self.vm_names.insert(vm.name.clone(), vm.id);
         self.vms.insert(vm.id, vm.clone());
-        self.dirty.insert(Key::Vm(vm.id));
+        self.touch_vm(vm.id);
         self.meta.vms_created += 1;
         self.dirty.insert(Key::Meta);
         let where_ = node_name.map(|n| format!(" on {n}")).unwrap_or_default();
@@ -63,7 +63,7 @@ impl ClusterState {
         let Some(vm) = self.vms.get_mut(&id) else { return Response::Refused(Refusal::UnknownVmId { id }) };
         vm.deleting = Some(Deleting { keep_disks });
         vm.desired = Desired::Stopped;
-        self.dirty.insert(Key::Vm(id));
+        self.touch_vm(id);
         let disks = if keep_disks { " (keeping its disks)" } else { "" };
         self.push_event(at_ms, "vm", format!("vm {name}: delete requested{disks}"));
         Response::Done
@@ -87,7 +87,7 @@ impl ClusterState {
         vm.desired_gen += 1;
         forget_failure(vm);
         let vm = vm.clone();
-        self.dirty.insert(Key::Vm(vm.id));
+        self.touch_vm(vm.id);
         let verb = match (desired, force) {
             (Desired::Running, _) => "start",
             (Desired::Stopped, true) => "force stop",
@@ -115,7 +115,7 @@ impl ClusterState {
         // until the host reports the new one.
         vm.reported = None;
         let vm = vm.clone();
-        self.dirty.insert(Key::Vm(vm.id));
+        self.touch_vm(vm.id);
         self.push_event(at_ms, "vm", format!("vm {name}: restart requested"));
         Response::Vm(Box::new(vm))
     }
@@ -132,7 +132,7 @@ impl ClusterState {
             vm.spec.priority = p;
         }
         let vm = vm.clone();
-        self.dirty.insert(Key::Vm(vm.id));
+        self.touch_vm(vm.id);
         Response::Vm(Box::new(vm))
     }
 
@@ -146,7 +146,7 @@ impl ClusterState {
         }
         vm.spec.labels.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
         let vm = vm.clone();
-        self.dirty.insert(Key::Vm(vm.id));
+        self.touch_vm(vm.id);
         Response::Vm(Box::new(vm))
     }
 
@@ -171,7 +171,7 @@ impl ClusterState {
         vm.reported = None;
         vm.moving_from = None;
         let placed = vm.clone();
-        self.dirty.insert(Key::Vm(id));
+        self.touch_vm(id);
         self.push_event(at_ms, "vm", format!("vm {} placed on {host} (epoch {})", placed.name, placed.last_epoch));
         Response::Vm(Box::new(placed))
     }
@@ -185,7 +185,7 @@ impl ClusterState {
         }
         vm.pending = Some(reason.to_string());
         let name = vm.name.clone();
-        self.dirty.insert(Key::Vm(id));
+        self.touch_vm(id);
         self.push_event(at_ms, "vm-error", format!("vm {name} is pending: {reason}"));
         Response::Done
     }
@@ -207,7 +207,7 @@ impl ClusterState {
             if let Some(vm) = self.vms.get_mut(&vm.id) {
                 vm.moving_from = None;
             }
-            self.dirty.insert(Key::Vm(vm.id));
+            self.touch_vm(vm.id);
             self.push_event(at_ms, "vm", format!("vm {name}: recovering from host {from}, silent during its drain"));
             return Response::Done;
         };
@@ -254,16 +254,19 @@ impl ClusterState {
         // A guest defined from the spec at `spec_gen` has every change up
         // to it; one that arrived live, or was defined just before a
         // change, runs an older generation and its changes stay pending.
-        if state == VmState::Running && spec_gen >= vm.spec_gen && !vm.pending_changes.is_empty() {
+        let applied = state == VmState::Running && spec_gen >= vm.spec_gen && !vm.pending_changes.is_empty();
+        if applied {
             vm.pending_changes.clear();
-            self.dirty.insert(Key::Vm(id));
         }
         let previous = vm.reported.as_ref().map(|r| (r.state, r.epoch, r.last_error.clone()));
         if previous == Some((state, epoch, error.clone())) {
+            if applied {
+                self.touch_vm(id);
+            }
             return Response::Done;
         }
         vm.reported = Some(Reported { state, node, epoch, since_ms: at_ms, last_error: error.clone() });
-        self.dirty.insert(Key::Vm(id));
+        self.touch_vm(id);
         let message = match (state, &error) {
             (VmState::Failed, Some(e)) => format!("vm {name} failed on {host}: {e}"),
             (VmState::Crashed, Some(e)) => format!("vm {name} crashed on {host}; {e}"),
@@ -315,7 +318,7 @@ impl ClusterState {
             // Off its host, it is not going anywhere live either: the
             // target's copy is stale from now on.
             vm.migration = None;
-            self.dirty.insert(Key::Vm(id));
+            self.touch_vm(id);
         }
     }
 
@@ -323,7 +326,7 @@ impl ClusterState {
     pub(super) fn remove_vm(&mut self, id: VmId, keep_disks: bool) {
         if let Some(vm) = self.vms.remove(&id) {
             self.vm_names.remove(&vm.name);
-            self.dirty.insert(Key::Vm(id));
+            self.touch_vm(id);
             if !keep_disks {
                 let placed_on = vm.placement.map(|p| p.node);
                 for disk in &vm.spec.disks {
