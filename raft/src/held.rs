@@ -1,6 +1,6 @@
-//! What the placed VMs hold on each node (vCPUs, memory, group members),
-//! derived from the replicated state and kept in step with it as it
-//! changes.
+//! What the VMs hold: on each node (vCPUs, memory, group members, for
+//! placed VMs) and in the cluster (their NICs' MAC addresses), derived from
+//! the replicated state and kept in step with it as it changes.
 //!
 //! The scheduler's view of a node is its capacity less what its VMs hold.
 //! Summing every VM for every view made each placement O(VMs), in `apply`
@@ -11,11 +11,13 @@
 //! (`ClusterState::touch_vm`), and that same mark refolds it, inside
 //! `apply`, so two placements in one batch see each other. The footprint
 //! is exactly what the old loop reserved: the VM's size and groups on its
-//! placement's node and, while it migrates, on the target too.
+//! placement's node and, while it migrates, on the target too. The MACs in
+//! use were likewise collected from every VM for each new NIC.
 
 use std::collections::{BTreeMap, HashMap};
 
 use crate::model::{Vm, VmId};
+use crate::networks::Mac;
 use crate::types::NodeId;
 
 /// What one placed VM holds.
@@ -85,6 +87,9 @@ impl NodeHeld {
 pub(crate) struct Held {
     by_vm: HashMap<VmId, Footprint>,
     by_node: HashMap<NodeId, NodeHeld>,
+    /// Each VM's NICs' MACs, and how many NICs use each MAC.
+    macs_of: HashMap<VmId, Vec<Mac>>,
+    macs: HashMap<Mac, u32>,
 }
 
 impl Held {
@@ -98,6 +103,37 @@ impl Held {
 
     /// Brings VM `id` up to date: `vm` is what it is now (`None`: gone).
     pub(crate) fn refold(&mut self, id: VmId, vm: Option<&Vm>) {
+        self.refold_macs(id, vm);
+        self.refold_footprint(id, vm);
+    }
+
+    fn refold_macs(&mut self, id: VmId, vm: Option<&Vm>) {
+        let now: Vec<Mac> = vm.map(|v| v.spec.nics.iter().map(|n| n.mac).collect()).unwrap_or_default();
+        if self.macs_of.get(&id).map_or(now.is_empty(), |before| *before == now) {
+            return;
+        }
+        for mac in self.macs_of.remove(&id).unwrap_or_default() {
+            if let Some(n) = self.macs.get_mut(&mac) {
+                *n -= 1;
+                if *n == 0 {
+                    self.macs.remove(&mac);
+                }
+            }
+        }
+        for mac in &now {
+            *self.macs.entry(*mac).or_insert(0) += 1;
+        }
+        if !now.is_empty() {
+            self.macs_of.insert(id, now);
+        }
+    }
+
+    /// Whether a VM's NIC uses `mac`.
+    pub(crate) fn mac_used(&self, mac: &Mac) -> bool {
+        self.macs.contains_key(mac)
+    }
+
+    fn refold_footprint(&mut self, id: VmId, vm: Option<&Vm>) {
         let now = vm.and_then(Footprint::of);
         if self.by_vm.get(&id) == now.as_ref() {
             return;

@@ -310,22 +310,27 @@ impl Cluster {
 
     /// A three-node cluster: node 0 bootstrapped, 1 and 2 joined.
     pub fn three() -> Result<Self> {
-        Self::three_of(Cluster::new())
+        Self::three_of(Cluster::new(), &[])
+    }
+
+    /// [`Cluster::three`] with more `serve` arguments for every node.
+    pub fn three_with(extra: &[&str]) -> Result<Self> {
+        Self::three_of(Cluster::new(), extra)
     }
 
     /// [`Cluster::three`] with plaintext and no authentication.
     pub fn three_insecure() -> Result<Self> {
         let mut c = Cluster::new();
         c.insecure = true;
-        Self::three_of(c)
+        Self::three_of(c, &[])
     }
 
-    fn three_of(mut c: Cluster) -> Result<Self> {
-        c.spawn("n1", None, &[])?;
+    fn three_of(mut c: Cluster, extra: &[&str]) -> Result<Self> {
+        c.spawn("n1", None, extra)?;
         c.cli_ok(0, &["cluster", "init"])?;
         let first = c.nodes[0].address.clone();
-        c.spawn("n2", Some(&first), &[])?;
-        c.spawn("n3", Some(&first), &[])?;
+        c.spawn("n2", Some(&first), extra)?;
+        c.spawn("n3", Some(&first), extra)?;
         c.wait_members(0, 3, 3)?;
         // Disks go only where their storage is reported active.
         wait_storage_active(&first, "local", 3)?;
@@ -566,6 +571,25 @@ impl tonic::service::Interceptor for Bearer {
         r.metadata_mut().insert("authorization", self.0.clone());
         Ok(r)
     }
+}
+
+/// A TLS client configuration trusting `ca_pem` (the cluster CA), with
+/// ring as the nodes use, offering `alpn` (`h2`, or `http/1.1` as browsers
+/// open WebSockets).
+pub fn tls_client_config(ca_pem: &str, alpn: &[u8]) -> Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let mut pem = ca_pem.as_bytes();
+    for cert in rustls::pki_types::pem::PemObject::pem_reader_iter(&mut pem) {
+        roots.add(cert.context("the CA")?)?;
+    }
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
 }
 
 /// The CA certificate and token of the client config serving `address`.

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error, Message};
@@ -35,20 +35,8 @@ pub fn websocket(
 ) -> Result<Opened> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let mut roots = rustls::RootCertStore::empty();
-        let mut pem = ca_pem.as_bytes();
-        for cert in rustls::pki_types::pem::PemObject::pem_reader_iter(&mut pem) {
-            roots.add(cert.context("the CA")?)?;
-        }
-        // ring, as the nodes use.
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         // As browsers open WebSockets: HTTP/1.1.
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = crate::tls_client_config(ca_pem, b"http/1.1")?;
         let tcp = tokio::net::TcpStream::connect(address).await?;
         let name = rustls::pki_types::ServerName::try_from("kvmesh-node")?;
         let stream = tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp).await?;

@@ -50,11 +50,8 @@ impl ClusterState {
 
     /// Checks a new VM's NICs and gives each unset MAC one of its own.
     pub(super) fn assign_nics(&mut self, spec: &mut VmSpec) -> Result<(), Refusal> {
-        // Collecting the cluster's MACs costs O(VMs): not for a VM without NICs.
-        if spec.nics.is_empty() {
-            return Ok(());
-        }
-        let mut taken = self.macs_in_use();
+        // This VM's own, besides the cluster's (`held`).
+        let mut taken = BTreeSet::new();
         // Given MACs first: checked against the cluster's and each other,
         // and never drawn for another NIC of this VM.
         for nic in spec.nics.iter().filter(|n| !n.mac.is_unset()) {
@@ -70,7 +67,7 @@ impl ClusterState {
     }
 
     pub(super) fn add_nic(&mut self, name: &str, nic: &Nic, at_ms: u64) -> Response {
-        let taken = self.macs_in_use();
+        let taken = BTreeSet::new();
         if let Err(r) = self.live_vm(name).map(|_| ()).and_then(|_| self.check_nic(nic, &taken)) {
             return Response::Refused(r);
         }
@@ -106,12 +103,14 @@ impl ClusterState {
         Response::Vm(Box::new(vm))
     }
 
+    /// `taken`: MACs this VM's other new NICs took (the cluster's are in
+    /// `held`).
     fn check_nic(&self, nic: &Nic, taken: &BTreeSet<Mac>) -> Result<(), Refusal> {
         if !self.meta.networks.contains_key(&nic.network) {
             return Err(Refusal::UnknownNetwork { name: nic.network.clone() });
         }
         nic.validate().map_err(|reason| Refusal::NetworkInvalid { reason })?;
-        if !nic.mac.is_unset() && taken.contains(&nic.mac) {
+        if !nic.mac.is_unset() && self.mac_taken(&nic.mac, taken) {
             let by = self
                 .vms
                 .values()
@@ -123,8 +122,9 @@ impl ClusterState {
         Ok(())
     }
 
-    fn macs_in_use(&self) -> BTreeSet<Mac> {
-        self.vms.values().flat_map(|v| v.spec.nics.iter().map(|n| n.mac)).collect()
+    /// Whether a NIC uses `mac` already: a VM's, or one of `also`.
+    fn mac_taken(&self, mac: &Mac, also: &BTreeSet<Mac>) -> bool {
+        self.held.mac_used(mac) || also.contains(mac)
     }
 
     fn next_mac(&mut self, taken: &BTreeSet<Mac>) -> Mac {
@@ -132,7 +132,7 @@ impl ClusterState {
         loop {
             self.meta.macs_allocated += 1;
             let mac = Mac::allocated(&cluster, self.meta.macs_allocated);
-            if !taken.contains(&mac) {
+            if !self.mac_taken(&mac, taken) {
                 self.dirty.insert(Key::Meta);
                 return mac;
             }

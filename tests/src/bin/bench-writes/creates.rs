@@ -33,14 +33,7 @@ impl Writer for KvmeshCreate {
 
 pub async fn creates(args: &Args) -> Result<()> {
     // Hosts big enough that capacity never refuses a create.
-    let mut c = Cluster::new();
-    let big = ["--cpus", "1000000", "--memory-mib", "1000000000"];
-    c.spawn("n1", None, &big)?;
-    c.cli_ok(0, &["cluster", "init"])?;
-    let first = c.nodes[0].address.clone();
-    c.spawn("n2", Some(&first), &big)?;
-    c.spawn("n3", Some(&first), &big)?;
-    c.wait_members(0, 3, 3)?;
+    let mut c = Cluster::three_with(&["--cpus", "1000000", "--memory-mib", "1000000000"])?;
     let leader = c.leader()?;
     let follower = (leader + 1) % 3;
     create_pool(&c.addr(leader), false).await?;

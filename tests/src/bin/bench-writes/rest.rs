@@ -33,19 +33,7 @@ struct Rest {
 impl Rest {
     async fn connect(address: &str, clients: usize) -> Result<Self> {
         let (ca, token) = kvmesh_tests::client_credentials(address)?;
-        let mut roots = rustls::RootCertStore::empty();
-        let mut pem = ca.as_bytes();
-        for cert in rustls::pki_types::pem::PemObject::pem_reader_iter(&mut pem) {
-            roots.add(cert.context("the CA")?)?;
-        }
-        // ring, as the nodes use (node/src/tls/mod.rs `provider`).
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let tls = kvmesh_tests::tls_client_config(&ca, b"h2")?;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
         let mut senders = Vec::new();
         for _ in 0..clients.div_ceil(CLIENTS_PER_CONNECTION) {
